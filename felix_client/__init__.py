@@ -1,0 +1,1 @@
+"""Node agent consuming typha's Sync stream (see DESIGN.md)."""

@@ -1,0 +1,1 @@
+"""Ingest from the Kubernetes API: reflectors (list+watch) and the syncers built on them."""

@@ -1,0 +1,1 @@
+"""Calico's data model: key paths, conversions from Kubernetes objects, selectors."""

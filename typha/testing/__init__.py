@@ -1,0 +1,1 @@
+"""Test doubles with a contract: the Kubernetes API emulator and fixture loaders."""
