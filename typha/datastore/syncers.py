@@ -1,0 +1,215 @@
+"""The felix and bgp syncers: which kinds each needs, and Kubernetes objects → Calico model updates.
+
+A `Syncer` is stateful per object: it remembers which keys each object produced, so that when an
+object stops producing a key (a pod loses its IP, a policy becomes invalid, the object is deleted)
+the key's delete is emitted. Values are not remembered here: dropping no-op updates is the cache's
+job (DESIGN §5.2), which is where `typha_updates_skipped` counts them.
+
+A `Datastore` runs one reflector per resource kind, shared by every syncer that needs the kind, and
+hands their output to the syncers on a single ingest thread through a bounded queue, so that a slow
+consumer back-pressures the reflectors instead of growing memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from typha import metrics
+from typha.datastore.kubeclient import KubeClient
+from typha.datastore.reflector import Event, EventType, Reflector, object_id
+from typha.model.kv import SyncStatus, Update
+from typha.model.resources import Resource, by_key
+from typha.source import SyncCallbacks
+
+log = logging.getLogger(__name__)
+
+Converter = Callable[[dict[str, Any]], list[tuple[str, Any]]]
+OwnerId = tuple[str, str, str]  # (resource key, namespace, name)
+
+SYNCER_TYPES = ("felix", "bgp")
+
+
+def converters_for(syncer_type: str) -> Mapping[str, Converter]:
+    """resource key -> converter, for one syncer type (reference/typha.md §2)."""
+    from typha.model import convert
+
+    tables: dict[str, Mapping[str, Converter]] = {
+        "felix": convert.FELIX_CONVERTERS,
+        "bgp": convert.BGP_CONVERTERS,
+    }
+    try:
+        return tables[syncer_type]
+    except KeyError:
+        raise ValueError(f"unknown syncer type {syncer_type!r}; expected one of {SYNCER_TYPES}") from None
+
+
+class Syncer:
+    def __init__(
+        self,
+        syncer_type: str,
+        callbacks: SyncCallbacks,
+        converters: Mapping[str, Converter] | None = None,
+    ) -> None:
+        self.syncer_type = syncer_type
+        self.callbacks = callbacks
+        self.converters = dict(converters if converters is not None else converters_for(syncer_type))
+        self.resources: list[Resource] = [by_key(key) for key in self.converters]
+        self._owned: dict[OwnerId, tuple[str, ...]] = {}
+        self._synced: set[str] = set()
+        self.status = SyncStatus.WAIT_FOR_READY
+
+    def start(self) -> None:
+        self.callbacks.on_status(SyncStatus.WAIT_FOR_READY)
+
+    def _set_status(self, status: SyncStatus) -> None:
+        if status is not self.status:
+            self.status = status
+            self.callbacks.on_status(status)
+
+    def on_events(self, resource: Resource, events: Iterable[Event]) -> None:
+        if self.status is SyncStatus.WAIT_FOR_READY:
+            self._set_status(SyncStatus.RESYNC)
+        converter = self.converters[resource.key]
+        updates: list[Update] = []
+        for event in events:
+            namespace, name = object_id(event.obj)
+            owner = (resource.key, namespace, name)
+            revision = str(event.obj["metadata"].get("resourceVersion") or "")
+            old_keys = self._owned.get(owner, ())
+            if event.type is EventType.SET:
+                kvs = self._convert(converter, resource, event.obj)
+                new_keys = tuple(key for key, _ in kvs)
+                updates.extend(Update(key, value, revision) for key, value in kvs)
+                if old_keys:
+                    still = set(new_keys)
+                    updates.extend(Update(key, None, revision) for key in old_keys if key not in still)
+                if new_keys:
+                    self._owned[owner] = new_keys
+                else:
+                    self._owned.pop(owner, None)
+            else:
+                updates.extend(Update(key, None, revision) for key in old_keys)
+                self._owned.pop(owner, None)
+        if updates:
+            self.callbacks.on_updates(updates)
+
+    def _convert(
+        self, converter: Converter, resource: Resource, obj: dict[str, Any]
+    ) -> list[tuple[str, Any]]:
+        try:
+            return converter(obj)
+        except Exception as exc:
+            # Bad input must never stop the syncer: the object's keys are withdrawn, as Typha's
+            # validation filter turns an invalid value into a delete.
+            metadata = obj.get("metadata") or {}
+            log.warning(
+                "%s syncer: skipping invalid %s %s/%s: %s",
+                self.syncer_type, resource.kind, metadata.get("namespace", ""), metadata.get("name"), exc,
+            )
+            metrics.CONVERSION_ERRORS.labels(self.syncer_type, resource.key).inc()
+            return []
+
+    def on_synced(self, resource: Resource) -> None:
+        if self.status is SyncStatus.WAIT_FOR_READY:
+            self._set_status(SyncStatus.RESYNC)
+        self._synced.add(resource.key)
+        if self.status is not SyncStatus.IN_SYNC and self._synced.issuperset(self.converters):
+            self._set_status(SyncStatus.IN_SYNC)
+
+
+_STOP = object()
+
+
+class Datastore:
+    """One reflector per resource kind for a set of syncers, feeding them on one ingest thread."""
+
+    def __init__(
+        self,
+        client: KubeClient,
+        syncers: Iterable[Syncer],
+        *,
+        queue_batches: int = 256,
+        reflector_factory: Callable[..., Reflector] = Reflector,
+        **reflector_options: Any,
+    ) -> None:
+        self.client = client
+        self.syncers = list(syncers)
+        self._subscribers: dict[str, list[Syncer]] = {}
+        for syncer in self.syncers:
+            for resource in syncer.resources:
+                self._subscribers.setdefault(resource.key, []).append(syncer)
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_batches)
+        self.reflectors = [
+            reflector_factory(client, by_key(key), self, **reflector_options) for key in self._subscribers
+        ]
+        self._thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+
+    def start(self) -> None:
+        for syncer in self.syncers:
+            syncer.start()
+        self._thread = threading.Thread(target=self._ingest, name="datastore-ingest", daemon=True)
+        self._thread.start()
+        for reflector in self.reflectors:
+            reflector.start()
+
+    def stop(self) -> None:
+        for reflector in self.reflectors:
+            reflector.request_stop()
+        for reflector in self.reflectors:
+            reflector.stop()
+        self._queue.put(_STOP)
+        if self._thread is not None:
+            self._thread.join(5.0)
+
+    # ReflectorSink: called on reflector threads; blocks when the ingest thread is behind.
+    def on_events(self, resource: Resource, events: list[Event]) -> None:
+        self._queue.put((resource, events))
+
+    def on_synced(self, resource: Resource) -> None:
+        self._queue.put((resource, None))
+
+    def _ingest(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                return
+            resource, events = item
+            for syncer in self._subscribers[resource.key]:
+                try:
+                    if events is None:
+                        syncer.on_synced(resource)
+                    else:
+                        syncer.on_events(resource, events)
+                except Exception as exc:  # a consumer bug must not silently stop ingest for everyone
+                    log.exception("%s syncer failed on %s", syncer.syncer_type, resource.key)
+                    self.error = exc
+
+
+def convert_objects(syncer_type: str, objects: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """The KV set a syncer should hold for exactly these objects: the oracle for ingest tests."""
+    from typha.model.resources import for_object
+
+    collected: dict[str, Any] = {}
+
+    class _Collect:
+        def on_updates(self, updates: list[Update]) -> None:
+            for update in updates:
+                if update.value is None:
+                    collected.pop(update.key, None)
+                else:
+                    collected[update.key] = update.value
+
+        def on_status(self, status: SyncStatus) -> None:
+            pass
+
+    syncer = Syncer(syncer_type, _Collect())
+    for obj in objects:
+        resource = for_object(obj["apiVersion"], obj["kind"])
+        if resource.key in syncer.converters:
+            syncer.on_events(resource, [Event(EventType.SET, obj)])
+    return collected
