@@ -35,16 +35,15 @@ SYNCER_TYPES = ("felix", "bgp")
 
 def converters_for(syncer_type: str) -> Mapping[str, Converter]:
     """resource key -> converter, for one syncer type (reference/typha.md §2)."""
+    if syncer_type not in SYNCER_TYPES:
+        raise ValueError(f"unknown syncer type {syncer_type!r}; expected one of {SYNCER_TYPES}")
     from typha.model import convert
 
     tables: dict[str, Mapping[str, Converter]] = {
         "felix": convert.FELIX_CONVERTERS,
         "bgp": convert.BGP_CONVERTERS,
     }
-    try:
-        return tables[syncer_type]
-    except KeyError:
-        raise ValueError(f"unknown syncer type {syncer_type!r}; expected one of {SYNCER_TYPES}") from None
+    return tables[syncer_type]
 
 
 class Syncer:

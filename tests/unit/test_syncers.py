@@ -1,0 +1,86 @@
+"""Syncer bookkeeping: key ownership per object, deletes for keys no longer produced, status order."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from typha.datastore.reflector import Event, EventType
+from typha.datastore.syncers import Syncer
+from typha.model.kv import SyncStatus
+from typha.model.resources import by_key
+from typha.testing.mirror import KVMirror
+
+PODS, NODES = by_key("pods"), by_key("nodes")
+
+
+def pod_to_keys(obj: dict[str, Any]) -> list[tuple[str, Any]]:
+    """A toy converter: one key per label, which makes 'stops producing a key' easy to drive."""
+    labels = obj["metadata"].get("labels") or {}
+    if "invalid" in labels:
+        raise ValueError("label 'invalid' is not allowed")
+    name = obj["metadata"]["name"]
+    return [(f"/test/{name}/{k}", v) for k, v in sorted(labels.items())]
+
+
+def node_to_key(obj: dict[str, Any]) -> list[tuple[str, Any]]:
+    return [(f"/test/node/{obj['metadata']['name']}", "node")]
+
+
+def pod(name: str, rv: int, **labels: str) -> dict[str, Any]:
+    return {"metadata": {"name": name, "namespace": "ns", "resourceVersion": str(rv), "labels": labels}}
+
+
+@pytest.fixture
+def mirror() -> KVMirror:
+    return KVMirror()
+
+
+@pytest.fixture
+def syncer(mirror) -> Syncer:
+    syncer = Syncer("test", mirror, {"pods": pod_to_keys, "nodes": node_to_key})
+    syncer.start()
+    return syncer
+
+
+def test_keys_an_object_stops_producing_are_deleted(syncer, mirror):
+    syncer.on_events(PODS, [Event(EventType.SET, pod("a", 1, x="1", y="2"))])
+    assert mirror.kvs == {"/test/a/x": "1", "/test/a/y": "2"}
+    syncer.on_events(PODS, [Event(EventType.SET, pod("a", 2, y="3", z="4"))])
+    assert mirror.kvs == {"/test/a/y": "3", "/test/a/z": "4"}
+    assert mirror.revisions == {"/test/a/y": "2", "/test/a/z": "2"}
+    syncer.on_events(PODS, [Event(EventType.DELETE, pod("a", 3))])
+    assert mirror.kvs == {}
+
+
+def test_invalid_object_withdraws_its_keys_and_syncer_keeps_going(syncer, mirror):
+    syncer.on_events(PODS, [Event(EventType.SET, pod("a", 1, x="1")),
+                            Event(EventType.SET, pod("b", 2, x="1"))])
+    syncer.on_events(PODS, [Event(EventType.SET, pod("a", 3, invalid="yes")),
+                            Event(EventType.SET, pod("b", 4, x="2"))])
+    assert mirror.kvs == {"/test/b/x": "2"}
+    syncer.on_events(PODS, [Event(EventType.SET, pod("a", 5, x="again"))])
+    assert mirror.kvs == {"/test/a/x": "again", "/test/b/x": "2"}
+
+
+def test_delete_of_an_object_that_produced_nothing_emits_nothing(syncer, mirror):
+    syncer.on_events(PODS, [Event(EventType.DELETE, pod("ghost", 1))])
+    assert mirror.updates_seen == 0
+
+
+def test_in_sync_only_after_every_kind_has_listed(syncer, mirror):
+    assert mirror.statuses == [SyncStatus.WAIT_FOR_READY]
+    syncer.on_synced(PODS)
+    assert mirror.statuses == [SyncStatus.WAIT_FOR_READY, SyncStatus.RESYNC]
+    syncer.on_synced(PODS)  # a re-list of one kind is not progress towards the others
+    assert not mirror.in_sync
+    syncer.on_synced(NODES)
+    assert mirror.statuses[-1] is SyncStatus.IN_SYNC
+    syncer.on_synced(NODES)  # re-lists after in-sync do not repeat the status
+    assert mirror.statuses.count(SyncStatus.IN_SYNC) == 1
+
+
+def test_unknown_syncer_type_is_a_clear_error(mirror):
+    with pytest.raises(ValueError, match="unknown syncer type 'nope'"):
+        Syncer("nope", mirror)
