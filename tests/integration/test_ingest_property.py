@@ -1,0 +1,150 @@
+"""Property: whatever the writes and faults, each syncer ends up holding exactly the conversion of
+the API's final object set (DESIGN §5.1 at the ingest boundary)."""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import pprint
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from typha.datastore.kubeclient import KubeClient
+from typha.datastore.reflector import Backoff
+from typha.datastore.syncers import Datastore, Syncer, convert_objects
+from typha.testing import objects
+from typha.testing.mirror import KVMirror
+
+NAMESPACES = ["ns-a", "ns-b"]
+NODES = ["node-1", "node-2", "node-3"]
+
+label_values = st.sampled_from(["web", "db", "yes", "x.y-z"])
+labels = st.dictionaries(st.sampled_from(["app", "tier", "team"]), label_values, max_size=3)
+# Keys a valid selector cannot express: a conversion must reject them, not crash.
+selector_labels = st.one_of(labels, st.just({"bad key!": "x"}))
+
+pod_op = st.tuples(
+    st.just("pod"), st.sampled_from(NAMESPACES), st.integers(0, 4), st.sampled_from(NODES),
+    st.one_of(st.none(), st.integers(2, 250)), labels,
+)
+pod_delete = st.tuples(st.just("pod-delete"), st.sampled_from(NAMESPACES), st.integers(0, 4))
+namespace_op = st.tuples(st.just("namespace"), st.sampled_from(NAMESPACES), labels)
+namespace_delete = st.tuples(st.just("namespace-delete"), st.sampled_from(NAMESPACES))
+node_op = st.tuples(st.just("node"), st.sampled_from(NODES), st.integers(1, 250), st.booleans(), labels)
+node_delete = st.tuples(st.just("node-delete"), st.sampled_from(NODES))
+policy_op = st.tuples(
+    st.just("policy"), st.sampled_from(NAMESPACES), st.integers(0, 2), selector_labels, labels,
+    st.one_of(st.none(), st.integers(1, 65535)),
+)
+policy_delete = st.tuples(st.just("policy-delete"), st.sampled_from(NAMESPACES), st.integers(0, 2))
+pool_op = st.tuples(
+    st.just("pool"), st.integers(0, 2),
+    st.sampled_from(["10.65.0.0/16", "10.66.0.0/16", "10.67.0.0/33", "not-a-cidr"]),
+    st.sampled_from(["Never", "Always"]), st.booleans(),
+)
+pool_delete = st.tuples(st.just("pool-delete"), st.integers(0, 2))
+affinity_op = st.tuples(st.just("affinity"), st.sampled_from(NODES), st.integers(0, 3))
+affinity_delete = st.tuples(st.just("affinity-delete"), st.sampled_from(NODES), st.integers(0, 3))
+fault = st.tuples(st.just("fault"), st.sampled_from(["close_watches", "compact", "expire_watches", "fail"]))
+
+operation = st.one_of(
+    pod_op, pod_op, pod_delete, namespace_op, namespace_delete, node_op, node_delete,
+    policy_op, policy_delete, pool_op, pool_delete, affinity_op, affinity_delete, fault,
+)
+
+
+def apply(emulator, op: tuple[Any, ...]) -> None:
+    from typha.testing.apiserver import ApiError
+
+    kind = op[0]
+    try:
+        if kind == "pod":
+            _, ns, i, node, ip_octet, pod_labels = op
+            ip = None if ip_octet is None else f"10.65.{NODES.index(node)}.{ip_octet}"
+            emulator.upsert(objects.pod(ns, f"pod-{i}", node=node, ip=ip, labels=pod_labels,
+                                        ports=[("http", 8080, "TCP")]))
+        elif kind == "pod-delete":
+            emulator.delete("v1", "Pod", f"pod-{op[2]}", op[1])
+        elif kind == "namespace":
+            emulator.upsert(objects.namespace(op[1], op[2]))
+        elif kind == "namespace-delete":
+            emulator.delete("v1", "Namespace", op[1])
+        elif kind == "node":
+            _, name, octet, tunnel, node_labels = op
+            emulator.upsert(objects.node(
+                name, ipv4=f"192.168.56.{octet}/24", labels=node_labels,
+                ipip_tunnel_addr=f"10.65.{NODES.index(name)}.1" if tunnel else None,
+            ))
+        elif kind == "node-delete":
+            emulator.delete("v1", "Node", op[1])
+        elif kind == "policy":
+            _, ns, i, pod_selector, from_labels, port = op
+            emulator.upsert(objects.network_policy(ns, f"np-{i}", pod_selector=pod_selector,
+                                                   from_labels=from_labels, port=port))
+        elif kind == "policy-delete":
+            emulator.delete("networking.k8s.io/v1", "NetworkPolicy", f"np-{op[2]}", op[1])
+        elif kind == "pool":
+            _, i, cidr, ipip, nat = op
+            emulator.upsert(objects.ip_pool(f"pool-{i}", cidr, ipip=ipip, nat_outgoing=nat))
+        elif kind == "pool-delete":
+            emulator.delete(objects.CRD, "IPPool", f"pool-{op[1]}")
+        elif kind == "affinity":
+            _, node, i = op
+            emulator.upsert(objects.block_affinity(f"10.65.{NODES.index(node)}.{64 * i}/26", node=node))
+            emulator.upsert(objects.ipam_block(f"10.65.{NODES.index(node)}.{64 * i}/26", node=node))
+        elif kind == "affinity-delete":
+            _, node, i = op
+            cidr = f"10.65.{NODES.index(node)}.{64 * i}/26"
+            for obj in (objects.block_affinity(cidr, node=node), objects.ipam_block(cidr, node=node)):
+                with contextlib.suppress(ApiError):
+                    emulator.delete(obj["apiVersion"], obj["kind"], obj["metadata"]["name"])
+        elif kind == "fault":
+            if op[1] == "fail":
+                emulator.fail_next(2, 500)
+            else:
+                getattr(emulator, op[1])()
+    except ApiError as exc:
+        if exc.status != 404:
+            raise
+
+
+def describe_difference(got: dict[str, Any], want: dict[str, Any]) -> str:
+    return "\n".join(difflib.unified_diff(
+        pprint.pformat(want, width=120).splitlines(), pprint.pformat(got, width=120).splitlines(),
+        "expected (conversion of final API objects)", "syncer", lineterm="",
+    ))
+
+
+@settings(max_examples=20, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(before=st.lists(operation, max_size=15), after=st.lists(operation, max_size=25))
+def test_syncers_converge_on_the_conversion_of_the_final_objects(tmp_path, before, after):
+    from typha.testing.apiserver import KubeAPIEmulator
+
+    with contextlib.ExitStack() as stack:
+        emulator = stack.enter_context(KubeAPIEmulator(bookmark_interval=0.1).start())
+        for op in before:
+            apply(emulator, op)
+        kubeconfig = tmp_path / "kubeconfig"
+        emulator.write_kubeconfig(kubeconfig)
+        client = KubeClient.from_kubeconfig(str(kubeconfig))
+        stack.callback(client.close)
+        mirrors = {"felix": KVMirror(), "bgp": KVMirror()}
+        datastore = Datastore(client, [Syncer(kind, mirror) for kind, mirror in mirrors.items()],
+                              backoff=Backoff(initial=0.02, maximum=0.2))
+        datastore.start()
+        stack.callback(datastore.stop)
+        for mirror in mirrors.values():
+            assert mirror.wait_for(lambda m: m.in_sync, timeout=15), "initial list never completed"
+        for op in after:
+            apply(emulator, op)
+
+        final_objects = emulator.objects()
+        for syncer_type, mirror in mirrors.items():
+            want = convert_objects(syncer_type, final_objects)
+            converged = mirror.wait_for(lambda m, want=want: m.kvs == want, timeout=15)
+            difference = "" if converged else describe_difference(mirror.snapshot(), want)
+            assert converged, f"{syncer_type} syncer diverged:\n{difference}"
+        assert datastore.error is None
