@@ -1,0 +1,356 @@
+"""SnapshotCache: one syncer's KV set, deduplicated, as a chain of pre-encoded breadcrumbs.
+
+Every batch of updates that changes something becomes a Breadcrumb holding the batch already
+serialised as a `ServerMessage(deltas=…)` frame: the server writes those same bytes to every client,
+and a client that is behind gets several consecutive frames concatenated into one message (the
+protobuf merge appends their KVs, see proto/typha/v1/sync.proto). Status changes are breadcrumbs
+too, so a client sees IN_SYNC exactly after the deltas that preceded it.
+
+Snapshots are built on demand from the current KV set, compressed with zstd in ~1 MiB chunks, and
+shared by every client that joins while they are fresh. The cache keeps a bounded window of recent
+breadcrumbs (count, bytes, age) for resuming clients; older ones are dropped from the window and
+freed once no client's stream references them.
+
+Threading: all methods run on the server's event loop. `LoopFeeder` is the thread-safe door
+through which a Source (the datastore's ingest thread) hands in updates, with back-pressure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+import zstandard
+
+from typha.cache_metrics import CacheMetrics
+from typha.model.kv import SyncStatus, Update
+from typha.proto import sync_pb2 as pb
+
+_STATUS_TO_PB = {
+    SyncStatus.WAIT_FOR_READY: pb.SyncStatus.WAIT_FOR_READY,
+    SyncStatus.RESYNC: pb.SyncStatus.RESYNC,
+    SyncStatus.IN_SYNC: pb.SyncStatus.IN_SYNC,
+}
+
+
+def kv_hash(key: str, value: bytes) -> int:
+    """The checksum's per-key hash (proto: Checksum)."""
+    digest = hashlib.blake2b(key.encode() + b"\0" + value, digest_size=8).digest()
+    return int.from_bytes(digest, "little")
+
+
+def pack_value(value: Any) -> bytes:
+    return msgpack.packb(value, use_bin_type=True)
+
+
+@dataclass(slots=True, eq=False)
+class Breadcrumb:
+    """One step of the cache's history. Immutable once linked, except for `next`."""
+
+    sequence: int
+    timestamp: float  # time.monotonic() when minted
+    frame: bytes  # encoded ServerMessage: deltas, or a status change; b"" for the root
+    kv_count: int  # KVs in the frame (0 for status and root crumbs)
+    status: SyncStatus  # the cache's status after this crumb
+    digest: int  # checksum of the KV set after this crumb
+    key_count: int
+    is_deltas: bool
+    next: Breadcrumb | None = None
+
+    @property
+    def size(self) -> int:
+        return len(self.frame)
+
+
+@dataclass(slots=True)
+class Snapshot:
+    """The KV set at `sequence`, encoded as ready-to-send SnapshotChunk frames."""
+
+    sequence: int
+    crumb: Breadcrumb
+    frames: list[bytes]
+    key_count: int
+    raw_bytes: int
+    compressed_bytes: int
+    built_at: float
+    build_secs: float
+
+
+@dataclass(frozen=True, slots=True)
+class CacheLimits:
+    max_window_crumbs: int = 100_000
+    max_window_bytes: int = 256 * 1024 * 1024
+    max_window_age_secs: float = 300.0
+    snapshot_chunk_bytes: int = 1024 * 1024
+    snapshot_reuse_secs: float = 1.0  # Typha's BinarySnapshotTimeout
+    zstd_level: int = 3
+    max_crumb_kvs: int = 1000  # keeps frames well under gRPC's message limit
+
+
+@dataclass(slots=True)
+class _Entry:
+    value: bytes
+    revision: str
+
+
+class ResumeUnavailable(LookupError):
+    """The client's resume point is not in the window (other epoch, too old or in the future)."""
+
+
+class SnapshotCache:
+    def __init__(
+        self,
+        syncer_type: str,
+        *,
+        limits: CacheLimits | None = None,
+        metrics: CacheMetrics | None = None,
+        clock: Any = time.monotonic,
+    ) -> None:
+        self.syncer_type = syncer_type
+        self.limits = limits or CacheLimits()
+        self.metrics = metrics or CacheMetrics(syncer_type)
+        self._clock = clock
+        self.epoch = uuid.uuid4().hex
+        self._kvs: dict[str, _Entry] = {}
+        self._digest = 0
+        self.status = SyncStatus.WAIT_FOR_READY
+        root = Breadcrumb(0, clock(), b"", 0, self.status, 0, 0, is_deltas=False)
+        self._newest = root
+        self._window: deque[Breadcrumb] = deque([root])
+        self._window_bytes = 0
+        self._new_crumb = asyncio.Event()
+        self._snapshot: Snapshot | None = None
+        self._compressor = zstandard.ZstdCompressor(level=self.limits.zstd_level)
+
+    # -- reading -----------------------------------------------------------------------------------
+
+    @property
+    def newest(self) -> Breadcrumb:
+        return self._newest
+
+    @property
+    def oldest(self) -> Breadcrumb:
+        return self._window[0]
+
+    def __len__(self) -> int:
+        return len(self._kvs)
+
+    def get(self, key: str) -> tuple[bytes, str] | None:
+        entry = self._kvs.get(key)
+        return None if entry is None else (entry.value, entry.revision)
+
+    def items(self) -> Iterable[tuple[str, bytes, str]]:
+        return ((key, entry.value, entry.revision) for key, entry in self._kvs.items())
+
+    @property
+    def digest(self) -> int:
+        return self._digest
+
+    async def wait_after(self, crumb: Breadcrumb) -> Breadcrumb:
+        """The crumb after `crumb`, waiting for it to be minted."""
+        while crumb.next is None:
+            event = self._new_crumb
+            await event.wait()
+        return crumb.next
+
+    def crumb_after(self, epoch: str, sequence: int) -> Breadcrumb:
+        """The crumb a client that has applied `sequence` of `epoch` continues from (resume)."""
+        if epoch != self.epoch:
+            raise ResumeUnavailable(f"epoch {epoch!r} is not this server's {self.epoch!r}")
+        oldest = self._window[0].sequence
+        if not oldest <= sequence <= self._newest.sequence:
+            raise ResumeUnavailable(
+                f"sequence {sequence} is outside the resume window {oldest}..{self._newest.sequence}"
+            )
+        return self._window[sequence - oldest]
+
+    def in_window(self, crumb: Breadcrumb) -> bool:
+        """Whether a client positioned at `crumb` is still within the bounded window."""
+        return crumb.sequence >= self._window[0].sequence
+
+    # -- writing -----------------------------------------------------------------------------------
+
+    def apply(self, updates: Iterable[Update]) -> int:
+        """Apply a batch; returns the number of updates that changed something."""
+        kvs: list[pb.KV] = []
+        skipped = 0
+        total = 0
+        table = self._kvs
+        for update in updates:
+            total += 1
+            old = table.get(update.key)
+            if update.value is None:
+                if old is None:
+                    skipped += 1
+                    continue
+                del table[update.key]
+                self._digest ^= kv_hash(update.key, old.value)
+                kvs.append(pb.KV(key=update.key, revision=update.revision))
+                continue
+            value = pack_value(update.value)
+            if old is not None:
+                if old.value == value:
+                    skipped += 1
+                    continue
+                self._digest ^= kv_hash(update.key, old.value)
+                old.value, old.revision = value, update.revision
+            else:
+                table[update.key] = _Entry(value, update.revision)
+            self._digest ^= kv_hash(update.key, value)
+            kvs.append(pb.KV(key=update.key, value=value, revision=update.revision))
+        self.metrics.updates_total.inc(total)
+        if skipped:
+            self.metrics.updates_skipped.inc(skipped)
+        step = self.limits.max_crumb_kvs
+        for start in range(0, len(kvs), step):
+            part = kvs[start : start + step]
+            sequence = self._newest.sequence + 1
+            frame = pb.ServerMessage(deltas=pb.Deltas(kvs=part, sequence=sequence)).SerializeToString()
+            self._link(frame, len(part), is_deltas=True)
+        self.metrics.cache_size.set(len(table))
+        return len(kvs)
+
+    def set_status(self, status: SyncStatus) -> None:
+        if status is self.status:
+            return
+        self.status = status
+        sequence = self._newest.sequence + 1
+        frame = pb.ServerMessage(
+            status=pb.SyncStatus(status=_STATUS_TO_PB[status], sequence=sequence)
+        ).SerializeToString()
+        self._link(frame, 0, is_deltas=False)
+
+    def _link(self, frame: bytes, kv_count: int, *, is_deltas: bool) -> None:
+        crumb = Breadcrumb(
+            self._newest.sequence + 1, self._clock(), frame, kv_count, self.status,
+            self._digest, len(self._kvs), is_deltas,
+        )
+        self._newest.next = crumb
+        self._newest = crumb
+        self._window.append(crumb)
+        self._window_bytes += len(frame)
+        self._trim_window()
+        self.metrics.breadcrumb_seq_number.set(crumb.sequence)
+        self.metrics.breadcrumb_size.observe(kv_count)
+        # Wake every waiting stream at once; each re-reads the chain from its own position.
+        event, self._new_crumb = self._new_crumb, asyncio.Event()
+        event.set()
+
+    def _trim_window(self) -> None:
+        limits = self.limits
+        window = self._window
+        horizon = self._clock() - limits.max_window_age_secs
+        while len(window) > 1 and (
+            len(window) > limits.max_window_crumbs
+            or self._window_bytes > limits.max_window_bytes
+            or window[0].timestamp < horizon
+        ):
+            self._window_bytes -= len(window.popleft().frame)
+
+    # -- snapshots ---------------------------------------------------------------------------------
+
+    def snapshot(self) -> Snapshot:
+        """A snapshot of the current state, reused while fresh (shared by concurrent joiners)."""
+        current = self._snapshot
+        now = self._clock()
+        if current is not None and (
+            current.crumb is self._newest or now - current.built_at < self.limits.snapshot_reuse_secs
+        ):
+            self.metrics.snapshots_reused.inc()
+            return current
+        started = time.perf_counter()
+        snapshot = self._build_snapshot(now)
+        snapshot.build_secs = time.perf_counter() - started
+        self._snapshot = snapshot
+        self.metrics.snapshots_generated.inc()
+        self.metrics.snapshot_raw_bytes.set(snapshot.raw_bytes)
+        self.metrics.snapshot_compressed_bytes.set(snapshot.compressed_bytes)
+        return snapshot
+
+    def _build_snapshot(self, now: float) -> Snapshot:
+        crumb = self._newest
+        sequence = crumb.sequence
+        chunk_limit = self.limits.snapshot_chunk_bytes
+        raw_chunks: list[bytes] = []
+        pending: list[bytes] = []
+        pending_size = 0
+        for key in sorted(self._kvs):
+            entry = self._kvs[key]
+            # Each element is one encoded `kvs` field of Deltas: tag 1, length, KV bytes.
+            kv = pb.KV(key=key, value=entry.value, revision=entry.revision).SerializeToString()
+            element = b"\x0a" + _varint(len(kv)) + kv
+            pending.append(element)
+            pending_size += len(element)
+            if pending_size >= chunk_limit:
+                raw_chunks.append(b"".join(pending))
+                pending, pending_size = [], 0
+        if pending or not raw_chunks:
+            raw_chunks.append(b"".join(pending))
+        frames = []
+        compressed_total = 0
+        count = len(raw_chunks)
+        for index, raw in enumerate(raw_chunks):
+            data = self._compressor.compress(raw)
+            compressed_total += len(data)
+            chunk = pb.SnapshotChunk(
+                sequence=sequence, index=index, count=count, compression="zstd", data=data,
+                total_kvs=len(self._kvs),
+            )
+            frames.append(pb.ServerMessage(snapshot=chunk).SerializeToString())
+        return Snapshot(
+            sequence=sequence, crumb=crumb, frames=frames, key_count=len(self._kvs),
+            raw_bytes=sum(map(len, raw_chunks)), compressed_bytes=compressed_total,
+            built_at=now, build_secs=0.0,
+        )
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+class LoopFeeder:
+    """Hands a Source's output (on its own thread) to a SnapshotCache on the event loop.
+
+    At most `max_in_flight` batches wait on the loop; beyond that the source's thread blocks, which
+    back-pressures the reflectors instead of queueing without bound.
+    """
+
+    def __init__(self, cache: SnapshotCache, loop: asyncio.AbstractEventLoop, max_in_flight: int = 8) -> None:
+        self.cache = cache
+        self.loop = loop
+        self._slots = threading.BoundedSemaphore(max_in_flight)
+
+    def _run(self, fn: Any, arg: Any) -> None:
+        try:
+            fn(arg)
+        finally:
+            self._slots.release()
+
+    def _submit(self, fn: Any, arg: Any) -> None:
+        # Wake now and then to notice a loop that closed under us (shutdown): drop, never hang.
+        while not self._slots.acquire(timeout=1.0):
+            if self.loop.is_closed():
+                return
+        try:
+            self.loop.call_soon_threadsafe(self._run, fn, arg)
+        except RuntimeError:  # loop closed
+            self._slots.release()
+
+    def on_updates(self, updates: list[Update]) -> None:
+        self._submit(self.cache.apply, updates)
+
+    def on_status(self, status: SyncStatus) -> None:
+        self._submit(self.cache.set_status, status)
