@@ -1,0 +1,672 @@
+"""The Kubernetes API emulator: the real Kubernetes HTTP protocol over an in-memory object store.
+
+`KubeAPIEmulator` runs an aiohttp server on its own asyncio loop in a background thread, so the
+synchronous `kubernetes` client, `kubectl` and test code on the main thread can all use it at once.
+The object store, its resourceVersions and history live in `k8s_store`; this module is the HTTP
+layer (routing, lists, watches, discovery, auth, TLS) and the fault injection tests drive.
+
+Departures from a real API server are listed in `k8s_store` (storage semantics) and here:
+- No server-side apply (`application/apply-patch+yaml` gets 415), no dry run, no Table output
+  (kubectl falls back to its own NAME/AGE columns), no protobuf except the empty /openapi/v2.
+- Strategic merge patch is a schema-less approximation (see `k8s_patch`).
+- `fieldValidation` is accepted and ignored: unknown fields are stored, not rejected.
+- With a token configured every request but /healthz, /livez and /readyz must carry it (401 if
+  not); a real server would let anonymous requests through to authorization instead.
+- A watch from a resourceVersion older than the history is refused with HTTP 410 before the
+  stream starts (the watch cache answers 200 and an ERROR event; clients handle both).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import socket
+import threading
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import yaml
+from aiohttp import web
+
+from typha.model.resources import CALICO_CRD_GROUP, RESOURCES, Resource, for_object
+from typha.testing.k8s_discovery import (
+    OPENAPI_V2_CONTENT_TYPE,
+    OPENAPI_V2_PROTOBUF,
+    Discovery,
+    has_status_subresource,
+)
+from typha.testing.k8s_patch import PatchError, json_patch, merge_patch, strategic_merge_patch
+from typha.testing.k8s_selectors import SelectorError, parse_field_selector, parse_label_selector
+from typha.testing.k8s_store import (
+    REASONS,
+    ApiError,
+    Event,
+    Filter,
+    ObjectStore,
+    Stored,
+    bad_request,
+    status_object,
+)
+from typha.testing.k8s_tls import ServerCredentials, generate
+
+__all__ = ["ApiError", "KubeAPIEmulator"]
+
+log = logging.getLogger(__name__)
+
+_NOT_FOUND = ApiError(404, "NotFound", "the server could not find the requested resource")
+_HEALTH_PATHS = frozenset({"/healthz", "/livez", "/readyz"})
+_WATCH_BATCH = 1000  # events read from the history per wake-up, and initial ADDEDs per write
+_TRUE = frozenset({"1", "true"})
+
+
+def _json(body: bytes, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=body, status=status, content_type="application/json", headers=headers)
+
+
+def _status_response(err: ApiError, headers: dict[str, str] | None = None) -> web.Response:
+    return _json(orjson.dumps(err.to_status()), err.status, headers)
+
+
+def _flag(query: Any, name: str) -> bool:
+    return str(query.get(name, "")).lower() in _TRUE
+
+
+class _Watcher:
+    """One open watch stream: where it is in the history and how the emulator asks it to stop."""
+
+    __slots__ = ("cursor", "filter", "stop", "wake")
+
+    def __init__(self, flt: Filter, cursor: int):
+        self.filter = flt
+        self.cursor = cursor
+        self.wake = asyncio.Event()
+        self.stop: str | None = None  # "close": end cleanly; "expire": send ERROR 410, then end
+
+    def line(self, event: Event) -> bytes | None:
+        """The event as this watcher sees it, or None if its selection does not include it."""
+        flt = self.filter
+        if event.resource is not flt.resource:
+            return None
+        if not flt.selective:
+            return None if flt.namespace and event.namespace != flt.namespace else event.line()
+        if event.type == "DELETED":
+            return event.line() if event.prev is not None and flt.matches(event.prev) else None
+        now = flt.matches(event.stored.obj)
+        before = event.prev is not None and flt.matches(event.prev)
+        if now and before:
+            return event.line()
+        if now:
+            return event.line("ADDED")
+        if before:
+            return event.line("DELETED")
+        return None
+
+
+class KubeAPIEmulator:
+    """An in-memory Kubernetes API server speaking the real HTTP protocol. See the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        history_limit: int = 100_000,
+        bookmark_interval: float = 60.0,
+        token: str | None = None,
+        tls: bool = False,
+    ):
+        self._store = ObjectStore(history_limit=history_limit)
+        self._store.add_listener(self._on_write)
+        self._discovery = Discovery()
+        self._bookmark_interval = bookmark_interval
+        self._token = token
+        self._credentials: ServerCredentials | None = generate() if tls else None
+        self._routes: dict[tuple[str, str], Resource] = {(r.api_version, r.plural): r for r in RESOURCES}
+
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._runner: web.AppRunner | None = None
+        self._watchers: set[_Watcher] = set()  # touched on the loop thread only
+        self._wake_pending = False
+
+        self._lock = threading.Lock()  # faults, delay and counters
+        self._fail_remaining = 0
+        self._fail_status = 500
+        self._fail_retry_after: int | None = None
+        self._delay = 0.0
+        self._requests: Counter[str] = Counter()
+        self._open_watches = 0
+        self._injected = 0
+        self.url = ""
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    def start(self, host: str = "127.0.0.1", port: int = 0) -> KubeAPIEmulator:
+        if self._thread is not None:
+            raise RuntimeError("the emulator is already running")
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.setblocking(False)
+        bound_port = sock.getsockname()[1]
+        url_host = "127.0.0.1" if host in ("0.0.0.0", "") else (f"[{host}]" if ":" in host else host)
+        self.url = f"{'https' if self._credentials else 'http'}://{url_host}:{bound_port}"
+
+        loop = asyncio.new_event_loop()
+        started = threading.Event()
+        failure: list[BaseException] = []
+
+        def serve() -> None:
+            asyncio.set_event_loop(loop)
+            try:
+                loop.run_until_complete(self._serve(sock))
+            except BaseException as exc:
+                failure.append(exc)
+                started.set()
+                loop.close()
+                return
+            started.set()
+            try:
+                loop.run_forever()
+            finally:
+                loop.close()
+
+        self._loop = loop
+        self._thread = threading.Thread(target=serve, name="kube-api-emulator", daemon=True)
+        self._thread.start()
+        started.wait()
+        if failure:
+            self._thread.join()
+            self._thread = None
+            sock.close()
+            raise failure[0]
+        log.info("Kubernetes API emulator listening on %s", self.url)
+        return self
+
+    async def _serve(self, sock: socket.socket) -> None:
+        app = web.Application(client_max_size=256 * 1024 * 1024)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        # handler_cancellation: a watch whose client went away is cancelled instead of idling on.
+        self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=5.0)
+        await self._runner.setup()
+        ssl_context = self._credentials.ssl_context() if self._credentials else None
+        await web.SockSite(self._runner, sock, ssl_context=ssl_context, shutdown_timeout=5.0).start()
+
+    def stop(self) -> None:
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return
+        try:
+            asyncio.run_coroutine_threadsafe(self._shutdown(), loop).result(timeout=15)
+        finally:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(timeout=15)
+            self._loop = self._thread = None
+
+    async def _shutdown(self) -> None:
+        self._signal_watchers("close")
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def __enter__(self) -> KubeAPIEmulator:
+        return self if self._thread is not None else self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ---- kubeconfig --------------------------------------------------------------------------
+
+    def kubeconfig(self) -> dict[str, Any]:
+        cluster: dict[str, Any] = {"server": self.url}
+        if self._credentials:
+            cluster["certificate-authority-data"] = base64.b64encode(self._credentials.ca_pem).decode()
+        user: dict[str, Any] = {"token": self._token} if self._token else {}
+        return {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "typha-emulator", "cluster": cluster}],
+            "users": [{"name": "typha-emulator", "user": user}],
+            "contexts": [
+                {
+                    "name": "typha-emulator",
+                    "context": {
+                        "cluster": "typha-emulator",
+                        "user": "typha-emulator",
+                        "namespace": "default",
+                    },
+                }
+            ],
+            "current-context": "typha-emulator",
+            "preferences": {},
+        }
+
+    def write_kubeconfig(self, path: str | Path) -> None:
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(yaml.safe_dump(self.kubeconfig(), sort_keys=False))
+        target.chmod(0o600)  # it may hold a bearer token
+
+    # ---- in-process object API ---------------------------------------------------------------
+
+    @property
+    def resource_version(self) -> int:
+        return self._store.resource_version
+
+    @staticmethod
+    def _resource(api_version: str, kind: str) -> Resource:
+        try:
+            return for_object(api_version, kind)
+        except KeyError:
+            raise ApiError(
+                404, "NotFound", f"the server could not find the resource {kind} in {api_version}"
+            ) from None
+
+    def _resource_of(self, obj: dict[str, Any]) -> Resource:
+        if not isinstance(obj, dict):
+            raise bad_request("an object must be a dict")
+        return self._resource(str(obj.get("apiVersion", "")), str(obj.get("kind", "")))
+
+    def create(self, obj: dict[str, Any]) -> dict[str, Any]:
+        return self._store.create(self._resource_of(obj), obj).copy()
+
+    def replace(self, obj: dict[str, Any]) -> dict[str, Any]:
+        return self._store.replace(self._resource_of(obj), obj).copy()
+
+    def upsert(self, obj: dict[str, Any]) -> dict[str, Any]:
+        return self._store.upsert(self._resource_of(obj), obj).copy()
+
+    def patch(
+        self, api_version: str, kind: str, name: str, patch: dict[str, Any], namespace: str | None = None
+    ) -> dict[str, Any]:
+        resource = self._resource(api_version, kind)
+        return self._store.patch(
+            resource, namespace, name, lambda current: merge_patch(current, patch)
+        ).copy()
+
+    def delete(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> dict[str, Any]:
+        return self._store.delete(self._resource(api_version, kind), namespace, name).copy()
+
+    def get(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> dict[str, Any]:
+        return self._store.get(self._resource(api_version, kind), namespace, name).copy()
+
+    def list(self, api_version: str, kind: str, namespace: str | None = None) -> list[dict[str, Any]]:
+        return [s.copy() for s in self._store.select(Filter(self._resource(api_version, kind), namespace))]
+
+    def objects(self) -> list[dict[str, Any]]:
+        return [s.copy() for s in self._store.all_objects()]
+
+    # ---- fault injection and counters --------------------------------------------------------
+
+    def _signal_watchers(self, how: str) -> None:
+        """Ask every open watch to stop. Runs on the loop thread."""
+        for watcher in self._watchers:
+            watcher.stop = watcher.stop or how
+            watcher.wake.set()
+
+    def _on_loop(self, fn: Callable[[], None]) -> None:
+        """Run `fn` on the server loop and wait for it, so the effect is in place when we return."""
+        loop = self._loop
+        if loop is None:
+            return
+
+        async def call() -> None:
+            fn()
+
+        asyncio.run_coroutine_threadsafe(call(), loop).result(timeout=10)
+
+    def close_watches(self) -> None:
+        """End every open watch stream cleanly (the client sees the response end)."""
+        self._on_loop(lambda: self._signal_watchers("close"))
+
+    def expire_watches(self) -> None:
+        """Send every open watch an ERROR event with a 410 Status, then end it."""
+        self._on_loop(lambda: self._signal_watchers("expire"))
+
+    def compact(self) -> None:
+        """Drop the event history and list snapshots: older resourceVersions and continue tokens get 410."""
+        self._store.compact()
+        # Watches that are behind must notice now rather than at the next write.
+        self._on_write()
+
+    def fail_next(self, n: int, status: int = 500, retry_after: int | None = None) -> None:
+        with self._lock:
+            self._fail_remaining = n
+            self._fail_status = status
+            self._fail_retry_after = retry_after
+
+    def set_delay(self, seconds: float) -> None:
+        with self._lock:
+            self._delay = seconds
+
+    def stats(self) -> dict[str, Any]:
+        objects, history = self._store.counts()
+        with self._lock:
+            return {
+                "requests": dict(self._requests),
+                "requests_total": sum(self._requests.values()),
+                "open_watches": self._open_watches,
+                "injected_failures": self._injected,
+                "resource_version": self._store.resource_version,
+                "objects": objects,
+                "history_events": history,
+            }
+
+    def _count(self, verb: str) -> None:
+        with self._lock:
+            self._requests[verb] += 1
+
+    def _take_fault(self) -> tuple[int, int | None] | None:
+        with self._lock:
+            if self._fail_remaining <= 0:
+                return None
+            self._fail_remaining -= 1
+            self._injected += 1
+            return self._fail_status, self._fail_retry_after
+
+    # ---- watch fan-out -----------------------------------------------------------------------
+
+    def _on_write(self) -> None:
+        """After any write, on any thread: wake the watches, once per burst of writes."""
+        loop = self._loop
+        if loop is None or self._wake_pending:
+            return
+        self._wake_pending = True
+        with contextlib.suppress(RuntimeError):  # the loop is closing
+            loop.call_soon_threadsafe(self._wake_watchers)
+
+    def _wake_watchers(self) -> None:
+        # Cleared before waking: a write that lands after this line schedules another wake-up, and
+        # one that landed before it is already in the history the woken watchers will read.
+        self._wake_pending = False
+        for watcher in self._watchers:
+            watcher.wake.set()
+
+    # ---- HTTP --------------------------------------------------------------------------------
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        with self._lock:
+            delay = self._delay
+        if delay > 0:
+            await asyncio.sleep(delay)
+        path = request.path
+        if path in _HEALTH_PATHS:
+            self._count("health")
+            return web.Response(text="ok")
+        if self._token and request.headers.get("Authorization") != f"Bearer {self._token}":
+            self._count("unauthorized")
+            return _status_response(ApiError(401, "Unauthorized", "Unauthorized"))
+        fault = self._take_fault()
+        if fault is not None:
+            code, retry_after = fault
+            self._count("injected")
+            details = {"retryAfterSeconds": retry_after} if retry_after is not None else None
+            headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+            message = "Too many requests, please try again later." if code == 429 else "injected fault"
+            return _status_response(ApiError(code, REASONS.get(code), message, details), headers)
+        try:
+            return await self._dispatch(request)
+        except ApiError as err:
+            return _status_response(err)
+        except SelectorError as err:
+            return _status_response(bad_request(str(err)))
+
+    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+        path = request.path
+        if request.method == "GET":
+            if path.rstrip("/") == "/openapi/v2":
+                self._count("discovery")
+                return web.Response(body=OPENAPI_V2_PROTOBUF, content_type=OPENAPI_V2_CONTENT_TYPE)
+            doc = self._discovery.document(path)
+            if doc is not None:
+                self._count("discovery")
+                return _json(doc)
+        resource, namespace, name, subresource = self._route(path)
+        query = request.query
+        method = request.method
+        if name is None:
+            flt = (
+                Filter(
+                    resource,
+                    namespace,
+                    parse_label_selector(query.get("labelSelector")),
+                    parse_field_selector(query.get("fieldSelector"), resource),
+                )
+                if method in ("GET", "DELETE")
+                else Filter(resource, namespace)
+            )
+            if method == "GET":
+                if _flag(query, "watch"):
+                    self._count("watch")
+                    return await self._watch(request, flt)
+                self._count("list")
+                return self._list(flt, query)
+            if method == "POST":
+                self._count("create")
+                if resource.namespaced and namespace is None:
+                    raise _NOT_FOUND
+                stored = self._store.create(resource, await self._body(request), namespace)
+                return _json(stored.full, 201)
+            if method == "DELETE":
+                self._count("deletecollection")
+                deleted = self._store.delete_collection(flt)
+                return _json(
+                    self._list_bytes(resource, self._store.resource_version, [s.item for s in deleted])
+                )
+            raise ApiError(405, "MethodNotAllowed", f"{method} is not supported on a collection")
+
+        status_only = subresource == "status"
+        if method == "GET":
+            self._count("get")
+            return _json(self._store.get(resource, namespace, name).full)
+        if method == "PUT":
+            self._count("update")
+            body = await self._body(request)
+            stored = self._store.replace(resource, body, namespace, name, status_only=status_only)
+            return _json(stored.full)
+        if method == "PATCH":
+            self._count("patch")
+            apply = self._patcher(resource, request.content_type, await self._body(request))
+            return _json(self._store.patch(resource, namespace, name, apply, status_only=status_only).full)
+        if method == "DELETE" and not status_only:
+            self._count("delete")
+            options = await self._body(request, optional=True) or {}
+            pre = options.get("preconditions") or {} if isinstance(options, dict) else {}
+            stored = self._store.delete(
+                resource, namespace, name, resource_version=pre.get("resourceVersion"), uid=pre.get("uid")
+            )
+            return _json(stored.full)
+        raise ApiError(405, "MethodNotAllowed", f"{method} is not supported here")
+
+    def _route(self, path: str) -> tuple[Resource, str | None, str | None, str | None]:
+        """(resource, namespace, name, subresource) of a REST path; 404 for anything else."""
+        parts = [p for p in path.split("/") if p]
+        if len(parts) >= 3 and parts[0] == "api":
+            api_version, rest = parts[1], parts[2:]
+        elif len(parts) >= 4 and parts[0] == "apis":
+            api_version, rest = f"{parts[1]}/{parts[2]}", parts[3:]
+        else:
+            raise _NOT_FOUND
+        namespace = None
+        if len(rest) >= 3 and rest[0] == "namespaces":
+            candidate = self._routes.get((api_version, rest[2]))
+            if candidate is not None and candidate.namespaced:
+                namespace, rest = rest[1], rest[2:]
+        resource = self._routes.get((api_version, rest[0]))
+        if resource is None or len(rest) > 3:
+            raise _NOT_FOUND
+        if resource.namespaced and namespace is None and len(rest) > 1:
+            raise _NOT_FOUND
+        name = rest[1] if len(rest) > 1 else None
+        subresource = rest[2] if len(rest) > 2 else None
+        if subresource is not None and not (subresource == "status" and has_status_subresource(resource)):
+            raise _NOT_FOUND
+        return resource, namespace, name, subresource
+
+    @staticmethod
+    async def _body(request: web.Request, optional: bool = False) -> Any:
+        raw = await request.read()
+        if not raw.strip():
+            if optional:
+                return None
+            raise bad_request("the request body is empty")
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError as err:
+            raise bad_request(f"the request body is not valid JSON: {err}") from None
+
+    @staticmethod
+    def _patcher(resource: Resource, content_type: str, patch: Any) -> Callable[[dict[str, Any]], Any]:
+        if content_type == "application/merge-patch+json":
+            fn: Callable[[Any, Any], Any] = merge_patch
+        elif content_type == "application/strategic-merge-patch+json":
+            if resource.group == CALICO_CRD_GROUP:
+                # Custom resources have no Go types to take patch strategies from.
+                raise ApiError(
+                    415,
+                    "UnsupportedMediaType",
+                    "the body of the request was in an unknown format - accepted media types include: "
+                    "application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml",
+                )
+            fn = strategic_merge_patch
+        elif content_type == "application/json-patch+json":
+            fn = json_patch
+        else:
+            raise ApiError(415, "UnsupportedMediaType", f"the patch type {content_type!r} is not supported")
+
+        def apply(current: dict[str, Any]) -> Any:
+            try:
+                return fn(current, patch)
+            except PatchError as err:
+                raise ApiError(422, "Invalid", str(err)) from None
+
+        return apply
+
+    @staticmethod
+    def _list_bytes(
+        resource: Resource,
+        rv: int,
+        items: list[bytes],
+        continue_token: str | None = None,
+        remaining: int | None = None,
+    ) -> bytes:
+        meta: dict[str, Any] = {"resourceVersion": str(rv)}
+        if continue_token:
+            meta["continue"] = continue_token
+        if remaining is not None:
+            meta["remainingItemCount"] = remaining
+        head = orjson.dumps(
+            {"kind": resource.list_kind, "apiVersion": resource.api_version, "metadata": meta}
+        )
+        return head[:-1] + b',"items":[' + b",".join(items) + b"]}"
+
+    def _list(self, flt: Filter, query: Any) -> web.Response:
+        try:
+            limit = int(query.get("limit") or 0)
+        except ValueError:
+            raise bad_request(f"invalid limit {query.get('limit')!r}") from None
+        page = self._store.list_page(flt, limit, query.get("continue") or None)
+        return _json(
+            self._list_bytes(
+                flt.resource, page.resource_version, page.items, page.continue_token, page.remaining
+            )
+        )
+
+    async def _watch(self, request: web.Request, flt: Filter) -> web.StreamResponse:
+        query = request.query
+        initial, cursor = self._store.watch_start(flt, query.get("resourceVersion"))
+        if (
+            _flag(query, "sendInitialEvents")
+            and not initial
+            and query.get("resourceVersion") not in (None, "")
+        ):
+            # sendInitialEvents asks for the current state whatever resourceVersion is given.
+            initial, cursor = self._store.watch_start(flt, None)
+        try:
+            timeout = float(query.get("timeoutSeconds") or 0)
+        except ValueError:
+            raise bad_request(f"invalid timeoutSeconds {query.get('timeoutSeconds')!r}") from None
+        bookmarks = _flag(query, "allowWatchBookmarks")
+
+        response = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        watcher = _Watcher(flt, cursor)
+        self._watchers.add(watcher)
+        with self._lock:
+            self._open_watches += 1
+        try:
+            await self._stream(
+                response, watcher, initial, timeout, bookmarks, _flag(query, "sendInitialEvents")
+            )
+        except (ConnectionResetError, ConnectionError):
+            pass  # the client went away
+        finally:
+            self._watchers.discard(watcher)
+            with self._lock:
+                self._open_watches -= 1
+        return response
+
+    def _bookmark(self, resource: Resource, rv: int, initial_events_end: bool = False) -> bytes:
+        meta: dict[str, Any] = {"resourceVersion": str(rv)}
+        if initial_events_end:
+            meta["annotations"] = {"k8s.io/initial-events-end": "true"}
+        obj = {"kind": resource.kind, "apiVersion": resource.api_version, "metadata": meta}
+        return orjson.dumps({"type": "BOOKMARK", "object": obj}) + b"\n"
+
+    async def _stream(
+        self,
+        response: web.StreamResponse,
+        watcher: _Watcher,
+        initial: list[Stored],
+        timeout: float,
+        bookmarks: bool,
+        initial_events_end: bool,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        resource = watcher.filter.resource
+        for start in range(0, len(initial), _WATCH_BATCH):
+            chunk = initial[start : start + _WATCH_BATCH]
+            await response.write(b"".join(b'{"type":"ADDED","object":' + s.full + b"}\n" for s in chunk))
+        if initial_events_end and bookmarks:
+            await response.write(self._bookmark(resource, watcher.cursor, initial_events_end=True))
+        deadline = loop.time() + timeout if timeout > 0 else None
+        next_bookmark = loop.time() + self._bookmark_interval if bookmarks else None
+        while True:
+            if watcher.stop == "close":
+                return
+            if watcher.stop == "expire":
+                await self._write_error(response, ApiError(410, "Expired", "watch expired by the emulator"))
+                return
+            watcher.wake.clear()
+            try:
+                events = self._store.events_after(watcher.cursor, _WATCH_BATCH)
+            except ApiError as err:
+                # Fell out of the history window (compacted, or too slow): the client must relist.
+                await self._write_error(response, err)
+                return
+            if events:
+                lines = [line for event in events if (line := watcher.line(event)) is not None]
+                watcher.cursor = events[-1].rv
+                if lines:
+                    await response.write(b"".join(lines))
+                continue
+            now = loop.time()
+            if deadline is not None and now >= deadline:
+                return
+            if next_bookmark is not None and now >= next_bookmark:
+                await response.write(self._bookmark(resource, watcher.cursor))
+                next_bookmark = now + self._bookmark_interval
+                continue
+            waits = [t - now for t in (deadline, next_bookmark) if t is not None]
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(watcher.wake.wait(), min(waits) if waits else None)
+
+    @staticmethod
+    async def _write_error(response: web.StreamResponse, err: ApiError) -> None:
+        await response.write(
+            orjson.dumps({"type": "ERROR", "object": status_object(err.status, err.reason, err.message)})
+            + b"\n"
+        )

@@ -1,0 +1,80 @@
+"""`typha sim-apiserver`: run the Kubernetes API emulator as a process, for kubectl and demos."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+
+from typha.testing.apiserver import KubeAPIEmulator
+
+log = logging.getLogger(__name__)
+
+
+def _listen(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--listen",
+        type=_listen,
+        default=("127.0.0.1", 0),
+        metavar="HOST:PORT",
+        help="address to serve on; port 0 picks a free one (default 127.0.0.1:0)",
+    )
+    parser.add_argument(
+        "--kubeconfig-out", required=True, metavar="PATH", help="write a kubeconfig for the emulator here"
+    )
+    parser.add_argument(
+        "--load",
+        action="append",
+        default=[],
+        metavar="FILE.yaml",
+        help="apply the objects in this file at start (Kubernetes and projectcalico.org/v3); repeatable",
+    )
+    parser.add_argument("--token", help="require this bearer token")
+    parser.add_argument("--tls", action="store_true", help="serve HTTPS with a generated CA")
+    parser.add_argument(
+        "--history-limit",
+        type=int,
+        default=100_000,
+        metavar="N",
+        help="watch events kept; older resourceVersions get 410 Gone",
+    )
+    parser.add_argument(
+        "--bookmark-interval", type=float, default=60.0, metavar="S", help="seconds between watch bookmarks"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    emulator = KubeAPIEmulator(
+        history_limit=args.history_limit,
+        bookmark_interval=args.bookmark_interval,
+        token=args.token,
+        tls=args.tls,
+    )
+    host, port = args.listen
+    with emulator.start(host, port):
+        if args.load:
+            # Imported here: the loader is only needed with --load, and it pulls in the Calico model.
+            from typha.testing.calico_v3 import load_file
+
+            for path in args.load:
+                load_file(emulator, path)
+                log.info("loaded %s", path)
+        # The kubeconfig is written last: its appearance tells a waiting script the server is ready.
+        emulator.write_kubeconfig(args.kubeconfig_out)
+        log.info("serving the Kubernetes API at %s (kubeconfig %s)", emulator.url, args.kubeconfig_out)
+        print(f"listening on {emulator.url}", flush=True)
+        while not stop.wait(1.0):
+            pass
+        log.info("stopping")
+    return 0

@@ -1,0 +1,619 @@
+"""The emulator's object store: objects of every kind, one global resourceVersion, the event history.
+
+Thread-safe behind one lock, so the HTTP thread and test code on the main thread can both write;
+every write takes the lock, bumps the resourceVersion and appends exactly one event, which is what
+lets watches read the history by index and never lose or reorder an event.
+
+Objects are kept immutable once stored, together with their JSON bytes, so lists and watches join
+cached bytes instead of serializing again (a list of 50,000 pods is one `b",".join`).
+
+Deliberate simplifications, each a difference from a real API server:
+- No admission, defaulting or status reset: what is written is stored (status included), so test
+  fixtures can set pod IPs and phases directly. Pods are deleted at once (no graceful deletion).
+- Namespaces are not required to exist, and deleting one does not delete what is in it.
+- Unconditional updates (PUT without metadata.resourceVersion) are allowed for every kind, custom
+  resources included (the real server requires the resourceVersion on custom resources).
+- List requests always read the latest state (resourceVersion/resourceVersionMatch are ignored),
+  except that a `continue` token reads the pinned snapshot of its first page.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import secrets
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from typha.model.resources import CALICO_CRD_GROUP, Resource
+from typha.testing.k8s_selectors import Predicate
+
+REASONS: dict[int, str] = {
+    400: "BadRequest",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "NotFound",
+    405: "MethodNotAllowed",
+    406: "NotAcceptable",
+    409: "Conflict",
+    410: "Expired",
+    415: "UnsupportedMediaType",
+    422: "Invalid",
+    429: "TooManyRequests",
+    500: "InternalError",
+    503: "ServiceUnavailable",
+    504: "Timeout",
+}
+
+
+class ApiError(Exception):
+    """A request the API server refuses; rendered over HTTP as a `Status` object with this code."""
+
+    def __init__(self, status: int, reason: str | None, message: str, details: dict[str, Any] | None = None):
+        super().__init__(f"{status} {reason}: {message}")
+        self.status = status
+        self.reason = reason or REASONS.get(status, "Unknown")
+        self.message = message
+        self.details = details
+
+    def to_status(self) -> dict[str, Any]:
+        return status_object(self.status, self.reason, self.message, self.details)
+
+
+def status_object(
+    code: int, reason: str, message: str, details: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    status: dict[str, Any] = {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code,
+    }
+    if details:
+        status["details"] = details
+    return status
+
+
+def _details(resource: Resource, name: str) -> dict[str, Any]:
+    details: dict[str, Any] = {"name": name, "kind": resource.plural}
+    if resource.group:
+        details["group"] = resource.group
+    return details
+
+
+def not_found(resource: Resource, name: str) -> ApiError:
+    return ApiError(404, "NotFound", f'{resource.key} "{name}" not found', _details(resource, name))
+
+
+def gone(message: str) -> ApiError:
+    return ApiError(410, "Expired", message)
+
+
+def bad_request(message: str) -> ApiError:
+    return ApiError(400, "BadRequest", message)
+
+
+def _invalid(resource: Resource, name: str, message: str) -> ApiError:
+    return ApiError(
+        422, "Invalid", f'{resource.kind} "{name}" is invalid: {message}', _details(resource, name)
+    )
+
+
+# Kinds whose registry strategy maintains metadata.generation (1 on create, +1 when anything other
+# than metadata or status changes). Custom resources always do; most core kinds never set it.
+_GENERATION_KINDS = frozenset(
+    {("apps", "Deployment"), ("networking.k8s.io", "NetworkPolicy"), ("discovery.k8s.io", "EndpointSlice")}
+)
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_GENERATE_CHARS = "bcdfghjklmnpqrstvwxz2456789"  # apimachinery's SimpleNameGenerator alphabet
+# Built-in kinds' list items carry no apiVersion/kind on the wire; custom resources' items do.
+_TYPED_LIST_ITEMS_GROUPS = frozenset({CALICO_CRD_GROUP})
+
+
+def _keeps_generation(resource: Resource) -> bool:
+    return resource.group == CALICO_CRD_GROUP or (resource.group, resource.kind) in _GENERATION_KINDS
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+@dataclass(slots=True)
+class Stored:
+    """One stored object: the dict (never mutated once stored) and its JSON encodings."""
+
+    obj: dict[str, Any]
+    full: bytes  # with apiVersion and kind: get, watch events
+    item: bytes  # as a list item: without apiVersion/kind for built-in kinds
+
+    @property
+    def rv(self) -> int:
+        return int(self.obj["metadata"]["resourceVersion"])
+
+    def copy(self) -> dict[str, Any]:
+        # orjson round trip: a deep copy an order of magnitude faster than copy.deepcopy.
+        return orjson.loads(self.full)
+
+
+def _encode(resource: Resource, obj: dict[str, Any]) -> Stored:
+    full = orjson.dumps(obj)
+    if resource.group in _TYPED_LIST_ITEMS_GROUPS:
+        return Stored(obj, full, full)
+    return Stored(obj, full, orjson.dumps({k: v for k, v in obj.items() if k not in ("apiVersion", "kind")}))
+
+
+@dataclass(slots=True)
+class Event:
+    """One write, as every watch sees it. `prev` is the state before (MODIFIED, DELETED)."""
+
+    rv: int
+    resource: Resource
+    type: str
+    stored: Stored
+    prev: dict[str, Any] | None
+    _lines: dict[str, bytes] = field(default_factory=dict)
+
+    @property
+    def namespace(self) -> str:
+        return self.stored.obj["metadata"].get("namespace", "")
+
+    def line(self, event_type: str | None = None) -> bytes:
+        """The newline-terminated watch event, built once per type and shared by every watcher."""
+        event_type = event_type or self.type
+        line = self._lines.get(event_type)
+        if line is None:
+            obj = self.stored.full
+            if event_type == "DELETED" and self.type == "MODIFIED" and self.prev is not None:
+                # An object that stops matching a watcher's selector is deleted *for that watcher*:
+                # Kubernetes sends the previous content stamped with the event's resourceVersion.
+                prev = dict(self.prev, metadata=dict(self.prev["metadata"], resourceVersion=str(self.rv)))
+                obj = orjson.dumps(prev)
+            line = b'{"type":"' + event_type.encode() + b'","object":' + obj + b"}\n"
+            self._lines[event_type] = line
+        return line
+
+
+@dataclass(slots=True)
+class Filter:
+    """What one list or watch selects: a kind, optionally a namespace, label and field selectors."""
+
+    resource: Resource
+    namespace: str | None = None
+    labels: Predicate | None = None
+    fields: Predicate | None = None
+
+    def matches(self, obj: Mapping[str, Any]) -> bool:
+        meta = obj["metadata"]
+        if self.namespace and meta.get("namespace") != self.namespace:
+            return False
+        if self.labels is not None and not self.labels(meta.get("labels") or {}):
+            return False
+        return self.fields is None or self.fields(obj)
+
+    @property
+    def selective(self) -> bool:
+        return self.labels is not None or self.fields is not None
+
+
+@dataclass(slots=True)
+class Page:
+    resource_version: int
+    items: list[bytes]
+    continue_token: str | None
+    remaining: int | None
+
+
+@dataclass(slots=True)
+class _Snapshot:
+    rv: int
+    items: list[bytes]
+    created: float
+
+
+class ObjectStore:
+    """Every object of every kind, the global resourceVersion and the bounded event history."""
+
+    SNAPSHOT_LIMIT = 256  # pinned list snapshots kept for continue tokens, least recently used dropped
+
+    def __init__(self, history_limit: int = 100_000, continue_ttl: float = 300.0):
+        self._lock = threading.Lock()
+        self._rv = 1
+        self._history_limit = history_limit
+        self._continue_ttl = continue_ttl
+        self._objects: dict[Resource, dict[tuple[str, str], Stored]] = {}
+        self._sorted_keys: dict[Resource, list[tuple[str, str]]] = {}
+        # Events with rv > _floor are all in _history, consecutively (one event per rv), so the event
+        # after rv r sits at index r + 1 - _history[0].rv. The list is trimmed in chunks.
+        self._history: list[Event] = []
+        self._floor = self._rv
+        self._snapshots: OrderedDict[str, _Snapshot] = OrderedDict()
+        self._listeners: list[Callable[[], None]] = []
+
+    # ---- bookkeeping -------------------------------------------------------------------------
+
+    def add_listener(self, callback: Callable[[], None]) -> None:
+        """`callback()` runs after every write, outside the lock, on the writer's thread."""
+        self._listeners.append(callback)
+
+    def _notify(self) -> None:
+        for callback in self._listeners:
+            callback()
+
+    @property
+    def resource_version(self) -> int:
+        with self._lock:
+            return self._rv
+
+    def counts(self) -> tuple[int, int]:
+        """(stored objects, events in the history window)."""
+        with self._lock:
+            return sum(len(v) for v in self._objects.values()), self._rv - self._floor
+
+    def compact(self) -> None:
+        """Forget every event and list snapshot: older resourceVersions and continue tokens get 410."""
+        with self._lock:
+            self._history.clear()
+            self._floor = self._rv
+            self._snapshots.clear()
+
+    def _record(
+        self, resource: Resource, event_type: str, stored: Stored, prev: dict[str, Any] | None
+    ) -> None:
+        """Append the event for the write that took resourceVersion self._rv. Lock held."""
+        self._history.append(Event(self._rv, resource, event_type, stored, prev))
+        if self._rv - self._floor > self._history_limit:
+            self._floor = self._rv - self._history_limit
+            if len(self._history) > 2 * self._history_limit + 1024:
+                del self._history[: len(self._history) - self._history_limit]
+
+    # ---- reads -------------------------------------------------------------------------------
+
+    @staticmethod
+    def _namespace(resource: Resource, namespace: str | None) -> str:
+        """The namespace part of an object's key; namespaced objects default to "default"."""
+        return (namespace or "default") if resource.namespaced else ""
+
+    def get(self, resource: Resource, namespace: str | None, name: str) -> Stored:
+        with self._lock:
+            stored = self._objects.get(resource, {}).get((self._namespace(resource, namespace), name))
+        if stored is None:
+            raise not_found(resource, name)
+        return stored
+
+    def all_objects(self) -> list[Stored]:
+        with self._lock:
+            return [s for objs in self._objects.values() for s in objs.values()]
+
+    def select(self, flt: Filter) -> list[Stored]:
+        """Every object `flt` selects, in key order."""
+        with self._lock:
+            return self._matching(flt)
+
+    def _matching(self, flt: Filter) -> list[Stored]:
+        """Objects selected by `flt` in key order (namespace, name). Lock held."""
+        objs = self._objects.get(flt.resource)
+        if not objs:
+            return []
+        keys = self._sorted_keys.get(flt.resource)
+        if keys is None:
+            keys = self._sorted_keys[flt.resource] = sorted(objs)
+        if flt.namespace:
+            keys = [k for k in keys if k[0] == flt.namespace]
+        if not flt.selective:
+            return [objs[k] for k in keys]
+        return [s for k in keys if flt.matches((s := objs[k]).obj)]
+
+    def list_page(self, flt: Filter, limit: int | None = None, continue_token: str | None = None) -> Page:
+        """A list, or one page of it. The continue token pins the first page's snapshot and RV."""
+        if continue_token:
+            snap_id, offset = self._parse_continue(continue_token)
+            with self._lock:
+                snap = self._snapshots.get(snap_id)
+                if snap is not None:
+                    self._snapshots.move_to_end(snap_id)
+            if snap is None or time.monotonic() - snap.created > self._continue_ttl:
+                raise gone(
+                    "The provided continue parameter is too old to display a consistent list result. "
+                    "You can start a new list without the continue parameter."
+                )
+            rv, items = snap.rv, snap.items
+        else:
+            offset = 0
+            with self._lock:
+                rv = self._rv
+                stored = self._matching(flt)
+            items = [s.item for s in stored]
+        end = len(items) if not limit or limit <= 0 else min(len(items), offset + limit)
+        token = None
+        remaining = None
+        if end < len(items):
+            if not continue_token:
+                snap_id = secrets.token_hex(8)
+                with self._lock:
+                    self._snapshots[snap_id] = _Snapshot(rv, items, time.monotonic())
+                    while len(self._snapshots) > self.SNAPSHOT_LIMIT:
+                        self._snapshots.popitem(last=False)
+            token = base64.urlsafe_b64encode(orjson.dumps({"rv": rv, "id": snap_id, "at": end})).decode()
+            # Like Kubernetes, only an unfiltered list can say how much is left.
+            remaining = None if flt.selective else len(items) - end
+        return Page(rv, items[offset:end], token, remaining)
+
+    @staticmethod
+    def _parse_continue(token: str) -> tuple[str, int]:
+        try:
+            decoded = orjson.loads(base64.urlsafe_b64decode(token.encode()))
+            return str(decoded["id"]), int(decoded["at"])
+        except (ValueError, KeyError, TypeError):
+            raise bad_request(f"continue key is not valid: {token!r}") from None
+
+    def watch_start(self, flt: Filter, resource_version: str | None) -> tuple[list[Stored], int]:
+        """Where a watch starts: (objects to send as synthetic ADDED, resourceVersion to follow from).
+
+        Unset, "" and "0" mean "current state, then changes" as in Kubernetes; a number N means the
+        changes after N, which needs N inside the history window (410 Gone otherwise).
+        """
+        with self._lock:
+            if resource_version in (None, "", "0"):
+                return self._matching(flt), self._rv
+            try:
+                start = int(resource_version)  # type: ignore[arg-type]
+            except ValueError:
+                raise bad_request(f"invalid resourceVersion {resource_version!r}") from None
+            if start < self._floor:
+                raise gone(f"too old resource version: {start} ({self._floor})")
+            return [], start
+
+    def events_after(self, cursor: int, max_events: int = 1000) -> list[Event]:
+        """Up to `max_events` events with rv > cursor, in order; 410 if some are no longer held."""
+        with self._lock:
+            if cursor < self._floor:
+                raise gone(f"too old resource version: {cursor} ({self._floor})")
+            if cursor >= self._rv:
+                return []
+            start = cursor + 1 - self._history[0].rv
+            return self._history[start : start + max_events]
+
+    # ---- writes ------------------------------------------------------------------------------
+
+    def _prepare(self, resource: Resource, body: Any, namespace: str | None) -> dict[str, Any]:
+        """Validate and normalize a written object, as the REST handler does before storage."""
+        if not isinstance(body, dict):
+            raise bad_request("the body of the request was not a JSON object")
+        api_version = body.get("apiVersion") or resource.api_version
+        kind = body.get("kind") or resource.kind
+        if (api_version, kind) != (resource.api_version, resource.kind):
+            raise bad_request(
+                f"the API version in the data ({api_version}) or kind ({kind}) does not match the "
+                f"expected {resource.api_version} {resource.kind}"
+            )
+        meta = dict(body.get("metadata") or {})
+        if resource.namespaced:
+            body_ns = meta.get("namespace")
+            if namespace and body_ns and body_ns != namespace:
+                raise bad_request(
+                    "the namespace of the provided object does not match the namespace sent on the request"
+                )
+            meta["namespace"] = body_ns or namespace or "default"
+        else:
+            meta.pop("namespace", None)
+        if not meta.get("name") and meta.get("generateName"):
+            meta["name"] = meta["generateName"] + "".join(secrets.choice(_GENERATE_CHARS) for _ in range(5))
+        name = meta.get("name")
+        if not name or not isinstance(name, str):
+            raise _invalid(resource, "", "metadata.name: Required value: name or generateName is required")
+        pattern, limit = (_DNS_LABEL, 63) if resource.kind == "Namespace" else (_DNS_SUBDOMAIN, 253)
+        if len(name) > limit or not pattern.match(name):
+            raise _invalid(
+                resource, name, f'metadata.name: Invalid value: "{name}": must be a lowercase RFC 1123 name'
+            )
+        obj: dict[str, Any] = {"apiVersion": api_version, "kind": kind, "metadata": meta}
+        obj.update((k, v) for k, v in body.items() if k not in ("apiVersion", "kind", "metadata"))
+        if resource.api_version == "v1" and kind == "Secret" and "stringData" in obj:
+            # The server folds stringData into data (base64) on every write and never stores it.
+            data = dict(obj.get("data") or {})
+            for key, value in (obj.pop("stringData") or {}).items():
+                data[key] = base64.b64encode(str(value).encode()).decode()
+            obj["data"] = data
+        if resource.api_version == "v1" and kind == "Namespace":
+            obj.setdefault("status", {"phase": "Active"})
+        return obj
+
+    def _store(self, resource: Resource, obj: dict[str, Any], event_type: str, prev: Stored | None) -> Stored:
+        """Stamp the next resourceVersion, store and record the event. Lock held."""
+        meta = obj["metadata"]
+        self._rv += 1
+        meta["resourceVersion"] = str(self._rv)
+        if prev is None:
+            meta["uid"] = str(uuid.uuid4())
+            meta["creationTimestamp"] = _now()
+            if _keeps_generation(resource):
+                meta["generation"] = 1
+            else:
+                meta.pop("generation", None)
+        else:
+            old_meta = prev.obj["metadata"]
+            meta["uid"] = old_meta["uid"]
+            meta["creationTimestamp"] = old_meta["creationTimestamp"]
+            if _keeps_generation(resource):
+                changed = {k: v for k, v in obj.items() if k not in ("metadata", "status")} != {
+                    k: v for k, v in prev.obj.items() if k not in ("metadata", "status")
+                }
+                meta["generation"] = old_meta.get("generation", 1) + (1 if changed else 0)
+            else:
+                meta.pop("generation", None)
+        stored = _encode(resource, obj)
+        key = (meta.get("namespace", ""), meta["name"])
+        objs = self._objects.setdefault(resource, {})
+        if key not in objs:
+            self._sorted_keys.pop(resource, None)
+        objs[key] = stored
+        self._record(resource, event_type, stored, prev.obj if prev else None)
+        return stored
+
+    def create(self, resource: Resource, body: Any, namespace: str | None = None) -> Stored:
+        obj = self._prepare(resource, body, namespace)
+        if obj["metadata"].get("resourceVersion"):
+            # The message and code of the real server (etcd3 storage refuses it as an internal error).
+            raise ApiError(500, "InternalError", "resourceVersion should not be set on objects to be created")
+        with self._lock:
+            key = (obj["metadata"].get("namespace", ""), obj["metadata"]["name"])
+            if key in self._objects.get(resource, {}):
+                name = key[1]
+                raise ApiError(
+                    409, "AlreadyExists", f'{resource.key} "{name}" already exists', _details(resource, name)
+                )
+            stored = self._store(resource, obj, "ADDED", None)
+        self._notify()
+        return stored
+
+    def _check_preconditions(
+        self, resource: Resource, current: Stored, rv: str | None, uid: str | None
+    ) -> None:
+        name = current.obj["metadata"]["name"]
+        if uid and uid != current.obj["metadata"]["uid"]:
+            raise ApiError(
+                409,
+                "Conflict",
+                f'Operation cannot be fulfilled on {resource.key} "{name}": Precondition failed: '
+                f"UID in precondition: {uid}, UID in object meta: {current.obj['metadata']['uid']}",
+                _details(resource, name),
+            )
+        if rv and rv != current.obj["metadata"]["resourceVersion"]:
+            raise ApiError(
+                409,
+                "Conflict",
+                f'Operation cannot be fulfilled on {resource.key} "{name}": the object has been modified; '
+                "please apply your changes to the latest version and try again",
+                _details(resource, name),
+            )
+
+    def replace(
+        self,
+        resource: Resource,
+        body: Any,
+        namespace: str | None = None,
+        name: str | None = None,
+        *,
+        check_version: bool = True,
+        status_only: bool = False,
+    ) -> Stored:
+        """PUT: the object must exist; a carried resourceVersion must be current (409 otherwise)."""
+        obj = self._prepare(resource, body, namespace)
+        meta = obj["metadata"]
+        if name is not None and meta["name"] != name:
+            raise bad_request(
+                f"the name of the object ({meta['name']}) does not match the name on the URL ({name})"
+            )
+        with self._lock:
+            key = (meta.get("namespace", ""), meta["name"])
+            current = self._objects.get(resource, {}).get(key)
+            if current is None:
+                raise not_found(resource, meta["name"])
+            if check_version:
+                self._check_preconditions(resource, current, meta.get("resourceVersion"), meta.get("uid"))
+            if status_only:
+                # The status subresource writes .status and nothing else.
+                status = obj.get("status")
+                obj = orjson.loads(current.full)
+                obj.pop("status", None)
+                if status is not None:
+                    obj["status"] = status
+            stored = self._store(resource, obj, "MODIFIED", current)
+        self._notify()
+        return stored
+
+    def upsert(self, resource: Resource, body: Any, namespace: str | None = None) -> Stored:
+        """Create, or replace whole without a resourceVersion precondition."""
+        obj = self._prepare(resource, body, namespace)
+        obj["metadata"].pop("resourceVersion", None)
+        with self._lock:
+            key = (obj["metadata"].get("namespace", ""), obj["metadata"]["name"])
+            current = self._objects.get(resource, {}).get(key)
+            stored = self._store(resource, obj, "MODIFIED" if current else "ADDED", current)
+        self._notify()
+        return stored
+
+    def patch(
+        self,
+        resource: Resource,
+        namespace: str | None,
+        name: str,
+        apply: Callable[[dict[str, Any]], Any],
+        *,
+        status_only: bool = False,
+    ) -> Stored:
+        """Apply `apply(current_copy) -> new body` atomically; a resourceVersion the patch sets is a
+        precondition (409 if stale), as on the real server; otherwise patches never conflict."""
+        key = (self._namespace(resource, namespace), name)
+        with self._lock:
+            current = self._objects.get(resource, {}).get(key)
+            if current is None:
+                raise not_found(resource, name)
+            patched = apply(orjson.loads(current.full))
+            if not isinstance(patched, dict):
+                raise _invalid(resource, name, "the patch produced something that is not an object")
+            if status_only:
+                status = patched.get("status")
+                patched = orjson.loads(current.full)
+                patched.pop("status", None)
+                if status is not None:
+                    patched["status"] = status
+            pmeta = patched.setdefault("metadata", {})
+            if not isinstance(pmeta, dict):
+                raise _invalid(resource, name, "metadata must be an object")
+            self._check_preconditions(resource, current, pmeta.get("resourceVersion"), pmeta.get("uid"))
+            # Identity is not patchable: the URL names the object.
+            pmeta["name"] = name
+            if resource.namespaced:
+                pmeta["namespace"] = key[0]
+            obj = self._prepare(resource, patched, key[0] or None)
+            stored = self._store(resource, obj, "MODIFIED", current)
+        self._notify()
+        return stored
+
+    def delete(
+        self,
+        resource: Resource,
+        namespace: str | None,
+        name: str,
+        *,
+        resource_version: str | None = None,
+        uid: str | None = None,
+    ) -> Stored:
+        """Delete now; the returned object (and the DELETED event) carry the deletion's resourceVersion."""
+        key = (self._namespace(resource, namespace), name)
+        with self._lock:
+            objs = self._objects.get(resource, {})
+            current = objs.get(key)
+            if current is None:
+                raise not_found(resource, name)
+            self._check_preconditions(resource, current, resource_version, uid)
+            del objs[key]
+            self._sorted_keys.pop(resource, None)
+            self._rv += 1
+            obj = dict(current.obj, metadata=dict(current.obj["metadata"], resourceVersion=str(self._rv)))
+            stored = _encode(resource, obj)
+            self._record(resource, "DELETED", stored, current.obj)
+        self._notify()
+        return stored
+
+    def delete_collection(self, flt: Filter) -> list[Stored]:
+        deleted = []
+        for meta in [s.obj["metadata"] for s in self.select(flt)]:
+            try:
+                deleted.append(self.delete(flt.resource, meta.get("namespace"), meta["name"]))
+            except ApiError as err:
+                if err.status != 404:  # deleted meanwhile by someone else: fine
+                    raise
+        return deleted
