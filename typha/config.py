@@ -1,0 +1,179 @@
+"""typha's settings: Typha's parameter names, `TYPHA_<NAME>` environment variables and defaults.
+
+Precedence is Typha's, plus flags: command-line flag > environment variable > default. A value of
+`none` sets a parameter to its zero value, as in Typha. Settings that Typha does not have are
+marked `extension` and use the same naming scheme.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _setting(typha_name: str, default: Any, help_text: str, *, extension: bool = False,
+             choices: tuple[str, ...] = ()) -> Any:
+    return field(default=default, metadata={
+        "typha": typha_name, "help": help_text, "extension": extension, "choices": choices,
+    })
+
+
+@dataclass
+class TyphaConfig:
+    datastore_type: str = _setting("DatastoreType", "kubernetes", "Only the Kubernetes datastore is supported.",
+                                   choices=("kubernetes",))
+    log_severity_screen: str = _setting("LogSeverityScreen", "INFO", "Log level on stderr.",
+                                        choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"))
+
+    server_host: str = _setting("ServerHost", "", "Address to listen on for Sync clients (empty: all).")
+    server_port: int = _setting("ServerPort", 0, "Port for Sync clients; 0 means 5473, as in Typha.")
+    server_ping_interval_secs: float = _setting("ServerPingIntervalSecs", 10.0, "Ping every client this often.")
+    server_pong_timeout_secs: float = _setting("ServerPongTimeoutSecs", 60.0,
+                                               "Drop a client that has not answered a ping for this long.")
+    server_handshake_timeout_secs: float = _setting("ServerHandshakeTimeoutSecs", 10.0,
+                                                    "Drop a client that sends no hello for this long.")
+    server_max_fall_behind_secs: float = _setting("ServerMaxFallBehindSecs", 300.0,
+                                                  "Drop a client whose position is older than this.")
+    server_new_client_fall_behind_grace_period: float = _setting(
+        "ServerNewClientFallBehindGracePeriod", 300.0,
+        "Extra fall-behind allowance right after a client's snapshot.")
+    server_write_timeout_secs: float = _setting("ServerWriteTimeoutSecs", 120.0,
+                                                "Drop a client when one write blocks this long.")
+
+    max_connections_upper_limit: int = _setting("MaxConnectionsUpperLimit", 10000,
+                                                "Refuse connections beyond this many.")
+    max_connections_lower_limit: int = _setting("MaxConnectionsLowerLimit", 400,
+                                                "Floor of the rebalancing connection limit.")
+    connection_rebalancing_mode: str = _setting("ConnectionRebalancingMode", "none",
+                                                "kubernetes: derive the limit from Typha endpoints and nodes.",
+                                                choices=("none", "kubernetes"))
+    connection_drop_interval_secs: float = _setting("ConnectionDropIntervalSecs", 1.0,
+                                                    "Move at most one excess connection this often.")
+    shutdown_timeout_secs: float = _setting("ShutdownTimeoutSecs", 300.0,
+                                            "On SIGTERM, move all clients away within this long.")
+    shutdown_connection_drop_interval_max_secs: float = _setting(
+        "ShutdownConnectionDropIntervalMaxSecs", 1.0, "Longest pause between two drained connections.")
+
+    health_enabled: bool = _setting("HealthEnabled", False, "Serve /liveness and /readiness.")
+    health_host: str = _setting("HealthHost", "localhost", "Address of the health endpoints.")
+    health_port: int = _setting("HealthPort", 9098, "Port of the health endpoints.")
+    prometheus_metrics_enabled: bool = _setting("PrometheusMetricsEnabled", False, "Serve /metrics.")
+    prometheus_metrics_host: str = _setting("PrometheusMetricsHost", "", "Address of /metrics (empty: all).")
+    prometheus_metrics_port: int = _setting("PrometheusMetricsPort", 9093, "Port of /metrics.")
+
+    server_key_file: str = _setting("ServerKeyFile", "", "TLS key of the server.")
+    server_cert_file: str = _setting("ServerCertFile", "", "TLS certificate of the server.")
+    ca_file: str = _setting("CAFile", "", "CA that signs client certificates.")
+    client_cn: str = _setting("ClientCN", "", "Required common name of client certificates.")
+    client_uri_san: str = _setting("ClientURISAN", "", "Required URI SAN of client certificates.")
+
+    k8s_namespace: str = _setting("K8sNamespace", "kube-system", "Namespace of the Typha service.")
+    k8s_service_name: str = _setting("K8sServiceName", "calico-typha", "Name of the Typha service.")
+    k8s_port_name: str = _setting("K8sPortName", "calico-typha", "Name of the Typha service's port.")
+
+    # Extensions (not Typha parameters).
+    kubeconfig: str = _setting("Kubeconfig", "",
+                               "kubeconfig to reach the API server; empty: $KUBECONFIG, in-cluster, ~/.kube/config.",
+                               extension=True)
+    syncers: str = _setting("Syncers", "felix,bgp", "Comma-separated syncer types to serve.", extension=True)
+    checksum_interval_secs: float = _setting("ChecksumIntervalSecs", 30.0,
+                                             "Send each client a checksum of its KV set this often.",
+                                             extension=True)
+    resume_window_secs: float = _setting("ResumeWindowSecs", 300.0,
+                                         "Keep breadcrumbs this long for clients that reconnect and resume.",
+                                         extension=True)
+    resume_window_bytes: int = _setting("ResumeWindowBytes", 256 * 1024 * 1024,
+                                        "Bound on the bytes of breadcrumbs kept for resuming.", extension=True)
+
+    @property
+    def effective_server_port(self) -> int:
+        return self.server_port or 5473
+
+    @property
+    def requires_tls(self) -> bool:
+        return bool(self.server_key_file or self.server_cert_file or self.ca_file or self.client_cn
+                    or self.client_uri_san)
+
+    @property
+    def syncer_types(self) -> list[str]:
+        return [name.strip() for name in self.syncers.split(",") if name.strip()]
+
+    def validate(self) -> None:
+        for spec in dataclasses.fields(self):
+            choices = spec.metadata["choices"]
+            value = getattr(self, spec.name)
+            if choices and value not in choices:
+                raise ConfigError(f"{spec.metadata['typha']}={value!r}: expected one of {', '.join(choices)}")
+        if self.requires_tls and not (
+            self.server_key_file and self.server_cert_file and self.ca_file
+            and (self.client_cn or self.client_uri_san)
+        ):
+            raise ConfigError(
+                "if any TLS parameter is set (ServerKeyFile, ServerCertFile, CAFile, ClientCN, ClientURISAN), "
+                "all must be, except that one of ClientCN and ClientURISAN may be left unset"
+            )
+
+
+def env_name(spec: dataclasses.Field[Any]) -> str:
+    return "TYPHA_" + spec.metadata["typha"].upper()
+
+
+def flag_name(spec: dataclasses.Field[Any]) -> str:
+    return "--" + spec.name.replace("_", "-")
+
+
+def _parse(spec: dataclasses.Field[Any], raw: str) -> Any:
+    kind = type(spec.default)
+    if raw.strip().lower() == "none":
+        return kind()
+    try:
+        if kind is bool:
+            lowered = raw.strip().lower()
+            if lowered in ("true", "1", "yes", "y", "t"):
+                return True
+            if lowered in ("false", "0", "no", "n", "f"):
+                return False
+            raise ValueError("not a boolean")
+        return kind(raw.strip()) if kind is not str else raw
+    except ValueError as exc:
+        raise ConfigError(f"{spec.metadata['typha']}: cannot parse {raw!r} as {kind.__name__}: {exc}") from None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per setting; unset flags fall back to the environment, then the default."""
+    group = parser.add_argument_group("settings (each also read from its TYPHA_* environment variable)")
+    for spec in dataclasses.fields(TyphaConfig):
+        group.add_argument(flag_name(spec), dest=f"cfg_{spec.name}", default=None, metavar="VALUE",
+                           help=f"{spec.metadata['help']} [{env_name(spec)}, default {spec.default!r}]")
+
+
+def load(args: argparse.Namespace | None = None, environ: Mapping[str, str] | None = None) -> TyphaConfig:
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for spec in dataclasses.fields(TyphaConfig):
+        raw = getattr(args, f"cfg_{spec.name}", None) if args is not None else None
+        if raw is None:
+            raw = environ.get(env_name(spec)) or None  # Typha ignores empty values
+        if raw is not None:
+            values[spec.name] = _parse(spec, str(raw))
+    config = TyphaConfig(**values)
+    config.validate()
+    return config
+
+
+def reference_table() -> str:
+    """Markdown table of every setting, for the README (generated so it cannot drift)."""
+    rows = ["| Parameter | Environment | Flag | Default | Meaning |", "|---|---|---|---|---|"]
+    for spec in dataclasses.fields(TyphaConfig):
+        name = spec.metadata["typha"] + (" (extension)" if spec.metadata["extension"] else "")
+        rows.append(f"| {name} | `{env_name(spec)}` | `{flag_name(spec)}` | `{spec.default!r}` | "
+                    f"{spec.metadata['help']} |")
+    return "\n".join(rows)
