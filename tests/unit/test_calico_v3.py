@@ -439,6 +439,10 @@ def test_block_affinity_name_for_ipv6():
 # --- applying through the emulator's interface --------------------------------------------------
 
 
+class NotFound(Exception):
+    status = 404
+
+
 class FakeEmulator:
     """Records calls; keyed like the API (kind, namespace, name) so replace-whole is observable."""
 
@@ -451,6 +455,12 @@ class FakeEmulator:
         self.objects[key] = obj
         self.calls.append(("upsert", key))
         return obj
+
+    def get(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> dict[str, Any]:
+        try:
+            return copy.deepcopy(self.objects[(api_version, kind, namespace, name)])
+        except KeyError:
+            raise NotFound from None
 
     def delete(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> None:
         key = (api_version, kind, namespace, name)
@@ -490,6 +500,16 @@ def test_apply_then_delete_files(tmp_path):
 def test_deleting_something_absent_is_an_error():
     with pytest.raises(KeyError):
         delete_documents(FakeEmulator(), load_documents("apiVersion: v1\nkind: Secret\nmetadata: {name: s}\n"))
+
+
+def test_reapplying_a_calico_resource_keeps_its_creation_timestamp():
+    api = FakeEmulator()
+    peer = "apiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata: {name: p}\nspec: {peerIP: 10.0.0.%d}\n"
+    api.upsert(to_kubernetes(one(peer % 1), now=NOW))
+    apply_documents(api, load_documents(peer % 2))
+    (stored,) = api.objects.values()
+    assert stored["spec"] == {"peerIP": "10.0.0.2"}
+    assert stored["metadata"]["annotations"]["projectcalico.org/metadata"] == "{" + CREATED + "}"
 
 
 def test_apply_documents_counts_and_keeps_order():

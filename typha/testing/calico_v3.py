@@ -73,9 +73,7 @@ METADATA_ANNOTATION = "projectcalico.org/metadata"
 # What a kubelet puts on every Node it registers; upstream's KDD harness adds the same three.
 KUBELET_ARCH, KUBELET_OS = "amd64", "linux"
 
-POLICY_KINDS = frozenset(
-    ["GlobalNetworkPolicy", "NetworkPolicy", "StagedGlobalNetworkPolicy", "StagedNetworkPolicy"]
-)
+POLICY_KINDS = frozenset(["GlobalNetworkPolicy", "NetworkPolicy", "StagedGlobalNetworkPolicy", "StagedNetworkPolicy"])
 # Prefixes of names that are already tiered (`names.policyNameIsFormatted`).
 _FORMATTED_POLICY_PREFIXES = (
     "knp.default.",
@@ -157,6 +155,8 @@ class Emulator(Protocol):
     """The part of `typha.testing.apiserver.KubeAPIEmulator` this module writes through."""
 
     def upsert(self, obj: dict[str, Any]) -> Any: ...
+
+    def get(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> dict[str, Any]: ...
 
     def delete(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> Any: ...
 
@@ -452,9 +452,7 @@ def _kubernetes_passthrough(doc: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def to_kubernetes(
-    doc: dict[str, Any], *, now: datetime | None = None, kubelet_labels: bool = True
-) -> dict[str, Any]:
+def to_kubernetes(doc: dict[str, Any], *, now: datetime | None = None, kubelet_labels: bool = True) -> dict[str, Any]:
     """The object Calico's Kubernetes datastore holds for one loaded document.
 
     `now` is the creationTimestamp libcalico-go's client stamps on new Calico resources (default: the
@@ -493,11 +491,38 @@ def stored_identity(doc: dict[str, Any]) -> tuple[str, str, str, str | None]:
 # --- applying to the emulator -----------------------------------------------------------------
 
 
+def _keep_creation_timestamp(emulator: Emulator, obj: dict[str, Any]) -> dict[str, Any]:
+    """`obj` with the creationTimestamp of the Calico resource it replaces, if there is one.
+
+    calicoctl apply updates an existing resource with its original creationTimestamp (clientv3 refuses
+    an update without one); keeping it also spares watchers a metadata-only change on every re-apply.
+    """
+    if obj["apiVersion"] != CRD_V1:
+        return obj
+    metadata = obj["metadata"]
+    try:
+        current = emulator.get(CRD_V1, obj["kind"], metadata["name"], namespace=metadata.get("namespace"))
+    except Exception as exc:
+        if getattr(exc, "status", None) == 404:
+            return obj
+        raise
+    try:
+        created = json.loads(current["metadata"]["annotations"][METADATA_ANNOTATION])["creationTimestamp"]
+    except (KeyError, TypeError, ValueError):
+        return obj  # not written by Calico: nothing to keep
+    stored = json.loads(metadata["annotations"][METADATA_ANNOTATION])
+    if not created or stored.get("creationTimestamp") == created:
+        return obj
+    stored["creationTimestamp"] = created
+    annotations = {**metadata["annotations"], METADATA_ANNOTATION: _go_json(stored)}
+    return {**obj, "metadata": {**metadata, "annotations": annotations}}
+
+
 def apply_documents(emulator: Emulator, docs: Iterable[dict[str, Any]]) -> int:
     """Upsert each document's stored form in order (create, or replace whole); returns how many."""
     count = 0
     for doc in docs:
-        emulator.upsert(to_kubernetes(doc))
+        emulator.upsert(_keep_creation_timestamp(emulator, to_kubernetes(doc)))
         count += 1
     return count
 
