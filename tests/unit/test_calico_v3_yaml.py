@@ -190,7 +190,6 @@ def test_communities_that_parse_as_numbers_become_their_digits():
 
 def test_kubernetes_string_fields():
     (secret,) = load_documents(
-        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: s\n  namespace: kube-system\n"
-        "stringData:\n  a: yes\n  b: 12\n"
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: s\n  namespace: kube-system\nstringData:\n  a: yes\n  b: 12\n"
     )
     assert secret["stringData"] == {"a": "true", "b": "12"}
