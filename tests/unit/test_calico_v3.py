@@ -517,3 +517,14 @@ def test_apply_documents_counts_and_keeps_order():
     docs = load_documents("apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n---\n" * 2)
     assert apply_documents(api, docs) == 2
     assert len(api.objects) == 1
+
+
+@pytest.mark.parametrize(("text", "number"), [("64512", 64512), ("1.10", 65546), ("0.0", 0), ("4294967295", 2**32 - 1)])
+def test_as_numbers_in_plain_and_dotted_notation(text, number):
+    assert calico_v3.parse_as_number(text) == number
+
+
+@pytest.mark.parametrize("bad", ["²", "1.x", "70000.1", "1.2.3", "", True, 1.5, -1, 2**32])
+def test_invalid_as_numbers_are_refused(bad):
+    with pytest.raises(ValueError):
+        calico_v3.parse_as_number(bad)

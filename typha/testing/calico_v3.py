@@ -40,6 +40,7 @@ import ipaddress
 import json
 import os
 import pathlib
+import re
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -191,13 +192,12 @@ def _map_path(value: Any, steps: tuple[str, ...], fn: Callable[[Any], Any]) -> A
     return {**value, head: _map_path(value[head], rest, fn)}
 
 
-def _as_string(value: Any) -> Any:
-    return go_string(value)
-
-
 def _as_map_string(value: Any) -> Any:
     # A YAML null decoded into a map[string]string entry is the empty string in Go.
     return "" if value is None else go_string(value)
+
+
+_DIGITS = re.compile(r"[0-9]+")  # str.isdigit() would also take digits of other scripts
 
 
 def parse_as_number(value: Any) -> int:
@@ -206,11 +206,11 @@ def parse_as_number(value: Any) -> int:
         raise ValueError(f"invalid AS number {value!r}")
     if isinstance(value, int):
         number = value
-    elif value.isdigit():
+    elif _DIGITS.fullmatch(value):
         number = int(value)
     else:
         high, dot, low = value.partition(".")
-        if not (dot and high.isdigit() and low.isdigit() and int(high) < 2**16 and int(low) < 2**16):
+        if not (dot and _DIGITS.fullmatch(high) and _DIGITS.fullmatch(low) and int(high) < 2**16 and int(low) < 2**16):
             raise ValueError(f"invalid AS number {value!r}")
         number = int(high) << 16 | int(low)
     if not 0 <= number < 2**32:
@@ -226,7 +226,7 @@ def render_go_fields(doc: dict[str, Any]) -> dict[str, Any]:
     api_version, kind = doc.get("apiVersion"), doc.get("kind")
     out = doc
     for path in (*_COMMON_STRING_FIELDS, *STRING_FIELDS.get((str(api_version), str(kind)), ())):
-        out = _map_path(out, _split_path(path), _as_map_string if path.endswith("*") else _as_string)
+        out = _map_path(out, _split_path(path), _as_map_string if path.endswith("*") else go_string)
     if api_version == CALICO_V3:
         for path in AS_NUMBER_FIELDS.get(str(kind), ()):
             out = _map_path(out, _split_path(path), lambda v: v if v is None else parse_as_number(v))
