@@ -154,6 +154,16 @@ class SnapshotCache:
     def digest(self) -> int:
         return self._digest
 
+    @property
+    def new_crumb_event(self) -> asyncio.Event:
+        """Set (and replaced) when the next crumb is minted; waiters re-check their own position."""
+        return self._new_crumb
+
+    def wake_all(self) -> None:
+        """Wake every waiting stream without a new crumb, e.g. so one of them sees a Reconnect request."""
+        event, self._new_crumb = self._new_crumb, asyncio.Event()
+        event.set()
+
     async def wait_after(self, crumb: Breadcrumb) -> Breadcrumb:
         """The crumb after `crumb`, waiting for it to be minted."""
         while crumb.next is None:
@@ -241,8 +251,7 @@ class SnapshotCache:
         self.metrics.breadcrumb_seq_number.set(crumb.sequence)
         self.metrics.breadcrumb_size.observe(kv_count)
         # Wake every waiting stream at once; each re-reads the chain from its own position.
-        event, self._new_crumb = self._new_crumb, asyncio.Event()
-        event.set()
+        self.wake_all()
 
     def _trim_window(self) -> None:
         limits = self.limits

@@ -1,0 +1,354 @@
+"""The Sync server over real gRPC on loopback, driven by a raw stream client.
+
+The client here is deliberately minimal (raw frames in, ServerMessages out) so that these tests pin
+the server's wire behaviour independently of typha.client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import grpc
+import msgpack
+import pytest
+import zstandard
+from prometheus_client import REGISTRY
+
+from typha.cache import CacheLimits, SnapshotCache
+from typha.model.kv import SyncStatus, Update
+from typha.proto import sync_pb2 as pb
+from typha.server import ServerSettings, SyncServer
+
+TIMEOUT = 10.0
+
+
+def run(scenario: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+@contextlib.asynccontextmanager
+async def serving(settings: ServerSettings | None = None, **limits) -> AsyncIterator[tuple[SyncServer, dict]]:
+    caches = {name: SnapshotCache(name, limits=CacheLimits(**limits)) for name in ("felix", "bgp")}
+    server = SyncServer(caches, settings or ServerSettings(handshake_timeout_secs=2))
+    await server.start("127.0.0.1", 0)
+    try:
+        yield server, caches
+    finally:
+        await server.stop(0)
+
+
+class RawClient:
+    def __init__(self, port: int, options: list[tuple[str, int]] | None = None) -> None:
+        self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options)
+        self.call = self.channel.stream_stream(
+            "/typha.v1.Sync/Sync", request_serializer=None, response_deserializer=pb.ServerMessage.FromString
+        )()
+
+    async def send(self, message: pb.ClientMessage | bytes) -> None:
+        await self.call.write(message if isinstance(message, bytes) else message.SerializeToString())
+
+    async def hello(self, syncer_type: str = "felix", *, resume: pb.ResumePoint | None = None,
+                    features: tuple[str, ...] = ("checksum", "reconnect")) -> None:
+        hello = pb.ClientHello(hostname="node-1", syncer_type=syncer_type, compressions=["zstd"],
+                               features=list(features))
+        if resume is not None:
+            hello.resume.CopyFrom(resume)
+        await self.send(pb.ClientMessage(hello=hello))
+
+    async def read(self) -> pb.ServerMessage:
+        message = await asyncio.wait_for(self.call.read(), TIMEOUT)
+        assert message is not grpc.aio.EOF, "stream ended"
+        return message
+
+    async def read_kind(self, kind: str, *, answer_pings: bool = True) -> pb.ServerMessage:
+        """The next message of `kind`, skipping pings (answered) and other kinds."""
+        while True:
+            message = await self.read()
+            payload = message.WhichOneof("payload")
+            if payload == "ping" and answer_pings:
+                await self.send(pb.ClientMessage(pong=pb.Pong(ping_timestamp_ns=message.ping.timestamp_ns)))
+            if payload == kind:
+                return message
+
+    async def read_snapshot(self) -> tuple[pb.ServerHello, dict[str, bytes]]:
+        hello = (await self.read_kind("hello")).hello
+        state: dict[str, bytes] = {}
+        while True:
+            chunk = (await self.read_kind("snapshot")).snapshot
+            data = zstandard.ZstdDecompressor().decompress(chunk.data) if chunk.compression else chunk.data
+            state.update((kv.key, kv.value) for kv in pb.Deltas.FromString(data).kvs)
+            if chunk.index == chunk.count - 1:
+                return hello, state
+
+    async def catch_up(self, state: dict[str, bytes], sequence: int, target: int) -> dict[str, bytes]:
+        """Apply deltas after a snapshot until the stream reaches `target`."""
+        while sequence < target:
+            deltas = (await self.read_kind("deltas")).deltas
+            for kv in deltas.kvs:
+                if kv.value:
+                    state[kv.key] = kv.value
+                else:
+                    state.pop(kv.key, None)
+            sequence = deltas.sequence
+        return state
+
+    async def status(self) -> tuple[grpc.StatusCode, str]:
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            while await asyncio.wait_for(self.call.read(), TIMEOUT) is not grpc.aio.EOF:
+                pass
+        return await self.call.code(), await self.call.details()
+
+    async def close(self) -> None:
+        self.call.cancel()
+        await self.channel.close()
+
+
+def put(key: str, value, revision: str = "1") -> Update:
+    return Update(key, value, revision)
+
+
+def test_snapshot_then_deltas_then_checksum():
+    async def scenario() -> None:
+        async with serving() as (server, caches):
+            felix = caches["felix"]
+            felix.apply([put("/a", {"x": 1}), put("/b", "two")])
+            felix.set_status(SyncStatus.IN_SYNC)
+            client = RawClient(server.port)
+            await client.hello()
+            hello, state = await client.read_snapshot()
+            assert hello.epoch == felix.epoch and not hello.resumed and hello.syncer_type == "felix"
+            assert {k: msgpack.unpackb(v) for k, v in state.items()} == {"/a": {"x": 1}, "/b": "two"}
+            checksum = (await client.read_kind("checksum")).checksum
+            assert (checksum.digest, checksum.count) == (felix.digest, 2)
+            felix.apply([put("/c", 3, "7"), put("/a", None, "8")])
+            deltas = (await client.read_kind("deltas")).deltas
+            assert [(kv.key, kv.value, kv.revision) for kv in deltas.kvs] == [
+                ("/c", msgpack.packb(3), "7"), ("/a", b"", "8"),
+            ]
+            assert deltas.sequence == felix.newest.sequence
+            await client.close()
+
+    run(scenario)
+
+
+def test_value_identical_update_reaches_no_client_and_is_counted():
+    async def scenario() -> None:
+        async with serving() as (server, caches):
+            felix = caches["felix"]
+            felix.apply([put("/a", {"x": 1})])
+            clients = [RawClient(server.port) for _ in range(3)]
+            for client in clients:
+                await client.hello(features=())
+                await client.read_snapshot()
+            skipped_before = REGISTRY.get_sample_value("typha_updates_skipped", {"syncer": "felix"}) or 0
+            felix.apply([put("/a", {"x": 1}, "99")])  # same value, new revision: a no-op
+            felix.apply([put("/marker", 1)])
+            for client in clients:
+                deltas = (await client.read_kind("deltas")).deltas
+                assert [kv.key for kv in deltas.kvs] == ["/marker"], "the no-op update must not be sent"
+                await client.close()
+            skipped = REGISTRY.get_sample_value("typha_updates_skipped", {"syncer": "felix"})
+            assert skipped == skipped_before + 1
+
+    run(scenario)
+
+
+def test_lagging_client_gets_breadcrumbs_concatenated_in_order():
+    async def scenario() -> None:
+        async with serving() as (server, caches):
+            felix = caches["felix"]
+            client = RawClient(server.port)
+            await client.hello(features=())
+            await client.read_snapshot()
+            for i in range(50):  # all minted before the stream task runs again: one catch-up message
+                felix.apply([put(f"/k{i % 7}", i, str(i))])
+            received: list[tuple[str, bytes]] = []
+            while len(received) < 50:
+                deltas = (await client.read_kind("deltas")).deltas
+                received.extend((kv.key, kv.value) for kv in deltas.kvs)
+            assert received == [(f"/k{i % 7}", msgpack.packb(i)) for i in range(50)]
+            assert deltas.sequence == felix.newest.sequence
+            await client.close()
+
+    run(scenario)
+
+
+def test_resume_sends_only_the_deltas_since_the_clients_sequence():
+    async def scenario() -> None:
+        async with serving() as (server, caches):
+            felix = caches["felix"]
+            felix.apply([put("/a", 1)])
+            first = RawClient(server.port)
+            await first.hello(features=())
+            hello, _ = await first.read_snapshot()
+            await first.close()
+            felix.apply([put("/b", 2, "5")])
+            second = RawClient(server.port)
+            await second.hello(resume=pb.ResumePoint(epoch=hello.epoch, sequence=hello.sequence), features=())
+            resumed = (await second.read()).hello
+            assert resumed.resumed and resumed.sequence == hello.sequence
+            message = await second.read()
+            assert message.WhichOneof("payload") == "deltas", "no snapshot may precede a resumed stream"
+            assert [kv.key for kv in message.deltas.kvs] == ["/b"]
+            await second.close()
+            # An unknown epoch (another server, or a restart) falls back to a snapshot.
+            third = RawClient(server.port)
+            await third.hello(resume=pb.ResumePoint(epoch="stale", sequence=1), features=())
+            hello3, state = await third.read_snapshot()
+            assert not hello3.resumed
+            # A snapshot a moment old is shared; the deltas after it complete the picture.
+            state = await third.catch_up(state, hello3.sequence, felix.newest.sequence)
+            assert set(state) == {"/a", "/b"}
+            await third.close()
+
+    run(scenario)
+
+
+@pytest.mark.parametrize(
+    ("send", "code", "reason"),
+    [
+        (b"\xff\xff\xff\xff", grpc.StatusCode.INVALID_ARGUMENT, "malformed ClientMessage"),
+        (pb.ClientMessage(hello=pb.ClientHello(syncer_type="tunnel")), grpc.StatusCode.INVALID_ARGUMENT,
+         "unknown syncer type 'tunnel'"),
+        (pb.ClientMessage(pong=pb.Pong()), grpc.StatusCode.INVALID_ARGUMENT, "must be a ClientHello"),
+        (pb.ClientMessage(hello=pb.ClientHello(info="x" * (2 * 1024 * 1024))), grpc.StatusCode.RESOURCE_EXHAUSTED,
+         "larger than max"),
+        (None, grpc.StatusCode.DEADLINE_EXCEEDED, "no ClientHello within"),
+    ],
+    ids=["garbage", "unknown-syncer", "no-hello-first", "oversized", "silent"],
+)
+def test_bad_clients_get_a_status_with_a_reason_and_others_keep_being_served(send, code, reason):
+    async def scenario() -> None:
+        async with serving(ServerSettings(handshake_timeout_secs=0.5)) as (server, caches):
+            good = RawClient(server.port)
+            await good.hello(features=())
+            await good.read_snapshot()
+            bad = RawClient(server.port)
+            if send is not None:
+                await bad.send(send)
+            got_code, details = await bad.status()
+            assert got_code == code and reason in details
+            await bad.close()
+            caches["felix"].apply([put("/after", 1)])
+            assert [kv.key for kv in (await good.read_kind("deltas")).deltas.kvs] == ["/after"]
+            await good.close()
+
+    run(scenario)
+
+
+def test_second_hello_is_a_protocol_error():
+    async def scenario() -> None:
+        async with serving() as (server, _):
+            client = RawClient(server.port)
+            await client.hello(features=())
+            await client.read_snapshot()
+            await client.hello()
+            code, details = await client.status()
+            assert code == grpc.StatusCode.INVALID_ARGUMENT and "unexpected hello" in details
+            await client.close()
+
+    run(scenario)
+
+
+def test_stalled_client_is_dropped_at_the_window_while_others_keep_receiving():
+    async def scenario() -> None:
+        settings = ServerSettings(watchdog_interval_secs=0.05)
+        async with serving(settings, max_window_crumbs=50) as (server, caches):
+            felix = caches["felix"]
+            # Without BDP probing the client's HTTP/2 window stays small, so not reading really stalls.
+            stalled = RawClient(server.port, options=[("grpc.http2.bdp_probe", 0)])
+            await stalled.hello(features=())
+            await stalled.read_snapshot()
+            reader = RawClient(server.port)
+            await reader.hello(features=())
+            await reader.read_snapshot()
+            payload = "x" * 4096
+            for round_ in range(40):  # 400 crumbs of 4 KiB: far beyond what socket buffers hold
+                for i in range(10):
+                    felix.apply([put(f"/k{i}", f"{payload}{round_}", str(round_))])
+                deltas = (await reader.read_kind("deltas")).deltas  # the healthy client keeps up
+                assert deltas.kvs
+                await asyncio.sleep(0.01)
+            code, details = await stalled.status()
+            assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "fell behind" in details
+            # Memory stays bounded: only the window's crumbs stay reachable from the cache.
+            gc.collect()
+            assert len(felix._window) <= 50
+            assert stalled.call.done() and not reader.call.done()
+            await stalled.close()
+            await reader.close()
+
+    run(scenario)
+
+
+def test_connections_beyond_the_limit_are_refused_with_a_reconnect_hint():
+    async def scenario() -> None:
+        async with serving(ServerSettings(max_connections=2)) as (server, _):
+            clients = [RawClient(server.port) for _ in range(2)]
+            for client in clients:
+                await client.hello()
+                await client.read_snapshot()
+            extra = RawClient(server.port)
+            await extra.hello()
+            hint = (await extra.read()).reconnect
+            assert "too many connections" in hint.reason
+            code, details = await extra.status()
+            assert code == grpc.StatusCode.UNAVAILABLE and "too many connections" in details
+            for client in [*clients, extra]:
+                await client.close()
+
+    run(scenario)
+
+
+def test_pings_are_sent_and_a_client_that_never_pongs_is_dropped():
+    async def scenario() -> None:
+        settings = ServerSettings(ping_interval_secs=0.05, pong_timeout_secs=0.3)
+        async with serving(settings) as (server, _):
+            polite = RawClient(server.port)
+            await polite.hello(features=())
+            await polite.read_snapshot()
+            rude = RawClient(server.port)
+            await rude.hello(features=())
+            await rude.read_snapshot()
+            for _ in range(10):  # answered pings keep the polite client alive past the timeout
+                await polite.read_kind("ping")
+            code, details = await rude.status()
+            assert code == grpc.StatusCode.DEADLINE_EXCEEDED and "no pong" in details
+            assert not polite.call.done()
+            await polite.close()
+            await rude.close()
+
+    run(scenario)
+
+
+def test_drain_sends_reconnect_hints_then_closes():
+    async def scenario() -> None:
+        settings = ServerSettings(drain_reconnect_grace_secs=0.5)
+        async with serving(settings) as (server, _):
+            movers = [RawClient(server.port) for _ in range(3)]
+            for client in movers:
+                await client.hello()
+                await client.read_snapshot()
+            old = RawClient(server.port)  # a client without the reconnect feature is just closed
+            await old.hello(features=())
+            await old.read_snapshot()
+            drain = asyncio.create_task(server.drain(0.2))
+            for client in movers:
+                hint = (await client.read_kind("reconnect")).reconnect
+                assert "shutting down" in hint.reason
+                await client.close()  # make-before-break: the client closes once it has moved
+            code, details = await old.status()
+            assert code == grpc.StatusCode.UNAVAILABLE and "shutting down" in details
+            await drain
+            assert not server.connections
+            late = RawClient(server.port)
+            await late.hello()
+            code, _ = await late.status()
+            assert code == grpc.StatusCode.UNAVAILABLE
+            await old.close()
+            await late.close()
+
+    run(scenario)

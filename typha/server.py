@@ -1,0 +1,439 @@
+"""The Sync gRPC service: handshake, snapshot or resume, then shared pre-encoded deltas to each client.
+
+One asyncio task per client stream. The method is registered with no request deserializer (we
+parse, so garbage gets INVALID_ARGUMENT with a reason rather than a generic INTERNAL) and no
+response serializer: the handler writes the cache's pre-encoded frames as they are, so an update is
+encoded once whatever the number of clients.
+
+Per client there is no queue of objects: a client's whole state is its position in the breadcrumb
+chain. When it is behind, the frames from its position on are concatenated into one message. A
+server-wide watchdog drops clients whose position left the resume window or grew too old (a
+stalled reader is cut off while it pins memory, not after), with RESOURCE_EXHAUSTED and a reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import socket
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from typha import __version__
+from typha.cache import Breadcrumb, ResumeUnavailable, SnapshotCache
+from typha.config import TyphaConfig
+from typha.model.kv import SyncStatus
+from typha.proto import sync_pb2 as pb
+from typha.server_metrics import ServerMetrics
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = "typha.v1.Sync"
+METHOD = "Sync"
+FEATURE_CHECKSUM = "checksum"
+FEATURE_RECONNECT = "reconnect"
+MAX_INBOUND_MESSAGE_BYTES = 1024 * 1024  # Typha's maxInboundMessageBytes: clients only send hellos and pongs
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    ping_interval_secs: float = 10.0
+    pong_timeout_secs: float = 60.0
+    handshake_timeout_secs: float = 10.0
+    max_fall_behind_secs: float = 300.0
+    new_client_grace_secs: float = 300.0
+    write_timeout_secs: float = 120.0
+    max_connections: int = 10000
+    checksum_interval_secs: float = 30.0
+    max_message_bytes: int = 4 * 1024 * 1024  # how much to concatenate into one message for a lagging client
+    drain_reconnect_grace_secs: float = 10.0  # after a Reconnect hint, how long the client may take to move
+    watchdog_interval_secs: float = 1.0
+
+    @classmethod
+    def from_config(cls, config: TyphaConfig) -> ServerSettings:
+        pong_timeout = config.server_pong_timeout_secs
+        if pong_timeout <= 2 * config.server_ping_interval_secs:
+            pong_timeout = 6 * config.server_ping_interval_secs  # as Typha forces it
+        return cls(
+            ping_interval_secs=config.server_ping_interval_secs,
+            pong_timeout_secs=pong_timeout,
+            handshake_timeout_secs=config.server_handshake_timeout_secs,
+            max_fall_behind_secs=config.server_max_fall_behind_secs,
+            new_client_grace_secs=config.server_new_client_fall_behind_grace_period,
+            write_timeout_secs=config.server_write_timeout_secs,
+            max_connections=config.max_connections_upper_limit,
+            checksum_interval_secs=config.checksum_interval_secs,
+        )
+
+
+class _Drop(Exception):
+    """End a client's stream with a status."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+
+
+@dataclass(eq=False)
+class Connection:
+    peer: str
+    id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    hostname: str = ""
+    syncer_type: str = ""
+    features: frozenset[str] = frozenset()
+    position: Breadcrumb | None = None
+    grace_until: float = 0.0
+    last_pong: float = field(default_factory=time.monotonic)
+    reconnect: pb.Reconnect | None = None
+    drop: _Drop | None = None
+    task: asyncio.Task[Any] | None = None
+    client_closed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def supports(self, feature: str) -> bool:
+        return feature in self.features
+
+
+def _frame(**payload: Any) -> bytes:
+    return pb.ServerMessage(**payload).SerializeToString()
+
+
+class SyncServer:
+    def __init__(
+        self,
+        caches: Mapping[str, SnapshotCache],
+        settings: ServerSettings | None = None,
+        *,
+        server_id: str | None = None,
+    ) -> None:
+        self.caches = dict(caches)
+        self.settings = settings or ServerSettings()
+        self.server_id = server_id or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+        self.connections: set[Connection] = set()
+        self.metrics = ServerMetrics()
+        self.health = health.aio.HealthServicer()
+        self.draining = False
+        self._server: grpc.aio.Server | None = None
+        self._watchdog: asyncio.Task[None] | None = None
+        self.port = 0
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    async def start(
+        self, host: str = "127.0.0.1", port: int = 0, credentials: grpc.ServerCredentials | None = None
+    ) -> int:
+        server = grpc.aio.server(options=[
+            ("grpc.max_receive_message_length", MAX_INBOUND_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", -1),
+            # gRPC core cancels new calls beyond these with RESOURCE_EXHAUSTED; a reconnect storm of
+            # thousands of nodes must queue instead.
+            ("grpc.server.max_pending_requests", 100_000),
+            ("grpc.server.max_pending_requests_hard_limit", 100_000),
+            ("grpc.so_reuseport", 0),
+            ("grpc.http2.max_pings_without_data", 0),
+            ("grpc.keepalive_permit_without_calls", 1),
+        ])
+        handler = grpc.stream_stream_rpc_method_handler(
+            self._handle, request_deserializer=None, response_serializer=None
+        )
+        server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE_NAME, {METHOD: handler})])
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+        )
+        address = f"{host}:{port}"
+        bound = (
+            server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+        )
+        if bound == 0:
+            raise OSError(f"cannot listen on {address}")
+        await server.start()
+        self._server = server
+        self.port = bound
+        self._watchdog = asyncio.create_task(self._watch_connections(), name="typha-watchdog")
+        await self.update_health()
+        log.info("Sync server %s listening on %s:%d (syncers: %s)", self.server_id, host, bound,
+                 ", ".join(sorted(self.caches)))
+        return bound
+
+    async def stop(self, grace: float | None = 1.0) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        if self._server is not None:
+            await self._server.stop(grace)
+
+    async def drain(self, duration_secs: float, max_interval_secs: float = 1.0) -> None:
+        """Move every client elsewhere over `duration_secs`: Reconnect hints, then close (Typha's shutdown)."""
+        self.draining = True
+        await self.health.enter_graceful_shutdown()
+        victims = list(self.connections)
+        random.shuffle(victims)
+        interval = min(duration_secs * 0.95 / max(len(victims), 1), max_interval_secs)
+        log.info("Draining %d connections, one every %.3f s", len(victims), interval)
+        for conn in victims:
+            self.ask_to_reconnect(conn, "server is shutting down")
+            await asyncio.sleep(interval * random.uniform(0.5, 1.0))
+        deadline = time.monotonic() + self.settings.drain_reconnect_grace_secs
+        while self.connections and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+
+    def ask_to_reconnect(self, conn: Connection, reason: str, endpoint: str = "") -> None:
+        conn.reconnect = pb.Reconnect(reason=reason, endpoint=endpoint)
+        cache = self.caches.get(conn.syncer_type)
+        if cache is not None:
+            cache.wake_all()
+
+    async def update_health(self) -> None:
+        all_ready = True
+        for syncer_type, cache in self.caches.items():
+            ready = cache.status is SyncStatus.IN_SYNC
+            all_ready &= ready
+            status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
+            await self.health.set(f"{SERVICE_NAME}/{syncer_type}", status)
+        overall = health_pb2.HealthCheckResponse.SERVING if all_ready else health_pb2.HealthCheckResponse.NOT_SERVING
+        await self.health.set("", overall)
+        await self.health.set(SERVICE_NAME, overall)
+
+    # -- one client --------------------------------------------------------------------------------
+
+    async def _handle(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
+        conn = Connection(peer=context.peer())
+        conn.task = asyncio.current_task()
+        self.metrics.connections_accepted.inc()
+        reader: asyncio.Task[None] | None = None
+        try:
+            hello = await self._handshake(conn, context)
+            if hello is None:
+                return
+            cache = self.caches[conn.syncer_type]
+            self.connections.add(conn)
+            self.metrics.connections_active.set(len(self.connections))
+            reader = asyncio.create_task(self._read_pongs(conn, context))
+            await self._send_start(conn, cache, hello, context)
+            self.metrics.connections_streaming.inc()
+            try:
+                await self._stream(conn, cache, context)
+            finally:
+                self.metrics.connections_streaming.dec()
+        except _Drop as drop:
+            await self._end(conn, context, drop)
+        except asyncio.CancelledError:
+            if conn.drop is None:
+                raise  # the client went away, or the server is stopping
+            await self._end(conn, context, conn.drop)
+        finally:
+            if reader is not None:
+                reader.cancel()
+            self.connections.discard(conn)
+            self.metrics.connections_active.set(len(self.connections))
+
+    async def _end(self, conn: Connection, context: grpc.aio.ServicerContext, drop: _Drop) -> None:
+        log.info("Dropping %s (%s %s): %s", conn.peer, conn.hostname, conn.syncer_type, drop.details)
+        self.metrics.connections_dropped.inc()
+        context.set_code(drop.code)
+        context.set_details(drop.details)
+
+    async def _handshake(self, conn: Connection, context: grpc.aio.ServicerContext) -> pb.ClientHello | None:
+        timeout = self.settings.handshake_timeout_secs
+        try:
+            async with asyncio.timeout(timeout):
+                raw = await context.read()
+        except TimeoutError:
+            raise _Drop(grpc.StatusCode.DEADLINE_EXCEEDED, f"no ClientHello within {timeout:g} s") from None
+        if raw is grpc.aio.EOF:
+            return None
+        try:
+            message = pb.ClientMessage.FromString(raw)
+        except DecodeError as exc:
+            raise _Drop(grpc.StatusCode.INVALID_ARGUMENT, f"malformed ClientMessage: {exc}") from None
+        if message.WhichOneof("payload") != "hello":
+            raise _Drop(grpc.StatusCode.INVALID_ARGUMENT,
+                        f"the first message must be a ClientHello, not {message.WhichOneof('payload')}")
+        hello = message.hello
+        syncer_type = hello.syncer_type or "felix"  # as in Typha, empty means felix
+        if syncer_type not in self.caches:
+            raise _Drop(grpc.StatusCode.INVALID_ARGUMENT,
+                        f"unknown syncer type {syncer_type!r}; this server serves {', '.join(sorted(self.caches))}")
+        conn.hostname, conn.syncer_type, conn.features = hello.hostname, syncer_type, frozenset(hello.features)
+        if self.draining or len(self.connections) >= self.settings.max_connections:
+            reason = "server is shutting down" if self.draining else (
+                f"too many connections ({len(self.connections)} >= {self.settings.max_connections})")
+            if conn.supports(FEATURE_RECONNECT):
+                await context.write(_frame(reconnect=pb.Reconnect(reason=reason, after_ms=1000)))
+            raise _Drop(grpc.StatusCode.UNAVAILABLE, f"{reason}; reconnect to another typha")
+        return hello
+
+    async def _send_start(
+        self, conn: Connection, cache: SnapshotCache, hello: pb.ClientHello, context: grpc.aio.ServicerContext
+    ) -> None:
+        start: Breadcrumb | None = None
+        if hello.HasField("resume"):
+            try:
+                start = cache.crumb_after(hello.resume.epoch, hello.resume.sequence)
+            except ResumeUnavailable as exc:
+                log.info("%s (%s) cannot resume: %s; sending a snapshot", conn.peer, conn.hostname, exc)
+        if start is not None:
+            self.metrics.resumes.inc()
+            await context.write(_frame(hello=self._server_hello(cache, conn, resumed=True, sequence=start.sequence)))
+            conn.position = start
+            return
+        started = time.perf_counter()
+        snapshot = cache.snapshot()
+        await context.write(
+            _frame(hello=self._server_hello(cache, conn, resumed=False, sequence=snapshot.sequence))
+        )
+        for frame in snapshot.frames:
+            await context.write(frame)
+        conn.position = snapshot.crumb
+        conn.grace_until = time.monotonic() + self.settings.new_client_grace_secs
+        self.metrics.snapshot_send_secs.observe(time.perf_counter() - started)
+        self.metrics.snapshots_sent.inc()
+
+    def _server_hello(self, cache: SnapshotCache, conn: Connection, *, resumed: bool, sequence: int) -> pb.ServerHello:
+        return pb.ServerHello(version=__version__, server_id=self.server_id, epoch=cache.epoch, resumed=resumed,
+                              syncer_type=conn.syncer_type, sequence=sequence)
+
+    async def _read_pongs(self, conn: Connection, context: grpc.aio.ServicerContext) -> None:
+        try:
+            while True:
+                raw = await context.read()
+                if raw is grpc.aio.EOF:
+                    break
+                try:
+                    message = pb.ClientMessage.FromString(raw)
+                except DecodeError as exc:
+                    self._drop_later(conn, grpc.StatusCode.INVALID_ARGUMENT, f"malformed ClientMessage: {exc}")
+                    return
+                if message.WhichOneof("payload") == "pong":
+                    now = time.monotonic()
+                    conn.last_pong = now
+                    sent = message.pong.ping_timestamp_ns
+                    if sent:
+                        self.metrics.ping_latency.observe(max(0.0, (time.monotonic_ns() - sent) / 1e9))
+                else:
+                    self._drop_later(conn, grpc.StatusCode.INVALID_ARGUMENT,
+                                     f"unexpected {message.WhichOneof('payload')} after the handshake")
+                    return
+        except (asyncio.CancelledError, grpc.aio.AioRpcError):
+            pass
+        conn.client_closed.set()
+        cache = self.caches.get(conn.syncer_type)
+        if cache is not None:
+            cache.wake_all()
+
+    def _drop_later(self, conn: Connection, code: grpc.StatusCode, details: str) -> None:
+        """End a stream from outside its task (watchdog, reader): cancel it with a reason."""
+        if conn.drop is None and conn.task is not None:
+            conn.drop = _Drop(code, details)
+            conn.task.cancel()
+
+    async def _write(self, context: grpc.aio.ServicerContext, data: bytes) -> None:
+        try:
+            async with asyncio.timeout(self.settings.write_timeout_secs):
+                await context.write(data)
+        except TimeoutError:
+            raise _Drop(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        f"a write blocked for {self.settings.write_timeout_secs:g} s: client is not reading") from None
+
+    async def _stream(self, conn: Connection, cache: SnapshotCache, context: grpc.aio.ServicerContext) -> None:
+        settings = self.settings
+        assert conn.position is not None
+        next_ping = time.monotonic() + settings.ping_interval_secs * random.uniform(0.9, 1.1)
+        next_checksum = 0.0  # first one as soon as the client is in sync
+        send_checksums = conn.supports(FEATURE_CHECKSUM)
+        while True:
+            crumb = conn.position
+            if crumb.next is None and not conn.client_closed.is_set() and conn.reconnect is None:
+                wake_at = next_ping
+                if send_checksums and crumb.status is SyncStatus.IN_SYNC:
+                    wake_at = min(wake_at, next_checksum)
+                event = cache.new_crumb_event
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(max(0.0, wake_at - time.monotonic())):
+                        await event.wait()
+            if conn.client_closed.is_set():
+                return
+            if conn.reconnect is not None:
+                await self._move_client(conn, context)
+                return
+            now = time.monotonic()
+            if crumb.next is not None:
+                frames, last = self._collect(crumb)
+                await self._write(context, frames[0] if len(frames) == 1 else b"".join(frames))
+                conn.position = last
+                self.metrics.client_latency.observe(time.monotonic() - last.timestamp)
+                crumb = last
+            if now >= next_ping:
+                if now - conn.last_pong > settings.pong_timeout_secs:
+                    raise _Drop(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                f"no pong for {now - conn.last_pong:.0f} s (timeout {settings.pong_timeout_secs:g} s)")
+                await self._write(context, _frame(ping=pb.Ping(timestamp_ns=time.monotonic_ns())))
+                next_ping = now + settings.ping_interval_secs * random.uniform(0.9, 1.1)
+            if send_checksums and crumb.status is SyncStatus.IN_SYNC and crumb.next is None and now >= next_checksum:
+                checksum = pb.Checksum(sequence=crumb.sequence, digest=crumb.digest, count=crumb.key_count)
+                await self._write(context, _frame(checksum=checksum))
+                next_checksum = now + settings.checksum_interval_secs
+
+    def _collect(self, crumb: Breadcrumb) -> tuple[list[bytes], Breadcrumb]:
+        """Frames from after `crumb`: consecutive deltas concatenated up to the size bound, or one status."""
+        first = crumb.next
+        assert first is not None
+        if not first.is_deltas:
+            return [first.frame], first
+        frames = [first.frame]
+        size = len(first.frame)
+        last = first
+        limit = self.settings.max_message_bytes
+        while (nxt := last.next) is not None and nxt.is_deltas and size + len(nxt.frame) <= limit:
+            frames.append(nxt.frame)
+            size += len(nxt.frame)
+            last = nxt
+        return frames, last
+
+    async def _move_client(self, conn: Connection, context: grpc.aio.ServicerContext) -> None:
+        """Make-before-break: hint, let the client attach elsewhere and close us, then end."""
+        assert conn.reconnect is not None
+        if conn.supports(FEATURE_RECONNECT):
+            await self._write(context, _frame(reconnect=conn.reconnect))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.settings.drain_reconnect_grace_secs):
+                    await conn.client_closed.wait()
+        if not conn.client_closed.is_set():
+            raise _Drop(grpc.StatusCode.UNAVAILABLE, f"{conn.reconnect.reason}; reconnect to another typha")
+
+    # -- watchdog ----------------------------------------------------------------------------------
+
+    async def _watch_connections(self) -> None:
+        """Drop clients whose position fell out of the window or too far behind the newest crumb."""
+        settings = self.settings
+        while True:
+            await asyncio.sleep(settings.watchdog_interval_secs)
+            now = time.monotonic()
+            for conn in list(self.connections):
+                position = conn.position
+                if position is None or conn.drop is not None:
+                    continue
+                cache = self.caches[conn.syncer_type]
+                behind = position.next
+                if behind is None:
+                    continue
+                if not cache.in_window(behind):
+                    self.metrics.fell_behind.inc()
+                    self._drop_later(conn, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                     f"client fell behind: it is at sequence {position.sequence} but the server "
+                                     f"keeps only {cache.oldest.sequence}..{cache.newest.sequence}; resync")
+                elif now - behind.timestamp > settings.max_fall_behind_secs and now > conn.grace_until:
+                    self.metrics.fell_behind.inc()
+                    self._drop_later(conn, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                     f"client fell behind by {now - behind.timestamp:.0f} s "
+                                     f"(limit {settings.max_fall_behind_secs:g} s); resync")
