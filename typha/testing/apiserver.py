@@ -193,7 +193,7 @@ class KubeAPIEmulator:
         self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=5.0)
         await self._runner.setup()
         ssl_context = self._credentials.ssl_context() if self._credentials else None
-        await web.SockSite(self._runner, sock, ssl_context=ssl_context, shutdown_timeout=5.0).start()
+        await web.SockSite(self._runner, sock, ssl_context=ssl_context).start()
 
     def stop(self) -> None:
         loop, thread = self._loop, self._thread
@@ -371,7 +371,9 @@ class KubeAPIEmulator:
     def _on_write(self) -> None:
         """After any write, on any thread: wake the watches, once per burst of writes."""
         loop = self._loop
-        if loop is None or self._wake_pending:
+        # With no watch open there is nobody to wake (a watch registers before it first reads the
+        # history, so it cannot miss a write that skipped this), and bulk loads stay cheap.
+        if loop is None or self._wake_pending or not self._watchers:
             return
         self._wake_pending = True
         with contextlib.suppress(RuntimeError):  # the loop is closing
