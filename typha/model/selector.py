@@ -155,15 +155,20 @@ def _cut_label(text: str, i: int) -> tuple[str, int]:
 
 
 def _cut_keywords(text: str, i: int, words: tuple[str, ...]) -> int | None:
-    """Match ``words`` separated by optional blanks, ending on a word boundary; return the end."""
+    """Match keyword operator ``words`` at ``i`` ending on a word boundary; return the end or None.
+
+    Upstream's two helpers differ slightly and we copy both: a one-word operator ("in",
+    "contains") needs the boundary right after the word; a two-word one skips blanks after
+    each word (so "notin" and "startswith" are accepted) and then needs the boundary.  Only
+    error messages could tell the difference, but staying exact is cheaper than arguing.
+    """
     j = i
     for word in words:
         if not text.startswith(word, j):
             return None
-        j = _skip_blanks(text, j + len(word))
-    # Like upstream, only the end of the last word needs a boundary: "notin" and "startswith"
-    # are accepted, "inx" is not.  (The blanks skipped above are harmless: the main loop would
-    # skip them anyway.)
+        j += len(word)
+        if len(words) > 1:
+            j = _skip_blanks(text, j)
     if j < len(text) and text[j] in _IDENT_CHARS:
         return None
     return j
