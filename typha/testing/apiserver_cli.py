@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FILE.yaml",
         help="apply the objects in this file at start (Kubernetes and projectcalico.org/v3); repeatable",
     )
-    parser.add_argument("--token", help="require this bearer token")
+    parser.add_argument("--token", help="require this bearer token (kubectl sends it only with --tls)")
     parser.add_argument("--tls", action="store_true", help="serve HTTPS with a generated CA")
     parser.add_argument(
         "--history-limit",
