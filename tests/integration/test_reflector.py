@@ -47,6 +47,13 @@ class RecordingSink:
             assert self.cond.wait_for(lambda: predicate(self), timeout), f"timed out; log={self.log[-10:]}"
 
 
+def wait_until(predicate, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
 def expected_state(emulator) -> dict[str, str]:
     return {p["metadata"]["name"]: p["metadata"]["resourceVersion"] for p in emulator.list("v1", "Pod")}
 
@@ -100,6 +107,8 @@ def test_resume_after_dropped_watch_loses_and_repeats_nothing(emulator, kube, si
     try:
         sink.wait(lambda s: s.synced == 1)
         for round_ in range(5):
+            # Close only a watch that is really open on the server, or the close is a no-op.
+            wait_until(lambda round_=round_: reflector.watches == round_ + 1 and emulator.stats()["open_watches"] == 1)
             emulator.close_watches()
             add_pod(emulator, f"r{round_}")
             emulator.patch("v1", "Pod", "a", {"metadata": {"labels": {"round": str(round_)}}}, "default")
@@ -126,6 +135,7 @@ def test_gone_while_disconnected_relists_with_exact_diff(emulator, kube, sink):
         sink.wait(lambda s: s.synced == 1)
         logged_before = len(sink.log)
         sleep.gate.clear()
+        wait_until(lambda: emulator.stats()["open_watches"] == 1)
         emulator.fail_next(1, 500)
         emulator.close_watches()
         assert sleep.entered.wait(10.0), "the reflector never backed off"
@@ -149,6 +159,7 @@ def test_expired_watch_mid_stream_relists(emulator, kube, sink):
     reflector = start_reflector(kube, sink)
     try:
         sink.wait(lambda s: s.synced == 1)
+        wait_until(lambda: emulator.stats()["open_watches"] == 1)  # expire a watch that is really open
         emulator.expire_watches()
         sink.wait(lambda s: s.synced == 2)
         add_pod(emulator, "b")
@@ -168,10 +179,7 @@ def test_bookmarks_advance_the_resume_point(emulator, kube, sink):
         for i in range(5):
             emulator.create(objects.namespace(f"ns{i}"))
         target = emulator.resource_version
-        deadline = time.monotonic() + 10
-        while int(reflector.resource_version or 0) < target and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert int(reflector.resource_version) >= target
+        wait_until(lambda: int(reflector.resource_version or 0) >= target)
         # History older than the bookmark may now go: resuming from the bookmark needs none of it.
         emulator.compact()
         emulator.close_watches()

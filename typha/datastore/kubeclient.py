@@ -74,15 +74,24 @@ class KubeClient:
     def __init__(self, api_client: kubernetes.client.ApiClient) -> None:
         self._api = api_client
 
+    @staticmethod
+    def _api_client(configuration: kubernetes.client.Configuration) -> kubernetes.client.ApiClient:
+        # urllib3 would otherwise retry 429/503 itself, sleeping for Retry-After out of our sight;
+        # the reflector owns retries and backoff (and counts them), so only connects are retried here.
+        configuration.retries = urllib3.Retry(connect=3, read=0, status=0, respect_retry_after_header=False)
+        return kubernetes.client.ApiClient(configuration)
+
     @classmethod
     def from_kubeconfig(cls, path: str | None = None, context: str | None = None) -> KubeClient:
-        return cls(kubernetes.config.new_client_from_config(config_file=path, context=context))
+        configuration = kubernetes.client.Configuration()
+        kubernetes.config.load_kube_config(config_file=path, context=context, client_configuration=configuration)
+        return cls(cls._api_client(configuration))
 
     @classmethod
     def in_cluster(cls) -> KubeClient:
         configuration = kubernetes.client.Configuration()
         kubernetes.config.load_incluster_config(client_configuration=configuration)
-        return cls(kubernetes.client.ApiClient(configuration))
+        return cls(cls._api_client(configuration))
 
     @classmethod
     def from_environment(cls, kubeconfig: str | None = None) -> KubeClient:
