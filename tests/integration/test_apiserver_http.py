@@ -400,7 +400,9 @@ def test_discovery_advertises_every_resource(api: KubeAPIEmulator, tmp_path: Pat
 
 
 def test_in_process_api_matches_http(api: KubeAPIEmulator, core: client.CoreV1Api) -> None:
-    created = api.create(pod("a", labels={"x": "1"}))
+    body = pod("a", labels={"x": "1"})
+    created = api.create(body)
+    body["metadata"]["labels"]["x"] = "changed after the call"
     with pytest.raises(ApiError) as err:
         api.create(pod("a"))
     assert (err.value.status, err.value.reason) == (409, "AlreadyExists")

@@ -391,6 +391,11 @@ class ObjectStore:
         """Validate and normalize a written object, as the REST handler does before storage."""
         if not isinstance(body, dict):
             raise bad_request("the body of the request was not a JSON object")
+        try:
+            # A deep copy: what is stored must never alias a dict the caller may change later.
+            body = orjson.loads(orjson.dumps(body))
+        except TypeError as err:
+            raise bad_request(f"the object is not JSON: {err}") from None
         api_version = body.get("apiVersion") or resource.api_version
         kind = body.get("kind") or resource.kind
         if (api_version, kind) != (resource.api_version, resource.kind):
