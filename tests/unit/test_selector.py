@@ -553,3 +553,29 @@ def test_evaluate_accepts_any_mapping() -> None:
 
     sel = parse("a == 'x' && has(b) && c not in {'z'}")
     assert sel.evaluate(MappingProxyType({"a": "x", "b": ""}))
+
+
+# --- Compiled evaluation: generated code and the closure-tree fallback agree -----------------
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["x\ny", "\\", "\\'", "'); import os; ('", "{L}", "__import__('os')", "\x00", "\u2028"],
+)
+def test_values_cannot_escape_generated_code(value: str) -> None:
+    quote = "'" if '"' in value else '"'
+    sel = parse(f"a == {quote}{value}{quote} || b contains {quote}{value}{quote} || c in {{{quote}{value}{quote}}}")
+    for labels, expected in [({"a": value}, True), ({"b": "<" + value + ">"}, True), ({"c": value}, True), ({}, False)]:
+        assert sel.evaluate(labels) is expected
+        assert sel.root.compile()(labels) is expected
+
+
+def test_deep_or_huge_selectors_fall_back_to_closures() -> None:
+    deep = parse("(has(b) && " * 220 + "has(a)" + ")" * 220)
+    wide = parse(" || ".join(f"a == '{i}'" for i in range(3000)))
+    for sel in (deep, wide):
+        assert "compile" in sel.evaluate.__qualname__  # the closure tree, not generated code
+    assert deep.evaluate({"a": "", "b": ""}) and not deep.evaluate({"b": ""})
+    assert wide.evaluate({"a": "2999"}) and not wide.evaluate({"a": "3000"}) and not wide.evaluate({})
+    small = parse("a == 'x' && has(b)")
+    assert "compile" not in small.evaluate.__qualname__  # typical selectors get generated code

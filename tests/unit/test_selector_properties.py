@@ -165,9 +165,11 @@ def test_parse_evaluates_like_the_tree_and_canonical_form_round_trips(
     else:
         assert again.canonical == canon
         assert again.unique_id == sel.unique_id
+    closures = sel.root.compile()  # the fallback evaluator must agree with the generated code
     for labels in label_sets:
         expected = reference_eval(tree, labels)
         assert sel.evaluate(labels) is expected, (text, canon, labels)
+        assert closures(labels) is expected, (text, canon, labels)
         assert again.evaluate(labels) is expected, (canon, labels)
 
 

@@ -266,6 +266,15 @@ class Node:
         raise NotImplementedError
 
     def compile(self) -> Evaluator:
+        """A closure tree evaluating this node (the fallback when code generation is refused)."""
+        raise NotImplementedError
+
+    def py_expr(self) -> str:
+        """A Python expression over a mapping ``L`` that is true iff this node matches.
+
+        Strings are embedded with repr(), which always yields a literal equal to the value,
+        so no label or value can inject code.
+        """
         raise NotImplementedError
 
     def collect_labels(self, out: set[str]) -> None:
@@ -283,6 +292,9 @@ class AllNode(Node):
     def compile(self) -> Evaluator:
         return _always_true
 
+    def py_expr(self) -> str:
+        return "True"
+
 
 @dataclass(frozen=True, slots=True)
 class GlobalNode(Node):
@@ -293,6 +305,9 @@ class GlobalNode(Node):
         # Upstream GlobalNode.Evaluate returns true; scoping to non-namespaced endpoints is the
         # job of whoever builds the rule selector.
         return _always_true
+
+    def py_expr(self) -> str:
+        return "True"
 
 
 def _always_true(_labels: Labels) -> bool:
@@ -309,6 +324,9 @@ class HasNode(Node):
     def compile(self) -> Evaluator:
         label = self.label
         return lambda labels: label in labels
+
+    def py_expr(self) -> str:
+        return f"({self.label!r} in L)"
 
     def collect_labels(self, out: set[str]) -> None:
         out.add(self.label)
@@ -359,6 +377,17 @@ class LabelOpNode(Node):
             return ends_with
         raise AssertionError(op)
 
+    def py_expr(self) -> str:
+        k, v = repr(self.label), repr(self.value)
+        if self.op in ("==", "!="):
+            # .get() gives None for a missing label: never == a string, always != one.
+            return f"(L.get({k}) {self.op} {v})"
+        # The others are false for a missing label (even "contains ''"), hence the guard.
+        test = {"contains": f"{v} in L[{k}]", "starts with": f"L[{k}].startswith({v})"}.get(
+            self.op, f"L[{k}].endswith({v})"
+        )
+        return f"({k} in L and {test})"
+
     def collect_labels(self, out: set[str]) -> None:
         out.add(self.label)
 
@@ -386,6 +415,13 @@ class LabelSetNode(Node):
             return lambda labels: labels.get(label) not in members
         return lambda labels: labels.get(label) in members
 
+    def py_expr(self) -> str:
+        # CPython folds a constant set display after "in" into a frozenset constant.  "()"
+        # for the empty set: "{}" would be a dict.
+        members = "{" + ", ".join(repr(v) for v in self.values) + "}" if self.values else "()"
+        op = "not in" if self.negated else "in"
+        return f"(L.get({self.label!r}) {op} {members})"
+
     def collect_labels(self, out: set[str]) -> None:
         out.add(self.label)
 
@@ -405,6 +441,9 @@ class NotNode(Node):
     def compile(self) -> Evaluator:
         inner = self.operand.compile()
         return lambda labels: not inner(labels)
+
+    def py_expr(self) -> str:
+        return f"(not {self.operand.py_expr()})"
 
     def collect_labels(self, out: set[str]) -> None:
         self.operand.collect_labels(out)
@@ -427,6 +466,9 @@ class AndNode(Node):
             return lambda labels: first(labels) and second(labels)
         return lambda labels: all(fn(labels) for fn in fns)
 
+    def py_expr(self) -> str:
+        return "(" + " and ".join(op.py_expr() for op in self.operands) + ")"
+
     def collect_labels(self, out: set[str]) -> None:
         for op in self.operands:
             op.collect_labels(out)
@@ -448,6 +490,9 @@ class OrNode(Node):
             first, second = fns
             return lambda labels: first(labels) or second(labels)
         return lambda labels: any(fn(labels) for fn in fns)
+
+    def py_expr(self) -> str:
+        return "(" + " or ".join(op.py_expr() for op in self.operands) + ")"
 
     def collect_labels(self, out: set[str]) -> None:
         for op in self.operands:
@@ -604,10 +649,46 @@ def _parse_node(text: str) -> Node:
 # --------------------------------------------------------------------------------------------
 
 
+# Past this many nodes we skip code generation: CPython's compiler limits nesting depth, and a
+# huge generated function buys nothing over the closure tree.
+_MAX_CODEGEN_NODES: Final = 2000
+
+
+def _count_nodes(node: Node) -> int:
+    if isinstance(node, NotNode):
+        return 1 + _count_nodes(node.operand)
+    if isinstance(node, AndNode | OrNode):
+        return 1 + sum(_count_nodes(op) for op in node.operands)
+    return 1
+
+
+def _compile(root: Node) -> Evaluator:
+    """Turn the AST into one Python function.
+
+    Generated code is one lambda with short-circuiting ``and``/``or`` and no calls between
+    nodes: measured ~2.5x faster than the equivalent closure tree on typical policy selectors.
+    Anything the CPython compiler refuses (e.g. too deeply nested) falls back to the closures,
+    which compute the same thing.
+    """
+    if _count_nodes(root) <= _MAX_CODEGEN_NODES:
+        try:
+            fn = eval(f"lambda L: {root.py_expr()}", {"__builtins__": {}})  # safe: see Node.py_expr
+        except (SyntaxError, RecursionError, MemoryError, ValueError):
+            pass
+        else:
+            return fn  # type: ignore[no-any-return]
+    return root.compile()
+
+
 class Selector:
     """A parsed selector.  Immutable; equal (and hashing equal) iff the canonical forms are equal."""
 
-    __slots__ = ("_canonical", "_evaluate", "_labels", "_root", "_unique_id")
+    __slots__ = ("_canonical", "_labels", "_root", "_unique_id", "evaluate")
+
+    # ``evaluate(labels) -> bool`` is the compiled function itself, stored per instance, rather
+    # than a method that forwards to it: the forwarding call cost ~25 ns, a quarter of a
+    # typical evaluation, and this runs for every (selector, endpoint) pair.
+    evaluate: Evaluator
 
     def __init__(self, root: Node) -> None:
         out: list[str] = []
@@ -615,8 +696,8 @@ class Selector:
         setattr_ = object.__setattr__  # __setattr__ below refuses writes: this is the only way in
         setattr_(self, "_root", root)
         setattr_(self, "_canonical", "".join(out))
-        # Compile once: evaluation is a closure tree, never a walk of the AST or a re-parse.
-        setattr_(self, "_evaluate", root.compile())
+        # Compile once, so evaluation never walks the AST or re-parses.
+        setattr_(self, "evaluate", _compile(root))
         setattr_(self, "_unique_id", None)
         setattr_(self, "_labels", None)
 
@@ -636,9 +717,6 @@ class Selector:
         if self._unique_id is None:
             object.__setattr__(self, "_unique_id", make_unique_id("s", self._canonical))
         return self._unique_id
-
-    def evaluate(self, labels: Mapping[str, str]) -> bool:
-        return self._evaluate(labels)
 
     def with_label_prefix(self, prefix: str) -> Selector:
         """Every label name gets ``prefix`` (Calico's PrefixVisitor / parseSelectorAttachPrefix).
