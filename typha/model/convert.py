@@ -1,0 +1,71 @@
+"""Kubernetes objects → Calico model KVs, per syncer: the tables the syncers look converters up in.
+
+A converter is a pure function `fn(obj) -> [(key, value), ...]`: the complete set of Calico model
+keys one Kubernetes object produces for that syncer, with values as upstream would JSON-encode them
+(reference/typha.md §2). It keeps no state; the syncer remembers which keys each object produced and
+deletes the ones it stops producing. An empty list means upstream sends nothing for the object (a
+host-networked or finished pod, a staged delete). An invalid object raises ConversionError, which
+the syncer turns into withdrawing the object's keys, as Typha's validation filter would.
+
+The work is split by source: convert_k8s (core/networking objects), convert_calico (Calico CRDs),
+convert_base (rules, selectors, CIDRs shared by both).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from typha.model import convert_calico as calico
+from typha.model import convert_k8s as k8s
+from typha.model.convert_base import ConversionError, Converter
+from typha.model.convert_k8s import veth_name
+
+__all__ = ["BGP_CONVERTERS", "FELIX_CONVERTERS", "ConversionError", "Converter", "converters", "veth_name"]
+
+_CRD = "crd.projectcalico.org"
+
+# felixsyncerv1.go with isLeader=true, KDD, Calico IPAM.
+FELIX_CONVERTERS: dict[str, Converter] = {
+    f"clusterinformations.{_CRD}": calico.cluster_information,
+    f"felixconfigurations.{_CRD}": calico.felix_configuration,
+    f"globalnetworkpolicies.{_CRD}": calico.global_network_policy,
+    f"stagedglobalnetworkpolicies.{_CRD}": calico.staged_global_network_policy,
+    f"networkpolicies.{_CRD}": calico.network_policy,
+    "networkpolicies.networking.k8s.io": k8s.k8s_network_policy,
+    f"stagednetworkpolicies.{_CRD}": calico.staged_network_policy,
+    f"stagedkubernetesnetworkpolicies.{_CRD}": k8s.staged_k8s_network_policy,
+    f"tiers.{_CRD}": calico.tier,
+    f"globalnetworksets.{_CRD}": calico.global_network_set,
+    f"networksets.{_CRD}": calico.network_set,
+    f"ippools.{_CRD}": calico.ip_pool,
+    "nodes": k8s.felix_node,
+    "namespaces": k8s.namespace_to_profile,
+    "serviceaccounts": k8s.service_account_to_profile,
+    "pods": k8s.pod_to_wep,
+    f"hostendpoints.{_CRD}": calico.host_endpoint,
+    f"bgpconfigurations.{_CRD}": calico.bgp_configuration,
+    f"bgppeers.{_CRD}": calico.bgp_peer,
+    "services": k8s.k8s_service,
+    "endpointslices.discovery.k8s.io": k8s.k8s_endpoint_slice,
+    f"ipamblocks.{_CRD}": calico.ipam_block,
+}
+
+# bgpsyncer.go (Typha builds it for all nodes) with Calico IPAM.
+BGP_CONVERTERS: dict[str, Converter] = {
+    f"ippools.{_CRD}": calico.ip_pool,
+    f"bgpconfigurations.{_CRD}": calico.bgp_configuration,
+    "nodes": k8s.bgp_node,
+    f"bgppeers.{_CRD}": calico.bgp_peer,
+    f"bgpfilters.{_CRD}": calico.bgp_filter,
+    f"blockaffinities.{_CRD}": calico.block_affinity,
+}
+
+_TABLES: dict[str, Mapping[str, Converter]] = {"felix": FELIX_CONVERTERS, "bgp": BGP_CONVERTERS}
+
+
+def converters(syncer_type: str) -> Mapping[str, Converter]:
+    """resource key → converter for one syncer type."""
+    try:
+        return _TABLES[syncer_type]
+    except KeyError:
+        raise ValueError(f"unknown syncer type {syncer_type!r}; expected one of {sorted(_TABLES)}") from None

@@ -1,0 +1,455 @@
+"""Shared pieces of the Kubernetes/CRD → Calico model conversions: errors, CIDRs, selectors, rules.
+
+Values are built as upstream's Go structs would JSON-encode them: the same field names, `omitempty`
+fields left out when empty, and `null` where Go writes a nil slice or pointer that has no
+`omitempty`. Typha runs every value through its ValidationFilter and turns an invalid one into a
+delete; here an invalid object raises ConversionError instead, and the syncer withdraws its keys.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+from functools import lru_cache
+from typing import Any
+
+import orjson
+
+from typha.model import selector as _selector
+
+Converter = Callable[[dict[str, Any]], list[tuple[str, Any]]]
+
+LABEL_NAMESPACE = "projectcalico.org/namespace"
+LABEL_ORCHESTRATOR = "projectcalico.org/orchestrator"
+LABEL_SERVICE_ACCOUNT = "projectcalico.org/serviceaccount"
+NAMESPACE_LABEL_PREFIX = "pcns."
+SERVICE_ACCOUNT_LABEL_PREFIX = "pcsa."
+NAMESPACE_PROFILE_PREFIX = "kns."
+SERVICE_ACCOUNT_PROFILE_PREFIX = "ksa."
+NAME_LABEL = "projectcalico.org/name"
+METADATA_ANNOTATION = "projectcalico.org/metadata"
+CALICO_API_VERSION = "projectcalico.org/v3"
+
+
+class ConversionError(ValueError):
+    """The object cannot be converted: upstream would fail to convert it or Typha would reject it."""
+
+
+def metadata(obj: dict[str, Any]) -> dict[str, Any]:
+    md = obj.get("metadata")
+    if not isinstance(md, dict) or not md.get("name"):
+        raise ConversionError("missing metadata.name")
+    return md
+
+
+def namespace_of(md: dict[str, Any]) -> str:
+    ns = md.get("namespace")
+    if not ns:
+        raise ConversionError(f"{md.get('name')}: missing metadata.namespace")
+    return ns
+
+
+def spec_of(obj: dict[str, Any]) -> dict[str, Any]:
+    spec = obj.get("spec")
+    if spec is None:
+        return {}
+    if not isinstance(spec, dict):
+        raise ConversionError("spec is not an object")
+    return spec
+
+
+# --- IPs and CIDRs -----------------------------------------------------------------------------------
+# Cached: the same CIDRs (pools, blocks, policy nets) recur on every re-list and every update.
+
+
+@lru_cache(maxsize=8192)
+def _net_or_ip(text: str) -> tuple[int, str]:
+    try:
+        if "/" in text:
+            net: ipaddress.IPv4Network | ipaddress.IPv6Network = ipaddress.ip_network(text, strict=False)
+        else:
+            net = ipaddress.ip_network(ipaddress.ip_address(text))
+    except ValueError:
+        raise ConversionError(f"invalid CIDR or IP {text!r}") from None
+    return net.version, str(net)
+
+
+def cidr_or_ip(text: Any) -> tuple[int, str]:
+    """(version, masked CIDR) like cnet.ParseCIDROrIP: a bare IP is a /32 or /128."""
+    if not isinstance(text, str):
+        raise ConversionError(f"invalid CIDR or IP {text!r}")
+    return _net_or_ip(text)
+
+
+def strict_cidr(text: Any) -> tuple[int, str]:
+    """(version, masked CIDR) like cnet.ParseCIDR, which needs the prefix length."""
+    if not isinstance(text, str) or "/" not in text:
+        raise ConversionError(f"invalid CIDR {text!r}")
+    return _net_or_ip(text)
+
+
+@lru_cache(maxsize=8192)
+def _ip(text: str) -> tuple[int, str]:
+    try:
+        addr = ipaddress.ip_address(text)
+    except ValueError:
+        raise ConversionError(f"invalid IP address {text!r}") from None
+    return addr.version, str(addr)
+
+
+def ip_address(text: Any) -> tuple[int, str]:
+    """(version, canonical address), like cnet.ParseIP."""
+    if not isinstance(text, str):
+        raise ConversionError(f"invalid IP address {text!r}")
+    return _ip(text)
+
+
+# --- selectors -----------------------------------------------------------------------------------
+
+
+def check_selector(text: str, what: str) -> str:
+    """`text` unchanged if it parses (upstream keeps selector strings as written), else ConversionError."""
+    try:
+        _selector.parse(text)
+    except _selector.SelectorError as exc:
+        raise ConversionError(f"{what}: {exc}") from None
+    except TypeError:
+        raise ConversionError(f"{what}: selector must be a string, not {type(text).__name__}") from None
+    return text
+
+
+@lru_cache(maxsize=4096)
+def _prefixed(text: str, prefix: str) -> str:
+    return _selector.parse(text).with_label_prefix(prefix).canonical
+
+
+def prefixed_selector(text: str, prefix: str, what: str) -> str:
+    """parseSelectorAttachPrefix: re-serialised canonically with every label prefixed.
+
+    Upstream returns "" for an unparsable selector, but the original then fails Typha's validation
+    of the `orig_*` field, so an unparsable one is a ConversionError here.
+    """
+    check_selector(text, what)
+    return _prefixed(text, prefix)
+
+
+def prefix_and_append(current: str, new: str, prefix: str, what: str) -> str:
+    """prefixAndAppendSelector."""
+    if not new:
+        return current
+    prefixed = prefixed_selector(new, prefix, what)
+    if not prefixed:
+        return current
+    return f"({current}) && {prefixed}" if current else prefixed
+
+
+def _service_account_selector(sam: dict[str, Any], what: str) -> str:
+    """parseServiceAccounts: `pcsa.` selector AND'd with a canonical `serviceaccount in {...}` clause."""
+    updated = ""
+    if sam.get("selector"):
+        updated = prefixed_selector(sam["selector"], SERVICE_ACCOUNT_LABEL_PREFIX, what)
+    names = sam.get("names") or []
+    if not names:
+        return updated
+    clause = "{} in {{ '{}' }}".format(LABEL_SERVICE_ACCOUNT, "', '".join(names))
+    try:
+        clause = _selector.canonicalise(clause)
+    except _selector.SelectorError as exc:
+        raise ConversionError(f"{what}: bad service account names {names!r}: {exc}") from None
+    return f"({updated}) && ({clause})" if updated else clause
+
+
+def _entity_selector(er: dict[str, Any], ns: str, what: str) -> str:
+    """getEndpointSelector: the one selector a rule's source or destination matches endpoints with."""
+    ns_text = er.get("namespaceSelector") or ""
+    endpoint = er.get("selector") or ""
+    not_selector = er.get("notSelector") or ""
+    sam = er.get("serviceAccounts")
+    sa_selector = _service_account_selector(sam, what) if isinstance(sam, dict) else ""
+
+    ns_selector = ""
+    if ns_text:
+        ns_selector = prefixed_selector(ns_text, NAMESPACE_LABEL_PREFIX, f"{what} namespaceSelector")
+        # In the v1 model all() would match every endpoint; the namespaceSelector all() means "any
+        # namespaced endpoint", and global() means "no namespaced endpoint".
+        ns_selector = ns_selector.replace("all()", f"has({LABEL_NAMESPACE})")
+        ns_selector = ns_selector.replace("global()", f"!has({LABEL_NAMESPACE})")
+    elif ns:
+        ns_selector = f"{LABEL_NAMESPACE} == '{ns}'"
+
+    if endpoint:
+        check_selector(endpoint, f"{what} selector")
+    parts = [s for s in (sa_selector, endpoint) if s]
+    selector = parts[0] if len(parts) == 1 else ("(" + ") && (".join(parts) + ")" if parts else "")
+    if ns_selector and (selector or not_selector or ns_text):
+        selector = f"({ns_selector}) && ({selector})" if selector else ns_selector
+    return selector
+
+
+# --- ports and protocols -------------------------------------------------------------------------
+
+
+def _port_number(text: str) -> int:
+    if not text.isdigit():
+        raise ValueError(text)
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise ValueError(text)
+    return value
+
+
+def port_v1(port: Any) -> int | str:
+    """numorstring.Port as it marshals: a number, "min:max", or a port name."""
+    if isinstance(port, bool):
+        raise ConversionError(f"invalid port {port!r}")
+    if isinstance(port, int):
+        if not 0 <= port <= 65535:
+            raise ConversionError(f"invalid port {port!r}")
+        return port
+    if not isinstance(port, str) or not port:
+        raise ConversionError(f"invalid port {port!r}")
+    try:
+        if ":" in port:
+            low_text, high_text = port.split(":", 1)
+            low, high = _port_number(low_text), _port_number(high_text)
+            if low > high:
+                raise ValueError(port)
+            return low if low == high else f"{low}:{high}"
+        if port.isdigit():
+            return _port_number(port)
+    except ValueError:
+        raise ConversionError(f"invalid port {port!r}") from None
+    if len(port) > 15 or not port[0].isalpha():
+        # Port names are IANA_SVC_NAME-like: upstream validates with a regex of this shape.
+        raise ConversionError(f"invalid port name {port!r}")
+    return port
+
+
+def ports_v1(ports: Any) -> list[int | str]:
+    if not isinstance(ports, list):
+        raise ConversionError(f"ports must be a list, not {ports!r}")
+    return [port_v1(p) for p in ports]
+
+
+def protocol_v1(protocol: Any) -> int | str:
+    """numorstring.Protocol.ToV1(): names lower-cased, numbers kept."""
+    if isinstance(protocol, bool):
+        raise ConversionError(f"invalid protocol {protocol!r}")
+    if isinstance(protocol, int):
+        if not 0 <= protocol <= 255:
+            raise ConversionError(f"invalid protocol {protocol!r}")
+        return protocol
+    if isinstance(protocol, str) and protocol:
+        return protocol.lower()
+    raise ConversionError(f"invalid protocol {protocol!r}")
+
+
+# --- rules ---------------------------------------------------------------------------------------
+
+
+def _nets(values: Any, what: str) -> list[str]:
+    if not isinstance(values, list):
+        raise ConversionError(f"{what} must be a list")
+    return [cidr_or_ip(v)[1] for v in values]
+
+
+def _entity_fields(rule: dict[str, Any], er: dict[str, Any], side: str, ns: str, what: str) -> None:
+    """Fill one side ("src"/"dst") of a v1 Rule from a v3 EntityRule."""
+    selector = _entity_selector(er, ns, what)
+    if selector:
+        rule[f"{side}_selector"] = check_selector(selector, what)
+    if er.get("nets"):
+        rule[f"{side}_nets"] = _nets(er["nets"], f"{what} nets")
+    if er.get("ports"):
+        rule[f"{side}_ports"] = ports_v1(er["ports"])
+    services = er.get("services")
+    if isinstance(services, dict):
+        if services.get("name"):
+            rule[f"{side}_service"] = services["name"]
+        if services.get("namespace"):
+            rule[f"{side}_service_ns"] = services["namespace"]
+    if er.get("notNets"):
+        rule[f"!{side}_nets"] = _nets(er["notNets"], f"{what} notNets")
+    if er.get("notSelector"):
+        rule[f"!{side}_selector"] = check_selector(er["notSelector"], f"{what} notSelector")
+    if er.get("notPorts"):
+        rule[f"!{side}_ports"] = ports_v1(er["notPorts"])
+    # The originals ride along unmodified for consumers that need them (Felix's rule scanner
+    # re-derives namespace and service-account semantics from them).
+    if er.get("selector"):
+        rule[f"orig_{side}_selector"] = er["selector"]
+    if er.get("namespaceSelector"):
+        rule[f"orig_{side}_namespace_selector"] = er["namespaceSelector"]
+    if er.get("notSelector"):
+        rule[f"!orig_{side}_selector"] = er["notSelector"]
+    sam = er.get("serviceAccounts")
+    if isinstance(sam, dict):
+        if sam.get("names"):
+            rule[f"orig_{side}_service_acct_names"] = list(sam["names"])
+        if sam.get("selector"):
+            rule[f"orig_{side}_service_acct_selector"] = sam["selector"]
+
+
+def _icmp(rule: dict[str, Any], icmp: Any, prefix: str) -> None:
+    if not isinstance(icmp, dict):
+        return
+    for field in ("type", "code"):
+        value = icmp.get(field)
+        if value is not None:
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 255:
+                raise ConversionError(f"invalid ICMP {field} {value!r}")
+            if field == "type" and value == 255:
+                raise ConversionError("ICMP type 255 is not matchable")
+            rule[f"{prefix}icmp_{field}"] = value
+
+
+def rule_v1(ar: dict[str, Any], ns: str, what: str) -> dict[str, Any]:
+    """RuleAPIV3ToBackend: a v3 Rule dict → the v1 model Rule as it JSON-encodes."""
+    if not isinstance(ar, dict):
+        raise ConversionError(f"{what}: rule is not an object")
+    rule: dict[str, Any] = {}
+    action = ar.get("action") or ""
+    if action:
+        rule["action"] = "next-tier" if action == "Pass" else action.lower()
+    if ar.get("ipVersion") is not None:
+        if ar["ipVersion"] not in (4, 6):
+            raise ConversionError(f"{what}: invalid ipVersion {ar['ipVersion']!r}")
+        rule["ip_version"] = ar["ipVersion"]
+    if ar.get("protocol") is not None:
+        rule["protocol"] = protocol_v1(ar["protocol"])
+    if ar.get("notProtocol") is not None:
+        rule["!protocol"] = protocol_v1(ar["notProtocol"])
+    _icmp(rule, ar.get("icmp"), "")
+    _icmp(rule, ar.get("notICMP"), "!")
+    _entity_fields(rule, ar.get("source") or {}, "src", ns, f"{what} source")
+    _entity_fields(rule, ar.get("destination") or {}, "dst", ns, f"{what} destination")
+    http = ar.get("http")
+    if isinstance(http, dict):
+        match: dict[str, Any] = {}
+        if http.get("methods"):
+            match["methods"] = http["methods"]
+        if http.get("paths"):
+            match["paths"] = http["paths"]
+        rule["http"] = match
+    md = ar.get("metadata")
+    if isinstance(md, dict) and md.get("annotations") is not None:
+        rule["metadata"] = {"annotations": dict(md["annotations"])} if md["annotations"] else {}
+    return rule
+
+
+def rules_v1(rules: Any, ns: str, what: str) -> list[dict[str, Any]]:
+    if not rules:
+        return []
+    if not isinstance(rules, list):
+        raise ConversionError(f"{what} rules must be a list")
+    return [rule_v1(r, ns, f"{what} rule {i}") for i, r in enumerate(rules)]
+
+
+def order_v1(value: Any) -> float | None:
+    """Policy/tier order is a *float64 upstream; keep it a float so equal orders encode equally."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConversionError(f"invalid order {value!r}")
+    return float(value)
+
+
+def policy_v1(
+    spec: dict[str, Any],
+    *,
+    namespace: str,
+    selector: str,
+    what: str,
+    staged_action: str | None = None,
+) -> dict[str, Any]:
+    """The v1 model Policy shared by every policy kind; `selector` is already namespaced/prefixed."""
+    value: dict[str, Any] = {}
+    if namespace:
+        value["namespace"] = namespace
+    value["tier"] = spec.get("tier") or "default"
+    order = order_v1(spec.get("order"))
+    if order is not None:
+        value["order"] = order
+    inbound = rules_v1(spec.get("ingress"), namespace, f"{what} ingress")
+    if inbound:
+        value["inbound_rules"] = inbound
+    outbound = rules_v1(spec.get("egress"), namespace, f"{what} egress")
+    if outbound:
+        value["outbound_rules"] = outbound
+    value["selector"] = check_selector(selector, f"{what} selector")
+    types = spec.get("types")
+    if types:
+        if not isinstance(types, list) or any(t not in ("Ingress", "Egress") for t in types):
+            raise ConversionError(f"{what}: invalid types {types!r}")
+        value["types"] = [t.lower() for t in types]
+    hints = spec.get("performanceHints")
+    if hints:
+        if any(h != "AssumeNeededOnEveryNode" for h in hints):
+            raise ConversionError(f"{what}: invalid performanceHints {hints!r}")
+        value["performance_hints"] = list(hints)
+    if staged_action:
+        value["staged_action"] = staged_action
+    return value
+
+
+# --- v3 resources --------------------------------------------------------------------------------
+
+
+def go_json(value: Any) -> str:
+    """encoding/json output for a string map: sorted keys, compact, with Go's HTML escaping."""
+    text = orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def _json_map(text: Any) -> dict[str, str] | None:
+    if not isinstance(text, str):
+        return None
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _ours(key: str) -> bool:
+    return "projectcalico.org/" in key or "operator.tigera.io/" in key
+
+
+def crd_metadata(md: dict[str, Any], namespaced: bool) -> dict[str, Any]:
+    """The v3 ObjectMeta of a Calico custom resource (ConvertK8sResourceToCalicoResource).
+
+    The v3 labels, annotations and creationTimestamp live in the `projectcalico.org/metadata`
+    annotation when libcalico-go wrote the object; otherwise the custom resource's own metadata is
+    used. resourceVersion is left out: Typha carries it beside the value, not in it, which is what lets
+    the cache drop updates that change nothing else.
+    """
+    annotations = md.get("annotations") or {}
+    stored = _json_map(annotations.get(METADATA_ANNOTATION)) if METADATA_ANNOTATION in annotations else None
+    if stored is not None:
+        labels = dict(stored.get("labels") or {})
+        labels.update((k, v) for k, v in (md.get("labels") or {}).items() if _ours(k))
+        notes = dict(stored.get("annotations") or {})
+        notes.update((k, v) for k, v in annotations.items() if _ours(k) and k != METADATA_ANNOTATION)
+        created = stored.get("creationTimestamp") or md.get("creationTimestamp")
+    else:
+        labels = dict(md.get("labels") or {})
+        notes = {k: v for k, v in annotations.items() if k != METADATA_ANNOTATION}
+        created = md.get("creationTimestamp")
+    out: dict[str, Any] = {"name": md["name"]}
+    if namespaced:
+        out["namespace"] = md.get("namespace") or ""
+    if md.get("uid"):
+        out["uid"] = md["uid"]
+    out["creationTimestamp"] = created
+    if labels:
+        out["labels"] = labels
+    if notes:
+        out["annotations"] = notes
+    return out
+
+
+def v3_resource(kind: str, md: dict[str, Any], spec: dict[str, Any], status: Any = None) -> dict[str, Any]:
+    value: dict[str, Any] = {"kind": kind, "apiVersion": CALICO_API_VERSION, "metadata": md, "spec": spec}
+    if status:
+        value["status"] = status
+    return value

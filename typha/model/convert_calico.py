@@ -1,0 +1,509 @@
+"""Calico custom resources (crd.projectcalico.org/v1, spec as projectcalico.org/v3) → Calico model KVs.
+
+The update processors of libcalico-go/lib/backend/syncersv1/updateprocessors, one function each:
+policies and tiers, network sets, IP pools, host endpoints, IPAM blocks and affinities, the
+config-style kinds (ClusterInformation, FelixConfiguration) and the kinds Typha passes through as
+v3 resources (BGPConfiguration, BGPPeer, BGPFilter).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from decimal import Decimal
+from typing import Any
+
+import orjson
+
+from typha.model import keys
+from typha.model.convert_base import (
+    LABEL_NAMESPACE,
+    METADATA_ANNOTATION,
+    NAMESPACE_LABEL_PREFIX,
+    NAMESPACE_PROFILE_PREFIX,
+    SERVICE_ACCOUNT_LABEL_PREFIX,
+    ConversionError,
+    check_selector,
+    cidr_or_ip,
+    crd_metadata,
+    ip_address,
+    metadata,
+    namespace_of,
+    order_v1,
+    policy_v1,
+    prefix_and_append,
+    protocol_v1,
+    spec_of,
+    strict_cidr,
+    v3_resource,
+)
+from typha.model.convert_k8s import namespaced_policy_selector
+
+# --- policies and tiers --------------------------------------------------------------------------
+
+
+def _policy_name(md: dict[str, Any], tier: str) -> str:
+    """determinePolicyName: the v3 name from the metadata annotation, else the stored name with a
+    default-tier `default.` prefix removed (how policies were stored before v3.30)."""
+    stored = (md.get("annotations") or {}).get(METADATA_ANNOTATION)
+    if stored:
+        try:
+            name = orjson.loads(stored).get("name")
+        except (orjson.JSONDecodeError, AttributeError):
+            raise ConversionError(f"{md['name']}: unparsable {METADATA_ANNOTATION} annotation") from None
+        if name:
+            return name
+    if tier in ("default", "") and md["name"].startswith("default."):
+        return md["name"][len("default.") :]
+    return md["name"]
+
+
+def _global_selector(spec: dict[str, Any], what: str) -> str:
+    """The GlobalNetworkPolicy v1 selector: the selector, then `pcns.`/`pcsa.` clauses appended.
+
+    The all() rewrites apply to the whole combined string, as upstream's strings.Replace does.
+    """
+    selector = spec.get("selector") or ""
+    if selector:
+        check_selector(selector, f"{what} selector")
+    if spec.get("namespaceSelector"):
+        selector = prefix_and_append(selector, spec["namespaceSelector"], NAMESPACE_LABEL_PREFIX, what)
+        selector = selector.replace("all()", f"has({LABEL_NAMESPACE})")
+    if spec.get("serviceAccountSelector"):
+        selector = prefix_and_append(selector, spec["serviceAccountSelector"], SERVICE_ACCOUNT_LABEL_PREFIX, what)
+        selector = selector.replace("all()", "has(projectcalico.org/serviceaccount)")
+    return selector
+
+
+def _global_policy(kind: str, obj: dict[str, Any], staged: bool) -> list[tuple[str, Any]]:
+    md = metadata(obj)
+    spec = spec_of(obj)
+    action = spec.get("stagedAction") or "" if staged else ""
+    if action == "Delete":
+        return []  # a staged delete is not sent to Felix
+    name = _policy_name(md, spec.get("tier") or "")
+    what = f"{kind} {name}"
+    value = policy_v1(
+        spec, namespace="", selector=_global_selector(spec, what), what=what, staged_action=action or None
+    )
+    if spec.get("doNotTrack"):
+        value["untracked"] = True
+    if spec.get("preDNAT"):
+        value["pre_dnat"] = True
+    if spec.get("applyOnForward"):
+        value["apply_on_forward"] = True
+    return [(keys.policy_path(kind, "", name), value)]
+
+
+def _namespaced_policy(kind: str, obj: dict[str, Any], staged: bool) -> list[tuple[str, Any]]:
+    md = metadata(obj)
+    ns = namespace_of(md)
+    spec = spec_of(obj)
+    action = spec.get("stagedAction") or "" if staged else ""
+    if action == "Delete":
+        return []
+    name = _policy_name(md, spec.get("tier") or "")
+    what = f"{kind} {ns}/{name}"
+    selector = spec.get("selector") or ""
+    if selector:
+        check_selector(selector, f"{what} selector")
+    selector = namespaced_policy_selector(selector, ns, spec.get("serviceAccountSelector") or "")
+    value = policy_v1(spec, namespace=ns, selector=selector, what=what, staged_action=action or None)
+    return [(keys.policy_path(kind, ns, name), value)]
+
+
+def global_network_policy(obj: dict[str, Any]) -> list[tuple[str, Any]]:
+    return _global_policy("GlobalNetworkPolicy", obj, staged=False)
+
+
+def staged_global_network_policy(obj: dict[str, Any]) -> list[tuple[str, Any]]:
+    return _global_policy("StagedGlobalNetworkPolicy", obj, staged=True)
+
+
+def network_policy(obj: dict[str, Any]) -> list[tuple[str, Any]]:
+    return _namespaced_policy("NetworkPolicy", obj, staged=False)
+
+
+def staged_network_policy(obj: dict[str, Any]) -> list[tuple[str, Any]]:
+    return _namespaced_policy("StagedNetworkPolicy", obj, staged=True)
+
+
+def tier(obj: dict[str, Any]) -> list[tuple[str, Any]]:
+    """Tier → `/calico/v1/policy/tier/<name>/metadata`; any default action but Pass means Deny."""
+    md = metadata(obj)
+    spec = spec_of(obj)
+    value: dict[str, Any] = {}
+    order = order_v1(spec.get("order"))
+    if order is not None:
+        value["order"] = order
+    value["defaultAction"] = "Pass" if spec.get("defaultAction") == "Pass" else "Deny"
+    return [(keys.tier_path(md["name"]), value)]
+
+
+# --- network sets --------------------------------------------------------------------------------
+
+
+def _nets(spec: dict[str, Any], what: str) -> list[str]:
+    nets = spec.get("nets") or []
+    if not isinstance(nets, list):
+        raise ConversionError(f"{what}: nets must be a list")
+    try:
+        return [cidr_or_ip(n)[1] for n in nets]
+    except ConversionError as exc:
+        raise ConversionError(f"{what}: {exc}") from None
+
+
+def global_network_set(obj: dict[str, Any]) -> list[tuple[str, Any]]:
+    md = metadata(obj)
+    value: dict[str, Any] = {}
+    nets = _nets(spec_of(obj), f"GlobalNetworkSet {md['name']}")
+    if nets:
+        value["nets"] = nets
+    labels = crd_metadata(md, False).get("labels")
+    if labels:
+        value["labels"] = labels
+    return [(keys.network_set_path(md["name"]), value)]
+
+
+def network_set(obj: dict[str, Any]) -> list[tuple[str, Any]]:
+    """NetworkSet → `/calico/v1/netset/<ns>%2f<name>` with the namespace label and profile added."""
+    md = metadata(obj)
+    ns = namespace_of(md)
+    value: dict[str, Any] = {}
+    nets = _nets(spec_of(obj), f"NetworkSet {ns}/{md['name']}")
+    if nets:
+        value["nets"] = nets
+    labels = dict(crd_metadata(md, True).get("labels") or {})
+    labels[LABEL_NAMESPACE] = ns
+    value["labels"] = labels
+    value["profile_ids"] = [NAMESPACE_PROFILE_PREFIX + ns]
+    return [(keys.network_set_path(f"{ns}/{md['name']}"), value)]
+
+
+# --- IP pools, host endpoints, IPAM ------------------------------------------------------------
+
+_ENCAP = {"Always": "always", "CrossSubnet": "cross-subnet"}
+
+
+def ip_pool(obj: dict[str, Any]) -> list[tuple[str, Any]]:
+    """IPPool → `/calico/v1/ipam/v4|v6/pool/<net>-<len>` (the same for Felix and confd)."""
+    md = metadata(obj)
+    spec = spec_of(obj)
+    try:
+        _, cidr = strict_cidr(spec.get("cidr"))
+    except ConversionError as exc:
+        raise ConversionError(f"IPPool {md['name']}: {exc}") from None
+    ipip = _ENCAP.get(spec.get("ipipMode") or "", "never")
+    disabled = bool(spec.get("disabled"))
+    value = {
+        "cidr": cidr,
+        "ipip": "tunl0" if ipip != "never" else "",
+        "ipip_mode": ipip,
+        "vxlan_mode": _ENCAP.get(spec.get("vxlanMode") or "", "never"),
+        "masquerade": bool(spec.get("natOutgoing")),
+        "ipam": not disabled,
+        "disabled": disabled,
+        "disableBGPExport": bool(spec.get("disableBGPExport")),
+        "assignment_mode": spec.get("assignmentMode") or "Automatic",
+    }
+    return [(keys.ip_pool_path(cidr), value)]
+
+
+def host_endpoint(obj: dict[str, Any]) -> list[tuple[str, Any]]:
+    md = metadata(obj)
+    spec = spec_of(obj)
+    node = spec.get("node")
+    if not node:
+        raise ConversionError(f"HostEndpoint {md['name']}: missing spec.node")
+    value: dict[str, Any] = {}
+    if spec.get("interfaceName"):
+        value["name"] = spec["interfaceName"]
+    v4: list[str] = []
+    v6: list[str] = []
+    for text in spec.get("expectedIPs") or ():
+        try:
+            version, ip = ip_address(text)
+        except ConversionError:
+            continue  # upstream skips addresses that don't parse
+        (v4 if version == 4 else v6).append(ip)
+    if v4:
+        value["expected_ipv4_addrs"] = v4
+    if v6:
+        value["expected_ipv6_addrs"] = v6
+    value["labels"] = crd_metadata(md, False).get("labels") or {}
+    if spec.get("profiles"):
+        value["profile_ids"] = list(spec["profiles"])
+    ports = [
+        {"name": p.get("name") or "", "protocol": protocol_v1(p.get("protocol") or "TCP"), "port": p.get("port")}
+        for p in spec.get("ports") or ()
+    ]
+    if ports:
+        value["ports"] = ports
+    return [(keys.host_endpoint_path(node, md["name"]), value)]
+
+
+def ipam_block(obj: dict[str, Any]) -> list[tuple[str, Any]]:
+    """IPAMBlock → `/calico/ipam/v2/assignment/ipv4|6/block/<net>-<len>` (model.AllocationBlock)."""
+    md = metadata(obj)
+    spec = spec_of(obj)
+    try:
+        _, cidr = strict_cidr(spec.get("cidr"))
+    except ConversionError as exc:
+        raise ConversionError(f"IPAMBlock {md['name']}: {exc}") from None
+    attributes = spec.get("attributes")
+    value = {
+        "cidr": cidr,
+        "affinity": spec.get("affinity"),
+        "allocations": spec.get("allocations"),
+        "unallocated": spec.get("unallocated"),
+        "attributes": None
+        if attributes is None
+        else [{"handle_id": a.get("handle_id"), "secondary": a.get("secondary")} for a in attributes],
+        "sequenceNumber": spec.get("sequenceNumber") or 0,
+        "sequenceNumberForAllocation": spec.get("sequenceNumberForAllocation"),
+        "deleted": bool(spec.get("deleted")),
+    }
+    return [(keys.block_path(cidr), value)]
+
+
+_GO_BOOLS = {
+    "1": True, "t": True, "T": True, "TRUE": True, "true": True, "True": True,
+    "0": False, "f": False, "F": False, "FALSE": False, "false": False, "False": False,
+}  # fmt: skip
+
+
+def block_affinity(obj: dict[str, Any]) -> list[tuple[str, Any]]:
+    """BlockAffinity → `/calico/ipam/v2/host/<node>/ipv4|6/block/<net>-<len>` for confd."""
+    md = metadata(obj)
+    spec = spec_of(obj)
+    node = spec.get("node")
+    if not node:
+        raise ConversionError(f"BlockAffinity {md['name']}: missing spec.node")
+    try:
+        _, cidr = strict_cidr(spec.get("cidr"))
+    except ConversionError as exc:
+        raise ConversionError(f"BlockAffinity {md['name']}: {exc}") from None
+    deleted_text = spec.get("deleted")
+    deleted = False
+    if deleted_text not in (None, ""):
+        if isinstance(deleted_text, bool):
+            deleted = deleted_text
+        elif deleted_text in _GO_BOOLS:
+            deleted = _GO_BOOLS[deleted_text]
+        else:
+            raise ConversionError(f"BlockAffinity {md['name']}: deleted {deleted_text!r} is not a bool")
+    return [(keys.block_affinity_path(node, cidr), {"state": spec.get("state") or "", "deleted": deleted})]
+
+
+# --- v3 passthrough ------------------------------------------------------------------------------
+
+
+def _v3_passthrough(kind: str, obj: dict[str, Any]) -> list[tuple[str, Any]]:
+    md = metadata(obj)
+    value = v3_resource(kind, crd_metadata(md, False), spec_of(obj))
+    return [(keys.resource_path(kind, md["name"]), value)]
+
+
+def bgp_configuration(obj: dict[str, Any]) -> list[tuple[str, Any]]:
+    return _v3_passthrough("BGPConfiguration", obj)
+
+
+def bgp_peer(obj: dict[str, Any]) -> list[tuple[str, Any]]:
+    return _v3_passthrough("BGPPeer", obj)
+
+
+def bgp_filter(obj: dict[str, Any]) -> list[tuple[str, Any]]:
+    return _v3_passthrough("BGPFilter", obj)
+
+
+# --- config kinds --------------------------------------------------------------------------------
+
+_ANNOTATION_CONFIG_PREFIX = "config.projectcalico.org/"
+
+
+def _config_scope(md: dict[str, Any], kind: str) -> str:
+    """"" for the global `default` resource, the node name for `node.<name>`; anything else is invalid."""
+    name = md["name"]
+    if name == "default":
+        return ""
+    if name.startswith("node.") and len(name) > len("node."):
+        return name[len("node.") :]
+    raise ConversionError(f"{kind} {name!r}: name must be 'default' or 'node.<nodename>'")
+
+
+def _config_path(node: str, name: str) -> str:
+    return keys.host_config_path(node, name) if node else keys.global_config_path(name)
+
+
+def cluster_information(obj: dict[str, Any]) -> list[tuple[str, Any]]:
+    """ClusterInformation → global config keys plus `/calico/v1/Ready` (annotations are not read)."""
+    md = metadata(obj)
+    node = _config_scope(md, "ClusterInformation")
+    spec = spec_of(obj)
+    out: list[tuple[str, Any]] = []
+    for field, name in (
+        ("clusterGUID", "ClusterGUID"),
+        ("clusterType", "ClusterType"),
+        ("calicoVersion", "CalicoVersion"),
+        ("variant", "Variant"),
+    ):
+        value = spec.get(field)
+        if value:
+            out.append((_config_path(node, name), str(value)))
+    ready = spec.get("datastoreReady")
+    if ready is not None and not node:
+        out.append((keys.READY_FLAG_PATH, bool(ready)))
+    return out
+
+
+# FelixConfigurationSpec fields whose v1 config name is not the Go field name (`confignamev1` tags),
+# or whose Go field name is not the JSON name with its first letter capitalised.
+_FELIX_NAMES = {
+    "ipv6Support": "Ipv6Support",
+    "iptablesPostWriteCheckInterval": "IptablesPostWriteCheckIntervalSecs",
+    "iptablesLockTimeout": "IptablesLockTimeoutSecs",
+    "iptablesLockProbeInterval": "IptablesLockProbeIntervalMillis",
+    "netlinkTimeout": "NetlinkTimeoutSecs",
+    "ipipEnabled": "IpInIpEnabled",
+    "ipipMTU": "IpInIpMtu",
+    "vxlanEnabled": "VXLANEnabled",
+    "reportingInterval": "ReportingIntervalSecs",
+    "reportingTTL": "ReportingTTLSecs",
+    "endpointReportingDelay": "EndpointReportingDelaySecs",
+    "usageReportingInitialDelay": "UsageReportingInitialDelaySecs",
+    "usageReportingInterval": "UsageReportingIntervalSecs",
+    "xdpEnabled": "XDPEnabled",
+    "genericXDPEnabled": "GenericXDPEnabled",
+    "externalNodesList": "ExternalNodesCIDRList",
+    "wireguardKeepAlive": "WireguardPersistentKeepAlive",
+}
+# Go spells these leading acronyms in capitals where the JSON name has them in lower case.
+_FELIX_ACRONYMS = (
+    ("nftables", "NFTables"),
+    ("vxlan", "VXLAN"),
+    ("ipv4", "IPv4"),
+    ("ipv6", "IPv6"),
+    ("bpf", "BPF"),
+    ("xdp", "XDP"),
+    ("nat", "NAT"),
+    ("aws", "AWS"),
+    ("mtu", "MTU"),
+    ("dns", "DNS"),
+)
+_MILLISECOND_FIELDS = frozenset({"iptablesLockProbeInterval"})
+_DURATION_UNIT = r"(?:\d+(?:\.\d*)?|\.\d+)(?:ns|us|µs|μs|ms|s|m|h)"
+_GO_DURATION = re.compile(rf"^-?(?:{_DURATION_UNIT})+$")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def felix_config_name(field: str) -> str:
+    if field in _FELIX_NAMES:
+        return _FELIX_NAMES[field]
+    for lower, upper in _FELIX_ACRONYMS:
+        if field.startswith(lower) and len(field) > len(lower) and not field[len(lower)].islower():
+            return upper + field[len(lower) :]
+    if field.startswith("ip") and len(field) > 2 and field[2].isupper():
+        return "IP" + field[2:]
+    return field[:1].upper() + field[1:]
+
+
+def go_float(value: float) -> str:
+    """fmt's %v for a float64: strconv 'g' with the shortest digits, %e once the exponent is < -4 or
+    >= 6 (so 90 → "90", 0.05 → "0.05", 1e6 → "1e+06", 1.5e-05 stays exponential)."""
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    if math.isnan(value):
+        return "NaN"
+    if value == 0:
+        return "0"
+    sign, digit_tuple, exponent = Decimal(repr(value)).normalize().as_tuple()
+    digits = "".join(map(str, digit_tuple))
+    point = len(digits) + int(exponent)  # position of the decimal point within `digits`
+    exp10 = point - 1
+    prefix = "-" if sign else ""
+    if exp10 < -4 or exp10 >= 6:
+        mantissa = digits[0] + ("." + digits[1:] if len(digits) > 1 else "")
+        return f"{prefix}{mantissa}e{'-' if exp10 < 0 else '+'}{abs(exp10):02d}"
+    if point <= 0:
+        return f"{prefix}0.{'0' * -point}{digits}"
+    if point >= len(digits):
+        return prefix + digits + "0" * (point - len(digits))
+    return f"{prefix}{digits[:point]}.{digits[point:]}"
+
+
+def _duration_seconds(text: str) -> float:
+    negative = text.startswith("-")
+    total = sum(float(num) * _UNIT_SECONDS[unit] for num, unit in _DURATION_PART.findall(text))
+    return -total if negative else total
+
+
+def _proto_ports(value: Any) -> str:
+    """protoPortSliceToString: "tcp:22,udp:68,tcp:[fd00::/64]:22"; an empty list is "none"."""
+    if not value:
+        return "none"
+    parts = []
+    for pp in value:
+        protocol = str(pp.get("protocol") or "tcp").lower()
+        port = pp.get("port")
+        net = pp.get("net")
+        if net:
+            version = cidr_or_ip(net)[0]
+            parts.append(f"{protocol}:[{net}]:{port}" if version == 6 else f"{protocol}:{net}:{port}")
+        else:
+            parts.append(f"{protocol}:{port}")
+    return ",".join(parts)
+
+
+def _go_value(value: Any) -> str:
+    """fmt's %v, for the values FelixConfiguration has that no special case covers."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return go_float(value)
+    if isinstance(value, list):
+        return "[" + " ".join(_go_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "map[" + " ".join(f"{k}:{_go_value(value[k])}" for k in sorted(value)) + "]"
+    return str(value)
+
+
+def _felix_value(field: str, value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    if field in ("failsafeInboundHostPorts", "failsafeOutboundHostPorts"):
+        return _proto_ports(value)
+    if field == "routeTableRange":
+        return f"{value.get('min')}-{value.get('max')}"
+    if field == "routeTableRanges":
+        return ",".join(f"{r.get('min')}-{r.get('max')}" for r in value)
+    if isinstance(value, str):
+        if _GO_DURATION.match(value):
+            seconds = _duration_seconds(value)
+            return go_float(seconds * 1000 if field in _MILLISECOND_FIELDS else seconds)
+        return value
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return ",".join(value)
+    return _go_value(value)
+
+
+def felix_configuration(obj: dict[str, Any]) -> list[tuple[str, Any]]:
+    """FelixConfiguration → one config key per set field (`default`: global, `node.<n>`: per host).
+
+    Values are the strings Felix parses (configurationprocessor.go); `config.projectcalico.org/<Name>`
+    annotations add keys or override fields of the same config name, unvalidated, as upstream.
+    """
+    md = metadata(obj)
+    node = _config_scope(md, "FelixConfiguration")
+    values: dict[str, str] = {}
+    for field, raw in spec_of(obj).items():
+        try:
+            value = _felix_value(field, raw)
+        except (AttributeError, TypeError) as exc:
+            raise ConversionError(f"FelixConfiguration {md['name']}: bad {field}: {exc}") from None
+        if value is not None:
+            values[felix_config_name(field)] = value
+    for key, value in (md.get("annotations") or {}).items():
+        if key.startswith(_ANNOTATION_CONFIG_PREFIX) and len(key) > len(_ANNOTATION_CONFIG_PREFIX):
+            values[key[len(_ANNOTATION_CONFIG_PREFIX) :]] = value
+    return [(_config_path(node, name), value) for name, value in values.items()]
