@@ -7,6 +7,7 @@ canonicalisationTests, Visitor tests) and ``tokenizer/tokenizer_test.go``.
 
 from __future__ import annotations
 
+import copy
 import pickle
 
 import pytest
@@ -538,6 +539,9 @@ def test_selector_value_semantics() -> None:
         a.foo = 1  # type: ignore[attr-defined]
     clone = pickle.loads(pickle.dumps(a))
     assert clone == a and clone.evaluate({"a": "x", "b": "y"})
+    quirk = parse("!(!has(a))")  # its canonical text would re-parse as has(a)
+    assert pickle.loads(pickle.dumps(quirk)).unique_id == quirk.unique_id
+    assert copy.deepcopy(quirk) == quirk
     assert isinstance(a, Selector)
 
 

@@ -757,14 +757,11 @@ class Selector:
     def __delattr__(self, name: str) -> None:
         raise AttributeError(f"Selector is immutable (cannot delete {name})")
 
-    def __reduce__(self) -> tuple[Callable[[str], Selector], tuple[str]]:
-        # Pickle as its canonical text; re-parsing gives an equal selector (see module notes
-        # for the one double-negation case where the text changes but the meaning does not).
-        return (_unpickle, (self._canonical,))
-
-
-def _unpickle(text: str) -> Selector:
-    return parse(text)
+    def __reduce__(self) -> tuple[type[Selector], tuple[Node]]:
+        # Pickle the AST, not the text: re-parsing the canonical text is not always the same
+        # selector (upstream prints !(!x) as "!!x", which parses back as x), and the ID must
+        # survive a trip to another process unchanged.
+        return (Selector, (self._root,))
 
 
 @lru_cache(maxsize=16384)
