@@ -23,7 +23,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -129,6 +129,7 @@ class SnapshotCache:
         self._new_crumb = asyncio.Event()
         self._snapshot: Snapshot | None = None
         self._compressor = zstandard.ZstdCompressor(level=self.limits.zstd_level)
+        self.status_listeners: list[Callable[[SyncStatus], None]] = []
 
     # -- reading -----------------------------------------------------------------------------------
 
@@ -237,6 +238,8 @@ class SnapshotCache:
             status=pb.SyncStatus(status=_STATUS_TO_PB[status], sequence=sequence)
         ).SerializeToString()
         self._link(frame, 0, is_deltas=False)
+        for listener in self.status_listeners:
+            listener(status)
 
     def _link(self, frame: bytes, kv_count: int, *, is_deltas: bool) -> None:
         crumb = Breadcrumb(

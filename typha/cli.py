@@ -9,6 +9,7 @@ import sys
 
 # subcommand -> module exposing add_arguments(parser) and run(args) -> int
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "serve": ("typha.daemon", "serve the Sync protocol from the Kubernetes API (Typha)"),
     "sim-apiserver": ("typha.testing.apiserver_cli", "run the Kubernetes API emulator"),
 }
 

@@ -1,0 +1,84 @@
+"""`typha serve` wiring end to end: API emulator → reflectors → syncers → caches → gRPC, health."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import urllib.request
+
+import msgpack
+
+from typha.config import TyphaConfig
+from typha.daemon import TyphaDaemon
+from typha.datastore.kubeclient import KubeClient
+from typha.testing import objects
+from typha.testing.apiserver import KubeAPIEmulator
+
+from .sync_raw import RawClient
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def http_status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def test_pod_in_the_api_reaches_a_client_as_a_workload_endpoint(tmp_path):
+    async def scenario(api: KubeAPIEmulator, kube: KubeClient) -> None:
+        health_port = free_port()
+        config = TyphaConfig(server_host="127.0.0.1", server_port=free_port(), health_enabled=True,
+                             health_host="127.0.0.1", health_port=health_port)
+        daemon = TyphaDaemon(config, kube=kube)
+        await daemon.start()
+        try:
+            readiness = f"http://127.0.0.1:{health_port}/readiness"
+            for _ in range(200):
+                if await asyncio.to_thread(http_status, readiness) == 200:
+                    break
+                await asyncio.sleep(0.05)
+            assert await asyncio.to_thread(http_status, readiness) == 200
+            assert await asyncio.to_thread(http_status, f"http://127.0.0.1:{health_port}/liveness") == 200
+
+            client = RawClient(daemon.port)
+            await client.hello("felix", features=())
+            _, state = await client.read_snapshot()
+            wep = "/calico/v1/host/node-1/workload/k8s/demo%2ffrontend/endpoint/eth0"
+            assert msgpack.unpackb(state[wep])["name"] == "cali76e3fb891b9"
+            assert "/calico/v1/policy/profile/kns.demo/rules" in state
+
+            await asyncio.to_thread(
+                api.patch, "v1", "Pod", "frontend", {"metadata": {"labels": {"app": "web2"}}}, "demo")
+            while True:
+                deltas = (await client.read_kind("deltas")).deltas
+                changed = {kv.key: kv.value for kv in deltas.kvs}
+                if wep in changed:
+                    break
+            assert msgpack.unpackb(changed[wep])["labels"]["app"] == "web2"
+            await client.close()
+
+            bgp = RawClient(daemon.port)
+            await bgp.hello("bgp", features=())
+            _, bgp_state = await bgp.read_snapshot()
+            assert "/calico/resources/v3/projectcalico.org/nodes/node-1" in bgp_state
+            assert not any(key.startswith("/calico/v1/host/") for key in bgp_state)
+            await bgp.close()
+        finally:
+            await daemon.stop()
+
+    with KubeAPIEmulator().start() as api:
+        api.create(objects.namespace("demo"))
+        api.create(objects.node("node-1", ipv4="192.168.56.11/24"))
+        api.create(objects.pod("demo", "frontend", node="node-1", ip="10.65.0.2", labels={"app": "web"}))
+        path = tmp_path / "kubeconfig"
+        api.write_kubeconfig(path)
+        kube = KubeClient.from_kubeconfig(str(path))
+        asyncio.run(asyncio.wait_for(scenario(api, kube), 60))
+        kube.close()

@@ -1,0 +1,116 @@
+"""`typha serve`: datastore → syncers → caches → Sync server, plus health, metrics and signals."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass, field
+
+import prometheus_client
+
+from typha import config as typha_config
+from typha.cache import CacheLimits, LoopFeeder, SnapshotCache
+from typha.config import TyphaConfig
+from typha.datastore.kubeclient import KubeClient
+from typha.datastore.syncers import Datastore, Syncer
+from typha.health import HealthEndpoints
+from typha.model.kv import SyncStatus
+from typha.server import ServerSettings, SyncServer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TyphaDaemon:
+    """One running typha. Start and stop it from inside an event loop (tests run it in-process)."""
+
+    config: TyphaConfig
+    kube: KubeClient | None = None
+    caches: dict[str, SnapshotCache] = field(default_factory=dict)
+    server: SyncServer | None = None
+    datastore: Datastore | None = None
+    health: HealthEndpoints | None = None
+
+    async def start(self) -> None:
+        config = self.config
+        loop = asyncio.get_running_loop()
+        limits = CacheLimits(max_window_age_secs=config.resume_window_secs,
+                             max_window_bytes=config.resume_window_bytes)
+        self.caches = {name: SnapshotCache(name, limits=limits) for name in config.syncer_types}
+        self.server = SyncServer(self.caches, ServerSettings.from_config(config))
+        for cache in self.caches.values():
+            cache.status_listeners.append(self._on_status)
+        port = await self.server.start(config.server_host or "0.0.0.0", config.effective_server_port)
+        log.info("Serving syncers %s on port %d", ", ".join(self.caches), port)
+        if self.kube is None:
+            self.kube = KubeClient.from_environment(config.kubeconfig or None)
+        syncers = [Syncer(name, LoopFeeder(cache, loop)) for name, cache in self.caches.items()]
+        self.datastore = Datastore(self.kube, syncers)
+        self.datastore.start()
+        if config.health_enabled:
+            self.health = HealthEndpoints(ready=self.readiness, live=self.liveness)
+            await self.health.start(config.health_host, config.health_port)
+        if config.prometheus_metrics_enabled:
+            prometheus_client.start_http_server(config.prometheus_metrics_port, config.prometheus_metrics_host or "")
+
+    def _on_status(self, status: SyncStatus) -> None:
+        if self.server is not None:
+            asyncio.get_running_loop().create_task(self.server.update_health())
+        log.info("Syncer status: %s", ", ".join(f"{n}={c.status.value}" for n, c in self.caches.items()))
+
+    def readiness(self) -> tuple[bool, str]:
+        not_ready = [name for name, cache in self.caches.items() if cache.status is not SyncStatus.IN_SYNC]
+        if self.server is not None and self.server.draining:
+            return False, "draining"
+        return (not not_ready, "ready" if not not_ready else f"not in sync: {', '.join(not_ready)}")
+
+    def liveness(self) -> tuple[bool, str]:
+        if self.datastore is not None and self.datastore.error is not None:
+            return False, f"ingest failed: {self.datastore.error}"
+        return True, "live"
+
+    @property
+    def port(self) -> int:
+        return self.server.port if self.server is not None else 0
+
+    async def stop(self, drain_secs: float = 0.0) -> None:
+        if self.server is not None and drain_secs > 0:
+            await self.server.drain(drain_secs, self.config.shutdown_connection_drop_interval_max_secs)
+        if self.datastore is not None:
+            await asyncio.to_thread(self.datastore.stop)
+        if self.server is not None:
+            await self.server.stop(0.5)
+        if self.health is not None:
+            await self.health.stop()
+
+
+async def serve(config: TyphaConfig) -> None:
+    daemon = TyphaDaemon(config)
+    await daemon.start()
+    stopping = asyncio.Event()
+    graceful = True
+
+    def on_signal(is_graceful: bool) -> None:
+        nonlocal graceful
+        graceful = is_graceful
+        stopping.set()
+
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, on_signal, True)
+    loop.add_signal_handler(signal.SIGINT, on_signal, False)
+    await stopping.wait()
+    log.info("Shutting down (%s)", "draining connections" if graceful else "immediately")
+    await daemon.stop(config.shutdown_timeout_secs if graceful else 0.0)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    typha_config.add_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = typha_config.load(args)
+    logging.getLogger().setLevel(getattr(logging, config.log_severity_screen, logging.INFO))
+    asyncio.run(serve(config))
+    return 0
