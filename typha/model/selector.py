@@ -666,7 +666,8 @@ def _compile(root: Node) -> Evaluator:
     """Turn the AST into one Python function.
 
     Generated code is one lambda with short-circuiting ``and``/``or`` and no calls between
-    nodes: measured ~2.5x faster than the equivalent closure tree on typical policy selectors.
+    nodes.  Measured against the closure tree on this kind of machine: 116 vs 149 ns for the K8s
+    policy selector of reference/felix.md, 109 vs 527 ns for a four-term ``&&`` with a set.
     Anything the CPython compiler refuses (e.g. too deeply nested) falls back to the closures,
     which compute the same thing.
     """
@@ -722,8 +723,11 @@ class Selector:
         """Every label name gets ``prefix`` (Calico's PrefixVisitor / parseSelectorAttachPrefix).
 
         Used to turn a namespaceSelector into one over the ``pcns.`` labels that profiles
-        give endpoints.  ``all()`` and ``global()`` have no labels and stay as they are.  Like
-        upstream, the prefix is not validated.
+        give endpoints.  ``all()`` and ``global()`` have no labels and stay as they are:
+        upstream's getEndpointSelector then rewrites them *textually* in the canonical string
+        (``all()`` → ``has(projectcalico.org/namespace)``, ``global()`` →
+        ``!has(projectcalico.org/namespace)``), which is the converter's job.  Like upstream,
+        the prefix is not validated.
         """
         if not prefix:
             return self
