@@ -43,6 +43,8 @@ from typha.testing.k8s_discovery import (
 from typha.testing.k8s_patch import PatchError, json_patch, merge_patch, strategic_merge_patch
 from typha.testing.k8s_selectors import SelectorError, parse_field_selector, parse_label_selector
 from typha.testing.k8s_store import (
+    EVENT_HEADS,
+    EVENT_TAIL,
     REASONS,
     ApiError,
     Event,
@@ -87,23 +89,23 @@ class _Watcher:
         self.wake = asyncio.Event()
         self.stop: str | None = None  # "close": end cleanly; "expire": send ERROR 410, then end
 
-    def line(self, event: Event) -> bytes | None:
+    def pieces(self, event: Event) -> tuple[bytes, bytes, bytes] | None:
         """The event as this watcher sees it, or None if its selection does not include it."""
         flt = self.filter
         if event.resource is not flt.resource:
             return None
         if not flt.selective:
-            return None if flt.namespace and event.namespace != flt.namespace else event.line()
+            return None if flt.namespace and event.namespace != flt.namespace else event.pieces()
         if event.type == "DELETED":
-            return event.line() if event.prev is not None and flt.matches(event.prev) else None
+            return event.pieces() if event.prev is not None and flt.matches(event.prev) else None
         now = flt.matches(event.stored.obj)
         before = event.prev is not None and flt.matches(event.prev)
         if now and before:
-            return event.line()
+            return event.pieces()
         if now:
-            return event.line("ADDED")
+            return event.pieces("ADDED")
         if before:
-            return event.line("DELETED")
+            return event.pieces("DELETED")
         return None
 
 
@@ -572,7 +574,7 @@ class KubeAPIEmulator:
         page = self._store.list_page(flt, limit, query.get("continue") or None)
         return _json(
             self._list_bytes(
-                flt.resource, page.resource_version, page.items, page.continue_token, page.remaining
+                flt.resource, page.resource_version, [s.item for s in page.items], page.continue_token, page.remaining
             )
         )
 
@@ -631,7 +633,8 @@ class KubeAPIEmulator:
         resource = watcher.filter.resource
         for start in range(0, len(initial), _WATCH_BATCH):
             chunk = initial[start : start + _WATCH_BATCH]
-            await response.write(b"".join(b'{"type":"ADDED","object":' + s.full + b"}\n" for s in chunk))
+            head = EVENT_HEADS["ADDED"]
+            await response.write(b"".join(part for s in chunk for part in (head, s.full, EVENT_TAIL)))
         if initial_events_end and bookmarks:
             await response.write(self._bookmark(resource, watcher.cursor, initial_events_end=True))
         deadline = loop.time() + timeout if timeout > 0 else None
@@ -650,10 +653,14 @@ class KubeAPIEmulator:
                 await self._write_error(response, err)
                 return
             if events:
-                lines = [line for event in events if (line := watcher.line(event)) is not None]
+                out: list[bytes] = []
+                for event in events:
+                    pieces = watcher.pieces(event)
+                    if pieces is not None:
+                        out.extend(pieces)
                 watcher.cursor = events[-1].rv
-                if lines:
-                    await response.write(b"".join(lines))
+                if out:
+                    await response.write(b"".join(out))
                 continue
             now = loop.time()
             if deadline is not None and now >= deadline:

@@ -28,7 +28,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -132,11 +132,17 @@ def _now() -> str:
 
 @dataclass(slots=True)
 class Stored:
-    """One stored object: the dict (never mutated once stored) and its JSON encodings."""
+    """One stored object: the dict (never mutated once stored) and its JSON encoding."""
 
     obj: dict[str, Any]
     full: bytes  # with apiVersion and kind: get, watch events
-    item: bytes  # as a list item: without apiVersion/kind for built-in kinds
+    # Built-in kinds' list items drop the leading `"apiVersion":…,"kind":…,`: the item is
+    # b"{" + full[item_start:], sliced when a list is served rather than kept as a second copy.
+    item_start: int
+
+    @property
+    def item(self) -> bytes:
+        return self.full if not self.item_start else b"{" + self.full[self.item_start :]
 
     @property
     def rv(self) -> int:
@@ -147,11 +153,26 @@ class Stored:
         return orjson.loads(self.full)
 
 
+_TYPE_META_PREFIX: dict[Resource, bytes] = {}
+
+
 def _encode(resource: Resource, obj: dict[str, Any]) -> Stored:
     full = orjson.dumps(obj)
     if resource.group in _TYPED_LIST_ITEMS_GROUPS:
-        return Stored(obj, full, full)
-    return Stored(obj, full, orjson.dumps({k: v for k, v in obj.items() if k not in ("apiVersion", "kind")}))
+        return Stored(obj, full, 0)
+    prefix = _TYPE_META_PREFIX.get(resource)
+    if prefix is None:
+        type_meta = {"apiVersion": resource.api_version, "kind": resource.kind}
+        prefix = _TYPE_META_PREFIX[resource] = orjson.dumps(type_meta)[:-1] + b","
+    if not full.startswith(prefix):
+        # Every write path builds apiVersion, kind, metadata first; this keeps the slicing sound anyway.
+        obj = {"apiVersion": resource.api_version, "kind": resource.kind} | obj
+        full = orjson.dumps(obj)
+    return Stored(obj, full, len(prefix))
+
+
+EVENT_HEADS = {t: b'{"type":"' + t.encode() + b'","object":' for t in ("ADDED", "MODIFIED", "DELETED")}
+EVENT_TAIL = b"}\n"
 
 
 @dataclass(slots=True)
@@ -163,26 +184,25 @@ class Event:
     type: str
     stored: Stored
     prev: dict[str, Any] | None
-    _lines: dict[str, bytes] = field(default_factory=dict)
+    _stopped_matching: bytes | None = None
 
     @property
     def namespace(self) -> str:
         return self.stored.obj["metadata"].get("namespace", "")
 
-    def line(self, event_type: str | None = None) -> bytes:
-        """The newline-terminated watch event, built once per type and shared by every watcher."""
+    def pieces(self, event_type: str | None = None) -> tuple[bytes, bytes, bytes]:
+        """The newline-terminated watch event as three byte strings for a watcher to join: the
+        stored object's bytes are shared, never serialized again per watcher."""
         event_type = event_type or self.type
-        line = self._lines.get(event_type)
-        if line is None:
-            obj = self.stored.full
-            if event_type == "DELETED" and self.type == "MODIFIED" and self.prev is not None:
-                # An object that stops matching a watcher's selector is deleted *for that watcher*:
-                # Kubernetes sends the previous content stamped with the event's resourceVersion.
-                prev = dict(self.prev, metadata=dict(self.prev["metadata"], resourceVersion=str(self.rv)))
-                obj = orjson.dumps(prev)
-            line = b'{"type":"' + event_type.encode() + b'","object":' + obj + b"}\n"
-            self._lines[event_type] = line
-        return line
+        obj = self.stored.full
+        if event_type == "DELETED" and self.type == "MODIFIED" and self.prev is not None:
+            # An object that stops matching a watcher's selector is deleted *for that watcher*:
+            # Kubernetes sends the previous content stamped with the event's resourceVersion.
+            if self._stopped_matching is None:
+                meta = dict(self.prev["metadata"], resourceVersion=str(self.rv))
+                self._stopped_matching = orjson.dumps(dict(self.prev, metadata=meta))
+            obj = self._stopped_matching
+        return EVENT_HEADS[event_type], obj, EVENT_TAIL
 
 
 @dataclass(slots=True)
@@ -210,7 +230,7 @@ class Filter:
 @dataclass(slots=True)
 class Page:
     resource_version: int
-    items: list[bytes]
+    items: list[Stored]
     continue_token: str | None
     remaining: int | None
 
@@ -218,7 +238,7 @@ class Page:
 @dataclass(slots=True)
 class _Snapshot:
     rv: int
-    items: list[bytes]
+    items: list[Stored]  # references only: a pinned snapshot costs a pointer per object
     created: float
 
 
@@ -333,8 +353,7 @@ class ObjectStore:
             offset = 0
             with self._lock:
                 rv = self._rv
-                stored = self._matching(flt)
-            items = [s.item for s in stored]
+                items = self._matching(flt)
         end = len(items) if not limit or limit <= 0 else min(len(items), offset + limit)
         token = None
         remaining = None
