@@ -286,7 +286,7 @@ def test_expire_watches_sends_an_error_410_mid_stream(api: KubeAPIEmulator, core
     consumer = threading.Thread(target=client_watch)
     consumer.start()
     try:
-        wait_until(lambda: api.stats()["open_watches"] == 2, "both watches to open")
+        api.wait_for_watches(2)
         api.expire_watches()
         event = raw.next()
         assert event is not None and event["type"] == "ERROR"
@@ -303,13 +303,13 @@ def test_expire_watches_sends_an_error_410_mid_stream(api: KubeAPIEmulator, core
 def test_close_watches_ends_streams_cleanly(api: KubeAPIEmulator) -> None:
     streams = [RawWatch(api, f"/api/v1/pods?watch=1&resourceVersion={api.resource_version}") for _ in range(3)]
     try:
-        wait_until(lambda: api.stats()["open_watches"] == 3, "the watches to open")
+        api.wait_for_watches(3)
         api.close_watches()
         assert [s.next() for s in streams] == [None, None, None]
     finally:
         for s in streams:
             s.close()
-    wait_until(lambda: api.stats()["open_watches"] == 0, "the watches to close")
+    api.wait_for_watches(0)
     # A new watch after the close is unaffected.
     stream = RawWatch(api, f"/api/v1/pods?watch=1&resourceVersion={api.resource_version}")
     try:
@@ -318,6 +318,11 @@ def test_close_watches_ends_streams_cleanly(api: KubeAPIEmulator) -> None:
         assert stream.next()["object"]["metadata"]["name"] == "after"
     finally:
         stream.close()
+
+
+def test_wait_for_watches_times_out(api: KubeAPIEmulator) -> None:
+    with pytest.raises(TimeoutError):
+        api.wait_for_watches(1, timeout=0.05)
 
 
 def test_timeout_seconds_ends_the_watch_and_a_gone_client_is_forgotten(api: KubeAPIEmulator) -> None:

@@ -135,6 +135,7 @@ class KubeAPIEmulator:
         self._wake_pending = False
 
         self._lock = threading.Lock()  # faults, delay and counters
+        self._watches_changed = threading.Condition(self._lock)
         self._fail_remaining = 0
         self._fail_status = 500
         self._fail_retry_after: int | None = None
@@ -332,6 +333,17 @@ class KubeAPIEmulator:
         self._store.compact()
         # Watches that are behind must notice now rather than at the next write.
         self._on_write()
+
+    def wait_for_watches(self, count: int = 1, timeout: float = 10.0) -> None:
+        """Block until exactly `count` watch streams are open; TimeoutError after `timeout` seconds.
+
+        close_watches() and expire_watches() act on the watches open when they are called, so a test
+        that has just started a client should wait here first: a client that has finished its list
+        may not have opened its watch yet.
+        """
+        with self._watches_changed:
+            if not self._watches_changed.wait_for(lambda: self._open_watches == count, timeout):
+                raise TimeoutError(f"{self._open_watches} watches open, waited for {count}")
 
     def fail_next(self, n: int, status: int = 500, retry_after: int | None = None) -> None:
         with self._lock:
@@ -601,6 +613,7 @@ class KubeAPIEmulator:
         self._watchers.add(watcher)
         with self._lock:
             self._open_watches += 1
+            self._watches_changed.notify_all()
         try:
             await self._stream(
                 response, watcher, initial, timeout, bookmarks, _flag(query, "sendInitialEvents")
@@ -611,6 +624,7 @@ class KubeAPIEmulator:
             self._watchers.discard(watcher)
             with self._lock:
                 self._open_watches -= 1
+                self._watches_changed.notify_all()
         return response
 
     def _bookmark(self, resource: Resource, rv: int, initial_events_end: bool = False) -> bytes:
