@@ -157,6 +157,10 @@ def test_merge_and_json_patch_over_http(api: KubeAPIEmulator) -> None:
     assert (code, status["reason"]) == (409, "Conflict"), "a resourceVersion in a patch is a precondition"
     code, _, status = raw(api, path, "PATCH", {}, {"Content-Type": "application/apply-patch+yaml"})
     assert code == 415
+    before = api.resource_version
+    code, _, status = raw(api, path + "?dryRun=All", "PATCH", {"metadata": {"labels": {"dry": "run"}}},
+                          {"Content-Type": "application/merge-patch+json"})
+    assert code == 400 and api.resource_version == before, "a dry run is refused, never written"
 
 
 def test_custom_objects_and_generation(api: KubeAPIEmulator, custom: client.CustomObjectsApi) -> None:
@@ -362,6 +366,22 @@ def test_bearer_token_is_required(tmp_path: Path) -> None:
         assert emulator.kubeconfig()["users"][0]["user"] == {"token": "s3cret"}
         with api_client(emulator, tmp_path) as c:
             assert client.CoreV1Api(c).list_namespaced_pod("default").items == []
+
+
+def test_restart_serves_the_same_store_and_wakes_watches(api: KubeAPIEmulator) -> None:
+    api.create(pod("kept"))
+    api.stop()
+    api.start()
+    code, _, body = raw(api, "/api/v1/namespaces/default/pods")
+    assert code == 200 and [i["metadata"]["name"] for i in body["items"]] == ["kept"]
+    url = urllib.request.urlopen(api.url + f"/api/v1/pods?watch=1&resourceVersion={api.resource_version}",
+                                 timeout=10)
+    try:
+        api.wait_for_watches(1)
+        api.create(pod("after-restart"))
+        assert orjson.loads(url.readline())["object"]["metadata"]["name"] == "after-restart"
+    finally:
+        url.close()
 
 
 def test_tls_with_kubeconfig_ca(tmp_path: Path) -> None:

@@ -6,8 +6,9 @@ The object store, its resourceVersions and history live in `k8s_store`; this mod
 layer (routing, lists, watches, discovery, auth, TLS) and the fault injection tests drive.
 
 Departures from a real API server are listed in `k8s_store` (storage semantics) and here:
-- No server-side apply (`application/apply-patch+yaml` gets 415), no dry run, no Table output
-  (kubectl falls back to its own NAME/AGE columns), no protobuf except the empty /openapi/v2.
+- No server-side apply (`application/apply-patch+yaml` gets 415), no dry run (`dryRun` gets 400,
+  so `kubectl diff` and `--dry-run=server` do not work), no Table output (kubectl falls back to
+  its own NAME/AGE columns), no protobuf except the empty /openapi/v2.
 - Strategic merge patch is a schema-less approximation (see `k8s_patch`).
 - `fieldValidation` is accepted and ignored: unknown fields are stored, not rejected.
 - With a token configured every request but /healthz, /livez and /readyz must carry it (401 if
@@ -158,6 +159,7 @@ class KubeAPIEmulator:
         url_host = "127.0.0.1" if host in ("0.0.0.0", "") else (f"[{host}]" if ":" in host else host)
         self.url = f"{'https' if self._credentials else 'http'}://{url_host}:{bound_port}"
 
+        self._wake_pending = False  # a wake-up scheduled on a previous run's loop never ran
         loop = asyncio.new_event_loop()
         started = threading.Event()
         failure: list[BaseException] = []
@@ -442,6 +444,9 @@ class KubeAPIEmulator:
         resource, namespace, name, subresource = self._route(path)
         query = request.query
         method = request.method
+        if method != "GET" and "dryRun" in query:
+            # Refused rather than ignored: ignoring it would write what the client meant only to try.
+            raise bad_request("dryRun is not supported by the emulator")
         if name is None:
             flt = (
                 Filter(
