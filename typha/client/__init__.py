@@ -3,6 +3,7 @@
 Agents import from here (and typha.model) only, never from the server (DESIGN §1).
 """
 
+from typha.client.aio import SYNC_METHOD, AsyncSyncClient
 from typha.client.checksum import digest_of, kv_hash
 from typha.client.core import (
     ChecksumOutcome,
@@ -16,18 +17,27 @@ from typha.client.core import (
     Step,
     SyncClientCore,
 )
+from typha.client.events import Backoff, ClientCounters, StatusChange, SyncCallbacks, SyncEvent, UpdateBatch
 
 __all__ = [
+    "SYNC_METHOD",
+    "AsyncSyncClient",
+    "Backoff",
     "ChecksumOutcome",
     "ChecksumVerdict",
+    "ClientCounters",
     "Entry",
     "ProtocolError",
     "ReconnectHint",
     "ResumePoint",
     "Session",
     "SessionState",
+    "StatusChange",
     "Step",
+    "SyncCallbacks",
     "SyncClientCore",
+    "SyncEvent",
+    "UpdateBatch",
     "digest_of",
     "kv_hash",
 ]

@@ -1,0 +1,285 @@
+"""AsyncSyncClient against scripted fake servers on 127.0.0.1: snapshot, resume, resync, moves."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+from tests.integration.test_client_transport_support import (
+    FakeCluster,
+    Stream,
+    checksum_of,
+    deltas,
+    in_sync,
+    kv,
+    server_hello,
+    snapshot,
+)
+from typha.client import AsyncSyncClient, Backoff, StatusChange, SyncEvent, UpdateBatch
+from typha.model.kv import SyncStatus, Update
+
+FAST = Backoff(initial=0.05, maximum=0.2)
+
+
+def run(coro_fn: Callable[[], Any], timeout: float = 30.0) -> Any:
+    async def bounded() -> Any:
+        async with asyncio.timeout(timeout):
+            return await coro_fn()
+
+    return asyncio.run(bounded())
+
+
+async def collect_until(
+    client: AsyncSyncClient, done: Callable[[list[SyncEvent]], bool], timeout: float = 10.0
+) -> list[SyncEvent]:
+    events: list[SyncEvent] = []
+    async with asyncio.timeout(timeout):
+        async for event in client:
+            events.append(event)
+            if done(events):
+                return events
+    raise AssertionError(f"client stopped early: {events}")
+
+
+def updates_of(events: list[SyncEvent]) -> list[Update]:
+    return [u for e in events if isinstance(e, UpdateBatch) for u in e.updates]
+
+
+def has_update(key: str, value: Any = ...) -> Callable[[list[SyncEvent]], bool]:
+    def done(events: list[SyncEvent]) -> bool:
+        return any(u.key == key and (value is ... or u.value == value) for u in updates_of(events))
+
+    return done
+
+
+def client_for(cluster: FakeCluster, **options: Any) -> AsyncSyncClient:
+    return AsyncSyncClient(cluster.addresses, "felix", hostname="node-1", backoff=FAST, **options)
+
+
+STATE = {"/calico/v1/a": {"v": 1}, "/calico/v1/b": {"v": 2}, "/calico/v1/c": {"v": 3}}
+
+
+def test_snapshot_status_deltas_and_pings():
+    async def script(stream: Stream) -> None:
+        await stream.send(server_hello("e1", 5), *snapshot(STATE, 5, chunks=3), in_sync(6))
+        await stream.send(pb_ping(111), deltas(7, kv("/calico/v1/d", {"v": 4}, "7"), kv("/calico/v1/a", None, "7")))
+        await stream.wait_pongs(1)
+        await stream.hold()
+
+    with FakeCluster(script) as cluster:
+        async def main() -> None:
+            async with client_for(cluster) as client:
+                events = await collect_until(client, has_update("/calico/v1/d"))
+                assert updates_of(events)[:3] == [Update(k, v, "1") for k, v in sorted(STATE.items())]
+                assert StatusChange(SyncStatus.IN_SYNC) in events
+                assert updates_of(events)[3:] == [
+                    Update("/calico/v1/d", {"v": 4}, "7"), Update("/calico/v1/a", None, "7"),
+                ]
+                assert client.in_sync and client.endpoint == cluster.addresses[0]
+                assert client.core.to_dict() == {"/calico/v1/b": {"v": 2}, "/calico/v1/c": {"v": 3},
+                                                 "/calico/v1/d": {"v": 4}}
+                c = client.counters
+                assert (c.connections, c.snapshots, c.resumes) == (1, 1, 0)
+                assert c.bytes_received > 0 and c.messages_received == 7
+
+        run(main)
+        hello = cluster.hellos[0][0]
+        assert hello.hostname == "node-1" and list(hello.compressions) == ["zstd"] and not hello.HasField("resume")
+        assert cluster.wait_logged(0, "closed", 0)
+
+
+def pb_ping(timestamp: int):
+    from typha.proto import sync_pb2 as pb
+
+    return pb.ServerMessage(ping=pb.Ping(timestamp_ns=timestamp))
+
+
+def test_pong_answers_ping():
+    pongs: list[int] = []
+
+    async def script(stream: Stream) -> None:
+        await stream.send(server_hello("e1", 1), *snapshot({}, 1, chunks=1), in_sync(2), pb_ping(42))
+        await stream.wait_pongs(1)
+        pongs.extend(stream.pongs)
+        await stream.send(deltas(3, kv("/done", 1)))
+        await stream.hold()
+
+    with FakeCluster(script) as cluster:
+        async def main() -> None:
+            async with client_for(cluster) as client:
+                await collect_until(client, has_update("/done"))
+                assert client.counters.pongs_sent == 1
+
+        run(main)
+    assert pongs == [42]
+
+
+def resume_script(stream: Stream) -> Any:
+    async def play() -> None:
+        if stream.number == 0:
+            await stream.send(server_hello("e1", 5), *snapshot(STATE, 5), in_sync(6), deltas(7, kv("/x", 1)))
+            return  # the server closes the stream: a cut
+        assert stream.resume == ("e1", 7), stream.resume
+        await stream.send(server_hello("e1", 7, resumed=True), deltas(8, kv("/y", 2)))
+        await stream.hold()
+
+    return play()
+
+
+def test_cut_connection_reconnects_and_resumes():
+    with FakeCluster(resume_script) as cluster:
+        async def main() -> None:
+            async with client_for(cluster) as client:
+                events = await collect_until(client, has_update("/y"))
+                assert [u.key for u in updates_of(events)][-2:] == ["/x", "/y"]
+                c = client.counters
+                assert (c.connections, c.snapshots, c.resumes) == (2, 1, 1)
+                assert client.core.resume_point.sequence == 8
+
+        run(main)
+    assert [h.HasField("resume") for h in cluster.hellos[0]] == [False, True]
+
+
+def exhausted_script(stream: Stream) -> Any:
+    async def play() -> None:
+        if stream.number == 0:
+            await stream.send(server_hello("e1", 5), *snapshot(STATE, 5), in_sync(6), deltas(7, kv("/x", 1)))
+            await asyncio.sleep(0.1)
+            await stream.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "client fell behind")
+        assert stream.resume is None, "a client that fell behind must not resume"
+        new_state = {"/calico/v1/a": {"v": 10}, "/calico/v1/c": {"v": 3}, "/calico/v1/n": {"v": 5}}
+        await stream.send(server_hello("e1", 30), *snapshot(new_state, 30), in_sync(31))
+        await stream.hold()
+
+    return play()
+
+
+def test_resource_exhausted_leads_to_a_fresh_snapshot_reconciled_against_the_mirror():
+    with FakeCluster(exhausted_script) as cluster:
+        async def main() -> None:
+            async with client_for(cluster) as client:
+                events = await collect_until(client, has_update("/calico/v1/n"))
+                tail = updates_of(events)[4:]  # after the first snapshot and /x
+                assert tail == [
+                    Update("/calico/v1/a", {"v": 10}, "1"), Update("/calico/v1/n", {"v": 5}, "1"),
+                    Update("/calico/v1/b", None, ""), Update("/x", None, ""),
+                ]
+                c = client.counters
+                assert (c.connections, c.snapshots, c.resumes, c.resyncs) == (2, 2, 0, 1)
+
+        run(main)
+
+
+def test_checksum_mismatch_twice_resyncs_by_snapshot():
+    async def script(stream: Stream) -> None:
+        if stream.number == 0:
+            await stream.send(server_hello("e1", 5), *snapshot(STATE, 5), in_sync(6), checksum_of(STATE, 6))
+            wrong = {**STATE, "/calico/v1/a": {"v": 99}}
+            await stream.send(checksum_of(wrong, 6), checksum_of(wrong, 6))
+            await stream.hold()
+        assert stream.resume is None
+        await stream.send(server_hello("e1", 9), *snapshot({**STATE, "/z": 1}, 9), in_sync(10))
+        await stream.hold()
+
+    with FakeCluster(script) as cluster:
+        async def main() -> None:
+            async with client_for(cluster) as client:
+                await collect_until(client, has_update("/z"))
+                c = client.counters
+                assert (c.checksum_matches, c.checksum_mismatches, c.resyncs, c.snapshots) == (1, 2, 1, 2)
+
+        run(main)
+        assert cluster.wait_logged(0, "closed", 0)
+
+
+def test_reconnect_hint_moves_to_the_second_endpoint_make_before_break():
+    async def old(stream: Stream) -> None:
+        cluster = stream.cluster
+        await stream.send(server_hello("a", 5), *snapshot(STATE, 5), in_sync(6))
+        await stream.send(pb_reconnect("drain", cluster.addresses[1], 50))
+        # The old stream keeps serving while the client gets in sync on the new one.
+        await asyncio.wait_for(cluster.gate("b-hello").wait(), 10)
+        await stream.send(deltas(7, kv("/during-move", 1)))
+        cluster.gate("a-sent").set()
+        await stream.hold()
+
+    async def new(stream: Stream) -> None:
+        cluster = stream.cluster
+        cluster.gate("b-hello").set()
+        await asyncio.wait_for(cluster.gate("a-sent").wait(), 10)
+        await asyncio.sleep(0.1)  # let the client apply the old stream's delta first
+        await stream.send(server_hello("b", 50), *snapshot({**STATE, "/on-b": 1}, 50, chunks=2), in_sync(51))
+        cluster.record(1, "snapshot-sent", stream.number)
+        await stream.send(deltas(52, kv("/after-move", 1)))
+        await stream.hold()
+
+    with FakeCluster(old, new) as cluster:
+        async def main() -> None:
+            async with client_for(cluster) as client:
+                events = await collect_until(client, has_update("/after-move"))
+                keys = [u.key for u in updates_of(events)]
+                assert keys[3:] == ["/during-move", "/on-b", "/during-move", "/after-move"]
+                assert updates_of(events)[5].is_delete  # B's snapshot lacks what only A sent
+                assert client.endpoint == cluster.addresses[1]
+                c = client.counters
+                assert (c.connections, c.moves, c.reconnect_hints, c.snapshots) == (2, 1, 1, 2)
+
+        run(main)
+        assert cluster.wait_logged(0, "closed", 0)
+    # Make-before-break: A closed only after B's hello arrived and B's snapshot was sent.
+    assert cluster.index(1, "hello", 0) < cluster.index(0, "closed", 0)
+    assert cluster.index(1, "snapshot-sent", 0) < cluster.index(0, "closed", 0)
+    assert cluster.hellos[1][0].resume.epoch == "a"  # offered, but B is another epoch: snapshot
+
+
+def pb_reconnect(reason: str, endpoint: str, after_ms: int):
+    from typha.proto import sync_pb2 as pb
+
+    return pb.ServerMessage(reconnect=pb.Reconnect(reason=reason, endpoint=endpoint, after_ms=after_ms))
+
+
+def test_unavailable_and_dead_endpoints_are_skipped():
+    async def refusing(stream: Stream) -> None:
+        await stream.send(pb_reconnect("too many connections", "", 0))
+        await stream.abort(grpc.StatusCode.UNAVAILABLE, "too many connections")
+
+    async def serving(stream: Stream) -> None:
+        await stream.send(server_hello("e1", 1), *snapshot(STATE, 1), in_sync(2))
+        await stream.hold()
+
+    with FakeCluster(refusing, serving) as cluster:
+        async def main() -> None:
+            dead = "127.0.0.1:1"  # nothing listens on port 1
+            client = AsyncSyncClient([dead, *cluster.addresses], "felix", hostname="n", backoff=FAST)
+            async with client:
+                assert await client.wait_in_sync(10)
+                assert client.endpoint == cluster.addresses[1]
+                assert client.counters.failed_connections == 2
+
+        run(main)
+
+
+def test_callbacks_api_and_clean_close():
+    from typha.testing.mirror import KVMirror
+
+    async def script(stream: Stream) -> None:
+        await stream.send(server_hello("e1", 1), *snapshot(STATE, 1), in_sync(2))
+        await stream.hold()
+
+    with FakeCluster(script) as cluster:
+        mirror = KVMirror()
+
+        async def main() -> None:
+            client = AsyncSyncClient(cluster.addresses, "felix", hostname="n", callbacks=mirror, backoff=FAST)
+            client.start()
+            assert await client.wait_in_sync(10)
+            await client.close()
+            await client.close()  # idempotent
+            assert [e async for e in client] == []
+
+        run(main)
+        assert mirror.snapshot() == STATE and mirror.statuses == [SyncStatus.IN_SYNC]
+        assert cluster.wait_logged(0, "closed", 0)

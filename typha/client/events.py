@@ -1,0 +1,76 @@
+"""What a transport hands to the agent, plus the knobs and counters both transports share."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass
+from typing import Protocol
+
+from typha.model.kv import SyncStatus, Update
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateBatch:
+    """Updates in stream order, already deduplicated against the client's mirror."""
+
+    updates: list[Update]
+
+
+@dataclass(frozen=True, slots=True)
+class StatusChange:
+    status: SyncStatus
+
+
+SyncEvent = UpdateBatch | StatusChange
+
+
+class SyncCallbacks(Protocol):
+    """Same shape as typha.source.SyncCallbacks, so a client can feed a cache as an upstream Source."""
+
+    def on_updates(self, updates: list[Update]) -> None: ...
+
+    def on_status(self, status: SyncStatus) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Jittered exponential backoff between connection attempts.
+
+    The delay after `failures` consecutive failures is initial * multiplier**(failures-1), capped at
+    `maximum`, minus a random fraction up to `jitter` of it: thousands of agents that lost the same
+    server must not come back in lock-step (python-performance.md, conclusion 6).
+    """
+
+    initial: float = 0.1
+    maximum: float = 10.0
+    multiplier: float = 2.0
+    jitter: float = 0.5
+
+    def delay(self, failures: int, rng: random.Random) -> float:
+        if failures <= 0:
+            return 0.0
+        base = min(self.maximum, self.initial * self.multiplier ** min(failures - 1, 64))
+        return base * (1.0 - self.jitter * rng.random())
+
+
+@dataclass(slots=True)
+class ClientCounters:
+    """Plain integers for tests and the benchmark; written by the transport's event loop only."""
+
+    connections: int = 0  # streams opened
+    failed_connections: int = 0  # streams that ended before they were in sync
+    snapshots: int = 0  # snapshots received completely
+    resumes: int = 0  # streams the server resumed
+    moves: int = 0  # make-before-break switches to a new stream
+    bytes_received: int = 0  # serialized ServerMessage bytes
+    messages_received: int = 0
+    updates_delivered: int = 0
+    reconnect_hints: int = 0
+    resyncs: int = 0  # full snapshots forced by checksum mismatch, falling behind or a protocol error
+    protocol_errors: int = 0
+    checksum_matches: int = 0
+    checksum_mismatches: int = 0
+    pongs_sent: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
