@@ -61,7 +61,10 @@ __all__ = ["ApiError", "KubeAPIEmulator"]
 
 log = logging.getLogger(__name__)
 
-_NOT_FOUND = ApiError(404, "NotFound", "the server could not find the requested resource")
+def _path_not_found() -> ApiError:
+    return ApiError(404, "NotFound", "the server could not find the requested resource")
+
+
 _HEALTH_PATHS = frozenset({"/healthz", "/livez", "/readyz"})
 _WATCH_BATCH = 1000  # events read from the history per wake-up, and initial ADDEDs per write
 _TRUE = frozenset({"1", "true"})
@@ -448,15 +451,17 @@ class KubeAPIEmulator:
             # Refused rather than ignored: ignoring it would write what the client meant only to try.
             raise bad_request("dryRun is not supported by the emulator")
         if name is None:
-            flt = (
-                Filter(
-                    resource,
-                    namespace,
-                    parse_label_selector(query.get("labelSelector")),
-                    parse_field_selector(query.get("fieldSelector"), resource),
-                )
-                if method in ("GET", "DELETE")
-                else Filter(resource, namespace)
+            if method == "POST":
+                self._count("create")
+                if resource.namespaced and namespace is None:
+                    raise _path_not_found()
+                stored = self._store.create(resource, await self._body(request), namespace)
+                return _json(stored.full, 201)
+            flt = Filter(
+                resource,
+                namespace,
+                parse_label_selector(query.get("labelSelector")),
+                parse_field_selector(query.get("fieldSelector"), resource),
             )
             if method == "GET":
                 if _flag(query, "watch"):
@@ -464,12 +469,6 @@ class KubeAPIEmulator:
                     return await self._watch(request, flt)
                 self._count("list")
                 return self._list(flt, query)
-            if method == "POST":
-                self._count("create")
-                if resource.namespaced and namespace is None:
-                    raise _NOT_FOUND
-                stored = self._store.create(resource, await self._body(request), namespace)
-                return _json(stored.full, 201)
             if method == "DELETE":
                 self._count("deletecollection")
                 deleted = self._store.delete_collection(flt)
@@ -493,8 +492,8 @@ class KubeAPIEmulator:
             return _json(self._store.patch(resource, namespace, name, apply, status_only=status_only).full)
         if method == "DELETE" and not status_only:
             self._count("delete")
-            options = await self._body(request, optional=True) or {}
-            pre = options.get("preconditions") or {} if isinstance(options, dict) else {}
+            options = await self._body(request, optional=True)  # DeleteOptions, if any
+            pre = (options.get("preconditions") or {}) if isinstance(options, dict) else {}
             stored = self._store.delete(
                 resource, namespace, name, resource_version=pre.get("resourceVersion"), uid=pre.get("uid")
             )
@@ -509,7 +508,7 @@ class KubeAPIEmulator:
         elif len(parts) >= 4 and parts[0] == "apis":
             api_version, rest = f"{parts[1]}/{parts[2]}", parts[3:]
         else:
-            raise _NOT_FOUND
+            raise _path_not_found()
         namespace = None
         if len(rest) >= 3 and rest[0] == "namespaces":
             candidate = self._routes.get((api_version, rest[2]))
@@ -517,13 +516,13 @@ class KubeAPIEmulator:
                 namespace, rest = rest[1], rest[2:]
         resource = self._routes.get((api_version, rest[0]))
         if resource is None or len(rest) > 3:
-            raise _NOT_FOUND
+            raise _path_not_found()
         if resource.namespaced and namespace is None and len(rest) > 1:
-            raise _NOT_FOUND
+            raise _path_not_found()
         name = rest[1] if len(rest) > 1 else None
         subresource = rest[2] if len(rest) > 2 else None
         if subresource is not None and not (subresource == "status" and has_status_subresource(resource)):
-            raise _NOT_FOUND
+            raise _path_not_found()
         return resource, namespace, name, subresource
 
     @staticmethod
