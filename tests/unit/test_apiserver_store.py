@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import random
 import threading
 from typing import Any
 
@@ -198,3 +199,24 @@ def test_concurrent_writers_get_distinct_consecutive_versions() -> None:
     assert sorted(rv for r in results for rv in r) == list(range(start + 1, start + 1001))
     assert all(r == sorted(r) for r in results)
     assert [e.rv for e in store.events_after(start, max_events=2000)] == list(range(start + 1, start + 1001))
+
+
+def test_lists_stay_sorted_by_namespace_and_name_under_churn() -> None:
+    store = ObjectStore()
+    rng = random.Random(7)
+    live: set[tuple[str, str]] = set()
+    for step in range(600):
+        ns, name = f"ns{rng.randrange(4)}", f"p{rng.randrange(40)}"
+        if (ns, name) in live and rng.random() < 0.5:
+            store.delete(PODS, ns, name)
+            live.discard((ns, name))
+        else:
+            store.upsert(PODS, pod(name), ns)
+            live.add((ns, name))
+        if step % 50 == 0:
+            listed = [(s.obj["metadata"]["namespace"], s.obj["metadata"]["name"])
+                      for s in store.list_page(Filter(PODS)).items]
+            assert listed == sorted(live)
+            for namespace in ("ns0", "ns3", "ns", "ns00"):
+                page = store.list_page(Filter(PODS, namespace=namespace)).items
+                assert [s.obj["metadata"]["name"] for s in page] == sorted(n for x, n in live if x == namespace)

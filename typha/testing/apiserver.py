@@ -61,6 +61,7 @@ __all__ = ["ApiError", "KubeAPIEmulator"]
 
 log = logging.getLogger(__name__)
 
+
 def _path_not_found() -> ApiError:
     return ApiError(404, "NotFound", "the server could not find the requested resource")
 

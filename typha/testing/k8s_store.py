@@ -20,6 +20,7 @@ Deliberate simplifications, each a difference from a real API server:
 from __future__ import annotations
 
 import base64
+import bisect
 import random
 import re
 import secrets
@@ -328,9 +329,13 @@ class ObjectStore:
             return []
         keys = self._sorted_keys.get(flt.resource)
         if keys is None:
+            # Kept sorted from here on (insort/bisect on create/delete): churn does not re-sort 50k keys.
             keys = self._sorted_keys[flt.resource] = sorted(objs)
         if flt.namespace:
-            keys = [k for k in keys if k[0] == flt.namespace]
+            # Keys sort by namespace first, so one namespace is a contiguous slice.
+            keys = keys[bisect.bisect_left(keys, (flt.namespace, "")) : bisect.bisect_left(
+                keys, (flt.namespace + "\x00", "")
+            )]
         if not flt.selective:
             return [objs[k] for k in keys]
         return [s for k in keys if flt.matches((s := objs[k]).obj)]
@@ -481,8 +486,8 @@ class ObjectStore:
         stored = _encode(resource, obj)
         key = (meta.get("namespace", ""), meta["name"])
         objs = self._objects.setdefault(resource, {})
-        if key not in objs:
-            self._sorted_keys.pop(resource, None)
+        if key not in objs and (keys := self._sorted_keys.get(resource)) is not None:
+            bisect.insort(keys, key)
         objs[key] = stored
         self._record(resource, event_type, stored, prev.obj if prev else None)
         return stored
@@ -626,7 +631,8 @@ class ObjectStore:
                 raise not_found(resource, name)
             self._check_preconditions(resource, current, resource_version, uid)
             del objs[key]
-            self._sorted_keys.pop(resource, None)
+            if (keys := self._sorted_keys.get(resource)) is not None:
+                del keys[bisect.bisect_left(keys, key)]
             self._rv += 1
             obj = dict(current.obj, metadata=dict(current.obj["metadata"], resourceVersion=str(self._rv)))
             stored = _encode(resource, obj)
