@@ -531,7 +531,8 @@ def k8s_node_to_v3(node: dict[str, Any]) -> dict[str, Any]:
         labels.update(calico_labels)
     labels.update(k8s_labels)  # Kubernetes labels win over Calico's own
     notes = dict(_json_obj(annotations.get(ANN_ANNOTATIONS)) or {})
-    notes[ANN_KUBE_LABELS] = go_json(k8s_labels)
+    # json.Marshal of the Kubernetes labels map: a node without labels has a nil map, "null".
+    notes[ANN_KUBE_LABELS] = go_json(k8s_labels) if md.get("labels") is not None else "null"
     v3_md: dict[str, Any] = {"name": name}
     if md.get("uid"):
         v3_md["uid"] = md["uid"]
