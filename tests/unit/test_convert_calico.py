@@ -311,3 +311,43 @@ def test_bgp_peer_and_configuration_pass_through_as_v3() -> None:
     assert "resourceVersion" not in value["metadata"]
     flt = crd("BGPFilter", "f1", {"exportV4": [{"action": "Reject", "cidr": "10.0.0.0/8", "matchOperator": "In"}]})
     assert BGP_CONVERTERS[f"bgpfilters.{C}"](flt)[0][0] == "/calico/resources/v3/projectcalico.org/bgpfilters/f1"
+
+
+# --- properties every converter keeps ---
+
+
+def _sample_objects() -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    node = o.node("node-1", ipv4="192.168.56.11/24", ipip_tunnel_addr="10.65.0.1", vxlan_mac="66:c7:a8:2e:14:9b")
+    return [
+        (FELIX_CONVERTERS, o.pod("demo", "frontend", node="node-1", ip="10.65.0.2", ports=[("http", 80, "TCP")])),
+        (FELIX_CONVERTERS, o.namespace("demo", labels={"team": "a"})),
+        (FELIX_CONVERTERS, o.service_account("demo", "sa", labels={"x": "y"})),
+        (FELIX_CONVERTERS, o.network_policy("demo", "np", pod_selector={"a": "b"}, from_labels={"c": "d"}, port=80)),
+        (FELIX_CONVERTERS, node),
+        (BGP_CONVERTERS, node),
+        (FELIX_CONVERTERS, o.ip_pool("p", "10.65.0.0/16")),
+        (FELIX_CONVERTERS, o.ipam_block("10.65.0.0/30", node="node-1")),
+        (BGP_CONVERTERS, o.block_affinity("10.65.0.0/26", node="node-1")),
+        (FELIX_CONVERTERS, o.calico_global_policy("g", selector="a == 'b'", order=1)),
+        (FELIX_CONVERTERS, crd("FelixConfiguration", "default", {"failsafeInboundHostPorts": [{"port": 22}]})),
+        (FELIX_CONVERTERS, crd("HostEndpoint", "h", {"node": "n", "expectedIPs": ["10.0.0.1"]})),
+    ]
+
+
+def test_converters_are_pure_and_values_encode() -> None:
+    import copy
+
+    import msgpack
+
+    from typha.model.resources import for_object
+
+    for table, obj in _sample_objects():
+        before = copy.deepcopy(obj)
+        convert = table[for_object(obj["apiVersion"], obj["kind"]).key]
+        first = convert(obj)
+        assert obj == before, f"{obj['kind']} converter mutated its input"
+        assert convert(obj) == first, f"{obj['kind']} converter is not deterministic"
+        assert first, obj["kind"]
+        for key, value in first:
+            assert key.startswith("/calico/")
+            assert msgpack.unpackb(msgpack.packb(value), strict_map_key=False) == value
