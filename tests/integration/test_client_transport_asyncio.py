@@ -9,12 +9,17 @@ from typing import Any
 import grpc
 
 from tests.integration.test_client_transport_support import (
+    STATE,
     FakeCluster,
     Stream,
     checksum_of,
     deltas,
+    exhausted_script,
     in_sync,
     kv,
+    ping,
+    reconnect,
+    resume_script,
     server_hello,
     snapshot,
 )
@@ -59,13 +64,10 @@ def client_for(cluster: FakeCluster, **options: Any) -> AsyncSyncClient:
     return AsyncSyncClient(cluster.addresses, "felix", hostname="node-1", backoff=FAST, **options)
 
 
-STATE = {"/calico/v1/a": {"v": 1}, "/calico/v1/b": {"v": 2}, "/calico/v1/c": {"v": 3}}
-
-
 def test_snapshot_status_deltas_and_pings():
     async def script(stream: Stream) -> None:
         await stream.send(server_hello("e1", 5), *snapshot(STATE, 5, chunks=3), in_sync(6))
-        await stream.send(pb_ping(111), deltas(7, kv("/calico/v1/d", {"v": 4}, "7"), kv("/calico/v1/a", None, "7")))
+        await stream.send(ping(111), deltas(7, kv("/calico/v1/d", {"v": 4}, "7"), kv("/calico/v1/a", None, "7")))
         await stream.wait_pongs(1)
         await stream.hold()
 
@@ -91,17 +93,11 @@ def test_snapshot_status_deltas_and_pings():
         assert cluster.wait_logged(0, "closed", 0)
 
 
-def pb_ping(timestamp: int):
-    from typha.proto import sync_pb2 as pb
-
-    return pb.ServerMessage(ping=pb.Ping(timestamp_ns=timestamp))
-
-
 def test_pong_answers_ping():
     pongs: list[int] = []
 
     async def script(stream: Stream) -> None:
-        await stream.send(server_hello("e1", 1), *snapshot({}, 1, chunks=1), in_sync(2), pb_ping(42))
+        await stream.send(server_hello("e1", 1), *snapshot({}, 1, chunks=1), in_sync(2), ping(42))
         await stream.wait_pongs(1)
         pongs.extend(stream.pongs)
         await stream.send(deltas(3, kv("/done", 1)))
@@ -117,18 +113,6 @@ def test_pong_answers_ping():
     assert pongs == [42]
 
 
-def resume_script(stream: Stream) -> Any:
-    async def play() -> None:
-        if stream.number == 0:
-            await stream.send(server_hello("e1", 5), *snapshot(STATE, 5), in_sync(6), deltas(7, kv("/x", 1)))
-            return  # the server closes the stream: a cut
-        assert stream.resume == ("e1", 7), stream.resume
-        await stream.send(server_hello("e1", 7, resumed=True), deltas(8, kv("/y", 2)))
-        await stream.hold()
-
-    return play()
-
-
 def test_cut_connection_reconnects_and_resumes():
     with FakeCluster(resume_script) as cluster:
         async def main() -> None:
@@ -141,20 +125,6 @@ def test_cut_connection_reconnects_and_resumes():
 
         run(main)
     assert [h.HasField("resume") for h in cluster.hellos[0]] == [False, True]
-
-
-def exhausted_script(stream: Stream) -> Any:
-    async def play() -> None:
-        if stream.number == 0:
-            await stream.send(server_hello("e1", 5), *snapshot(STATE, 5), in_sync(6), deltas(7, kv("/x", 1)))
-            await asyncio.sleep(0.1)
-            await stream.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "client fell behind")
-        assert stream.resume is None, "a client that fell behind must not resume"
-        new_state = {"/calico/v1/a": {"v": 10}, "/calico/v1/c": {"v": 3}, "/calico/v1/n": {"v": 5}}
-        await stream.send(server_hello("e1", 30), *snapshot(new_state, 30), in_sync(31))
-        await stream.hold()
-
-    return play()
 
 
 def test_resource_exhausted_leads_to_a_fresh_snapshot_reconciled_against_the_mirror():
@@ -199,7 +169,7 @@ def test_reconnect_hint_moves_to_the_second_endpoint_make_before_break():
     async def old(stream: Stream) -> None:
         cluster = stream.cluster
         await stream.send(server_hello("a", 5), *snapshot(STATE, 5), in_sync(6))
-        await stream.send(pb_reconnect("drain", cluster.addresses[1], 50))
+        await stream.send(reconnect("drain", cluster.addresses[1], 50))
         # The old stream keeps serving while the client gets in sync on the new one.
         await asyncio.wait_for(cluster.gate("b-hello").wait(), 10)
         await stream.send(deltas(7, kv("/during-move", 1)))
@@ -211,8 +181,8 @@ def test_reconnect_hint_moves_to_the_second_endpoint_make_before_break():
         cluster.gate("b-hello").set()
         await asyncio.wait_for(cluster.gate("a-sent").wait(), 10)
         await asyncio.sleep(0.1)  # let the client apply the old stream's delta first
+        cluster.record(1, "snapshot-start", stream.number)
         await stream.send(server_hello("b", 50), *snapshot({**STATE, "/on-b": 1}, 50, chunks=2), in_sync(51))
-        cluster.record(1, "snapshot-sent", stream.number)
         await stream.send(deltas(52, kv("/after-move", 1)))
         await stream.hold()
 
@@ -229,21 +199,15 @@ def test_reconnect_hint_moves_to_the_second_endpoint_make_before_break():
 
         run(main)
         assert cluster.wait_logged(0, "closed", 0)
-    # Make-before-break: A closed only after B's hello arrived and B's snapshot was sent.
-    assert cluster.index(1, "hello", 0) < cluster.index(0, "closed", 0)
-    assert cluster.index(1, "snapshot-sent", 0) < cluster.index(0, "closed", 0)
+    # Make-before-break: A was still open when B received the hello and started its snapshot (the
+    # client closes A only once B's last chunk is in, which is written after that record).
+    assert cluster.index(1, "hello", 0) < cluster.index(1, "snapshot-start", 0) < cluster.index(0, "closed", 0)
     assert cluster.hellos[1][0].resume.epoch == "a"  # offered, but B is another epoch: snapshot
-
-
-def pb_reconnect(reason: str, endpoint: str, after_ms: int):
-    from typha.proto import sync_pb2 as pb
-
-    return pb.ServerMessage(reconnect=pb.Reconnect(reason=reason, endpoint=endpoint, after_ms=after_ms))
 
 
 def test_unavailable_and_dead_endpoints_are_skipped():
     async def refusing(stream: Stream) -> None:
-        await stream.send(pb_reconnect("too many connections", "", 0))
+        await stream.send(reconnect("too many connections", "", 0))
         await stream.abort(grpc.StatusCode.UNAVAILABLE, "too many connections")
 
     async def serving(stream: Stream) -> None:

@@ -67,6 +67,17 @@ def checksum_of(state: dict[str, Any], sequence: int) -> pb.ServerMessage:
     return pb.ServerMessage(checksum=pb.Checksum(sequence=sequence, digest=digest, count=len(state)))
 
 
+def ping(timestamp: int) -> pb.ServerMessage:
+    return pb.ServerMessage(ping=pb.Ping(timestamp_ns=timestamp))
+
+
+def reconnect(reason: str, endpoint: str, after_ms: int) -> pb.ServerMessage:
+    return pb.ServerMessage(reconnect=pb.Reconnect(reason=reason, endpoint=endpoint, after_ms=after_ms))
+
+
+STATE = {"/calico/v1/a": {"v": 1}, "/calico/v1/b": {"v": 2}, "/calico/v1/c": {"v": 3}}
+
+
 class Stream:
     """One client stream as a script sees it."""
 
@@ -197,3 +208,25 @@ class FakeCluster:
                 pongs.cancel()
 
         return handle
+
+
+# Scripts shared by the asyncio and trio transport tests.
+
+
+async def resume_script(stream: Stream) -> None:
+    if stream.number == 0:
+        await stream.send(server_hello("e1", 5), *snapshot(STATE, 5), in_sync(6), deltas(7, kv("/x", 1)))
+        return  # the server closes the stream: a cut
+    assert stream.resume == ("e1", 7), stream.resume
+    await stream.send(server_hello("e1", 7, resumed=True), deltas(8, kv("/y", 2)))
+    await stream.hold()
+
+async def exhausted_script(stream: Stream) -> None:
+    if stream.number == 0:
+        await stream.send(server_hello("e1", 5), *snapshot(STATE, 5), in_sync(6), deltas(7, kv("/x", 1)))
+        await asyncio.sleep(0.1)
+        await stream.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "client fell behind")
+    assert stream.resume is None, "a client that fell behind must not resume"
+    new_state = {"/calico/v1/a": {"v": 10}, "/calico/v1/c": {"v": 3}, "/calico/v1/n": {"v": 5}}
+    await stream.send(server_hello("e1", 30), *snapshot(new_state, 30), in_sync(31))
+    await stream.hold()

@@ -18,6 +18,7 @@ from typha.client.core import (
     SyncClientCore,
 )
 from typha.client.events import Backoff, ClientCounters, StatusChange, SyncCallbacks, SyncEvent, UpdateBatch
+from typha.client.trio_transport import TrioSyncClient, open_trio_sync_client
 
 __all__ = [
     "SYNC_METHOD",
@@ -37,7 +38,9 @@ __all__ = [
     "SyncCallbacks",
     "SyncClientCore",
     "SyncEvent",
+    "TrioSyncClient",
     "UpdateBatch",
     "digest_of",
     "kv_hash",
+    "open_trio_sync_client",
 ]
