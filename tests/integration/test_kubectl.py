@@ -139,31 +139,62 @@ def test_apply_get_patch_and_delete(server: Server, tmp_path: Path) -> None:
     assert missing.returncode == 1 and "NotFound" in missing.stderr
 
 
+class Watching:
+    """`kubectl get pods --watch ...` running in the background, its output lines in a queue."""
+
+    def __init__(self, server: Server, *args: str):
+        assert KUBECTL is not None
+        self.process = subprocess.Popen(
+            [KUBECTL, "--kubeconfig", str(server.kubeconfig), "get", "pods", "--watch", *args],
+            env=server.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        self.lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.process.stdout or []:
+            self.lines.put(line.strip())
+
+    def next_line(self) -> list[str]:
+        try:
+            return self.lines.get(timeout=DEADLINE).split()
+        except queue.Empty:
+            pytest.fail("kubectl get --watch printed nothing")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=DEADLINE)
+
+
 def test_get_watch_shows_a_change_made_while_watching(server: Server, tmp_path: Path) -> None:
     server.kubectl("apply", "-f", write(tmp_path / "pod.yaml", POD.replace("IMAGE", "1.27")))
-    assert KUBECTL is not None
-    watcher = subprocess.Popen(
-        [KUBECTL, "--kubeconfig", str(server.kubeconfig), "get", "pods", "--watch",
-         "-o", "custom-columns=NAME:.metadata.name,TIER:.metadata.labels.tier"],
-        env=server.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    lines: queue.Queue[str] = queue.Queue()
-    reader = threading.Thread(target=lambda: [lines.put(line.strip()) for line in watcher.stdout or []], daemon=True)
-    reader.start()
+    # Default output asks the server for Tables (list and watch events); custom columns ask for objects.
+    table = Watching(server, "--show-labels")
+    columns = Watching(server, "-o", "custom-columns=NAME:.metadata.name,TIER:.metadata.labels.tier")
     try:
-        def next_line() -> str:
-            try:
-                return lines.get(timeout=DEADLINE)
-            except queue.Empty:
-                pytest.fail("kubectl get --watch printed nothing")
-
-        assert next_line().split() == ["NAME", "TIER"]
-        assert next_line().split() == ["web", "<none>"]
+        assert table.next_line() == ["NAME", "READY", "STATUS", "RESTARTS", "AGE", "LABELS"]
+        name, ready, status, restarts, _age, labels = table.next_line()
+        assert (name, ready, status, restarts, labels) == ("web", "0/1", "Pending", "0", "app=web")
+        assert columns.next_line() == ["NAME", "TIER"]
+        assert columns.next_line() == ["web", "<none>"]
         server.kubectl("label", "pod", "web", "tier=front")
-        assert next_line().split() == ["web", "front"]
+        assert table.next_line()[-1] == "app=web,tier=front"
+        assert columns.next_line() == ["web", "front"]
     finally:
-        watcher.terminate()
-        watcher.wait(timeout=DEADLINE)
+        table.stop()
+        columns.stop()
+
+
+def test_get_prints_server_side_tables(server: Server, tmp_path: Path) -> None:
+    server.kubectl("apply", "-f", write(tmp_path / "pod.yaml", POD.replace("IMAGE", "1.27")),
+                   "-f", write(tmp_path / "pool.yaml", IPPOOL.replace("BLOCK", "26")))
+    wide = [line.split() for line in server.kubectl("get", "pods", "-o", "wide").stdout.splitlines()]
+    assert wide[0] == ["NAME", "READY", "STATUS", "RESTARTS", "AGE", "IP", "NODE"]
+    assert wide[1][:4] == ["web", "0/1", "Pending", "0"] and wide[1][-2:] == ["<none>", "node-1"]
+    everywhere = server.kubectl("get", "pods", "-A").stdout.splitlines()
+    assert everywhere[0].split()[:2] == ["NAMESPACE", "NAME"] and everywhere[1].split()[:2] == ["default", "web"]
+    pools = [line.split() for line in server.kubectl("get", "ippools").stdout.splitlines()]
+    assert pools[0] == ["NAME", "CREATED", "AT"] and pools[1][0] == "default-ipv4-ippool"
 
 
 def test_load_files_at_start(tmp_path: Path) -> None:

@@ -7,8 +7,8 @@ layer (routing, lists, watches, discovery, auth, TLS) and the fault injection te
 
 Departures from a real API server are listed in `k8s_store` (storage semantics) and here:
 - No server-side apply (`application/apply-patch+yaml` gets 415), no dry run (`dryRun` gets 400,
-  so `kubectl diff` and `--dry-run=server` do not work), no Table output (kubectl falls back to
-  its own NAME/AGE columns), no protobuf except the empty /openapi/v2.
+  so `kubectl diff` and `--dry-run=server` do not work), no protobuf except the empty /openapi/v2.
+- Tables for `kubectl get` have the real columns for pods, nodes and namespaces only (see k8s_tables).
 - Strategic merge patch is a schema-less approximation (see `k8s_patch`).
 - `fieldValidation` is accepted and ignored: unknown fields are stored, not rejected.
 - With a token configured every request but /healthz, /livez and /readyz must carry it (401 if
@@ -35,6 +35,7 @@ import yaml
 from aiohttp import web
 
 from typha.model.resources import CALICO_CRD_GROUP, RESOURCES, Resource, for_object
+from typha.testing import k8s_tables
 from typha.testing.k8s_discovery import (
     OPENAPI_V2_CONTENT_TYPE,
     OPENAPI_V2_PROTOBUF,
@@ -86,11 +87,12 @@ def _flag(query: Any, name: str) -> bool:
 class _Watcher:
     """One open watch stream: where it is in the history and how the emulator asks it to stop."""
 
-    __slots__ = ("cursor", "filter", "stop", "wake")
+    __slots__ = ("cursor", "filter", "stop", "table", "wake")
 
-    def __init__(self, flt: Filter, cursor: int):
+    def __init__(self, flt: Filter, cursor: int, table: str | None = None):
         self.filter = flt
         self.cursor = cursor
+        self.table = table  # kubectl's Table watches: the includeObject setting; None for plain JSON
         self.wake = asyncio.Event()
         self.stop: str | None = None  # "close": end cleanly; "expire": send ERROR 410, then end
 
@@ -469,7 +471,7 @@ class KubeAPIEmulator:
                     self._count("watch")
                     return await self._watch(request, flt)
                 self._count("list")
-                return self._list(flt, query)
+                return self._list(request, flt)
             if method == "DELETE":
                 self._count("deletecollection")
                 deleted = self._store.delete_collection(flt)
@@ -481,7 +483,12 @@ class KubeAPIEmulator:
         status_only = subresource == "status"
         if method == "GET":
             self._count("get")
-            return _json(self._store.get(resource, namespace, name).full)
+            stored = self._store.get(resource, namespace, name)
+            include = self._table_request(request)
+            if include is not None:
+                meta = {"resourceVersion": stored.obj["metadata"]["resourceVersion"]}
+                return _json(orjson.dumps(k8s_tables.table(resource, [stored.obj], meta, include)))
+            return _json(stored.full)
         if method == "PUT":
             self._count("update")
             body = await self._body(request)
@@ -583,12 +590,27 @@ class KubeAPIEmulator:
         )
         return head[:-1] + b',"items":[' + b",".join(items) + b"]}"
 
-    def _list(self, flt: Filter, query: Any) -> web.Response:
+    @staticmethod
+    def _table_request(request: web.Request) -> str | None:
+        """The includeObject setting if the client asks for a Table (kubectl get), else None."""
+        if not k8s_tables.wants_table(request.headers.get("Accept", "")):
+            return None
+        return request.query.get("includeObject", "Metadata")
+
+    def _list(self, request: web.Request, flt: Filter) -> web.Response:
+        query = request.query
         try:
             limit = int(query.get("limit") or 0)
         except ValueError:
             raise bad_request(f"invalid limit {query.get('limit')!r}") from None
         page = self._store.list_page(flt, limit, query.get("continue") or None)
+        include = self._table_request(request)
+        if include is not None:
+            meta: dict[str, Any] = {"resourceVersion": str(page.resource_version)}
+            if page.continue_token:
+                meta["continue"] = page.continue_token
+            objs = [s.obj for s in page.items]
+            return _json(orjson.dumps(k8s_tables.table(flt.resource, objs, meta, include)))
         return _json(
             self._list_bytes(
                 flt.resource, page.resource_version, [s.item for s in page.items], page.continue_token, page.remaining
@@ -597,14 +619,9 @@ class KubeAPIEmulator:
 
     async def _watch(self, request: web.Request, flt: Filter) -> web.StreamResponse:
         query = request.query
-        initial, cursor = self._store.watch_start(flt, query.get("resourceVersion"))
-        if (
-            _flag(query, "sendInitialEvents")
-            and not initial
-            and query.get("resourceVersion") not in (None, "")
-        ):
-            # sendInitialEvents asks for the current state whatever resourceVersion is given.
-            initial, cursor = self._store.watch_start(flt, None)
+        send_initial = _flag(query, "sendInitialEvents")
+        # sendInitialEvents asks for the current state first, whatever resourceVersion is given.
+        initial, cursor = self._store.watch_start(flt, None if send_initial else query.get("resourceVersion"))
         try:
             timeout = float(query.get("timeoutSeconds") or 0)
         except ValueError:
@@ -614,15 +631,13 @@ class KubeAPIEmulator:
         response = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
         response.enable_chunked_encoding()
         await response.prepare(request)
-        watcher = _Watcher(flt, cursor)
+        watcher = _Watcher(flt, cursor, self._table_request(request))
         self._watchers.add(watcher)
         with self._lock:
             self._open_watches += 1
             self._watches_changed.notify_all()
         try:
-            await self._stream(
-                response, watcher, initial, timeout, bookmarks, _flag(query, "sendInitialEvents")
-            )
+            await self._stream(response, watcher, initial, timeout, bookmarks, send_initial)
         except (ConnectionResetError, ConnectionError):
             pass  # the client went away
         finally:
@@ -631,6 +646,16 @@ class KubeAPIEmulator:
                 self._open_watches -= 1
                 self._watches_changed.notify_all()
         return response
+
+    @staticmethod
+    def _as_seen(watcher: _Watcher, pieces: tuple[bytes, bytes, bytes]) -> tuple[bytes, bytes, bytes]:
+        """The event's pieces in the watcher's format: as stored, or as a one-row Table for kubectl."""
+        if watcher.table is None:
+            return pieces
+        head, obj_bytes, tail = pieces
+        obj = orjson.loads(obj_bytes)
+        meta = {"resourceVersion": obj["metadata"]["resourceVersion"]}
+        return head, orjson.dumps(k8s_tables.table(watcher.filter.resource, [obj], meta, watcher.table)), tail
 
     def _bookmark(self, resource: Resource, rv: int, initial_events_end: bool = False) -> bytes:
         meta: dict[str, Any] = {"resourceVersion": str(rv)}
@@ -653,7 +678,8 @@ class KubeAPIEmulator:
         for start in range(0, len(initial), _WATCH_BATCH):
             chunk = initial[start : start + _WATCH_BATCH]
             head = EVENT_HEADS["ADDED"]
-            await response.write(b"".join(part for s in chunk for part in (head, s.full, EVENT_TAIL)))
+            out = [part for s in chunk for part in self._as_seen(watcher, (head, s.full, EVENT_TAIL))]
+            await response.write(b"".join(out))
         if initial_events_end and bookmarks:
             await response.write(self._bookmark(resource, watcher.cursor, initial_events_end=True))
         deadline = loop.time() + timeout if timeout > 0 else None
@@ -676,7 +702,7 @@ class KubeAPIEmulator:
                 for event in events:
                     pieces = watcher.pieces(event)
                     if pieces is not None:
-                        out.extend(pieces)
+                        out.extend(self._as_seen(watcher, pieces))
                 watcher.cursor = events[-1].rv
                 if out:
                     await response.write(b"".join(out))
