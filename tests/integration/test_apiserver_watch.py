@@ -336,3 +336,18 @@ def test_timeout_seconds_ends_the_watch_and_a_gone_client_is_forgotten(api: Kube
     abandoned.response.close()
     abandoned.close()
     wait_until(lambda: api.stats()["open_watches"] == 0, "the server to notice the client left")
+
+
+def test_send_initial_events_ends_with_a_marked_bookmark(api: KubeAPIEmulator) -> None:
+    api.create(pod("a"))
+    stream = RawWatch(api, "/api/v1/pods?watch=1&sendInitialEvents=true&allowWatchBookmarks=true"
+                           "&resourceVersionMatch=NotOlderThan&resourceVersion=1")
+    try:
+        added, bookmark = stream.next(), stream.next()
+    finally:
+        stream.close()
+    assert (added["type"], added["object"]["metadata"]["name"]) == ("ADDED", "a")
+    assert bookmark == {"type": "BOOKMARK", "object": {
+        "kind": "Pod", "apiVersion": "v1",
+        "metadata": {"resourceVersion": str(api.resource_version),
+                     "annotations": {"k8s.io/initial-events-end": "true"}}}}
