@@ -268,10 +268,33 @@ def test_felix_configuration_global_and_per_node() -> None:
     [("bpfLogLevel", "BPFLogLevel"), ("nftablesMode", "NFTablesMode"), ("vxlanMTUV6", "VXLANMTUV6"),
      ("ipForwarding", "IPForwarding"), ("iptablesBackend", "IptablesBackend"), ("ipipMTU", "IpInIpMtu"),
      ("ipsetsRefreshInterval", "IpsetsRefreshInterval"), ("wireguardKeepAlive", "WireguardPersistentKeepAlive"),
-     ("awsSrcDstCheck", "AWSSrcDstCheck"), ("mtuIfacePattern", "MTUIfacePattern")],
+     ("awsSrcDstCheck", "AWSSrcDstCheck"), ("mtuIfacePattern", "MTUIfacePattern"),
+     ("nftablesRefreshInterval", "NftablesRefreshInterval"), ("bpfConntrackMode", "BPFConntrackCleanupMode"),
+     ("bpfMapSizePerCpuConntrack", "BPFMapSizePerCPUConntrack"), ("bpfCTLBLogFilter", "BPFCTLBLogFilter")],
 )  # fmt: skip
 def test_felix_config_names(field: str, name: str) -> None:
     assert felix_config_name(field) == name
+
+
+def test_felix_configuration_structured_fields() -> None:
+    spec = {
+        "healthTimeoutOverrides": [{"name": "InternalDataplaneMainLoop", "timeout": "90s"},
+                                   {"name": "CalculationGraph", "timeout": "1.5s"}],
+        "bpfConntrackTimeouts": {"tcpEstablished": "1h", "creationGracePeriod": "10s"},
+        "kubeNodePortRanges": ["30000:32767", 8080],
+        "bpfLogFilters": {"weps": "tcp", "all": "host 10.0.0.1"},
+        "routeTableRange": {"min": 1, "max": 250},
+        "wireguardKeepAlive": "25s",
+    }  # fmt: skip
+    values = dict(FELIX_CONVERTERS[f"felixconfigurations.{C}"](crd("FelixConfiguration", "default", spec)))
+    assert values == {
+        "/calico/v1/config/HealthTimeoutOverrides": "InternalDataplaneMainLoop=1m30s,CalculationGraph=1.5s",
+        "/calico/v1/config/BPFConntrackTimeouts": "CreationGracePeriod=10s,TCPEstablished=1h",
+        "/calico/v1/config/KubeNodePortRanges": "[30000:32767 8080]",
+        "/calico/v1/config/BPFLogFilters": "all=host 10.0.0.1,weps=tcp,",
+        "/calico/v1/config/RouteTableRange": "1-250",
+        "/calico/v1/config/WireguardPersistentKeepAlive": "25",
+    }
 
 
 @pytest.mark.parametrize(

@@ -376,10 +376,12 @@ _FELIX_NAMES = {
     "genericXDPEnabled": "GenericXDPEnabled",
     "externalNodesList": "ExternalNodesCIDRList",
     "wireguardKeepAlive": "WireguardPersistentKeepAlive",
+    "nftablesMode": "NFTablesMode",  # but NftablesRefreshInterval, NftablesMarkMask, ...
+    "bpfConntrackMode": "BPFConntrackCleanupMode",
+    "bpfMapSizePerCpuConntrack": "BPFMapSizePerCPUConntrack",
 }
 # Go spells these leading acronyms in capitals where the JSON name has them in lower case.
 _FELIX_ACRONYMS = (
-    ("nftables", "NFTables"),
     ("vxlan", "VXLAN"),
     ("ipv4", "IPv4"),
     ("ipv6", "IPv6"),
@@ -394,7 +396,18 @@ _MILLISECOND_FIELDS = frozenset({"iptablesLockProbeInterval"})
 _DURATION_UNIT = r"(?:\d+(?:\.\d*)?|\.\d+)(?:ns|us|µs|μs|ms|s|m|h)"
 _GO_DURATION = re.compile(rf"^-?(?:{_DURATION_UNIT})+$")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
-_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_UNIT_NS = {"ns": 1, "us": 10**3, "µs": 10**3, "μs": 10**3, "ms": 10**6, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9}
+# BPFConntrackTimeouts, in Go struct order: JSON name -> Go field name.
+_CONNTRACK_TIMEOUTS = (
+    ("creationGracePeriod", "CreationGracePeriod"),
+    ("tcpSynSent", "TCPSynSent"),
+    ("tcpEstablished", "TCPEstablished"),
+    ("tcpFinsSeen", "TCPFinsSeen"),
+    ("tcpResetSeen", "TCPResetSeen"),
+    ("udpTimeout", "UDPTimeout"),
+    ("genericTimeout", "GenericTimeout"),
+    ("icmpTimeout", "ICMPTimeout"),
+)
 
 
 def felix_config_name(field: str) -> str:
@@ -432,10 +445,38 @@ def go_float(value: float) -> str:
     return f"{prefix}{digits[:point]}.{digits[point:]}"
 
 
-def _duration_seconds(text: str) -> float:
-    negative = text.startswith("-")
-    total = sum(float(num) * _UNIT_SECONDS[unit] for num, unit in _DURATION_PART.findall(text))
-    return -total if negative else total
+def duration_ns(text: str) -> int:
+    """time.ParseDuration, to whole nanoseconds (Decimal keeps "1.1s" exact)."""
+    if not _GO_DURATION.match(text):
+        raise ConversionError(f"invalid duration {text!r}")
+    total = sum(Decimal(num) * _UNIT_NS[unit] for num, unit in _DURATION_PART.findall(text))
+    return -int(total) if text.startswith("-") else int(total)
+
+
+def _fraction(value: int, digits: int) -> str:
+    whole, frac = divmod(value, 10**digits)
+    return f"{whole}.{str(frac).rjust(digits, '0').rstrip('0')}" if frac else str(whole)
+
+
+def go_duration(ns: int) -> str:
+    """time.Duration.String(): "1m30s", "50ms", "1h0m0s", "0s"."""
+    if ns == 0:
+        return "0s"
+    sign, u = ("-" if ns < 0 else ""), abs(ns)
+    if u < 10**9:
+        if u < 10**3:
+            return f"{sign}{u}ns"
+        if u < 10**6:
+            return f"{sign}{_fraction(u, 3)}µs"
+        return f"{sign}{_fraction(u, 6)}ms"
+    minutes, rest = divmod(u, 60 * 10**9)
+    text = _fraction(rest, 9) + "s"
+    if minutes:
+        hours, minutes = divmod(minutes, 60)
+        text = f"{minutes}m{text}"
+        if hours:
+            text = f"{hours}h{text}"
+    return sign + text
 
 
 def _proto_ports(value: Any) -> str:
@@ -477,10 +518,23 @@ def _felix_value(field: str, value: Any) -> str | None:
         return f"{value.get('min')}-{value.get('max')}"
     if field == "routeTableRanges":
         return ",".join(f"{r.get('min')}-{r.get('max')}" for r in value)
+    if field == "healthTimeoutOverrides":
+        # "<name>=<Duration.String()>,..."; an empty list sends nothing.
+        return ",".join(f"{h.get('name')}={go_duration(duration_ns(h.get('timeout')))}" for h in value) or None
+    if field == "bpfConntrackTimeouts":
+        # structToKeyValueString: the set fields as GoName=value, in struct order.
+        return ",".join(f"{go}={value[js]}" for js, go in _CONNTRACK_TIMEOUTS if value.get(js))
+    if field == "kubeNodePortRanges":
+        return "[" + " ".join(str(p) for p in value) + "]"  # %v of []numorstring.Port
+    if isinstance(value, dict) and all(isinstance(v, str) for v in value.values()):
+        # map[string]string: "k=v," per entry (Go's order is random; sorted here so values are stable).
+        return "".join(f"{k}={value[k]}," for k in sorted(value))
     if isinstance(value, str):
         if _GO_DURATION.match(value):
-            seconds = _duration_seconds(value)
-            return go_float(seconds * 1000 if field in _MILLISECOND_FIELDS else seconds)
+            ns = duration_ns(value)
+            if field in _MILLISECOND_FIELDS:
+                return go_float(ns // 10**6 + (ns % 10**6) / 1e6)
+            return go_float(ns / 1e9)
         return value
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         return ",".join(value)
