@@ -13,6 +13,8 @@ Deliberate simplifications, each a difference from a real API server:
 - Namespaces are not required to exist, and deleting one does not delete what is in it.
 - Unconditional updates (PUT without metadata.resourceVersion) are allowed for every kind, custom
   resources included (the real server requires the resourceVersion on custom resources).
+- Every successful write takes a new resourceVersion and produces an event, even an update that
+  changes nothing (the real server skips such no-op updates).
 - List requests always read the latest state (resourceVersion/resourceVersionMatch are ignored),
   except that a `continue` token reads the pinned snapshot of its first page.
 """
