@@ -62,16 +62,19 @@ def test_failed_writes_change_nothing() -> None:
 def test_errors_have_kubernetes_codes_and_reasons() -> None:
     store = ObjectStore()
     store.create(PODS, pod("a"), "default")
-    cases = {
-        (409, "AlreadyExists"): lambda: store.create(PODS, pod("a"), "default"),
-        (404, "NotFound"): lambda: store.get(PODS, "default", "b"),
-        (400, "BadRequest"): lambda: store.create(PODS, {**pod("c"), "metadata": {"name": "c", "namespace": "x"}},
-                                                  "default"),
-        (422, "Invalid"): lambda: store.create(PODS, pod("UPPER"), "default"),
-        (500, "InternalError"): lambda: store.create(PODS, {**pod("d"), "metadata": {"name": "d",
-                                                                                      "resourceVersion": "5"}}),
-    }
-    for (code, reason), attempt in cases.items():
+    cases = [
+        ((409, "AlreadyExists"), lambda: store.create(PODS, pod("a"), "default")),
+        ((404, "NotFound"), lambda: store.get(PODS, "default", "b")),
+        ((400, "BadRequest"), lambda: store.create(PODS, {**pod("c"), "metadata": {"name": "c", "namespace": "x"}},
+                                                   "default")),
+        ((400, "BadRequest"), lambda: store.create(PODS, {**pod("e"), "metadata": {"name": "e", "labels": {"a": 1}}})),
+        ((400, "BadRequest"), lambda: store.create(PODS, {**pod("f"), "metadata": ["f"]})),
+        ((422, "Invalid"), lambda: store.create(PODS, pod("UPPER"), "default")),
+        ((422, "Invalid"), lambda: store.create(PODS, {**pod(""), "metadata": {}})),
+        ((500, "InternalError"), lambda: store.create(PODS, {**pod("d"), "metadata": {"name": "d",
+                                                                                       "resourceVersion": "5"}})),
+    ]
+    for (code, reason), attempt in cases:
         with pytest.raises(ApiError) as err:
             attempt()
         assert (err.value.status, err.value.reason) == (code, reason)

@@ -440,6 +440,12 @@ class KubeAPIEmulator:
             return _status_response(err)
         except SelectorError as err:
             return _status_response(bad_request(str(err)))
+        except (asyncio.CancelledError, ConnectionError):
+            raise
+        except Exception as err:
+            # An emulator bug still answers like a server (a Status), and leaves a trace in the log.
+            log.exception("internal error serving %s %s", request.method, request.path)
+            return _status_response(ApiError(500, "InternalError", f"Internal error occurred: {err!r}"))
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         path = request.path

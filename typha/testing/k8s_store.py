@@ -429,7 +429,16 @@ class ObjectStore:
                 f"the API version in the data ({api_version}) or kind ({kind}) does not match the "
                 f"expected {resource.api_version} {resource.kind}"
             )
-        meta = dict(body.get("metadata") or {})
+        meta = body.get("metadata") or {}
+        if not isinstance(meta, dict):
+            raise bad_request("metadata must be an object")
+        for field in ("labels", "annotations"):
+            values = meta.get(field)
+            # The real server fails to decode anything but a map of strings here; selectors rely on it.
+            if values is not None and not (
+                isinstance(values, dict) and all(isinstance(v, str) for v in values.values())
+            ):
+                raise bad_request(f"metadata.{field} must be a map of strings")
         if resource.namespaced:
             body_ns = meta.get("namespace")
             if namespace and body_ns and body_ns != namespace:
