@@ -131,7 +131,8 @@ def test_resource_exhausted_leads_to_a_fresh_snapshot_reconciled_against_the_mir
     with FakeCluster(exhausted_script) as cluster:
         async def main() -> None:
             async with client_for(cluster) as client:
-                events = await collect_until(client, has_update("/calico/v1/n"))
+                # The deletions come with the IN_SYNC that follows the snapshot.
+                events = await collect_until(client, has_update("/x", None))
                 tail = updates_of(events)[4:]  # after the first snapshot and /x
                 assert tail == [
                     Update("/calico/v1/a", {"v": 10}, "1"), Update("/calico/v1/n", {"v": 5}, "1"),
@@ -246,4 +247,32 @@ def test_callbacks_api_and_clean_close():
 
         run(main)
         assert mirror.snapshot() == STATE and mirror.statuses == [SyncStatus.IN_SYNC]
+        assert cluster.wait_logged(0, "closed", 0)
+
+
+def test_a_failing_callback_stops_the_client_and_closes_its_stream():
+    class Broken:
+        def on_updates(self, updates: list[Update]) -> None:
+            raise RuntimeError("agent bug")
+
+        def on_status(self, status: SyncStatus) -> None:
+            pass
+
+    async def script(stream: Stream) -> None:
+        await stream.send(server_hello("e1", 1), *snapshot(STATE, 1), in_sync(2))
+        await stream.hold()
+
+    with FakeCluster(script) as cluster:
+        async def main() -> None:
+            client = AsyncSyncClient(cluster.addresses, "felix", hostname="n", callbacks=Broken(), backoff=FAST)
+            try:
+                await client.wait()
+            except RuntimeError as exc:
+                assert str(exc) == "agent bug"
+            else:
+                raise AssertionError("the callback's exception was swallowed")
+            finally:
+                await client.close()
+
+        run(main)
         assert cluster.wait_logged(0, "closed", 0)

@@ -41,12 +41,14 @@ def updates_of(events: list[SyncEvent]) -> list[Update]:
     return [u for e in events if isinstance(e, UpdateBatch) for u in e.updates]
 
 
-async def collect_until(client: TrioSyncClient, key: str, timeout: float = 10.0) -> list[SyncEvent]:
+async def collect_until(
+    client: TrioSyncClient, key: str, *, delete: bool = False, timeout: float = 10.0
+) -> list[SyncEvent]:
     events: list[SyncEvent] = []
     with trio.fail_after(timeout):
         async for event in client:
             events.append(event)
-            if any(u.key == key for u in updates_of([event])):
+            if any(u.key == key and u.is_delete == delete for u in updates_of([event])):
                 return events
     raise AssertionError(f"client stopped early: {events}")
 
@@ -91,7 +93,7 @@ def test_resource_exhausted_resyncs_by_snapshot():
     with FakeCluster(exhausted_script) as cluster:
         async def main() -> None:
             async with open_trio_sync_client(cluster.addresses, "felix", hostname="n1", backoff=FAST) as client:
-                events = await collect_until(client, "/calico/v1/n")
+                events = await collect_until(client, "/x", delete=True)  # deleted at IN_SYNC
                 assert [(u.key, u.is_delete) for u in updates_of(events)[4:]] == [
                     ("/calico/v1/a", False), ("/calico/v1/n", False), ("/calico/v1/b", True), ("/x", True),
                 ]

@@ -193,7 +193,10 @@ def test_snapshot_after_a_non_resumed_reconnect_is_reconciled_against_the_mirror
     second = core.open_session()
     assert second.hello.hello.HasField("resume")
     after = {"/keep": {"v": 1}, "/change": {"v": 2}, "/new": {"v": 3}}
-    steps = feed(core, second, [server_hello("e2", 40), *snapshot(after, 40, chunks=2, revision="9")])
+    # This server is in sync (it says so before its snapshot ends): deletions apply at once.
+    steps = feed(core, second, [
+        server_hello("e2", 40), status(pb.SyncStatus.IN_SYNC, 40), *snapshot(after, 40, chunks=2, revision="9"),
+    ])
     assert steps[-1].updates == [
         Update("/change", {"v": 2}, "9"), Update("/new", {"v": 3}, "9"),
         Update("/gone", None, ""), Update("/gone2", None, ""),
@@ -201,6 +204,39 @@ def test_snapshot_after_a_non_resumed_reconnect_is_reconciled_against_the_mirror
     assert core.to_dict() == after
     assert core.resume_point == ResumePoint("e2", 40)
     assert core.digest == expected_digest(after)
+
+
+def test_reconcile_against_a_server_not_yet_in_sync_deletes_only_at_in_sync():
+    before = {"/keep": 1, "/late": 1, "/late-deleted": 1, "/gone": 1}
+    core, session = synced(before, sequence=10)
+    core.receive(session, status(pb.SyncStatus.IN_SYNC, 11))
+    core.close_session(session)
+    second = core.open_session()
+    steps = feed(core, second, [
+        server_hello("e2", 40), status(pb.SyncStatus.RESYNC, 40), *snapshot({"/keep": 1, "/new": 2}, 40),
+    ])
+    # A partial snapshot: new keys are set, but nothing is deleted yet.
+    assert steps[-1].updates == [Update("/new", 2, "1")] and steps[-1].status is SyncStatus.RESYNC
+    assert core.unconfirmed_keys == {"/late", "/late-deleted", "/gone"}
+    assert core.receive(second, checksum(40, 0, 2)).checksum.outcome is ChecksumOutcome.SKIPPED
+    # The server's stream settles two of them; IN_SYNC deletes the one it never mentioned.
+    step = core.receive(second, deltas(41, kv("/late", 1, "41"), kv("/late-deleted", None, "41")))
+    assert step.updates == [Update("/late-deleted", None, "41")]
+    assert core.unconfirmed_keys == {"/gone"}
+    step = core.receive(second, status(pb.SyncStatus.IN_SYNC, 42))
+    assert step.updates == [Update("/gone", None, "")] and step.status is SyncStatus.IN_SYNC
+    assert core.to_dict() == {"/keep": 1, "/new": 2, "/late": 1} and not core.unconfirmed_keys
+    assert core.digest == expected_digest(core.to_dict())
+
+
+def test_unconfirmed_keys_are_deleted_even_when_in_sync_is_not_a_status_change():
+    core, session = synced({"/a": 1, "/b": 1}, sequence=10)
+    core.receive(session, status(pb.SyncStatus.IN_SYNC, 11))
+    core.close_session(session)
+    second = core.open_session()
+    feed(core, second, [server_hello("e2", 5), *snapshot({"/a": 1}, 5)])
+    step = core.receive(second, status(pb.SyncStatus.IN_SYNC, 6))
+    assert step.updates == [Update("/b", None, "")] and step.status is None
 
 
 def test_checksum_match_and_skip():
@@ -240,7 +276,9 @@ def test_checksum_mismatch_twice_in_a_row_drops_the_resume_point_and_asks_for_re
     core.close_session(session)
     fresh = core.open_session()
     assert not fresh.hello.hello.HasField("resume")
-    steps = feed(core, fresh, [server_hello("e1", 20), *snapshot({"/a": {"v": 1}, "/c": 3}, 20)])
+    steps = feed(core, fresh, [
+        server_hello("e1", 20), status(pb.SyncStatus.IN_SYNC, 20), *snapshot({"/a": {"v": 1}, "/c": 3}, 20),
+    ])
     assert steps[-1].updates == [Update("/c", 3, "1"), Update("/b", None, "")]
     assert core.resume_point == ResumePoint("e1", 20)
 
@@ -421,8 +459,9 @@ _values = st.one_of(st.none(), _live_values)
     before=st.dictionaries(_keys, _live_values),
     batches=st.lists(st.lists(st.tuples(_keys, _values), max_size=6), max_size=6),
     after=st.dictionaries(_keys, _live_values),
+    in_sync_first=st.booleans(),
 )
-def test_mirror_and_emitted_updates_track_the_server_state(before, batches, after):
+def test_mirror_and_emitted_updates_track_the_server_state(before, batches, after, in_sync_first):
     core, session = synced(before, sequence=1)
     applied = dict(before)  # what an agent that applies every emitted update holds
     server = dict(before)
@@ -444,8 +483,12 @@ def test_mirror_and_emitted_updates_track_the_server_state(before, batches, afte
     # A non-resumed reconnect to a server whose state is `after`: reconcile reaches it exactly.
     core.close_session(session)
     second = core.open_session()
-    steps = feed(core, second, [server_hello("e9", 50), *snapshot(after, 50, chunks=3)])
-    for update in steps[-1].updates:
+    in_sync_status = status(pb.SyncStatus.IN_SYNC, 50)
+    if in_sync_first:  # the server was in sync when the snapshot was sent
+        steps = feed(core, second, [server_hello("e9", 50), in_sync_status, *snapshot(after, 50, chunks=3)])
+    else:  # it says so afterwards: deletions wait for it
+        steps = feed(core, second, [server_hello("e9", 50), *snapshot(after, 50, chunks=3), in_sync_status])
+    for update in (u for step in steps for u in step.updates):
         if update.is_delete:
             applied.pop(update.key)
         else:

@@ -236,15 +236,25 @@ class AsyncSyncClient:
                     continue
                 await self._act(conn, step)
         finally:
+            # Also when a callback raised: do not leave streams open with nobody reading them.
+            if self._connect_task is not None:
+                self._connect_task.cancel()
+            for conn in (self._live, self._pending):
+                if conn is not None:
+                    self._discard(conn)
             self._end_iteration()
 
     async def _act(self, conn: _Conn, step: Step) -> None:
+        write_failed = False
         for message in step.send:
             try:
-                await conn.call.write(message)
+                # Bounded: a server that stopped reading must not stall the other stream too.
+                async with asyncio.timeout(self._read_timeout):
+                    await conn.call.write(message)
                 self.counters.pongs_sent += 1
-            except Exception as exc:  # the reader will see the stream fail too
-                log.debug("write on %r failed: %s", conn, exc)
+            except Exception as exc:
+                log.info("write on %r failed: %s", conn, _describe(exc))
+                write_failed = True
         if step.promoted:
             self._on_promoted(conn, step)
         if step.updates:
@@ -260,7 +270,10 @@ class AsyncSyncClient:
             elif verdict.outcome is ChecksumOutcome.MISMATCH:
                 self.counters.checksum_mismatches += 1
                 log.warning("checksum mismatch on %r: %s", conn, verdict)
-        if step.resync is not None:
+        if write_failed and not conn.closed:
+            # Only now: the step's updates were already in the mirror and had to be delivered.
+            self._lost(conn, resync=False)
+        elif step.resync is not None:
             log.warning("resyncing from %r: %s", conn, step.resync)
             self.counters.resyncs += 1
             self._lost(conn, resync=True, prefer=conn.endpoint)
@@ -319,7 +332,9 @@ class AsyncSyncClient:
         was_live, was_pending = conn is self._live, conn is self._pending
         if not was_live:
             self.counters.failed_connections += 1
-        self.core.close_session(conn.session, resync=resync)
+        # A stream that never fed the mirror while another one does cannot have spoiled it: keep
+        # the resume point then.
+        self.core.close_session(conn.session, resync=resync and (was_live or self._live is None))
         self._discard(conn)
         self._update_in_sync()
         if was_pending:
@@ -403,8 +418,9 @@ class AsyncSyncClient:
     async def _read(self, conn: _Conn) -> None:
         error: BaseException | None = None
         try:
-            await conn.call.write(conn.session.hello)
             timeout = self._connect_timeout
+            async with asyncio.timeout(timeout):
+                await conn.call.write(conn.session.hello)
             while True:
                 async with asyncio.timeout(timeout):
                     message = await conn.call.read()

@@ -195,6 +195,8 @@ class SyncClientCore:
         self._status: SyncStatus | None = None
         self._live: Session | None = None
         self._mismatches = 0
+        # Keys kept after a reconcile against a server not yet in sync (see _reconcile).
+        self._unconfirmed: set[str] = set()
         self._dctx = zstandard.ZstdDecompressor()
 
     # -- reading the mirror ------------------------------------------------------------------------
@@ -241,6 +243,11 @@ class SyncClientCore:
     def resume_point(self) -> ResumePoint | None:
         """What the next hello offers; None asks for a full snapshot."""
         return self._position if self._resume_ok else None
+
+    @property
+    def unconfirmed_keys(self) -> frozenset[str]:
+        """Mirror keys a reconciling snapshot lacked, to be deleted when the server says IN_SYNC."""
+        return frozenset(self._unconfirmed)
 
     @property
     def live_session(self) -> Session | None:
@@ -381,7 +388,7 @@ class SyncClientCore:
         if not last:
             return Step()
         session._staged = {}
-        updates = self._reconcile(staged)
+        updates = self._reconcile(staged, delete_now=session._deferred_status is SyncStatus.IN_SYNC)
         self._position = ResumePoint(session.epoch, session._snapshot_sequence)
         self._resume_ok = True
         self._mismatches = 0
@@ -406,8 +413,14 @@ class SyncClientCore:
             raise ProtocolError("snapshot chunk is a truncated or trailing-garbage zstd frame")
         return raw
 
-    def _reconcile(self, snapshot: dict[str, Entry]) -> list[Update]:
-        """Replace the mirror by `snapshot`, returning the updates that turn the old into the new."""
+    def _reconcile(self, snapshot: dict[str, Entry], *, delete_now: bool) -> list[Update]:
+        """Replace the mirror by `snapshot`, returning the updates that turn the old into the new.
+
+        Keys the mirror has and the snapshot lacks are deleted only if the server is known to be in
+        sync. A server that has not finished its initial list sends a partial snapshot; deleting on
+        it would make an agent tear down state that is still there. Like Calico's restart-aware
+        clients, such keys stay (unconfirmed) until the stream either mentions them or says IN_SYNC.
+        """
         mirror = self._mirror
         verify = self.verify_checksums
         digest = self._digest
@@ -424,13 +437,35 @@ class SyncClientCore:
                 if old is not None:
                     digest ^= kv_hash(key, old[0])
                 digest ^= kv_hash(key, entry[0])
+        self._unconfirmed = set()
         if len(mirror) > len(snapshot) - new_keys:  # some mirror keys are not in the snapshot
-            for key in sorted(mirror.keys() - snapshot.keys()):
-                updates.append(Update(key, None, ""))  # the deleting revision is not known
-                if verify:
-                    digest ^= kv_hash(key, mirror[key][0])
+            missing = sorted(mirror.keys() - snapshot.keys())
+            if delete_now:
+                for key in missing:
+                    updates.append(Update(key, None, ""))  # the deleting revision is not known
+                    if verify:
+                        digest ^= kv_hash(key, mirror[key][0])
+            else:
+                for key in missing:
+                    snapshot[key] = mirror[key]
+                self._unconfirmed = set(missing)
         self._mirror = snapshot
         self._digest = digest
+        return updates
+
+    def _delete_unconfirmed(self) -> list[Update]:
+        mirror = self._mirror
+        digest = self._digest
+        updates = []
+        for key in sorted(self._unconfirmed):
+            entry = mirror.pop(key, None)
+            if entry is None:
+                continue
+            updates.append(Update(key, None, ""))
+            if self.verify_checksums:
+                digest ^= kv_hash(key, entry[0])
+        self._digest = digest
+        self._unconfirmed = set()
         return updates
 
     def _promote(self, session: Session, step: Step) -> None:
@@ -488,6 +523,9 @@ class SyncClientCore:
                     if entry is not None:
                         digest ^= kv_hash(key, entry[0])
             self._digest = digest
+        if self._unconfirmed:
+            # The server's stream mentioned these keys, so their fate is now the stream's.
+            self._unconfirmed.difference_update(kv.key for kv in deltas.kvs)
         session.last_sequence = sequence
         self._position = ResumePoint(session.epoch, sequence)
         return Step(updates=updates)
@@ -508,10 +546,13 @@ class SyncClientCore:
         if message.sequence > session.last_sequence:
             session.last_sequence = message.sequence
             self._position = ResumePoint(session.epoch, message.sequence)
-        if status is self._status:
-            return Step()
-        self._status = status
-        return Step(status=status)
+        step = Step()
+        if status is SyncStatus.IN_SYNC and self._unconfirmed and session is self._live:
+            step.updates = self._delete_unconfirmed()
+        if status is not self._status:
+            self._status = status
+            step.status = status
+        return step
 
     def _on_checksum(self, session: Session, message: pb.Checksum) -> Step:
         position = self._position
@@ -524,6 +565,7 @@ class SyncClientCore:
 
         if (
             not self.verify_checksums
+            or self._unconfirmed  # the mirror deliberately holds keys the server may not have
             or session is not self._live
             or position is None
             or message.sequence != position.sequence
