@@ -276,3 +276,22 @@ def test_a_failing_callback_stops_the_client_and_closes_its_stream():
 
         run(main)
         assert cluster.wait_logged(0, "closed", 0)
+
+
+def test_tls_with_the_servers_ca():
+    from typha.testing.k8s_tls import generate
+
+    creds = generate()
+
+    async def script(stream: Stream) -> None:
+        await stream.send(server_hello("e1", 1), *snapshot(STATE, 1), in_sync(2))
+        await stream.hold()
+
+    with FakeCluster(script, tls=(creds.key_pem, creds.cert_pem + creds.ca_pem)) as cluster:
+        async def main() -> None:
+            client = client_for(cluster, credentials=grpc.ssl_channel_credentials(root_certificates=creds.ca_pem))
+            async with client:
+                assert await client.wait_in_sync(10)
+                assert client.core.to_dict() == STATE
+
+        run(main)

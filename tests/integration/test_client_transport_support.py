@@ -119,8 +119,9 @@ class Stream:
 
 
 class FakeCluster:
-    def __init__(self, *scripts: Script) -> None:
+    def __init__(self, *scripts: Script, tls: tuple[bytes, bytes] | None = None) -> None:
         self.scripts = scripts
+        self.tls = tls  # (key PEM, certificate chain PEM): serve TLS instead of plaintext
         self.addresses: list[str] = []
         self.log: list[tuple[Any, ...]] = []
         self.hellos: list[list[pb.ClientHello]] = [[] for _ in scripts]
@@ -180,7 +181,11 @@ class FakeCluster:
                 server.add_generic_rpc_handlers(
                     [grpc.method_handlers_generic_handler("typha.v1.Sync", {"Sync": handler})]
                 )
-                port = server.add_insecure_port("127.0.0.1:0")
+                if self.tls is not None:
+                    credentials = grpc.ssl_server_credentials([self.tls])
+                    port = server.add_secure_port("127.0.0.1:0", credentials)
+                else:
+                    port = server.add_insecure_port("127.0.0.1:0")
                 await server.start()
                 self._servers.append(server)
                 self.addresses.append(f"127.0.0.1:{port}")
