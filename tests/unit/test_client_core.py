@@ -218,7 +218,6 @@ def test_reconcile_against_a_server_not_yet_in_sync_deletes_only_at_in_sync():
     # A partial snapshot: new keys are set, but nothing is deleted yet.
     assert steps[-1].updates == [Update("/new", 2, "1")] and steps[-1].status is SyncStatus.RESYNC
     assert core.unconfirmed_keys == {"/late", "/late-deleted", "/gone"}
-    assert core.receive(second, checksum(40, 0, 2)).checksum.outcome is ChecksumOutcome.SKIPPED
     # The server's stream settles two of them; IN_SYNC deletes the one it never mentioned.
     step = core.receive(second, deltas(41, kv("/late", 1, "41"), kv("/late-deleted", None, "41")))
     assert step.updates == [Update("/late-deleted", None, "41")]
@@ -227,6 +226,29 @@ def test_reconcile_against_a_server_not_yet_in_sync_deletes_only_at_in_sync():
     assert step.updates == [Update("/gone", None, "")] and step.status is SyncStatus.IN_SYNC
     assert core.to_dict() == {"/keep": 1, "/new": 2, "/late": 1} and not core.unconfirmed_keys
     assert core.digest == expected_digest(core.to_dict())
+
+
+def test_a_checksum_settles_unconfirmed_keys_either_way():
+    core, session = synced({"/a": 1, "/b": 1, "/c": 1}, sequence=10)
+    core.close_session(session)
+    second = core.open_session()
+    feed(core, second, [server_hello("e2", 5), *snapshot({"/a": 1}, 5)])
+    assert core.unconfirmed_keys == {"/b", "/c"}
+    # The server's set at 5 is exactly {/a}: the held keys are really gone.
+    step = core.receive(second, checksum(5, expected_digest({"/a": 1}), 1))
+    assert step.checksum.outcome is ChecksumOutcome.MATCH
+    assert step.updates == [Update("/b", None, ""), Update("/c", None, "")] and not core.unconfirmed_keys
+
+    core, session = synced({"/a": 1, "/b": 1}, sequence=10)
+    core.close_session(session)
+    second = core.open_session()
+    feed(core, second, [server_hello("e2", 5), *snapshot({"/a": 1}, 5), deltas(6, kv("/n", 1))])
+    # A checksum that includes the held key confirms it: nothing is deleted.
+    step = core.receive(second, checksum(6, expected_digest({"/a": 1, "/b": 1, "/n": 1}), 3))
+    assert step.checksum.outcome is ChecksumOutcome.MATCH and step.updates == []
+    assert not core.unconfirmed_keys and core.get("/b") == 1
+    # Neither with nor without them: a real mismatch.
+    assert core.receive(second, checksum(6, 1, 2)).checksum.outcome is ChecksumOutcome.MISMATCH
 
 
 def test_unconfirmed_keys_are_deleted_even_when_in_sync_is_not_a_status_change():

@@ -419,7 +419,8 @@ class SyncClientCore:
         Keys the mirror has and the snapshot lacks are deleted only if the server is known to be in
         sync. A server that has not finished its initial list sends a partial snapshot; deleting on
         it would make an agent tear down state that is still there. Like Calico's restart-aware
-        clients, such keys stay (unconfirmed) until the stream either mentions them or says IN_SYNC.
+        clients, such keys stay (unconfirmed) until the stream mentions them, says IN_SYNC, or sends a
+        Checksum that settles them (see _on_checksum).
         """
         mirror = self._mirror
         verify = self.verify_checksums
@@ -565,7 +566,6 @@ class SyncClientCore:
 
         if (
             not self.verify_checksums
-            or self._unconfirmed  # the mirror deliberately holds keys the server may not have
             or session is not self._live
             or position is None
             or message.sequence != position.sequence
@@ -573,7 +573,20 @@ class SyncClientCore:
             return Step(checksum=verdict(ChecksumOutcome.SKIPPED))
         if message.digest == self._digest and message.count == len(self._mirror):
             self._mismatches = 0
+            self._unconfirmed = set()  # the server's set includes them: they are confirmed
             return Step(checksum=verdict(ChecksumOutcome.MATCH))
+        if self._unconfirmed:
+            # Checksums are only sent by a server in sync; if its set is exactly the mirror without
+            # the unconfirmed keys, deleting them is what a later IN_SYNC would have done. This
+            # also covers a server that never repeats IN_SYNC to a client joining after it.
+            mirror = self._mirror
+            without = self._digest
+            for key in self._unconfirmed:
+                without ^= kv_hash(key, mirror[key][0])
+            if message.digest == without and message.count == len(mirror) - len(self._unconfirmed):
+                self._mismatches = 0
+                updates = self._delete_unconfirmed()
+                return Step(updates=updates, checksum=verdict(ChecksumOutcome.MATCH))
         # A single mismatch may be a race on the server between digest and stream position (Typha's
         # synccheck PR waits for N in a row too); act only when it persists.
         self._mismatches += 1
