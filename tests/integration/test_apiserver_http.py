@@ -17,6 +17,7 @@ import pytest
 from kubernetes import client, config
 
 from typha.model.resources import RESOURCES
+from typha.testing import objects
 from typha.testing.apiserver import ApiError, KubeAPIEmulator
 
 
@@ -46,15 +47,11 @@ def custom(api: KubeAPIEmulator, tmp_path: Path) -> Iterator[client.CustomObject
 
 def pod(name: str, namespace: str | None = "default", labels: dict[str, str] | None = None,
         node: str = "node-1") -> dict[str, Any]:
-    meta: dict[str, Any] = {"name": name, "labels": labels or {}}
-    if namespace:
-        meta["namespace"] = namespace
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": meta,
-        "spec": {"nodeName": node, "containers": [{"name": "app", "image": "busybox"}]},
-    }
+    """A pod from the shared builders; namespace=None leaves it to the request path."""
+    obj = objects.pod(namespace or "default", name, node=node, ip=None, labels=labels)
+    if namespace is None:
+        del obj["metadata"]["namespace"]
+    return obj
 
 
 def status_of(err: client.ApiException) -> dict[str, Any]:
@@ -129,7 +126,8 @@ def test_update_patch_delete(api: KubeAPIEmulator, core: client.CoreV1Api) -> No
         {"metadata": {"labels": {"tier": None}}, "spec": {"containers": [{"name": "side", "image": "envoy"}]}},
     )
     assert patched.metadata.labels == {"app": "web"}
-    assert [(c.name, c.image) for c in patched.spec.containers] == [("app", "busybox"), ("side", "envoy")]
+    assert [(c.name, c.image) for c in patched.spec.containers] == [
+        ("app", "registry.k8s.io/pause:3.9"), ("side", "envoy")]
 
     deleted = core.delete_namespaced_pod("web", "default")
     assert deleted.metadata.name == "web"

@@ -14,6 +14,7 @@ import orjson
 import pytest
 from kubernetes import client, config, watch
 
+from typha.testing import objects
 from typha.testing.apiserver import KubeAPIEmulator
 
 DEADLINE = 15.0  # seconds any single wait in this module may take before the test fails
@@ -34,12 +35,7 @@ def core(api: KubeAPIEmulator, tmp_path: Path) -> Iterator[client.CoreV1Api]:
 
 
 def pod(name: str, labels: dict[str, str] | None = None, node: str = "node-1", namespace: str = "default") -> dict:
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "namespace": namespace, "labels": labels or {}},
-        "spec": {"nodeName": node, "containers": []},
-    }
+    return objects.pod(namespace, name, node=node, ip=None, labels=labels)
 
 
 def wait_until(predicate: Callable[[], bool], what: str) -> None:
@@ -127,6 +123,8 @@ def test_resume_after_dropped_watches_loses_and_repeats_nothing(api: KubeAPIEmul
             obj = api.upsert(pod(f"p{i % 20}", labels={"i": str(i)}))
             written.append(int(obj["metadata"]["resourceVersion"]))
             if i % 50 == 25:
+                # Drop a watch that is really open (the first one may still be connecting).
+                api.wait_for_watches(1, timeout=DEADLINE)
                 api.close_watches()
         done.set()
 

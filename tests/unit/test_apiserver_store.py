@@ -113,6 +113,12 @@ def test_generate_name_and_status_subresource() -> None:
     body["status"] = {"phase": "Running"}
     updated = store.replace(PODS, body, "default", name, status_only=True).obj
     assert updated["status"] == {"phase": "Running"} and updated["spec"] == obj["spec"]
+    patched = store.patch(PODS, "default", name, lambda o: {**o, "spec": {}, "status": {"phase": "Failed"}},
+                          status_only=True).obj
+    assert patched["status"] == {"phase": "Failed"} and patched["spec"] == obj["spec"]
+    with pytest.raises(ApiError) as err:
+        store.patch(PODS, "default", name, lambda o: {**o, "metadata": {"resourceVersion": "1"}}, status_only=True)
+    assert err.value.status == 409, "a status patch honours a resourceVersion precondition too"
 
 
 def test_secret_string_data_becomes_base64_data() -> None:

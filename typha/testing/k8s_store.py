@@ -245,6 +245,15 @@ class _Snapshot:
     created: float
 
 
+def _with_status_of(current: Stored, written: dict[str, Any]) -> dict[str, Any]:
+    """What a write to the status subresource stores: `current` with `written`'s status, nothing else."""
+    obj = current.copy()
+    obj.pop("status", None)
+    if written.get("status") is not None:
+        obj["status"] = written["status"]
+    return obj
+
+
 class ObjectStore:
     """Every object of every kind, the global resourceVersion and the bounded event history."""
 
@@ -565,12 +574,7 @@ class ObjectStore:
             if check_version:
                 self._check_preconditions(resource, current, meta.get("resourceVersion"), meta.get("uid"))
             if status_only:
-                # The status subresource writes .status and nothing else.
-                status = obj.get("status")
-                obj = orjson.loads(current.full)
-                obj.pop("status", None)
-                if status is not None:
-                    obj["status"] = status
+                obj = _with_status_of(current, obj)
             stored = self._store(resource, obj, "MODIFIED", current)
         self._notify()
         return stored
@@ -605,12 +609,6 @@ class ObjectStore:
             patched = apply(orjson.loads(current.full))
             if not isinstance(patched, dict):
                 raise _invalid(resource, name, "the patch produced something that is not an object")
-            if status_only:
-                status = patched.get("status")
-                patched = orjson.loads(current.full)
-                patched.pop("status", None)
-                if status is not None:
-                    patched["status"] = status
             pmeta = patched.setdefault("metadata", {})
             if not isinstance(pmeta, dict):
                 raise _invalid(resource, name, "metadata must be an object")
@@ -619,6 +617,8 @@ class ObjectStore:
             pmeta["name"] = name
             if resource.namespaced:
                 pmeta["namespace"] = key[0]
+            if status_only:
+                patched = _with_status_of(current, patched)
             obj = self._prepare(resource, patched, key[0] or None)
             stored = self._store(resource, obj, "MODIFIED", current)
         self._notify()
