@@ -482,26 +482,36 @@ _values = st.one_of(st.none(), _live_values)
     batches=st.lists(st.lists(st.tuples(_keys, _values), max_size=6), max_size=6),
     after=st.dictionaries(_keys, _live_values),
     in_sync_first=st.booleans(),
+    cuts=st.lists(st.booleans(), min_size=6, max_size=6),
 )
-def test_mirror_and_emitted_updates_track_the_server_state(before, batches, after, in_sync_first):
+def test_mirror_and_emitted_updates_track_the_server_state(before, batches, after, in_sync_first, cuts):
     core, session = synced(before, sequence=1)
     applied = dict(before)  # what an agent that applies every emitted update holds
     server = dict(before)
-    for sequence, batch in enumerate(batches, start=2):
+    # Like a server catching a lagging client up, concatenate runs of breadcrumb frames (cut after
+    # batch i when cuts[i]) into one message.
+    frames: list[bytes] = []
+    messages: list[tuple[pb.ServerMessage, dict]] = []
+    for index, (sequence, batch) in enumerate(enumerate(batches, start=2)):
         for key, value in batch:
             if value is None:
                 server.pop(key, None)
             else:
                 server[key] = value
-        step = core.receive(session, deltas(sequence, *(kv(k, v) for k, v in batch)))
+        frames.append(deltas(sequence, *(kv(k, v) for k, v in batch)).SerializeToString())
+        if cuts[index] or index == len(batches) - 1:
+            messages.append((pb.ServerMessage.FromString(b"".join(frames)), dict(server)))
+            frames = []
+    for message, server_then in messages:
+        step = core.receive(session, message)
         for update in step.updates:
             if update.is_delete:
                 applied.pop(update.key)  # raises if the key was absent: such deletes must be dropped
             else:
                 assert applied.get(update.key) != update.value  # equal values must be dropped
                 applied[update.key] = update.value
-        assert core.to_dict() == server == applied
-        assert core.digest == expected_digest(server)
+        assert core.to_dict() == server_then == applied
+        assert core.digest == expected_digest(server_then)
     # A non-resumed reconnect to a server whose state is `after`: reconcile reaches it exactly.
     core.close_session(session)
     second = core.open_session()
