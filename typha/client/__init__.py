@@ -1,6 +1,23 @@
 """The Sync client library: a sans-IO protocol core plus asyncio and trio transports.
 
 Agents import from here (and typha.model) only, never from the server (DESIGN §1).
+
+asyncio (fan-out workers, tools), with callbacks shaped like typha.source.SyncCallbacks::
+
+    client = AsyncSyncClient(["typha-0:5473", "typha-1:5473"], "felix", hostname=node, callbacks=cb)
+    client.start(); await client.wait_in_sync(30); ...; await client.close()
+
+or as an async iterator of UpdateBatch / StatusChange events (``async with`` starts and closes it)::
+
+    async with AsyncSyncClient(endpoints, "bgp", hostname=node) as client:
+        async for event in client: ...
+
+trio (agents); the gRPC stream runs on a worker thread::
+
+    async with open_trio_sync_client(endpoints, "felix", hostname=node) as client:
+        async for event in client: ...
+
+`SyncClientCore` is the protocol itself, without I/O, for other transports and for tests.
 """
 
 from typha.client.aio import SYNC_METHOD, AsyncSyncClient
