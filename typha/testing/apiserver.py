@@ -5,6 +5,14 @@ synchronous `kubernetes` client, `kubectl` and test code on the main thread can 
 The object store, its resourceVersions and history live in `k8s_store`; this module is the HTTP
 layer (routing, lists, watches, discovery, auth, TLS) and the fault injection tests drive.
 
+Typical use in a test:
+
+    with KubeAPIEmulator(bookmark_interval=0.2).start() as api:
+        api.write_kubeconfig(tmp_path / "kubeconfig")   # for kubernetes.config / kubectl
+        api.create({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "ns"}})
+        api.wait_for_watches(1)                          # the client under test is watching
+        api.expire_watches()                             # ... and now gets an ERROR 410
+
 Departures from a real API server are listed in `k8s_store` (storage semantics) and here:
 - No server-side apply (`application/apply-patch+yaml` gets 415), no dry run (`dryRun` gets 400,
   so `kubectl diff` and `--dry-run=server` do not work), no protobuf except the empty /openapi/v2.
@@ -368,6 +376,9 @@ class KubeAPIEmulator:
             self._delay = seconds
 
     def stats(self) -> dict[str, Any]:
+        """Counters for tests. `requests` counts by verb: get, list, watch, create, update, patch,
+        delete, deletecollection, discovery (incl. /version and OpenAPI), health, and the requests
+        answered by a fault (`injected`) or refused for want of the token (`unauthorized`)."""
         objects, history = self._store.counts()
         with self._lock:
             return {
