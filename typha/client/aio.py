@@ -196,6 +196,10 @@ class AsyncSyncClient:
         pending = {*readers, *self._closing}
         if pending:
             await asyncio.wait(pending, timeout=5.0)
+            # Destroying a channel leaves its cancelled operations to complete a moment later; give
+            # them that moment, or a loop closed right after this finds them (or another loop in the
+            # process does, and logs "Event loop is closed").
+            await asyncio.sleep(0.05)
         self._end_iteration()
 
     def __aiter__(self) -> AsyncSyncClient:

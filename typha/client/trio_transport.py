@@ -51,6 +51,8 @@ class TrioSyncClient:
     def __init__(
         self, endpoints: Sequence[str], syncer_type: str, *, hostname: str, buffer: int = 16, **options: Any
     ) -> None:
+        if not endpoints:
+            raise ValueError("at least one endpoint is needed")
         if buffer < 1:
             raise ValueError("buffer must be at least 1")
         if "callbacks" in options or "sink" in options:
