@@ -336,6 +336,32 @@ def test_timeout_seconds_ends_the_watch_and_a_gone_client_is_forgotten(api: Kube
     wait_until(lambda: api.stats()["open_watches"] == 0, "the server to notice the client left")
 
 
+def test_timeout_and_bookmarks_are_not_starved_by_constant_writes(api: KubeAPIEmulator) -> None:
+    stop = threading.Event()
+
+    def churn() -> None:
+        for i in range(1_000_000):
+            if stop.is_set():
+                return
+            api.upsert(pod(f"p{i % 10}", labels={"i": str(i)}))
+
+    stream = RawWatch(api, f"/api/v1/pods?watch=1&allowWatchBookmarks=true&timeoutSeconds=1"
+                           f"&resourceVersion={api.resource_version}")
+    writer = threading.Thread(target=churn)
+    writer.start()
+    try:
+        types = []
+        deadline = time.monotonic() + DEADLINE
+        while (event := stream.next()) is not None:
+            assert time.monotonic() < deadline, "the watch outlived its timeoutSeconds by far"
+            types.append(event["type"])
+    finally:
+        stop.set()
+        writer.join(timeout=DEADLINE)
+        stream.close()
+    assert "BOOKMARK" in types and types.count("MODIFIED") > 10
+
+
 def test_send_initial_events_ends_with_a_marked_bookmark(api: KubeAPIEmulator) -> None:
     api.create(pod("a"))
     stream = RawWatch(api, "/api/v1/pods?watch=1&sendInitialEvents=true&allowWatchBookmarks=true"

@@ -659,7 +659,7 @@ class KubeAPIEmulator:
             self._watches_changed.notify_all()
         try:
             await self._stream(response, watcher, initial, timeout, bookmarks, send_initial)
-        except (ConnectionResetError, ConnectionError):
+        except ConnectionError:
             pass  # the client went away
         finally:
             self._watchers.discard(watcher)
@@ -727,14 +727,16 @@ class KubeAPIEmulator:
                 watcher.cursor = events[-1].rv
                 if out:
                     await response.write(b"".join(out))
-                continue
+            # Checked on every pass, so neither the timeout nor bookmarks starve under constant writes.
             now = loop.time()
             if deadline is not None and now >= deadline:
                 return
             if next_bookmark is not None and now >= next_bookmark:
+                # Everything up to the cursor has been sent, so a client may resume from it.
                 await response.write(self._bookmark(resource, watcher.cursor))
                 next_bookmark = now + self._bookmark_interval
-                continue
+            if events:
+                continue  # more may be waiting; read again before sleeping
             waits = [t - now for t in (deadline, next_bookmark) if t is not None]
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(watcher.wake.wait(), min(waits) if waits else None)
