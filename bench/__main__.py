@@ -9,6 +9,7 @@ import sys
 # subcommand -> (module with add_arguments(parser) and run(args) -> int, help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "ingest": ("bench.ingest", "list+convert and watch-event throughput of the datastore ingest"),
+    "fanout": ("bench.fanout", "deliveries/s, latency, CPU and RSS per client of API → typha → N clients"),
 }
 
 

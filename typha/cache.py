@@ -34,7 +34,7 @@ from typha.cache_metrics import CacheMetrics
 from typha.model.kv import SyncStatus, Update
 from typha.proto import sync_pb2 as pb
 
-_STATUS_TO_PB = {
+STATUS_TO_PB = {
     SyncStatus.WAIT_FOR_READY: pb.SyncStatus.WAIT_FOR_READY,
     SyncStatus.RESYNC: pb.SyncStatus.RESYNC,
     SyncStatus.IN_SYNC: pb.SyncStatus.IN_SYNC,
@@ -235,7 +235,7 @@ class SnapshotCache:
         self.status = status
         sequence = self._newest.sequence + 1
         frame = pb.ServerMessage(
-            status=pb.SyncStatus(status=_STATUS_TO_PB[status], sequence=sequence)
+            status=pb.SyncStatus(status=STATUS_TO_PB[status], sequence=sequence)
         ).SerializeToString()
         self._link(frame, 0, is_deltas=False)
         for listener in self.status_listeners:

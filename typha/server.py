@@ -30,7 +30,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from typha import __version__
-from typha.cache import Breadcrumb, ResumeUnavailable, SnapshotCache
+from typha.cache import STATUS_TO_PB, Breadcrumb, ResumeUnavailable, SnapshotCache
 from typha.config import TyphaConfig
 from typha.model.kv import SyncStatus
 from typha.proto import sync_pb2 as pb
@@ -285,6 +285,7 @@ class SyncServer:
         if start is not None:
             self.metrics.resumes.inc()
             await context.write(_frame(hello=self._server_hello(cache, conn, resumed=True, sequence=start.sequence)))
+            await self._send_status(context, start)
             conn.position = start
             return
         started = time.perf_counter()
@@ -294,10 +295,17 @@ class SyncServer:
         )
         for frame in snapshot.frames:
             await context.write(frame)
+        await self._send_status(context, snapshot.crumb)
         conn.position = snapshot.crumb
         conn.grace_until = time.monotonic() + self.settings.new_client_grace_secs
         self.metrics.snapshot_send_secs.observe(time.perf_counter() - started)
         self.metrics.snapshots_sent.inc()
+
+    @staticmethod
+    async def _send_status(context: grpc.aio.ServicerContext, crumb: Breadcrumb) -> None:
+        """The status as of the client's starting point: later changes reach it as crumbs."""
+        status = pb.SyncStatus(status=STATUS_TO_PB[crumb.status], sequence=crumb.sequence)
+        await context.write(_frame(status=status))
 
     def _server_hello(self, cache: SnapshotCache, conn: Connection, *, resumed: bool, sequence: int) -> pb.ServerHello:
         return pb.ServerHello(version=__version__, server_id=self.server_id, epoch=cache.epoch, resumed=resumed,

@@ -123,6 +123,7 @@ def test_resume_sends_only_the_deltas_since_the_clients_sequence():
             await second.hello(resume=pb.ResumePoint(epoch=hello.epoch, sequence=hello.sequence), features=())
             resumed = (await second.read()).hello
             assert resumed.resumed and resumed.sequence == hello.sequence
+            assert (await second.read()).WhichOneof("payload") == "status"  # where the client now stands
             message = await second.read()
             assert message.WhichOneof("payload") == "deltas", "no snapshot may precede a resumed stream"
             assert [kv.key for kv in message.deltas.kvs] == ["/b"]

@@ -1,0 +1,241 @@
+"""Fan-out benchmark: API emulator → `typha serve` → N streaming clients.
+
+Layout on a 2-core machine, as DESIGN §3 intends production to look: the typha server process is
+pinned to core 0; the API emulator and the load clients share core 1. Reports deliveries/s
+(KVs received summed over clients), end-to-end latency from the API write to a client's receipt
+(probe clients decode each pod's write timestamp), the time for all clients to get in sync, a
+late joiner's snapshot time, server CPU, and server RSS per idle client.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from typing import Any
+
+import psutil
+
+from bench.apiproc import EmulatorProcess
+from bench.sink import client_process
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--clients", type=int, default=100)
+    parser.add_argument("--rate", type=float, default=1000.0, help="pod writes per second during churn")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds of churn")
+    parser.add_argument("--keys", type=int, default=1000, help="pods in the cluster (felix KVs ≈ pods + extras)")
+    parser.add_argument("--nodes", type=int, default=50)
+    parser.add_argument("--client-processes", type=int, default=1)
+    parser.add_argument("--probe-every", type=int, default=50, help="every Nth client records latencies")
+    parser.add_argument("--no-pin", action="store_true", help="do not pin the server to core 0")
+    parser.add_argument("--json", metavar="OUT", help="write the results here as JSON")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_ready(health_port: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{health_port}/readiness", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError("typha did not become ready")
+
+
+def start_typha(kubeconfig: str, port: int, health_port: int, pin: bool) -> subprocess.Popen[bytes]:
+    command = [
+        sys.executable, "-m", "typha.cli", "serve", "--log-severity-screen", "WARNING",
+        "--kubeconfig", kubeconfig, "--server-host", "127.0.0.1", "--server-port", str(port),
+        "--health-enabled", "true", "--health-host", "127.0.0.1", "--health-port", str(health_port),
+        "--syncers", "felix", "--max-connections-upper-limit", "100000",
+    ]
+    preexec = (lambda: os.sched_setaffinity(0, {0})) if pin else None
+    return subprocess.Popen(command, preexec_fn=preexec)
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+class Clients:
+    """Client processes, each running a share of the streams."""
+
+    def __init__(self, address: str, count: int, processes: int, probe_every: int, cpus: set[int] | None,
+                 first_index: int = 0) -> None:
+        ctx = mp.get_context("spawn")
+        self.conns = []
+        self.procs = []
+        for p in range(processes):
+            indexes = list(range(first_index + p, first_index + count, processes))
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=client_process, args=(address, "felix", indexes, probe_every, child, cpus),
+                               daemon=True)
+            proc.start()
+            self.conns.append(parent)
+            self.procs.append(proc)
+
+    def _ask(self, command: str | None, timeout: float) -> list[tuple[Any, ...]]:
+        if command is not None:
+            for conn in self.conns:
+                conn.send(command)
+        answers = []
+        for conn in self.conns:
+            if not conn.poll(timeout):
+                raise TimeoutError(f"client process did not answer {command!r} within {timeout} s")
+            answers.append(conn.recv())
+        return answers
+
+    def wait_ready(self, timeout: float) -> tuple[int, float, list[str]]:
+        answers = self._ask(None, timeout)
+        errors = [e for a in answers for e in a[3]]
+        return sum(a[1] for a in answers), max(a[2] for a in answers), errors
+
+    def sample(self) -> tuple[int, int, int]:
+        answers = self._ask("sample", 60)
+        return sum(a[1] for a in answers), sum(a[2] for a in answers), sum(a[3] for a in answers)
+
+    def latencies(self) -> list[int]:
+        return [ns for a in self._ask("latencies", 60) for ns in a[1]]
+
+    def stop(self) -> list[str]:
+        try:
+            return [e for a in self._ask("stop", 60) for e in a[1]]
+        finally:
+            for proc in self.procs:
+                proc.join(10)
+                if proc.is_alive():
+                    proc.kill()
+
+
+def run(args: argparse.Namespace) -> int:
+    pin = not args.no_pin and os.cpu_count() and os.cpu_count() >= 2
+    others = {1} if pin else None
+    results: dict[str, Any] = {"benchmark": "fanout", "clients": args.clients, "rate": args.rate,
+                               "duration": args.duration, "keys": args.keys, "pinned": bool(pin)}
+    api = EmulatorProcess(args.keys, args.nodes, cpus=others)
+    hello = api.start()
+    port, health_port = free_port(), free_port()
+    typha = start_typha(hello["kubeconfig"], port, health_port, bool(pin))
+    clients: Clients | None = None
+    try:
+        wait_ready(health_port, 300)
+        server = psutil.Process(typha.pid)
+        rss_before = server.memory_info().rss
+        started = time.perf_counter()
+        clients = Clients(f"127.0.0.1:{port}", args.clients, args.client_processes, args.probe_every, others)
+        in_sync, slowest, errors = clients.wait_ready(600)
+        results["connect_all_secs"] = time.perf_counter() - started
+        results["clients_in_sync"] = in_sync
+        results["slowest_initial_sync_secs"] = slowest
+        if errors:
+            results["connect_errors"] = errors
+        time.sleep(2.0)  # let the server settle before measuring idle memory
+        rss_idle = server.memory_info().rss
+        results["server_rss_mb_before_clients"] = rss_before / 2**20
+        results["server_rss_mb_idle_clients"] = rss_idle / 2**20
+        results["server_rss_kb_per_idle_client"] = (rss_idle - rss_before) / 1024 / max(args.clients, 1)
+
+        clients.latencies()  # discard anything from the initial sync
+        kvs0, msgs0, bytes0 = clients.sample()
+        cpu0 = server.cpu_times()
+        t0 = time.perf_counter()
+        writes = int(args.rate * args.duration)
+        api.start_churn(writes, rate=args.rate)
+        churn = api.wait_churn(args.duration * 10 + 60)
+        # Wait (bounded) until every client has every write: deliveries stop growing.
+        expected = kvs0 + writes * args.clients
+        deadline = time.perf_counter() + 30
+        kvs1, msgs1, bytes1 = clients.sample()
+        while kvs1 < expected and time.perf_counter() < deadline:
+            time.sleep(0.05)
+            kvs1, msgs1, bytes1 = clients.sample()
+        elapsed = time.perf_counter() - t0
+        cpu1 = server.cpu_times()
+        latencies_ms = [ns / 1e6 for ns in clients.latencies()]
+        cpu_secs = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
+        deliveries = kvs1 - kvs0
+        results.update({
+            "writes": writes,
+            "write_secs": churn["secs"],
+            "deliveries": deliveries,
+            "deliveries_expected": writes * args.clients,
+            "elapsed_secs": elapsed,
+            "deliveries_per_sec": deliveries / elapsed,
+            "messages_per_sec": (msgs1 - msgs0) / elapsed,
+            "kvs_per_message": deliveries / max(msgs1 - msgs0, 1),
+            "mbytes_per_sec": (bytes1 - bytes0) / elapsed / 2**20,
+            "server_cpu_secs": cpu_secs,
+            "server_cpu_util": cpu_secs / elapsed,
+            "server_cpu_usec_per_delivery": cpu_secs / max(deliveries, 1) * 1e6,
+            "latency_samples": len(latencies_ms),
+            "latency_ms_p50": percentile(latencies_ms, 0.50),
+            "latency_ms_p99": percentile(latencies_ms, 0.99),
+            "latency_ms_max": max(latencies_ms) if latencies_ms else float("nan"),
+            "server_rss_mb_after_churn": server.memory_info().rss / 2**20,
+        })
+        joiner_secs = []
+        for attempt in range(3):
+            joiner = Clients(f"127.0.0.1:{port}", 1, 1, 10**9, others, first_index=10**6 + attempt)
+            joined, secs, join_errors = joiner.wait_ready(120)
+            joiner.stop()
+            if joined and not join_errors:
+                joiner_secs.append(secs)
+        results["joiner_snapshot_secs_median"] = statistics.median(joiner_secs) if joiner_secs else float("nan")
+        stop_errors = clients.stop()
+        clients = None
+        if stop_errors:
+            results["stream_errors"] = stop_errors
+    finally:
+        if clients is not None:
+            clients.stop()
+        typha.terminate()
+        try:
+            typha.wait(10)
+        except subprocess.TimeoutExpired:
+            typha.kill()
+        api.stop()
+    print_table(results)
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump(results, out, indent=2)
+    return 0
+
+
+def print_table(r: dict[str, Any]) -> None:
+    rows = [
+        ("clients in sync", f"{r['clients_in_sync']}/{r['clients']} in {r['connect_all_secs']:.2f} s"),
+        ("churn", f"{r['writes']} pod writes at {r['rate']:.0f}/s over {r['write_secs']:.2f} s, {r['keys']} pods"),
+        ("deliveries", f"{r['deliveries']:,} of {r['deliveries_expected']:,}"),
+        ("deliveries/s", f"{r['deliveries_per_sec']:,.0f}  ({r['messages_per_sec']:,.0f} msgs/s, "
+                         f"{r['kvs_per_message']:.1f} KVs/msg, {r['mbytes_per_sec']:.1f} MiB/s)"),
+        ("latency API write → client", f"p50 {r['latency_ms_p50']:.1f} ms, p99 {r['latency_ms_p99']:.1f} ms, "
+                                        f"max {r['latency_ms_max']:.1f} ms ({r['latency_samples']} samples)"),
+        ("server CPU", f"{r['server_cpu_util'] * 100:.0f}% of a core, "
+                       f"{r['server_cpu_usec_per_delivery']:.2f} µs/delivery"),
+        ("server RSS per idle client", f"{r['server_rss_kb_per_idle_client']:.1f} KB "
+                                       f"({r['server_rss_mb_before_clients']:.0f} → "
+                                       f"{r['server_rss_mb_idle_clients']:.0f} MB)"),
+        ("late joiner snapshot", f"{r['joiner_snapshot_secs_median'] * 1000:.0f} ms (median of 3)"),
+    ]
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f"{name:<{width}}  {value}")
