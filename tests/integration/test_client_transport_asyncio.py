@@ -295,3 +295,19 @@ def test_tls_with_the_servers_ca():
                 assert client.core.to_dict() == STATE
 
         run(main)
+
+
+def test_gives_up_after_the_configured_number_of_failures():
+    async def main() -> None:
+        client = AsyncSyncClient(["127.0.0.1:1"], "felix", hostname="n", backoff=FAST, max_consecutive_failures=2)
+        async with client:
+            try:
+                async for _ in client:
+                    pass
+            except ConnectionError as exc:
+                assert "gave up after 2" in str(exc) and "UNAVAILABLE" in str(exc)
+            else:
+                raise AssertionError("the client should have given up")
+            assert client.counters.connections == 3
+
+    run(main)

@@ -103,6 +103,7 @@ class AsyncSyncClient:
         verify_checksums: bool = True,
         checksum_mismatch_limit: int = 2,
         max_pending_events: int = 64,
+        max_consecutive_failures: int | None = None,
         rng: random.Random | None = None,
     ) -> None:
         if not endpoints:
@@ -130,6 +131,10 @@ class AsyncSyncClient:
         self._move_candidates: deque[str] = deque()
         self._hint: ReconnectHint | None = None
         self._failures = 0
+        # None: retry for ever (a fan-out worker waits for its upstream). An agent may prefer to exit
+        # and be restarted, as Felix does when it cannot reach Typha.
+        self._max_failures = max_consecutive_failures
+        self._last_error = ""
         self._next_index = 0
         self._run_task: asyncio.Task[None] | None = None
         self._closing: set[asyncio.Task[Any]] = set()
@@ -323,10 +328,8 @@ class AsyncSyncClient:
 
     def _on_end(self, conn: _Conn, error: BaseException | None) -> None:
         code = error.code() if isinstance(error, grpc.aio.AioRpcError) else None
-        if error is None:
-            log.info("%r closed by the server", conn)
-        else:
-            log.info("%r ended: %s", conn, _describe(error))
+        self._last_error = "closed by the server" if error is None else _describe(error)
+        log.info("%r ended: %s", conn, self._last_error)
         resync = code in _RESYNC_CODES
         if resync:
             self.counters.resyncs += 1
@@ -355,6 +358,11 @@ class AsyncSyncClient:
             return
         self._move_candidates.clear()
         self._failures += 1
+        if self._max_failures is not None and self._failures > self._max_failures:
+            # Raised in the processor task: the iterator, wait() and the trio client re-raise it.
+            raise ConnectionError(
+                f"gave up after {self._max_failures} consecutive failed connections; last: {self._last_error}"
+            )
         delay = self._backoff.delay(self._failures, self._rng)
         endpoint = prefer
         hint, self._hint = self._hint, None
