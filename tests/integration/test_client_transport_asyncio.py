@@ -311,3 +311,47 @@ def test_gives_up_after_the_configured_number_of_failures():
             assert client.counters.connections == 3
 
     run(main)
+
+
+def test_a_move_to_a_dead_endpoint_leaves_the_client_on_its_old_stream():
+    async def script(stream: Stream) -> None:
+        await stream.send(server_hello("e1", 1), *snapshot(STATE, 1), in_sync(2))
+        await stream.send(reconnect("rebalance", "127.0.0.1:1", 0))
+        await asyncio.sleep(0.5)  # the client tries 127.0.0.1:1, fails, and stays
+        await stream.send(deltas(3, kv("/still-here", 1)))
+        await stream.hold()
+
+    with FakeCluster(script) as cluster:
+        async def main() -> None:
+            async with client_for(cluster) as client:
+                await collect_until(client, has_update("/still-here"))
+                c = client.counters
+                assert (c.connections, c.failed_connections, c.moves) == (2, 1, 0)
+                assert client.endpoint == cluster.addresses[0] and client.in_sync
+
+        run(main)
+
+
+def test_a_protocol_error_drops_the_stream_and_resyncs_without_touching_the_mirror():
+    from typha.proto import sync_pb2 as pb
+
+    async def script(stream: Stream) -> None:
+        if stream.number == 0:
+            await stream.send(server_hello("e1", 1), *snapshot(STATE, 1), in_sync(2))
+            bad = pb.KV(key="/calico/v1/a", value=b"\xc1", revision="3")  # not msgpack
+            await stream.send(deltas(3, kv("/calico/v1/b", {"v": 20}), bad))
+            await stream.hold()
+        assert stream.resume is None, "after a protocol error the client must not resume"
+        await stream.send(server_hello("e1", 5), in_sync(5), *snapshot({**STATE, "/fixed": 1}, 5))
+        await stream.hold()
+
+    with FakeCluster(script) as cluster:
+        async def main() -> None:
+            async with client_for(cluster) as client:
+                events = await collect_until(client, has_update("/fixed"))
+                # Nothing of the bad message was applied: the only later update is the snapshot's.
+                assert updates_of(events)[3:] == [Update("/fixed", 1, "1")]
+                assert client.counters.protocol_errors == 1 and client.counters.snapshots == 2
+
+        run(main)
+        assert cluster.wait_logged(0, "closed", 0)
