@@ -78,6 +78,10 @@ class EmulatorProcess:
         self._process = ctx.Process(target=_child, args=(pods, nodes, cpus, child), daemon=True)
         self.pods = pods
 
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid
+
     def start(self, timeout: float = 600) -> dict[str, Any]:
         self._process.start()
         if not self._conn.poll(timeout):

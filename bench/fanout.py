@@ -156,6 +156,8 @@ def run(args: argparse.Namespace) -> int:
 
         clients.latencies()  # discard anything from the initial sync
         kvs0, msgs0, bytes0 = clients.sample()
+        helpers = [psutil.Process(pid) for pid in [api.pid, *(p.pid for p in clients.procs)] if pid]
+        helper_cpu0 = [sum(h.cpu_times()[:2]) for h in helpers]
         cpu0 = server.cpu_times()
         t0 = time.perf_counter()
         writes = int(args.rate * args.duration)
@@ -170,6 +172,9 @@ def run(args: argparse.Namespace) -> int:
             kvs1, msgs1, bytes1 = clients.sample()
         elapsed = time.perf_counter() - t0
         cpu1 = server.cpu_times()
+        helper_cpu = [sum(h.cpu_times()[:2]) - c0 for h, c0 in zip(helpers, helper_cpu0, strict=True)]
+        results["emulator_cpu_util"] = helper_cpu[0] / elapsed
+        results["clients_cpu_util"] = sum(helper_cpu[1:]) / elapsed
         latencies_ms = [ns / 1e6 for ns in clients.latencies()]
         cpu_secs = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
         deliveries = kvs1 - kvs0
@@ -231,6 +236,7 @@ def print_table(r: dict[str, Any]) -> None:
                                         f"max {r['latency_ms_max']:.1f} ms ({r['latency_samples']} samples)"),
         ("server CPU", f"{r['server_cpu_util'] * 100:.0f}% of a core, "
                        f"{r['server_cpu_usec_per_delivery']:.2f} µs/delivery"),
+        ("load side CPU", f"emulator {r['emulator_cpu_util'] * 100:.0f}%, clients {r['clients_cpu_util'] * 100:.0f}%"),
         ("server RSS per idle client", f"{r['server_rss_kb_per_idle_client']:.1f} KB "
                                        f"({r['server_rss_mb_before_clients']:.0f} → "
                                        f"{r['server_rss_mb_idle_clients']:.0f} MB)"),
