@@ -10,17 +10,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
-import os
-import tempfile
 import threading
 import time
 from typing import Any
 
+from bench.apiproc import EmulatorProcess, make_pod
 from typha.datastore.kubeclient import KubeClient
 from typha.datastore.syncers import Datastore, Syncer, converters_for
 from typha.model.kv import SyncStatus, Update
-from typha.testing import objects
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,16 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def make_pods(count: int, nodes: int) -> list[dict[str, Any]]:
-    pods = []
-    for i in range(count):
-        ip = f"10.{64 + (i >> 16) % 64}.{(i >> 8) & 255}.{i & 255}"
-        pods.append(objects.pod(
-            f"ns{i % 50}", f"pod-{i}", node=f"node-{i % nodes}", ip=ip,
-            labels={"app": f"app-{i % 200}", "tier": ("web", "db", "cache")[i % 3],
-                    "pod-template-hash": "5d9c"},
-            ports=[("http", 8080, "TCP")],
-        ))
-    return pods
+    return [make_pod(i, nodes) for i in range(count)]
 
 
 class Counting:
@@ -63,33 +51,6 @@ class Counting:
             self.in_sync.set()
 
 
-def _serve(pods: int, nodes: int, conn) -> None:  # runs in the child process
-    from typha.testing.apiserver import KubeAPIEmulator
-
-    api = KubeAPIEmulator(history_limit=max(100_000, 2 * pods))
-    started = time.perf_counter()
-    for pod in make_pods(pods, nodes):
-        api.create(pod)
-    populate = time.perf_counter() - started
-    api.start()
-    path = os.path.join(tempfile.mkdtemp(prefix="bench-ingest-"), "kubeconfig")
-    api.write_kubeconfig(path)
-    conn.send({"kubeconfig": path, "populate_secs": populate})
-    while True:
-        command = conn.recv()
-        if command[0] == "churn":
-            count = command[1]
-            started = time.perf_counter()
-            for i in range(count):
-                api.patch("v1", "Pod", f"pod-{i % pods}", {"metadata": {"labels": {"rev": str(i)}}},
-                          f"ns{(i % pods) % 50}")
-            conn.send({"write_secs": time.perf_counter() - started})
-        elif command[0] == "stop":
-            api.stop()
-            conn.send({})
-            return
-
-
 def measure_convert(pods: list[dict[str, Any]]) -> dict[str, float]:
     convert_pod = converters_for("felix")["pods"]
     started = time.perf_counter()
@@ -103,12 +64,9 @@ def run(args: argparse.Namespace) -> int:
     results: dict[str, Any] = {"benchmark": "ingest", "pods": args.pods, "nodes": args.nodes}
     results["convert_only"] = measure_convert(make_pods(min(args.pods, 20_000), args.nodes))
 
-    ctx = mp.get_context("spawn")
-    parent, child = ctx.Pipe()
-    server = ctx.Process(target=_serve, args=(args.pods, args.nodes, child), daemon=True)
-    server.start()
+    api = EmulatorProcess(args.pods, args.nodes)
     try:
-        hello = parent.recv()
+        hello = api.start()
         results["emulator_populate_secs"] = hello["populate_secs"]
         client = KubeClient.from_kubeconfig(hello["kubeconfig"])
         counting = Counting()
@@ -124,21 +82,17 @@ def run(args: argparse.Namespace) -> int:
 
         counting.target = counting.updates + args.watch_events
         started = time.perf_counter()
-        parent.send(("churn", args.watch_events))
+        api.start_churn(args.watch_events, rate=None, stamp=False)
         if not counting.reached.wait(600):
             raise SystemExit("watch events did not all arrive within 600 s")
         watch_secs = time.perf_counter() - started
-        written = parent.recv()
+        written = api.wait_churn()
         results["watch"] = {"events": args.watch_events, "secs": watch_secs,
                             "events_per_sec": args.watch_events / watch_secs,
-                            "emulator_write_secs": written["write_secs"]}
+                            "emulator_write_secs": written["secs"]}
         datastore.stop()
-        parent.send(("stop",))
-        parent.recv()
     finally:
-        server.join(10)
-        if server.is_alive():
-            server.kill()
+        api.stop()
 
     print_table(results)
     if args.json:
