@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
-import threading
 
 from typha.testing.apiserver import KubeAPIEmulator
 
@@ -52,29 +51,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
-    emulator = KubeAPIEmulator(
-        history_limit=args.history_limit,
-        bookmark_interval=args.bookmark_interval,
-        token=args.token,
-        tls=args.tls,
-    )
-    host, port = args.listen
-    with emulator.start(host, port):
-        if args.load:
-            # Imported here: the loader is only needed with --load, and it pulls in the Calico model.
-            from typha.testing.calico_v3 import load_file
+    # Block the stop signals before the server thread starts (threads inherit the mask) and take them
+    # with sigwait: no Python handler then runs at an arbitrary point, e.g. inside a held lock.
+    stop_signals = {signal.SIGINT, signal.SIGTERM}
+    previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
+    try:
+        emulator = KubeAPIEmulator(
+            history_limit=args.history_limit,
+            bookmark_interval=args.bookmark_interval,
+            token=args.token,
+            tls=args.tls,
+        )
+        host, port = args.listen
+        with emulator.start(host, port):
+            if args.load:
+                # Imported here: the loader is only needed with --load, and it pulls in the Calico model.
+                from typha.testing.calico_v3 import load_file
 
-            for path in args.load:
-                load_file(emulator, path)
-                log.info("loaded %s", path)
-        # The kubeconfig is written last: its appearance tells a waiting script the server is ready.
-        emulator.write_kubeconfig(args.kubeconfig_out)
-        log.info("serving the Kubernetes API at %s (kubeconfig %s)", emulator.url, args.kubeconfig_out)
-        print(f"listening on {emulator.url}", flush=True)
-        while not stop.wait(1.0):
-            pass
-        log.info("stopping")
+                for path in args.load:
+                    load_file(emulator, path)
+                    log.info("loaded %s", path)
+            # The kubeconfig is written last: its appearance tells a waiting script the server is ready.
+            emulator.write_kubeconfig(args.kubeconfig_out)
+            log.info("serving the Kubernetes API at %s (kubeconfig %s)", emulator.url, args.kubeconfig_out)
+            print(f"listening on {emulator.url}", flush=True)
+            received = signal.sigwait(stop_signals)
+            log.info("stopping on %s", signal.Signals(received).name)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
     return 0
