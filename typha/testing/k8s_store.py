@@ -556,7 +556,6 @@ class ObjectStore:
         namespace: str | None = None,
         name: str | None = None,
         *,
-        check_version: bool = True,
         status_only: bool = False,
     ) -> Stored:
         """PUT: the object must exist; a carried resourceVersion must be current (409 otherwise)."""
@@ -571,8 +570,7 @@ class ObjectStore:
             current = self._objects.get(resource, {}).get(key)
             if current is None:
                 raise not_found(resource, meta["name"])
-            if check_version:
-                self._check_preconditions(resource, current, meta.get("resourceVersion"), meta.get("uid"))
+            self._check_preconditions(resource, current, meta.get("resourceVersion"), meta.get("uid"))
             if status_only:
                 obj = _with_status_of(current, obj)
             stored = self._store(resource, obj, "MODIFIED", current)
