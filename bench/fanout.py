@@ -23,8 +23,12 @@ from typing import Any
 
 import psutil
 
+from bench import h2sink, sink
 from bench.apiproc import EmulatorProcess
-from bench.sink import client_process
+
+# --sink: which load client runs the streams. h2 (raw HTTP/2) costs a fraction of grpc.aio per message, so
+# the load side stops being the bottleneck; grpc stays for comparison and as an interop check.
+SINKS = {"h2": h2sink.client_process, "grpc": sink.client_process}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,6 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--nodes", type=int, default=50)
     parser.add_argument("--client-processes", type=int, default=1)
     parser.add_argument("--probe-every", type=int, default=50, help="every Nth client records latencies")
+    parser.add_argument("--sink", choices=sorted(SINKS), default="h2", help="load client implementation")
     parser.add_argument("--no-pin", action="store_true", help="do not pin the server to core 0")
     parser.add_argument("--json", metavar="OUT", help="write the results here as JSON")
 
@@ -80,14 +85,14 @@ class Clients:
     """Client processes, each running a share of the streams."""
 
     def __init__(self, address: str, count: int, processes: int, probe_every: int, cpus: set[int] | None,
-                 first_index: int = 0) -> None:
+                 first_index: int = 0, sink: str = "h2") -> None:
         ctx = mp.get_context("spawn")
         self.conns = []
         self.procs = []
         for p in range(processes):
             indexes = list(range(first_index + p, first_index + count, processes))
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=client_process, args=(address, "felix", indexes, probe_every, child, cpus),
+            proc = ctx.Process(target=SINKS[sink], args=(address, "felix", indexes, probe_every, child, cpus),
                                daemon=True)
             proc.start()
             self.conns.append(parent)
@@ -129,7 +134,7 @@ class Clients:
 def run(args: argparse.Namespace) -> int:
     pin = not args.no_pin and os.cpu_count() and os.cpu_count() >= 2
     others = {1} if pin else None
-    results: dict[str, Any] = {"benchmark": "fanout", "clients": args.clients, "rate": args.rate,
+    results: dict[str, Any] = {"benchmark": "fanout", "sink": args.sink, "clients": args.clients, "rate": args.rate,
                                "duration": args.duration, "keys": args.keys, "pinned": bool(pin)}
     api = EmulatorProcess(args.keys, args.nodes, cpus=others)
     hello = api.start()
@@ -141,7 +146,8 @@ def run(args: argparse.Namespace) -> int:
         server = psutil.Process(typha.pid)
         rss_before = server.memory_info().rss
         started = time.perf_counter()
-        clients = Clients(f"127.0.0.1:{port}", args.clients, args.client_processes, args.probe_every, others)
+        clients = Clients(f"127.0.0.1:{port}", args.clients, args.client_processes, args.probe_every, others,
+                          sink=args.sink)
         in_sync, slowest, errors = clients.wait_ready(600)
         results["connect_all_secs"] = time.perf_counter() - started
         results["clients_in_sync"] = in_sync
@@ -199,7 +205,8 @@ def run(args: argparse.Namespace) -> int:
         })
         joiner_secs = []
         for attempt in range(3):
-            joiner = Clients(f"127.0.0.1:{port}", 1, 1, 10**9, others, first_index=10**6 + attempt)
+            joiner = Clients(f"127.0.0.1:{port}", 1, 1, 10**9, others, first_index=10**6 + attempt,
+                             sink=args.sink)
             joined, secs, join_errors = joiner.wait_ready(120)
             joiner.stop()
             if joined and not join_errors:

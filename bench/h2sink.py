@@ -1,0 +1,505 @@
+"""A lean load client: Sync streams over raw HTTP/2 (h2c, prior knowledge), one TCP connection each.
+
+Drop-in for `bench.sink` (same `client_process` entry point and pipe protocol). grpc.aio costs about
+30 µs per received message in the client, so 1000 grpc.aio streams saturate the load core long before
+the server does and the benchmark ends up measuring the clients' backlog. Here each connection is an
+asyncio BufferedProtocol: the kernel copies into a per-connection buffer (recv_into), frames are cut
+with slicing and struct (no per-byte Python loops), gRPC messages are passed to upb as memoryviews,
+and the windows are opened to 2^31-1 so the server never waits for us on flow control.
+
+What is deliberately not implemented: HPACK decoding (we never need the server's header values; a
+stream's end is recorded with the frame that ended it, not the grpc-status text), TLS, priorities and
+more than one stream per connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import resource
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+import zstandard
+
+from typha.proto import sync_pb2 as pb
+
+TIMESTAMP_LABEL = "bench-ts"  # written by bench/apiproc.py: the pod's write time, ns since the epoch
+METHOD_PATH = "/typha.v1.Sync/Sync"
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+FRAME_HEADER_BYTES = 9
+GRPC_PREFIX_BYTES = 5
+
+# Frame types (RFC 9113 §6).
+DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = range(10)
+FLAG_END_STREAM = 0x1
+FLAG_ACK = 0x1
+FLAG_END_HEADERS = 0x4
+FLAG_PADDED = 0x8
+FLAG_PRIORITY = 0x20
+
+SETTINGS_ENABLE_PUSH = 0x2
+SETTINGS_INITIAL_WINDOW_SIZE = 0x4
+SETTINGS_MAX_FRAME_SIZE = 0x5
+
+MAX_WINDOW = 2**31 - 1
+MAX_FRAME_SIZE = 2**24 - 1
+DEFAULT_WINDOW = 65_535  # a connection window starts here whatever SETTINGS say (RFC 9113 §6.9.2)
+DEFAULT_FRAME_SIZE = 16_384
+STREAM_ID = 1  # the only stream on each connection: clients use odd ids, starting at 1
+# Replenish after this much is consumed: frequent enough that the 2^31-1 windows never run low, rare
+# enough that WINDOW_UPDATEs cost nothing measurable.
+WINDOW_REFRESH_BYTES = 16 * 2**20
+
+INITIAL_BUFFER_BYTES = 64 * 1024  # most connections only ever see small delta frames
+MIN_READ_BYTES = 16 * 1024  # never offer recv_into less than this
+
+_U32 = struct.Struct(">I")
+_SETTING = struct.Struct(">HI")
+_GOAWAY = struct.Struct(">II")
+
+
+def frame(frame_type: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
+    return len(payload).to_bytes(3, "big") + bytes((frame_type, flags)) + _U32.pack(stream_id) + payload
+
+
+def grpc_message(payload: bytes, compressed: bool = False) -> bytes:
+    return bytes((int(compressed),)) + _U32.pack(len(payload)) + payload
+
+
+def _hpack_int(value: int, prefix_bits: int, first: int = 0) -> bytes:
+    limit = (1 << prefix_bits) - 1
+    if value < limit:
+        return bytes((first | value,))
+    out = bytearray((first | limit,))
+    value -= limit
+    while value >= 128:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def hpack_literal(name: str, value: str) -> bytes:
+    """A 'literal header field without indexing, new name' (RFC 7541 §6.2.2), no Huffman.
+
+    The literal form needs no dynamic table on either side, so we can encode without an HPACK
+    library; it costs a few bytes per header on a request that is sent once per connection.
+    """
+    raw_name, raw_value = name.encode(), value.encode()
+    return b"\x00" + _hpack_int(len(raw_name), 7) + raw_name + _hpack_int(len(raw_value), 7) + raw_value
+
+
+def request_headers(authority: str, user_agent: str = "typha-bench-h2sink") -> bytes:
+    return b"".join(hpack_literal(name, value) for name, value in (
+        (":method", "POST"), (":scheme", "http"), (":path", METHOD_PATH), (":authority", authority),
+        ("content-type", "application/grpc"), ("te", "trailers"), ("user-agent", user_agent),
+    ))
+
+
+def connection_start(authority: str) -> bytes:
+    """Everything a connection sends before its first message, as one write."""
+    settings = b"".join(_SETTING.pack(key, value) for key, value in (
+        (SETTINGS_ENABLE_PUSH, 0),
+        (SETTINGS_INITIAL_WINDOW_SIZE, MAX_WINDOW),
+        (SETTINGS_MAX_FRAME_SIZE, MAX_FRAME_SIZE),
+    ))
+    return (PREFACE + frame(SETTINGS, 0, 0, settings)
+            + frame(WINDOW_UPDATE, 0, 0, _U32.pack(MAX_WINDOW - DEFAULT_WINDOW))
+            + frame(HEADERS, FLAG_END_HEADERS, STREAM_ID, request_headers(authority)))
+
+
+class MessageAssembler:
+    """Cuts a gRPC stream's DATA payloads into length-prefixed messages.
+
+    Messages that lie whole inside one payload are handed over as memoryviews of it (no copy); only a
+    message split across frames is collected in `_pending`. The callback must not keep the view.
+    """
+
+    __slots__ = ("_on_message", "_pending")
+
+    def __init__(self, on_message: Callable[[bool, memoryview | bytearray], None]) -> None:
+        self._on_message = on_message
+        self._pending = bytearray()
+
+    @property
+    def partial_bytes(self) -> int:
+        return len(self._pending)
+
+    def feed(self, data: memoryview) -> None:
+        pending = self._pending
+        if pending:
+            if len(pending) < GRPC_PREFIX_BYTES:
+                take = GRPC_PREFIX_BYTES - len(pending)
+                pending += data[:take]
+                data = data[take:]
+                if len(pending) < GRPC_PREFIX_BYTES:
+                    return
+            want = GRPC_PREFIX_BYTES + _U32.unpack_from(pending, 1)[0] - len(pending)
+            if len(data) < want:
+                pending += data
+                return
+            pending += data[:want]
+            data = data[want:]
+            self._pending = bytearray()  # a fresh one: the callback gets this one's contents
+            self._on_message(bool(pending[0]), memoryview(pending)[GRPC_PREFIX_BYTES:])
+        on_message = self._on_message
+        unpack = _U32.unpack_from
+        pos, end = 0, len(data)
+        while end - pos >= GRPC_PREFIX_BYTES:
+            stop = pos + GRPC_PREFIX_BYTES + unpack(data, pos + 1)[0]
+            if stop > end:
+                break
+            on_message(bool(data[pos]), data[pos + GRPC_PREFIX_BYTES:stop])
+            pos = stop
+        if pos < end:
+            self._pending += data[pos:]
+
+
+class H2GrpcConnection(asyncio.BufferedProtocol):
+    """One HTTP/2 connection carrying one bidirectional gRPC call (stream 1), client side.
+
+    Subclasses implement `on_message` and `on_stream_end`. Feeding bytes through `get_buffer` and
+    `buffer_updated` by hand (as the unit tests do) exercises the whole receive path without a socket.
+    """
+
+    def __init__(self, authority: str) -> None:
+        self.authority = authority
+        self.transport: asyncio.Transport | None = None
+        self.stream_ended = False
+        self.goaway: str = ""
+        self._closing = False  # we closed it: the connection's loss is not an error
+        self._buf = bytearray(INITIAL_BUFFER_BYTES)
+        self._view = memoryview(self._buf)
+        self._start = 0  # unparsed bytes are _buf[_start:_end]
+        self._end = 0
+        self._need = 0  # bytes the incomplete frame at _start needs in all
+        self._assembler = MessageAssembler(self.on_message)
+        self._in_header_block = False  # inside HEADERS..CONTINUATION on stream 1
+        self._header_block_ends_stream = False
+        self._unacked_bytes = 0  # consumed DATA not yet returned by WINDOW_UPDATE
+        self._send_window_conn = DEFAULT_WINDOW
+        self._send_window_stream = DEFAULT_WINDOW
+        self._peer_initial_window = DEFAULT_WINDOW
+        self._peer_max_frame = DEFAULT_FRAME_SIZE
+        self._send_queue: list[bytes] = []  # gRPC-framed messages waiting for the server's window
+
+    # -- hooks -----------------------------------------------------------------------------------
+
+    def on_message(self, compressed: bool, data: memoryview | bytearray) -> None:
+        raise NotImplementedError
+
+    def on_stream_end(self, reason: str) -> None:
+        raise NotImplementedError
+
+    # -- sending ---------------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.write(connection_start(self.authority))
+
+    def send_message(self, payload: bytes) -> None:
+        """Queue one gRPC message on stream 1, sent as soon as the server's windows allow."""
+        self._send_queue.append(grpc_message(payload))
+        self._flush()
+
+    def _flush(self) -> None:
+        transport = self.transport
+        if transport is None or self.stream_ended or transport.is_closing():
+            return
+        out = []
+        while self._send_queue:
+            message = self._send_queue[0]
+            if len(message) > min(self._send_window_conn, self._send_window_stream):
+                break  # grpc replenishes as it reads; resumed from a WINDOW_UPDATE
+            self._send_queue.pop(0)
+            self._send_window_conn -= len(message)
+            self._send_window_stream -= len(message)
+            for pos in range(0, len(message), self._peer_max_frame):
+                out.append(frame(DATA, 0, STREAM_ID, message[pos:pos + self._peer_max_frame]))
+        if out:
+            transport.write(b"".join(out))
+
+    def _write(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def close(self) -> None:
+        self._closing = True
+        if self.transport is not None:
+            self.transport.close()
+
+    # -- receiving -------------------------------------------------------------------------------
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        free = len(self._buf) - self._end
+        if free < MIN_READ_BYTES or self._start + self._need > len(self._buf):
+            pending = self._end - self._start
+            required = max(pending, self._need) + MIN_READ_BYTES
+            if required > len(self._buf):
+                # A new array rather than a resize: asyncio may still hold a view of the old one.
+                grown = bytearray(max(2 * len(self._buf), required))
+                grown[:pending] = self._view[self._start:self._end]
+                self._buf, self._view = grown, memoryview(grown)
+            else:
+                self._buf[:pending] = self._buf[self._start:self._end]  # same length: no resize
+            self._start, self._end = 0, pending
+        return self._view[self._end:]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._end += nbytes
+        buf, view = self._buf, self._view
+        pos, end = self._start, self._end
+        unpack = _U32.unpack_from
+        while end - pos >= FRAME_HEADER_BYTES:
+            length = (buf[pos] << 16) | (buf[pos + 1] << 8) | buf[pos + 2]
+            stop = pos + FRAME_HEADER_BYTES + length
+            if stop > end:
+                self._need = FRAME_HEADER_BYTES + length
+                break
+            self._frame(buf[pos + 3], buf[pos + 4], unpack(buf, pos + 5)[0] & 0x7FFFFFFF,
+                        view[pos + FRAME_HEADER_BYTES:stop])
+            pos = stop
+            if self.stream_ended:
+                break
+        else:
+            self._need = 0
+        if pos == end:
+            pos = self._end = 0
+            self._need = 0
+            if len(self._buf) > INITIAL_BUFFER_BYTES:
+                # A snapshot grew it; don't keep megabytes per idle connection.
+                self._buf = bytearray(INITIAL_BUFFER_BYTES)
+                self._view = memoryview(self._buf)
+        self._start = pos
+
+    def _frame(self, frame_type: int, flags: int, stream_id: int, payload: memoryview) -> None:
+        if frame_type == DATA:
+            self._data(flags, stream_id, payload)
+        elif frame_type == HEADERS:
+            if stream_id == STREAM_ID:
+                # Response headers first, trailers (END_STREAM) last; we need none of their values.
+                self._in_header_block = not flags & FLAG_END_HEADERS
+                self._header_block_ends_stream = bool(flags & FLAG_END_STREAM)
+                if not self._in_header_block and self._header_block_ends_stream:
+                    self._end_stream("server ended the stream (trailers)")
+        elif frame_type == CONTINUATION:
+            if stream_id == STREAM_ID and self._in_header_block and flags & FLAG_END_HEADERS:
+                self._in_header_block = False
+                if self._header_block_ends_stream:
+                    self._end_stream("server ended the stream (trailers)")
+        elif frame_type == SETTINGS:
+            if not flags & FLAG_ACK:
+                self._settings(payload)
+                self._write(frame(SETTINGS, FLAG_ACK, 0))
+        elif frame_type == PING:
+            if not flags & FLAG_ACK:
+                self._write(frame(PING, FLAG_ACK, 0, bytes(payload)))
+        elif frame_type == WINDOW_UPDATE:
+            increment = _U32.unpack_from(payload)[0] & 0x7FFFFFFF
+            if stream_id == 0:
+                self._send_window_conn += increment
+            elif stream_id == STREAM_ID:
+                self._send_window_stream += increment
+            self._flush()
+        elif frame_type == RST_STREAM:
+            if stream_id == STREAM_ID:
+                self._end_stream(f"RST_STREAM error code {_U32.unpack_from(payload)[0]}")
+        elif frame_type == GOAWAY:
+            last_stream, code = _GOAWAY.unpack_from(payload)
+            self.goaway = f"GOAWAY error code {code}"
+            if last_stream & 0x7FFFFFFF < STREAM_ID:
+                self._end_stream(f"{self.goaway} before our stream started")
+        # PRIORITY, PUSH_PROMISE (disabled) and unknown types are ignored, as RFC 9113 allows.
+
+    def _data(self, flags: int, stream_id: int, payload: memoryview) -> None:
+        self._unacked_bytes += len(payload)  # padding counts against the windows too
+        if flags & FLAG_PADDED:
+            payload = payload[1:len(payload) - payload[0]]
+        if stream_id == STREAM_ID and not self.stream_ended:
+            self._assembler.feed(payload)
+        if self._unacked_bytes >= WINDOW_REFRESH_BYTES:
+            increment = _U32.pack(self._unacked_bytes)
+            self._unacked_bytes = 0
+            self._write(frame(WINDOW_UPDATE, 0, 0, increment) + frame(WINDOW_UPDATE, 0, STREAM_ID, increment))
+        if flags & FLAG_END_STREAM and stream_id == STREAM_ID:
+            self._end_stream("server ended the stream (DATA END_STREAM)")
+
+    def _settings(self, payload: memoryview) -> None:
+        for offset in range(0, len(payload) - len(payload) % 6, 6):
+            key, value = _SETTING.unpack_from(payload, offset)
+            if key == SETTINGS_INITIAL_WINDOW_SIZE:
+                self._send_window_stream += value - self._peer_initial_window
+                self._peer_initial_window = value
+            elif key == SETTINGS_MAX_FRAME_SIZE:
+                self._peer_max_frame = value
+        self._flush()
+
+    def _end_stream(self, reason: str) -> None:
+        if self.stream_ended:
+            return
+        self.stream_ended = True
+        if self._assembler.partial_bytes:
+            reason += f"; {self._assembler.partial_bytes} bytes of a message were cut off"
+        self.on_stream_end(reason)
+        self.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.stream_ended:
+            reason = f"connection lost: {exc}" if exc else "connection closed by the server"
+            if self.goaway:
+                reason += f" after {self.goaway}"
+            self.stream_ended = True
+            if not self._closing:
+                self.on_stream_end(reason)
+            else:
+                self.on_stream_end("")
+
+
+@dataclass
+class StreamStats:
+    kvs: int = 0
+    messages: int = 0
+    bytes: int = 0
+    snapshot_kvs: int = 0
+    pings: int = 0
+    snapshot_secs: float = 0.0
+    in_sync: bool = False
+    error: str = ""
+    latencies_ns: list[int] = field(default_factory=list)
+
+
+class SinkStream(H2GrpcConnection):
+    """A Sync stream that counts what it receives, answers pings and (if a probe) records latency."""
+
+    def __init__(self, authority: str, syncer_type: str, index: int, probe: bool, stats: StreamStats,
+                 ready: asyncio.Event) -> None:
+        super().__init__(authority)
+        self.stats = stats
+        self.probe = probe
+        self.ready = ready
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.started = time.perf_counter()
+        self.hello = pb.ClientMessage(hello=pb.ClientHello(
+            hostname=f"bench-{index}", syncer_type=syncer_type, compressions=["zstd"], info="bench h2sink",
+        )).SerializeToString()
+        self._decompressor = zstandard.ZstdDecompressor()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.send_message(self.hello)
+
+    def on_message(self, compressed: bool, data: memoryview | bytearray) -> None:
+        stats = self.stats
+        stats.messages += 1
+        stats.bytes += len(data)
+        if compressed:
+            # We never offer grpc-accept-encoding, so the server must not compress.
+            self._end_stream("server sent a compressed gRPC message")
+            return
+        message = pb.ServerMessage.FromString(data)
+        kind = message.WhichOneof("payload")
+        if kind == "deltas":
+            received_ns = time.time_ns()
+            kvs = message.deltas.kvs
+            stats.kvs += len(kvs)
+            if self.probe:
+                for kv in kvs:
+                    if kv.value:
+                        labels = (msgpack.unpackb(kv.value) or {}).get("labels") or {}
+                        stamp = labels.get(TIMESTAMP_LABEL)
+                        if stamp:
+                            stats.latencies_ns.append(received_ns - int(stamp))
+        elif kind == "snapshot":
+            chunk = message.snapshot
+            data = self._decompressor.decompress(chunk.data) if chunk.compression else chunk.data
+            stats.snapshot_kvs += len(pb.Deltas.FromString(data).kvs)
+        elif kind == "status" and message.status.status == pb.SyncStatus.IN_SYNC and not stats.in_sync:
+            stats.in_sync = True
+            stats.snapshot_secs = time.perf_counter() - self.started
+            self.ready.set()
+        elif kind == "ping":
+            stats.pings += 1
+            self.send_message(pb.ClientMessage(pong=pb.Pong(ping_timestamp_ns=message.ping.timestamp_ns))
+                              .SerializeToString())
+
+    def on_stream_end(self, reason: str) -> None:
+        if reason and not self.stats.error:
+            self.stats.error = reason
+        self.ready.set()
+        if not self.done.done():
+            self.done.set_result(None)
+
+
+async def run_stream(
+    address: str, syncer_type: str, index: int, probe: bool, stats: StreamStats, ready: asyncio.Event
+) -> None:
+    """Runs until the stream ends or the task is cancelled (which is how the process stops it)."""
+    host, port = address.rsplit(":", 1)
+    loop = asyncio.get_running_loop()
+    stream: SinkStream | None = None
+    try:
+        _, stream = await loop.create_connection(
+            lambda: SinkStream(address, syncer_type, index, probe, stats, ready), host, int(port))
+        await stream.done
+    except OSError as exc:
+        stats.error = f"connect: {exc}"
+    finally:
+        ready.set()
+        if stream is not None:
+            stream.close()
+
+
+def raise_fd_limit() -> None:
+    """One socket per stream: 5000 streams need more than the usual soft limit of 1024."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+async def _client_main(address: str, syncer_type: str, indexes: list[int], probe_every: int, conn: Any) -> None:
+    stats = [StreamStats() for _ in indexes]
+    readies = [asyncio.Event() for _ in indexes]
+    tasks = []
+    for slot, (index, stat, ready) in enumerate(zip(indexes, stats, readies, strict=True)):
+        tasks.append(asyncio.create_task(
+            run_stream(address, syncer_type, index, index % probe_every == 0, stat, ready)))
+        if slot % 50 == 49:
+            await asyncio.sleep(0.01)  # spread connects a little, as nodes booting do
+    await asyncio.gather(*(ready.wait() for ready in readies))
+    conn.send(("ready", sum(s.in_sync for s in stats), max((s.snapshot_secs for s in stats), default=0.0),
+               [s.error for s in stats if s.error][:3]))
+    loop = asyncio.get_running_loop()
+    while True:
+        command = await loop.run_in_executor(None, conn.recv)
+        if command == "sample":
+            conn.send(("sample", sum(s.kvs for s in stats), sum(s.messages for s in stats),
+                       sum(s.bytes for s in stats)))
+        elif command == "latencies":
+            samples = [ns for s in stats for ns in s.latencies_ns]
+            for s in stats:
+                s.latencies_ns.clear()
+            conn.send(("latencies", samples))
+        elif command == "stop":
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            conn.send(("stopped", [s.error for s in stats if s.error][:3]))
+            return
+
+
+def client_process(address: str, syncer_type: str, indexes: list[int], probe_every: int, conn: Any,
+                   cpus: set[int] | None) -> None:
+    if cpus:
+        import os
+
+        os.sched_setaffinity(0, cpus)
+    raise_fd_limit()
+    asyncio.run(_client_main(address, syncer_type, indexes, probe_every, conn))
