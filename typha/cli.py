@@ -10,6 +10,7 @@ import sys
 # subcommand -> module exposing add_arguments(parser) and run(args) -> int
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("typha.daemon", "serve the Sync protocol from the Kubernetes API (Typha)"),
+    "dump": ("typha.dump", "print the KV set a client of a syncer receives"),
     "sim-apiserver": ("typha.testing.apiserver_cli", "run the Kubernetes API emulator"),
 }
 

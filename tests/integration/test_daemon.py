@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
+import subprocess
+import sys
 import urllib.request
 
 import msgpack
@@ -29,6 +32,14 @@ def http_status(url: str) -> int:
             return response.status
     except urllib.error.HTTPError as error:
         return error.code
+
+
+def test_dump_of_an_unreachable_server_fails_clearly():
+    result = subprocess.run(
+        [sys.executable, "-m", "typha.cli", "dump", "--server", f"127.0.0.1:{free_port()}", "--timeout", "5"],
+        capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("typha dump:"), result.stderr
 
 
 def test_pod_in_the_api_reaches_a_client_as_a_workload_endpoint(tmp_path):
@@ -70,6 +81,17 @@ def test_pod_in_the_api_reaches_a_client_as_a_workload_endpoint(tmp_path):
             assert "/calico/resources/v3/projectcalico.org/nodes/node-1" in bgp_state
             assert not any(key.startswith("/calico/v1/host/") for key in bgp_state)
             await bgp.close()
+
+            # The operator's view: `typha dump` prints what a bgp client receives.
+            dump = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "typha.cli", "dump", "--server", f"127.0.0.1:{daemon.port}",
+                "--syncer", "bgp", "--json", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            out, err = await asyncio.wait_for(dump.communicate(), 30)
+            assert dump.returncode == 0, err.decode()
+            dumped = json.loads(out)
+            assert set(dumped) == set(bgp_state)
+            assert dumped["/calico/resources/v3/projectcalico.org/nodes/node-1"]["spec"]["bgp"]["ipv4Address"] == (
+                "192.168.56.11/24")
         finally:
             await daemon.stop()
 

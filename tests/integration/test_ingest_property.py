@@ -14,11 +14,9 @@ from hypothesis import strategies as st
 from typha.datastore.kubeclient import KubeClient
 from typha.datastore.reflector import Backoff
 from typha.datastore.syncers import Datastore, Syncer, convert_objects
-from typha.testing import objects
 from typha.testing.mirror import KVMirror
 
-NAMESPACES = ["ns-a", "ns-b"]
-NODES = ["node-1", "node-2", "node-3"]
+from .churn import NAMESPACES, NODES, apply
 
 label_values = st.sampled_from(["web", "db", "yes", "x.y-z"])
 labels = st.dictionaries(st.sampled_from(["app", "tier", "team"]), label_values, max_size=3)
@@ -53,61 +51,6 @@ operation = st.one_of(
     pod_op, pod_op, pod_delete, namespace_op, namespace_delete, node_op, node_delete,
     policy_op, policy_delete, pool_op, pool_delete, affinity_op, affinity_delete, fault,
 )
-
-
-def apply(emulator, op: tuple[Any, ...]) -> None:
-    from typha.testing.apiserver import ApiError
-
-    kind = op[0]
-    try:
-        if kind == "pod":
-            _, ns, i, node, ip_octet, pod_labels = op
-            ip = None if ip_octet is None else f"10.65.{NODES.index(node)}.{ip_octet}"
-            emulator.upsert(objects.pod(ns, f"pod-{i}", node=node, ip=ip, labels=pod_labels,
-                                        ports=[("http", 8080, "TCP")]))
-        elif kind == "pod-delete":
-            emulator.delete("v1", "Pod", f"pod-{op[2]}", op[1])
-        elif kind == "namespace":
-            emulator.upsert(objects.namespace(op[1], op[2]))
-        elif kind == "namespace-delete":
-            emulator.delete("v1", "Namespace", op[1])
-        elif kind == "node":
-            _, name, octet, tunnel, node_labels = op
-            emulator.upsert(objects.node(
-                name, ipv4=f"192.168.56.{octet}/24", labels=node_labels,
-                ipip_tunnel_addr=f"10.65.{NODES.index(name)}.1" if tunnel else None,
-            ))
-        elif kind == "node-delete":
-            emulator.delete("v1", "Node", op[1])
-        elif kind == "policy":
-            _, ns, i, pod_selector, from_labels, port = op
-            emulator.upsert(objects.network_policy(ns, f"np-{i}", pod_selector=pod_selector,
-                                                   from_labels=from_labels, port=port))
-        elif kind == "policy-delete":
-            emulator.delete("networking.k8s.io/v1", "NetworkPolicy", f"np-{op[2]}", op[1])
-        elif kind == "pool":
-            _, i, cidr, ipip, nat = op
-            emulator.upsert(objects.ip_pool(f"pool-{i}", cidr, ipip=ipip, nat_outgoing=nat))
-        elif kind == "pool-delete":
-            emulator.delete(objects.CRD, "IPPool", f"pool-{op[1]}")
-        elif kind == "affinity":
-            _, node, i = op
-            emulator.upsert(objects.block_affinity(f"10.65.{NODES.index(node)}.{64 * i}/26", node=node))
-            emulator.upsert(objects.ipam_block(f"10.65.{NODES.index(node)}.{64 * i}/26", node=node))
-        elif kind == "affinity-delete":
-            _, node, i = op
-            cidr = f"10.65.{NODES.index(node)}.{64 * i}/26"
-            for obj in (objects.block_affinity(cidr, node=node), objects.ipam_block(cidr, node=node)):
-                with contextlib.suppress(ApiError):
-                    emulator.delete(obj["apiVersion"], obj["kind"], obj["metadata"]["name"])
-        elif kind == "fault":
-            if op[1] == "fail":
-                emulator.fail_next(2, 500)
-            else:
-                getattr(emulator, op[1])()
-    except ApiError as exc:
-        if exc.status != 404:
-            raise
 
 
 def describe_difference(got: dict[str, Any], want: dict[str, Any]) -> str:

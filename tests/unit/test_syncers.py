@@ -84,3 +84,31 @@ def test_in_sync_only_after_every_kind_has_listed(syncer, mirror):
 def test_unknown_syncer_type_is_a_clear_error(mirror):
     with pytest.raises(ValueError, match="unknown syncer type 'nope'"):
         Syncer("nope", mirror)
+
+
+def pool(name: str, rv: int, cidr: str, nat: bool = False) -> dict[str, Any]:
+    return {"metadata": {"name": name, "resourceVersion": str(rv)}, "spec": {"cidr": cidr, "nat": nat}}
+
+
+def pool_to_key(obj: dict[str, Any]) -> list[tuple[str, Any]]:
+    return [(f"/pool/{obj['spec']['cidr']}", {"nat": obj["spec"]["nat"], "from": obj["metadata"]["name"]})]
+
+
+POOLS = by_key("ippools.crd.projectcalico.org")
+
+
+@pytest.mark.parametrize("order", ["a-first", "b-first"])
+def test_a_key_claimed_by_two_objects_survives_one_of_them(order):
+    mirror = KVMirror()
+    syncer = Syncer("test", mirror, {POOLS.key: pool_to_key})
+    first, second = (pool("a", 1, "10.0.0.0/16"), pool("b", 2, "10.0.0.0/16", nat=True))
+    events = [Event(EventType.SET, first), Event(EventType.SET, second)]
+    syncer.on_events(POOLS, events if order == "a-first" else events[::-1])
+    # Whatever the arrival order, the claimant that sorts first ("a") provides the value.
+    assert mirror.kvs == {"/pool/10.0.0.0/16": {"nat": False, "from": "a"}}
+    syncer.on_events(POOLS, [Event(EventType.DELETE, pool("a", 3, "10.0.0.0/16"))])
+    assert mirror.kvs == {"/pool/10.0.0.0/16": {"nat": True, "from": "b"}}
+    syncer.on_events(POOLS, [Event(EventType.SET, pool("b", 4, "10.1.0.0/16", nat=True))])  # b moves away
+    assert mirror.kvs == {"/pool/10.1.0.0/16": {"nat": True, "from": "b"}}
+    syncer.on_events(POOLS, [Event(EventType.DELETE, pool("b", 5, "10.1.0.0/16"))])
+    assert mirror.kvs == {}

@@ -79,6 +79,8 @@ class KubeClient:
         # urllib3 would otherwise retry 429/503 itself, sleeping for Retry-After out of our sight;
         # the reflector owns retries and backoff (and counts them), so only connects are retried here.
         configuration.retries = urllib3.Retry(connect=3, read=0, status=0, respect_retry_after_header=False)
+        # One long-lived watch per resource kind plus lists: the default pool of 10 would churn connections.
+        configuration.connection_pool_maxsize = 64
         return kubernetes.client.ApiClient(configuration)
 
     @classmethod

@@ -32,6 +32,14 @@ OwnerId = tuple[str, str, str]  # (resource key, namespace, name)
 
 SYNCER_TYPES = ("felix", "bgp")
 
+# Kinds whose keys come from their spec (a CIDR), not their name: two objects can produce one key.
+# Only these pay for remembering values per object; every other key has exactly one possible owner.
+CONTENT_KEYED = frozenset({
+    "ippools.crd.projectcalico.org",
+    "ipamblocks.crd.projectcalico.org",
+    "blockaffinities.crd.projectcalico.org",
+})
+
 
 def converters_for(syncer_type: str) -> Mapping[str, Converter]:
     """resource key -> converter, for one syncer type (reference/typha.md §2)."""
@@ -58,6 +66,7 @@ class Syncer:
         self.converters = dict(converters if converters is not None else converters_for(syncer_type))
         self.resources: list[Resource] = [by_key(key) for key in self.converters]
         self._owned: dict[OwnerId, tuple[str, ...]] = {}
+        self._claims: dict[str, dict[OwnerId, Any]] = {}  # key -> claimant -> value, CONTENT_KEYED kinds only
         self._synced: set[str] = set()
         self.status = SyncStatus.WAIT_FOR_READY
 
@@ -73,28 +82,56 @@ class Syncer:
         if self.status is SyncStatus.WAIT_FOR_READY:
             self._set_status(SyncStatus.RESYNC)
         converter = self.converters[resource.key]
+        shared_keys = resource.key in CONTENT_KEYED
         updates: list[Update] = []
         for event in events:
             namespace, name = object_id(event.obj)
             owner = (resource.key, namespace, name)
             revision = str(event.obj["metadata"].get("resourceVersion") or "")
             old_keys = self._owned.get(owner, ())
-            if event.type is EventType.SET:
-                kvs = self._convert(converter, resource, event.obj)
-                new_keys = tuple(key for key, _ in kvs)
+            kvs = self._convert(converter, resource, event.obj) if event.type is EventType.SET else []
+            new_keys = tuple(key for key, _ in kvs)
+            if shared_keys:
+                updates.extend(self._claim(owner, old_keys, kvs, revision))
+            else:
                 updates.extend(Update(key, value, revision) for key, value in kvs)
                 if old_keys:
                     still = set(new_keys)
                     updates.extend(Update(key, None, revision) for key in old_keys if key not in still)
-                if new_keys:
-                    self._owned[owner] = new_keys
-                else:
-                    self._owned.pop(owner, None)
+            if new_keys:
+                self._owned[owner] = new_keys
             else:
-                updates.extend(Update(key, None, revision) for key in old_keys)
                 self._owned.pop(owner, None)
         if updates:
             self.callbacks.on_updates(updates)
+
+    def _claim(
+        self, owner: OwnerId, old_keys: tuple[str, ...], kvs: list[tuple[str, Any]], revision: str
+    ) -> list[Update]:
+        """Updates for keys several objects may produce (e.g. two IPPools with one CIDR).
+
+        The key's value comes from the claimant that sorts first by (kind, namespace, name), so the
+        outcome does not depend on the order events arrived in; when it withdraws, the next one's
+        value takes over, and the key is deleted only when nobody claims it any more.
+        """
+        updates: list[Update] = []
+        produced = dict(kvs)
+        for key in [*produced, *(k for k in old_keys if k not in produced)]:
+            claims = self._claims.setdefault(key, {})
+            before = min(claims) if claims else None
+            if key in produced:
+                claims[owner] = produced[key]
+            else:
+                claims.pop(owner, None)
+            if not claims:
+                del self._claims[key]
+                if before is not None:
+                    updates.append(Update(key, None, revision))
+                continue
+            after = min(claims)
+            if after == owner or after != before:
+                updates.append(Update(key, claims[after], revision))
+        return updates
 
     def _convert(
         self, converter: Converter, resource: Resource, obj: dict[str, Any]

@@ -1,0 +1,57 @@
+"""`typha dump`: connect as a client and print the KV set a node would see (like Typha's snapshot dump)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import socket
+import sys
+from typing import Any
+
+from typha.client import AsyncSyncClient
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--server", required=True, action="append", metavar="HOST:PORT",
+                        help="typha address; repeat to give alternatives")
+    parser.add_argument("--syncer", default="felix", help="syncer type: felix, bgp, ...")
+    parser.add_argument("--json", action="store_true", help="print one JSON object {key: value}")
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for in-sync")
+    parser.add_argument("--prefix", default="", help="only keys starting with this")
+
+
+async def fetch(servers: list[str], syncer: str, timeout: float) -> dict[str, Any]:
+    client = AsyncSyncClient(servers, syncer, hostname=socket.gethostname(), info="typha dump",
+                             max_consecutive_failures=len(servers) * 3)
+    client.start()
+    try:
+        waiter = asyncio.ensure_future(client.wait_in_sync(timeout))
+        ended = asyncio.ensure_future(client.wait())
+        done, _ = await asyncio.wait({waiter, ended}, return_when=asyncio.FIRST_COMPLETED)
+        if ended in done:
+            ended.result()  # re-raises why the client gave up
+            raise ConnectionError("the client stopped before it was in sync")
+        ended.cancel()
+        if not waiter.result():
+            raise TimeoutError(f"not in sync after {timeout:g} s")
+        return dict(client.core.items())
+    finally:
+        await client.close()
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        kvs = asyncio.run(fetch(args.server, args.syncer, args.timeout))
+    except (ConnectionError, TimeoutError, OSError) as exc:
+        print(f"typha dump: {exc}", file=sys.stderr)
+        return 1
+    selected = {key: kvs[key] for key in sorted(kvs) if key.startswith(args.prefix)}
+    if args.json:
+        json.dump(selected, sys.stdout, indent=1, sort_keys=True, default=str)
+        print()
+    else:
+        for key, value in selected.items():
+            print(f"{key} {json.dumps(value, sort_keys=True, default=str)}")
+        print(f"# {len(selected)} keys from the {args.syncer} syncer", file=sys.stderr)
+    return 0
