@@ -7,6 +7,7 @@ import asyncio
 import logging
 import signal
 from dataclasses import dataclass, field
+from typing import Any
 
 import prometheus_client
 
@@ -32,6 +33,7 @@ class TyphaDaemon:
     server: SyncServer | None = None
     datastore: Datastore | None = None
     health: HealthEndpoints | None = None
+    metrics_server: Any = None
 
     async def start(self) -> None:
         config = self.config
@@ -53,7 +55,8 @@ class TyphaDaemon:
             self.health = HealthEndpoints(ready=self.readiness, live=self.liveness)
             await self.health.start(config.health_host, config.health_port)
         if config.prometheus_metrics_enabled:
-            prometheus_client.start_http_server(config.prometheus_metrics_port, config.prometheus_metrics_host or "")
+            self.metrics_server, _ = prometheus_client.start_http_server(
+                config.prometheus_metrics_port, config.prometheus_metrics_host or "0.0.0.0")
 
     def _on_status(self, status: SyncStatus) -> None:
         if self.server is not None:
@@ -84,6 +87,9 @@ class TyphaDaemon:
             await self.server.stop(0.5)
         if self.health is not None:
             await self.health.stop()
+        if self.metrics_server is not None:
+            self.metrics_server.shutdown()
+            self.metrics_server.server_close()
 
 
 async def serve(config: TyphaConfig) -> None:

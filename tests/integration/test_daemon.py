@@ -9,7 +9,10 @@ import subprocess
 import sys
 import urllib.request
 
+import grpc
 import msgpack
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from typha.config import TyphaConfig
 from typha.daemon import TyphaDaemon
@@ -44,9 +47,10 @@ def test_dump_of_an_unreachable_server_fails_clearly():
 
 def test_pod_in_the_api_reaches_a_client_as_a_workload_endpoint(tmp_path):
     async def scenario(api: KubeAPIEmulator, kube: KubeClient) -> None:
-        health_port = free_port()
+        health_port, metrics_port = free_port(), free_port()
         config = TyphaConfig(server_host="127.0.0.1", server_port=free_port(), health_enabled=True,
-                             health_host="127.0.0.1", health_port=health_port)
+                             health_host="127.0.0.1", health_port=health_port, prometheus_metrics_enabled=True,
+                             prometheus_metrics_host="127.0.0.1", prometheus_metrics_port=metrics_port)
         daemon = TyphaDaemon(config, kube=kube)
         await daemon.start()
         try:
@@ -81,6 +85,27 @@ def test_pod_in_the_api_reaches_a_client_as_a_workload_endpoint(tmp_path):
             assert "/calico/resources/v3/projectcalico.org/nodes/node-1" in bgp_state
             assert not any(key.startswith("/calico/v1/host/") for key in bgp_state)
             await bgp.close()
+
+            # Standard gRPC health (per syncer and overall) and reflection, as grpcurl and probes use them.
+            channel = grpc.aio.insecure_channel(f"127.0.0.1:{daemon.port}")
+            health = health_pb2_grpc.HealthStub(channel)
+            for service in ("", "typha.v1.Sync", "typha.v1.Sync/felix", "typha.v1.Sync/bgp"):
+                answer = await health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+                assert answer.status == health_pb2.HealthCheckResponse.SERVING, service
+            reflect = reflection_pb2_grpc.ServerReflectionStub(channel)
+            request = reflection_pb2.ServerReflectionRequest(list_services="")
+            async for answer in reflect.ServerReflectionInfo(iter([request]), timeout=5):
+                listed = {service.name for service in answer.list_services_response.service}
+                break
+            assert "typha.v1.Sync" in listed
+            await channel.close()
+
+            # Prometheus metrics under Typha's names.
+            metrics = await asyncio.to_thread(
+                lambda: urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode())
+            for name in ("typha_connections_active", "typha_updates_total", "typha_updates_skipped",
+                         "typha_breadcrumb_seq_number", "typha_snapshots_generated", "typha_client_latency_secs"):
+                assert f"\n{name}" in metrics, name
 
             # The operator's view: `typha dump` prints what a bgp client receives.
             dump = await asyncio.create_subprocess_exec(
