@@ -7,9 +7,8 @@ asyncio BufferedProtocol: the kernel copies into a per-connection buffer (recv_i
 with slicing and struct (no per-byte Python loops), gRPC messages are passed to upb as memoryviews,
 and the windows are opened to 2^31-1 so the server never waits for us on flow control.
 
-What is deliberately not implemented: HPACK decoding (we never need the server's header values; a
-stream's end is recorded with the frame that ended it, not the grpc-status text), TLS, priorities and
-more than one stream per connection.
+Header blocks (two per call) are decoded with the `hpack` package only to report a stream's grpc-status
+and grpc-message when it ends. Not implemented: TLS, priorities, more than one stream per connection.
 """
 
 from __future__ import annotations
@@ -19,10 +18,12 @@ import contextlib
 import resource
 import struct
 import time
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import hpack
 import msgpack
 import zstandard
 
@@ -182,6 +183,11 @@ class H2GrpcConnection(asyncio.BufferedProtocol):
         self._assembler = MessageAssembler(self.on_message)
         self._in_header_block = False  # inside HEADERS..CONTINUATION on stream 1
         self._header_block_ends_stream = False
+        self._header_fragments: list[bytes] = []
+        # Every block must go through one decoder in order: HPACK's dynamic table spans the connection.
+        self._hpack = hpack.Decoder()
+        self.response_headers: dict[str, str] = {}
+        self.trailers: dict[str, str] = {}
         self._unacked_bytes = 0  # consumed DATA not yet returned by WINDOW_UPDATE
         self._send_window_conn = DEFAULT_WINDOW
         self._send_window_stream = DEFAULT_WINDOW
@@ -283,17 +289,21 @@ class H2GrpcConnection(asyncio.BufferedProtocol):
         if frame_type == DATA:
             self._data(flags, stream_id, payload)
         elif frame_type == HEADERS:
-            if stream_id == STREAM_ID:
-                # Response headers first, trailers (END_STREAM) last; we need none of their values.
-                self._in_header_block = not flags & FLAG_END_HEADERS
-                self._header_block_ends_stream = bool(flags & FLAG_END_STREAM)
-                if not self._in_header_block and self._header_block_ends_stream:
-                    self._end_stream("server ended the stream (trailers)")
+            if flags & FLAG_PADDED:
+                payload = payload[1:len(payload) - payload[0]]
+            if flags & FLAG_PRIORITY:
+                payload = payload[5:]
+            # Response headers first, trailers (END_STREAM) last, each perhaps continued.
+            self._header_block_ends_stream = bool(flags & FLAG_END_STREAM) and stream_id == STREAM_ID
+            self._header_fragments = [bytes(payload)]
+            self._in_header_block = True
+            if flags & FLAG_END_HEADERS:
+                self._header_block_done(stream_id)
         elif frame_type == CONTINUATION:
-            if stream_id == STREAM_ID and self._in_header_block and flags & FLAG_END_HEADERS:
-                self._in_header_block = False
-                if self._header_block_ends_stream:
-                    self._end_stream("server ended the stream (trailers)")
+            if self._in_header_block:
+                self._header_fragments.append(bytes(payload))
+                if flags & FLAG_END_HEADERS:
+                    self._header_block_done(stream_id)
         elif frame_type == SETTINGS:
             if not flags & FLAG_ACK:
                 self._settings(payload)
@@ -317,6 +327,24 @@ class H2GrpcConnection(asyncio.BufferedProtocol):
             if last_stream & 0x7FFFFFFF < STREAM_ID:
                 self._end_stream(f"{self.goaway} before our stream started")
         # PRIORITY, PUSH_PROMISE (disabled) and unknown types are ignored, as RFC 9113 allows.
+
+    def _header_block_done(self, stream_id: int) -> None:
+        self._in_header_block = False
+        block = b"".join(self._header_fragments)
+        self._header_fragments = []
+        try:
+            headers = {str(name): str(value) for name, value in self._hpack.decode(block)}
+        except hpack.HPACKError as exc:
+            headers = {"grpc-message": f"undecodable header block: {exc}"}
+        if stream_id != STREAM_ID:
+            return
+        if not self._header_block_ends_stream:
+            self.response_headers = headers
+            return
+        self.trailers = headers
+        status = headers.get("grpc-status", "?")
+        detail = urllib.parse.unquote(headers.get("grpc-message", ""))  # percent-encoded on the wire
+        self._end_stream(f"server ended the stream: grpc-status {status}" + (f" {detail}" if detail else ""))
 
     def _data(self, flags: int, stream_id: int, payload: memoryview) -> None:
         self._unacked_bytes += len(payload)  # padding counts against the windows too

@@ -115,6 +115,18 @@ def test_a_server_that_stops_ends_the_stream_with_an_error():
     run(scenario)
 
 
+def test_a_refused_call_reports_the_servers_grpc_status_and_message():
+    async def scenario() -> None:
+        async with serving(ServerSettings(handshake_timeout_secs=2)) as (server, _):
+            stats, ready = StreamStats(), asyncio.Event()
+            async with asyncio.timeout(WAIT_SECS):
+                await run_stream(f"127.0.0.1:{server.port}", "no-such-syncer", 0, False, stats, ready)
+        assert stats.error.startswith("server ended the stream: grpc-status 3 unknown syncer type 'no-such-syncer'")
+        assert not stats.in_sync
+
+    run(scenario)
+
+
 def test_refused_connection_is_an_error_not_a_hang():
     async def scenario() -> None:
         import socket

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import struct
 
+import hpack
 import msgpack
 import pytest
 
@@ -19,6 +20,7 @@ from bench.h2sink import (
     FLAG_END_HEADERS,
     FLAG_END_STREAM,
     FLAG_PADDED,
+    FLAG_PRIORITY,
     GOAWAY,
     HEADERS,
     MAX_WINDOW,
@@ -216,7 +218,8 @@ def server_bytes() -> tuple[bytes, list[bytes]]:
 
 def check_call(conn: Recorder, messages: list[bytes]) -> None:
     assert conn.messages == [(False, m) for m in messages]
-    assert conn.ends == ["server ended the stream (trailers)"]
+    assert conn.ends == ["server ended the stream: grpc-status 0"]
+    assert conn.response_headers == {":status": "200"}
     assert conn.transport_.closed
     written = parse_frames(bytes(conn.transport_.written))
     assert (SETTINGS, FLAG_ACK, 0, b"") in written, "the server's SETTINGS must be acknowledged"
@@ -356,3 +359,27 @@ def test_sink_stream_sends_hello_answers_pings_counts_and_probes():
         assert stats.error == "RST_STREAM error code 2" and stream.done.done()
 
     asyncio.run(asyncio.wait_for(scenario(), 10))
+
+
+def test_trailers_are_decoded_across_continuations_with_huffman_and_the_dynamic_table():
+    encoder = hpack.Encoder()  # Huffman-codes and indexes, as grpc does
+    headers = encoder.encode([(":status", "200"), ("content-type", "application/grpc")])
+    trailers = encoder.encode([("content-type", "application/grpc"), ("grpc-status", "14"),
+                               ("grpc-message", "too many connections (5 %3E= 5)")])
+    padded_priority = bytes((3,)) + b"\x00\x00\x00\x00\x10" + headers + b"\x00\x00\x00"
+    data = (frame(HEADERS, FLAG_END_HEADERS | FLAG_PADDED | FLAG_PRIORITY, 1, padded_priority)
+            + frame(HEADERS, FLAG_END_STREAM, 1, trailers[:5])
+            + frame(CONTINUATION, 0, 1, trailers[5:9])
+            + frame(CONTINUATION, FLAG_END_HEADERS, 1, trailers[9:]))
+    for cut in range(len(data) + 1):
+        conn = Recorder()
+        feed(conn, data[:cut])
+        feed(conn, data[cut:])
+        assert conn.response_headers == {":status": "200", "content-type": "application/grpc"}
+        assert conn.ends == ["server ended the stream: grpc-status 14 too many connections (5 >= 5)"]
+
+
+def test_an_undecodable_header_block_still_ends_the_stream():
+    conn = Recorder()
+    feed(conn, frame(HEADERS, FLAG_END_HEADERS | FLAG_END_STREAM, 1, b"\xff\xff\xff\xff\xff\xff"))
+    assert len(conn.ends) == 1 and conn.ends[0].startswith("server ended the stream: grpc-status ? undecodable")
