@@ -177,3 +177,7 @@ def reference_table() -> str:
         rows.append(f"| {name} | `{env_name(spec)}` | `{flag_name(spec)}` | `{spec.default!r}` | "
                     f"{spec.metadata['help']} |")
     return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(reference_table())  # paste between the config-table markers of README.md
