@@ -18,11 +18,8 @@ from typing import Any
 import pytest
 import yaml
 
-apiserver = pytest.importorskip(
-    "typha.testing.apiserver", reason="typha.testing.apiserver (the Kubernetes API emulator) is not there yet"
-)
-
-from typha.testing.calico_v3 import (  # noqa: E402 - after the skip, on purpose
+from typha.testing import apiserver
+from typha.testing.calico_v3 import (
     CRD_V1,
     METADATA_ANNOTATION,
     is_delete_file,
@@ -99,7 +96,7 @@ def test_case_inputs_are_stored_as_converted(api, case):
 
 
 def test_converted_fixture_reads_back_over_http(api, tmp_path):
-    kubernetes = pytest.importorskip("kubernetes")
+    import kubernetes
     text = """
 apiVersion: projectcalico.org/v3
 kind: Node

@@ -198,9 +198,6 @@ def test_get_prints_server_side_tables(server: Server, tmp_path: Path) -> None:
 
 
 def test_load_files_at_start(tmp_path: Path) -> None:
-    calico_v3 = pytest.importorskip("typha.testing.calico_v3")
-    if not hasattr(calico_v3, "load_file"):
-        pytest.skip("typha.testing.calico_v3.load_file is not written yet")
     srv = Server(tmp_path, "--load", write(tmp_path / "node.yaml", NODE))
     try:
         assert srv.kubectl("get", "nodes", "-o", "name").stdout.split() == ["node/loaded-node"]
