@@ -51,13 +51,31 @@ def pack_value(value: Any) -> bytes:
     return msgpack.packb(value, use_bin_type=True)
 
 
+class Segment:
+    """Consecutive delta frames stored back to back, so that any run of them is one slice.
+
+    A client that is behind by k breadcrumbs gets `data[first.start:last.end]`: one copy, whatever k,
+    instead of a Python loop over k frames. A status frame gets a segment of its own, because a
+    status and deltas must not be merged into one message.
+    """
+
+    __slots__ = ("data", "is_deltas", "last")
+
+    def __init__(self, is_deltas: bool) -> None:
+        self.data = bytearray()
+        self.is_deltas = is_deltas
+        self.last: Breadcrumb | None = None  # newest crumb stored in this segment
+
+
 @dataclass(slots=True, eq=False)
 class Breadcrumb:
     """One step of the cache's history. Immutable once linked, except for `next`."""
 
     sequence: int
     timestamp: float  # time.monotonic() when minted
-    frame: bytes  # encoded ServerMessage: deltas, or a status change; b"" for the root
+    segment: Segment | None  # where its frame lives; None for the root
+    start: int
+    end: int
     kv_count: int  # KVs in the frame (0 for status and root crumbs)
     status: SyncStatus  # the cache's status after this crumb
     digest: int  # checksum of the KV set after this crumb
@@ -66,8 +84,24 @@ class Breadcrumb:
     next: Breadcrumb | None = None
 
     @property
+    def frame(self) -> bytes:
+        """The encoded ServerMessage (deltas or a status change); b"" for the root."""
+        if self.segment is None:
+            return b""
+        with memoryview(self.segment.data) as view:
+            return bytes(view[self.start : self.end])
+
+    @property
     def size(self) -> int:
-        return len(self.frame)
+        return self.end - self.start
+
+    def run_to_newest(self) -> tuple[bytes, Breadcrumb]:
+        """This crumb's frame concatenated with every later one in its segment, and the last of them."""
+        segment = self.segment
+        assert segment is not None and segment.last is not None
+        last = segment.last
+        with memoryview(segment.data) as view:
+            return bytes(view[self.start : last.end]), last
 
 
 @dataclass(slots=True)
@@ -93,6 +127,7 @@ class CacheLimits:
     snapshot_reuse_secs: float = 1.0  # Typha's BinarySnapshotTimeout
     zstd_level: int = 3
     max_crumb_kvs: int = 1000  # keeps frames well under gRPC's message limit
+    segment_bytes: int = 4 * 1024 * 1024  # bounds one catch-up message for a lagging client
 
 
 @dataclass(slots=True)
@@ -122,12 +157,13 @@ class SnapshotCache:
         self._kvs: dict[str, _Entry] = {}
         self._digest = 0
         self.status = SyncStatus.WAIT_FOR_READY
-        root = Breadcrumb(0, clock(), b"", 0, self.status, 0, 0, is_deltas=False)
+        root = Breadcrumb(0, clock(), None, 0, 0, 0, self.status, 0, 0, is_deltas=False)
         self._newest = root
         self._window: deque[Breadcrumb] = deque([root])
         self._window_bytes = 0
         self._new_crumb = asyncio.Event()
         self._snapshot: Snapshot | None = None
+        self._segment: Segment | None = None  # the deltas segment being filled
         self._compressor = zstandard.ZstdCompressor(level=self.limits.zstd_level)
         self.status_listeners: list[Callable[[SyncStatus], None]] = []
 
@@ -242,10 +278,17 @@ class SnapshotCache:
             listener(status)
 
     def _link(self, frame: bytes, kv_count: int, *, is_deltas: bool) -> None:
+        segment = self._segment
+        if not is_deltas or segment is None or len(segment.data) + len(frame) > self.limits.segment_bytes:
+            segment = Segment(is_deltas)
+            self._segment = segment if is_deltas else None
+        start = len(segment.data)
+        segment.data += frame
         crumb = Breadcrumb(
-            self._newest.sequence + 1, self._clock(), frame, kv_count, self.status,
+            self._newest.sequence + 1, self._clock(), segment, start, start + len(frame), kv_count, self.status,
             self._digest, len(self._kvs), is_deltas,
         )
+        segment.last = crumb
         self._newest.next = crumb
         self._newest = crumb
         self._window.append(crumb)
@@ -265,7 +308,7 @@ class SnapshotCache:
             or self._window_bytes > limits.max_window_bytes
             or window[0].timestamp < horizon
         ):
-            self._window_bytes -= len(window.popleft().frame)
+            self._window_bytes -= window.popleft().size
 
     # -- snapshots ---------------------------------------------------------------------------------
 

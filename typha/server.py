@@ -55,7 +55,6 @@ class ServerSettings:
     write_timeout_secs: float = 120.0
     max_connections: int = 10000
     checksum_interval_secs: float = 30.0
-    max_message_bytes: int = 4 * 1024 * 1024  # how much to concatenate into one message for a lagging client
     drain_reconnect_grace_secs: float = 10.0  # after a Reconnect hint, how long the client may take to move
     watchdog_interval_secs: float = 1.0
 
@@ -97,6 +96,7 @@ class Connection:
     last_pong: float = field(default_factory=time.monotonic)
     reconnect: pb.Reconnect | None = None
     drop: _Drop | None = None
+    writing_since: float = 0.0  # when the write in progress started; 0 when none is
     task: asyncio.Task[Any] | None = None
     client_closed: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -345,74 +345,61 @@ class SyncServer:
             conn.drop = _Drop(code, details)
             conn.task.cancel()
 
-    async def _write(self, context: grpc.aio.ServicerContext, data: bytes) -> None:
-        try:
-            async with asyncio.timeout(self.settings.write_timeout_secs):
-                await context.write(data)
-        except TimeoutError:
-            raise _Drop(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                        f"a write blocked for {self.settings.write_timeout_secs:g} s: client is not reading") from None
+    async def _write(self, conn: Connection, context: grpc.aio.ServicerContext, data: bytes) -> None:
+        # The watchdog enforces the write timeout, so no timer is armed per write on the hot path.
+        conn.writing_since = time.monotonic()
+        await context.write(data)
+        conn.writing_since = 0.0
 
     async def _stream(self, conn: Connection, cache: SnapshotCache, context: grpc.aio.ServicerContext) -> None:
+        """Send the client every crumb after its position, plus pings and checksums, until it goes.
+
+        A wait is woken by a new crumb or by the watchdog's tick (which is how ping and checksum
+        deadlines are noticed): no per-client timers.
+        """
         settings = self.settings
         assert conn.position is not None
         next_ping = time.monotonic() + settings.ping_interval_secs * random.uniform(0.9, 1.1)
         next_checksum = 0.0  # first one as soon as the client is in sync
         send_checksums = conn.supports(FEATURE_CHECKSUM)
+        observe_latency = self.metrics.client_latency.observe
+        monotonic = time.monotonic
         while True:
             crumb = conn.position
             if crumb.next is None and not conn.client_closed.is_set() and conn.reconnect is None:
-                wake_at = next_ping
-                if send_checksums and crumb.status is SyncStatus.IN_SYNC:
-                    wake_at = min(wake_at, next_checksum)
-                event = cache.new_crumb_event
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(max(0.0, wake_at - time.monotonic())):
-                        await event.wait()
+                now = monotonic()
+                due = now >= next_ping or (
+                    send_checksums and crumb.status is SyncStatus.IN_SYNC and now >= next_checksum)
+                if not due:
+                    await cache.new_crumb_event.wait()
             if conn.client_closed.is_set():
                 return
             if conn.reconnect is not None:
                 await self._move_client(conn, context)
                 return
-            now = time.monotonic()
-            if crumb.next is not None:
-                frames, last = self._collect(crumb)
-                await self._write(context, frames[0] if len(frames) == 1 else b"".join(frames))
-                conn.position = last
-                self.metrics.client_latency.observe(time.monotonic() - last.timestamp)
-                crumb = last
+            first = crumb.next
+            if first is not None:
+                data, last = first.run_to_newest()
+                await self._write(conn, context, data)
+                conn.position = crumb = last
+                observe_latency(monotonic() - last.timestamp)
+            now = monotonic()
             if now >= next_ping:
                 if now - conn.last_pong > settings.pong_timeout_secs:
                     raise _Drop(grpc.StatusCode.DEADLINE_EXCEEDED,
                                 f"no pong for {now - conn.last_pong:.0f} s (timeout {settings.pong_timeout_secs:g} s)")
-                await self._write(context, _frame(ping=pb.Ping(timestamp_ns=time.monotonic_ns())))
+                await self._write(conn, context, _frame(ping=pb.Ping(timestamp_ns=time.monotonic_ns())))
                 next_ping = now + settings.ping_interval_secs * random.uniform(0.9, 1.1)
             if send_checksums and crumb.status is SyncStatus.IN_SYNC and crumb.next is None and now >= next_checksum:
                 checksum = pb.Checksum(sequence=crumb.sequence, digest=crumb.digest, count=crumb.key_count)
-                await self._write(context, _frame(checksum=checksum))
+                await self._write(conn, context, _frame(checksum=checksum))
                 next_checksum = now + settings.checksum_interval_secs
-
-    def _collect(self, crumb: Breadcrumb) -> tuple[list[bytes], Breadcrumb]:
-        """Frames from after `crumb`: consecutive deltas concatenated up to the size bound, or one status."""
-        first = crumb.next
-        assert first is not None
-        if not first.is_deltas:
-            return [first.frame], first
-        frames = [first.frame]
-        size = len(first.frame)
-        last = first
-        limit = self.settings.max_message_bytes
-        while (nxt := last.next) is not None and nxt.is_deltas and size + len(nxt.frame) <= limit:
-            frames.append(nxt.frame)
-            size += len(nxt.frame)
-            last = nxt
-        return frames, last
 
     async def _move_client(self, conn: Connection, context: grpc.aio.ServicerContext) -> None:
         """Make-before-break: hint, let the client attach elsewhere and close us, then end."""
         assert conn.reconnect is not None
         if conn.supports(FEATURE_RECONNECT):
-            await self._write(context, _frame(reconnect=conn.reconnect))
+            await self._write(conn, context, _frame(reconnect=conn.reconnect))
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.settings.drain_reconnect_grace_secs):
                     await conn.client_closed.wait()
@@ -421,15 +408,29 @@ class SyncServer:
 
     # -- watchdog ----------------------------------------------------------------------------------
 
+    @property
+    def tick_secs(self) -> float:
+        """How often waiting streams are woken to check their ping and checksum deadlines."""
+        settings = self.settings
+        return min(settings.watchdog_interval_secs, settings.ping_interval_secs / 2,
+                   settings.checksum_interval_secs / 2)
+
     async def _watch_connections(self) -> None:
-        """Drop clients whose position fell out of the window or too far behind the newest crumb."""
+        """Wake every stream on a tick, and drop clients that stalled or fell too far behind."""
         settings = self.settings
         while True:
-            await asyncio.sleep(settings.watchdog_interval_secs)
+            await asyncio.sleep(self.tick_secs)
+            for cache in self.caches.values():
+                cache.wake_all()
             now = time.monotonic()
             for conn in list(self.connections):
                 position = conn.position
                 if position is None or conn.drop is not None:
+                    continue
+                if conn.writing_since and now - conn.writing_since > settings.write_timeout_secs:
+                    self._drop_later(conn, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                     f"a write blocked for {now - conn.writing_since:.0f} s "
+                                     f"(limit {settings.write_timeout_secs:g} s): client is not reading")
                     continue
                 cache = self.caches[conn.syncer_type]
                 behind = position.next
