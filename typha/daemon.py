@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import signal
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ class TyphaDaemon:
     datastore: Datastore | None = None
     health: HealthEndpoints | None = None
     metrics_server: Any = None
+    _frozen: bool = False
 
     async def start(self) -> None:
         config = self.config
@@ -61,6 +63,12 @@ class TyphaDaemon:
     def _on_status(self, status: SyncStatus) -> None:
         if self.server is not None:
             asyncio.get_running_loop().create_task(self.server.update_health())
+        if not self._frozen and all(c.status is SyncStatus.IN_SYNC for c in self.caches.values()):
+            # The initial snapshot's objects live long: move them out of the collector's sight so
+            # that later collections do not rescan them (DESIGN §8).
+            gc.collect()
+            gc.freeze()
+            self._frozen = True
         log.info("Syncer status: %s", ", ".join(f"{n}={c.status.value}" for n, c in self.caches.items()))
 
     def readiness(self) -> tuple[bool, str]:
