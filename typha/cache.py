@@ -294,6 +294,13 @@ class SnapshotCache:
         self._window.append(crumb)
         self._window_bytes += len(frame)
         self._trim_window()
+        snapshot = self._snapshot
+        # A kept snapshot pins the whole chain after its crumb: let it go once no joiner may share it.
+        if snapshot is not None and (
+            crumb.timestamp - snapshot.built_at >= self.limits.snapshot_reuse_secs
+            or not self.in_window(snapshot.crumb)
+        ):
+            self._snapshot = None
         self.metrics.breadcrumb_seq_number.set(crumb.sequence)
         self.metrics.breadcrumb_size.observe(kv_count)
         # Wake every waiting stream at once; each re-reads the chain from its own position.

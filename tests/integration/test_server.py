@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import tracemalloc
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
@@ -190,7 +191,7 @@ def test_second_hello_is_a_protocol_error():
 def test_stalled_client_is_dropped_at_the_window_while_others_keep_receiving():
     async def scenario() -> None:
         settings = ServerSettings(watchdog_interval_secs=0.05)
-        async with serving(settings, max_window_crumbs=50) as (server, caches):
+        async with serving(settings, max_window_crumbs=50, segment_bytes=64 * 1024) as (server, caches):
             felix = caches["felix"]
             # Without BDP probing the client's HTTP/2 window stays small, so not reading really stalls.
             stalled = RawClient(server.port, options=[("grpc.http2.bdp_probe", 0)])
@@ -198,20 +199,29 @@ def test_stalled_client_is_dropped_at_the_window_while_others_keep_receiving():
             await stalled.read_snapshot()
             reader = RawClient(server.port)
             await reader.hello(features=())
-            await reader.read_snapshot()
-            payload = "x" * 4096
-            for round_ in range(40):  # 400 crumbs of 4 KiB: far beyond what socket buffers hold
-                for i in range(10):
-                    felix.apply([put(f"/k{i}", f"{payload}{round_}", str(round_))])
-                deltas = (await reader.read_kind("deltas")).deltas  # the healthy client keeps up
-                assert deltas.kvs
-                await asyncio.sleep(0.01)
-            code, details = await stalled.status()
-            assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "fell behind" in details
-            # Memory stays bounded: only the window's crumbs stay reachable from the cache.
-            gc.collect()
-            assert len(felix._window) <= 50
-            assert stalled.call.done() and not reader.call.done()
+            hello, state = await reader.read_snapshot()
+            sequence = hello.sequence
+            tracemalloc.start()
+            try:
+                baseline = tracemalloc.get_traced_memory()[0]
+                produced = 0
+                for round_ in range(100):  # 2,000 crumbs of 8 KiB: 16 MB, far beyond any socket buffer
+                    for i in range(20):
+                        value = f"{round_:04}{i:02}" + "x" * 8192
+                        felix.apply([put(f"/k{i}", value, str(round_))])
+                        produced += len(value)
+                    # The healthy client keeps up all along.
+                    state = await reader.catch_up(state, sequence, felix.newest.sequence)
+                    sequence = felix.newest.sequence
+                code, details = await stalled.status()
+                assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "fell behind" in details
+                assert stalled.call.done() and not reader.call.done()
+                gc.collect()
+                retained = tracemalloc.get_traced_memory()[0] - baseline
+            finally:
+                tracemalloc.stop()
+            # Had the stalled stream pinned its breadcrumbs, all 16 MB would still be reachable.
+            assert produced > 16_000_000 and retained < 4 * 1024 * 1024, f"{retained} bytes retained"
             await stalled.close()
             await reader.close()
 

@@ -192,3 +192,16 @@ def test_snapshot_plus_following_deltas_equals_final_state(batches, join_at):
     if frames:
         replay(from_snapshot, decode_frames(frames))
     assert from_snapshot == cache_state(cache)
+
+
+def test_a_kept_snapshot_is_released_once_its_crumb_leaves_the_window():
+    # The snapshot references its crumb, and through `next` every later one: keeping it would pin
+    # the whole history.
+    cache = new_cache(max_window_crumbs=5)
+    cache.apply([Update("/a", 1, "1")])
+    first = cache.snapshot()
+    assert cache.snapshot() is first
+    for i in range(10):
+        cache.apply([Update("/a", i + 2, str(i + 2))])
+    assert cache._snapshot is None
+    assert cache.snapshot() is not first
