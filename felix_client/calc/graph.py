@@ -1,0 +1,469 @@
+"""The incremental calculation: KV updates in, the node's desired policy/IP-set/route state out.
+
+A `Calculator` is fed `(key, value-or-None)` in stream order and keeps, between updates:
+- every endpoint and network set (all nodes), with effective labels = own labels over the
+  `labelsToApply` of its profiles (felix.md §1.3.2);
+- `local_index`: policy selectors x this node's endpoints → which policies are active (§1.3.3);
+- `global_index`: IP-set selectors x all endpoints and network sets → IP-set members (§1.3.5);
+- reference counts of IP sets (by active policy/profile rules) and profiles (by local endpoints).
+
+An update touches only the items and selectors it concerns (see labels.py for the cost model) and
+records what became dirty; `snapshot()` then resolves the per-endpoint policy lists for the renderer.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from felix_client.calc.labels import LabelIndex
+from felix_client.calc.model import (
+    ENFORCED_KINDS,
+    Endpoint,
+    IPSetSpec,
+    ParsedPolicy,
+    ParsedProfile,
+    parse_endpoint,
+    parse_network_set,
+    parse_policy,
+    parse_profile,
+)
+from felix_client.calc.routes import VTEP, Route, RouteCalculator
+from typha.model import keys
+
+log = logging.getLogger(__name__)
+
+# Felix's DefaultTierOrder: the default tier sorts after every tier with a smaller order.
+DEFAULT_TIER_ORDER = 1_000_000.0
+
+
+@dataclass(frozen=True, slots=True)
+class TierPolicies:
+    name: str
+    default_pass: bool  # the tier's default action is Pass: no "End of tier" drop
+    policies: tuple[ParsedPolicy, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedEndpoint:
+    key: str
+    iface: str
+    active: bool
+    ingress: tuple[TierPolicies, ...]
+    egress: tuple[TierPolicies, ...]
+    profile_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class IPSetState:
+    spec: IPSetSpec
+    members: frozenset[str]
+
+
+@dataclass
+class DesiredState:
+    """Everything the renderer and the dataplane need, at one point of the stream."""
+
+    hostname: str
+    endpoints: list[ResolvedEndpoint]  # this node's, sorted by interface name
+    policies: dict[keys.PolicyKey, ParsedPolicy]  # active ones
+    profiles: dict[str, ParsedProfile]  # active ones (unknown profiles: no rules)
+    ipsets: dict[str, IPSetState]  # by kernel set name
+    routes: list[Route]
+    vteps: list[VTEP]
+    masq_pools: list[str]
+    all_pools: list[str]
+    all_hosts: list[str]
+    vxlan_hosts: list[str]
+    ipip: bool
+    vxlan: bool
+    endpoint_to_host_action: str = "ACCEPT"
+
+
+@dataclass
+class Dirty:
+    filter: bool = True
+    routes: bool = True
+    ipsets: set[IPSetSpec] = field(default_factory=set)
+
+    def any(self) -> bool:
+        return self.filter or self.routes or bool(self.ipsets)
+
+
+class Calculator:
+    def __init__(self, hostname: str, *, uplink: str = "eth0", endpoint_to_host_action: str = "ACCEPT") -> None:
+        self.hostname = hostname
+        self.endpoints: dict[str, Endpoint] = {}  # WEPs (all nodes) and network sets, by key path
+        self.profile_labels: dict[str, dict[str, str]] = {}
+        self.profile_rules: dict[str, ParsedProfile] = {}
+        self.profile_members: dict[str, set[str]] = {}  # profile -> endpoint/netset keys using it
+        self.policies: dict[keys.PolicyKey, ParsedPolicy] = {}
+        self.tiers: dict[str, tuple[float, bool]] = {}  # name -> (order, default action is Pass)
+        self.local_index = LabelIndex()  # items: local endpoint keys; selectors: PolicyKey
+        self.global_index = LabelIndex()  # items: all endpoint/netset keys; selectors: IPSetSpec
+        self.active_policies: set[keys.PolicyKey] = set()
+        self.active_profiles: dict[str, int] = {}  # profile -> local endpoints referencing it
+        self.ipset_refs: dict[IPSetSpec, int] = {}
+        self._contrib: dict[IPSetSpec, dict[str, tuple[str, ...]]] = {}
+        self._members: dict[IPSetSpec, dict[str, int]] = {}  # member -> contributors (IPs can repeat)
+        self.routing = RouteCalculator(hostname, uplink)
+        self.config: dict[str, Any] = {}
+        self._default_endpoint_to_host_action = endpoint_to_host_action
+        self.dirty = Dirty()
+
+    # -- input ------------------------------------------------------------------------------------
+
+    def apply(self, updates: Iterable[tuple[str, Any]]) -> None:
+        for path, value in updates:
+            self.update(path, value)
+
+    def update(self, path: str, value: Any) -> None:
+        """One KV from the felix syncer; value None deletes. Keys we do not use are ignored."""
+        try:
+            key = keys.parse_key(path)
+        except ValueError:
+            return
+        try:
+            self._dispatch(path, key, value)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            # A malformed value must not stop the agent; Felix logs and skips such KVs too.
+            log.warning("ignoring unusable update %s: %s", path, exc)
+
+    def _dispatch(self, path: str, key: keys.Key, value: Any) -> None:
+        if isinstance(key, keys.WorkloadEndpointKey):
+            self._set_endpoint(path, None if value is None else parse_endpoint(path, key.hostname, value))
+        elif isinstance(key, keys.NetworkSetKey):
+            self._set_endpoint(path, None if value is None else parse_network_set(path, value))
+        elif isinstance(key, keys.PolicyKey):
+            if key.kind in ENFORCED_KINDS:
+                self._set_policy(key, None if value is None else parse_policy(key, value))
+        elif isinstance(key, keys.ProfileLabelsKey):
+            self._set_profile_labels(key.name, value)
+        elif isinstance(key, keys.ProfileRulesKey):
+            self._set_profile_rules(key.name, None if value is None else parse_profile(key.name, value))
+        elif isinstance(key, keys.TierKey):
+            self._set_tier(key.name, value)
+        elif isinstance(key, keys.IPPoolKey):
+            self.routing.set_pool(key.cidr, value)
+            self._routing_changed()
+        elif isinstance(key, keys.BlockKey):
+            self.routing.set_block(key.cidr, value)
+            self.dirty.routes = True
+        elif isinstance(key, keys.HostIPKey):
+            self.routing.set_host_ip(key.hostname, value)
+            self._routing_changed()
+        elif isinstance(key, keys.HostConfigKey):
+            self.routing.set_host_config(key.hostname, key.name, value)
+            if key.hostname == self.hostname:
+                self._set_config(key.name, value, host=True)
+            self._routing_changed()
+        elif isinstance(key, keys.GlobalConfigKey):
+            self._set_config(key.name, value, host=False)
+        elif isinstance(key, keys.ResourceKey) and key.kind == "Node":
+            self.routing.set_node(key.name, value)
+            self.dirty.routes = True
+
+    def _routing_changed(self) -> None:
+        # Pools and host IPs feed both routes and the static chains/sets (NAT, IPIP/VXLAN host sets).
+        self.dirty.routes = True
+        self.dirty.filter = True
+
+    def _set_config(self, name: str, value: Any, *, host: bool) -> None:
+        # Host-scoped config overrides global config (Felix's config precedence, minus env/file).
+        slot = ("host", name) if host else ("global", name)
+        if value is None:
+            self.config.pop(slot, None)
+        else:
+            self.config[slot] = value
+        self.dirty.filter = True
+
+    def config_value(self, name: str, default: Any = None) -> Any:
+        return self.config.get(("host", name), self.config.get(("global", name), default))
+
+    # -- endpoints and labels ---------------------------------------------------------------------
+
+    def _is_local(self, ep: Endpoint) -> bool:
+        return not ep.is_netset and ep.hostname == self.hostname
+
+    def _effective_labels(self, ep: Endpoint) -> dict[str, str]:
+        labels: dict[str, str] = {}
+        # Own labels win; among profiles the first one listed wins (labelindex checks parents in order).
+        for profile in reversed(ep.profile_ids):
+            labels.update(self.profile_labels.get(profile, {}))
+        labels.update(ep.labels)
+        return labels
+
+    def _set_endpoint(self, path: str, ep: Endpoint | None) -> None:
+        old = self.endpoints.get(path)
+        if old == ep:
+            return
+        old_profiles = old.profile_ids if old else ()
+        new_profiles = ep.profile_ids if ep else ()
+        for profile in set(old_profiles) - set(new_profiles):
+            members = self.profile_members.get(profile)
+            if members is not None:
+                members.discard(path)
+                if not members:
+                    del self.profile_members[profile]
+        for profile in new_profiles:
+            self.profile_members.setdefault(profile, set()).add(path)
+        if ep is None:
+            del self.endpoints[path]
+        else:
+            self.endpoints[path] = ep
+        self._reindex(path, old, ep)
+
+    def _reindex(self, path: str, old: Endpoint | None, ep: Endpoint | None) -> None:
+        """Bring both indexes, IP-set members, active profiles and local routes in line with `ep`."""
+        labels = self._effective_labels(ep) if ep is not None else None
+        # IP sets (all nodes).
+        before = set(self.global_index.selectors_matching(path))
+        if labels is None:
+            self.global_index.remove_item(path)
+            after: set[Any] = set()
+        else:
+            self.global_index.update_item(path, labels)
+            after = set(self.global_index.selectors_matching(path))
+        for spec in before | after:
+            self._refresh_contribution(spec, path)
+        # Policies and profiles (this node only).
+        was_local = old is not None and self._is_local(old)
+        is_local = ep is not None and self._is_local(ep)
+        if not (was_local or is_local):
+            return
+        self.dirty.filter = True
+        if is_local:
+            assert labels is not None and ep is not None
+            started, stopped = self.local_index.update_item(path, labels)
+            self.routing.set_local_endpoint(path, ep.iface, ep.nets)
+        else:
+            started, stopped = set(), self.local_index.remove_item(path)
+            self.routing.set_local_endpoint(path, "", ())
+        if old is None or ep is None or old.nets != ep.nets or old.iface != ep.iface:
+            self.dirty.routes = True
+        for pk in started | stopped:
+            self._refresh_policy_activity(pk)
+        # References first, then releases: a profile kept across the update keeps its IP sets.
+        for profile in ep.profile_ids if is_local and ep else ():
+            self._ref_profile(profile)
+        for profile in old.profile_ids if was_local and old else ():
+            self._unref_profile(profile)
+
+    def _set_profile_labels(self, name: str, value: dict[str, str] | None) -> None:
+        labels = dict(value or {})
+        if self.profile_labels.get(name, {}) == labels:
+            return
+        if value is None:
+            self.profile_labels.pop(name, None)
+        else:
+            self.profile_labels[name] = labels
+        for path in sorted(self.profile_members.get(name, ())):
+            ep = self.endpoints[path]
+            self._reindex(path, ep, ep)
+
+    # -- profiles ---------------------------------------------------------------------------------
+
+    def _ref_profile(self, name: str) -> None:
+        count = self.active_profiles.get(name, 0)
+        self.active_profiles[name] = count + 1
+        if count == 0 and name in self.profile_rules:
+            self._ref_ipsets(self.profile_rules[name].ipsets())
+
+    def _unref_profile(self, name: str) -> None:
+        count = self.active_profiles.get(name, 0) - 1
+        if count > 0:
+            self.active_profiles[name] = count
+            return
+        self.active_profiles.pop(name, None)
+        if name in self.profile_rules:
+            self._unref_ipsets(self.profile_rules[name].ipsets())
+
+    def _set_profile_rules(self, name: str, profile: ParsedProfile | None) -> None:
+        old = self.profile_rules.get(name)
+        if old == profile:
+            return
+        if profile is None:
+            del self.profile_rules[name]
+        else:
+            self.profile_rules[name] = profile
+        if name in self.active_profiles:
+            # New references first, so a set both versions use is never torn down and rebuilt.
+            self._ref_ipsets(profile.ipsets() if profile else [])
+            self._unref_ipsets(old.ipsets() if old else [])
+            self.dirty.filter = True
+
+    # -- policies ---------------------------------------------------------------------------------
+
+    def _set_tier(self, name: str, value: dict[str, Any] | None) -> None:
+        if value is None:
+            self.tiers.pop(name, None)
+        else:
+            order = value.get("order")
+            self.tiers[name] = (float("inf") if order is None else float(order), value.get("defaultAction") == "Pass")
+        self.dirty.filter = True
+
+    def _tier_info(self, name: str) -> tuple[float, bool]:
+        if name in self.tiers:
+            return self.tiers[name]
+        return (DEFAULT_TIER_ORDER if name == "default" else float("inf"), False)
+
+    def _set_policy(self, key: keys.PolicyKey, policy: ParsedPolicy | None) -> None:
+        old = self.policies.get(key)
+        if old == policy:
+            return
+        was_active = key in self.active_policies
+        if policy is None:
+            del self.policies[key]
+            self.local_index.remove_selector(key)
+        else:
+            self.policies[key] = policy
+            self.local_index.add_selector(key, policy.selector)
+        if was_active and policy is not None and bool(self.local_index.matches(key)):
+            # Still active with a new value: swap its IP-set references (new first, see above).
+            self._ref_ipsets(policy.ipsets())
+            self._unref_ipsets(old.ipsets() if old else [])
+            self.dirty.filter = True
+        else:
+            self._refresh_policy_activity(key, old_value=old)
+
+    def _refresh_policy_activity(self, key: keys.PolicyKey, old_value: ParsedPolicy | None = None) -> None:
+        policy = self.policies.get(key)
+        active = policy is not None and bool(self.local_index.matches(key))
+        was_active = key in self.active_policies
+        # An endpoint starting or stopping to match changes its chains even if activity does not.
+        self.dirty.filter = True
+        if active and not was_active:
+            self.active_policies.add(key)
+            assert policy is not None
+            self._ref_ipsets(policy.ipsets())
+        elif was_active and not active:
+            self.active_policies.discard(key)
+            previous = old_value if old_value is not None else policy
+            if previous is not None:
+                self._unref_ipsets(previous.ipsets())
+
+    # -- IP sets ----------------------------------------------------------------------------------
+
+    def _ref_ipsets(self, specs: Iterable[IPSetSpec]) -> None:
+        for spec in specs:
+            count = self.ipset_refs.get(spec, 0)
+            self.ipset_refs[spec] = count + 1
+            if count:
+                continue
+            self.dirty.ipsets.add(spec)
+            self._contrib[spec] = {}
+            self._members[spec] = {}
+            if spec.kind == "nets":
+                self._members[spec] = {_member(n): 1 for n in spec.nets}
+                continue
+            for path in self.global_index.add_selector(spec, spec.parsed_selector):
+                self._refresh_contribution(spec, path)
+
+    def _unref_ipsets(self, specs: Iterable[IPSetSpec]) -> None:
+        for spec in specs:
+            count = self.ipset_refs.get(spec, 0) - 1
+            if count > 0:
+                self.ipset_refs[spec] = count
+                continue
+            self.ipset_refs.pop(spec, None)
+            self.global_index.remove_selector(spec)
+            self._contrib.pop(spec, None)
+            self._members.pop(spec, None)
+            self.dirty.ipsets.add(spec)
+
+    def _refresh_contribution(self, spec: IPSetSpec, path: str) -> None:
+        contrib = self._contrib.get(spec)
+        if contrib is None:
+            return
+        ep = self.endpoints.get(path)
+        new: tuple[str, ...] = ()
+        if ep is not None and path in self.global_index.matches(spec):
+            if spec.kind == "selector":
+                new = tuple(_member(n) for n in ep.nets)
+            elif spec.kind == "named-port":
+                new = tuple(
+                    f"{ip},{p.protocol}:{p.port}"
+                    for p in ep.ports
+                    if p.name == spec.port_name and p.protocol == spec.protocol
+                    for ip in ep.ips
+                )
+        old = contrib.get(path, ())
+        if old == new:
+            return
+        members = self._members[spec]
+        for m in old:
+            members[m] -= 1
+            if not members[m]:
+                del members[m]
+        for m in new:
+            members[m] = members.get(m, 0) + 1
+        if new:
+            contrib[path] = new
+        else:
+            contrib.pop(path, None)
+        self.dirty.ipsets.add(spec)
+
+    def ipset_members(self, spec: IPSetSpec) -> frozenset[str] | None:
+        members = self._members.get(spec)
+        return None if members is None else frozenset(members)
+
+    # -- output -----------------------------------------------------------------------------------
+
+    def _resolve(self, path: str, ep: Endpoint) -> ResolvedEndpoint:
+        by_tier: dict[str, list[ParsedPolicy]] = {}
+        for pk in self.local_index.selectors_matching(path):
+            policy = self.policies[pk]
+            by_tier.setdefault(policy.tier, []).append(policy)
+        ingress: list[TierPolicies] = []
+        egress: list[TierPolicies] = []
+        for tier in sorted(by_tier, key=lambda t: (self._tier_info(t)[0], t)):
+            ordered = sorted(by_tier[tier], key=lambda p: p.sort_key)
+            default_pass = self._tier_info(tier)[1]
+            inbound = tuple(p for p in ordered if p.ingress)
+            outbound = tuple(p for p in ordered if p.egress)
+            if inbound:
+                ingress.append(TierPolicies(tier, default_pass, inbound))
+            if outbound:
+                egress.append(TierPolicies(tier, default_pass, outbound))
+        return ResolvedEndpoint(path, ep.iface, ep.active, tuple(ingress), tuple(egress), ep.profile_ids)
+
+    def snapshot(self) -> DesiredState:
+        local = [
+            self._resolve(path, ep)
+            for path, ep in self.endpoints.items()
+            if self._is_local(ep) and ep.iface
+        ]
+        local.sort(key=lambda r: (r.iface, r.key))
+        profiles = {name: self.profile_rules.get(name) or ParsedProfile(name, (), ()) for name in self.active_profiles}
+        ipsets = {
+            spec.name: IPSetState(spec, frozenset(self._members.get(spec, {}))) for spec in self.ipset_refs
+        }
+        routing = self.routing
+        action = str(self.config_value("DefaultEndpointToHostAction", self._default_endpoint_to_host_action)).upper()
+        return DesiredState(
+            hostname=self.hostname,
+            endpoints=local,
+            policies={k: self.policies[k] for k in self.active_policies},
+            profiles=profiles,
+            ipsets=ipsets,
+            routes=routing.routes(),
+            vteps=routing.vteps(),
+            masq_pools=routing.masq_pools(),
+            all_pools=routing.all_pools(),
+            all_hosts=routing.all_hosts(),
+            vxlan_hosts=routing.vxlan_hosts(),
+            ipip=routing.ipip_enabled,
+            vxlan=routing.vxlan_enabled,
+            endpoint_to_host_action=action if action in ("ACCEPT", "DROP", "RETURN") else "ACCEPT",
+        )
+
+    def take_dirty(self) -> Dirty:
+        dirty, self.dirty = self.dirty, Dirty(filter=False, routes=False)
+        return dirty
+
+
+def _member(net: str) -> str:
+    # ipset prints a /32 entry of a hash:net set as a bare address.
+    return net.removesuffix("/32")

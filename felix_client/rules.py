@@ -1,0 +1,433 @@
+"""Render the desired state as Felix-shaped iptables tables and ipset scripts (felix.md §2).
+
+Output is text in `iptables-save` form (`*table`, `:chain` declarations, `-A` rules, `COMMIT`), which
+is also valid `iptables-restore` input, and `ipset save`/`ipset restore` text. Rules are written in
+the order `iptables-save` prints their parts (`-s`/`-d`/`-i`/`-o`/`-p` first, then matches in
+the order given), so the rendered text and a real dump of the table compare line by line.
+
+Deliberate differences from Felix, all with the same packet semantics:
+- no `cali:<hash>` rule comments (Felix uses them to diff rules in place; we replace whole tables);
+- a Deny rule is a single `-j DROP` (Felix first sets the 0x40000 mark, which nothing here reads);
+- several CIDRs in one rule (or nets plus notNets) use a `hash:net` set instead of scratch-bit match
+  blocks (felix.md §3.8 allows either);
+- dispatch chains are flat rather than split into a prefix tree (fine up to a few hundred endpoints).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from felix_client.calc.graph import DesiredState, ResolvedEndpoint, TierPolicies
+from felix_client.calc.model import ParsedRule, Side, ipset_name, policy_chain_name, profile_chain_name
+
+# Mark bits (felix.md §2.1), allocated from IptablesMarkMask 0xffff0000.
+MARK_ACCEPT = 0x10000
+MARK_PASS = 0x20000
+MARK_SCRATCH0 = 0x80000
+MARK_ALL = 0x1B0000  # accept | pass | scratch0 | scratch1
+MARK_CLEAR_FORWARD = 0x1A0000  # everything but accept: an earlier hook may already have accepted
+
+VXLAN_PORT = 4789
+IPIP_DEVICE = "tunl0"
+VXLAN_DEVICE = "vxlan.calico"
+MULTIPORT_SLOTS = 15  # iptables' multiport limit; a range takes two slots
+
+MASQ_SET = ipset_name("masq-ipam-pools")
+POOLS_SET = ipset_name("network-ip-pools")
+HOSTS_SET = ipset_name("all-hosts-net")
+VXLAN_HOSTS_SET = ipset_name("all-vxlan-net")
+
+IPSET_CREATE_OPTIONS = "family inet hashsize 1024 maxelem 1048576"
+
+ACCEPTED = f"-m mark --mark {MARK_ACCEPT:#x}/{MARK_ACCEPT:#x}"
+NOT_PASSED = f"-m mark --mark 0x0/{MARK_PASS:#x}"
+
+
+def _comment(text: str) -> str:
+    return f'-m comment --comment "{text}"'
+
+
+def _xmark(value: int, mask: int) -> str:
+    return f"-j MARK --set-xmark {value:#x}/{mask:#x}"
+
+
+@dataclass
+class Table:
+    """One table: built-in chains with their hook rules, then Calico's chains, in render order."""
+
+    name: str
+    builtins: list[str]
+    chains: dict[str, list[str]]
+
+    def add(self, chain: str, rule: str | None = None) -> None:
+        rules = self.chains.setdefault(chain, [])
+        if rule is not None:
+            rules.append(rule)
+
+    def render(self) -> str:
+        lines = [f"*{self.name}"]
+        lines += [f":{c} ACCEPT [0:0]" for c in self.builtins]
+        lines += [f":{c} - [0:0]" for c in self.chains if c not in self.builtins]
+        for chain, rules in self.chains.items():
+            lines += [f"-A {chain} {rule}".rstrip() for rule in rules]
+        lines.append("COMMIT")
+        return "\n".join(lines) + "\n"
+
+
+# --- policy and profile rules -------------------------------------------------------------------
+
+
+def _port_groups(ports: Iterable[int | str]) -> list[str]:
+    """multiport argument strings of at most 15 slots each."""
+    groups: list[str] = []
+    current: list[str] = []
+    used = 0
+    for port in ports:
+        text = str(port)
+        slots = 2 if ":" in text else 1
+        if current and used + slots > MULTIPORT_SLOTS:
+            groups.append(",".join(current))
+            current, used = [], 0
+        current.append(text)
+        used += slots
+    if current:
+        groups.append(",".join(current))
+    return groups
+
+
+@dataclass(frozen=True, slots=True)
+class _Match:
+    """The parts of one rendered rule, kept apart so they can be emitted in iptables-save order."""
+
+    head: tuple[str, ...] = ()  # -s / -d / -p
+    matches: tuple[str, ...] = ()
+
+
+def _side_variants(side: Side, direction: str) -> list[_Match]:
+    """The alternatives (ORed rules) one side of a rule expands to; `direction` is "src" or "dst"."""
+    flag = "-s" if direction == "src" else "-d"
+    ports_flag = "--sports" if direction == "src" else "--dports"
+    head: list[str] = []
+    common: list[str] = []
+    negated: list[str] = []
+    nets, not_nets = side.nets_set(), side.not_nets_set()
+    if nets is not None:
+        common.append(f"-m set --match-set {nets.name} {direction}")
+    elif side.nets:
+        head.append(f"{flag} {side.nets[0]}")
+    if not_nets is not None:
+        negated.append(f"-m set ! --match-set {not_nets.name} {direction}")
+    elif side.not_nets:
+        head.append(f"! {flag} {side.not_nets[0]}")
+    if side.not_selector_set is not None:
+        negated.append(f"-m set ! --match-set {side.not_selector_set.name} {direction}")
+    for spec in side.not_named_port_sets:
+        negated.append(f"-m set ! --match-set {spec.name} {direction},{direction}")
+    negated += [f"-m multiport ! {ports_flag} {group}" for group in _port_groups(side.not_ports)]
+
+    variants: list[_Match] = []
+    if side.ports or not side.named_port_sets:
+        selector = [f"-m set --match-set {side.selector_set.name} {direction}"] if side.selector_set else []
+        for group in _port_groups(side.ports) or [None]:
+            ports = [f"-m multiport {ports_flag} {group}"] if group else []
+            variants.append(_Match(tuple(head), (*common, *selector, *ports, *negated)))
+    for spec in side.named_port_sets:
+        named = f"-m set --match-set {spec.name} {direction},{direction}"
+        variants.append(_Match(tuple(head), (*common, named, *negated)))
+    return variants
+
+
+def _protocol_head(rule: ParsedRule) -> tuple[str, ...]:
+    if rule.protocol is not None:
+        return (f"-p {rule.protocol}",)
+    if rule.not_protocol is not None:
+        return (f"! -p {rule.not_protocol}",)
+    return ()
+
+
+def _icmp(rule: ParsedRule) -> tuple[str, ...]:
+    out: list[str] = []
+    if rule.icmp_type is not None:
+        code = f"/{rule.icmp_code}" if rule.icmp_code is not None else ""
+        out.append(f"-m icmp --icmp-type {rule.icmp_type}{code}")
+    if rule.not_icmp_type is not None:
+        code = f"/{rule.not_icmp_code}" if rule.not_icmp_code is not None else ""
+        out.append(f"-m icmp ! --icmp-type {rule.not_icmp_type}{code}")
+    return tuple(out)
+
+
+def render_rule(rule: ParsedRule, comment: str) -> list[str]:
+    """The iptables rules (without `-A chain`) for one policy or profile rule."""
+    out: list[str] = []
+    icmp = _icmp(rule)
+    for src in _side_variants(rule.src, "src"):
+        for dst in _side_variants(rule.dst, "dst"):
+            # iptables-save order: -s, -d, then -p; then the matches as given.
+            heads = sorted(src.head + dst.head, key=lambda h: h.lstrip("! ")[:2] != "-s")
+            head = " ".join((*heads, *_protocol_head(rule)))
+            match = " ".join(x for x in (head, _comment(comment), *src.matches, *dst.matches, *icmp) if x)
+            if rule.action == "allow":
+                out += [f"{match} {_xmark(MARK_ACCEPT, MARK_ACCEPT)}", f"{_comment(comment)} {ACCEPTED} -j RETURN"]
+            elif rule.action == "next-tier":
+                passed = f"-m mark --mark {MARK_PASS:#x}/{MARK_PASS:#x}"
+                out += [f"{match} {_xmark(MARK_PASS, MARK_PASS)}", f"{_comment(comment)} {passed} -j RETURN"]
+            elif rule.action == "deny":
+                out.append(f"{match} -j DROP")
+            elif rule.action == "log":
+                out.append(f'{match} -j LOG --log-prefix "calico-packet: " --log-level 5')
+    return out
+
+
+def render_rules(rules: Iterable[ParsedRule], comment: str) -> list[str]:
+    out = [r for rule in rules for r in render_rule(rule, comment)]
+    # Felix strips a trailing RETURN: the chain ends there anyway.
+    if out and out[-1].endswith("-j RETURN"):
+        out.pop()
+    # An empty chain still gets one comment-only rule, as Felix writes (e.g. the ksa. profiles).
+    return out or [_comment(comment)]
+
+
+# --- endpoint chains ----------------------------------------------------------------------------
+
+
+def _tier_rules(tiers: tuple[TierPolicies, ...], inbound: bool) -> list[str]:
+    out: list[str] = []
+    for tier in tiers:
+        out.append(f"{_comment(f'Start of tier {tier.name}')} {_xmark(0, MARK_PASS)}")
+        for policy in tier.policies:
+            out.append(f"{NOT_PASSED} -j {policy_chain_name(policy.key, inbound)}")
+            out.append(f"{_comment('Return if policy accepted')} {ACCEPTED} -j RETURN")
+        if not tier.default_pass:
+            drop = f"End of tier {tier.name}. Drop if no policies passed packet"
+            out.append(f"{_comment(drop)} {NOT_PASSED} -j DROP")
+    return out
+
+
+def render_endpoint_chain(ep: ResolvedEndpoint, inbound: bool) -> list[str]:
+    if not ep.active:
+        return [f"{_comment('Endpoint admin disabled')} -j DROP"]
+    out = [
+        "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+        "-m conntrack --ctstate INVALID -j DROP",
+        _xmark(0, MARK_ACCEPT | MARK_PASS),
+    ]
+    if not inbound:
+        # AllowVXLANPacketsFromWorkloads / AllowIPIPPacketsFromWorkloads default to false.
+        out.append(
+            f"-p udp {_comment('Drop VXLAN encapped packets originating in workloads')} "
+            f"-m multiport --dports {VXLAN_PORT} -j DROP"
+        )
+        out.append(f"-p 4 {_comment('Drop IPinIP encapped packets originating in workloads')} -j DROP")
+    out += _tier_rules(ep.ingress if inbound else ep.egress, inbound)
+    for profile in ep.profile_ids:
+        out.append(f"-j {profile_chain_name(profile, inbound)}")
+        out.append(f"{_comment('Return if profile accepted')} {ACCEPTED} -j RETURN")
+    out.append(f"{_comment('Drop if no profiles matched')} -j DROP")
+    return out
+
+
+# --- tables -------------------------------------------------------------------------------------
+
+
+def render_filter(state: DesiredState, iface_prefix: str = "cali") -> Table:
+    wl = f"{iface_prefix}+"
+    t = Table("filter", ["INPUT", "FORWARD", "OUTPUT"], {})
+    t.add("INPUT", "-j cali-INPUT")
+    t.add("FORWARD", "-j cali-FORWARD")
+    t.add("FORWARD", f"{_comment('Policy explicitly accepted packet.')} {ACCEPTED} -j ACCEPT")
+    t.add("FORWARD", _xmark(MARK_ACCEPT, MARK_ACCEPT))
+    t.add("OUTPUT", "-j cali-OUTPUT")
+
+    t.add("cali-FORWARD", _xmark(0, MARK_CLEAR_FORWARD))
+    t.add("cali-FORWARD", f"-m mark --mark 0x0/{MARK_ACCEPT:#x} -j cali-from-hep-forward")
+    t.add("cali-FORWARD", f"-i {wl} -j cali-from-wl-dispatch")
+    t.add("cali-FORWARD", f"-o {wl} -j cali-to-wl-dispatch")
+    t.add("cali-FORWARD", "-j cali-to-hep-forward")
+    t.add("cali-FORWARD", "-j cali-cidr-block")
+
+    if state.ipip:
+        t.add("cali-INPUT", f"-p 4 {_comment('Allow IPIP packets from Calico hosts')} "
+              f"-m set --match-set {HOSTS_SET} src -m addrtype --dst-type LOCAL -j ACCEPT")
+        t.add("cali-INPUT", f"-p 4 {_comment('Drop IPIP packets from non-Calico hosts')} -j DROP")
+    if state.vxlan:
+        t.add("cali-INPUT", f"-p udp {_comment('Allow IPv4 VXLAN packets from allowed hosts')} "
+              f"-m multiport --dports {VXLAN_PORT} -m set --match-set {VXLAN_HOSTS_SET} src "
+              "-m addrtype --dst-type LOCAL -j ACCEPT")
+        t.add("cali-INPUT", f"-p udp {_comment('Drop IPv4 VXLAN packets from non-allowed hosts')} "
+              f"-m multiport --dports {VXLAN_PORT} -m addrtype --dst-type LOCAL -j DROP")
+    t.add("cali-INPUT", f"-i {wl} -g cali-wl-to-host")
+    t.add("cali-INPUT", f"{ACCEPTED} -j ACCEPT")
+    t.add("cali-INPUT", _xmark(0, MARK_ALL))
+    t.add("cali-INPUT", "-j cali-from-host-endpoint")
+    t.add("cali-INPUT", f"{_comment('Host endpoint policy accepted packet.')} {ACCEPTED} -j ACCEPT")
+
+    t.add("cali-OUTPUT", f"{ACCEPTED} -j ACCEPT")
+    t.add("cali-OUTPUT", f"-o {wl} -j RETURN")  # host → workload traffic is not policed
+    if state.ipip:
+        t.add("cali-OUTPUT", f"-p 4 {_comment('Allow IPIP packets to other Calico hosts')} "
+              f"-m set --match-set {HOSTS_SET} dst -m addrtype --src-type LOCAL -j ACCEPT")
+    if state.vxlan:
+        t.add("cali-OUTPUT", f"-p udp {_comment('Allow IPv4 VXLAN packets to other allowed hosts')} "
+              f"-m multiport --dports {VXLAN_PORT} -m addrtype --src-type LOCAL "
+              f"-m set --match-set {VXLAN_HOSTS_SET} dst -j ACCEPT")
+    t.add("cali-OUTPUT", _xmark(0, MARK_ALL))
+    t.add("cali-OUTPUT", "-m conntrack ! --ctstate DNAT -j cali-to-host-endpoint")
+    t.add("cali-OUTPUT", f"{_comment('Host endpoint policy accepted packet.')} {ACCEPTED} -j ACCEPT")
+
+    t.add("cali-wl-to-host", "-j cali-from-wl-dispatch")
+    t.add("cali-wl-to-host", f"{_comment('Configured DefaultEndpointToHostAction')} "
+          f"-j {state.endpoint_to_host_action}")
+
+    for ep in state.endpoints:
+        t.add("cali-from-wl-dispatch", f"-i {ep.iface} -g cali-fw-{ep.iface}")
+    t.add("cali-from-wl-dispatch", f"{_comment('Unknown interface')} -j DROP")
+    for ep in state.endpoints:
+        t.add("cali-to-wl-dispatch", f"-o {ep.iface} -g cali-tw-{ep.iface}")
+    t.add("cali-to-wl-dispatch", f"{_comment('Unknown interface')} -j DROP")
+
+    for ep in state.endpoints:
+        t.chains[f"cali-tw-{ep.iface}"] = render_endpoint_chain(ep, inbound=True)
+        t.chains[f"cali-fw-{ep.iface}"] = render_endpoint_chain(ep, inbound=False)
+
+    # Only chains some endpoint jumps to are programmed (Felix refcounts reachability): an
+    # ingress-only policy gets no cali-po- chain.
+    wanted_in = {p.key for ep in state.endpoints for tier in ep.ingress for p in tier.policies}
+    wanted_out = {p.key for ep in state.endpoints for tier in ep.egress for p in tier.policies}
+    for key in sorted(state.policies, key=lambda k: (k.kind, k.namespace, k.name)):
+        policy = state.policies[key]
+        if key in wanted_in:
+            t.chains[policy_chain_name(key, True)] = render_rules(policy.inbound, f"{policy.description} ingress")
+        if key in wanted_out:
+            t.chains[policy_chain_name(key, False)] = render_rules(policy.outbound, f"{policy.description} egress")
+    for name in sorted(state.profiles):
+        profile = state.profiles[name]
+        t.chains[profile_chain_name(name, True)] = render_rules(profile.inbound, f"Profile {name} ingress")
+        t.chains[profile_chain_name(name, False)] = render_rules(profile.outbound, f"Profile {name} egress")
+
+    # Hooks for features out of scope (host endpoints, CIDR blocking): empty, but they must exist.
+    for chain in ("cali-from-hep-forward", "cali-to-hep-forward", "cali-cidr-block",
+                  "cali-from-host-endpoint", "cali-to-host-endpoint"):
+        t.add(chain)
+    return t
+
+
+def render_nat(state: DesiredState) -> Table:
+    t = Table("nat", ["PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"], {})
+    t.add("PREROUTING", "-j cali-PREROUTING")
+    t.add("OUTPUT", "-j cali-OUTPUT")
+    t.add("POSTROUTING", "-j cali-POSTROUTING")
+    t.add("cali-PREROUTING", "-j cali-fip-dnat")
+    t.add("cali-OUTPUT", "-j cali-fip-dnat")
+    t.add("cali-POSTROUTING", "-j cali-fip-snat")
+    t.add("cali-POSTROUTING", "-j cali-nat-outgoing")
+    # Traffic the host itself sends into a tunnel leaves with the tunnel device's address.
+    for enabled, device in ((state.ipip, IPIP_DEVICE), (state.vxlan, VXLAN_DEVICE)):
+        if enabled:
+            t.add("cali-POSTROUTING", f"-o {device} -m addrtype ! --src-type LOCAL --limit-iface-out "
+                  "-m addrtype --src-type LOCAL -j MASQUERADE --random-fully")
+    t.add("cali-nat-outgoing")
+    if state.masq_pools:
+        t.add("cali-nat-outgoing", f"-m set --match-set {MASQ_SET} src -m set ! --match-set {POOLS_SET} dst "
+              "-j MASQUERADE --random-fully")
+    t.add("cali-fip-dnat")
+    t.add("cali-fip-snat")
+    return t
+
+
+def render_raw(state: DesiredState, iface_prefix: str = "cali") -> Table:
+    t = Table("raw", ["PREROUTING", "OUTPUT"], {})
+    t.add("PREROUTING", "-j cali-PREROUTING")
+    t.add("cali-PREROUTING", _xmark(0, MARK_ALL))
+    t.add("cali-PREROUTING", f"-i {iface_prefix}+ {_xmark(MARK_SCRATCH0, MARK_SCRATCH0)}")
+    scratch = f"-m mark --mark {MARK_SCRATCH0:#x}/{MARK_SCRATCH0:#x}"
+    t.add("cali-PREROUTING", f"{scratch} -j cali-rpf-skip")
+    # Anti-spoofing: a workload's packet must arrive on the interface its source's /32 route uses.
+    t.add("cali-PREROUTING", f"{scratch} -m rpfilter --validmark --invert -j DROP")
+    t.add("cali-PREROUTING", f"-m mark --mark 0x0/{MARK_SCRATCH0:#x} -j cali-from-host-endpoint")
+    t.add("cali-PREROUTING", f"{ACCEPTED} -j ACCEPT")
+    t.add("cali-rpf-skip")
+    t.add("cali-from-host-endpoint")
+    return t
+
+
+def render_tables(state: DesiredState, iface_prefix: str = "cali") -> dict[str, Table]:
+    return {
+        "filter": render_filter(state, iface_prefix),
+        "nat": render_nat(state),
+        "raw": render_raw(state, iface_prefix),
+    }
+
+
+def render_iptables(state: DesiredState, iface_prefix: str = "cali") -> str:
+    """All tables as one `iptables-save`/`iptables-restore` document."""
+    return "".join(t.render() for t in render_tables(state, iface_prefix).values())
+
+
+# --- IP sets ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class IPSet:
+    name: str
+    type: str
+    members: frozenset[str]
+
+
+def desired_ipsets(state: DesiredState) -> dict[str, IPSet]:
+    """Rule sets plus the pool/host sets the static chains use."""
+    out = {name: IPSet(name, s.spec.ipset_type, s.members) for name, s in state.ipsets.items()}
+    out[MASQ_SET] = IPSet(MASQ_SET, "hash:net", frozenset(state.masq_pools))
+    out[POOLS_SET] = IPSet(POOLS_SET, "hash:net", frozenset(state.all_pools))
+    if state.ipip:
+        out[HOSTS_SET] = IPSet(HOSTS_SET, "hash:net", frozenset(state.all_hosts))
+    if state.vxlan:
+        out[VXLAN_HOSTS_SET] = IPSet(VXLAN_HOSTS_SET, "hash:net", frozenset(state.vxlan_hosts))
+    return dict(sorted(out.items()))
+
+
+def _sorted_members(members: Iterable[str]) -> list[str]:
+    return sorted(members)
+
+
+def render_ipset_save(sets: dict[str, IPSet]) -> str:
+    """The sets as `ipset save` prints them (the dry-run output)."""
+    lines: list[str] = []
+    for s in sets.values():
+        lines.append(f"create {s.name} {s.type} {IPSET_CREATE_OPTIONS}")
+        lines += [f"add {s.name} {m}" for m in _sorted_members(s.members)]
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
+def render_ipset_restore(sets: dict[str, IPSet], existing: Iterable[str] = ()) -> str:
+    """`ipset restore` input writing `sets`: a new set is created and filled in place; an existing one
+    is rebuilt in a temporary set and swapped in, so the kernel never sees it half-filled
+    (felix/ipsets/ipsets.go does the same with its `cali4t<n>` temporaries)."""
+    present = set(existing)
+    lines: list[str] = []
+    temp = 0
+    for s in sets.values():
+        if s.name not in present:
+            lines.append(f"create {s.name} {s.type} {IPSET_CREATE_OPTIONS}")
+            lines += [f"add {s.name} {m}" for m in _sorted_members(s.members)]
+            continue
+        tmp = f"cali4t{temp}"
+        temp += 1
+        lines.append(f"create {tmp} {s.type} {IPSET_CREATE_OPTIONS}")
+        lines += [f"add {tmp} {m}" for m in _sorted_members(s.members)]
+        lines.append(f"swap {tmp} {s.name}")
+        lines.append(f"destroy {tmp}")
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
+def render_ipset_destroy(names: Iterable[str]) -> str:
+    """Stale sets; run only after the iptables rules that used them are gone."""
+    lines = [f"destroy {name}" for name in sorted(names)]
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
+def render_routes(state: DesiredState) -> str:
+    """Routes as `ip route` prints them, then VXLAN neighbour and FDB entries."""
+    lines = [r.render() for r in state.routes]
+    lines += [line for vtep in state.vteps for line in vtep.render()]
+    return "\n".join(lines) + ("\n" if lines else "")
