@@ -1,8 +1,306 @@
-"""confd-client entry point. The agent itself lands with issue #5."""
+"""confd-client: follow typha's `bgp` syncer and keep BIRD's six config files up to date.
 
+Settings use Calico's names: `NODENAME`, `CALICO_ROUTER_ID`, `CALICO_ADVERTISE_CLUSTER_IPS`, and the
+Typha client settings confd reads (`syncclientutils.ReadTyphaConfig(["CONFD_", "FELIX_", "CALICO_"])`:
+the first prefix that sets a name wins), e.g. `FELIX_TYPHAADDR`, `FELIX_TYPHACAFILE`,
+`FELIX_TYPHACERTFILE`, `FELIX_TYPHAKEYFILE`. `--typha ADDR` overrides the address.
+
+Modes:
+- `--oneshot`: wait until the stream is in sync, render once, write, exit (no check, no reload), as
+  upstream's tests run confd (`Onetime`, `SyncOnly`).
+- daemon (default): after in-sync, re-render when updates arrive, debounced; write only files whose
+  content changed (atomically), then parse-check (`--check`) and reload BIRD (`birdc -s SOCK configure`)
+  once per changed family. A config BIRD rejects is kept aside under `<dir>/rejected/`, logged and
+  counted, and the files BIRD runs with stay as they were.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import subprocess
 import sys
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from confd_client.bgp import BGPStore
+from confd_client.render import FILES, render_all, write_if_changed
+from typha.client import StatusChange, UpdateBatch, open_trio_sync_client
+from typha.model.kv import SyncStatus
+
+log = logging.getLogger("confd_client")
+
+TYPHA_PREFIXES = ("CONFD_", "FELIX_", "CALICO_")
+DEFAULT_CONFIG_DIR = "/etc/calico/confd/config"
+FAMILY_FILES = {4: ("bird.cfg", "bird_ipam.cfg", "bird_aggr.cfg"), 6: ("bird6.cfg", "bird6_ipam.cfg", "bird6_aggr.cfg")}
+# The env names that change rendering; nothing else from the environment reaches the model.
+RENDER_ENV = ("CALICO_ROUTER_ID", "CALICO_ADVERTISE_CLUSTER_IPS", "CALICO_ENDPOINT_STATUS_PATH_PREFIX")
 
 
-def main() -> int:
-    print("confd-client: not built yet (issue #4: BIRD configuration)", file=sys.stderr)
-    return 2
+def typha_setting(env: Mapping[str, str], name: str) -> str:
+    """ReadTyphaConfig: `<prefix>TYPHA<NAME>` for the first prefix that sets it."""
+    for prefix in TYPHA_PREFIXES:
+        value = env.get(f"{prefix}TYPHA{name}", "")
+        if value:
+            return value
+    return ""
+
+
+@dataclass
+class Settings:
+    nodename: str
+    endpoints: list[str]
+    config_dir: Path = Path(DEFAULT_CONFIG_DIR)
+    oneshot: bool = False
+    debounce: float = 0.2
+    bird_socket: str = ""  # birdc -s for bird.cfg; "" = no reload
+    bird6_socket: str = ""
+    check: bool = False  # parse-check with `bird -p -c` / `bird6 -p -c` before installing
+    bird_binary: str = "bird"
+    bird6_binary: str = "bird6"
+    birdc_binary: str = "birdc"
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    in_sync_timeout: float = 60.0
+    render_env: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], argv: Sequence[str] | None = None) -> Settings:
+        parser = argparse.ArgumentParser(prog="confd-client", description=__doc__.splitlines()[0])
+        parser.add_argument("--typha", help="typha address host:port (comma-separated for several)")
+        parser.add_argument("--config-dir", default=DEFAULT_CONFIG_DIR, help="where the six BIRD files go")
+        parser.add_argument("--oneshot", action="store_true", help="render once after in-sync and exit")
+        parser.add_argument("--debounce", type=float, default=0.2, help="seconds to gather updates before rendering")
+        parser.add_argument("--bird-socket", default="", help="birdc control socket for IPv4 BIRD (enables reload)")
+        parser.add_argument("--bird6-socket", default="", help="birdc control socket for IPv6 BIRD")
+        parser.add_argument("--check", action="store_true", help="bird -p -c the new config before installing it")
+        parser.add_argument("--in-sync-timeout", type=float, default=60.0)
+        args = parser.parse_args(argv)
+        nodename = env.get("NODENAME", "")
+        if not nodename:
+            parser.error("NODENAME must be set")
+        address = args.typha or typha_setting(env, "ADDR")
+        if not address:
+            parser.error("no typha address: set --typha or FELIX_TYPHAADDR (or CONFD_/CALICO_TYPHAADDR)")
+        return cls(
+            nodename=nodename,
+            endpoints=[a.strip() for a in address.split(",") if a.strip()],
+            config_dir=Path(args.config_dir),
+            oneshot=args.oneshot,
+            debounce=args.debounce,
+            bird_socket=args.bird_socket,
+            bird6_socket=args.bird6_socket,
+            check=args.check,
+            ca_file=typha_setting(env, "CAFILE"),
+            cert_file=typha_setting(env, "CERTFILE"),
+            key_file=typha_setting(env, "KEYFILE"),
+            in_sync_timeout=args.in_sync_timeout,
+            render_env={name: env[name] for name in RENDER_ENV if env.get(name)},
+        )
+
+
+@dataclass
+class AgentCounters:
+    renders: int = 0
+    writes: int = 0  # files written
+    reloads: int = 0
+    rejected: int = 0  # configs the parse check refused
+    reload_failures: int = 0
+
+
+def _run(cmd: list[str]) -> tuple[bool, str]:
+    try:
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return False, str(exc)
+    return result.returncode == 0, (result.stdout + result.stderr).strip()
+
+
+class ConfdAgent:
+    """Mirror of the bgp syncer → BGP model → six files; I/O to BIRD through injectable commands."""
+
+    def __init__(self, settings: Settings, runner: Callable[[list[str]], tuple[bool, str]] = _run) -> None:
+        self.settings = settings
+        self.store = BGPStore()
+        self.counters = AgentCounters()
+        self.in_sync = False
+        self._runner = runner
+        self._dirty = trio.Event()
+        self._cancel: trio.CancelScope | None = None
+        self._token: trio.lowlevel.TrioToken | None = None
+        self.rendered = trio.Event()  # set after the first write after in-sync (tests wait on it)
+
+    # -- model ----------------------------------------------------------------------------------------
+
+    def handle(self, event: Any) -> None:
+        if isinstance(event, UpdateBatch):
+            changed = False
+            for update in event.updates:
+                try:
+                    changed |= self.store.apply(update.key, update.value)
+                except Exception:  # one bad value must not stop the agent; the rest still renders
+                    log.exception("skipping update of %s", update.key)
+            if changed and self.in_sync:
+                self._dirty.set()
+        elif isinstance(event, StatusChange):
+            self.in_sync = event.status == SyncStatus.IN_SYNC
+            if self.in_sync:
+                self._dirty.set()
+
+    def render(self) -> dict[str, str]:
+        self.counters.renders += 1
+        return render_all(self.store, self.settings.nodename, self.settings.render_env)
+
+    # -- writing and reloading ------------------------------------------------------------------------
+
+    def _check(self, staged: Path, families: set[int]) -> bool:
+        binaries = {4: (self.settings.bird_binary, "bird.cfg"), 6: (self.settings.bird6_binary, "bird6.cfg")}
+        for family in sorted(families):
+            binary, name = binaries[family]
+            ok, output = self._runner([binary, "-p", "-c", str(staged / name)])
+            if not ok:
+                self.counters.rejected += 1
+                aside = self.settings.config_dir / "rejected"
+                shutil.rmtree(aside, ignore_errors=True)
+                shutil.copytree(staged, aside)
+                log.error("BIRD rejected the new %s (kept in %s); running config unchanged: %s", name, aside, output)
+                return False
+        return True
+
+    def apply(self, files: Mapping[str, str]) -> list[str]:
+        """Install changed files (checked first if configured) and reload the BIRDs whose files changed."""
+        directory = self.settings.config_dir
+        changed = []
+        for name, content in files.items():
+            try:
+                same = (directory / name).read_text() == content
+            except FileNotFoundError:
+                same = False
+            if not same:
+                changed.append(name)
+        if not changed:
+            return []
+        families = {family for family, names in FAMILY_FILES.items() if set(names) & set(changed)}
+        if self.settings.check and not self.settings.oneshot:
+            # Stage all six: a file includes its siblings, and BIRD resolves includes beside it.
+            with tempfile.TemporaryDirectory(prefix=".staged-", dir=_existing(directory)) as tmp:
+                staged = Path(tmp)
+                for name in FILES:
+                    (staged / name).write_text(files[name])
+                if not self._check(staged, families):
+                    return []
+        for name in changed:
+            if write_if_changed(directory / name, files[name]):
+                self.counters.writes += 1
+        if not self.settings.oneshot:
+            self._reload(families)
+        return changed
+
+    def _reload(self, families: set[int]) -> None:
+        sockets = {4: self.settings.bird_socket, 6: self.settings.bird6_socket}
+        for family in sorted(families):
+            if not sockets[family]:
+                continue
+            ok, output = self._runner([self.settings.birdc_binary, "-s", sockets[family], "configure"])
+            if ok:
+                self.counters.reloads += 1
+                log.info("reloaded BIRD (IPv%d): %s", family, output)
+            else:
+                self.counters.reload_failures += 1
+                log.error("birdc configure failed (IPv%d): %s", family, output)
+
+    # -- the trio agent -------------------------------------------------------------------------------
+
+    def _client_options(self) -> dict[str, Any]:
+        s = self.settings
+        if not s.ca_file:
+            return {}
+        import grpc  # only needed with TLS
+
+        def read(path: str) -> bytes | None:
+            return Path(path).read_bytes() if path else None
+
+        credentials = grpc.ssl_channel_credentials(read(s.ca_file), read(s.key_file), read(s.cert_file))
+        return {"credentials": credentials}
+
+    async def run(self) -> None:
+        """Oneshot: until the first render; daemon: until cancelled (or `stop()`)."""
+        self._token = trio.lowlevel.current_trio_token()
+        with trio.CancelScope() as scope:
+            self._cancel = scope
+            async with open_trio_sync_client(
+                self.settings.endpoints, "bgp", hostname=self.settings.nodename,
+                info="confd-client", **self._client_options(),
+            ) as client:
+                if self.settings.oneshot:
+                    with trio.fail_after(self.settings.in_sync_timeout):
+                        async for event in client:
+                            self.handle(event)
+                            if self.in_sync:
+                                break
+                    self.apply(self.render())
+                    self.rendered.set()
+                    return
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._apply_loop)
+                    async for event in client:
+                        self.handle(event)
+                    nursery.cancel_scope.cancel()
+
+    async def _apply_loop(self) -> None:
+        while True:
+            await self._dirty.wait()
+            # Debounce: a burst of updates (a snapshot, a kubectl apply of many objects) → one render.
+            await trio.sleep(self.settings.debounce)
+            self._dirty = trio.Event()
+            if not self.in_sync:
+                continue  # never write config from a partial snapshot
+            try:
+                changed = self.apply(self.render())
+            except Exception:
+                log.exception("render failed; keeping the current config")
+                continue
+            if changed:
+                log.info("wrote %s", ", ".join(changed))
+            self.rendered.set()
+
+    def stop(self) -> None:
+        """Thread-safe: cancel `run()`."""
+        token, scope = self._token, self._cancel
+        if token is not None and scope is not None:
+            try:
+                token.run_sync_soon(scope.cancel)
+            except trio.RunFinishedError:
+                pass
+
+
+def _existing(directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=os.environ.get("CONFD_LOGLEVEL", "INFO").upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = Settings.from_env(os.environ, argv)
+    agent = ConfdAgent(settings)
+    try:
+        trio.run(agent.run)
+    except KeyboardInterrupt:
+        return 0
+    except trio.TooSlowError:
+        print("confd-client: not in sync before the timeout", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
