@@ -30,12 +30,14 @@ KIND_SHORT = {
 # Staged policies are never enforced (they only feed flow logs); the rest are out of scope (felix.md §3).
 ENFORCED_KINDS = frozenset(KIND_SHORT)
 
+_PORT_PROTOCOLS = frozenset({"tcp", "udp", "sctp", "udplite", 6, 17, 132, 136})
 _NAMED_PORT_PROTOCOLS = {"tcp": "tcp", "udp": "udp", "sctp": "sctp", 6: "tcp", 17: "udp", 132: "sctp"}
 
 
 def length_limited_id(prefix: str, suffix: str, max_length: int = MAX_CHAIN_NAME_LENGTH) -> str:
     """hashutils.GetLengthLimitedID: prefix + suffix, or prefix + "_" + b64url(sha256(suffix)) cut to fit."""
-    if len(prefix) + len(suffix) <= max_length:
+    # A suffix that itself starts with the separator is hashed too, so it cannot pose as a hash.
+    if len(prefix) + len(suffix) <= max_length and not suffix.startswith("_"):
         return prefix + suffix
     digest = base64.urlsafe_b64encode(hashlib.sha256(suffix.encode()).digest()).rstrip(b"=").decode()
     return prefix + "_" + digest[: max_length - len(prefix) - 1]
@@ -235,6 +237,11 @@ def parse_rule(rule: dict[str, Any]) -> ParsedRule | None:
     if src_never or dst_never:
         return None
     if protocol in ("icmpv6", 58):
+        return None
+    has_ports = any(rule.get(f"{neg}{side}_ports") for neg in ("", "!") for side in ("src", "dst"))
+    if has_ports and protocol not in _PORT_PROTOCOLS:
+        # Calico's validation refuses ports without a port protocol; iptables would refuse the
+        # multiport match and with it the whole table, so such a rule is dropped, not rendered.
         return None
     return ParsedRule(
         action=rule.get("action") or "allow",

@@ -64,9 +64,9 @@ class Pool:
         return ipaddress.IPv4Network(self.cidr)
 
 
-def _sort_key(route: Route) -> tuple[int, int, str]:
+def _sort_key(route: Route) -> tuple[int, int, str, str, str]:
     net = ipaddress.ip_network(route.dst, strict=False)
-    return (int(net.network_address), net.prefixlen, route.kind)
+    return (int(net.network_address), net.prefixlen, route.kind, route.dev, route.via)
 
 
 class RouteCalculator:
