@@ -39,6 +39,7 @@ STATUS_TO_PB = {
     SyncStatus.RESYNC: pb.SyncStatus.RESYNC,
     SyncStatus.IN_SYNC: pb.SyncStatus.IN_SYNC,
 }
+PB_TO_STATUS = {value: key for key, value in STATUS_TO_PB.items()}
 
 
 def kv_hash(key: str, value: bytes) -> int:
@@ -136,6 +137,10 @@ class _Entry:
     revision: str
 
 
+class ReplicaGap(ValueError):
+    """An upstream breadcrumb does not follow the replica's newest one: the replica must resync."""
+
+
 class ResumeUnavailable(LookupError):
     """The client's resume point is not in the window (other epoch, too old or in the future)."""
 
@@ -164,6 +169,8 @@ class SnapshotCache:
         self._new_crumb = asyncio.Event()
         self._snapshot: Snapshot | None = None
         self._segment: Segment | None = None  # the deltas segment being filled
+        # Bumped when the chain is replaced (a replica starting over): streams on the old chain must resync.
+        self.generation = 0
         self._compressor = zstandard.ZstdCompressor(level=self.limits.zstd_level)
         self.status_listeners: list[Callable[[SyncStatus], None]] = []
 
@@ -316,6 +323,71 @@ class SnapshotCache:
             or window[0].timestamp < horizon
         ):
             self._window_bytes -= window.popleft().size
+
+    # -- following an upstream typha (replica mode) -----------------------------------------------
+
+    def replicate_reset(
+        self, epoch: str, sequence: int, kvs: Iterable[tuple[str, bytes, str]], status: SyncStatus
+    ) -> None:
+        """Start over as an exact copy of an upstream cache at `sequence`: its epoch and KV set.
+
+        Keeping the upstream's epoch and sequence numbers is what lets a client resume on any replica
+        that follows the same upstream (a fan-out worker that died, another Typha of the hierarchy).
+        """
+        table = {key: _Entry(value, revision) for key, value, revision in kvs}
+        digest = 0
+        for key, entry in table.items():
+            digest ^= kv_hash(key, entry.value)
+        self.epoch = epoch
+        self._kvs = table
+        self._digest = digest
+        self.status = status
+        root = Breadcrumb(sequence, self._clock(), None, 0, 0, 0, status, digest, len(table), is_deltas=False)
+        self._newest = root
+        self._window = deque([root])
+        self._window_bytes = 0
+        self._segment = None
+        self._snapshot = None
+        self.generation += 1
+        self.metrics.cache_size.set(len(table))
+        self.metrics.breadcrumb_seq_number.set(sequence)
+        self.wake_all()
+
+    def replicate(self, frame: bytes, message: pb.ServerMessage) -> None:
+        """Append one upstream breadcrumb as it is: the same bytes under the same sequence number."""
+        kind = message.WhichOneof("payload")
+        if kind == "deltas":
+            sequence = message.deltas.sequence
+        elif kind == "status":
+            sequence = message.status.sequence
+        else:
+            raise ValueError(f"a {kind} message is not a breadcrumb")
+        if sequence != self._newest.sequence + 1:
+            raise ReplicaGap(f"upstream sent sequence {sequence} after {self._newest.sequence}")
+        if kind == "status":
+            status = PB_TO_STATUS[message.status.status]
+            self.status = status
+            self._link(frame, 0, is_deltas=False)
+            for listener in self.status_listeners:
+                listener(status)
+            return
+        table = self._kvs
+        kvs = message.deltas.kvs
+        for kv in kvs:
+            old = table.get(kv.key)
+            if old is not None:
+                self._digest ^= kv_hash(kv.key, old.value)
+            if kv.value:
+                if old is not None:
+                    old.value, old.revision = kv.value, kv.revision
+                else:
+                    table[kv.key] = _Entry(kv.value, kv.revision)
+                self._digest ^= kv_hash(kv.key, kv.value)
+            elif old is not None:
+                del table[kv.key]
+        self.metrics.updates_total.inc(len(kvs))
+        self._link(frame, len(kvs), is_deltas=True)
+        self.metrics.cache_size.set(len(table))
 
     # -- snapshots ---------------------------------------------------------------------------------
 

@@ -83,6 +83,9 @@ class TyphaConfig:
     kubeconfig: str = _setting("Kubeconfig", "",
                                "kubeconfig to reach the API server; empty: $KUBECONFIG, in-cluster, ~/.kube/config.",
                                extension=True)
+    upstream: str = _setting("Upstream", "",
+                             "Follow this typha (host:port or unix:PATH) instead of the Kubernetes API.",
+                             extension=True)
     syncers: str = _setting("Syncers", "felix,bgp", "Comma-separated syncer types to serve.", extension=True)
     checksum_interval_secs: float = _setting("ChecksumIntervalSecs", 30.0,
                                              "Send each client a checksum of its KV set this often.",

@@ -20,6 +20,7 @@ from typha.datastore.syncers import Datastore, Syncer
 from typha.health import HealthEndpoints
 from typha.model.kv import SyncStatus
 from typha.server import ServerSettings, SyncServer
+from typha.upstream import UpstreamFollower
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ class TyphaDaemon:
     datastore: Datastore | None = None
     health: HealthEndpoints | None = None
     metrics_server: Any = None
+    followers: list[UpstreamFollower] = field(default_factory=list)
     _frozen: bool = False
 
     async def start(self) -> None:
@@ -48,11 +50,16 @@ class TyphaDaemon:
             cache.status_listeners.append(self._on_status)
         port = await self.server.start(config.server_host or "0.0.0.0", config.effective_server_port)
         log.info("Serving syncers %s on port %d", ", ".join(self.caches), port)
-        if self.kube is None:
-            self.kube = KubeClient.from_environment(config.kubeconfig or None)
-        syncers = [Syncer(name, LoopFeeder(cache, loop)) for name, cache in self.caches.items()]
-        self.datastore = Datastore(self.kube, syncers)
-        self.datastore.start()
+        if config.upstream:
+            self.followers = [UpstreamFollower(config.upstream, name, cache) for name, cache in self.caches.items()]
+            for follower in self.followers:
+                follower.start()
+        else:
+            if self.kube is None:
+                self.kube = KubeClient.from_environment(config.kubeconfig or None)
+            syncers = [Syncer(name, LoopFeeder(cache, loop)) for name, cache in self.caches.items()]
+            self.datastore = Datastore(self.kube, syncers)
+            self.datastore.start()
         if config.health_enabled:
             self.health = HealthEndpoints(ready=self.readiness, live=self.liveness)
             await self.health.start(config.health_host, config.health_port)
@@ -73,6 +80,8 @@ class TyphaDaemon:
 
     def readiness(self) -> tuple[bool, str]:
         not_ready = [name for name, cache in self.caches.items() if cache.status is not SyncStatus.IN_SYNC]
+        # A replica keeps serving what it has while its upstream is away, but is not ready (as Typha).
+        not_ready += [f"{f.syncer_type} (upstream)" for f in self.followers if not f.connected]
         if self.server is not None and self.server.draining:
             return False, "draining"
         return (not not_ready, "ready" if not not_ready else f"not in sync: {', '.join(not_ready)}")
@@ -89,6 +98,8 @@ class TyphaDaemon:
     async def stop(self, drain_secs: float = 0.0) -> None:
         if self.server is not None and drain_secs > 0:
             await self.server.drain(drain_secs, self.config.shutdown_connection_drop_interval_max_secs)
+        for follower in self.followers:
+            await follower.stop()
         if self.datastore is not None:
             await asyncio.to_thread(self.datastore.stop)
         if self.server is not None:

@@ -42,6 +42,9 @@ SERVICE_NAME = "typha.v1.Sync"
 METHOD = "Sync"
 FEATURE_CHECKSUM = "checksum"
 FEATURE_RECONNECT = "reconnect"
+# A replica (fan-out worker, downstream Typha) asks for every breadcrumb as its own message, with its
+# own sequence number, so that it can mint identical crumbs (same bytes, same numbers).
+FEATURE_EXACT_CRUMBS = "exact-crumbs"
 MAX_INBOUND_MESSAGE_BYTES = 1024 * 1024  # Typha's maxInboundMessageBytes: clients only send hellos and pongs
 
 
@@ -97,6 +100,7 @@ class Connection:
     reconnect: pb.Reconnect | None = None
     drop: _Drop | None = None
     writing_since: float = 0.0  # when the write in progress started; 0 when none is
+    generation: int = 0  # the cache chain its position belongs to
     task: asyncio.Task[Any] | None = None
     client_closed: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -151,7 +155,7 @@ class SyncServer:
         reflection.enable_server_reflection(
             [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server
         )
-        address = f"{host}:{port}"
+        address = host if host.startswith("unix:") else f"{host}:{port}"
         bound = (
             server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
         )
@@ -277,6 +281,7 @@ class SyncServer:
         self, conn: Connection, cache: SnapshotCache, hello: pb.ClientHello, context: grpc.aio.ServicerContext
     ) -> None:
         start: Breadcrumb | None = None
+        conn.generation = cache.generation  # taken with the position, before any await
         if hello.HasField("resume"):
             try:
                 start = cache.crumb_after(hello.resume.epoch, hello.resume.sequence)
@@ -290,6 +295,7 @@ class SyncServer:
             return
         started = time.perf_counter()
         snapshot = cache.snapshot()
+        conn.generation = cache.generation
         await context.write(
             _frame(hello=self._server_hello(cache, conn, resumed=False, sequence=snapshot.sequence))
         )
@@ -362,6 +368,7 @@ class SyncServer:
         next_ping = time.monotonic() + settings.ping_interval_secs * random.uniform(0.9, 1.1)
         next_checksum = 0.0  # first one as soon as the client is in sync
         send_checksums = conn.supports(FEATURE_CHECKSUM)
+        exact = conn.supports(FEATURE_EXACT_CRUMBS)
         observe_latency = self.metrics.client_latency.observe
         monotonic = time.monotonic
         while True:
@@ -377,9 +384,11 @@ class SyncServer:
             if conn.reconnect is not None:
                 await self._move_client(conn, context)
                 return
+            if cache.generation != conn.generation:
+                raise _Drop(grpc.StatusCode.UNAVAILABLE, "this server's upstream started over; resync")
             first = crumb.next
             if first is not None:
-                data, last = first.run_to_newest()
+                data, last = (first.frame, first) if exact else first.run_to_newest()
                 await self._write(conn, context, data)
                 conn.position = crumb = last
                 observe_latency(monotonic() - last.timestamp)

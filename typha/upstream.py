@@ -1,0 +1,193 @@
+"""A Source that follows another typha: keeps local caches exact replicas of the upstream's.
+
+Used by fan-out worker processes (following the ingest process over a Unix socket) and by a typha
+that follows another typha over the network (`typha serve --upstream ADDR`), so that the Kubernetes
+API sees one watch per kind however many fan-out layers there are (DESIGN §3).
+
+The follower asks for `exact-crumbs`: the upstream sends every breadcrumb as its own message, and
+the replica appends the very same bytes under the very same sequence number. Epoch and sequences
+therefore mean the same on every replica, and a client can resume on any of them. Nothing is
+re-encoded: the upstream's encode-once carries through the whole hierarchy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import socket
+from dataclasses import dataclass
+
+import grpc
+import zstandard
+
+from typha.cache import PB_TO_STATUS, ReplicaGap, SnapshotCache
+from typha.proto import sync_pb2 as pb
+from typha.server import FEATURE_CHECKSUM, FEATURE_EXACT_CRUMBS
+
+log = logging.getLogger(__name__)
+
+SYNC_METHOD = "/typha.v1.Sync/Sync"
+
+
+class UpstreamError(Exception):
+    """The upstream broke the protocol; the follower starts over with a snapshot."""
+
+
+@dataclass(frozen=True, slots=True)
+class FollowerBackoff:
+    initial: float = 0.1
+    maximum: float = 5.0
+
+    def delay(self, failures: int) -> float:
+        return min(self.maximum, self.initial * 2 ** max(failures - 1, 0)) * random.uniform(0.5, 1.0)
+
+
+class UpstreamFollower:
+    """Follows one syncer of an upstream typha into `cache`, reconnecting and resuming for ever."""
+
+    def __init__(
+        self,
+        address: str,
+        syncer_type: str,
+        cache: SnapshotCache,
+        *,
+        hostname: str | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
+        backoff: FollowerBackoff | None = None,
+    ) -> None:
+        self.address = address
+        self.syncer_type = syncer_type
+        self.cache = cache
+        self.hostname = hostname or socket.gethostname()
+        self.credentials = credentials
+        self.backoff = backoff or FollowerBackoff()
+        self.connected = False  # streaming from the upstream right now (readiness)
+        self.replicated = False  # the cache holds a replica (possibly stale while reconnecting)
+        self.sessions = 0
+        self.resumes = 0
+        self.snapshots = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self.run(), name=f"upstream-{self.syncer_type}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    async def run(self) -> None:
+        failures = 0
+        while True:
+            try:
+                await self._session()
+                failures = 0
+            except asyncio.CancelledError:
+                raise
+            except (grpc.aio.AioRpcError, UpstreamError, ReplicaGap) as exc:
+                if isinstance(exc, UpstreamError | ReplicaGap):
+                    self.replicated = False  # do not resume from a replica we no longer trust
+                failures += 1
+                detail = f"{exc.code().name}: {exc.details()}" if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
+                log.warning("upstream %s (%s): %s; reconnecting", self.address, self.syncer_type, detail)
+            finally:
+                self.connected = False
+            await asyncio.sleep(self.backoff.delay(failures))
+
+    def _open(self) -> tuple[grpc.aio.Channel, grpc.aio.StreamStreamCall]:
+        options = [("grpc.max_receive_message_length", -1)]
+        channel = (
+            grpc.aio.secure_channel(self.address, self.credentials, options=options)
+            if self.credentials else grpc.aio.insecure_channel(self.address, options=options)
+        )
+        call = channel.stream_stream(SYNC_METHOD, request_serializer=None, response_deserializer=None)()
+        return channel, call
+
+    async def _session(self) -> None:
+        channel, call = self._open()
+        try:
+            hello = pb.ClientHello(hostname=self.hostname, info="typha replica", syncer_type=self.syncer_type,
+                                   compressions=["zstd"], features=[FEATURE_EXACT_CRUMBS, FEATURE_CHECKSUM])
+            if self.replicated:
+                hello.resume.CopyFrom(pb.ResumePoint(epoch=self.cache.epoch, sequence=self.cache.newest.sequence))
+            await call.write(pb.ClientMessage(hello=hello).SerializeToString())
+            self.sessions += 1
+            server_hello = (await self._expect(call, "hello")).hello
+            if server_hello.resumed:
+                self.resumes += 1
+                await self._expect(call, "status")  # where we stand: already known
+            else:
+                await self._receive_snapshot(call, server_hello)
+            self.connected = True
+            log.info("following %s (%s) from sequence %d (%s)", self.address, self.syncer_type,
+                     self.cache.newest.sequence, "resumed" if server_hello.resumed else "snapshot")
+            await self._follow(call)
+        finally:
+            call.cancel()
+            await channel.close()
+
+    async def _read(self, call: grpc.aio.StreamStreamCall) -> tuple[bytes, pb.ServerMessage]:
+        raw = await call.read()
+        if raw is grpc.aio.EOF:
+            raise UpstreamError(f"stream ended: {await call.code()} {await call.details()}")
+        return raw, pb.ServerMessage.FromString(raw)
+
+    async def _expect(self, call: grpc.aio.StreamStreamCall, kind: str) -> pb.ServerMessage:
+        while True:
+            _, message = await self._read(call)
+            payload = message.WhichOneof("payload")
+            if payload == "ping":
+                await self._pong(call, message)
+                continue
+            if payload != kind:
+                raise UpstreamError(f"expected {kind}, got {payload}")
+            return message
+
+    @staticmethod
+    async def _pong(call: grpc.aio.StreamStreamCall, message: pb.ServerMessage) -> None:
+        pong = pb.ClientMessage(pong=pb.Pong(ping_timestamp_ns=message.ping.timestamp_ns))
+        await call.write(pong.SerializeToString())
+
+    async def _receive_snapshot(self, call: grpc.aio.StreamStreamCall, hello: pb.ServerHello) -> None:
+        decompressor = zstandard.ZstdDecompressor()
+        kvs: list[tuple[str, bytes, str]] = []
+        index = 0
+        while True:
+            chunk = (await self._expect(call, "snapshot")).snapshot
+            if chunk.index != index or chunk.sequence != hello.sequence:
+                raise UpstreamError(f"snapshot chunk {chunk.index} (sequence {chunk.sequence}) out of order")
+            if chunk.compression not in ("", "zstd"):
+                raise UpstreamError(f"unknown snapshot compression {chunk.compression!r}")
+            data = decompressor.decompress(chunk.data) if chunk.compression else chunk.data
+            kvs.extend((kv.key, kv.value, kv.revision) for kv in pb.Deltas.FromString(data).kvs)
+            index += 1
+            if index == chunk.count:
+                break
+        status = (await self._expect(call, "status")).status
+        self.cache.replicate_reset(hello.epoch, hello.sequence, kvs, PB_TO_STATUS.get(status.status, self.cache.status))
+        self.replicated = True
+        self.snapshots += 1
+
+    async def _follow(self, call: grpc.aio.StreamStreamCall) -> None:
+        cache = self.cache
+        while True:
+            raw, message = await self._read(call)
+            payload = message.WhichOneof("payload")
+            if payload in ("deltas", "status"):
+                cache.replicate(raw, message)
+            elif payload == "ping":
+                await self._pong(call, message)
+            elif payload == "checksum":
+                checksum = message.checksum
+                if checksum.sequence == cache.newest.sequence and (
+                    checksum.digest != cache.digest or checksum.count != len(cache)
+                ):
+                    raise UpstreamError(f"replica checksum differs at sequence {checksum.sequence}")
+            elif payload == "reconnect":
+                raise UpstreamError(f"upstream asked us to reconnect: {message.reconnect.reason}")
+            else:
+                raise UpstreamError(f"unexpected {payload} from upstream")
