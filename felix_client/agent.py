@@ -1,8 +1,213 @@
-"""felix-client entry point. The agent itself lands with issue #5."""
+"""felix-client: follow the felix syncer, calculate, and (for now) write the would-be dataplane.
 
+Two trio tasks share one `Calculator`:
+- the reader applies each `UpdateBatch` to the calculation as it arrives (cheap: incremental) and
+  wakes the applier;
+- the applier waits for the first in-sync (programming a half-received snapshot would drop traffic
+  to endpoints whose policies have not arrived yet, as Felix also avoids), then after each wake-up
+  waits `debounce` seconds so a burst of updates becomes one apply, and renders the whole state.
+
+With `--dry-run DIR` an apply writes `iptables.save`, `ipsets.save`, `routes.txt` and `status.json`
+into DIR, each atomically (temp file + rename), so a reader never sees half a file. Programming the
+kernel (iptables-restore, ipset, netlink) is the next step of issue 5 and is refused until then.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import socket
 import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from felix_client import rules
+from felix_client.calc import Calculator
+from typha.client import StatusChange, UpdateBatch, open_trio_sync_client
+from typha.model.kv import SyncStatus
+
+log = logging.getLogger("felix_client.agent")
+
+DEFAULT_TYPHA_PORT = 5473
 
 
-def main() -> int:
-    print("felix-client: not built yet (issue #5: policy, IP sets and routes)", file=sys.stderr)
-    return 2
+@dataclass
+class AgentOptions:
+    typha: list[str]
+    hostname: str
+    dry_run: Path | None = None
+    debounce: float = 0.05
+    uplink: str = "eth0"
+    endpoint_to_host_action: str = "ACCEPT"
+    max_consecutive_failures: int | None = None
+
+
+@dataclass
+class AgentStats:
+    applies: int = 0
+    updates: int = 0
+    in_sync: bool = False
+    status: str = SyncStatus.WAIT_FOR_READY.value
+    last_apply_secs: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class Agent:
+    def __init__(self, options: AgentOptions) -> None:
+        self.options = options
+        self.calc = Calculator(
+            options.hostname, uplink=options.uplink, endpoint_to_host_action=options.endpoint_to_host_action
+        )
+        self.stats = AgentStats()
+        self._wake = trio.Event()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        client_options: dict[str, Any] = {}
+        if self.options.max_consecutive_failures is not None:
+            client_options["max_consecutive_failures"] = self.options.max_consecutive_failures
+        async with (
+            open_trio_sync_client(self.options.typha, "felix", hostname=self.options.hostname, **client_options)
+            as client,
+            trio.open_nursery() as nursery,
+        ):
+            nursery.start_soon(self._apply_loop)
+            task_status.started()
+            async for event in client:
+                if isinstance(event, UpdateBatch):
+                    for update in event.updates:
+                        self.calc.update(update.key, update.value)
+                    self.stats.updates += len(event.updates)
+                elif isinstance(event, StatusChange):
+                    self.stats.status = event.status.value
+                    if event.status is SyncStatus.IN_SYNC:
+                        self.stats.in_sync = True
+                self._wake.set()
+            # The client only ends when told to stop or after max_consecutive_failures.
+            nursery.cancel_scope.cancel()
+
+    async def _apply_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            if not self.stats.in_sync:
+                self._wake = trio.Event()
+                continue
+            await trio.sleep(self.options.debounce)
+            # Anything arriving from here on wakes the next round.
+            self._wake = trio.Event()
+            started = time.perf_counter()
+            self.apply()
+            self.stats.last_apply_secs = time.perf_counter() - started
+
+    def apply(self) -> None:
+        self.calc.take_dirty()
+        state = self.calc.snapshot()
+        self.stats.applies += 1
+        if self.options.dry_run is None:
+            raise RuntimeError("kernel programming is not built yet: run with --dry-run DIR")
+        out = self.options.dry_run
+        out.mkdir(parents=True, exist_ok=True)
+        write_atomic(out / "iptables.save", rules.render_iptables(state))
+        write_atomic(out / "ipsets.save", rules.render_ipset_save(rules.desired_ipsets(state)))
+        write_atomic(out / "routes.txt", rules.render_routes(state))
+        # Written last: a reader that sees this generation sees the files of it (or a later one).
+        status = {
+            "hostname": self.options.hostname,
+            "in_sync": self.stats.in_sync,
+            "status": self.stats.status,
+            "applies": self.stats.applies,
+            "updates": self.stats.updates,
+            "endpoints": len(state.endpoints),
+            "policies": len(state.policies),
+            "ipsets": len(state.ipsets),
+            "time": time.time(),
+        }
+        write_atomic(out / "status.json", json.dumps(status, indent=1) + "\n")
+
+
+def _default_hostname() -> str:
+    # Felix's precedence: FELIX_FELIXHOSTNAME, then NODENAME (set by the calico-node manifest), then
+    # the host name.
+    return os.environ.get("FELIX_FELIXHOSTNAME") or os.environ.get("NODENAME") or socket.gethostname()
+
+
+def _typha_address(text: str) -> str:
+    return text if ":" in text.rsplit("]", 1)[-1] else f"{text}:{DEFAULT_TYPHA_PORT}"
+
+
+def parse_args(argv: Sequence[str] | None = None) -> AgentOptions:
+    parser = argparse.ArgumentParser(prog="felix-client", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--typha", action="append", default=None, metavar="HOST:PORT",
+        help="typha address (repeatable; default $FELIX_TYPHAADDR, comma-separated)",
+    )
+    parser.add_argument("--hostname", default=None, help="this node's name (default $FELIX_FELIXHOSTNAME / $NODENAME)")
+    parser.add_argument("--dry-run", type=Path, default=None, metavar="DIR",
+                        help="write iptables.save, ipsets.save, routes.txt and status.json to DIR instead of "
+                        "programming the kernel")
+    parser.add_argument("--debounce", type=float, default=0.05, help="seconds to coalesce updates before an apply")
+    parser.add_argument("--uplink", default="eth0", help="underlay interface for no-encap routes")
+    parser.add_argument("--endpoint-to-host-action", default=os.environ.get("FELIX_DEFAULTENDPOINTTOHOSTACTION",
+                                                                            "ACCEPT"),
+                        choices=["ACCEPT", "DROP", "RETURN"], type=str.upper)
+    parser.add_argument("--max-consecutive-failures", type=int, default=None,
+                        help="exit after this many failed connection attempts in a row")
+    parser.add_argument("--log-level", default=os.environ.get("FELIX_LOGSEVERITYSCREEN", "INFO"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    typha = args.typha or [a for a in os.environ.get("FELIX_TYPHAADDR", "").split(",") if a]
+    if not typha:
+        parser.error("no typha address: give --typha or set FELIX_TYPHAADDR")
+    return AgentOptions(
+        typha=[_typha_address(a) for a in typha],
+        hostname=args.hostname or _default_hostname(),
+        dry_run=args.dry_run,
+        debounce=args.debounce,
+        uplink=args.uplink,
+        endpoint_to_host_action=args.endpoint_to_host_action,
+        max_consecutive_failures=args.max_consecutive_failures,
+    )
+
+
+async def _main(options: AgentOptions) -> None:
+    agent = Agent(options)
+    async with trio.open_nursery() as nursery:
+
+        async def stop_on_signal() -> None:
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for signum in signals:
+                    log.info("signal %d: stopping", signum)
+                    nursery.cancel_scope.cancel()
+                    return
+
+        nursery.start_soon(stop_on_signal)
+        await agent.run()
+        nursery.cancel_scope.cancel()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    options = parse_args(argv)
+    if options.dry_run is None:
+        print("felix-client: kernel programming is not built yet (issue #5); run with --dry-run DIR", file=sys.stderr)
+        return 2
+    log.info("felix-client for node %s following %s, dry run into %s", options.hostname, options.typha,
+             options.dry_run)
+    trio.run(_main, options)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""The whole pipeline: API emulator → in-process typha → `felix-client --dry-run` for one node.
+
+The agent runs as its own process (as it will in the demo), through `python -m felix_client.agent`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from typha.config import TyphaConfig
+from typha.daemon import TyphaDaemon
+from typha.datastore.kubeclient import KubeClient
+from typha.testing.apiserver import KubeAPIEmulator
+
+from .worked_example import BACKEND_IF, FRONTEND_IF, POLICY_CHAIN, SOURCE_SET, cluster_objects, policy_object
+
+
+class DaemonThread:
+    """A TyphaDaemon on its own asyncio loop in a thread, so the test body can stay synchronous."""
+
+    def __init__(self, kube: KubeClient) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="typha-daemon", daemon=True)
+        self.daemon = TyphaDaemon(TyphaConfig(server_host="127.0.0.1", server_port=0), kube=kube)
+
+    def __enter__(self) -> TyphaDaemon:
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self.daemon.start(), self.loop).result(30)
+        return self.daemon
+
+    def __exit__(self, *exc: object) -> None:
+        asyncio.run_coroutine_threadsafe(self.daemon.stop(), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+@pytest.fixture
+def typha(tmp_path: Path) -> Iterator[tuple[KubeAPIEmulator, int]]:
+    with KubeAPIEmulator(bookmark_interval=0.2).start() as api:
+        for obj in cluster_objects():
+            api.create(obj)
+        path = tmp_path / "kubeconfig"
+        api.write_kubeconfig(path)
+        kube = KubeClient.from_kubeconfig(str(path))
+        try:
+            with DaemonThread(kube) as daemon:
+                yield api, daemon.port
+        finally:
+            kube.close()
+
+
+def wait_for(out: Path, check: Callable[[dict[str, str]], bool], what: str, timeout: float = 30) -> dict[str, str]:
+    """Poll the dry-run files until `check` holds for one consistent generation."""
+    deadline = time.monotonic() + timeout
+    files: dict[str, str] = {}
+    while time.monotonic() < deadline:
+        try:
+            files = {name: (out / name).read_text() for name in ("status.json", "iptables.save", "ipsets.save",
+                                                                  "routes.txt")}
+        except FileNotFoundError:
+            files = {}
+        if files and json.loads(files["status.json"])["in_sync"] and check(files):
+            return files
+        time.sleep(0.05)
+    pytest.fail(f"timed out waiting for {what}; last files: {files}")
+
+
+def test_agent_writes_chains_sets_and_routes_and_follows_policy_changes(typha, tmp_path):
+    api, port = typha
+    out = tmp_path / "node-1"
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "felix_client.agent", "--typha", f"127.0.0.1:{port}", "--hostname", "node-1",
+         "--dry-run", str(out), "--debounce", "0.02", "--log-level", "warning"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        files = wait_for(out, lambda f: f"cali-tw-{BACKEND_IF}" in f["iptables.save"], "the endpoints' chains")
+        assert f"-A cali-to-wl-dispatch -o {FRONTEND_IF} -g cali-tw-{FRONTEND_IF}" in files["iptables.save"]
+        assert POLICY_CHAIN not in files["iptables.save"]
+        assert files["routes.txt"].splitlines() == [
+            "blackhole 10.65.0.0/26 proto 80",
+            f"10.65.0.2 dev {FRONTEND_IF} scope link",
+            f"10.65.0.3 dev {BACKEND_IF} scope link",
+            "10.65.1.0/26 via 192.168.56.12 dev tunl0 proto 80 onlink",
+        ]
+        assert "add cali40masq-ipam-pools 10.65.0.0/16" in files["ipsets.save"]
+
+        api.create(policy_object())
+        files = wait_for(out, lambda f: POLICY_CHAIN in f["iptables.save"], "the policy chain")
+        assert (f"-A {POLICY_CHAIN} -p tcp -m comment --comment \"KubernetesNetworkPolicy demo/allow-frontend "
+                f"ingress\" -m set --match-set {SOURCE_SET} src -m multiport --dports 8080 "
+                "-j MARK --set-xmark 0x10000/0x10000") in files["iptables.save"]
+        assert f"add {SOURCE_SET} 10.65.0.2\n" in files["ipsets.save"]
+
+        # A new frontend pod joins the source set; relabelling it away leaves it again.
+        from typha.testing import objects
+
+        api.create(objects.pod("demo", "frontend2", node="node-2", ip="10.65.1.3", labels={"app": "frontend"}))
+        wait_for(out, lambda f: f"add {SOURCE_SET} 10.65.1.3\n" in f["ipsets.save"], "the new member")
+        api.patch("v1", "Pod", "frontend2", {"metadata": {"labels": {"app": "other"}}}, "demo")
+        wait_for(out, lambda f: "10.65.1.3" not in f["ipsets.save"], "the member to leave")
+
+        api.delete("networking.k8s.io/v1", "NetworkPolicy", "allow-frontend", "demo")
+        files = wait_for(out, lambda f: POLICY_CHAIN not in f["iptables.save"], "the policy chain to go")
+        assert SOURCE_SET not in files["ipsets.save"]
+        assert "End of tier" not in files["iptables.save"]
+    finally:
+        agent.terminate()
+        try:
+            _, err = agent.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            agent.kill()
+            _, err = agent.communicate()
+    assert agent.returncode == 0, err
+
+
+def test_agent_refuses_to_program_the_kernel_yet():
+    result = subprocess.run([sys.executable, "-m", "felix_client.agent", "--typha", "127.0.0.1:1"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "--dry-run" in result.stderr
