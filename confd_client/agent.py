@@ -32,6 +32,7 @@ import trio
 
 from confd_client.bgp import BGPStore
 from confd_client.render import FILES, render_all, write_if_changed
+from confd_client.secrets import SecretWatcher
 from typha.client import StatusChange, UpdateBatch, open_trio_sync_client
 from typha.model.kv import SyncStatus
 
@@ -71,6 +72,10 @@ class Settings:
     key_file: str = ""
     in_sync_timeout: float = 60.0
     render_env: dict[str, str] = field(default_factory=dict)
+    # Secrets for BGP passwords (upstream: KUBECONFIG, else in-cluster; namespace from NAMESPACE).
+    secrets: bool = False
+    kubeconfig: str = ""
+    namespace: str = "kube-system"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], argv: Sequence[str] | None = None) -> Settings:
@@ -104,6 +109,9 @@ class Settings:
             key_file=typha_setting(env, "KEYFILE"),
             in_sync_timeout=args.in_sync_timeout,
             render_env={name: env[name] for name in RENDER_ENV if env.get(name)},
+            secrets=bool(env.get("KUBECONFIG") or env.get("KUBERNETES_SERVICE_HOST")),
+            kubeconfig=env.get("KUBECONFIG", ""),
+            namespace=env.get("NAMESPACE") or "kube-system",
         )
 
 
@@ -137,6 +145,24 @@ class ConfdAgent:
         self._cancel: trio.CancelScope | None = None
         self._token: trio.lowlevel.TrioToken | None = None
         self.rendered = trio.Event()  # set after the first write after in-sync (tests wait on it)
+        self.secret_watcher: SecretWatcher | None = None
+        if settings.secrets:
+            self.secret_watcher = SecretWatcher(settings.namespace, settings.kubeconfig or None, self._secrets_changed)
+            self.store.secret_source = self.secret_watcher.get
+
+    def _secrets_changed(self) -> None:
+        """From the watcher's thread: re-render on the trio loop (passwords are read at render time)."""
+        token = self._token
+        if token is None:
+            return
+        try:
+            token.run_sync_soon(self._mark_dirty)
+        except trio.RunFinishedError:
+            pass
+
+    def _mark_dirty(self) -> None:
+        if self.in_sync:
+            self._dirty.set()
 
     # -- model ----------------------------------------------------------------------------------------
 
@@ -234,6 +260,15 @@ class ConfdAgent:
     async def run(self) -> None:
         """Oneshot: until the first render; daemon: until cancelled (or `stop()`)."""
         self._token = trio.lowlevel.current_trio_token()
+        if self.secret_watcher is not None:
+            self.secret_watcher.start()
+        try:
+            await self._run()
+        finally:
+            if self.secret_watcher is not None:
+                await trio.to_thread.run_sync(self.secret_watcher.stop)
+
+    async def _run(self) -> None:
         with trio.CancelScope() as scope:
             self._cancel = scope
             async with open_trio_sync_client(
@@ -246,6 +281,11 @@ class ConfdAgent:
                             self.handle(event)
                             if self.in_sync:
                                 break
+                        if self.secret_watcher is not None:
+                            # Passwords must be there for the one render we do.
+                            await trio.to_thread.run_sync(
+                                self.secret_watcher.synced.wait, self.settings.in_sync_timeout, abandon_on_cancel=True
+                            )
                     self.apply(self.render())
                     self.rendered.set()
                     return

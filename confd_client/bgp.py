@@ -20,7 +20,7 @@ import hashlib
 import ipaddress
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -219,7 +219,8 @@ class BGPStore:
         self.pools: dict[int, dict[str, dict[str, Any]]] = {4: {}, 6: {}}
         # host -> version -> block key ("a.b.c.d-len") -> state; pending blocks are never stored.
         self.affinities: dict[str, dict[int, dict[str, str]]] = {}
-        self.secrets: dict[tuple[str, str], dict[str, str]] = {}  # (namespace, name) -> key -> value
+        # BGP passwords: (secret name, key) -> value, from the agent's Secret side channel if it has one.
+        self.secret_source: Callable[[str, str], str | None] | None = None
 
     def apply(self, key: str, value: Any) -> bool:
         """Apply one KV (value None = delete); returns whether the key is one this client uses."""
@@ -327,12 +328,9 @@ class BGPStore:
 
     def secret_value(self, ref: Mapping[str, Any] | None) -> str | None:
         """A BGP password from a Secret in calico's namespace, when the client has Secrets at all."""
-        if not ref:
+        if not ref or self.secret_source is None:
             return None
-        secret = self.secrets.get(("kube-system", str(ref.get("name"))))
-        if secret is None:
-            return None
-        return secret.get(str(ref.get("key")))
+        return self.secret_source(str(ref.get("name")), str(ref.get("key")))
 
 
 # -- updatePeersV1 ----------------------------------------------------------------------------------

@@ -200,6 +200,7 @@ def test_case(case: dict[str, Any], api: KubeAPIEmulator, tmp_path: Path) -> Non
     kubeconfig = tmp_path / "kubeconfig"
     api.write_kubeconfig(kubeconfig)
     kube = KubeClient.from_kubeconfig(str(kubeconfig))
+    env["KUBECONFIG"] = str(kubeconfig)  # as upstream's harness: confd reads Secrets from the API itself
 
     async def scenario() -> None:
         daemon = TyphaDaemon(TyphaConfig(server_host="127.0.0.1", server_port=free_port()), kube=kube)
