@@ -31,8 +31,8 @@ from typing import Any
 import trio
 
 from confd_client.bgp import BGPStore
+from confd_client.kube import KubeSources
 from confd_client.render import FILES, render_all, write_if_changed
-from confd_client.secrets import SecretWatcher
 from typha.client import StatusChange, UpdateBatch, open_trio_sync_client
 from typha.model.kv import SyncStatus
 
@@ -72,8 +72,9 @@ class Settings:
     key_file: str = ""
     in_sync_timeout: float = 60.0
     render_env: dict[str, str] = field(default_factory=dict)
-    # Secrets for BGP passwords (upstream: KUBECONFIG, else in-cluster; namespace from NAMESPACE).
-    secrets: bool = False
+    # Kubernetes side channels (Secrets for passwords, Services for advertisement), as upstream:
+    # KUBECONFIG, else in-cluster; Secrets from namespace NAMESPACE.
+    kube: bool = False
     kubeconfig: str = ""
     namespace: str = "kube-system"
 
@@ -109,7 +110,7 @@ class Settings:
             key_file=typha_setting(env, "KEYFILE"),
             in_sync_timeout=args.in_sync_timeout,
             render_env={name: env[name] for name in RENDER_ENV if env.get(name)},
-            secrets=bool(env.get("KUBECONFIG") or env.get("KUBERNETES_SERVICE_HOST")),
+            kube=bool(env.get("KUBECONFIG") or env.get("KUBERNETES_SERVICE_HOST")),
             kubeconfig=env.get("KUBECONFIG", ""),
             namespace=env.get("NAMESPACE") or "kube-system",
         )
@@ -145,12 +146,13 @@ class ConfdAgent:
         self._cancel: trio.CancelScope | None = None
         self._token: trio.lowlevel.TrioToken | None = None
         self.rendered = trio.Event()  # set after the first write after in-sync (tests wait on it)
-        self.secret_watcher: SecretWatcher | None = None
-        if settings.secrets:
-            self.secret_watcher = SecretWatcher(settings.namespace, settings.kubeconfig or None, self._secrets_changed)
-            self.store.secret_source = self.secret_watcher.get
+        self.kube: KubeSources | None = None
+        if settings.kube:
+            self.kube = KubeSources(settings.kubeconfig or None, settings.namespace, self._kube_changed)
+            self.store.secret_source = self.kube.secret
+            self.store.services_source = self.kube.service_endpoints
 
-    def _secrets_changed(self) -> None:
+    def _kube_changed(self) -> None:
         """From the watcher's thread: re-render on the trio loop (passwords are read at render time)."""
         token = self._token
         if token is None:
@@ -260,13 +262,13 @@ class ConfdAgent:
     async def run(self) -> None:
         """Oneshot: until the first render; daemon: until cancelled (or `stop()`)."""
         self._token = trio.lowlevel.current_trio_token()
-        if self.secret_watcher is not None:
-            self.secret_watcher.start()
+        if self.kube is not None:
+            self.kube.start()
         try:
             await self._run()
         finally:
-            if self.secret_watcher is not None:
-                await trio.to_thread.run_sync(self.secret_watcher.stop)
+            if self.kube is not None:
+                await trio.to_thread.run_sync(self.kube.stop)
 
     async def _run(self) -> None:
         with trio.CancelScope() as scope:
@@ -281,10 +283,10 @@ class ConfdAgent:
                             self.handle(event)
                             if self.in_sync:
                                 break
-                        if self.secret_watcher is not None:
-                            # Passwords must be there for the one render we do.
+                        if self.kube is not None:
+                            # Passwords and Services must be there for the one render we do.
                             await trio.to_thread.run_sync(
-                                self.secret_watcher.synced.wait, self.settings.in_sync_timeout, abandon_on_cancel=True
+                                self.kube.wait_synced, self.settings.in_sync_timeout, abandon_on_cancel=True
                             )
                     self.apply(self.render())
                     self.rendered.set()

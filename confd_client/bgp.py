@@ -221,6 +221,8 @@ class BGPStore:
         self.affinities: dict[str, dict[int, dict[str, str]]] = {}
         # BGP passwords: (secret name, key) -> value, from the agent's Secret side channel if it has one.
         self.secret_source: Callable[[str, str], str | None] | None = None
+        # Services with their EndpointSlices, for per-Service routes (upstream's route generator).
+        self.services_source: Callable[[], list[tuple[dict[str, Any], list[dict[str, Any]]]]] | None = None
 
     def apply(self, key: str, value: Any) -> bool:
         """Apply one KV (value None = delete); returns whether the key is one this client uses."""
@@ -751,9 +753,10 @@ def _pools(store: BGPStore, cfg: BirdConfig, me: str) -> None:
     bird_ipip, bird_noencap = _cluster_route_policy(store.global_config)
     cfg.ibgp_tunnel_patterns = ["*.cali", "*.calico"] + ([] if bird_ipip else ["tunl0"])
     node = store.nodes.get(me)
+    # network_v4 exists only for a node with an IPv4 address; without it upstream emits no v4 kernel lines.
     local_subnet = None
     if node is not None:
-        local_subnet = node.network_v4 if cfg.version == 4 else node.network_v6
+        local_subnet = (node.network_v4 if cfg.version == 4 else node.network_v6) or None
     for value in store.pools[cfg.version].values():
         cidr = str(value.get("cidr") or "")
         if not cidr:
@@ -977,25 +980,107 @@ def bird_config(store: BGPStore, version: int, me: str, env: Mapping[str, str]) 
     blocks = store.affinities.get(me, {}).get(version, {})
     cfg.blocks = [(key.replace("-", "/"), blocks[key]) for key in sorted(blocks)]
 
-    # Service CIDRs from the default BGPConfiguration; the node can opt out of advertising them.
-    wanted = []
-    cluster_ips = env.get("CALICO_ADVERTISE_CLUSTER_IPS")
-    wanted += [cluster_ips] if cluster_ips else _service_cidrs(glob, "serviceClusterIPs")
-    wanted += _service_cidrs(glob, "serviceExternalIPs")
-    lb = _service_cidrs(glob, "serviceLoadBalancerIPs")
-    # Single LB addresses are advertised per Service (route generator), not from every node.
-    wanted += [c for c in lb if not c.endswith("/32" if ":" not in c else "/128")]
-    cfg.load_balancer_ips = lb
+    routes, rejects = service_routes(store, me, env)
+    cfg.load_balancer_ips = _service_cidrs(glob, "serviceLoadBalancerIPs")
     cfg.external_ips = _service_cidrs(glob, "serviceExternalIPs")
-    excluded = node is not None and node.labels.get(EXCLUDE_LB_LABEL) == "true"
-    family = [c for c in dict.fromkeys(wanted) if (":" in c) == (version == 6)]
-    cfg.reject_cidrs = sorted(_cidr_key(c) for c in family)
-    cfg.static_routes = [] if excluded else sorted(_cidr_key(c) for c in family)
-    cfg.reject_cidrs = [k.replace("-", "/") for k in cfg.reject_cidrs]
-    cfg.static_routes = [k.replace("-", "/") for k in cfg.static_routes]
+    # `ls /staticroutes` order: keys with `/` as `-`, string-sorted.
+    cfg.static_routes = sorted((c for c in routes if (":" in c) == (version == 6)), key=_cidr_key)
+    cfg.reject_cidrs = sorted((c for c in rejects if (":" in c) == (version == 6)), key=_cidr_key)
     return cfg
 
 
 def _cidr_key(cidr: str) -> str:
     """The `ls` key of a static route: the CIDR with `/` as `-`, so that sorting matches upstream's."""
     return cidr.replace("/", "-")
+
+
+def _networks(cidrs: list[str]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    nets = []
+    for cidr in cidrs:
+        try:
+            nets.append(ipaddress.ip_network(cidr, strict=False))
+        except ValueError:
+            log.warning("ignoring unparsable service CIDR %r", cidr)
+    return nets
+
+
+def _within(ip: str, nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network], single: bool = False) -> bool:
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    return any(
+        address.version == net.version and address in net and (not single or net.prefixlen == net.max_prefixlen)
+        for net in nets
+    )
+
+
+def _full_length(ip: str) -> str:
+    return f"{ip}/128" if ":" in ip else f"{ip}/32"
+
+
+def _advertise_service(
+    svc: Mapping[str, Any], slices: list[dict[str, Any]], me: str, lb_nets: list[Any], ext_nets: list[Any]
+) -> bool:
+    """routes.go advertiseThisService (the node's exclusion label is checked by the caller)."""
+    spec = svc.get("spec") or {}
+    if spec.get("type", "ClusterIP") not in ("ClusterIP", "NodePort", "LoadBalancer"):
+        return False
+    cluster_ip = str(spec.get("clusterIP") or "")
+    if cluster_ip in ("", "None"):
+        return False
+    policy = spec.get("externalTrafficPolicy")
+    if policy == "Cluster":
+        lb_ips = [str(spec.get("loadBalancerIP") or "")]
+        ingress = ((svc.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
+        lb_ips += [str(i.get("ip") or "") for i in ingress]
+        if spec.get("type") == "LoadBalancer" and any(_within(ip, lb_nets, single=True) for ip in lb_ips if ip):
+            return True
+        if any(_within(str(ip), ext_nets, single=True) for ip in spec.get("externalIPs") or []):
+            return True
+    if policy != "Local":
+        return False  # the whole service range is advertised from every node instead
+    # A local endpoint of the service's own family (a v4 endpoint does not make a v6 service local).
+    svc_v6 = ":" in cluster_ip
+    for item in slices:
+        for endpoint in item.get("endpoints") or []:
+            if (endpoint.get("conditions") or {}).get("ready") is False or endpoint.get("nodeName") != me:
+                continue
+            if any((":" in str(address)) == svc_v6 for address in endpoint.get("addresses") or []):
+                return True
+    return False
+
+
+def service_routes(store: BGPStore, me: str, env: Mapping[str, str]) -> tuple[set[str], set[str]]:
+    """(/calico/staticroutes, /calico/rejectcidrs): service ranges from BGPConfiguration + per-Service IPs.
+
+    Ranges are advertised from every node unless the node opts out with the exclude-from-external-
+    load-balancers label; they are always kept out of the kernel (reject). Single LB addresses are
+    advertised per Service only, never as a range from every node.
+    """
+    glob = store.global_config
+    cluster = [env["CALICO_ADVERTISE_CLUSTER_IPS"]] if env.get("CALICO_ADVERTISE_CLUSTER_IPS") else _service_cidrs(
+        glob, "serviceClusterIPs")
+    external = _service_cidrs(glob, "serviceExternalIPs")
+    lb = _service_cidrs(glob, "serviceLoadBalancerIPs")
+    ranges = [*cluster, *external]
+    ranges += [c for c in lb if not c.endswith("/128" if ":" in c else "/32")]
+    node = store.nodes.get(me)
+    excluded = node is not None and node.labels.get(EXCLUDE_LB_LABEL) == "true"
+    rejects = set(ranges)
+    if excluded:
+        return set(), rejects
+    routes = set(ranges)
+    if store.services_source is None:
+        return routes, rejects
+    lb_nets, ext_nets = _networks(lb), _networks(external)
+    for svc, slices in store.services_source():
+        if not _advertise_service(svc, slices, me, lb_nets, ext_nets):
+            continue
+        spec = svc.get("spec") or {}
+        ips = [str(spec.get("clusterIP"))] if cluster else []
+        ips += [str(ip) for ip in spec.get("externalIPs") or [] if _within(str(ip), ext_nets)]
+        ingress = ((svc.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
+        ips += [str(i["ip"]) for i in ingress if i.get("ip") and _within(str(i["ip"]), lb_nets)]
+        routes.update(_full_length(ip) for ip in ips)
+    return routes, rejects
