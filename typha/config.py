@@ -83,6 +83,12 @@ class TyphaConfig:
     kubeconfig: str = _setting("Kubeconfig", "",
                                "kubeconfig to reach the API server; empty: $KUBECONFIG, in-cluster, ~/.kube/config.",
                                extension=True)
+    workers: int = _setting("Workers", 1,
+                            "Fan-out processes; above 1, one ingest process feeds that many workers sharing the port.",
+                            extension=True)
+    server_reuse_port: bool = _setting("ServerReusePort", False,
+                                       "Share the Sync port with other processes (SO_REUSEPORT), as workers do.",
+                                       extension=True)
     upstream: str = _setting("Upstream", "",
                              "Follow this typha (host:port or unix:PATH) instead of the Kubernetes API.",
                              extension=True)
@@ -135,6 +141,8 @@ def flag_name(spec: dataclasses.Field[Any]) -> str:
 
 def _parse(spec: dataclasses.Field[Any], raw: str) -> Any:
     kind = type(spec.default)
+    if raw in spec.metadata["choices"]:
+        return raw  # "none" is a real value of ConnectionRebalancingMode, not Typha's zero-value escape
     if raw.strip().lower() == "none":
         return kind()
     try:

@@ -13,6 +13,7 @@ from typing import Any
 import prometheus_client
 
 from typha import config as typha_config
+from typha import tls as typha_tls
 from typha.cache import CacheLimits, LoopFeeder, SnapshotCache
 from typha.config import TyphaConfig
 from typha.datastore.kubeclient import KubeClient
@@ -48,7 +49,8 @@ class TyphaDaemon:
         self.server = SyncServer(self.caches, ServerSettings.from_config(config))
         for cache in self.caches.values():
             cache.status_listeners.append(self._on_status)
-        port = await self.server.start(config.server_host or "0.0.0.0", config.effective_server_port)
+        credentials, self.server.authorizer = typha_tls.server_security(config)  # TLS only, when configured
+        port = await self.server.start(config.server_host or "0.0.0.0", config.effective_server_port, credentials)
         log.info("Serving syncers %s on port %d", ", ".join(self.caches), port)
         if config.upstream:
             self.followers = [UpstreamFollower(config.upstream, name, cache) for name, cache in self.caches.items()]
@@ -137,5 +139,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     config = typha_config.load(args)
     logging.getLogger().setLevel(getattr(logging, config.log_severity_screen, logging.INFO))
+    if config.workers > 1 and not config.upstream:
+        from typha.workers import serve_workers
+
+        return serve_workers(config, config.workers, getattr(args, "log_format", "text"))
     asyncio.run(serve(config))
     return 0

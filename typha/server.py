@@ -20,7 +20,7 @@ import random
 import socket
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,6 +60,7 @@ class ServerSettings:
     checksum_interval_secs: float = 30.0
     drain_reconnect_grace_secs: float = 10.0  # after a Reconnect hint, how long the client may take to move
     watchdog_interval_secs: float = 1.0
+    reuse_port: bool = False
 
     @classmethod
     def from_config(cls, config: TyphaConfig) -> ServerSettings:
@@ -75,6 +76,7 @@ class ServerSettings:
             write_timeout_secs=config.server_write_timeout_secs,
             max_connections=config.max_connections_upper_limit,
             checksum_interval_secs=config.checksum_interval_secs,
+            reuse_port=config.server_reuse_port,
         )
 
 
@@ -130,6 +132,8 @@ class SyncServer:
         self._server: grpc.aio.Server | None = None
         self._watchdog: asyncio.Task[None] | None = None
         self.port = 0
+        # mTLS: awaited first on every stream; aborts the call to refuse the client (typha.tls).
+        self.authorizer: Callable[[grpc.aio.ServicerContext], Awaitable[None]] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -143,7 +147,7 @@ class SyncServer:
             # thousands of nodes must queue instead.
             ("grpc.server.max_pending_requests", 100_000),
             ("grpc.server.max_pending_requests_hard_limit", 100_000),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", int(self.settings.reuse_port)),
             ("grpc.http2.max_pings_without_data", 0),
             ("grpc.keepalive_permit_without_calls", 1),
         ])
@@ -211,6 +215,8 @@ class SyncServer:
     # -- one client --------------------------------------------------------------------------------
 
     async def _handle(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
+        if self.authorizer is not None:
+            await self.authorizer(context)
         conn = Connection(peer=context.peer())
         conn.task = asyncio.current_task()
         self.metrics.connections_accepted.inc()

@@ -73,3 +73,7 @@ def test_every_setting_has_help():
 
     for spec in dataclasses.fields(TyphaConfig):
         assert spec.metadata["help"], spec.name
+
+
+def test_none_is_a_value_where_it_is_one_of_the_choices():
+    assert load(environ={"TYPHA_CONNECTIONREBALANCINGMODE": "none"}).connection_rebalancing_mode == "none"

@@ -1,0 +1,95 @@
+"""`typha serve --workers 2`: one ingest process, two fan-out workers sharing the port.
+
+Kill a worker under churn: its clients come back through the same port to the other worker and
+resume there (no snapshot), the supervisor restarts the dead one, and every mirror ends equal to
+the conversion of the API's objects with checksums matching the ingest's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+
+from typha.client import AsyncSyncClient, Backoff
+from typha.datastore.syncers import convert_objects
+from typha.testing.apiserver import KubeAPIEmulator
+
+from .churn import apply, random_op
+from .test_daemon import free_port
+from .test_fanout_e2e import Ignore
+from .test_serve_process import wait_ready
+
+CLIENTS = 12
+
+
+def worker_pids(supervisor: subprocess.Popen[bytes]) -> list[int]:
+    children = psutil.Process(supervisor.pid).children()
+    return [child.pid for child in children if "--upstream" in child.cmdline()]
+
+
+def test_killed_worker_clients_resume_on_another_and_it_is_restarted(tmp_path):
+    rng = random.Random("workers")
+    with KubeAPIEmulator(bookmark_interval=0.2).start() as api:
+        kubeconfig = tmp_path / "kubeconfig"
+        api.write_kubeconfig(kubeconfig)
+        port, health_port = free_port(), free_port()
+        supervisor = subprocess.Popen(
+            [sys.executable, "-m", "typha.cli", "serve", "--workers", "2", "--kubeconfig", str(kubeconfig),
+             "--server-host", "127.0.0.1", "--server-port", str(port), "--health-enabled", "true",
+             "--health-host", "127.0.0.1", "--health-port", str(health_port), "--shutdown-timeout-secs", "1"])
+        try:
+            wait_ready(health_port, supervisor, timeout=60)
+            assert len(worker_pids(supervisor)) == 2
+
+            async def scenario() -> None:
+                # A local subchannel pool gives each client its own TCP connection, as separate node
+                # processes have; otherwise gRPC would multiplex all of them over one connection.
+                clients = [AsyncSyncClient([f"127.0.0.1:{port}"], "felix", hostname=f"node-{i}", callbacks=Ignore(),
+                                           channel_options=[("grpc.use_local_subchannel_pool", 1)],
+                                           backoff=Backoff(initial=0.05, maximum=0.3)) for i in range(CLIENTS)]
+                for client in clients:
+                    client.start()
+                try:
+                    assert all(await asyncio.gather(*(c.wait_in_sync(30) for c in clients)))
+                    for _ in range(40):
+                        await asyncio.to_thread(apply, api, random_op(rng))
+                    snapshots = [c.counters.snapshots for c in clients]
+                    victim = worker_pids(supervisor)[0]
+                    psutil.Process(victim).send_signal(signal.SIGKILL)
+                    for _ in range(40):
+                        await asyncio.to_thread(apply, api, random_op(rng))
+                    want = convert_objects("felix", await asyncio.to_thread(api.objects))
+                    deadline = time.monotonic() + 30
+                    while time.monotonic() < deadline and not all(c.core.to_dict() == want for c in clients):
+                        await asyncio.sleep(0.1)
+                    assert all(c.core.to_dict() == want for c in clients)
+                    digests = {c.core.digest for c in clients}
+                    assert len(digests) == 1
+                    moved = [c for c, before in zip(clients, snapshots, strict=True) if c.counters.connections > 1]
+                    assert moved, "with 12 clients on 2 workers, some were on the killed one"
+                    for client, before in zip(clients, snapshots, strict=True):
+                        assert client.counters.snapshots == before, "clients of a dead worker must resume"
+                    deadline = time.monotonic() + 30
+                    while time.monotonic() < deadline and (
+                        len(worker_pids(supervisor)) < 2 or victim in worker_pids(supervisor)
+                    ):
+                        await asyncio.sleep(0.1)
+                    assert len(worker_pids(supervisor)) == 2 and victim not in worker_pids(supervisor)
+                finally:
+                    await asyncio.gather(*(c.close() for c in clients))
+
+            asyncio.run(asyncio.wait_for(scenario(), 120))
+            wait_ready(health_port, supervisor, timeout=60)
+            supervisor.send_signal(signal.SIGTERM)
+            assert supervisor.wait(timeout=60) == 0
+        finally:
+            if supervisor.poll() is None:
+                supervisor.kill()
+                for child in psutil.Process(supervisor.pid).children(recursive=True):
+                    child.kill()

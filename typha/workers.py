@@ -1,0 +1,200 @@
+"""`typha serve --workers N`: one ingest process and N fan-out worker processes on every core.
+
+The ingest process is an ordinary typha (datastore → syncers → caches) listening only on a Unix
+socket. Each worker is an ordinary typha following the ingest over the Sync protocol itself
+(`--upstream unix:…`, typha.upstream) and serving clients on the public port, which all workers
+share with SO_REUSEPORT: the kernel spreads connections across them. Because replicas keep the
+ingest's epoch and sequence numbers, the clients of a worker that dies reconnect to the same port,
+land on another worker and resume there without a snapshot; the supervisor restarts the dead one.
+
+The supervisor (this module, the parent process) serves the aggregated health and metrics:
+ready when every child is ready, metrics merged across processes by prometheus_client's
+multiprocess mode.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+
+from typha.config import TyphaConfig, env_name
+
+log = logging.getLogger(__name__)
+
+RESTART_BACKOFF_SECS = 1.0
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _env_value(value: object) -> str:
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
+
+
+@dataclass
+class Child:
+    role: str  # "ingest" or "worker-<i>"
+    flags: list[str]
+    health_port: int
+    process: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    started_at: float = 0.0
+
+    def ready(self) -> bool:
+        try:
+            url = f"http://127.0.0.1:{self.health_port}/readiness"
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return response.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+
+@dataclass
+class Supervisor:
+    config: TyphaConfig
+    workers: int
+    log_format: str = "text"
+    children: list[Child] = field(default_factory=list)
+    _stopping: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        self.runtime_dir = tempfile.mkdtemp(prefix="typha-")
+        self.ingest_socket = f"unix:{self.runtime_dir}/ingest.sock"
+        self.metrics_dir = os.path.join(self.runtime_dir, "metrics")
+        os.makedirs(self.metrics_dir)
+        self.children.append(Child("ingest", ["--server-host", self.ingest_socket], _free_port()))
+        public = ["--server-host", self.config.server_host or "0.0.0.0",
+                  "--server-port", str(self.config.effective_server_port), "--server-reuse-port", "true",
+                  "--upstream", self.ingest_socket]
+        for index in range(self.workers):
+            self.children.append(Child(f"worker-{index}", list(public), _free_port()))
+
+    def _environment(self, child: Child) -> dict[str, str]:
+        env = dict(os.environ)
+        # Every setting the supervisor was given reaches the children; role-specific ones follow as flags.
+        for spec in dataclasses.fields(TyphaConfig):
+            env[env_name(spec)] = _env_value(getattr(self.config, spec.name))
+        env.update({
+            "TYPHA_WORKERS": "1",
+            "TYPHA_HEALTHENABLED": "true",
+            "TYPHA_HEALTHHOST": "127.0.0.1",
+            "TYPHA_HEALTHPORT": str(child.health_port),
+            "TYPHA_PROMETHEUSMETRICSENABLED": "false",
+            "PROMETHEUS_MULTIPROC_DIR": self.metrics_dir,
+        })
+        return env
+
+    def _spawn(self, child: Child) -> None:
+        command = [sys.executable, "-m", "typha.cli", "--log-format", self.log_format, "serve", *child.flags]
+        child.process = subprocess.Popen(command, env=self._environment(child))
+        child.started_at = time.monotonic()
+        log.info("started %s (pid %d)", child.role, child.process.pid)
+
+    def start(self) -> None:
+        for child in self.children:
+            self._spawn(child)
+
+    def watch(self) -> None:
+        """Restart children that exit until stop() is called (runs on its own thread)."""
+        while not self._stopping.wait(0.2):
+            for child in self.children:
+                process = child.process
+                if process is None or process.poll() is None:
+                    continue
+                if time.monotonic() - child.started_at < RESTART_BACKOFF_SECS:
+                    continue
+                log.warning("%s (pid %d) exited with %s; restarting", child.role, process.pid, process.returncode)
+                child.restarts += 1
+                self._spawn(child)
+
+    def ready(self) -> tuple[bool, str]:
+        not_ready = [child.role for child in self.children if not child.ready()]
+        return (not not_ready, "ready" if not not_ready else f"not ready: {', '.join(not_ready)}")
+
+    def live(self) -> tuple[bool, str]:
+        dead = [child.role for child in self.children if child.process is None or child.process.poll() is not None]
+        return (not dead, "live" if not dead else f"restarting: {', '.join(dead)}")
+
+    def stop(self, graceful: bool) -> None:
+        """Workers first (they drain their clients to each other and to other replicas), then ingest."""
+        self._stopping.set()
+        sig = signal.SIGTERM if graceful else signal.SIGINT
+        timeout = self.config.shutdown_timeout_secs + 10 if graceful else 10
+        for group in (self.children[1:], self.children[:1]):
+            for child in group:
+                if child.process is not None and child.process.poll() is None:
+                    child.process.send_signal(sig)
+            for child in group:
+                if child.process is None:
+                    continue
+                try:
+                    child.process.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    child.process.kill()
+
+
+def serve_workers(config: TyphaConfig, workers: int, log_format: str = "text") -> int:
+    """Run the supervisor until SIGTERM (drain) or SIGINT (stop now)."""
+    import asyncio
+
+    supervisor = Supervisor(config, workers, log_format)
+    supervisor.start()
+    watcher = threading.Thread(target=supervisor.watch, name="typha-supervisor", daemon=True)
+    watcher.start()
+
+    async def run() -> bool:
+        from typha.health import HealthEndpoints
+
+        health = None
+        if config.health_enabled:
+            health = HealthEndpoints(
+                ready=supervisor.ready, live=supervisor.live)
+            await health.start(config.health_host, config.health_port)
+        metrics_server = None
+        if config.prometheus_metrics_enabled:
+            metrics_server = _serve_multiprocess_metrics(config, supervisor.metrics_dir)
+        stopping = asyncio.Event()
+        graceful = [True]
+
+        def on_signal(is_graceful: bool) -> None:
+            graceful[0] = is_graceful
+            stopping.set()
+
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, on_signal, True)
+        loop.add_signal_handler(signal.SIGINT, on_signal, False)
+        await stopping.wait()
+        if health is not None:
+            await health.stop()
+        if metrics_server is not None:
+            metrics_server.shutdown()
+        return graceful[0]
+
+    graceful = asyncio.run(run())
+    supervisor.stop(graceful)
+    return 0
+
+
+def _serve_multiprocess_metrics(config: TyphaConfig, metrics_dir: str):  # type: ignore[no-untyped-def]
+    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=metrics_dir)
+    server, _ = start_http_server(config.prometheus_metrics_port, config.prometheus_metrics_host or "0.0.0.0",
+                                  registry=registry)
+    return server
