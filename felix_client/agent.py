@@ -31,6 +31,7 @@ import trio
 
 from felix_client import rules
 from felix_client.calc import Calculator
+from felix_client.health import DEFAULT_HEALTH_PORT, serve_health
 from typha.client import StatusChange, UpdateBatch, open_trio_sync_client
 from typha.model.kv import SyncStatus
 
@@ -48,6 +49,8 @@ class AgentOptions:
     uplink: str = "eth0"
     endpoint_to_host_action: str = "ACCEPT"
     max_consecutive_failures: int | None = None
+    health_host: str = "0.0.0.0"
+    health_port: int | None = None  # None: no health endpoint
 
 
 @dataclass
@@ -112,6 +115,11 @@ class Agent:
             self.apply()
             self.stats.last_apply_secs = time.perf_counter() - started
 
+    @property
+    def ready(self) -> bool:
+        # Ready once the dataplane reflects a complete snapshot, as Felix reports readiness.
+        return self.stats.in_sync and self.stats.applies > 0
+
     def apply(self) -> None:
         self.calc.take_dirty()
         state = self.calc.snapshot()
@@ -165,6 +173,10 @@ def parse_args(argv: Sequence[str] | None = None) -> AgentOptions:
                         choices=["ACCEPT", "DROP", "RETURN"], type=str.upper)
     parser.add_argument("--max-consecutive-failures", type=int, default=None,
                         help="exit after this many failed connection attempts in a row")
+    parser.add_argument("--health-port", type=int, default=_env_health_port(),
+                        help=f"serve /liveness and /readiness here (default: $FELIX_HEALTHPORT or "
+                        f"{DEFAULT_HEALTH_PORT} when $FELIX_HEALTHENABLED is true, else off)")
+    parser.add_argument("--health-host", default=os.environ.get("FELIX_HEALTHHOST", "0.0.0.0"))
     parser.add_argument("--log-level", default=os.environ.get("FELIX_LOGSEVERITYSCREEN", "INFO"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -179,7 +191,15 @@ def parse_args(argv: Sequence[str] | None = None) -> AgentOptions:
         uplink=args.uplink,
         endpoint_to_host_action=args.endpoint_to_host_action,
         max_consecutive_failures=args.max_consecutive_failures,
+        health_host=args.health_host,
+        health_port=args.health_port,
     )
+
+
+def _env_health_port() -> int | None:
+    if os.environ.get("FELIX_HEALTHENABLED", "").lower() not in ("true", "1", "yes"):
+        return None
+    return int(os.environ.get("FELIX_HEALTHPORT") or DEFAULT_HEALTH_PORT)
 
 
 async def _main(options: AgentOptions) -> None:
@@ -194,6 +214,9 @@ async def _main(options: AgentOptions) -> None:
                     return
 
         nursery.start_soon(stop_on_signal)
+        if options.health_port is not None:
+            port = await nursery.start(serve_health, options.health_host, options.health_port, lambda: agent.ready)
+            log.info("health endpoints on port %d", port)
         await agent.run()
         nursery.cancel_scope.cancel()
 

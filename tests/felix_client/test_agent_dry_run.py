@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -58,6 +61,20 @@ def typha(tmp_path: Path) -> Iterator[tuple[KubeAPIEmulator, int]]:
             kube.close()
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def http_status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
 def wait_for(out: Path, check: Callable[[dict[str, str]], bool], what: str, timeout: float = 30) -> dict[str, str]:
     """Poll the dry-run files until `check` holds for one consistent generation."""
     deadline = time.monotonic() + timeout
@@ -77,9 +94,11 @@ def wait_for(out: Path, check: Callable[[dict[str, str]], bool], what: str, time
 def test_agent_writes_chains_sets_and_routes_and_follows_policy_changes(typha, tmp_path):
     api, port = typha
     out = tmp_path / "node-1"
+    health = free_port()
     agent = subprocess.Popen(
         [sys.executable, "-m", "felix_client.agent", "--typha", f"127.0.0.1:{port}", "--hostname", "node-1",
-         "--dry-run", str(out), "--debounce", "0.02", "--log-level", "warning"],
+         "--dry-run", str(out), "--debounce", "0.02", "--log-level", "warning",
+         "--health-host", "127.0.0.1", "--health-port", str(health)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
@@ -93,6 +112,8 @@ def test_agent_writes_chains_sets_and_routes_and_follows_policy_changes(typha, t
             "10.65.1.0/26 via 192.168.56.12 dev tunl0 proto 80 onlink",
         ]
         assert "add cali40masq-ipam-pools 10.65.0.0/16" in files["ipsets.save"]
+        assert http_status(f"http://127.0.0.1:{health}/readiness") == 200
+        assert http_status(f"http://127.0.0.1:{health}/liveness") == 200
 
         api.create(policy_object())
         files = wait_for(out, lambda f: POLICY_CHAIN in f["iptables.save"], "the policy chain")
@@ -128,3 +149,20 @@ def test_agent_refuses_to_program_the_kernel_yet():
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "--dry-run" in result.stderr
+
+
+def test_hostname_and_typha_defaults(monkeypatch):
+    from felix_client.agent import parse_args
+
+    monkeypatch.setenv("NODENAME", "from-nodename")
+    monkeypatch.setenv("FELIX_TYPHAADDR", "typha-a,typha-b:6000")
+    monkeypatch.delenv("FELIX_FELIXHOSTNAME", raising=False)
+    monkeypatch.delenv("FELIX_HEALTHENABLED", raising=False)
+    options = parse_args(["--dry-run", "out"])
+    assert options.hostname == "from-nodename"
+    assert options.typha == ["typha-a:5473", "typha-b:6000"]
+    assert options.health_port is None
+    monkeypatch.setenv("FELIX_FELIXHOSTNAME", "from-felix")
+    monkeypatch.setenv("FELIX_HEALTHENABLED", "true")
+    options = parse_args(["--typha", "10.0.0.1:5473"])
+    assert (options.hostname, options.typha, options.health_port) == ("from-felix", ["10.0.0.1:5473"], 9099)
