@@ -17,6 +17,7 @@ Modes:
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import shutil
@@ -151,6 +152,48 @@ class ConfdAgent:
             self.kube = KubeSources(settings.kubeconfig or None, settings.namespace, self._kube_changed)
             self.store.secret_source = self.kube.secret
             self.store.services_source = self.kube.service_endpoints
+
+        self.status_dir: Path | None = None
+        prefix = settings.render_env.get("CALICO_ENDPOINT_STATUS_PATH_PREFIX")
+        if prefix:
+            self.status_dir = Path(prefix) / "endpoint-status"
+            self.store.local_workloads_source = self._read_endpoint_status
+
+    def _read_endpoint_status(self) -> list[dict[str, Any]]:
+        """Felix's per-workload status files; unreadable or half-written ones are skipped this round."""
+        out = []
+        if self.status_dir is None or not self.status_dir.is_dir():
+            return out
+        for path in sorted(self.status_dir.iterdir()):
+            try:
+                status = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(status, dict):
+                out.append(status)
+        return out
+
+    def _status_fingerprint(self) -> tuple[tuple[str, int, int], ...]:
+        if self.status_dir is None or not self.status_dir.is_dir():
+            return ()
+        entries = []
+        for path in sorted(self.status_dir.iterdir()):
+            try:
+                stat = path.stat()
+            except OSError:
+                continue
+            entries.append((path.name, stat.st_mtime_ns, stat.st_size))
+        return tuple(entries)
+
+    async def _watch_endpoint_status(self) -> None:
+        """Poll the status directory (upstream uses inotify); any change re-renders, debounced."""
+        seen = self._status_fingerprint()
+        while True:
+            await trio.sleep(0.5)
+            current = await trio.to_thread.run_sync(self._status_fingerprint)
+            if current != seen:
+                seen = current
+                self._mark_dirty()
 
     def _kube_changed(self) -> None:
         """From the watcher's thread: re-render on the trio loop (passwords are read at render time)."""
@@ -293,6 +336,8 @@ class ConfdAgent:
                     return
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._apply_loop)
+                    if self.status_dir is not None:
+                        nursery.start_soon(self._watch_endpoint_status)
                     async for event in client:
                         self.handle(event)
                     nursery.cancel_scope.cancel()

@@ -206,6 +206,7 @@ class Peering:
     filters: list[str] = field(default_factory=list)
     next_hop_mode: str = ""
     passive_mode: bool = False
+    local_bgp_peer: bool = False  # a local workload (endpoint-status file), named Local_Workload_<ip>
 
 
 class BGPStore:
@@ -223,6 +224,8 @@ class BGPStore:
         self.secret_source: Callable[[str, str], str | None] | None = None
         # Services with their EndpointSlices, for per-Service routes (upstream's route generator).
         self.services_source: Callable[[], list[tuple[dict[str, Any], list[dict[str, Any]]]]] | None = None
+        # Local workloads that peer with their node: the parsed endpoint-status files.
+        self.local_workloads_source: Callable[[], list[dict[str, Any]]] | None = None
 
     def apply(self, key: str, value: Any) -> bool:
         """Apply one KV (value None = delete); returns whether the key is one this client uses."""
@@ -383,6 +386,39 @@ def _set_common_fields(store: BGPStore, peers: list[Peering], spec: Mapping[str,
             peer.num_allow_local_as = int(spec.get("numAllowedLocalASNumbers") or 0)
 
 
+def _local_nodes(store: BGPStore, spec: Mapping[str, Any]) -> list[str]:
+    if spec.get("nodeSelector"):
+        return store.nodes_matching(str(spec["nodeSelector"]))
+    return [str(spec["node"])] if spec.get("node") else []
+
+
+def _local_workload_peers(store: BGPStore, name: str, spec: Mapping[str, Any]) -> list[Peering]:
+    """local_bgp_peer_watcher: one passive peering per address of each workload naming this BGPPeer."""
+    if store.local_workloads_source is None:
+        return []
+    peers = []
+    for status in store.local_workloads_source():
+        if status.get("bgpPeerName") != name:
+            continue
+        for net in [*(status.get("ipv4Nets") or []), *(status.get("ipv6Nets") or [])]:
+            ip = parse_ip(str(net).split("/", 1)[0])
+            if ip is None:
+                continue
+            peers.append(Peering(ip=ip, as_num=as_string(spec.get("asNumber")) or "0", passive_mode=True,
+                                 local_bgp_peer=True))
+    restart = go_duration_seconds(spec.get("maxRestartTime"))
+    keepalive = go_duration_seconds(spec.get("keepaliveTime"))
+    for peer in peers:
+        # The workload connects to us: no source address, and we never dial it.
+        peer.local_as_num = as_string(spec.get("localASNumber"))
+        peer.filters = [str(f) for f in spec.get("filters") or []]
+        peer.password = store.secret_value((spec.get("password") or {}).get("secretKeyRef"))
+        peer.restart_time = "" if restart is None else str(restart)
+        peer.keepalive_time = "" if keepalive is None else str(keepalive)
+        peer.num_allow_local_as = int(spec.get("numAllowedLocalASNumbers") or 0)
+    return peers
+
+
 def derive_peerings(store: BGPStore, me: str) -> tuple[dict[tuple[str, int], Peering], dict[tuple[str, int], Peering]]:
     """The v1 global peerings and this node's peerings, keyed by (ip, port), as updatePeersV1 emits them."""
     global_peers: dict[tuple[str, int], Peering] = {}
@@ -410,7 +446,11 @@ def derive_peerings(store: BGPStore, me: str) -> tuple[dict[tuple[str, int], Pee
             if global_pass != (not node_selector and not node):
                 continue
             if spec.get("localWorkloadSelector"):
-                continue  # local workload peers come from endpoint status files, not from here
+                # Local workload peers come from this node's endpoint-status files, not from node IPs.
+                if global_pass or me in _local_nodes(store, spec):
+                    for peer in _local_workload_peers(store, name, spec):
+                        emit(global_pass, peer)
+                continue
             if node_selector:
                 local_nodes = store.nodes_matching(node_selector)
             elif node:
@@ -967,7 +1007,7 @@ def bird_config(store: BGPStore, version: int, me: str, env: Mapping[str, str]) 
         for peering in table.values():
             if ip_version(peering.ip) != version:
                 continue
-            peer = _bird_peer(store, cfg, peering, prefix, cluster_id)
+            peer = _bird_peer(store, cfg, peering, "Local_Workload" if peering.local_bgp_peer else prefix, cluster_id)
             if peer is not None:
                 peers.append(peer)
     cfg.peers = sorted(peers, key=lambda p: p.name)
