@@ -35,13 +35,17 @@ CASES_PATH = Path(os.environ.get("NETPOL_CASES", Path(__file__).parents[2] / "..
 NODES = ("node-1", "node-2")
 
 
-def load_cases() -> list[dict[str, Any]]:
-    if not CASES_PATH.exists():
+EXTRA_CASES_PATH = Path(__file__).parent / "data" / "extra_cases.yaml"
+
+
+def load_cases(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
         return []
-    return yaml.safe_load(CASES_PATH.read_text())["cases"]
+    return yaml.safe_load(path.read_text())["cases"]
 
 
-CASES = load_cases()
+# The shared file, plus our own D cases (deletes, label changes, ipBlock except on egress).
+CASES = load_cases(CASES_PATH) + load_cases(EXTRA_CASES_PATH)
 
 
 class Cluster:
@@ -189,7 +193,6 @@ class Cluster:
                         assert self.allowed(planes, s, d, proto.lower(), port), f"baseline {s}>{d} {proto}/{port}"
 
 
-@pytest.mark.skipif(not CASES, reason=f"no case file at {CASES_PATH}")
 @pytest.mark.parametrize("placement", ["spread", "one-node"])
 @pytest.mark.parametrize("case", CASES, ids=[c["id"] for c in CASES])
 def test_case(case: dict[str, Any], placement: str) -> None:
