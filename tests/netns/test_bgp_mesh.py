@@ -1,0 +1,169 @@
+"""Two nodes, real BIRD, real BGP: confd_client's config makes each kernel learn the other's IPAM block.
+
+Each node is a network namespace on a veth underlay (10.199.0.0/24) running stock BIRD 1.6 with the
+files its own confd_client renders from typha's `bgp` syncer (API emulator → typha serve in this
+process). The mesh session comes up, node B's kernel gets node A's block `via` A, and when A's block
+affinity is deleted A's agent re-renders, reloads BIRD (`birdc configure`), and B loses the route.
+
+Needs root, `ip` and `bird`; skipped otherwise. Everything created here is removed by name/pid.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+import trio
+
+from confd_client.agent import ConfdAgent, Settings
+from typha.config import TyphaConfig
+from typha.daemon import TyphaDaemon
+from typha.datastore.kubeclient import KubeClient
+from typha.testing import calico_v3
+from typha.testing.apiserver import KubeAPIEmulator
+
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.slow,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
+    pytest.mark.skipif(not (shutil.which("ip") and shutil.which("bird") and shutil.which("birdc")),
+                       reason="needs iproute2 and BIRD 1.6"),
+]
+
+UNDERLAY = {"a": "10.199.0.1", "b": "10.199.0.2"}
+BLOCKS = {"a": "10.244.1.0/26", "b": "10.244.2.0/26"}
+POOL = "10.244.0.0/16"
+
+
+def sh(*args: str) -> str:
+    return subprocess.run(args, check=True, capture_output=True, text=True, timeout=30).stdout
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def route(ns: str, cidr: str) -> str:
+    return subprocess.run(["ip", "-n", ns, "route", "show", cidr], capture_output=True, text=True,
+                          timeout=10, check=False).stdout.strip()
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.25)
+
+
+def calico_docs() -> list[dict]:
+    nodes = [{"apiVersion": "projectcalico.org/v3", "kind": "Node", "metadata": {"name": f"node-{n}"},
+              "spec": {"bgp": {"ipv4Address": f"{ip}/24"}}} for n, ip in UNDERLAY.items()]
+    pool = {"apiVersion": "projectcalico.org/v3", "kind": "IPPool", "metadata": {"name": "pool"},
+            "spec": {"cidr": POOL, "ipipMode": "Never", "vxlanMode": "Never"}}
+    return [*nodes, pool]
+
+
+class AgentThread:
+    def __init__(self, agent: ConfdAgent) -> None:
+        self.agent = agent
+        self.thread = threading.Thread(target=lambda: trio.run(agent.run), daemon=True)
+
+    def stop(self) -> None:
+        self.agent.stop()
+        self.thread.join(15)
+
+
+@pytest.fixture
+def namespaces():
+    tag = f"cb{os.getpid() % 100000}"
+    names = {n: f"{tag}{n}" for n in UNDERLAY}
+    veth = {n: f"{tag}v{n}" for n in UNDERLAY}
+    try:
+        for ns in names.values():
+            sh("ip", "netns", "add", ns)
+        sh("ip", "link", "add", veth["a"], "type", "veth", "peer", "name", veth["b"])
+        for n, ns in names.items():
+            sh("ip", "link", "set", veth[n], "netns", ns)
+            sh("ip", "-n", ns, "addr", "add", f"{UNDERLAY[n]}/24", "dev", veth[n])
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+            sh("ip", "-n", ns, "link", "set", veth[n], "up")
+        yield names
+    finally:
+        for ns in names.values():
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)  # takes the veths along
+
+
+def test_nodes_learn_each_others_blocks_and_lose_them_on_delete(namespaces, tmp_path):
+    with KubeAPIEmulator(bookmark_interval=0.2).start() as api:
+        calico_v3.apply_documents(api, calico_docs())
+        for n, cidr in BLOCKS.items():
+            api.upsert(calico_v3.block_affinity(f"node-{n}", cidr, "confirmed"))
+        kubeconfig = tmp_path / "kubeconfig"
+        api.write_kubeconfig(kubeconfig)
+        kube = KubeClient.from_kubeconfig(str(kubeconfig))
+        port = free_port()
+        ready = threading.Event()
+        done = threading.Event()
+
+        async def serve() -> None:
+            daemon = TyphaDaemon(TyphaConfig(server_host="127.0.0.1", server_port=port), kube=kube)
+            await daemon.start()
+            ready.set()
+            try:
+                await asyncio.to_thread(done.wait)
+            finally:
+                await daemon.stop()
+
+        server = threading.Thread(target=lambda: asyncio.run(serve()), daemon=True)
+        server.start()
+        assert ready.wait(30)
+        agents: dict[str, AgentThread] = {}
+        birds: dict[str, subprocess.Popen] = {}
+        try:
+            for n, ns in namespaces.items():
+                directory = tmp_path / n
+                directory.mkdir()
+                sock = str(directory / "bird.ctl")
+                settings = Settings.from_env({"NODENAME": f"node-{n}"}, [
+                    "--typha", f"127.0.0.1:{port}", "--config-dir", str(directory), "--debounce", "0.1",
+                    "--bird-socket", sock, "--check"])
+                agents[n] = AgentThread(ConfdAgent(settings))
+                agents[n].thread.start()
+                wait_for(lambda d=directory: (d / "bird.cfg").exists(), 30, f"node-{n}'s first render")
+                birds[n] = subprocess.Popen(
+                    ["ip", "netns", "exec", ns, "bird", "-f", "-c", str(directory / "bird.cfg"), "-s", sock,
+                     "-P", str(directory / "bird.pid")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+            peer_a = BLOCKS["a"]
+            wait_for(lambda: f"via {UNDERLAY['a']}" in route(namespaces["b"], peer_a), 60,
+                     f"node-b's kernel to learn {peer_a} over BGP")
+            wait_for(lambda: f"via {UNDERLAY['b']}" in route(namespaces["a"], BLOCKS["b"]), 60,
+                     f"node-a's kernel to learn {BLOCKS['b']} over BGP")
+            assert "proto bird" in route(namespaces["b"], peer_a)
+
+            reloads = agents["a"].agent.counters.reloads
+            api.delete(calico_v3.CRD_V1, "BlockAffinity", calico_v3.block_affinity_name("node-a", peer_a))
+            wait_for(lambda: route(namespaces["b"], peer_a) == "", 60, f"node-b to lose {peer_a}")
+            assert agents["a"].agent.counters.reloads > reloads
+            assert BLOCKS["b"] in route(namespaces["a"], BLOCKS["b"])  # the other direction is untouched
+        finally:
+            for agent in agents.values():
+                agent.stop()
+            for proc in birds.values():
+                proc.terminate()
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+            done.set()
+            server.join(30)
+            kube.close()
