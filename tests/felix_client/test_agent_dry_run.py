@@ -166,3 +166,32 @@ def test_hostname_and_typha_defaults(monkeypatch):
     monkeypatch.setenv("FELIX_HEALTHENABLED", "true")
     options = parse_args(["--typha", "10.0.0.1:5473"])
     assert (options.hostname, options.typha, options.health_port) == ("from-felix", ["10.0.0.1:5473"], 9099)
+
+
+def test_two_agents_in_one_trio_process(typha, tmp_path):
+    """How the demo can run many nodes: `Agent.run` as trio tasks, one sync stream each."""
+    import trio
+
+    from felix_client.agent import Agent, AgentOptions
+
+    api, port = typha
+    api.create(policy_object())
+    agents = {node: Agent(AgentOptions([f"127.0.0.1:{port}"], node, dry_run=tmp_path / node, debounce=0.01))
+              for node in ("node-1", "node-2")}
+
+    async def scenario() -> None:
+        async with trio.open_nursery() as nursery:
+            for agent in agents.values():
+                await nursery.start(agent.run)
+            with trio.fail_after(30):
+                while not all(agent.ready for agent in agents.values()):
+                    await trio.sleep(0.02)
+            nursery.cancel_scope.cancel()
+
+    trio.run(scenario)
+    node1 = (tmp_path / "node-1" / "iptables.save").read_text()
+    node2 = (tmp_path / "node-2" / "iptables.save").read_text()
+    assert POLICY_CHAIN in node1 and POLICY_CHAIN not in node2
+    assert (tmp_path / "node-2" / "routes.txt").read_text().splitlines()[0] == (
+        "10.65.0.0/26 via 192.168.56.11 dev tunl0 proto 80 onlink")
+    assert json.loads((tmp_path / "node-2" / "status.json").read_text())["endpoints"] == 1

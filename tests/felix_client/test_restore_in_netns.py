@@ -84,3 +84,18 @@ def test_worked_example_restores(netns: str) -> None:
     assert gone
     destroyed = run_in(netns, "ipset", "restore", text=rules.render_ipset_destroy(gone))
     assert destroyed.returncode == 0, destroyed.stderr
+
+
+def test_vxlan_and_nat_tables_restore(netns: str) -> None:
+    from .test_calc import _routing_calc
+
+    calc = _routing_calc({"vxlan_mode": "always", "masquerade": True}, vxlan=True)
+    calc.update("/calico/v1/config/DefaultEndpointToHostAction", "Drop")
+    state = calc.snapshot()
+    text = rules.render_iptables(state)
+    assert "cali40all-vxlan-net" in text
+    assert '-m comment --comment "Configured DefaultEndpointToHostAction" -j DROP' in text
+    restored = run_in(netns, "ipset", "restore", text=rules.render_ipset_restore(rules.desired_ipsets(state)))
+    assert restored.returncode == 0, restored.stderr
+    checked = run_in(netns, "iptables-restore", "--test", text=text)
+    assert checked.returncode == 0, checked.stderr
