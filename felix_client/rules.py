@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from felix_client.calc.graph import DesiredState, ResolvedEndpoint, TierPolicies
-from felix_client.calc.model import ParsedRule, Side, ipset_name, policy_chain_name, profile_chain_name
+from felix_client.calc.model import ParsedProfile, ParsedRule, Side, ipset_name, policy_chain_name, profile_chain_name
 
 # Mark bits (felix.md §2.1), allocated from IptablesMarkMask 0xffff0000.
 MARK_ACCEPT = 0x10000
@@ -292,16 +292,17 @@ def render_filter(state: DesiredState, iface_prefix: str = "cali") -> Table:
 
     # Only chains some endpoint jumps to are programmed (Felix refcounts reachability): an
     # ingress-only policy gets no cali-po- chain.
-    wanted_in = {p.key for ep in state.endpoints for tier in ep.ingress for p in tier.policies}
-    wanted_out = {p.key for ep in state.endpoints for tier in ep.egress for p in tier.policies}
+    live = [ep for ep in state.endpoints if ep.active]  # an admin-down endpoint's chain is a bare DROP
+    wanted_in = {p.key for ep in live for tier in ep.ingress for p in tier.policies}
+    wanted_out = {p.key for ep in live for tier in ep.egress for p in tier.policies}
     for key in sorted(state.policies, key=lambda k: (k.kind, k.namespace, k.name)):
         policy = state.policies[key]
         if key in wanted_in:
             t.chains[policy_chain_name(key, True)] = render_rules(policy.inbound, f"{policy.description} ingress")
         if key in wanted_out:
             t.chains[policy_chain_name(key, False)] = render_rules(policy.outbound, f"{policy.description} egress")
-    for name in sorted(state.profiles):
-        profile = state.profiles[name]
+    for name in sorted({p for ep in live for p in ep.profile_ids}):
+        profile = state.profiles.get(name) or ParsedProfile(name, (), ())
         t.chains[profile_chain_name(name, True)] = render_rules(profile.inbound, f"Profile {name} ingress")
         t.chains[profile_chain_name(name, False)] = render_rules(profile.outbound, f"Profile {name} egress")
 

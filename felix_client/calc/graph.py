@@ -138,7 +138,10 @@ class Calculator:
             self._set_endpoint(path, None if value is None else parse_network_set(path, value))
         elif isinstance(key, keys.PolicyKey):
             if key.kind in ENFORCED_KINDS:
-                self._set_policy(key, None if value is None else parse_policy(key, value))
+                # doNotTrack and preDNAT policies apply to host endpoints only (out of scope), never
+                # to workloads: to us they are as good as absent.
+                host_only = value is not None and (value.get("untracked") or value.get("pre_dnat"))
+                self._set_policy(key, None if value is None or host_only else parse_policy(key, value))
         elif isinstance(key, keys.ProfileLabelsKey):
             self._set_profile_labels(key.name, value)
         elif isinstance(key, keys.ProfileRulesKey):

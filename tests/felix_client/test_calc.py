@@ -226,3 +226,34 @@ def test_incremental_updates_end_where_a_fresh_calculation_does(seed):
     for path in list(final):
         calc.update(path, None)
     assert calc.ipset_refs == {} and calc.active_profiles == {} and calc.active_policies == set()
+
+
+def test_admin_down_endpoint_and_host_only_policies():
+    calc = Calculator(NODE)
+    path, value = wep(NODE, "demo", "a", "10.0.0.1", {"app": "a"})
+    calc.apply([
+        (path, {**value, "state": "down"}),
+        policy("p", "all()", inbound_rules=[{"action": "allow", "src_selector": "app == 'b'"}]),
+        policy("pre", "all()", kind="GlobalNetworkPolicy", ns="", pre_dnat=True, inbound_rules=[{"action": "deny"}]),
+        policy("staged", "all()", kind="StagedNetworkPolicy", inbound_rules=[{"action": "deny"}]),
+    ])
+    state = calc.snapshot()
+    assert [k.name for k in state.policies] == ["p"]
+    text = rules.render_iptables(state)
+    iface = value["name"]
+    assert f'-A cali-tw-{iface} -m comment --comment "Endpoint admin disabled" -j DROP' in text
+    assert "cali-pi-" not in text and "cali-pri-" not in text  # unreachable chains are not programmed
+
+
+def test_source_named_ports_match_src_src():
+    calc = Calculator(NODE)
+    calc.apply([
+        wep(NODE, "demo", "a", "10.0.0.1", {"app": "a"}, ports=[{"name": "dns", "protocol": "udp", "port": 53}]),
+        policy("p", "all()", inbound_rules=[{"action": "allow", "protocol": "udp", "src_selector": "app == 'a'",
+                                             "src_ports": ["dns"]}]),
+    ])
+    state = calc.snapshot()
+    (named,) = [s for s in state.ipsets.values() if s.spec.kind == "named-port"]
+    assert named.members == {"10.0.0.1,udp:53"}
+    assert f"-m set --match-set {named.spec.name} src,src" in rules.render_iptables(state)
+    assert len(state.ipsets) == 1  # the selector lives inside the named-port set
