@@ -275,10 +275,11 @@ class ParsedPolicy:
     outbound: tuple[ParsedRule, ...]
 
     @property
-    def sort_key(self) -> tuple[float, str, str, str]:
-        # felix.md §1.3.6: order (nil = +inf), ties broken by name, then namespace and kind.
+    def sort_key(self) -> tuple[float, str]:
+        # felix.md §1.3.6: order (nil = +inf), ties broken by the string "name/namespace/kind" (a
+        # string, not a tuple: "a-b/..." sorts before "a/..." because '-' < '/').
         order = float("inf") if self.order is None else self.order
-        return (order, self.key.name, self.key.namespace, self.key.kind)
+        return (order, f"{self.key.name}/{self.key.namespace}/{self.key.kind}")
 
     @property
     def description(self) -> str:

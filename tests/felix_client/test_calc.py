@@ -89,6 +89,8 @@ def test_ordering_within_a_tier_and_types_defaulting():
     calc.apply([
         wep(NODE, "demo", "a", "10.0.0.1", {"app": "a"}),
         policy("zeta", "all()", order=5, inbound_rules=[{"action": "allow"}]),
+        policy("a", "all()", order=6, inbound_rules=[{"action": "allow"}]),
+        policy("a-b", "all()", order=6, inbound_rules=[{"action": "allow"}]),
         policy("alpha", "all()", order=5, inbound_rules=[{"action": "allow"}]),
         policy("none", "all()", inbound_rules=[{"action": "allow"}]),
         policy("first", "all()", order=1, outbound_rules=[{"action": "allow"}]),  # egress only
@@ -97,7 +99,8 @@ def test_ordering_within_a_tier_and_types_defaulting():
         policy("empty", "all()", order=4),  # no rules at all: ingress, allows nothing
     ])
     (ep,) = calc.snapshot().endpoints
-    assert [[p.key.name for p in t.policies] for t in ep.ingress] == [["both", "empty", "alpha", "zeta", "none"]]
+    ingress = [[p.key.name for p in t.policies] for t in ep.ingress]
+    assert ingress == [["both", "empty", "alpha", "zeta", "a-b", "a", "none"]]
     assert [[p.key.name for p in t.policies] for t in ep.egress] == [["first", "both", "typed"]]
 
 
