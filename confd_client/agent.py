@@ -225,6 +225,18 @@ class ConfdAgent:
             self.in_sync = event.status == SyncStatus.IN_SYNC
             if self.in_sync:
                 self._dirty.set()
+        self._maybe_start_route_generator()
+
+    def _maybe_start_route_generator(self) -> None:
+        """Watch Services once service advertisement is configured (upstream's NewRouteGenerator)."""
+        if self.kube is None or self.kube.services_started or not self.in_sync:
+            return
+        glob = self.store.global_config
+        if self.settings.render_env.get("CALICO_ADVERTISE_CLUSTER_IPS") or any(
+            glob.get(name) for name in ("serviceClusterIPs", "serviceExternalIPs", "serviceLoadBalancerIPs")
+        ):
+            log.info("service advertisement configured: watching Services and EndpointSlices")
+            self.kube.start_services()
 
     def render(self) -> dict[str, str]:
         self.counters.renders += 1

@@ -47,14 +47,25 @@ class KubeWatcher:
         self._objects: dict[Key, dict[str, Any]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._response: Any = None  # the open watch, closed by stop() to interrupt the blocking read
         self._thread = threading.Thread(target=self._main, name=f"confd-{name}", daemon=True)
+        self.started = False
 
     def start(self) -> None:
-        self._thread.start()
+        if not self.started:
+            self.started = True
+            self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(10)
+        response = self._response
+        if response is not None:
+            try:
+                response.close()
+            except Exception:  # closing from another thread may race the reader; it only needs to end
+                pass
+        if self.started:
+            self._thread.join(5)
 
     def objects(self) -> list[dict[str, Any]]:
         with self._lock:
@@ -86,9 +97,9 @@ class KubeWatcher:
                 version = (listed.get("metadata") or {}).get("resourceVersion")
                 backoff = 0.2
                 while not self._stop.is_set():
-                    # Short server-side timeouts so that stop() is noticed promptly.
-                    response = self.list_call(watch=True, resource_version=version, timeout_seconds=2,
+                    response = self.list_call(watch=True, resource_version=version, timeout_seconds=300,
                                               allow_watch_bookmarks=True, _preload_content=False)
+                    self._response = response
                     for line in iter_resp_lines(response):
                         if self._stop.is_set():
                             return
@@ -108,13 +119,17 @@ class KubeWatcher:
                                 self._objects[self._key(obj)] = obj
                         self.on_change()
             except Exception as exc:
+                if self._stop.is_set():
+                    return
                 log.warning("%s watch failed (%s); relisting", self.name, exc)
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
 
 
 class KubeSources:
-    """The side channels one agent runs: Secrets always, Services/EndpointSlices for advertisement."""
+    """The side channels one agent runs: Secrets always; Services and EndpointSlices only once
+    service advertisement is configured (as upstream starts its route generator), since watching
+    every Service in a large cluster is not free."""
 
     def __init__(self, kubeconfig: str | None, namespace: str, on_change: Callable[[], None]) -> None:
         from kubernetes import client
@@ -132,17 +147,22 @@ class KubeSources:
         self.watchers = (self.secrets, self.services, self.slices)
 
     def start(self) -> None:
-        for watcher in self.watchers:
-            watcher.start()
+        self.secrets.start()
+
+    def start_services(self) -> None:
+        self.services.start()
+        self.slices.start()
+
+    @property
+    def services_started(self) -> bool:
+        return self.services.started
 
     def stop(self) -> None:
-        for watcher in self.watchers:
-            watcher._stop.set()
         for watcher in self.watchers:
             watcher.stop()
 
     def wait_synced(self, timeout: float) -> bool:
-        return all(watcher.synced.wait(timeout) for watcher in self.watchers)
+        return all(watcher.synced.wait(timeout) for watcher in self.watchers if watcher.started)
 
     def secret(self, name: str, key: str) -> str | None:
         obj = self.secrets.get(self.namespace, name)
