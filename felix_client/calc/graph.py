@@ -128,8 +128,14 @@ class Calculator:
         try:
             self._dispatch(path, key, value)
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
-            # A malformed value must not stop the agent; Felix logs and skips such KVs too.
-            log.warning("ignoring unusable update %s: %s", path, exc)
+            if value is None:
+                log.warning("failed to delete %s: %s", path, exc)
+                return
+            # A malformed value must not stop the agent, nor leave the previous value in force:
+            # libcalico-go's validation filter turns an invalid value into a deletion, and so do we.
+            # Values are parsed before any state changes, so the delete starts from a clean slate.
+            log.warning("treating unusable update %s as a deletion: %s", path, exc)
+            self.update(path, None)
 
     def _dispatch(self, path: str, key: keys.Key, value: Any) -> None:
         if isinstance(key, keys.WorkloadEndpointKey):

@@ -260,3 +260,15 @@ def test_source_named_ports_match_src_src():
     assert named.members == {"10.0.0.1,udp:53"}
     assert f"-m set --match-set {named.spec.name} src,src" in rules.render_iptables(state)
     assert len(state.ipsets) == 1  # the selector lives inside the named-port set
+
+
+def test_an_invalid_value_acts_as_a_deletion():
+    calc = Calculator(NODE)
+    path, value = policy("p", "app == 'a'", inbound_rules=[{"action": "allow"}])
+    calc.apply([wep(NODE, "demo", "a", "10.0.0.1", {"app": "a"}), (path, value)])
+    assert len(calc.snapshot().policies) == 1
+    calc.update(path, {**value, "selector": "app == "})  # does not parse
+    assert calc.snapshot().policies == {}
+    ep_path, ep_value = wep(NODE, "demo", "a", "10.0.0.1", {"app": "a"})
+    calc.update(ep_path, {**ep_value, "ipv4_nets": ["not-an-ip"]})
+    assert calc.snapshot().endpoints == [] and calc.routing.local_routes == {}
