@@ -408,13 +408,17 @@ def render_ipset_restore(sets: dict[str, IPSet], existing: Iterable[str] = ()) -
     lines: list[str] = []
     temp = 0
     for s in sets.values():
+        # "-exist" plus flush: a set we believe absent, or a temporary left by a crashed run, may
+        # already be there; either way it ends up holding exactly the members below.
         if s.name not in present:
-            lines.append(f"create {s.name} {s.type} {IPSET_CREATE_OPTIONS}")
+            lines.append(f"create {s.name} {s.type} {IPSET_CREATE_OPTIONS} -exist")
+            lines.append(f"flush {s.name}")
             lines += [f"add {s.name} {m}" for m in _sorted_members(s.members)]
             continue
         tmp = f"cali4t{temp}"
         temp += 1
-        lines.append(f"create {tmp} {s.type} {IPSET_CREATE_OPTIONS}")
+        lines.append(f"create {tmp} {s.type} {IPSET_CREATE_OPTIONS} -exist")
+        lines.append(f"flush {tmp}")
         lines += [f"add {tmp} {m}" for m in _sorted_members(s.members)]
         lines.append(f"swap {tmp} {s.name}")
         lines.append(f"destroy {tmp}")
