@@ -230,6 +230,40 @@ def render_endpoint_chain(ep: ResolvedEndpoint, inbound: bool) -> list[str]:
 # --- tables -------------------------------------------------------------------------------------
 
 
+def _common_prefix(names: list[str]) -> str:
+    first, last = min(names), max(names)
+    i = 0
+    while i < min(len(first), len(last)) and first[i] == last[i]:
+        i += 1
+    return first[:i]
+
+
+def dispatch_chains(names: list[str], root: str, flag: str, target: str) -> dict[str, list[str]]:
+    """Felix's dispatch.go shape: a shallow tree keyed by the first character after the names' common
+    prefix, so a packet for the last of hundreds of endpoints passes ~16 + n/16 rules, not n. A
+    group of one gets its rule in the root chain directly (so two endpoints give a flat chain, as in
+    felix.md §2.4). Each chain ends with the "Unknown interface" drop: a child that fell through
+    would otherwise return (goto) past the root into cali-FORWARD and skip policy."""
+    unknown = f"{_comment('Unknown interface')} -j DROP"
+    names = sorted(set(names))
+    if not names:
+        return {root: [unknown]}
+    common = _common_prefix(names) if len(names) > 1 else names[0][:-1]
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        groups.setdefault(name[: len(common) + 1], []).append(name)
+    chains: dict[str, list[str]] = {root: []}
+    for prefix, members in groups.items():
+        if len(members) == 1:
+            chains[root].append(f"{flag} {members[0]} -g {target}{members[0]}")
+            continue
+        child = f"{root}-{prefix[len(common):]}"
+        chains[root].append(f"{flag} {prefix}+ -g {child}")
+        chains[child] = [f"{flag} {name} -g {target}{name}" for name in members] + [unknown]
+    chains[root].append(unknown)
+    return chains
+
+
 def render_filter(state: DesiredState, iface_prefix: str = "cali") -> Table:
     wl = f"{iface_prefix}+"
     t = Table("filter", ["INPUT", "FORWARD", "OUTPUT"], {})
@@ -279,12 +313,11 @@ def render_filter(state: DesiredState, iface_prefix: str = "cali") -> Table:
     t.add("cali-wl-to-host", f"{_comment('Configured DefaultEndpointToHostAction')} "
           f"-j {state.endpoint_to_host_action}")
 
-    for ep in state.endpoints:
-        t.add("cali-from-wl-dispatch", f"-i {ep.iface} -g cali-fw-{ep.iface}")
-    t.add("cali-from-wl-dispatch", f"{_comment('Unknown interface')} -j DROP")
-    for ep in state.endpoints:
-        t.add("cali-to-wl-dispatch", f"-o {ep.iface} -g cali-tw-{ep.iface}")
-    t.add("cali-to-wl-dispatch", f"{_comment('Unknown interface')} -j DROP")
+    names = [ep.iface for ep in state.endpoints]
+    for chain, rules_ in dispatch_chains(names, "cali-from-wl-dispatch", "-i", "cali-fw-").items():
+        t.chains[chain] = rules_
+    for chain, rules_ in dispatch_chains(names, "cali-to-wl-dispatch", "-o", "cali-tw-").items():
+        t.chains[chain] = rules_
 
     for ep in state.endpoints:
         t.chains[f"cali-tw-{ep.iface}"] = render_endpoint_chain(ep, inbound=True)

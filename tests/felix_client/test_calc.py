@@ -272,3 +272,25 @@ def test_an_invalid_value_acts_as_a_deletion():
     ep_path, ep_value = wep(NODE, "demo", "a", "10.0.0.1", {"app": "a"})
     calc.update(ep_path, {**ep_value, "ipv4_nets": ["not-an-ip"]})
     assert calc.snapshot().endpoints == [] and calc.routing.local_routes == {}
+
+
+def test_dispatch_tree_reaches_every_endpoint_and_drops_unknown_ones():
+    from .iptables_sim import Dataplane, Packet
+
+    calc = Calculator(NODE)
+    pods = [f"pod{i}" for i in range(40)]
+    calc.apply(wep(NODE, "demo", pod, f"10.0.0.{i + 1}", {"app": "a"}) for i, pod in enumerate(pods))
+    state = calc.snapshot()
+    text = rules.render_iptables(state)
+    assert "-g cali-from-wl-dispatch-" in text  # 40 names over 16 hex digits: there are groups
+    plane = Dataplane.from_text(text, rules.render_ipset_save(rules.desired_ipsets(state)))
+    for ep in state.endpoints:
+        for root, flag, prefix in (("cali-from-wl-dispatch", "iif", "cali-fw-"), ("cali-to-wl-dispatch", "oif",
+                                                                                 "cali-tw-")):
+            plane.hits.clear()
+            pkt = Packet("10.0.0.1", "10.0.0.2", "tcp", 1, 2, "eth0", "eth0")
+            setattr(pkt, flag, ep.iface)
+            plane.run(root, pkt)
+            assert any(chain == prefix + ep.iface for chain, _ in plane.hits), (root, ep.iface)
+    for iface in ("cali00000000000", "califfffffffffff"):
+        assert plane.run("cali-from-wl-dispatch", Packet("10.0.0.1", "10.0.0.2", "tcp", 1, 2, iface, "x")) == "DROP"
