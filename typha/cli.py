@@ -13,6 +13,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("typha.daemon", "serve the Sync protocol from the Kubernetes API (Typha)"),
     "dump": ("typha.dump", "print the KV set a client of a syncer receives"),
     "sim-apiserver": ("typha.testing.apiserver_cli", "run the Kubernetes API emulator"),
+    "autoscale": ("typha.autoscale", "scale the Typha Deployment with the number of schedulable nodes"),
 }
 
 
