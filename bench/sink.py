@@ -37,7 +37,9 @@ async def run_stream(
     address: str, syncer_type: str, index: int, probe: bool, stats: StreamStats, ready: asyncio.Event
 ) -> None:
     """Runs until the stream ends or the task is cancelled (which is how the process stops it)."""
-    channel = grpc.aio.insecure_channel(address, options=[("grpc.max_receive_message_length", -1)])
+    # Each stream gets its own TCP connection, as separate nodes would (gRPC would otherwise share one).
+    channel = grpc.aio.insecure_channel(
+        address, options=[("grpc.max_receive_message_length", -1), ("grpc.use_local_subchannel_pool", 1)])
     call = channel.stream_stream("/typha.v1.Sync/Sync", request_serializer=None, response_deserializer=None)()
     decompressor = zstandard.ZstdDecompressor()
     started = time.perf_counter()

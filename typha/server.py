@@ -89,10 +89,9 @@ class _Drop(Exception):
         self.details = details
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Connection:
     peer: str
-    id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     hostname: str = ""
     syncer_type: str = ""
     features: frozenset[str] = frozenset()
@@ -104,7 +103,10 @@ class Connection:
     writing_since: float = 0.0  # when the write in progress started; 0 when none is
     generation: int = 0  # the cache chain its position belongs to
     task: asyncio.Task[Any] | None = None
-    client_closed: asyncio.Event = field(default_factory=asyncio.Event)
+    client_closed: bool = False
+    # Reads the client's next message (the pong to our last ping), started only after a ping: an idle
+    # stream then holds no pending read, which is most of its memory (see _expect_pong).
+    pong_reader: asyncio.Task[None] | None = None
 
     def supports(self, feature: str) -> bool:
         return feature in self.features
@@ -129,6 +131,7 @@ class SyncServer:
         self.metrics = ServerMetrics()
         self.health = health.aio.HealthServicer()
         self.draining = False
+        self._feature_sets: dict[frozenset[str], frozenset[str]] = {}
         self._server: grpc.aio.Server | None = None
         self._watchdog: asyncio.Task[None] | None = None
         self.port = 0
@@ -149,6 +152,10 @@ class SyncServer:
             ("grpc.server.max_pending_requests_hard_limit", 100_000),
             ("grpc.so_reuseport", int(self.settings.reuse_port)),
             ("grpc.http2.max_pings_without_data", 0),
+            # Per-connection memory is what limits clients per process (~40 KB each, mostly gRPC core):
+            # channelz bookkeeping and BDP probing (we receive only pongs) are not worth their bytes.
+            ("grpc.enable_channelz", 0),
+            ("grpc.http2.bdp_probe", 0),
             ("grpc.keepalive_permit_without_calls", 1),
         ])
         handler = grpc.stream_stream_rpc_method_handler(
@@ -220,7 +227,6 @@ class SyncServer:
         conn = Connection(peer=context.peer())
         conn.task = asyncio.current_task()
         self.metrics.connections_accepted.inc()
-        reader: asyncio.Task[None] | None = None
         try:
             hello = await self._handshake(conn, context)
             if hello is None:
@@ -228,8 +234,8 @@ class SyncServer:
             cache = self.caches[conn.syncer_type]
             self.connections.add(conn)
             self.metrics.connections_active.set(len(self.connections))
-            reader = asyncio.create_task(self._read_pongs(conn, context))
             await self._send_start(conn, cache, hello, context)
+            del hello  # a long-lived stream need not keep its hello alive
             self.metrics.connections_streaming.inc()
             try:
                 await self._stream(conn, cache, context)
@@ -242,8 +248,8 @@ class SyncServer:
                 raise  # the client went away, or the server is stopping
             await self._end(conn, context, conn.drop)
         finally:
-            if reader is not None:
-                reader.cancel()
+            if conn.pong_reader is not None:
+                conn.pong_reader.cancel()
             self.connections.discard(conn)
             self.metrics.connections_active.set(len(self.connections))
 
@@ -274,7 +280,10 @@ class SyncServer:
         if syncer_type not in self.caches:
             raise _Drop(grpc.StatusCode.INVALID_ARGUMENT,
                         f"unknown syncer type {syncer_type!r}; this server serves {', '.join(sorted(self.caches))}")
-        conn.hostname, conn.syncer_type, conn.features = hello.hostname, syncer_type, frozenset(hello.features)
+        features = frozenset(hello.features)
+        # Thousands of clients send the same few feature sets: share one frozenset per distinct set.
+        conn.hostname, conn.syncer_type = hello.hostname, syncer_type
+        conn.features = self._feature_sets.setdefault(features, features)
         if self.draining or len(self.connections) >= self.settings.max_connections:
             reason = "server is shutting down" if self.draining else (
                 f"too many connections ({len(self.connections)} >= {self.settings.max_connections})")
@@ -323,7 +332,13 @@ class SyncServer:
         return pb.ServerHello(version=__version__, server_id=self.server_id, epoch=cache.epoch, resumed=resumed,
                               syncer_type=conn.syncer_type, sequence=sequence)
 
-    async def _read_pongs(self, conn: Connection, context: grpc.aio.ServicerContext) -> None:
+    async def _read_client(self, conn: Connection, context: grpc.aio.ServicerContext, *, until_closed: bool) -> None:
+        """Read what the client sends after its hello: pongs, until one arrives (or the stream ends).
+
+        Clients only ever answer pings, so there is nothing to read between a pong and the next
+        ping; not keeping a read pending saves ~4 KB per idle client. A client that sends anything
+        else is cut off when it is read, at the latest one ping interval later.
+        """
         try:
             while True:
                 raw = await context.read()
@@ -334,19 +349,19 @@ class SyncServer:
                 except DecodeError as exc:
                     self._drop_later(conn, grpc.StatusCode.INVALID_ARGUMENT, f"malformed ClientMessage: {exc}")
                     return
-                if message.WhichOneof("payload") == "pong":
-                    now = time.monotonic()
-                    conn.last_pong = now
-                    sent = message.pong.ping_timestamp_ns
-                    if sent:
-                        self.metrics.ping_latency.observe(max(0.0, (time.monotonic_ns() - sent) / 1e9))
-                else:
+                if message.WhichOneof("payload") != "pong":
                     self._drop_later(conn, grpc.StatusCode.INVALID_ARGUMENT,
                                      f"unexpected {message.WhichOneof('payload')} after the handshake")
                     return
+                conn.last_pong = time.monotonic()
+                sent = message.pong.ping_timestamp_ns
+                if sent:
+                    self.metrics.ping_latency.observe(max(0.0, (time.monotonic_ns() - sent) / 1e9))
+                if not until_closed:
+                    return
         except (asyncio.CancelledError, grpc.aio.AioRpcError):
-            pass
-        conn.client_closed.set()
+            return
+        conn.client_closed = True
         cache = self.caches.get(conn.syncer_type)
         if cache is not None:
             cache.wake_all()
@@ -379,13 +394,13 @@ class SyncServer:
         monotonic = time.monotonic
         while True:
             crumb = conn.position
-            if crumb.next is None and not conn.client_closed.is_set() and conn.reconnect is None:
+            if crumb.next is None and not conn.client_closed and conn.reconnect is None:
                 now = monotonic()
                 due = now >= next_ping or (
                     send_checksums and crumb.status is SyncStatus.IN_SYNC and now >= next_checksum)
                 if not due:
                     await cache.new_crumb_event.wait()
-            if conn.client_closed.is_set():
+            if conn.client_closed:
                 return
             if conn.reconnect is not None:
                 await self._move_client(conn, context)
@@ -404,6 +419,8 @@ class SyncServer:
                     raise _Drop(grpc.StatusCode.DEADLINE_EXCEEDED,
                                 f"no pong for {now - conn.last_pong:.0f} s (timeout {settings.pong_timeout_secs:g} s)")
                 await self._write(conn, context, _frame(ping=pb.Ping(timestamp_ns=time.monotonic_ns())))
+                if conn.pong_reader is None or conn.pong_reader.done():
+                    conn.pong_reader = asyncio.create_task(self._read_client(conn, context, until_closed=False))
                 next_ping = now + settings.ping_interval_secs * random.uniform(0.9, 1.1)
             if send_checksums and crumb.status is SyncStatus.IN_SYNC and crumb.next is None and now >= next_checksum:
                 checksum = pb.Checksum(sequence=crumb.sequence, digest=crumb.digest, count=crumb.key_count)
@@ -415,10 +432,13 @@ class SyncServer:
         assert conn.reconnect is not None
         if conn.supports(FEATURE_RECONNECT):
             await self._write(conn, context, _frame(reconnect=conn.reconnect))
+            if conn.pong_reader is not None:
+                conn.pong_reader.cancel()
+            # The client moves, then cancels this stream (which cancels this task) or half-closes it.
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.settings.drain_reconnect_grace_secs):
-                    await conn.client_closed.wait()
-        if not conn.client_closed.is_set():
+                    await self._read_client(conn, context, until_closed=True)
+        if not conn.client_closed:
             raise _Drop(grpc.StatusCode.UNAVAILABLE, f"{conn.reconnect.reason}; reconnect to another typha")
 
     # -- watchdog ----------------------------------------------------------------------------------

@@ -176,7 +176,9 @@ def test_bad_clients_get_a_status_with_a_reason_and_others_keep_being_served(sen
 
 def test_second_hello_is_a_protocol_error():
     async def scenario() -> None:
-        async with serving() as (server, _):
+        # Client messages are read after each ping (an idle stream keeps no read pending), so a
+        # violation is caught within one ping interval.
+        async with serving(ServerSettings(ping_interval_secs=0.1)) as (server, _):
             client = RawClient(server.port)
             await client.hello(features=())
             await client.read_snapshot()
