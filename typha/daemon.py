@@ -49,7 +49,12 @@ class TyphaDaemon:
         self.server = SyncServer(self.caches, ServerSettings.from_config(config))
         for cache in self.caches.values():
             cache.status_listeners.append(self._on_status)
-        credentials, self.server.authorizer = typha_tls.server_security(config)  # TLS only, when configured
+        # With TLS settings the port serves TLS only (typha.tls). Except the ingest's Unix socket under
+        # `--workers`: it sits in a private 0700 directory and only our own workers follow it, plaintext.
+        if not config.server_host.startswith("unix:"):
+            credentials, self.server.authorizer = typha_tls.server_security(config)
+        else:
+            credentials = None
         port = await self.server.start(config.server_host or "0.0.0.0", config.effective_server_port, credentials)
         log.info("Serving syncers %s on port %d", ", ".join(self.caches), port)
         if config.upstream:

@@ -10,6 +10,7 @@ import sys
 from typing import Any
 
 from typha.client import AsyncSyncClient
+from typha.client.tls import ClientTLS, TLSConfigError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,11 +20,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object {key: value}")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for in-sync")
     parser.add_argument("--prefix", default="", help="only keys starting with this")
+    # mTLS, as Felix's TyphaCAFile / TyphaCertFile / TyphaKeyFile / TyphaCN / TyphaURISAN (all or none,
+    # except that one of --server-cn and --server-uri-san may be left out).
+    tls = parser.add_argument_group("TLS (Felix's Typha* client settings)")
+    tls.add_argument("--ca-file", default="", help="CA that signs the server certificate (TyphaCAFile)")
+    tls.add_argument("--cert-file", default="", help="our client certificate (TyphaCertFile)")
+    tls.add_argument("--key-file", default="", help="its key (TyphaKeyFile)")
+    tls.add_argument("--server-cn", default="", help="required CN of the server certificate (TyphaCN)")
+    tls.add_argument("--server-uri-san", default="", help="required URI SAN of the server certificate (TyphaURISAN)")
 
 
-async def fetch(servers: list[str], syncer: str, timeout: float) -> dict[str, Any]:
+def tls_from_args(args: argparse.Namespace) -> ClientTLS:
+    tls = ClientTLS(ca_file=args.ca_file, cert_file=args.cert_file, key_file=args.key_file,
+                    server_cn=args.server_cn, server_uri_san=args.server_uri_san)
+    tls.validate()
+    return tls
+
+
+async def fetch(servers: list[str], syncer: str, timeout: float, tls: ClientTLS | None = None) -> dict[str, Any]:
+    options = tls.client_options() if tls is not None else {}
     client = AsyncSyncClient(servers, syncer, hostname=socket.gethostname(), info="typha dump",
-                             max_consecutive_failures=len(servers) * 3)
+                             max_consecutive_failures=len(servers) * 3, **options)
     client.start()
     try:
         waiter = asyncio.ensure_future(client.wait_in_sync(timeout))
@@ -42,8 +59,8 @@ async def fetch(servers: list[str], syncer: str, timeout: float) -> dict[str, An
 
 def run(args: argparse.Namespace) -> int:
     try:
-        kvs = asyncio.run(fetch(args.server, args.syncer, args.timeout))
-    except (ConnectionError, TimeoutError, OSError) as exc:
+        kvs = asyncio.run(fetch(args.server, args.syncer, args.timeout, tls_from_args(args)))
+    except (ConnectionError, TimeoutError, OSError, TLSConfigError) as exc:
         print(f"typha dump: {exc}", file=sys.stderr)
         return 1
     selected = {key: kvs[key] for key in sorted(kvs) if key.startswith(args.prefix)}

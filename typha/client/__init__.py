@@ -17,6 +17,10 @@ trio (agents); the gRPC stream runs on a worker thread::
     async with open_trio_sync_client(endpoints, "felix", hostname=node) as client:
         async for event in client: ...
 
+mTLS as Typha's clients do it, with Felix's settings (`FELIX_TYPHACAFILE`, …; typha.client.tls)::
+
+    AsyncSyncClient(endpoints, "felix", hostname=node, **ClientTLS.from_env().client_options())
+
 `SyncClientCore` is the protocol itself, without I/O, for other transports and for tests.
 """
 
@@ -35,6 +39,7 @@ from typha.client.core import (
     SyncClientCore,
 )
 from typha.client.events import Backoff, ClientCounters, StatusChange, SyncCallbacks, SyncEvent, UpdateBatch
+from typha.client.tls import ClientTLS, ServerIdentityError, TLSConfigError
 from typha.client.trio_transport import TrioSyncClient, open_trio_sync_client
 
 __all__ = [
@@ -44,10 +49,12 @@ __all__ = [
     "ChecksumOutcome",
     "ChecksumVerdict",
     "ClientCounters",
+    "ClientTLS",
     "Entry",
     "ProtocolError",
     "ReconnectHint",
     "ResumePoint",
+    "ServerIdentityError",
     "Session",
     "SessionState",
     "StatusChange",
@@ -55,6 +62,7 @@ __all__ = [
     "SyncCallbacks",
     "SyncClientCore",
     "SyncEvent",
+    "TLSConfigError",
     "TrioSyncClient",
     "UpdateBatch",
     "digest_of",

@@ -38,6 +38,7 @@ from typha.client.events import (
     SyncEvent,
     UpdateBatch,
 )
+from typha.client.tls import ClientTLS, ServerIdentityError, ServerVerifier
 from typha.proto import sync_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ class _Conn:
 
     __slots__ = ("call", "channel", "closed", "endpoint", "reader", "session")
 
-    def __init__(self, endpoint: str, channel: grpc.aio.Channel, call: Any, session: Session) -> None:
+    def __init__(self, endpoint: str, channel: grpc.aio.Channel | None, call: Any, session: Session) -> None:
         self.endpoint = endpoint
         self.channel = channel
         self.call = call
@@ -96,6 +97,7 @@ class AsyncSyncClient:
         callbacks: SyncCallbacks | None = None,
         sink: Callable[[SyncEvent], Awaitable[None]] | None = None,
         credentials: grpc.ChannelCredentials | None = None,
+        tls: ClientTLS | None = None,
         channel_options: Sequence[tuple[str, Any]] = (),
         backoff: Backoff | None = None,
         connect_timeout: float = 10.0,
@@ -117,6 +119,11 @@ class AsyncSyncClient:
         self._callbacks = callbacks
         self._sink = sink
         self._credentials = credentials
+        # Typha-style mTLS (typha.client.tls): each stream is preceded by a check of the server's
+        # certificate, and its channel is dialled only once that check named the server.
+        self._verifier = ServerVerifier(tls) if tls is not None and tls.enabled else None
+        if self._verifier is not None:
+            self._credentials = self._verifier.channel_credentials()
         # A snapshot chunk is ~1 MiB compressed at most, but raise the 4 MiB default for headroom.
         self._channel_options = [("grpc.max_receive_message_length", 64 * 1024 * 1024), *channel_options]
         self._backoff = backoff or Backoff()
@@ -408,20 +415,26 @@ class AsyncSyncClient:
             self._connect_task = None
 
     def _open(self, endpoint: str) -> _Conn:
-        if self._credentials is not None:
-            channel = grpc.aio.secure_channel(endpoint, self._credentials, options=self._channel_options)
-        else:
-            channel = grpc.aio.insecure_channel(endpoint, options=self._channel_options)
-        call = channel.stream_stream(
-            SYNC_METHOD,
-            request_serializer=pb.ClientMessage.SerializeToString,
-            response_deserializer=self._deserialize,
-        )()
-        conn = _Conn(endpoint, channel, call, self.core.open_session())
+        conn = _Conn(endpoint, None, None, self.core.open_session())
+        if self._verifier is None:
+            self._dial(conn, ())
+        # else the reader dials after verifying the server (it must await, _open cannot).
         conn.reader = asyncio.get_running_loop().create_task(self._read(conn), name=f"typha-sync-read-{endpoint}")
         self.counters.connections += 1
         log.info("opening %r (resume=%s)", conn, conn.session.resume_sent)
         return conn
+
+    def _dial(self, conn: _Conn, extra_options: Sequence[tuple[str, Any]]) -> None:
+        options = [*self._channel_options, *extra_options]
+        if self._credentials is not None:
+            conn.channel = grpc.aio.secure_channel(conn.endpoint, self._credentials, options=options)
+        else:
+            conn.channel = grpc.aio.insecure_channel(conn.endpoint, options=options)
+        conn.call = conn.channel.stream_stream(
+            SYNC_METHOD,
+            request_serializer=pb.ClientMessage.SerializeToString,
+            response_deserializer=self._deserialize,
+        )()
 
     def _deserialize(self, data: bytes) -> pb.ServerMessage:
         self.counters.bytes_received += len(data)
@@ -431,6 +444,11 @@ class AsyncSyncClient:
         error: BaseException | None = None
         try:
             timeout = self._connect_timeout
+            if self._verifier is not None:
+                name = await self._verifier.check(conn.endpoint, timeout)
+                if conn.closed:
+                    return
+                self._dial(conn, [("grpc.ssl_target_name_override", name)])
             async with asyncio.timeout(timeout):
                 await conn.call.write(conn.session.hello)
             while True:
@@ -454,10 +472,12 @@ class AsyncSyncClient:
         self.core.close_session(conn.session)
         if conn.reader is not None and conn.reader is not asyncio.current_task():
             conn.reader.cancel()
-        conn.call.cancel()
-        task = asyncio.get_running_loop().create_task(conn.channel.close(grace=None))
-        self._closing.add(task)
-        task.add_done_callback(self._closing.discard)
+        if conn.call is not None:
+            conn.call.cancel()
+        if conn.channel is not None:
+            task = asyncio.get_running_loop().create_task(conn.channel.close(grace=None))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
         if conn is self._live:
             self._live = None
         if conn is self._pending:
@@ -476,6 +496,8 @@ class AsyncSyncClient:
 def _describe(error: BaseException) -> str:
     if isinstance(error, grpc.aio.AioRpcError):
         return f"{error.code().name}: {error.details()}"
+    if isinstance(error, ServerIdentityError):
+        return str(error)
     if isinstance(error, TimeoutError):
         return "timed out waiting for the server"
     return repr(error)
