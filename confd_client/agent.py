@@ -68,6 +68,7 @@ class Settings:
     bird_binary: str = "bird"
     bird6_binary: str = "bird6"
     birdc_binary: str = "birdc"
+    birdc6_binary: str = "birdc6"  # BIRD 1.6 ships one client per daemon
     ca_file: str = ""
     cert_file: str = ""
     key_file: str = ""
@@ -292,7 +293,8 @@ class ConfdAgent:
         for family in sorted(families):
             if not sockets[family]:
                 continue
-            ok, output = self._runner([self.settings.birdc_binary, "-s", sockets[family], "configure"])
+            birdc = self.settings.birdc_binary if family == 4 else self.settings.birdc6_binary
+            ok, output = self._runner([birdc, "-s", sockets[family], "configure"])
             if ok:
                 self.counters.reloads += 1
                 log.info("reloaded BIRD (IPv%d): %s", family, output)

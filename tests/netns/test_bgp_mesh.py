@@ -1,6 +1,7 @@
 """Two nodes, real BIRD, real BGP: confd_client's config makes each kernel learn the other's IPAM block.
 
-Each node is a network namespace on a veth underlay (10.199.0.0/24) running stock BIRD 1.6 with the
+Each node is a network namespace on a veth underlay (10.199.0.0/24, fd99::/64) running stock BIRD 1.6
+(`bird` for IPv4, `bird6` for IPv6: one test per family) with the
 files its own confd_client renders from typha's `bgp` syncer (API emulator → typha serve in this
 process). The mesh session comes up, node B's kernel gets node A's block `via` A, and when A's block
 affinity is deleted A's agent re-renders, reloads BIRD (`birdc configure`), and B loses the route.
@@ -32,13 +33,17 @@ pytestmark = [
     pytest.mark.root,
     pytest.mark.slow,
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
-    pytest.mark.skipif(not (shutil.which("ip") and shutil.which("bird") and shutil.which("birdc")),
-                       reason="needs iproute2 and BIRD 1.6"),
+    pytest.mark.skipif(not all(shutil.which(b) for b in ("ip", "bird", "birdc", "bird6", "birdc6")),
+                       reason="needs iproute2 and BIRD 1.6 (bird, bird6)"),
 ]
 
 UNDERLAY = {"a": "10.199.0.1", "b": "10.199.0.2"}
-BLOCKS = {"a": "10.244.1.0/26", "b": "10.244.2.0/26"}
-POOL = "10.244.0.0/16"
+UNDERLAY6 = {"a": "fd99::1", "b": "fd99::2"}
+FAMILIES = {
+    # family: (blocks per node, pool, BIRD binary, its config file, its socket flag)
+    4: ({"a": "10.244.1.0/26", "b": "10.244.2.0/26"}, "10.244.0.0/16", "bird", "bird.cfg", "--bird-socket"),
+    6: ({"a": "fd10:1::/122", "b": "fd10:2::/122"}, "fd10::/48", "bird6", "bird6.cfg", "--bird6-socket"),
+}
 
 
 def sh(*args: str) -> str:
@@ -52,7 +57,8 @@ def free_port() -> int:
 
 
 def route(ns: str, cidr: str) -> str:
-    return subprocess.run(["ip", "-n", ns, "route", "show", cidr], capture_output=True, text=True,
+    family = "-6" if ":" in cidr else "-4"
+    return subprocess.run(["ip", family, "-n", ns, "route", "show", cidr], capture_output=True, text=True,
                           timeout=10, check=False).stdout.strip()
 
 
@@ -64,12 +70,15 @@ def wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-u
         time.sleep(0.25)
 
 
-def calico_docs() -> list[dict]:
+def calico_docs(pool: str) -> list[dict]:
+    # Both addresses on every node: bird6 takes its router id from the IPv4 address, as upstream's does.
     nodes = [{"apiVersion": "projectcalico.org/v3", "kind": "Node", "metadata": {"name": f"node-{n}"},
-              "spec": {"bgp": {"ipv4Address": f"{ip}/24"}}} for n, ip in UNDERLAY.items()]
-    pool = {"apiVersion": "projectcalico.org/v3", "kind": "IPPool", "metadata": {"name": "pool"},
-            "spec": {"cidr": POOL, "ipipMode": "Never", "vxlanMode": "Never"}}
-    return [*nodes, pool]
+              "spec": {"bgp": {"ipv4Address": f"{UNDERLAY[n]}/24", "ipv6Address": f"{UNDERLAY6[n]}/64"}}}
+             for n in UNDERLAY]
+    # Unencapsulated, so BIRD programs the learned block routes into the kernel itself.
+    ippool = {"apiVersion": "projectcalico.org/v3", "kind": "IPPool", "metadata": {"name": "pool"},
+              "spec": {"cidr": pool, "ipipMode": "Never", "vxlanMode": "Never"}}
+    return [*nodes, ippool]
 
 
 class AgentThread:
@@ -94,6 +103,7 @@ def namespaces():
         for n, ns in names.items():
             sh("ip", "link", "set", veth[n], "netns", ns)
             sh("ip", "-n", ns, "addr", "add", f"{UNDERLAY[n]}/24", "dev", veth[n])
+            sh("ip", "-n", ns, "addr", "add", f"{UNDERLAY6[n]}/64", "dev", veth[n], "nodad")
             sh("ip", "-n", ns, "link", "set", "lo", "up")
             sh("ip", "-n", ns, "link", "set", veth[n], "up")
         yield names
@@ -102,10 +112,13 @@ def namespaces():
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)  # takes the veths along
 
 
-def test_nodes_learn_each_others_blocks_and_lose_them_on_delete(namespaces, tmp_path):
+@pytest.mark.parametrize("family", sorted(FAMILIES), ids=lambda f: f"ipv{f}")
+def test_nodes_learn_each_others_blocks_and_lose_them_on_delete(namespaces, tmp_path, family):
+    blocks, pool, binary, config_file, socket_flag = FAMILIES[family]
+    underlay = UNDERLAY if family == 4 else UNDERLAY6
     with KubeAPIEmulator(bookmark_interval=0.2).start() as api:
-        calico_v3.apply_documents(api, calico_docs())
-        for n, cidr in BLOCKS.items():
+        calico_v3.apply_documents(api, calico_docs(pool))
+        for n, cidr in blocks.items():
             api.upsert(calico_v3.block_affinity(f"node-{n}", cidr, "confirmed"))
         kubeconfig = tmp_path / "kubeconfig"
         api.write_kubeconfig(kubeconfig)
@@ -135,26 +148,26 @@ def test_nodes_learn_each_others_blocks_and_lose_them_on_delete(namespaces, tmp_
                 sock = str(directory / "bird.ctl")
                 settings = Settings.from_env({"NODENAME": f"node-{n}"}, [
                     "--typha", f"127.0.0.1:{port}", "--config-dir", str(directory), "--debounce", "0.1",
-                    "--bird-socket", sock, "--check"])
+                    socket_flag, sock, "--check"])
                 agents[n] = AgentThread(ConfdAgent(settings))
                 agents[n].thread.start()
-                wait_for(lambda d=directory: (d / "bird.cfg").exists(), 30, f"node-{n}'s first render")
+                wait_for(lambda d=directory: (d / config_file).exists(), 30, f"node-{n}'s first render")
                 birds[n] = subprocess.Popen(
-                    ["ip", "netns", "exec", ns, "bird", "-f", "-c", str(directory / "bird.cfg"), "-s", sock,
+                    ["ip", "netns", "exec", ns, binary, "-f", "-c", str(directory / config_file), "-s", sock,
                      "-P", str(directory / "bird.pid")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
-            peer_a = BLOCKS["a"]
-            wait_for(lambda: f"via {UNDERLAY['a']}" in route(namespaces["b"], peer_a), 60,
+            peer_a = blocks["a"]
+            wait_for(lambda: f"via {underlay['a']}" in route(namespaces["b"], peer_a), 60,
                      f"node-b's kernel to learn {peer_a} over BGP")
-            wait_for(lambda: f"via {UNDERLAY['b']}" in route(namespaces["a"], BLOCKS["b"]), 60,
-                     f"node-a's kernel to learn {BLOCKS['b']} over BGP")
+            wait_for(lambda: f"via {underlay['b']}" in route(namespaces["a"], blocks["b"]), 60,
+                     f"node-a's kernel to learn {blocks['b']} over BGP")
             assert "proto bird" in route(namespaces["b"], peer_a)
 
             reloads = agents["a"].agent.counters.reloads
             api.delete(calico_v3.CRD_V1, "BlockAffinity", calico_v3.block_affinity_name("node-a", peer_a))
             wait_for(lambda: route(namespaces["b"], peer_a) == "", 60, f"node-b to lose {peer_a}")
             assert agents["a"].agent.counters.reloads > reloads
-            assert BLOCKS["b"] in route(namespaces["a"], BLOCKS["b"])  # the other direction is untouched
+            assert blocks["b"] in route(namespaces["a"], blocks["b"])  # the other direction is untouched
         finally:
             for agent in agents.values():
                 agent.stop()
