@@ -72,6 +72,8 @@ class Settings:
     ca_file: str = ""
     cert_file: str = ""
     key_file: str = ""
+    server_cn: str = ""  # <prefix>TYPHACN: the name Typha's certificate must carry
+    server_uri_san: str = ""  # <prefix>TYPHAURISAN: not checkable through grpc's Python API (logged)
     in_sync_timeout: float = 60.0
     render_env: dict[str, str] = field(default_factory=dict)
     # Kubernetes side channels (Secrets for passwords, Services for advertisement), as upstream:
@@ -110,6 +112,8 @@ class Settings:
             ca_file=typha_setting(env, "CAFILE"),
             cert_file=typha_setting(env, "CERTFILE"),
             key_file=typha_setting(env, "KEYFILE"),
+            server_cn=typha_setting(env, "CN"),
+            server_uri_san=typha_setting(env, "URISAN"),
             in_sync_timeout=args.in_sync_timeout,
             render_env={name: env[name] for name in RENDER_ENV if env.get(name)},
             kube=bool(env.get("KUBECONFIG") or env.get("KUBERNETES_SERVICE_HOST")),
@@ -314,7 +318,13 @@ class ConfdAgent:
             return Path(path).read_bytes() if path else None
 
         credentials = grpc.ssl_channel_credentials(read(s.ca_file), read(s.key_file), read(s.cert_file))
-        return {"credentials": credentials}
+        options: dict[str, Any] = {"credentials": credentials}
+        if s.server_cn:
+            # Verify Typha's certificate against the configured name instead of the dialled address.
+            options["channel_options"] = [("grpc.ssl_target_name_override", s.server_cn)]
+        if s.server_uri_san:
+            log.warning("TYPHAURISAN is not verified by this client; only the CA (and CN, if set) are")
+        return options
 
     async def run(self) -> None:
         """Oneshot: until the first render; daemon: until cancelled (or `stop()`)."""
