@@ -323,10 +323,12 @@ class BGPStore:
             if (node.as_num or self.global_as()) != wanted_as:
                 continue
             if port:
+                # Upstream's if/else-if, quirk included: a node port that matches still loses to a
+                # different non-zero global port.
                 node_port = self.node_listen_port(name)
                 if node_port is not None and node_port != port:
                     continue
-                if node_port is None and self.global_listen_port() and self.global_listen_port() != port:
+                if self.global_listen_port() and self.global_listen_port() != port:
                     continue
             names.append(name)
         return names
