@@ -193,3 +193,9 @@ def test_kubernetes_string_fields():
         "apiVersion: v1\nkind: Secret\nmetadata:\n  name: s\n  namespace: kube-system\nstringData:\n  a: yes\n  b: 12\n"
     )
     assert secret["stringData"] == {"a": "true", "b": "12"}
+
+
+def test_float32_near_the_top_of_its_range():
+    # Found by hypothesis: a short rounding of values near FLT_MAX overflows float32.
+    for number in (3.4025e38, 3.4028234663852886e38, -3.4028234663852886e38):
+        assert format_go_float32(float(format_go_float32(number))) == format_go_float32(number)

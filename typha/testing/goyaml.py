@@ -171,8 +171,11 @@ def format_go_float32(value: float) -> str:
     packed = struct.pack("<f", single)
     for ndigits in range(1, 10):
         text = format(single, f".{ndigits - 1}e")
-        if struct.pack("<f", float(text)) == packed:
-            break
+        try:
+            if struct.pack("<f", float(text)) == packed:
+                break
+        except OverflowError:  # near FLT_MAX a short rounding can exceed float32's range: use more digits
+            continue
     mantissa, _, exponent_text = text.partition("e")
     negative = mantissa.startswith("-")
     digits = mantissa.lstrip("-").replace(".", "").rstrip("0") or "0"
