@@ -44,6 +44,8 @@ class DaemonThread:
         asyncio.run_coroutine_threadsafe(self.daemon.stop(), self.loop).result(30)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
+        if not self.thread.is_alive():
+            self.loop.close()
 
 
 @pytest.fixture
