@@ -29,8 +29,15 @@ CLIENTS = 12
 
 
 def worker_pids(supervisor: subprocess.Popen[bytes]) -> list[int]:
-    children = psutil.Process(supervisor.pid).children()
-    return [child.pid for child in children if "--upstream" in child.cmdline()]
+    """Live worker processes (a killed one is a zombie until the supervisor reaps it)."""
+    pids = []
+    for child in psutil.Process(supervisor.pid).children():
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE and "--upstream" in child.cmdline():
+                pids.append(child.pid)
+        except psutil.Error:
+            continue
+    return pids
 
 
 def test_killed_worker_clients_resume_on_another_and_it_is_restarted(tmp_path):
