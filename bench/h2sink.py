@@ -27,6 +27,7 @@ import hpack
 import msgpack
 import zstandard
 
+from bench.sink import drive_streams
 from typha.proto import sync_pb2 as pb
 
 TIMESTAMP_LABEL = "bench-ts"  # written by bench/apiproc.py: the pod's write time, ns since the epoch
@@ -492,37 +493,6 @@ def raise_fd_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-async def _client_main(address: str, syncer_type: str, indexes: list[int], probe_every: int, conn: Any) -> None:
-    stats = [StreamStats() for _ in indexes]
-    readies = [asyncio.Event() for _ in indexes]
-    tasks = []
-    for slot, (index, stat, ready) in enumerate(zip(indexes, stats, readies, strict=True)):
-        tasks.append(asyncio.create_task(
-            run_stream(address, syncer_type, index, index % probe_every == 0, stat, ready)))
-        if slot % 50 == 49:
-            await asyncio.sleep(0.01)  # spread connects a little, as nodes booting do
-    await asyncio.gather(*(ready.wait() for ready in readies))
-    conn.send(("ready", sum(s.in_sync for s in stats), max((s.snapshot_secs for s in stats), default=0.0),
-               [s.error for s in stats if s.error][:3]))
-    loop = asyncio.get_running_loop()
-    while True:
-        command = await loop.run_in_executor(None, conn.recv)
-        if command == "sample":
-            conn.send(("sample", sum(s.kvs for s in stats), sum(s.messages for s in stats),
-                       sum(s.bytes for s in stats)))
-        elif command == "latencies":
-            samples = [ns for s in stats for ns in s.latencies_ns]
-            for s in stats:
-                s.latencies_ns.clear()
-            conn.send(("latencies", samples))
-        elif command == "stop":
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            conn.send(("stopped", [s.error for s in stats if s.error][:3]))
-            return
-
-
 def client_process(address: str, syncer_type: str, indexes: list[int], probe_every: int, conn: Any,
                    cpus: set[int] | None) -> None:
     if cpus:
@@ -530,4 +500,4 @@ def client_process(address: str, syncer_type: str, indexes: list[int], probe_eve
 
         os.sched_setaffinity(0, cpus)
     raise_fd_limit()
-    asyncio.run(_client_main(address, syncer_type, indexes, probe_every, conn))
+    asyncio.run(drive_streams(run_stream, StreamStats, address, syncer_type, indexes, probe_every, conn))

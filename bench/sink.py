@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,13 +88,21 @@ async def run_stream(
             await channel.close()
 
 
-async def _client_main(address: str, syncer_type: str, indexes: list[int], probe_every: int, conn: Any) -> None:
-    stats = [StreamStats() for _ in indexes]
+async def drive_streams(
+    run: Callable[..., Awaitable[None]], make_stats: Callable[[], Any], address: str, syncer_type: str,
+    indexes: list[int], probe_every: int, conn: Any,
+) -> None:
+    """The load-client side of the pipe protocol bench.fanout speaks, for any stream implementation.
+
+    `run(address, syncer_type, index, probe, stats, ready)` runs one stream, filling `stats` (which
+    has kvs, messages, bytes, snapshot_secs, in_sync, error and latencies_ns).
+    """
+    stats = [make_stats() for _ in indexes]
     readies = [asyncio.Event() for _ in indexes]
     tasks = []
     for slot, (index, stat, ready) in enumerate(zip(indexes, stats, readies, strict=True)):
         tasks.append(asyncio.create_task(
-            run_stream(address, syncer_type, index, index % probe_every == 0, stat, ready)))
+            run(address, syncer_type, index, index % probe_every == 0, stat, ready)))
         if slot % 50 == 49:
             await asyncio.sleep(0.01)  # spread connects a little, as nodes booting do
     await asyncio.gather(*(ready.wait() for ready in readies))
@@ -124,4 +133,4 @@ def client_process(address: str, syncer_type: str, indexes: list[int], probe_eve
         import os
 
         os.sched_setaffinity(0, cpus)
-    asyncio.run(_client_main(address, syncer_type, indexes, probe_every, conn))
+    asyncio.run(drive_streams(run_stream, StreamStats, address, syncer_type, indexes, probe_every, conn))
