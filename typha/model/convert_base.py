@@ -401,7 +401,11 @@ def go_json(value: Any) -> str:
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
-def _json_map(text: Any) -> dict[str, str] | None:
+def json_map(text: Any) -> dict[str, str] | None:
+    """A JSON object stored in an annotation, or None when it is absent or unparsable.
+
+    Upstream logs and ignores such an annotation rather than rejecting the object.
+    """
     if not isinstance(text, str):
         return None
     try:
@@ -424,7 +428,7 @@ def crd_metadata(md: dict[str, Any], namespaced: bool) -> dict[str, Any]:
     the cache drop updates that change nothing else.
     """
     annotations = md.get("annotations") or {}
-    stored = _json_map(annotations.get(METADATA_ANNOTATION)) if METADATA_ANNOTATION in annotations else None
+    stored = json_map(annotations.get(METADATA_ANNOTATION)) if METADATA_ANNOTATION in annotations else None
     if stored is not None:
         labels = dict(stored.get("labels") or {})
         labels.update((k, v) for k, v in (md.get("labels") or {}).items() if _ours(k))

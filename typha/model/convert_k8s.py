@@ -30,6 +30,7 @@ from typha.model.convert_base import (
     cidr_or_ip,
     go_json,
     ip_address,
+    json_map,
     metadata,
     namespace_of,
     policy_v1,
@@ -526,11 +527,11 @@ def k8s_node_to_v3(node: dict[str, Any]) -> dict[str, Any]:
     k8s_labels = md.get("labels") or {}
 
     labels: dict[str, str] = {}
-    calico_labels = _json_obj(annotations.get(ANN_LABELS))
+    calico_labels = json_map(annotations.get(ANN_LABELS))
     if calico_labels:
         labels.update(calico_labels)
     labels.update(k8s_labels)  # Kubernetes labels win over Calico's own
-    notes = dict(_json_obj(annotations.get(ANN_ANNOTATIONS)) or {})
+    notes = dict(json_map(annotations.get(ANN_ANNOTATIONS)) or {})
     # json.Marshal of the Kubernetes labels map: a node without labels has a nil map, "null".
     notes[ANN_KUBE_LABELS] = go_json(k8s_labels) if md.get("labels") is not None else "null"
     v3_md: dict[str, Any] = {"name": name}
@@ -603,17 +604,6 @@ def k8s_node_to_v3(node: dict[str, Any]) -> dict[str, Any]:
 
 
 _BGP_ORDER = ("asNumber", "ipv4Address", "ipv6Address", "ipv4IPIPTunnelAddr", "routeReflectorClusterID")
-
-
-def _json_obj(text: Any) -> dict[str, str] | None:
-    # Upstream logs and ignores an unparsable labels/annotations annotation.
-    if not isinstance(text, str):
-        return None
-    try:
-        value = orjson.loads(text)
-    except orjson.JSONDecodeError:
-        return None
-    return value if isinstance(value, dict) else None
 
 
 def _node_ipv4(v3: dict[str, Any]) -> str | None:
