@@ -10,7 +10,6 @@ late joiner's snapshot time, server CPU, and server RSS per idle client.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import os
 import socket
@@ -25,6 +24,7 @@ import psutil
 
 from bench import h2sink, sink
 from bench.apiproc import EmulatorProcess
+from bench.output import report
 
 # --sink: which load client runs the streams. h2 (raw HTTP/2) costs a fraction of grpc.aio per message, so
 # the load side stops being the bottleneck; grpc stays for comparison and as an interop check.
@@ -227,15 +227,12 @@ def run(args: argparse.Namespace) -> int:
         except subprocess.TimeoutExpired:
             typha.kill()
         api.stop()
-    print_table(results)
-    if args.json:
-        with open(args.json, "w") as out:
-            json.dump(results, out, indent=2)
+    report(table_rows(results), results, args.json)
     return 0
 
 
-def print_table(r: dict[str, Any]) -> None:
-    rows = [
+def table_rows(r: dict[str, Any]) -> list[tuple[str, str]]:
+    return [
         ("clients in sync", f"{r['clients_in_sync']}/{r['clients']} in {r['connect_all_secs']:.2f} s"),
         ("churn", f"{r['writes']} pod writes at {r['rate']:.0f}/s over {r['write_secs']:.2f} s, {r['keys']} pods"),
         ("deliveries", f"{r['deliveries']:,} of {r['deliveries_expected']:,}"),
@@ -253,6 +250,3 @@ def print_table(r: dict[str, Any]) -> None:
                                  + ", ".join(f"{secs * 1000:.0f} ms" for secs in r["joiner_snapshot_secs"])
                                  + " (first builds the snapshot, later ones share it)"),
     ]
-    width = max(len(name) for name, _ in rows)
-    for name, value in rows:
-        print(f"{name:<{width}}  {value}")

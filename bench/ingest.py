@@ -9,12 +9,12 @@ The emulator runs in a child process so that its serving cost does not share our
 from __future__ import annotations
 
 import argparse
-import json
 import threading
 import time
 from typing import Any
 
 from bench.apiproc import EmulatorProcess, make_pod
+from bench.output import report
 from typha.datastore.kubeclient import KubeClient
 from typha.datastore.syncers import Datastore, Syncer, converters_for
 from typha.model.kv import SyncStatus, Update
@@ -94,23 +94,18 @@ def run(args: argparse.Namespace) -> int:
     finally:
         api.stop()
 
-    print_table(results)
-    if args.json:
-        with open(args.json, "w") as out:
-            json.dump(results, out, indent=2)
+    report(table_rows(results), results, args.json)
     return 0
 
 
-def print_table(results: dict[str, Any]) -> None:
+def table_rows(results: dict[str, Any]) -> list[tuple[str, str]]:
     convert, listed, watch = results["convert_only"], results["list_convert"], results["watch"]
-    rows = [
-        ("convert only (felix, pods)", f"{convert['objects_per_sec']:,.0f} objects/s",
-         f"{convert['usec_per_object']:.1f} µs/object"),
-        (f"list+convert {listed['objects']:,} pods", f"{listed['objects_per_sec']:,.0f} objects/s",
-         f"{listed['secs']:.2f} s"),
-        (f"watch {watch['events']:,} events", f"{watch['events_per_sec']:,.0f} events/s",
-         f"{watch['secs']:.2f} s (emulator writes took {watch['emulator_write_secs']:.2f} s)"),
+    return [
+        ("convert only (felix, pods)",
+         f"{convert['objects_per_sec']:,.0f} objects/s, {convert['usec_per_object']:.1f} µs/object"),
+        (f"list+convert {listed['objects']:,} pods",
+         f"{listed['objects_per_sec']:,.0f} objects/s, {listed['secs']:.2f} s"),
+        (f"watch {watch['events']:,} events",
+         f"{watch['events_per_sec']:,.0f} events/s, {watch['secs']:.2f} s "
+         f"(emulator writes took {watch['emulator_write_secs']:.2f} s)"),
     ]
-    width = max(len(r[0]) for r in rows)
-    for name, rate, extra in rows:
-        print(f"{name:<{width}}  {rate:>22}  {extra}")
