@@ -20,13 +20,14 @@ import struct
 import time
 import urllib.parse
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import hpack
 import msgpack
 import zstandard
 
+from bench import sink
 from bench.sink import drive_streams
 from typha.proto import sync_pb2 as pb
 
@@ -392,16 +393,11 @@ class H2GrpcConnection(asyncio.BufferedProtocol):
 
 
 @dataclass
-class StreamStats:
-    kvs: int = 0
-    messages: int = 0
-    bytes: int = 0
+class StreamStats(sink.StreamStats):
+    """The grpc sink's counters, plus what the raw protocol lets us see cheaply."""
+
     snapshot_kvs: int = 0
     pings: int = 0
-    snapshot_secs: float = 0.0
-    in_sync: bool = False
-    error: str = ""
-    latencies_ns: list[int] = field(default_factory=list)
 
 
 class SinkStream(H2GrpcConnection):
