@@ -8,8 +8,10 @@ Two trio tasks share one `Calculator`:
   waits `debounce` seconds so a burst of updates becomes one apply, and renders the whole state.
 
 With `--dry-run DIR` an apply writes `iptables.save`, `ipsets.save`, `routes.txt` and `status.json`
-into DIR, each atomically (temp file + rename), so a reader never sees half a file. Programming the
-kernel (iptables-restore, ipset, netlink) is the next step of issue 5 and is refused until then.
+into DIR, each atomically (temp file + rename), so a reader never sees half a file. Without it the
+agent programs the network namespace it runs in (`felix_client.dataplane`): iptables, IP sets,
+routes and sysctls. Every apply compares with the kernel, and one runs every `--resync-interval`
+seconds even without updates, so drift (a rule deleted behind our back) is repaired.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ import trio
 
 from felix_client import rules
 from felix_client.calc import Calculator
+from felix_client.dataplane import Dataplane
+from felix_client.dataplane.dataplane import OwnVTEP
 from felix_client.health import DEFAULT_HEALTH_PORT, serve_health
 from typha.client import StatusChange, UpdateBatch, open_trio_sync_client
 from typha.model.kv import SyncStatus
@@ -51,6 +55,9 @@ class AgentOptions:
     max_consecutive_failures: int | None = None
     health_host: str = "0.0.0.0"
     health_port: int | None = None  # None: no health endpoint
+    resync_interval: float = 10.0
+    status_file: Path | None = None  # kernel mode: status.json written after each successful apply
+    netns: str | None = None  # kernel mode: program this named namespace instead of our own (tests)
 
 
 @dataclass
@@ -77,6 +84,9 @@ class Agent:
         )
         self.stats = AgentStats()
         self._wake = trio.Event()
+        self.dataplane: Dataplane | None = None
+        if options.dry_run is None:
+            self.dataplane = Dataplane(options.netns)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         client_options: dict[str, Any] = {}
@@ -104,16 +114,61 @@ class Agent:
 
     async def _apply_loop(self) -> None:
         while True:
-            await self._wake.wait()
+            # A timeout without updates is the periodic resync: only useful once something is programmed.
+            with trio.move_on_after(self.options.resync_interval):
+                await self._wake.wait()
             if not self.stats.in_sync:
                 self._wake = trio.Event()
                 continue
-            await trio.sleep(self.options.debounce)
+            if self._wake.is_set():
+                await trio.sleep(self.options.debounce)
             # Anything arriving from here on wakes the next round.
             self._wake = trio.Event()
             started = time.perf_counter()
-            self.apply()
+            try:
+                if self.dataplane is None:
+                    self.apply()
+                else:
+                    state, vtep = self._take_state()
+                    # Blocking tools (iptables-restore, ipset, netlink) run in a thread so the reader
+                    # keeps draining the sync stream; the snapshot is a separate object.
+                    await trio.to_thread.run_sync(self._program, state, vtep)
+            except Exception:
+                # Keep the agent alive and retry soon: a transient failure (xtables lock, an interface
+                # that vanished mid-apply) must not leave the node unprogrammed until the next update.
+                log.exception("apply failed; retrying")
+                self.stats.extra["failures"] = self.stats.extra.get("failures", 0) + 1
+                await trio.sleep(min(1.0, self.options.resync_interval))
+                self._wake.set()
+                continue
             self.stats.last_apply_secs = time.perf_counter() - started
+
+    def _take_state(self) -> tuple[Any, OwnVTEP | None]:
+        self.calc.take_dirty()
+        state = self.calc.snapshot()
+        routing = self.calc.routing
+        me = self.options.hostname
+        vtep = None
+        if routing.vxlan_ips.get(me) and routing.vxlan_macs.get(me) and routing.host_ips.get(me):
+            vtep = OwnVTEP(routing.vxlan_ips[me], routing.vxlan_macs[me], routing.host_ips[me])
+        return state, vtep
+
+    def _program(self, state: Any, vtep: OwnVTEP | None) -> None:
+        assert self.dataplane is not None
+        self.dataplane.apply(state, vtep)
+        self.stats.applies += 1
+        if self.options.status_file is not None:
+            status = {
+                "hostname": self.options.hostname,
+                "in_sync": self.stats.in_sync,
+                "applies": self.stats.applies,
+                "updates": self.stats.updates,
+                "endpoints": len(state.endpoints),
+                "policies": len(state.policies),
+                "backend": self.dataplane.backend,
+                "time": time.time(),
+            }
+            write_atomic(self.options.status_file, json.dumps(status, indent=1) + "\n")
 
     @property
     def ready(self) -> bool:
@@ -166,6 +221,10 @@ def parse_args(argv: Sequence[str] | None = None) -> AgentOptions:
     parser.add_argument("--dry-run", type=Path, default=None, metavar="DIR",
                         help="write iptables.save, ipsets.save, routes.txt and status.json to DIR instead of "
                         "programming the kernel")
+    parser.add_argument("--resync-interval", type=float, default=10.0,
+                        help="seconds between full dataplane resyncs that repair drift")
+    parser.add_argument("--status-file", type=Path, default=None,
+                        help="write a status.json here after each successful kernel apply")
     parser.add_argument("--debounce", type=float, default=0.05, help="seconds to coalesce updates before an apply")
     parser.add_argument("--uplink", default="eth0", help="underlay interface for no-encap routes")
     parser.add_argument("--endpoint-to-host-action", default=os.environ.get("FELIX_DEFAULTENDPOINTTOHOSTACTION",
@@ -188,6 +247,8 @@ def parse_args(argv: Sequence[str] | None = None) -> AgentOptions:
         hostname=args.hostname or _default_hostname(),
         dry_run=args.dry_run,
         debounce=args.debounce,
+        resync_interval=args.resync_interval,
+        status_file=args.status_file,
         uplink=args.uplink,
         endpoint_to_host_action=args.endpoint_to_host_action,
         max_consecutive_failures=args.max_consecutive_failures,
@@ -223,11 +284,8 @@ async def _main(options: AgentOptions) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     options = parse_args(argv)
-    if options.dry_run is None:
-        print("felix-client: kernel programming is not built yet (issue #5); run with --dry-run DIR", file=sys.stderr)
-        return 2
-    log.info("felix-client for node %s following %s, dry run into %s", options.hostname, options.typha,
-             options.dry_run)
+    log.info("felix-client for node %s following %s, %s", options.hostname, options.typha,
+             f"dry run into {options.dry_run}" if options.dry_run else "programming this network namespace")
     trio.run(_main, options)
     return 0
 

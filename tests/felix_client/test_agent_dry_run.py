@@ -146,13 +146,6 @@ def test_agent_writes_chains_sets_and_routes_and_follows_policy_changes(typha, t
     assert agent.returncode == 0, err
 
 
-def test_agent_refuses_to_program_the_kernel_yet():
-    result = subprocess.run([sys.executable, "-m", "felix_client.agent", "--typha", "127.0.0.1:1"],
-                            capture_output=True, text=True, timeout=60)
-    assert result.returncode == 2
-    assert "--dry-run" in result.stderr
-
-
 def test_hostname_and_typha_defaults(monkeypatch):
     from felix_client.agent import parse_args
 

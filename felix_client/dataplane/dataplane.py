@@ -1,0 +1,293 @@
+"""Program one network namespace from a `DesiredState`.
+
+Every apply is a full, idempotent comparison with what the kernel holds (iptables-save, ipset list,
+a netlink route dump), so the same code path is both the incremental apply and the periodic resync
+that repairs drift: there is no cached "what we programmed last time" that could go stale.
+
+`netns=None` programs the namespace this process runs in (the agent is started with
+`ip netns exec NODE` in tests, or on the host in production); a name runs every command through
+`ip netns exec` and opens netlink in that namespace, which the tests use to inspect and disturb it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import re
+import shlex
+import shutil
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from felix_client import rules
+from felix_client.calc.graph import DesiredState
+from felix_client.calc.routes import FELIX_ROUTE_PROTO, VXLAN_DEVICE, Route
+
+log = logging.getLogger("felix_client.dataplane")
+
+# Hook rules in the kernel chains carry this comment so a later apply can find and replace exactly
+# its own rules, leaving everyone else's (kube-proxy, docker, the host's firewall) untouched.
+HOOK_COMMENT = "cali:hook"
+CHAIN_PREFIX = "cali-"
+IPSET_PREFIX = "cali4"  # cali40<id> sets and cali4t<n> temporaries
+RTPROT_BOOT = 3  # Felix's DeviceRouteProtocol for local workload routes
+VXLAN_VNI = 4096
+VXLAN_PORT = 4789
+VXLAN_MTU = 1410
+TABLES = ("raw", "nat", "filter")
+# Kernel chains whose Calico jump Felix appends rather than inserts (after kube-proxy's rules).
+APPEND_HOOK_CHAINS = {"POSTROUTING"}
+
+
+class DataplaneError(RuntimeError):
+    pass
+
+
+def detect_backend(iptables: str = "iptables") -> str:
+    """'nft' or 'legacy', from `iptables --version` of the binary the host uses."""
+    try:
+        out = subprocess.run([iptables, "--version"], capture_output=True, text=True, timeout=10).stdout
+    except OSError:
+        return "legacy"
+    return "nft" if "nf_tables" in out else "legacy"
+
+
+def _tool(backend: str, name: str) -> str:
+    # Use the variant matching the host's `iptables` so our rules land where the host's tools look.
+    specific = f"iptables-{backend}-{name.removeprefix('iptables-')}"
+    return specific if shutil.which(specific) else name
+
+
+@dataclass
+class ApplyStats:
+    iptables_tables: int = 0
+    ipsets_written: int = 0
+    ipsets_destroyed: int = 0
+    routes_added: int = 0
+    routes_deleted: int = 0
+
+
+@dataclass(frozen=True)
+class OwnVTEP:
+    """This node's VXLAN tunnel endpoint (the calculation only lists the remote ones)."""
+
+    tunnel_ip: str
+    mac: str
+    parent_ip: str
+
+
+class Dataplane:
+    def __init__(self, netns: str | None = None, *, iface_prefix: str = "cali", backend: str | None = None) -> None:
+        self.netns = netns
+        self.iface_prefix = iface_prefix
+        self.backend = backend or detect_backend()
+        self.restore = _tool(self.backend, "iptables-restore")
+        self.save = _tool(self.backend, "iptables-save")
+        self.stats = ApplyStats()
+
+    # --- helpers ------------------------------------------------------------------------------
+
+    def _run(self, argv: Sequence[str], stdin: str | None = None, check: bool = True) -> str:
+        full = [*(["ip", "netns", "exec", self.netns] if self.netns else []), *argv]
+        proc = subprocess.run(full, input=stdin, capture_output=True, text=True, timeout=60)
+        if check and proc.returncode != 0:
+            raise DataplaneError(f"{shlex.join(full)} failed ({proc.returncode}): {proc.stderr.strip()}\n"
+                                 f"input:\n{stdin or ''}")
+        return proc.stdout
+
+    def _ipr(self):  # type: ignore[no-untyped-def]
+        from pyroute2 import IPRoute, NetNS
+
+        return NetNS(self.netns) if self.netns else IPRoute()
+
+    # --- whole apply --------------------------------------------------------------------------
+
+    def apply(self, state: DesiredState, own_vtep: OwnVTEP | None = None) -> None:
+        """Bring the namespace to `state`. Order matters: sets before the rules that use them,
+        stale sets only after the rules stopped referencing them, routes last."""
+        sets = rules.desired_ipsets(state)
+        existing_sets = self.list_ipsets()
+        self.write_ipsets(sets, existing_sets)
+        tables = rules.render_tables(state, self.iface_prefix)
+        for name in TABLES:
+            self.apply_table(name, tables[name])
+        stale = {s for s in existing_sets if s.startswith(IPSET_PREFIX) and s not in sets}
+        self.destroy_ipsets(stale)
+        self.apply_sysctls(state)
+        if state.vxlan and own_vtep is not None:
+            self.ensure_vxlan_device(own_vtep)
+        self.apply_routes(state)
+
+    # --- iptables -----------------------------------------------------------------------------
+
+    def apply_table(self, table: str, desired: rules.Table) -> None:
+        current = self._run([self.save, "-t", table], check=False)
+        current_chains: set[str] = set()
+        our_hooks: list[str] = []
+        for line in current.splitlines():
+            if line.startswith(":"):
+                current_chains.add(line[1:].split()[0])
+            elif line.startswith("-A "):
+                chain = line.split()[1]
+                outside_ours = chain in desired.builtins or not chain.startswith(CHAIN_PREFIX)
+                if outside_ours and (HOOK_COMMENT in line or re.search(r" -[jg] cali-", line)):
+                    our_hooks.append("-D" + line[2:])
+        wanted = [c for c in desired.chains if c not in desired.builtins]
+        stale = sorted(c for c in current_chains if c.startswith(CHAIN_PREFIX) and c not in desired.chains)
+        lines = [f"*{table}"]
+        # Declaring a chain with --noflush creates it or flushes it: our chains are rewritten whole.
+        lines += [f":{c} - [0:0]" for c in [*wanted, *stale]]
+        lines += our_hooks  # remove our previous hook rules before they are re-added
+        for chain in wanted:
+            lines += [f"-A {chain} {rule}".rstrip() for rule in desired.chains[chain]]
+        for chain in desired.builtins:
+            hooks = desired.chains.get(chain, [])
+            tagged = [f'-m comment --comment "{HOOK_COMMENT}" {rule}' for rule in hooks]
+            if chain in APPEND_HOOK_CHAINS:
+                lines += [f"-A {chain} {rule}" for rule in tagged]
+                continue
+            # The jump(s) up to the first one into a cali- chain go to the top, in order; the rest
+            # (FORWARD's accept-mark rules) are appended, as Felix does.
+            split = next((i + 1 for i, r in enumerate(hooks) if re.search(r"-[jg] cali-", r)), 0)
+            lines += [f"-I {chain} {i + 1} {rule}" for i, rule in enumerate(tagged[:split])]
+            lines += [f"-A {chain} {rule}" for rule in tagged[split:]]
+        lines += [f"-X {c}" for c in stale]
+        lines.append("COMMIT")
+        # One transaction per table: the kernel switches from the old rules to the new ones at once.
+        self._run([self.restore, "--noflush", "--wait"] if self.backend == "legacy" else [self.restore, "--noflush"],
+                  "\n".join(lines) + "\n")
+        self.stats.iptables_tables += 1
+
+    # --- IP sets ------------------------------------------------------------------------------
+
+    def list_ipsets(self) -> set[str]:
+        return set(self._run(["ipset", "list", "-n"]).split())
+
+    def write_ipsets(self, sets: dict[str, rules.IPSet], existing: set[str]) -> None:
+        # Leftover temporaries (a crash mid-restore) may have another type than the one we need now.
+        temps = sorted(s for s in existing if s.startswith("cali4t"))
+        text = rules.render_ipset_destroy(temps)
+        text += rules.render_ipset_restore(sets, existing=existing & set(sets))
+        if text:
+            self._run(["ipset", "restore"], text)
+            self.stats.ipsets_written += len(sets)
+
+    def destroy_ipsets(self, names: set[str]) -> None:
+        for name in sorted(names):
+            # One at a time: a set still referenced by a rule we do not own must not block the others.
+            try:
+                self._run(["ipset", "destroy", name])
+                self.stats.ipsets_destroyed += 1
+            except DataplaneError as error:
+                log.warning("could not destroy stale IP set %s: %s", name, error)
+
+    # --- sysctls ------------------------------------------------------------------------------
+
+    def _write_proc(self, path: str, value: str) -> None:
+        if self.netns is None:
+            p = Path(path)
+            if p.exists() and p.read_text().strip() != value:
+                p.write_text(value)
+            return
+        self._run(["sh", "-c", f'[ ! -e {path} ] || [ "$(cat {path})" = {value} ] || echo {value} > {path}'],
+                  check=False)
+
+    def apply_sysctls(self, state: DesiredState) -> None:
+        self._write_proc("/proc/sys/net/ipv4/ip_forward", "1")
+        for ep in state.endpoints:
+            iface = ep.iface
+            for key, value in (("conf/{}/route_localnet", "1"), ("neigh/{}/proxy_delay", "0"),
+                               ("conf/{}/proxy_arp", "1"), ("conf/{}/forwarding", "1")):
+                self._write_proc(f"/proc/sys/net/ipv4/{key.format(iface)}", value)
+
+    # --- VXLAN --------------------------------------------------------------------------------
+
+    def ensure_vxlan_device(self, vtep: OwnVTEP) -> None:
+        with self._ipr() as ipr:
+            found = ipr.link_lookup(ifname=VXLAN_DEVICE)
+            if not found:
+                parent = self._iface_with_address(ipr, vtep.parent_ip)
+                ipr.link("add", ifname=VXLAN_DEVICE, kind="vxlan", vxlan_id=VXLAN_VNI, vxlan_port=VXLAN_PORT,
+                         vxlan_local=vtep.parent_ip, vxlan_learning=0, address=vtep.mac,
+                         **({"vxlan_link": parent} if parent else {}))
+                found = ipr.link_lookup(ifname=VXLAN_DEVICE)
+            index = found[0]
+            addrs = {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=index, family=2)}
+            if vtep.tunnel_ip not in addrs:
+                ipr.addr("add", index=index, address=vtep.tunnel_ip, prefixlen=32)
+            ipr.link("set", index=index, state="up", mtu=VXLAN_MTU)
+
+    @staticmethod
+    def _iface_with_address(ipr, ip: str) -> int | None:  # type: ignore[no-untyped-def]
+        for addr in ipr.get_addr(family=2):
+            if addr.get_attr("IFA_ADDRESS") == ip:
+                return int(addr["index"])
+        return None
+
+    def _apply_vteps(self, ipr, vteps: list) -> None:  # type: ignore[no-untyped-def]
+        found = ipr.link_lookup(ifname=VXLAN_DEVICE)
+        if not found:
+            return
+        index = found[0]
+        for vtep in vteps:
+            ipr.neigh("replace", ifindex=index, dst=vtep.tunnel_ip, lladdr=vtep.mac, state="permanent")
+            ipr.fdb("replace", ifindex=index, lladdr=vtep.mac, dst=vtep.parent_ip)
+
+    # --- routes -------------------------------------------------------------------------------
+
+    def apply_routes(self, state: DesiredState) -> None:
+        with self._ipr() as ipr:
+            names = {int(link["index"]): link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+            index = {name: i for i, name in names.items()}
+            self._apply_vteps(ipr, state.vteps)
+            desired: dict[str, Route] = {}
+            for route in state.routes:
+                if route.dev and route.dev not in index:
+                    # The CNI has not created the interface yet (or the tunnel is down): the next
+                    # apply or resync adds the route once it exists.
+                    log.debug("route %s: device %s missing", route.dst, route.dev)
+                    continue
+                desired[str(ipaddress.ip_network(route.dst, strict=False))] = route
+            owned: dict[str, dict] = {}
+            for msg in ipr.get_routes(family=2, table=254):
+                oif = msg.get_attr("RTA_OIF")
+                dev = names.get(oif, "") if oif is not None else ""
+                mine = msg["proto"] == FELIX_ROUTE_PROTO or dev.startswith(self.iface_prefix) or dev == VXLAN_DEVICE
+                if not mine or msg["proto"] == 2:  # never the kernel's own subnet routes
+                    continue
+                dst = f"{msg.get_attr('RTA_DST') or '0.0.0.0'}/{msg['dst_len']}"
+                owned[dst] = {"dev": dev, "via": msg.get_attr("RTA_GATEWAY") or "", "type": msg["type"],
+                              "proto": msg["proto"], "oif": oif, "scope": msg["scope"]}
+            for dst, have in owned.items():
+                want = desired.get(dst)
+                if want is None or not self._matches(want, have):
+                    spec = {"dst": dst, "table": 254, "proto": have["proto"], "type": have["type"],
+                            "scope": have["scope"]}
+                    if have["oif"] is not None:
+                        spec["oif"] = have["oif"]
+                    ipr.route("del", **spec)
+                    self.stats.routes_deleted += 1
+            for dst, route in desired.items():
+                have = owned.get(dst)
+                if have is not None and self._matches(route, have):
+                    continue
+                ipr.route("replace", **self._route_args(route, dst, index))
+                self.stats.routes_added += 1
+
+    @staticmethod
+    def _matches(route: Route, have: dict) -> bool:
+        if route.kind == "blackhole":
+            return have["type"] == 6 and have["proto"] == FELIX_ROUTE_PROTO
+        return have["dev"] == route.dev and (have["via"] or "") == route.via and have["type"] == 1
+
+    @staticmethod
+    def _route_args(route: Route, dst: str, index: dict[str, int]) -> dict:
+        if route.kind == "blackhole":
+            return {"dst": dst, "type": "blackhole", "proto": FELIX_ROUTE_PROTO, "table": 254}
+        if route.kind == "local":
+            return {"dst": dst, "oif": index[route.dev], "scope": 253, "proto": RTPROT_BOOT, "table": 254}
+        # Remote blocks: onlink, as Felix does, so the next hop need not be in a connected subnet.
+        return {"dst": dst, "oif": index[route.dev], "gateway": route.via, "flags": 4,
+                "proto": FELIX_ROUTE_PROTO, "table": 254}
