@@ -78,6 +78,9 @@ class TyphaConfig:
     k8s_namespace: str = _setting("K8sNamespace", "kube-system", "Namespace of the Typha service.")
     k8s_service_name: str = _setting("K8sServiceName", "calico-typha", "Name of the Typha service.")
     k8s_port_name: str = _setting("K8sPortName", "calico-typha", "Name of the Typha service's port.")
+    k8s_service_poll_interval_secs: float = _setting(
+        "K8sServicePollIntervalSecs", 30.0,
+        "With ConnectionRebalancingMode=kubernetes, recount Typha endpoints and nodes this often.")
 
     # Extensions (not Typha parameters).
     kubeconfig: str = _setting("Kubeconfig", "",

@@ -20,6 +20,7 @@ from typha.datastore.kubeclient import KubeClient
 from typha.datastore.syncers import Datastore, Syncer
 from typha.health import HealthEndpoints
 from typha.model.kv import SyncStatus
+from typha.rebalance import KubeLookup, Rebalancer, for_daemon
 from typha.server import ServerSettings, SyncServer
 from typha.upstream import UpstreamFollower
 
@@ -38,6 +39,8 @@ class TyphaDaemon:
     health: HealthEndpoints | None = None
     metrics_server: Any = None
     followers: list[UpstreamFollower] = field(default_factory=list)
+    rebalancer: Rebalancer | None = None  # ConnectionRebalancingMode=kubernetes only
+    _rebalance_lookup: KubeLookup | None = None
     _frozen: bool = False
 
     async def start(self) -> None:
@@ -67,12 +70,24 @@ class TyphaDaemon:
             syncers = [Syncer(name, LoopFeeder(cache, loop)) for name, cache in self.caches.items()]
             self.datastore = Datastore(self.kube, syncers)
             self.datastore.start()
+        if config.connection_rebalancing_mode == "kubernetes":
+            await self._start_rebalancing()
         if config.health_enabled:
             self.health = HealthEndpoints(ready=self.readiness, live=self.liveness)
             await self.health.start(config.health_host, config.health_port)
         if config.prometheus_metrics_enabled:
             self.metrics_server, _ = prometheus_client.start_http_server(
                 config.prometheus_metrics_port, config.prometheus_metrics_host or "0.0.0.0")
+
+    async def _start_rebalancing(self) -> None:
+        # Also for a replica that follows an upstream typha: Typha endpoints and nodes come from the API.
+        assert self.server is not None
+        if self.kube is None:
+            self.kube = KubeClient.from_environment(self.config.kubeconfig or None)
+        self.rebalancer, self._rebalance_lookup = for_daemon(
+            self.server, self.kube, self.config, host=self.config.server_host)
+        self._rebalance_lookup.start()
+        self.rebalancer.start()
 
     def _on_status(self, status: SyncStatus) -> None:
         if self.server is not None:
@@ -103,6 +118,10 @@ class TyphaDaemon:
         return self.server.port if self.server is not None else 0
 
     async def stop(self, drain_secs: float = 0.0) -> None:
+        if self.rebalancer is not None:
+            await self.rebalancer.stop()  # no rebalancing moves while draining or after
+        if self._rebalance_lookup is not None:
+            await asyncio.to_thread(self._rebalance_lookup.stop)
         if self.server is not None and drain_secs > 0:
             await self.server.drain(drain_secs, self.config.shutdown_connection_drop_interval_max_secs)
         for follower in self.followers:
