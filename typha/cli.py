@@ -14,6 +14,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "dump": ("typha.dump", "print the KV set a client of a syncer receives"),
     "sim-apiserver": ("typha.testing.apiserver_cli", "run the Kubernetes API emulator"),
     "autoscale": ("typha.autoscale", "scale the Typha Deployment with the number of schedulable nodes"),
+    "demo": ("typha.demo.command", "run a generated cluster, typha and per-node agents on this machine"),
 }
 
 

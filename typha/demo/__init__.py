@@ -1,0 +1,1 @@
+"""`typha demo`: the whole system on one machine (see typha.demo.runner)."""
