@@ -144,10 +144,12 @@ def summary(result: dict[str, Any], *, nodes_shown: int = 3) -> Group:
     if len(items) > nodes_shown:
         nodes.add_row(f"… {len(items) - nodes_shown} more", "", "", "", "")
     out = result["out"]
+    first = next(iter(result["nodes"]), "node-000")
     where = Text.assemble(
-        ("Output: ", "bold"), f"{out}\n",
-        f"  {out}/nodes/<node>/felix/  iptables.save ipsets.save routes.txt status.json  (felix-client --dry-run)\n",
-        f"  {out}/nodes/<node>/bird/   bird.cfg bird_ipam.cfg bird_aggr.cfg bird6*.cfg    (confd-client)\n",
-        f"  {out}/summary.json (this summary), {out}/typha.log, {out}/demo.log, {out}/kubeconfig",
+        ("Output in ", "bold"), (out, "bold"), "\n",
+        "  nodes/<node>/felix/  iptables.save ipsets.save routes.txt status.json\n",
+        "  nodes/<node>/bird/   bird.cfg bird_ipam.cfg bird_aggr.cfg bird6*.cfg\n",
+        "  summary.json (all of this as JSON), typha.log, demo.log\n",
+        f"e.g. less {out}/nodes/{first}/felix/iptables.save",
     )
     return Group(table, nodes, where)

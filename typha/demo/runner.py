@@ -293,15 +293,13 @@ class Demo:
         opts = self.options
         rng = random.Random(opts.seed)
         self.progress.churn_started = time.monotonic()
-        start = trio.current_time()  # trio's clock: sleep_until takes its times
-        # At least one policy edit, in the middle of a short run.
-        next_edit = start + min(opts.policy_edit_every, opts.duration / 2)
+        start = trio.current_time()  # trio's clock throughout: sleep_until takes its times
+        end = start + opts.duration
+        # At least one policy edit: in the middle of a short run.
+        next_edit = start + min(opts.policy_edit_every, opts.duration / 2) if self.spec.policies else float("inf")
         n = 0
-        while True:
-            now = trio.current_time()
-            if now - start >= opts.duration:
-                break
-            edit = now >= next_edit and self.spec.policies > 0
+        while trio.current_time() < end:
+            edit = trio.current_time() >= next_edit
             if edit:
                 next_edit += opts.policy_edit_every
             op = self.cluster.churn_op(rng, edit_policy=edit)
@@ -309,8 +307,9 @@ class Demo:
                 self.cluster.apply(self.api, op)
                 self.writes[op[0]] += 1
             n += 1
-            # Paced at `rate` writes per second from the start (no catch-up bursts after a stall).
-            await trio.sleep_until(max(trio.current_time(), start + n / opts.rate) if opts.rate > 0 else start + n)
+            # On a fixed schedule of `rate` writes per second (a stall is caught up), and woken for an edit.
+            due = start + n / opts.rate if opts.rate > 0 else end
+            await trio.sleep_until(max(trio.current_time(), min(due, next_edit, end)))
         self.progress.churn_ended = time.monotonic()
 
     async def _settle(self) -> None:
