@@ -93,6 +93,23 @@ def test_empty_pod_selector_and_default_types() -> None:
     assert value["inbound_rules"] == [{"action": "allow"}]  # from anywhere, any port
 
 
+@pytest.mark.parametrize(
+    ("spec", "types"),
+    [
+        ({"podSelector": {}, "egress": [{}]}, ["ingress", "egress"]),  # egress-only rules: still isolates ingress
+        ({"podSelector": {}, "ingress": [{}], "egress": [{"ports": [{"port": 53}]}]}, ["ingress", "egress"]),
+        ({"podSelector": {}, "egress": []}, ["ingress"]),
+        ({"podSelector": {}}, ["ingress"]),
+        ({"podSelector": {}, "egress": [{}], "policyTypes": ["Ingress"]}, ["ingress"]),  # given types win
+    ],
+)
+def test_missing_policy_types_default_as_the_api_server_does(spec: dict[str, Any], types: list[str]) -> None:
+    _, value = one(K8S_NP(k8s_policy(spec)))
+    assert value["types"] == types
+    if "egress" in types:
+        assert value["outbound_rules"]
+
+
 def test_namespace_selectors_get_pcns_prefix() -> None:
     spec = {
         "podSelector": {},

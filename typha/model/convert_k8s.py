@@ -430,11 +430,21 @@ def namespaced_policy_selector(selector: str, ns: str, sa_selector: str = "") ->
     return prefix_and_append(selector, sa_selector, SERVICE_ACCOUNT_LABEL_PREFIX, "serviceAccountSelector")
 
 
+def _apiserver_defaults(np_spec: dict[str, Any]) -> dict[str, Any]:
+    """SetDefaults_NetworkPolicySpec: Calico only ever sees a stored object, which the API server has
+    defaulted (Ingress, plus Egress when there are egress rules); a datastore that does not default
+    (the emulator, a raw etcd write) must not make an egress-only policy ingress-only."""
+    if np_spec.get("policyTypes"):
+        return np_spec
+    types = ["Ingress", "Egress"] if np_spec.get("egress") else ["Ingress"]
+    return {**np_spec, "policyTypes": types}
+
+
 def k8s_network_policy(np: dict[str, Any]) -> list[tuple[str, Any]]:
     """networking.k8s.io NetworkPolicy → `/calico/v1/policy/KubernetesNetworkPolicy/<ns>/<name>`."""
     md = metadata(np)
     ns = namespace_of(md)
-    spec = k8s_policy_to_v3_spec(spec_of(np))
+    spec = k8s_policy_to_v3_spec(_apiserver_defaults(spec_of(np)))
     what = f"KubernetesNetworkPolicy {ns}/{md['name']}"
     selector = namespaced_policy_selector(check_selector(spec["selector"], f"{what} podSelector"), ns)
     value = policy_v1(spec, namespace=ns, selector=selector, what=what)
