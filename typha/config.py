@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from typha.client.tls import ClientTLS
 
 
 class ConfigError(ValueError):
@@ -86,8 +90,9 @@ class TyphaConfig:
     kubeconfig: str = _setting("Kubeconfig", "",
                                "kubeconfig to reach the API server; empty: $KUBECONFIG, in-cluster, ~/.kube/config.",
                                extension=True)
-    workers: int = _setting("Workers", 1,
-                            "Fan-out processes; above 1, one ingest process feeds that many workers sharing the port.",
+    workers: int = _setting("Workers", 0,
+                            "Fan-out processes; above 1, one ingest process feeds that many workers sharing the port. "
+                            "0: one per CPU this process may use (affinity and cgroup CPU limit).",
                             extension=True)
     server_reuse_port: bool = _setting("ServerReusePort", False,
                                        "Share the Sync port with other processes (SO_REUSEPORT), as workers do.",
@@ -95,6 +100,15 @@ class TyphaConfig:
     upstream: str = _setting("Upstream", "",
                              "Follow this typha (host:port or unix:PATH) instead of the Kubernetes API.",
                              extension=True)
+    upstream_ca_file: str = _setting("UpstreamCAFile", "", "CA that signs the upstream typha's certificate.",
+                                     extension=True)
+    upstream_cert_file: str = _setting("UpstreamCertFile", "", "Our client certificate for the upstream typha.",
+                                       extension=True)
+    upstream_key_file: str = _setting("UpstreamKeyFile", "", "Key of UpstreamCertFile.", extension=True)
+    upstream_cn: str = _setting("UpstreamCN", "", "Required common name of the upstream typha's certificate.",
+                                extension=True)
+    upstream_uri_san: str = _setting("UpstreamURISAN", "", "Required URI SAN of the upstream typha's certificate.",
+                                     extension=True)
     syncers: str = _setting("Syncers", "felix,bgp", "Comma-separated syncer types to serve.", extension=True)
     checksum_interval_secs: float = _setting("ChecksumIntervalSecs", 30.0,
                                              "Send each client a checksum of its KV set this often.",
@@ -115,6 +129,30 @@ class TyphaConfig:
                     or self.client_uri_san)
 
     @property
+    def effective_workers(self) -> int:
+        return self.workers if self.workers > 0 else usable_cpus()
+
+    def upstream_tls(self) -> ClientTLS:
+        """The client side of mTLS towards a network upstream, with the agents' rules (typha.client.tls).
+        Never for a Unix socket: that is the ingest process's private one, which stays plaintext, and
+        workers inherit every setting of their supervisor."""
+        from typha.client.tls import ClientTLS, TLSConfigError
+
+        if self.upstream.startswith("unix:"):
+            return ClientTLS()
+        tls = ClientTLS(ca_file=self.upstream_ca_file, cert_file=self.upstream_cert_file,
+                        key_file=self.upstream_key_file, server_cn=self.upstream_cn,
+                        server_uri_san=self.upstream_uri_san)
+        try:
+            tls.validate()
+        except TLSConfigError:
+            raise ConfigError(
+                "if any upstream TLS parameter is set (UpstreamCAFile, UpstreamCertFile, UpstreamKeyFile, "
+                "UpstreamCN, UpstreamURISAN), all must be, except that one of UpstreamCN and UpstreamURISAN "
+                "may be left unset") from None
+        return tls
+
+    @property
     def syncer_types(self) -> list[str]:
         return [name.strip() for name in self.syncers.split(",") if name.strip()]
 
@@ -132,6 +170,21 @@ class TyphaConfig:
                 "if any TLS parameter is set (ServerKeyFile, ServerCertFile, CAFile, ClientCN, ClientURISAN), "
                 "all must be, except that one of ClientCN and ClientURISAN may be left unset"
             )
+        self.upstream_tls()
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on: its affinity mask, capped by a cgroup v2 CPU quota (a container's
+    CPU limit), which os.cpu_count() ignores."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as limits:
+            quota, period = limits.read().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(cpus, 1)
 
 
 def env_name(spec: dataclasses.Field[Any]) -> str:

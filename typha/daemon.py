@@ -61,7 +61,9 @@ class TyphaDaemon:
         port = await self.server.start(config.server_host or "0.0.0.0", config.effective_server_port, credentials)
         log.info("Serving syncers %s on port %d", ", ".join(self.caches), port)
         if config.upstream:
-            self.followers = [UpstreamFollower(config.upstream, name, cache) for name, cache in self.caches.items()]
+            tls = config.upstream_tls()
+            self.followers = [UpstreamFollower(config.upstream, name, cache, tls=tls)
+                              for name, cache in self.caches.items()]
             for follower in self.followers:
                 follower.start()
         else:
@@ -163,9 +165,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     config = typha_config.load(args)
     logging.getLogger().setLevel(getattr(logging, config.log_severity_screen, logging.INFO))
-    if config.workers > 1 and not config.upstream:
+    workers = config.effective_workers
+    if workers > 1 and not config.upstream:
         from typha.workers import serve_workers
 
-        return serve_workers(config, config.workers, getattr(args, "log_format", "text"))
+        return serve_workers(config, workers, getattr(args, "log_format", "text"))
     asyncio.run(serve(config))
     return 0

@@ -22,6 +22,7 @@ import grpc
 import zstandard
 
 from typha.cache import PB_TO_STATUS, ReplicaGap, SnapshotCache
+from typha.client.tls import ClientTLS, ServerIdentityError, ServerVerifier
 from typha.proto import sync_pb2 as pb
 from typha.server import FEATURE_CHECKSUM, FEATURE_EXACT_CRUMBS
 
@@ -55,6 +56,8 @@ class UpstreamFollower:
         hostname: str | None = None,
         credentials: grpc.ChannelCredentials | None = None,
         backoff: FollowerBackoff | None = None,
+        tls: ClientTLS | None = None,
+        connect_timeout: float = 10.0,
     ) -> None:
         self.address = address
         self.syncer_type = syncer_type
@@ -62,6 +65,13 @@ class UpstreamFollower:
         self.hostname = hostname or socket.gethostname()
         self.credentials = credentials
         self.backoff = backoff or FollowerBackoff()
+        self.connect_timeout = connect_timeout
+        # Over the network a replica is a Typha client like any agent: it verifies the upstream's CN /
+        # URI SAN exactly as they do (typha.client.tls) before each session, and presents its certificate.
+        self._verifier = ServerVerifier(tls) if tls is not None and tls.enabled else None
+        if self._verifier is not None:
+            self.credentials = self._verifier.channel_credentials()
+        self.last_error = ""
         self.connected = False  # streaming from the upstream right now (readiness)
         self.replicated = False  # the cache holds a replica (possibly stale while reconnecting)
         self.sessions = 0
@@ -88,18 +98,23 @@ class UpstreamFollower:
                 failures = 0
             except asyncio.CancelledError:
                 raise
-            except (grpc.aio.AioRpcError, UpstreamError, ReplicaGap) as exc:
+            except (grpc.aio.AioRpcError, UpstreamError, ReplicaGap, ServerIdentityError, OSError) as exc:
                 if isinstance(exc, UpstreamError | ReplicaGap):
                     self.replicated = False  # do not resume from a replica we no longer trust
                 failures += 1
                 detail = f"{exc.code().name}: {exc.details()}" if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
+                self.last_error = detail
                 log.warning("upstream %s (%s): %s; reconnecting", self.address, self.syncer_type, detail)
             finally:
                 self.connected = False
             await asyncio.sleep(self.backoff.delay(failures))
 
-    def _open(self) -> tuple[grpc.aio.Channel, grpc.aio.StreamStreamCall]:
-        options = [("grpc.max_receive_message_length", -1)]
+    async def _open(self) -> tuple[grpc.aio.Channel, grpc.aio.StreamStreamCall]:
+        options: list[tuple[str, object]] = [("grpc.max_receive_message_length", -1)]
+        if self._verifier is not None:
+            name = await self._verifier.check(self.address, self.connect_timeout)
+            # gRPC's own name check then holds the stream to a certificate carrying the verified name.
+            options.append(("grpc.ssl_target_name_override", name))
         channel = (
             grpc.aio.secure_channel(self.address, self.credentials, options=options)
             if self.credentials else grpc.aio.insecure_channel(self.address, options=options)
@@ -108,7 +123,7 @@ class UpstreamFollower:
         return channel, call
 
     async def _session(self) -> None:
-        channel, call = self._open()
+        channel, call = await self._open()
         try:
             hello = pb.ClientHello(hostname=self.hostname, info="typha replica", syncer_type=self.syncer_type,
                                    compressions=["zstd"], features=[FEATURE_EXACT_CRUMBS, FEATURE_CHECKSUM])

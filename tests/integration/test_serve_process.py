@@ -39,8 +39,9 @@ def test_sigterm_drains_clients_then_exits(tmp_path):
         api.write_kubeconfig(kubeconfig)
         port, health_port = free_port(), free_port()
         process = subprocess.Popen(
-            [sys.executable, "-m", "typha.cli", "--log-format", "json", "serve", "--kubeconfig", str(kubeconfig),
-             "--server-host", "127.0.0.1", "--server-port", str(port), "--health-enabled", "true",
+            [sys.executable, "-m", "typha.cli", "--log-format", "json", "serve", "--workers", "1",
+             "--kubeconfig", str(kubeconfig), "--server-host", "127.0.0.1", "--server-port", str(port),
+             "--health-enabled", "true",
              "--health-host", "127.0.0.1", "--health-port", str(health_port), "--shutdown-timeout-secs", "2"],
             stderr=subprocess.PIPE, text=True)
         try:

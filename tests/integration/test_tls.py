@@ -79,6 +79,10 @@ class PKI:
 
 @pytest.fixture
 def pki(tmp_path: Path) -> PKI:
+    return make_pki(tmp_path)
+
+
+def make_pki(tmp_path: Path) -> PKI:
     ca, other = CA(tmp_path, "typha-ca"), CA(tmp_path, "other-ca")
     return PKI(
         ca=ca,

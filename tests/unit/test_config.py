@@ -77,3 +77,9 @@ def test_every_setting_has_help():
 
 def test_none_is_a_value_where_it_is_one_of_the_choices():
     assert load(environ={"TYPHA_CONNECTIONREBALANCINGMODE": "none"}).connection_rebalancing_mode == "none"
+
+
+def test_workers_default_to_the_usable_cpus():
+    assert load(environ={}).effective_workers == typha_config.usable_cpus() >= 1
+    assert load(environ={"TYPHA_WORKERS": "3"}).effective_workers == 3
+    assert load(parse("--workers", "1"), {}).effective_workers == 1

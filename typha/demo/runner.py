@@ -74,7 +74,7 @@ class TyphaProcess:
         self.port, self.health_port, self.metrics_port = free_port(), free_port(), free_port()
         self.log_path = log_path
         command = [
-            sys.executable, "-m", "typha.cli", "serve", "--kubeconfig", str(kubeconfig),
+            sys.executable, "-m", "typha.cli", "serve", "--workers", "1", "--kubeconfig", str(kubeconfig),
             "--server-host", "127.0.0.1", "--server-port", str(self.port),
             "--health-enabled", "true", "--health-host", "127.0.0.1", "--health-port", str(self.health_port),
             "--prometheus-metrics-enabled", "true", "--prometheus-metrics-host", "127.0.0.1",
