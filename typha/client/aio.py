@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from typha.client.core import ChecksumOutcome, ProtocolError, ReconnectHint, Session, Step, SyncClientCore
 from typha.client.events import (
@@ -71,6 +72,15 @@ class _End:
     __slots__ = ("error",)
 
     def __init__(self, error: BaseException | None) -> None:
+        self.error = error
+
+
+class _Undecodable:
+    """Inbox item: bytes from the server that are not a ServerMessage (a protocol error)."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: DecodeError) -> None:
         self.error = error
 
 
@@ -243,9 +253,12 @@ class AsyncSyncClient:
                     continue
                 self.counters.messages_received += 1
                 try:
+                    if isinstance(item, _Undecodable):
+                        raise ProtocolError(f"undecodable ServerMessage: {item.error}")
                     step = self.core.receive(conn.session, item)
                 except ProtocolError as exc:
                     log.warning("protocol error on %r, resyncing: %s", conn, exc)
+                    self._last_error = f"protocol error: {exc}"
                     self.counters.protocol_errors += 1
                     self.counters.resyncs += 1
                     self._lost(conn, resync=True)
@@ -436,9 +449,14 @@ class AsyncSyncClient:
             response_deserializer=self._deserialize,
         )()
 
-    def _deserialize(self, data: bytes) -> pb.ServerMessage:
+    def _deserialize(self, data: bytes) -> pb.ServerMessage | _Undecodable:
         self.counters.bytes_received += len(data)
-        return pb.ServerMessage.FromString(data)
+        try:
+            return pb.ServerMessage.FromString(data)
+        except DecodeError as exc:
+            # Raising here would make grpc log a traceback and hand read() a None; the processor
+            # turns this into a protocol error on the stream instead.
+            return _Undecodable(exc)
 
     async def _read(self, conn: _Conn) -> None:
         error: BaseException | None = None

@@ -604,7 +604,8 @@ def _decode(key: str, value: bytes) -> Any:
     try:
         decoded = msgpack.unpackb(value, raw=False)
     except Exception as exc:  # msgpack raises several unrelated types for bad input
-        raise ProtocolError(f"value of {key!r} is not valid msgpack: {exc}") from exc
+        # Some msgpack errors have an empty message: name the type so the log line says something.
+        raise ProtocolError(f"value of {key!r} is not valid msgpack: {exc!r}") from exc
     if decoded is None:
         # None means "deleted" to every consumer of Update; a deletion is sent as empty bytes.
         raise ProtocolError(f"value of {key!r} is msgpack nil")

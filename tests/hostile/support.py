@@ -1,0 +1,143 @@
+"""Shared pieces of the hostile-input tests: an asyncio loop on a thread, and a garbage Sync server.
+
+Hypothesis runs each example as a plain function call, while grpc.aio wants one long-lived loop: the
+servers and raw clients of a module live on a `LoopThread`, and examples submit coroutines to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from typing import Any, TypeVar
+
+import grpc
+import msgpack
+import zstandard
+
+from typha.proto import sync_pb2 as pb
+
+T = TypeVar("T")
+
+
+class LoopThread:
+    """An asyncio loop on a daemon thread; `run` waits (bounded) for a coroutine to finish on it."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="hostile-loop", daemon=True)
+        self._thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
+        return asyncio.run_coroutine_threadsafe(asyncio.wait_for(coro, timeout), self.loop).result(timeout + 5)
+
+    def close(self) -> None:
+        async def cancel_rest() -> None:
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        self.run(cancel_rest(), 10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        self.loop.close()
+
+
+def frame(**payload: Any) -> bytes:
+    return pb.ServerMessage(**payload).SerializeToString()
+
+
+def valid_hello(syncer_type: str = "felix") -> bytes:
+    return frame(hello=pb.ServerHello(version="evil", server_id="garbage", epoch="e1", syncer_type=syncer_type))
+
+
+def snapshot_of(kvs: dict[str, bytes], sequence: int = 1) -> bytes:
+    data = pb.Deltas(kvs=[pb.KV(key=k, value=v, revision="1") for k, v in sorted(kvs.items())]).SerializeToString()
+    return frame(snapshot=pb.SnapshotChunk(sequence=sequence, index=0, count=1, compression="zstd",
+                                           data=zstandard.ZstdCompressor().compress(data), total_kvs=len(kvs)))
+
+
+def in_sync(sequence: int = 1) -> bytes:
+    return frame(status=pb.SyncStatus(status=pb.SyncStatus.IN_SYNC, sequence=sequence))
+
+
+# What a garbage server sends on each stream, by mode. Each is a function of a seeded Random so that a
+# failing run can be replayed.
+def _random_bytes(rng: random.Random) -> list[bytes]:
+    return [rng.randbytes(rng.randint(1, 200)) for _ in range(5)]
+
+
+def _wrong_order(rng: random.Random) -> list[bytes]:
+    return [frame(deltas=pb.Deltas(kvs=[pb.KV(key="/calico/v1/x", value=msgpack.packb({"a": 1}))], sequence=5))]
+
+
+def _bad_snapshot(rng: random.Random) -> list[bytes]:
+    chunk = pb.SnapshotChunk(sequence=1, index=0, count=1, compression="zstd", data=rng.randbytes(64))
+    return [valid_hello(), frame(snapshot=chunk)]
+
+
+def _bad_values(rng: random.Random) -> list[bytes]:
+    """Valid protocol, values that are not msgpack: the client must refuse them, not pass them on."""
+    return [valid_hello(), snapshot_of({"/calico/v1/config/LogSeverityScreen": b"\xc1\xc1\xc1"}), in_sync()]
+
+
+MODES: dict[str, Callable[[random.Random], list[bytes]]] = {
+    "random-bytes": _random_bytes,
+    "wrong-order": _wrong_order,
+    "bad-snapshot": _bad_snapshot,
+    "bad-values": _bad_values,
+}
+
+
+class GarbageServer:
+    """A grpc.aio server whose Sync method answers every stream with the frames of `mode`, then waits.
+
+    It reads the client's hello first (as a real server would), counts streams, and ends each stream
+    after its frames when the client goes away (or after `hold_secs`).
+    """
+
+    def __init__(self, mode: str | Callable[[random.Random], Iterable[bytes]], seed: int = 0,
+                 hold_secs: float = 5.0) -> None:
+        self.produce = MODES[mode] if isinstance(mode, str) else mode
+        self.rng = random.Random(seed)
+        self.hold_secs = hold_secs
+        self.streams = 0
+        self.port = 0
+        self._server: grpc.aio.Server | None = None
+
+    async def _handle(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
+        self.streams += 1
+        await context.read()  # the hello, whatever it is
+        for data in self.produce(self.rng):
+            await context.write(data)
+        await asyncio.sleep(self.hold_secs)
+
+    async def start(self) -> int:
+        server = grpc.aio.server()
+        handler = grpc.stream_stream_rpc_method_handler(self._handle, request_deserializer=None,
+                                                        response_serializer=None)
+        server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("typha.v1.Sync", {"Sync": handler})])
+        self.port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        self._server = server
+        return self.port
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            await self._server.stop(0)
+
+
+async def eventually(check: Callable[[], bool | Awaitable[bool]], timeout: float = 10.0) -> None:
+    """Poll `check` until true; a bound against hangs, not a timing assertion."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        result = check()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"not true within {timeout} s")
+        await asyncio.sleep(0.02)
