@@ -3,7 +3,9 @@
 Settings use Calico's names: `NODENAME`, `CALICO_ROUTER_ID`, `CALICO_ADVERTISE_CLUSTER_IPS`, and the
 Typha client settings confd reads (`syncclientutils.ReadTyphaConfig(["CONFD_", "FELIX_", "CALICO_"])`:
 the first prefix that sets a name wins), e.g. `FELIX_TYPHAADDR`, `FELIX_TYPHACAFILE`,
-`FELIX_TYPHACERTFILE`, `FELIX_TYPHAKEYFILE`. `--typha ADDR` overrides the address.
+`FELIX_TYPHACERTFILE`, `FELIX_TYPHAKEYFILE`, `FELIX_TYPHACN`, `FELIX_TYPHAURISAN`. `--typha ADDR`
+overrides the address. TLS follows Typha's clients exactly (typha.client.tls): all-or-nothing settings,
+the server's CN or URI SAN verified, TLS ≥ 1.2.
 
 Modes:
 - `--oneshot`: wait until the stream is in sync, render once, write, exit (no check, no reload), as
@@ -34,7 +36,7 @@ import trio
 from confd_client.bgp import BGPStore
 from confd_client.kube import KubeSources
 from confd_client.render import FILES, render_all, write_if_changed
-from typha.client import StatusChange, UpdateBatch, open_trio_sync_client
+from typha.client import ClientTLS, StatusChange, TLSConfigError, UpdateBatch, open_trio_sync_client
 from typha.model.kv import SyncStatus
 
 log = logging.getLogger("confd_client")
@@ -73,7 +75,7 @@ class Settings:
     cert_file: str = ""
     key_file: str = ""
     server_cn: str = ""  # <prefix>TYPHACN: the name Typha's certificate must carry
-    server_uri_san: str = ""  # <prefix>TYPHAURISAN: not checkable through grpc's Python API (logged)
+    server_uri_san: str = ""  # <prefix>TYPHAURISAN: or a URI SAN Typha's certificate must carry
     in_sync_timeout: float = 60.0
     render_env: dict[str, str] = field(default_factory=dict)
     # Kubernetes side channels (Secrets for passwords, Services for advertisement), as upstream:
@@ -100,6 +102,10 @@ class Settings:
         address = args.typha or typha_setting(env, "ADDR")
         if not address:
             parser.error("no typha address: set --typha or FELIX_TYPHAADDR (or CONFD_/CALICO_TYPHAADDR)")
+        try:
+            tls = ClientTLS.from_env(env, prefixes=TYPHA_PREFIXES)
+        except TLSConfigError as exc:
+            parser.error(str(exc))
         return cls(
             nodename=nodename,
             endpoints=[a.strip() for a in address.split(",") if a.strip()],
@@ -109,11 +115,11 @@ class Settings:
             bird_socket=args.bird_socket,
             bird6_socket=args.bird6_socket,
             check=args.check,
-            ca_file=typha_setting(env, "CAFILE"),
-            cert_file=typha_setting(env, "CERTFILE"),
-            key_file=typha_setting(env, "KEYFILE"),
-            server_cn=typha_setting(env, "CN"),
-            server_uri_san=typha_setting(env, "URISAN"),
+            ca_file=tls.ca_file,
+            cert_file=tls.cert_file,
+            key_file=tls.key_file,
+            server_cn=tls.server_cn,
+            server_uri_san=tls.server_uri_san,
             in_sync_timeout=args.in_sync_timeout,
             render_env={name: env[name] for name in RENDER_ENV if env.get(name)},
             kube=bool(env.get("KUBECONFIG") or env.get("KUBERNETES_SERVICE_HOST")),
@@ -310,21 +316,10 @@ class ConfdAgent:
 
     def _client_options(self) -> dict[str, Any]:
         s = self.settings
-        if not s.ca_file:
-            return {}
-        import grpc  # only needed with TLS
-
-        def read(path: str) -> bytes | None:
-            return Path(path).read_bytes() if path else None
-
-        credentials = grpc.ssl_channel_credentials(read(s.ca_file), read(s.key_file), read(s.cert_file))
-        options: dict[str, Any] = {"credentials": credentials}
-        if s.server_cn:
-            # Verify Typha's certificate against the configured name instead of the dialled address.
-            options["channel_options"] = [("grpc.ssl_target_name_override", s.server_cn)]
-        if s.server_uri_san:
-            log.warning("TYPHAURISAN is not verified by this client; only the CA (and CN, if set) are")
-        return options
+        tls = ClientTLS(ca_file=s.ca_file, cert_file=s.cert_file, key_file=s.key_file, server_cn=s.server_cn,
+                        server_uri_san=s.server_uri_san)
+        tls.validate()  # Settings may be built without from_env (tests, the demo)
+        return tls.client_options()
 
     async def run(self) -> None:
         """Oneshot: until the first render; daemon: until cancelled (or `stop()`)."""
