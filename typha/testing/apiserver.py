@@ -321,6 +321,11 @@ class KubeAPIEmulator:
     def objects(self) -> list[dict[str, Any]]:
         return [s.copy() for s in self._store.all_objects()]
 
+    def record_commits(self, callback: Callable[[Event], None]) -> list[Stored]:
+        """Have `callback(event)` called for every later write, in commit order (a test's record of what
+        the API committed; see ObjectStore.add_recorder for the rules). Returns the objects stored now."""
+        return self._store.add_recorder(callback)
+
     # ---- fault injection and counters --------------------------------------------------------
 
     def _signal_watchers(self, how: str) -> None:

@@ -272,12 +272,21 @@ class ObjectStore:
         self._floor = self._rv
         self._snapshots: OrderedDict[str, _Snapshot] = OrderedDict()
         self._listeners: list[Callable[[], None]] = []
+        self._recorders: list[Callable[[Event], None]] = []
 
     # ---- bookkeeping -------------------------------------------------------------------------
 
     def add_listener(self, callback: Callable[[], None]) -> None:
         """`callback()` runs after every write, outside the lock, on the writer's thread."""
         self._listeners.append(callback)
+
+    def add_recorder(self, callback: Callable[[Event], None]) -> list[Stored]:
+        """`callback(event)` for every later write, in resourceVersion order, with the store lock held
+        (so it must be quick and must not call back into the store). Returns the objects stored now,
+        taken atomically with the registration, so a recorder sees every state exactly once."""
+        with self._lock:
+            self._recorders.append(callback)
+            return [stored for objs in self._objects.values() for stored in objs.values()]
 
     def _notify(self) -> None:
         for callback in self._listeners:
@@ -304,7 +313,10 @@ class ObjectStore:
         self, resource: Resource, event_type: str, stored: Stored, prev: dict[str, Any] | None
     ) -> None:
         """Append the event for the write that took resourceVersion self._rv. Lock held."""
-        self._history.append(Event(self._rv, resource, event_type, stored, prev))
+        event = Event(self._rv, resource, event_type, stored, prev)
+        self._history.append(event)
+        for recorder in self._recorders:
+            recorder(event)
         if self._rv - self._floor > self._history_limit:
             self._floor = self._rv - self._history_limit
             if len(self._history) > 2 * self._history_limit + 1024:
