@@ -187,6 +187,9 @@ class Calculator:
         else:
             self.config[slot] = value
         self.dirty.filter = True
+        if name == "ProgramClusterRoutes":
+            self.routing.program_cluster_routes = str(self.config_value(name, "Enabled"))
+            self.dirty.routes = True
 
     def config_value(self, name: str, default: Any = None) -> Any:
         return self.config.get(("host", name), self.config.get(("global", name), default))

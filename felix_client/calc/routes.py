@@ -80,6 +80,9 @@ class RouteCalculator:
         self.vxlan_ips: dict[str, str] = {}
         self.vxlan_macs: dict[str, str] = {}
         self.local_routes: dict[str, tuple[Route, ...]] = {}  # endpoint key -> its /32 routes
+        # FelixConfiguration ProgramClusterRoutes: whether we or BIRD program remote IPIP and no-encap
+        # blocks (felix.md §2.3). VXLAN routes are always ours.
+        self.program_cluster_routes = "Enabled"
 
     # -- inputs -----------------------------------------------------------------------------------
 
@@ -173,11 +176,19 @@ class RouteCalculator:
                 vtep = self.vxlan_ips.get(node)
                 if vtep:
                     out.append(Route(cidr, "vxlan", dev=VXLAN_DEVICE, via=vtep))
+            elif pool.vxlan == "never" and not self._programs(pool):
+                continue  # BIRD programs it from what it learns over BGP
             elif pool.ipip == "always" or (pool.ipip == "cross-subnet" and not cross):
                 out.append(Route(cidr, "ipip", dev=IPIP_DEVICE, via=host_ip))
             else:
                 out.append(Route(cidr, "noencap", dev=self.uplink, via=host_ip))
         return sorted(set(out), key=_sort_key)
+
+    def _programs(self, pool: Pool) -> bool:
+        mode = self.program_cluster_routes
+        if pool.ipip != "never":
+            return mode in ("Enabled", "EnabledIPIPOnly")
+        return mode in ("Enabled", "EnabledNoEncapOnly")
 
     def vteps(self) -> list[VTEP]:
         if not self.vxlan_enabled:
