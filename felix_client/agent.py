@@ -36,7 +36,7 @@ from felix_client.calc import Calculator
 from felix_client.dataplane import Dataplane
 from felix_client.dataplane.dataplane import OwnVTEP
 from felix_client.health import DEFAULT_HEALTH_PORT, serve_health
-from typha.client import StatusChange, UpdateBatch, open_trio_sync_client
+from typha.client import ClientTLS, StatusChange, TLSConfigError, UpdateBatch, open_trio_sync_client
 from typha.model.kv import SyncStatus
 
 log = logging.getLogger("felix_client.agent")
@@ -58,6 +58,7 @@ class AgentOptions:
     resync_interval: float = 10.0
     status_file: Path | None = None  # kernel mode: status.json written after each successful apply
     netns: str | None = None  # kernel mode: program this named namespace instead of our own (tests)
+    tls: ClientTLS = field(default_factory=ClientTLS)  # FELIX_TYPHACAFILE, …: off when all empty
 
 
 @dataclass
@@ -92,6 +93,7 @@ class Agent:
         client_options: dict[str, Any] = {}
         if self.options.max_consecutive_failures is not None:
             client_options["max_consecutive_failures"] = self.options.max_consecutive_failures
+        client_options.update(self.options.tls.client_options())
         async with (
             open_trio_sync_client(self.options.typha, "felix", hostname=self.options.hostname, **client_options)
             as client,
@@ -242,6 +244,11 @@ def parse_args(argv: Sequence[str] | None = None) -> AgentOptions:
     typha = args.typha or [a for a in os.environ.get("FELIX_TYPHAADDR", "").split(",") if a]
     if not typha:
         parser.error("no typha address: give --typha or set FELIX_TYPHAADDR")
+    try:
+        # Felix's FELIX_TYPHACAFILE/CERTFILE/KEYFILE/CN/URISAN, verified exactly as Felix's Typha client does.
+        tls = ClientTLS.from_env()
+    except TLSConfigError as exc:
+        parser.error(str(exc))
     return AgentOptions(
         typha=[_typha_address(a) for a in typha],
         hostname=args.hostname or _default_hostname(),
@@ -254,6 +261,7 @@ def parse_args(argv: Sequence[str] | None = None) -> AgentOptions:
         max_consecutive_failures=args.max_consecutive_failures,
         health_host=args.health_host,
         health_port=args.health_port,
+        tls=tls,
     )
 
 
