@@ -10,6 +10,8 @@ import sys
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "ingest": ("bench.ingest", "list+convert and watch-event throughput of the datastore ingest"),
     "fanout": ("bench.fanout", "deliveries/s, latency, CPU and RSS per client of API → typha → N clients"),
+    "converge": ("bench.converge", "felix-client: policy write → dataplane change latency; iptables cost vs. policies"),
+    "storm": ("bench.storm", "N clients back in sync after a server restart (snapshot) and a network cut (resume)"),
 }
 
 

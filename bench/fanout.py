@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 import psutil
@@ -81,18 +82,23 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
+def quantiles(values: list[float]) -> list[float]:
+    return [percentile(values, q / 100) for q in range(101)] if values else []
+
+
 class Clients:
     """Client processes, each running a share of the streams."""
 
     def __init__(self, address: str, count: int, processes: int, probe_every: int, cpus: set[int] | None,
-                 first_index: int = 0, sink: str = "h2") -> None:
+                 first_index: int = 0, sink: str = "h2", target: Callable[..., None] | None = None) -> None:
+        """`target` is the client process's entry point if not one of SINKS (bench.resume_sink's)."""
         ctx = mp.get_context("spawn")
         self.conns = []
         self.procs = []
         for p in range(processes):
             indexes = list(range(first_index + p, first_index + count, processes))
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=SINKS[sink], args=(address, "felix", indexes, probe_every, child, cpus),
+            proc = ctx.Process(target=target or SINKS[sink], args=(address, "felix", indexes, probe_every, child, cpus),
                                daemon=True)
             proc.start()
             self.conns.append(parent)
@@ -201,6 +207,8 @@ def run(args: argparse.Namespace) -> int:
             "latency_ms_p50": percentile(latencies_ms, 0.50),
             "latency_ms_p99": percentile(latencies_ms, 0.99),
             "latency_ms_max": max(latencies_ms) if latencies_ms else float("nan"),
+            # p0..p100 in steps of 1: enough for `bench report` to draw the CDF without every sample.
+            "latency_ms_quantiles": quantiles(latencies_ms),
             "server_rss_mb_after_churn": server.memory_info().rss / 2**20,
         })
         joiner_secs = []

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,11 +91,13 @@ async def run_stream(
 async def drive_streams(
     run: Callable[..., Awaitable[None]], make_stats: Callable[[], Any], address: str, syncer_type: str,
     indexes: list[int], probe_every: int, conn: Any,
+    commands: Mapping[str, Callable[[list[Any], Any], tuple[Any, ...]]] | None = None,
 ) -> None:
     """The load-client side of the pipe protocol bench.fanout speaks, for any stream implementation.
 
     `run(address, syncer_type, index, probe, stats, ready)` runs one stream, filling `stats` (which
-    has kvs, messages, bytes, snapshot_secs, in_sync, error and latencies_ns).
+    has kvs, messages, bytes, snapshot_secs, in_sync, error and latencies_ns). `commands` adds
+    requests of a client's own, sent as `name` or `(name, arg)`: the answer is `commands[name](stats, arg)`.
     """
     stats = [make_stats() for _ in indexes]
     readies = [asyncio.Event() for _ in indexes]
@@ -111,7 +113,10 @@ async def drive_streams(
     loop = asyncio.get_running_loop()
     while True:
         command = await loop.run_in_executor(None, conn.recv)
-        if command == "sample":
+        command, arg = command if isinstance(command, tuple) else (command, None)
+        if commands and command in commands:
+            conn.send(commands[command](stats, arg))
+        elif command == "sample":
             conn.send(("sample", sum(s.kvs for s in stats), sum(s.messages for s in stats),
                        sum(s.bytes for s in stats)))
         elif command == "latencies":
