@@ -64,9 +64,10 @@ def wait_ready(health_port: int, timeout: float) -> None:
     raise TimeoutError("typha did not become ready")
 
 
-def start_typha(kubeconfig: str, port: int, health_port: int, pin: bool) -> subprocess.Popen[bytes]:
+def start_typha(kubeconfig: str, port: int, health_port: int, pin: bool, workers: int = 1) -> subprocess.Popen[bytes]:
+    # One process unless asked: `typha serve` defaults to a worker per CPU, and these numbers are per core.
     command = [
-        sys.executable, "-m", "typha.cli", "serve", "--log-severity-screen", "WARNING",
+        sys.executable, "-m", "typha.cli", "serve", "--workers", str(workers), "--log-severity-screen", "WARNING",
         "--kubeconfig", kubeconfig, "--server-host", "127.0.0.1", "--server-port", str(port),
         "--health-enabled", "true", "--health-host", "127.0.0.1", "--health-port", str(health_port),
         "--syncers", "felix", "--max-connections-upper-limit", "100000",
