@@ -12,6 +12,12 @@ into DIR, each atomically (temp file + rename), so a reader never sees half a fi
 agent programs the network namespace it runs in (`felix_client.dataplane`): iptables, IP sets,
 routes and sysctls. Every apply compares with the kernel, and one runs every `--resync-interval`
 seconds even without updates, so drift (a rule deleted behind our back) is repaired.
+
+`--apply-log FILE` (off by default; used by `python -m bench converge`) appends one JSON line per
+completed apply: `t` (time.monotonic() when the dataplane or the files were done: CLOCK_MONOTONIC is
+machine-wide, so another process can subtract its own readings), `apply`, `secs` (the apply alone),
+`endpoints`, `policies` (active), and `changed`: {policy key: resourceVersion} of the policy updates
+taken into this apply, so a writer can tell which apply carried its write.
 """
 
 from __future__ import annotations
@@ -59,6 +65,7 @@ class AgentOptions:
     status_file: Path | None = None  # kernel mode: status.json written after each successful apply
     netns: str | None = None  # kernel mode: program this named namespace instead of our own (tests)
     tls: ClientTLS = field(default_factory=ClientTLS)  # FELIX_TYPHACAFILE, …: off when all empty
+    apply_log: Path | None = None  # one JSON line per completed apply (see the module docstring)
 
 
 @dataclass
@@ -86,6 +93,7 @@ class Agent:
         self.stats = AgentStats()
         self._wake = trio.Event()
         self.dataplane: Dataplane | None = None
+        self._changed_policies: dict[str, str] = {}  # policy key -> revision, since the last apply
         if options.dry_run is None:
             self.dataplane = Dataplane(options.netns)
 
@@ -105,6 +113,8 @@ class Agent:
                 if isinstance(event, UpdateBatch):
                     for update in event.updates:
                         self.calc.update(update.key, update.value)
+                        if self.options.apply_log is not None and update.key.startswith("/calico/v1/policy/"):
+                            self._changed_policies[update.key] = update.revision
                     self.stats.updates += len(event.updates)
                 elif isinstance(event, StatusChange):
                     self.stats.status = event.status.value
@@ -132,9 +142,11 @@ class Agent:
                     self.apply()
                 else:
                     state, vtep = self._take_state()
+                    changed = self._take_changed()
                     # Blocking tools (iptables-restore, ipset, netlink) run in a thread so the reader
                     # keeps draining the sync stream; the snapshot is a separate object.
                     await trio.to_thread.run_sync(self._program, state, vtep)
+                    self._log_apply(started, len(state.endpoints), len(state.policies), changed)
             except Exception:
                 # Keep the agent alive and retry soon: a transient failure (xtables lock, an interface
                 # that vanished mid-apply) must not leave the node unprogrammed until the next update.
@@ -144,6 +156,21 @@ class Agent:
                 self._wake.set()
                 continue
             self.stats.last_apply_secs = time.perf_counter() - started
+
+    def _take_changed(self) -> dict[str, str]:
+        changed, self._changed_policies = self._changed_policies, {}
+        return changed
+
+    def _log_apply(self, started: float, endpoints: int, policies: int, changed: dict[str, str]) -> None:
+        if self.options.apply_log is None:
+            return
+        done = time.monotonic()
+        line = {"t": done, "apply": self.stats.applies, "secs": time.perf_counter() - started,
+                "endpoints": endpoints, "policies": policies, "changed": changed}
+        # Appended whole (O_APPEND); a reader still takes only lines that end in a newline, as a long
+        # line may reach the file in more than one write.
+        with open(self.options.apply_log, "a") as out:
+            out.write(json.dumps(line) + "\n")
 
     def _take_state(self) -> tuple[Any, OwnVTEP | None]:
         self.calc.take_dirty()
@@ -178,8 +205,10 @@ class Agent:
         return self.stats.in_sync and self.stats.applies > 0
 
     def apply(self) -> None:
+        started = time.perf_counter()
         self.calc.take_dirty()
         state = self.calc.snapshot()
+        changed = self._take_changed()
         self.stats.applies += 1
         if self.options.dry_run is None:
             raise RuntimeError("kernel programming is not built yet: run with --dry-run DIR")
@@ -201,6 +230,7 @@ class Agent:
             "time": time.time(),
         }
         write_atomic(out / "status.json", json.dumps(status, indent=1) + "\n")
+        self._log_apply(started, len(state.endpoints), len(state.policies), changed)
 
 
 def _default_hostname() -> str:
@@ -227,6 +257,8 @@ def parse_args(argv: Sequence[str] | None = None) -> AgentOptions:
                         help="seconds between full dataplane resyncs that repair drift")
     parser.add_argument("--status-file", type=Path, default=None,
                         help="write a status.json here after each successful kernel apply")
+    parser.add_argument("--apply-log", type=Path, default=None, metavar="FILE",
+                        help="append a JSON line per completed apply (monotonic time, policy revisions) to FILE")
     parser.add_argument("--debounce", type=float, default=0.05, help="seconds to coalesce updates before an apply")
     parser.add_argument("--uplink", default="eth0", help="underlay interface for no-encap routes")
     parser.add_argument("--endpoint-to-host-action", default=os.environ.get("FELIX_DEFAULTENDPOINTTOHOSTACTION",
@@ -256,6 +288,7 @@ def parse_args(argv: Sequence[str] | None = None) -> AgentOptions:
         debounce=args.debounce,
         resync_interval=args.resync_interval,
         status_file=args.status_file,
+        apply_log=args.apply_log,
         uplink=args.uplink,
         endpoint_to_host_action=args.endpoint_to_host_action,
         max_consecutive_failures=args.max_consecutive_failures,
