@@ -16,6 +16,7 @@ import logging
 import re
 import shlex
 import shutil
+import socket
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ RTPROT_BOOT = 3  # Felix's DeviceRouteProtocol for local workload routes
 VXLAN_VNI = 4096
 VXLAN_PORT = 4789
 VXLAN_MTU = 1410
+NTF_SELF = 0x02  # neighbour flag: an FDB entry of the device itself
 TABLES = ("raw", "nat", "filter")
 # Kernel chains whose Calico jump Felix appends rather than inserts (after kube-proxy's rules).
 APPEND_HOOK_CHAINS = {"POSTROUTING"}
@@ -227,13 +229,29 @@ class Dataplane:
         return None
 
     def _apply_vteps(self, ipr, vteps: list) -> None:  # type: ignore[no-untyped-def]
+        """Exactly one permanent neighbour (tunnel IP → VTEP MAC) and one FDB entry (MAC → parent
+        IP) per remote VTEP, as felix/vxlan-fdb does; entries of VTEPs that left or moved go."""
         found = ipr.link_lookup(ifname=VXLAN_DEVICE)
         if not found:
             return
         index = found[0]
+        want_neigh = {v.tunnel_ip: v.mac for v in vteps}
+        want_fdb = {v.mac: v.parent_ip for v in vteps}
+        for msg in ipr.get_neighbours(family=socket.AF_INET, ifindex=index):
+            dst, mac = msg.get_attr("NDA_DST"), msg.get_attr("NDA_LLADDR")
+            if msg["ifindex"] == index and dst and want_neigh.get(dst) != mac:
+                ipr.neigh("del", ifindex=index, dst=dst, family=socket.AF_INET)
+        for msg in ipr.fdb("dump", ifindex=index):
+            dst, mac = msg.get_attr("NDA_DST"), msg.get_attr("NDA_LLADDR")
+            # Entries without a remote (the device's own address) are the kernel's, not ours.
+            if msg["ifindex"] == index and dst and want_fdb.get(mac) != dst:
+                ipr.fdb("del", ifindex=index, lladdr=mac, dst=dst, flags=NTF_SELF)
         for vtep in vteps:
             ipr.neigh("replace", ifindex=index, dst=vtep.tunnel_ip, lladdr=vtep.mac, state="permanent")
-            ipr.fdb("replace", ifindex=index, lladdr=vtep.mac, dst=vtep.parent_ip)
+            # NTF_SELF: the entry belongs to the VXLAN device itself (there is no bridge master);
+            # without it the kernel answers EOPNOTSUPP.
+            ipr.fdb("replace", ifindex=index, lladdr=vtep.mac, dst=vtep.parent_ip, state="permanent",
+                    flags=NTF_SELF)
 
     # --- routes -------------------------------------------------------------------------------
 

@@ -24,7 +24,6 @@ through the API.
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import errno
 import ipaddress
@@ -45,14 +44,12 @@ from typing import Any
 
 import pytest
 import yaml
+from felix_harness import DaemonThread
 
-from typha.config import TyphaConfig
-from typha.daemon import TyphaDaemon
 from typha.datastore.kubeclient import KubeClient
 from typha.model.convert import veth_name
 from typha.model.convert_base import rules_v1
 from typha.model.convert_k8s import _profile_kvs, pod_to_wep
-from typha.model.kv import Update
 from typha.testing import objects
 from typha.testing.apiserver import KubeAPIEmulator
 
@@ -160,34 +157,6 @@ def _stored_api_version(api_version: str) -> str:
     # Calico v3 objects live in a KDD cluster as crd.projectcalico.org/v1 resources (what the
     # Calico API server / calicoctl write); the spec is handed over unchanged.
     return "crd.projectcalico.org/v1" if api_version == "projectcalico.org/v3" else api_version
-
-
-class DaemonThread:
-    """typha on its own asyncio loop, serving on a Unix socket."""
-
-    def __init__(self, kube: KubeClient, socket_path: Path) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="typha-daemon", daemon=True)
-        self.daemon = TyphaDaemon(TyphaConfig(server_host=f"unix:{socket_path}", server_port=0), kube=kube)
-
-    def start(self) -> None:
-        self.thread.start()
-        asyncio.run_coroutine_threadsafe(self.daemon.start(), self.loop).result(30)
-
-    def inject(self, kvs: list[tuple[str, Any]]) -> None:
-        """Write KVs into the felix cache, on the daemon's loop (the cache is not thread-safe)."""
-        updates = [Update(k, v, str(time.time_ns())) for k, v in kvs]
-
-        async def apply() -> None:
-            self.daemon.caches["felix"].apply(updates)
-
-        asyncio.run_coroutine_threadsafe(apply(), self.loop).result(30)
-
-    def stop(self) -> None:
-        if self.thread.is_alive():
-            asyncio.run_coroutine_threadsafe(self.daemon.stop(), self.loop).result(30)
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self.thread.join(10)
 
 
 # --- servers and probes ----------------------------------------------------------------------------

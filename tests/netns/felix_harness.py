@@ -1,0 +1,299 @@
+"""A small Calico cluster in network namespaces for felix_client's kernel tests.
+
+The harness plays CNI and kubelet, as in test_netpol_conformance.py: node namespaces joined by a
+veth underlay (eth0, 10.201.0.0/24), one namespace per pod with a veth named as Calico names it
+(host side MAC ee:ee:ee:ee:ee:ee), the pod's /32 and the 169.254.1.1 gateway answered by proxy ARP.
+The Kubernetes API emulator holds the cluster; typha serves it on a Unix socket from this process;
+one `felix-client` per node runs inside that node's namespace and programs it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from typha.config import TyphaConfig
+from typha.daemon import TyphaDaemon
+from typha.datastore.kubeclient import KubeClient
+from typha.model.convert import veth_name
+from typha.model.kv import Update
+from typha.testing import objects
+from typha.testing.apiserver import KubeAPIEmulator
+
+UNDERLAY_PREFIX = "10.201.0"
+POD_GATEWAY = "169.254.1.1"
+
+
+class DaemonThread:
+    """typha on its own asyncio loop, serving on a Unix socket."""
+
+    def __init__(self, kube: KubeClient, socket_path: Path) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="typha-daemon", daemon=True)
+        self.daemon = TyphaDaemon(TyphaConfig(server_host=f"unix:{socket_path}", server_port=0), kube=kube)
+
+    def start(self) -> None:
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self.daemon.start(), self.loop).result(30)
+
+    def inject(self, kvs: list[tuple[str, Any]]) -> None:
+        """Write KVs into the felix cache, on the daemon's loop (the cache is not thread-safe)."""
+        updates = [Update(k, v, str(time.time_ns())) for k, v in kvs]
+
+        async def apply() -> None:
+            self.daemon.caches["felix"].apply(updates)
+
+        asyncio.run_coroutine_threadsafe(apply(), self.loop).result(30)
+
+    def stop(self) -> None:
+        if self.thread.is_alive():
+            asyncio.run_coroutine_threadsafe(self.daemon.stop(), self.loop).result(30)
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(10)
+
+
+@dataclass
+class Pod:
+    ns: str
+    name: str
+    node: str
+    ip: str
+    labels: dict[str, str] = field(default_factory=dict)
+    netns: str = ""
+
+    @property
+    def iface(self) -> str:
+        return veth_name(self.ns, self.name)
+
+
+@dataclass
+class Node:
+    name: str
+    index: int  # 1-based: underlay address 10.201.0.<index>
+    vxlan_ip: str | None = None
+    vxlan_mac: str | None = None
+    netns: str = ""
+
+    @property
+    def underlay_ip(self) -> str:
+        return f"{UNDERLAY_PREFIX}.{self.index}"
+
+    def k8s_object(self) -> dict[str, Any]:
+        return objects.node(self.name, ipv4=f"{self.underlay_ip}/24", vxlan_tunnel_addr=self.vxlan_ip,
+                            vxlan_mac=self.vxlan_mac)
+
+
+class FelixCluster:
+    """Two nodes, their pods and one agent per node; `close()` stops everything it started (the
+    namespaces themselves belong to the `netns` fixture, which deletes them)."""
+
+    def __init__(self, ns_tool: Any, tmp: Path, nodes: list[Node], pods: list[Pod],
+                 pools: list[dict[str, Any]], blocks: dict[str, str]) -> None:
+        assert len(nodes) == 2, "the underlay is one veth pair"
+        self.ns_tool = ns_tool
+        self.tmp = tmp
+        self.nodes = {n.name: n for n in nodes}
+        self.pods = {f"{p.ns}/{p.name}": p for p in pods}
+        self.pools = pools
+        self.blocks = blocks  # block CIDR -> node
+        self.agents: dict[str, subprocess.Popen[str]] = {}
+        self.api: KubeAPIEmulator | None = None
+        self.kube: KubeClient | None = None
+        self.daemon: DaemonThread | None = None
+        self.socket_path = tmp / "typha.sock"
+
+    # --- network ------------------------------------------------------------------------------
+
+    def build_network(self) -> None:
+        ip = self.ns_tool.ip
+        for node in self.nodes.values():
+            node.netns = self.ns_tool.add(f"n{node.index}")
+        n1, n2 = (n.netns for n in self.nodes.values())
+        ip(n1, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", n2)
+        for node in self.nodes.values():
+            ip(node.netns, "addr", "add", f"{node.underlay_ip}/24", "dev", "eth0")
+            ip(node.netns, "link", "set", "eth0", "up")
+            # Proxy ARP answers for 169.254.1.1 only if the node routes it out of another interface
+            # (calico #3270); a host route is enough and sends nothing anywhere.
+            ip(node.netns, "route", "add", f"{POD_GATEWAY}/32", "dev", "eth0")
+        for i, pod in enumerate(self.pods.values()):
+            pod.netns = self.ns_tool.add(f"p{i}")
+            node_ns = self.nodes[pod.node].netns
+            ip(node_ns, "link", "add", pod.iface, "type", "veth", "peer", "name", "eth0", "netns", pod.netns)
+            ip(node_ns, "link", "set", pod.iface, "address", "ee:ee:ee:ee:ee:ee", "up")
+            ip(pod.netns, "addr", "add", f"{pod.ip}/32", "dev", "eth0")
+            ip(pod.netns, "link", "set", "eth0", "up")
+            ip(pod.netns, "route", "add", POD_GATEWAY, "dev", "eth0", "scope", "link")
+            ip(pod.netns, "route", "add", "default", "via", POD_GATEWAY, "dev", "eth0")
+
+    # --- datastore and agents -----------------------------------------------------------------
+
+    def cluster_objects(self) -> list[dict[str, Any]]:
+        objs: list[dict[str, Any]] = [*self.pools, *(n.k8s_object() for n in self.nodes.values())]
+        objs += [objects.ipam_block(cidr, node=node) for cidr, node in self.blocks.items()]
+        for ns in sorted({p.ns for p in self.pods.values()}):
+            objs += [objects.namespace(ns), objects.service_account(ns)]
+        objs += [objects.pod(p.ns, p.name, node=p.node, ip=p.ip, labels=p.labels) for p in self.pods.values()]
+        return objs
+
+    def start(self) -> None:
+        """Datastore, typha and one agent per node; returns once every agent has programmed its node."""
+        self.api = KubeAPIEmulator(bookmark_interval=0.2).start()
+        for obj in self.cluster_objects():
+            self.api.create(obj)
+        self.api.write_kubeconfig(self.tmp / "kubeconfig")
+        self.kube = KubeClient.from_kubeconfig(str(self.tmp / "kubeconfig"))
+        self.daemon = DaemonThread(self.kube, self.socket_path)
+        self.daemon.start()
+        for node in self.nodes:
+            self.start_agent(node)
+        self.wait_applied()
+
+    def start_agent(self, node: str) -> None:
+        ns = self.nodes[node].netns
+        status = self.status_path(node)
+        status.unlink(missing_ok=True)
+        self.agents[node] = subprocess.Popen(
+            ["ip", "netns", "exec", ns, sys.executable, "-m", "felix_client.agent", "--typha",
+             f"unix:{self.socket_path}", "--hostname", node, "--uplink", "eth0", "--debounce", "0.02",
+             "--resync-interval", "5", "--status-file", str(status), "--log-level", "warning"],
+            stdout=subprocess.DEVNULL, stderr=open(self.tmp / f"{node}.log", "a"), text=True,  # noqa: SIM115
+        )
+
+    def stop_agent(self, node: str) -> None:
+        proc = self.agents.pop(node, None)
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+    def status_path(self, node: str) -> Path:
+        return self.tmp / f"{node}.json"
+
+    def status(self, node: str) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.status_path(node).read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    def wait_applied(self, timeout: float = 30) -> None:
+        """Until every agent reports an apply covering all its pods."""
+        want = {n: sum(1 for p in self.pods.values() if p.node == n) for n in self.nodes}
+
+        def done() -> bool:
+            for node, proc in self.agents.items():
+                assert proc.poll() is None, f"agent {node} exited: {self.agent_log(node)}"
+                status = self.status(node)
+                if status is None or status["applies"] == 0 or status["endpoints"] != want[node]:
+                    return False
+            return True
+
+        wait_for(done, timeout, lambda: "agents not applied: " + "; ".join(self.agent_log(n) for n in self.nodes))
+
+    def agent_log(self, node: str) -> str:
+        path = self.tmp / f"{node}.log"
+        return f"{node}: {path.read_text()[-2000:] if path.exists() else ''}"
+
+    def run(self, node: str, *argv: str) -> str:
+        return self.ns_tool.run(self.nodes[node].netns, *argv)
+
+    def close(self) -> None:
+        for node in list(self.agents):
+            self.stop_agent(node)
+        if self.daemon is not None:
+            self.daemon.stop()
+        if self.kube is not None:
+            self.kube.close()
+        if self.api is not None:
+            self.api.stop()
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, describe: Callable[[], str]) -> None:
+    """Poll `condition` until true; fail with `describe()` after `timeout` seconds (a hang guard)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not reached in {timeout}s: {describe()}")
+        time.sleep(0.05)
+
+
+class Listener:
+    """A TCP listener inside a namespace that accepts, records the peer's address, sends one line
+    back and closes; a background thread serves it until `close()`."""
+
+    def __init__(self, ns_tool: Any, netns: str, port: int) -> None:
+        with ns_tool.entered(netns):
+            self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("0.0.0.0", port))
+        self.sock.listen(16)
+        self.sock.settimeout(0.2)
+        self.peers: list[str] = []
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, name=f"listener-{netns}", daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, peer = self.sock.accept()
+            except (TimeoutError, OSError):
+                continue
+            self.peers.append(peer[0])
+            try:
+                conn.sendall(f"{peer[0]}\n".encode())
+            except OSError:
+                pass
+            conn.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self.thread.join(5)
+        self.sock.close()
+
+
+def tcp_exchange(ns_tool: Any, netns: str, ip: str, port: int, timeout: float = 1.0) -> str | None:
+    """Connect from `netns` (a new socket, so a new source port) and return the line the listener
+    sent back (the source address it saw), or None on timeout or error."""
+    with ns_tool.entered(netns):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect((ip, port))
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = sock.recv(64)
+            if not chunk:
+                break
+            data += chunk
+        return data.decode().strip() or None
+    except OSError:
+        return None
+    finally:
+        sock.close()
+
+
+def exchange_eventually(ns_tool: Any, netns: str, ip: str, port: int, timeout: float = 10.0) -> str:
+    """`tcp_exchange` retried until it succeeds (routes and rules converge after an apply)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        seen = tcp_exchange(ns_tool, netns, ip, port)
+        if seen is not None:
+            return seen
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no TCP exchange with {ip}:{port} from {netns} in {timeout}s")
+        time.sleep(0.1)
