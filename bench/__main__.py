@@ -12,6 +12,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "fanout": ("bench.fanout", "deliveries/s, latency, CPU and RSS per client of API → typha → N clients"),
     "converge": ("bench.converge", "felix-client: policy write → dataplane change latency; iptables cost vs. policies"),
     "storm": ("bench.storm", "N clients back in sync after a server restart (snapshot) and a network cut (resume)"),
+    "snapshot": ("bench.snapshot", "K keys to M clients joining at once: time to first in-sync, server CPU"),
 }
 
 

@@ -52,8 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 class StormClients(Clients):
     """`bench.fanout.Clients` running reconnecting streams, with the storm's own requests."""
 
-    def __init__(self, address: str, count: int, processes: int, cpus: set[int] | None) -> None:
-        super().__init__(address, count, processes, 10**9, cpus, target=resume_sink.client_process)
+    def __init__(self, address: str, count: int, processes: int, cpus: set[int] | None, first_index: int = 0) -> None:
+        super().__init__(address, count, processes, 10**9, cpus, first_index=first_index,
+                         target=resume_sink.client_process)
 
     def mark(self) -> None:
         self._ask("mark", 60)
