@@ -1,0 +1,162 @@
+"""The whole system on real kernels: three nodes, typha, felix-client, confd-client and BIRD, pods in two pools.
+
+Built with typha.testing.vcluster: node namespaces on a bridged underlay (10.203.0.0/24), the API
+emulator over HTTP, `typha serve` as a child process on a Unix socket, and per node namespace a
+`felix-client`, a `confd-client` and a `bird`. Every node has a pod in the no-encap pool (remote block
+routes learned over BGP and programmed by BIRD: FelixConfiguration programClusterRoutes=Disabled) and
+one in the VXLAN pool (routes, neighbours and FDB entries programmed by felix-client).
+
+Checks, in order: all pods reach all pods; a NetworkPolicy isolating one pod gives exactly the
+model's matrix (typha.testing.netpol_model); deleting it restores everything; `typha serve` is
+stopped, the policy written while it is down, connectivity holds, and after a restart the agents
+resync and enforce it; finally node-3's pods, block affinities and blocks are deleted (as Calico IPAM
+releases them) and the other nodes lose their routes to those blocks, BGP-learned and VXLAN alike.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from typha.demo.cluster import bgp_configuration
+from typha.testing import objects
+from typha.testing.apiserver import KubeAPIEmulator
+from typha.testing.netpol_model import ModelPod, NetworkPolicyModel
+from typha.testing.vcluster import VirtualCluster, VNode, VPod, bird_programs_cluster_routes, missing_tools, wait_for
+
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.slow,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
+    pytest.mark.skipif(bool(missing_tools()), reason=f"needs {', '.join(missing_tools())}"),
+]
+
+NS = "e2e"
+PORT = 8080
+NODES = [VNode(f"node-{i}", f"10.203.0.{10 + i}") for i in (1, 2, 3)]
+NOENCAP_POOL, VXLAN_POOL = "10.68.0.0/16", "10.69.0.0/16"
+STEP = 20.0  # seconds a step may take to converge (a hang guard, not a timing claim)
+
+
+def noencap_block(i: int) -> str:
+    return f"10.68.{i}.0/26"
+
+
+def vxlan_block(i: int) -> str:
+    return f"10.69.{i}.0/26"
+
+
+def pods() -> list[VPod]:
+    out = []
+    for i, node in enumerate(NODES, 1):
+        out.append(VPod(NS, f"a-{i}", node.name, f"10.68.{i}.10"))
+        out.append(VPod(NS, f"b-{i}", node.name, f"10.69.{i}.10"))
+    return out
+
+
+def pod_object(pod: VPod) -> dict[str, Any]:
+    return objects.pod(pod.namespace, pod.name, node=pod.node, ip=pod.ip,
+                       labels={"name": pod.name, "pool": "noencap" if pod.name.startswith("a") else "vxlan"},
+                       ports=[("http", PORT, "TCP")])
+
+
+def cluster_objects(all_pods: list[VPod]) -> list[dict[str, Any]]:
+    objs: list[dict[str, Any]] = [
+        objects.namespace(NS), objects.service_account(NS), bgp_configuration(), bird_programs_cluster_routes(),
+        objects.ip_pool("noencap", NOENCAP_POOL),
+        objects.ip_pool("vxlan", VXLAN_POOL, vxlan="Always"),
+    ]
+    for i, node in enumerate(NODES, 1):
+        # The VTEP address comes from the node's VXLAN block, as calico-node allocates it.
+        objs.append(objects.node(node.name, ipv4=f"{node.ip}/{node.prefixlen}", vxlan_tunnel_addr=f"10.69.{i}.1",
+                                 vxlan_mac=f"66:00:00:00:00:0{i}"))
+        for cidr in (noencap_block(i), vxlan_block(i)):
+            objs += [objects.block_affinity(cidr, node=node.name), objects.ipam_block(cidr, node=node.name)]
+    objs += [pod_object(p) for p in all_pods]
+    return objs
+
+
+ISOLATE = {
+    # b-1 (VXLAN pool, node-1) accepts TCP 8080 from a-2 (no-encap pool, node-2) only.
+    "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+    "metadata": {"name": "isolate-b-1", "namespace": NS},
+    "spec": {"podSelector": {"matchLabels": {"name": "b-1"}}, "policyTypes": ["Ingress"],
+             "ingress": [{"from": [{"podSelector": {"matchLabels": {"name": "a-2"}}}],
+                          "ports": [{"protocol": "TCP", "port": PORT}]}]},
+}
+
+
+def expected(api: KubeAPIEmulator, vc: VirtualCluster) -> dict[tuple[str, str], bool]:
+    live = [ModelPod.from_object(o) for o in api.objects() if o["kind"] == "Pod"]
+    namespaces = {o["metadata"]["name"]: o["metadata"].get("labels") or {}
+                  for o in api.objects() if o["kind"] == "Namespace"}
+    policies = [o for o in api.objects() if o["kind"] == "NetworkPolicy"]
+    model = NetworkPolicyModel([p for p in live if p.ref in vc.pods], namespaces, policies)
+    return model.matrix("TCP", PORT)
+
+
+def test_virtual_cluster_end_to_end(tmp_path: Path) -> None:
+    all_pods = pods()
+    with KubeAPIEmulator(bookmark_interval=0.2).start() as api, VirtualCluster(tmp_path / "vc", prefix="e2") as vc:
+        for node in NODES:
+            vc.add_node(VNode(node.name, node.ip))
+        for pod in all_pods:
+            vc.add_pod(pod)
+        vc.serve([PORT])
+        for obj in cluster_objects(all_pods):
+            api.create(obj)
+        kubeconfig = tmp_path / "kubeconfig"
+        api.write_kubeconfig(kubeconfig)
+        vc.start_typha(kubeconfig)
+        vc.start_agents()
+        vc.wait_felix(vc.local_endpoints())
+
+        # 1. Every pod reaches every other, across both pools; remote blocks routed as each pool says.
+        full = dict.fromkeys(vc.all_pairs(), True)
+        assert expected(api, vc) == full
+        vc.converge(full, PORT, 60, "baseline: all pods reach all pods")  # includes BGP sessions coming up
+        for i, node in enumerate(NODES, 1):
+            for j in (1, 2, 3):
+                if j != i:
+                    assert "proto bird" in vc.route_to(node.name, noencap_block(j)), vc.diagnostics()
+                    assert f"via 10.69.{j}.1 dev vxlan.calico" in vc.route_to(node.name, vxlan_block(j))
+
+        # 2. A policy isolates b-1: only a-2 gets in.
+        api.create(ISOLATE)
+        isolated = expected(api, vc)
+        assert [pair for pair, ok in isolated.items() if not ok] == [
+            (src, "e2e/b-1") for src in vc.pods if src not in ("e2e/b-1", "e2e/a-2")]
+        vc.converge(isolated, PORT, STEP, "policy isolating b-1")
+
+        # 3. Deleting it restores connectivity.
+        api.delete("networking.k8s.io/v1", "NetworkPolicy", "isolate-b-1", NS)
+        vc.converge(full, PORT, STEP, "policy deleted")
+
+        # 4. typha restarts; the policy written while it is down still arrives, nothing else changes.
+        vc.stop_typha()
+        api.create(ISOLATE)
+        vc.converge(full, PORT, STEP, "typha down: the dataplane stays as programmed")
+        down_since = {n.name: time.time() for n in NODES}
+        vc.start_typha(kubeconfig)
+        vc.wait_felix(vc.local_endpoints(), STEP, after=down_since)
+        vc.converge(isolated, PORT, STEP, "after typha's restart")
+        api.delete("networking.k8s.io/v1", "NetworkPolicy", "isolate-b-1", NS)
+        vc.converge(full, PORT, STEP, "policy deleted after the restart")
+
+        # 5. node-3's pods go, then its blocks (as Calico IPAM releases an empty block): routes withdrawn.
+        for pod in [p for p in all_pods if p.node == "node-3"]:
+            api.delete("v1", "Pod", pod.name, NS)
+            vc.remove_pod(pod.ref)
+        for cidr in (noencap_block(3), vxlan_block(3)):
+            api.delete(objects.CRD, "BlockAffinity", objects.block_affinity(cidr, node="node-3")["metadata"]["name"])
+            api.delete(objects.CRD, "IPAMBlock", objects.ipam_block(cidr, node="node-3")["metadata"]["name"])
+        wait_for(lambda: all(vc.route_to(n, c) == "" for n in ("node-1", "node-2")
+                             for c in (noencap_block(3), vxlan_block(3))),
+                 STEP, lambda: "node-3's block routes withdrawn: " + vc.diagnostics())
+        assert "blackhole" not in vc.route_to("node-3", noencap_block(3))
+        vc.converge(dict.fromkeys(vc.all_pairs(), True), PORT, STEP, "the remaining pods still reach each other")
+        vc.check_agents()
