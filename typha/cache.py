@@ -31,6 +31,7 @@ import msgpack
 import zstandard
 
 from typha.cache_metrics import CacheMetrics
+from typha.digests import BucketDigests
 from typha.model.kv import SyncStatus, Update
 from typha.proto import sync_pb2 as pb
 
@@ -161,6 +162,8 @@ class SnapshotCache:
         self.epoch = uuid.uuid4().hex
         self._kvs: dict[str, _Entry] = {}
         self._digest = 0
+        # The checksum cut into buckets, for clients that resync by digest (typha.digests).
+        self.buckets = BucketDigests()
         self.status = SyncStatus.WAIT_FOR_READY
         root = Breadcrumb(0, clock(), None, 0, 0, 0, self.status, 0, 0, is_deltas=False)
         self._newest = root
@@ -246,7 +249,7 @@ class SnapshotCache:
                     skipped += 1
                     continue
                 del table[update.key]
-                self._digest ^= kv_hash(update.key, old.value)
+                self._flip(update.key, old.value)
                 kvs.append(pb.KV(key=update.key, revision=update.revision))
                 continue
             value = pack_value(update.value)
@@ -254,11 +257,11 @@ class SnapshotCache:
                 if old.value == value:
                     skipped += 1
                     continue
-                self._digest ^= kv_hash(update.key, old.value)
+                self._flip(update.key, old.value)
                 old.value, old.revision = value, update.revision
             else:
                 table[update.key] = _Entry(value, update.revision)
-            self._digest ^= kv_hash(update.key, value)
+            self._flip(update.key, value)
             kvs.append(pb.KV(key=update.key, value=value, revision=update.revision))
         self.metrics.updates_total.inc(total)
         if skipped:
@@ -271,6 +274,12 @@ class SnapshotCache:
             self._link(frame, len(part), is_deltas=True)
         self.metrics.cache_size.set(len(table))
         return len(kvs)
+
+    def _flip(self, key: str, value: bytes) -> None:
+        """Add or remove one live KV in the checksum and its bucket's digest."""
+        value_hash = kv_hash(key, value)
+        self._digest ^= value_hash
+        self.buckets.toggle(key, value_hash)
 
     def set_status(self, status: SyncStatus) -> None:
         if status is self.status:
@@ -335,12 +344,14 @@ class SnapshotCache:
         that follows the same upstream (a fan-out worker that died, another Typha of the hierarchy).
         """
         table = {key: _Entry(value, revision) for key, value, revision in kvs}
+        hashes = [(key, kv_hash(key, entry.value)) for key, entry in table.items()]
         digest = 0
-        for key, entry in table.items():
-            digest ^= kv_hash(key, entry.value)
+        for _, value_hash in hashes:
+            digest ^= value_hash
         self.epoch = epoch
         self._kvs = table
         self._digest = digest
+        self.buckets = BucketDigests.of(hashes)
         self.status = status
         root = Breadcrumb(sequence, self._clock(), None, 0, 0, 0, status, digest, len(table), is_deltas=False)
         self._newest = root
@@ -376,13 +387,13 @@ class SnapshotCache:
         for kv in kvs:
             old = table.get(kv.key)
             if old is not None:
-                self._digest ^= kv_hash(kv.key, old.value)
+                self._flip(kv.key, old.value)
             if kv.value:
                 if old is not None:
                     old.value, old.revision = kv.value, kv.revision
                 else:
                     table[kv.key] = _Entry(kv.value, kv.revision)
-                self._digest ^= kv_hash(kv.key, kv.value)
+                self._flip(kv.key, kv.value)
             elif old is not None:
                 del table[kv.key]
         self.metrics.updates_total.inc(len(kvs))

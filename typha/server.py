@@ -32,8 +32,10 @@ from grpc_reflection.v1alpha import reflection
 from typha import __version__
 from typha.cache import STATUS_TO_PB, Breadcrumb, ResumeUnavailable, SnapshotCache
 from typha.config import TyphaConfig
+from typha.digests import FEATURE_DIGEST_RESYNC
 from typha.model.kv import SyncStatus
 from typha.proto import sync_pb2 as pb
+from typha.resync import RepairDeclined, plan_repair
 from typha.server_metrics import ServerMetrics
 
 log = logging.getLogger(__name__)
@@ -61,6 +63,8 @@ class ServerSettings:
     drain_reconnect_grace_secs: float = 10.0  # after a Reconnect hint, how long the client may take to move
     watchdog_interval_secs: float = 1.0
     reuse_port: bool = False
+    # digest-resync: above this fraction of differing buckets a (shared) snapshot is the cheaper answer.
+    digest_resync_max_fraction: float = 0.25
 
     @classmethod
     def from_config(cls, config: TyphaConfig) -> ServerSettings:
@@ -301,13 +305,29 @@ class SyncServer:
             try:
                 start = cache.crumb_after(hello.resume.epoch, hello.resume.sequence)
             except ResumeUnavailable as exc:
-                log.info("%s (%s) cannot resume: %s; sending a snapshot", conn.peer, conn.hostname, exc)
+                log.info("%s (%s) cannot resume: %s", conn.peer, conn.hostname, exc)
         if start is not None:
             self.metrics.resumes.inc()
             await context.write(_frame(hello=self._server_hello(cache, conn, resumed=True, sequence=start.sequence)))
             await self._send_status(context, start)
             conn.position = start
             return
+        if conn.supports(FEATURE_DIGEST_RESYNC) and hello.HasField("digests"):
+            try:
+                repair = plan_repair(cache, hello.digests, self.settings.digest_resync_max_fraction)
+            except RepairDeclined as exc:
+                log.info("%s (%s) cannot resync by digest: %s; sending a snapshot", conn.peer, conn.hostname, exc)
+            else:
+                hello_frame = self._server_hello(cache, conn, resumed=False, sequence=repair.crumb.sequence)
+                hello_frame.bucket_count = repair.bucket_count
+                await context.write(_frame(hello=hello_frame))
+                for frame in repair.frames:
+                    await context.write(frame)
+                await self._send_status(context, repair.crumb)
+                conn.position = repair.crumb
+                conn.grace_until = time.monotonic() + self.settings.new_client_grace_secs
+                self.metrics.digest_resyncs.inc()
+                return
         started = time.perf_counter()
         snapshot = cache.snapshot()
         conn.generation = cache.generation

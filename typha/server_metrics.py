@@ -14,6 +14,8 @@ _PING = Summary("typha_ping_latency", "Round trip of a ping.")
 # Extensions: not in Typha, named in its style.
 _SNAPSHOTS_SENT = Gauge("typha_client_snapshots_sent", "Snapshots sent to clients (monotonic).")
 _RESUMES = Gauge("typha_client_resumes", "Clients that resumed from their sequence number (monotonic).")
+_DIGEST_RESYNCS = Gauge("typha_client_digest_resyncs",
+                        "Clients resynced by sending only the buckets that differed (monotonic).")
 _FELL_BEHIND = Gauge("typha_client_fell_behind", "Clients dropped for falling behind (monotonic).")
 
 
@@ -29,3 +31,4 @@ class ServerMetrics:
         self.snapshots_sent = _SNAPSHOTS_SENT
         self.resumes = _RESUMES
         self.fell_behind = _FELL_BEHIND
+        self.digest_resyncs = _DIGEST_RESYNCS

@@ -326,6 +326,8 @@ class AsyncSyncClient:
             self.counters.resumes += 1
         if step.snapshot_complete:
             self.counters.snapshots += 1
+        if step.repaired:
+            self.counters.digest_resyncs += 1
 
     async def _deliver(self, event: SyncEvent) -> None:
         if self._callbacks is not None:

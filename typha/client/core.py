@@ -33,6 +33,7 @@ from google.protobuf.message import DecodeError
 
 import typha
 from typha.client.checksum import kv_hash
+from typha.digests import FEATURE_DIGEST_RESYNC, MIN_BUCKETS, bucket_count_for, bucket_hash, summarise
 from typha.model.kv import SyncStatus, Update
 from typha.proto import sync_pb2 as pb
 
@@ -103,9 +104,13 @@ class Session:
         "_count",
         "_deferred_status",
         "_next_index",
+        "_repair_buckets",
+        "_repair_check",
         "_skip_through",
         "_snapshot_sequence",
         "_staged",
+        "_summary_count",
+        "_undo",
         "epoch",
         "hello",
         "id",
@@ -131,6 +136,12 @@ class Session:
         self._count = 0
         self._staged: dict[str, Entry] = {}
         self._deferred_status: SyncStatus | None = None
+        # digest-resync: the bucket count of the summary in `hello` (0: none sent), and each mirror
+        # key's entry as it was when the summary was taken, for keys changed since (None: absent).
+        self._summary_count = 0
+        self._undo: dict[str, Entry | None] = {}
+        self._repair_buckets: set[int] | None = None  # set while BucketChunks are expected
+        self._repair_check = (0, 0)  # the server's (digest, key count) the repaired mirror must match
 
     def __repr__(self) -> str:
         return f"<Session {self.id} {self.state.value} server={self.server_id or '?'}>"
@@ -151,6 +162,7 @@ class Step:
     promoted: bool = False  # this session became the live one (resumed, or snapshot complete)
     resumed: bool = False
     snapshot_complete: bool = False
+    repaired: bool = False  # only the differing buckets were received (digest-resync)
     retired: list[Session] = field(default_factory=list)
 
 
@@ -171,6 +183,7 @@ class SyncClientCore:
         compressions: tuple[str, ...] = ("zstd",),
         verify_checksums: bool = True,
         checksum_mismatch_limit: int = 2,
+        digest_resync: bool = True,
     ) -> None:
         if checksum_mismatch_limit < 1:
             raise ValueError("checksum_mismatch_limit must be at least 1")
@@ -198,6 +211,13 @@ class SyncClientCore:
         # Keys kept after a reconcile against a server not yet in sync (see _reconcile).
         self._unconfirmed: set[str] = set()
         self._dctx = zstandard.ZstdDecompressor()
+        # Offer bucket digests in hellos: needs the digest that checksum verification keeps.
+        self.digest_resync = digest_resync and verify_checksums
+        # Cleared by a repair that failed its check, until a snapshot lands.
+        self._repair_trusted = True
+        # Sessions whose hello carries a summary, still waiting for their answer: mirror changes
+        # are journalled into their `_undo`.
+        self._journals: list[Session] = []
 
     # -- reading the mirror ------------------------------------------------------------------------
 
@@ -271,13 +291,26 @@ class SyncClientCore:
         if resume is not None:
             hello.resume.epoch = resume.epoch
             hello.resume.sequence = resume.sequence
-        return Session(pb.ClientMessage(hello=hello), resume)
+        count = 0
+        if resume is not None and self.digest_resync and self._repair_trusted and len(self._mirror) >= MIN_BUCKETS:
+            # Worth it only for a mirror of some size: below that a snapshot is about as small.
+            count = bucket_count_for(len(self._mirror))
+            hashes = ((key, kv_hash(key, entry[0])) for key, entry in self._mirror.items())
+            hello.features.append(FEATURE_DIGEST_RESYNC)
+            hello.digests.count = count
+            hello.digests.digests.extend(summarise(hashes, count))
+        session = Session(pb.ClientMessage(hello=hello), resume)
+        if count:
+            session._summary_count = count
+            self._journals.append(session)
+        return session
 
     def close_session(self, session: Session, *, resync: bool = False) -> None:
         """The stream ended (or the transport gave up on it). `resync=True` when the server said the
         client fell behind (RESOURCE_EXHAUSTED) or the stream broke the protocol: do not resume."""
         session.state = SessionState.CLOSED
         session._staged = {}
+        self._end_journal(session)
         if session is self._live:
             self._live = None
         if resync:
@@ -308,6 +341,8 @@ class SyncClientCore:
             return self._on_checksum(session, message.checksum)
         if kind == "hello":
             return self._on_hello(session, message.hello)
+        if kind == "buckets":
+            return self._on_buckets(session, message.buckets)
         if kind == "reconnect":
             hint = message.reconnect
             return Step(reconnect=ReconnectHint(hint.reason, hint.endpoint, hint.after_ms))
@@ -323,6 +358,17 @@ class SyncClientCore:
         session.epoch = hello.epoch
         session.server_id = hello.server_id
         session.server_version = hello.version
+        if hello.bucket_count:
+            if hello.resumed or hello.bucket_count != session._summary_count:
+                raise ProtocolError(
+                    f"server answered {hello.bucket_count} buckets (resumed={hello.resumed}) to a summary of "
+                    f"{session._summary_count}"
+                )
+            session._repair_buckets = set()
+            session._snapshot_sequence = hello.sequence
+            session.state = SessionState.SNAPSHOT
+            return Step()
+        self._end_journal(session)
         if not hello.resumed:
             session.state = SessionState.SNAPSHOT
             return Step()
@@ -347,7 +393,7 @@ class SyncClientCore:
         return step
 
     def _on_chunk(self, session: Session, chunk: pb.SnapshotChunk) -> Step:
-        if session.state is not SessionState.SNAPSHOT:
+        if session.state is not SessionState.SNAPSHOT or session._repair_buckets is not None:
             raise ProtocolError(f"snapshot chunk on a session in state {session.state.value}")
         if chunk.index != session._next_index:
             raise ProtocolError(f"snapshot chunk {chunk.index} out of order, expected {session._next_index}")
@@ -391,12 +437,130 @@ class SyncClientCore:
         updates = self._reconcile(staged, delete_now=session._deferred_status is SyncStatus.IN_SYNC)
         self._position = ResumePoint(session.epoch, session._snapshot_sequence)
         self._resume_ok = True
+        self._repair_trusted = True
         self._mismatches = 0
         session.last_sequence = session._snapshot_sequence
         session.state = SessionState.LIVE
         step = Step(updates=updates, snapshot_complete=True)
         self._promote(session, step)
         return step
+
+    def _on_buckets(self, session: Session, chunk: pb.BucketChunk) -> Step:
+        """digest-resync: the server's contents of the buckets where its digests differ from the summary."""
+        replaced = session._repair_buckets
+        if session.state is not SessionState.SNAPSHOT or replaced is None:
+            raise ProtocolError(f"bucket chunk on a session in state {session.state.value} without a summary")
+        if chunk.index != session._next_index:
+            raise ProtocolError(f"bucket chunk {chunk.index} out of order, expected {session._next_index}")
+        if chunk.index == 0:
+            if chunk.count == 0 or chunk.sequence != session._snapshot_sequence:
+                raise ProtocolError(f"bucket chunks ({chunk.count}) of sequence {chunk.sequence} after a hello "
+                                    f"at {session._snapshot_sequence}")
+            session._count = chunk.count
+            session._repair_check = (chunk.digest, chunk.key_count)
+        elif (chunk.count, chunk.sequence, (chunk.digest, chunk.key_count)) != (
+            session._count, session._snapshot_sequence, session._repair_check
+        ):
+            raise ProtocolError(f"bucket chunk {chunk.index} disagrees with the first chunk")
+        mask = session._summary_count - 1
+        buckets = set(chunk.buckets)
+        if len(buckets) != len(chunk.buckets) or buckets & replaced or any(b > mask for b in buckets):
+            raise ProtocolError(f"bucket chunk {chunk.index} lists buckets twice or out of range")
+        raw = self._decompress(chunk.compression, chunk.data)
+        try:
+            kvs = pb.Deltas.FromString(raw).kvs
+        except DecodeError as exc:
+            raise ProtocolError(f"bucket chunk {chunk.index} is not a Deltas message: {exc}") from exc
+        staged = session._staged
+        mirror = self._mirror
+        fresh: dict[str, Entry] = {}
+        for kv in kvs:
+            key, value = kv.key, kv.value
+            if not value:
+                raise ProtocolError(f"bucket chunk holds a deletion of {key!r}")
+            if bucket_hash(key) & mask not in buckets:
+                raise ProtocolError(f"bucket chunk holds {key!r}, which is in none of its buckets")
+            if key in staged or key in fresh:
+                raise ProtocolError(f"bucket chunks hold {key!r} twice")
+            current = mirror.get(key)
+            decoded = current[1] if current is not None and current[0] == value else _decode(key, value)
+            fresh[key] = (value, decoded, kv.revision)
+        staged.update(fresh)
+        replaced |= buckets
+        session._next_index += 1
+        if session._next_index < session._count:
+            return Step()
+        updates = self._repair(session)
+        self._position = ResumePoint(session.epoch, session._snapshot_sequence)
+        self._resume_ok = True
+        self._mismatches = 0
+        session.last_sequence = session._snapshot_sequence
+        session.state = SessionState.LIVE
+        step = Step(updates=updates, repaired=True)
+        self._promote(session, step)
+        return step
+
+    def _repair(self, session: Session) -> list[Update]:
+        """Make the mirror the server's set: the summarised mirror with the listed buckets replaced.
+
+        Keys changed since the summary (a make-before-break move keeps the old stream applying
+        deltas) are first taken back to their summarised entries: only that state is what the
+        server compared with. The result must match the server's checksum, else nothing changes.
+        """
+        mask = session._summary_count - 1
+        replaced = session._repair_buckets or set()
+        staged, undo, mirror = session._staged, session._undo, self._mirror
+        targets: dict[str, Entry | None] = {key: undo[key] for key in undo if bucket_hash(key) & mask not in replaced}
+        if replaced:
+            for key in mirror:
+                if bucket_hash(key) & mask in replaced:
+                    targets[key] = staged.get(key)
+            targets.update(staged)
+        digest, count = self._digest, len(mirror)
+        changes: list[tuple[str, Entry | None, Entry | None]] = []
+        for key, target in targets.items():
+            old = mirror.get(key)
+            if old is target or (old is not None and target is not None and old[0] == target[0]):
+                continue  # as a snapshot's reconcile: equal bytes keep the mirror's entry
+            changes.append((key, old, target))
+            if old is not None:
+                digest ^= kv_hash(key, old[0])
+                count -= 1
+            if target is not None:
+                digest ^= kv_hash(key, target[0])
+                count += 1
+        if (digest, count) != session._repair_check:
+            # Something other than a stale summary (which the undo journal handles): do not try again
+            # by digest before a snapshot has re-established the mirror.
+            self._repair_trusted = False
+            raise ProtocolError(f"mirror after replacing {len(replaced)} buckets does not match the server's "
+                                f"checksum ({count} keys, server {session._repair_check[1]})")
+        self._end_journal(session)
+        session._staged = {}
+        updates = []
+        journal = bool(self._journals)
+        for key, old, target in sorted(changes, key=lambda change: change[0]):
+            if journal:
+                self._journal(key, old)
+            if target is None:
+                del mirror[key]
+                updates.append(Update(key, None, ""))  # the deleting revision is not known
+            else:
+                mirror[key] = target
+                updates.append(Update(key, target[1], target[2]))
+        self._digest = digest
+        self._unconfirmed = set()  # the checksum says the mirror is exactly the in-sync server's set
+        return updates
+
+    def _journal(self, key: str, old: Entry | None) -> None:
+        """Record a mirror key's entry before its first change since each pending summary was taken."""
+        for session in self._journals:
+            session._undo.setdefault(key, old)
+
+    def _end_journal(self, session: Session) -> None:
+        if session in self._journals:
+            self._journals.remove(session)
+        session._undo = {}
 
     def _decompress(self, compression: str, data: bytes) -> bytes:
         if compression == "":
@@ -450,6 +614,9 @@ class SyncClientCore:
                 for key in missing:
                     snapshot[key] = mirror[key]
                 self._unconfirmed = set(missing)
+        if self._journals:
+            for update in updates:
+                self._journal(update.key, mirror.get(update.key))
         self._mirror = snapshot
         self._digest = digest
         return updates
@@ -462,6 +629,8 @@ class SyncClientCore:
             entry = mirror.pop(key, None)
             if entry is None:
                 continue
+            if self._journals:
+                self._journal(key, entry)
             updates.append(Update(key, None, ""))
             if self.verify_checksums:
                 digest ^= kv_hash(key, entry[0])
@@ -512,12 +681,15 @@ class SyncClientCore:
         if changed:
             digest = self._digest
             verify = self.verify_checksums
+            journal = bool(self._journals)
             for key, entry in changed.items():
                 if entry is None:
                     old = mirror.pop(key, None)
                 else:
                     old = mirror.get(key)
                     mirror[key] = entry
+                if journal:
+                    self._journal(key, old)
                 if verify:
                     if old is not None:
                         digest ^= kv_hash(key, old[0])

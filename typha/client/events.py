@@ -61,6 +61,7 @@ class ClientCounters:
     failed_connections: int = 0  # streams that ended before they were in sync
     snapshots: int = 0  # snapshots received completely
     resumes: int = 0  # streams the server resumed
+    digest_resyncs: int = 0  # streams that sent only the buckets differing from the mirror's summary
     moves: int = 0  # make-before-break switches to a new stream
     bytes_received: int = 0  # serialized ServerMessage bytes
     messages_received: int = 0

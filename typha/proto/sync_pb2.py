@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13typha/v1/sync.proto\x12\x08typha.v1\"b\n\rClientMessage\x12&\n\x05hello\x18\x01 \x01(\x0b\x32\x15.typha.v1.ClientHelloH\x00\x12\x1e\n\x04pong\x18\x02 \x01(\x0b\x32\x0e.typha.v1.PongH\x00\x42\t\n\x07payload\"\xad\x02\n\rServerMessage\x12&\n\x05hello\x18\x01 \x01(\x0b\x32\x15.typha.v1.ServerHelloH\x00\x12+\n\x08snapshot\x18\x02 \x01(\x0b\x32\x17.typha.v1.SnapshotChunkH\x00\x12\"\n\x06\x64\x65ltas\x18\x03 \x01(\x0b\x32\x10.typha.v1.DeltasH\x00\x12&\n\x06status\x18\x04 \x01(\x0b\x32\x14.typha.v1.SyncStatusH\x00\x12\x1e\n\x04ping\x18\x05 \x01(\x0b\x32\x0e.typha.v1.PingH\x00\x12&\n\x08\x63hecksum\x18\x06 \x01(\x0b\x32\x12.typha.v1.ChecksumH\x00\x12(\n\treconnect\x18\x07 \x01(\x0b\x32\x13.typha.v1.ReconnectH\x00\x42\t\n\x07payload\".\n\x0bResumePoint\x12\r\n\x05\x65poch\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\"\xb5\x01\n\x0b\x43lientHello\x12\x10\n\x08hostname\x18\x01 \x01(\t\x12\x0c\n\x04info\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x13\n\x0bsyncer_type\x18\x04 \x01(\t\x12\x14\n\x0c\x63ompressions\x18\x05 \x03(\t\x12%\n\x06resume\x18\x06 \x01(\x0b\x32\x15.typha.v1.ResumePoint\x12\x10\n\x08\x66\x65\x61tures\x18\x07 \x03(\t\x12\x11\n\tclient_id\x18\x08 \x01(\t\"x\n\x0bServerHello\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x11\n\tserver_id\x18\x02 \x01(\t\x12\r\n\x05\x65poch\x18\x03 \x01(\t\x12\x0f\n\x07resumed\x18\x04 \x01(\x08\x12\x13\n\x0bsyncer_type\x18\x05 \x01(\t\x12\x10\n\x08sequence\x18\x06 \x01(\x04\"2\n\x02KV\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x10\n\x08revision\x18\x03 \x01(\t\"u\n\rSnapshotChunk\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\r\n\x05index\x18\x02 \x01(\r\x12\r\n\x05\x63ount\x18\x03 \x01(\r\x12\x13\n\x0b\x63ompression\x18\x04 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\x12\x11\n\ttotal_kvs\x18\x06 \x01(\x04\"5\n\x06\x44\x65ltas\x12\x19\n\x03kvs\x18\x01 \x03(\x0b\x32\x0c.typha.v1.KV\x12\x10\n\x08sequence\x18\x02 \x01(\x04\"\x8f\x01\n\nSyncStatus\x12+\n\x06status\x18\x01 \x01(\x0e\x32\x1b.typha.v1.SyncStatus.Status\x12\x10\n\x08sequence\x18\x02 \x01(\x04\"B\n\x06Status\x12\x0b\n\x07UNKNOWN\x10\x00\x12\x12\n\x0eWAIT_FOR_READY\x10\x01\x12\n\n\x06RESYNC\x10\x02\x12\x0b\n\x07IN_SYNC\x10\x03\"\x1c\n\x04Ping\x12\x14\n\x0ctimestamp_ns\x18\x01 \x01(\x03\"!\n\x04Pong\x12\x19\n\x11ping_timestamp_ns\x18\x01 \x01(\x03\";\n\x08\x43hecksum\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x0e\n\x06\x64igest\x18\x02 \x01(\x06\x12\r\n\x05\x63ount\x18\x03 \x01(\x04\"?\n\tReconnect\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\x10\n\x08\x61\x66ter_ms\x18\x03 \x01(\r2D\n\x04Sync\x12<\n\x04Sync\x12\x17.typha.v1.ClientMessage\x1a\x17.typha.v1.ServerMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13typha/v1/sync.proto\x12\x08typha.v1\"b\n\rClientMessage\x12&\n\x05hello\x18\x01 \x01(\x0b\x32\x15.typha.v1.ClientHelloH\x00\x12\x1e\n\x04pong\x18\x02 \x01(\x0b\x32\x0e.typha.v1.PongH\x00\x42\t\n\x07payload\"\xd7\x02\n\rServerMessage\x12&\n\x05hello\x18\x01 \x01(\x0b\x32\x15.typha.v1.ServerHelloH\x00\x12+\n\x08snapshot\x18\x02 \x01(\x0b\x32\x17.typha.v1.SnapshotChunkH\x00\x12\"\n\x06\x64\x65ltas\x18\x03 \x01(\x0b\x32\x10.typha.v1.DeltasH\x00\x12&\n\x06status\x18\x04 \x01(\x0b\x32\x14.typha.v1.SyncStatusH\x00\x12\x1e\n\x04ping\x18\x05 \x01(\x0b\x32\x0e.typha.v1.PingH\x00\x12&\n\x08\x63hecksum\x18\x06 \x01(\x0b\x32\x12.typha.v1.ChecksumH\x00\x12(\n\treconnect\x18\x07 \x01(\x0b\x32\x13.typha.v1.ReconnectH\x00\x12(\n\x07\x62uckets\x18\x08 \x01(\x0b\x32\x15.typha.v1.BucketChunkH\x00\x42\t\n\x07payload\".\n\x0bResumePoint\x12\r\n\x05\x65poch\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\"\xdf\x01\n\x0b\x43lientHello\x12\x10\n\x08hostname\x18\x01 \x01(\t\x12\x0c\n\x04info\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x13\n\x0bsyncer_type\x18\x04 \x01(\t\x12\x14\n\x0c\x63ompressions\x18\x05 \x03(\t\x12%\n\x06resume\x18\x06 \x01(\x0b\x32\x15.typha.v1.ResumePoint\x12\x10\n\x08\x66\x65\x61tures\x18\x07 \x03(\t\x12\x11\n\tclient_id\x18\x08 \x01(\t\x12(\n\x07\x64igests\x18\t \x01(\x0b\x32\x17.typha.v1.BucketDigests\"/\n\rBucketDigests\x12\r\n\x05\x63ount\x18\x01 \x01(\r\x12\x0f\n\x07\x64igests\x18\x02 \x03(\x06\"\x8e\x01\n\x0bServerHello\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x11\n\tserver_id\x18\x02 \x01(\t\x12\r\n\x05\x65poch\x18\x03 \x01(\t\x12\x0f\n\x07resumed\x18\x04 \x01(\x08\x12\x13\n\x0bsyncer_type\x18\x05 \x01(\t\x12\x10\n\x08sequence\x18\x06 \x01(\x04\x12\x14\n\x0c\x62ucket_count\x18\x07 \x01(\r\"2\n\x02KV\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x10\n\x08revision\x18\x03 \x01(\t\"u\n\rSnapshotChunk\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\r\n\x05index\x18\x02 \x01(\r\x12\r\n\x05\x63ount\x18\x03 \x01(\r\x12\x13\n\x0b\x63ompression\x18\x04 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\x12\x11\n\ttotal_kvs\x18\x06 \x01(\x04\"\x94\x01\n\x0b\x42ucketChunk\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\r\n\x05index\x18\x02 \x01(\r\x12\r\n\x05\x63ount\x18\x03 \x01(\r\x12\x0f\n\x07\x62uckets\x18\x04 \x03(\r\x12\x13\n\x0b\x63ompression\x18\x05 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x06 \x01(\x0c\x12\x0e\n\x06\x64igest\x18\x07 \x01(\x06\x12\x11\n\tkey_count\x18\x08 \x01(\x04\"5\n\x06\x44\x65ltas\x12\x19\n\x03kvs\x18\x01 \x03(\x0b\x32\x0c.typha.v1.KV\x12\x10\n\x08sequence\x18\x02 \x01(\x04\"\x8f\x01\n\nSyncStatus\x12+\n\x06status\x18\x01 \x01(\x0e\x32\x1b.typha.v1.SyncStatus.Status\x12\x10\n\x08sequence\x18\x02 \x01(\x04\"B\n\x06Status\x12\x0b\n\x07UNKNOWN\x10\x00\x12\x12\n\x0eWAIT_FOR_READY\x10\x01\x12\n\n\x06RESYNC\x10\x02\x12\x0b\n\x07IN_SYNC\x10\x03\"\x1c\n\x04Ping\x12\x14\n\x0ctimestamp_ns\x18\x01 \x01(\x03\"!\n\x04Pong\x12\x19\n\x11ping_timestamp_ns\x18\x01 \x01(\x03\";\n\x08\x43hecksum\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x0e\n\x06\x64igest\x18\x02 \x01(\x06\x12\r\n\x05\x63ount\x18\x03 \x01(\x04\"?\n\tReconnect\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\x10\n\x08\x61\x66ter_ms\x18\x03 \x01(\r2D\n\x04Sync\x12<\n\x04Sync\x12\x17.typha.v1.ClientMessage\x1a\x17.typha.v1.ServerMessage(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,31 +34,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CLIENTMESSAGE']._serialized_start=33
   _globals['_CLIENTMESSAGE']._serialized_end=131
   _globals['_SERVERMESSAGE']._serialized_start=134
-  _globals['_SERVERMESSAGE']._serialized_end=435
-  _globals['_RESUMEPOINT']._serialized_start=437
-  _globals['_RESUMEPOINT']._serialized_end=483
-  _globals['_CLIENTHELLO']._serialized_start=486
-  _globals['_CLIENTHELLO']._serialized_end=667
-  _globals['_SERVERHELLO']._serialized_start=669
-  _globals['_SERVERHELLO']._serialized_end=789
-  _globals['_KV']._serialized_start=791
-  _globals['_KV']._serialized_end=841
-  _globals['_SNAPSHOTCHUNK']._serialized_start=843
-  _globals['_SNAPSHOTCHUNK']._serialized_end=960
-  _globals['_DELTAS']._serialized_start=962
-  _globals['_DELTAS']._serialized_end=1015
-  _globals['_SYNCSTATUS']._serialized_start=1018
-  _globals['_SYNCSTATUS']._serialized_end=1161
-  _globals['_SYNCSTATUS_STATUS']._serialized_start=1095
-  _globals['_SYNCSTATUS_STATUS']._serialized_end=1161
-  _globals['_PING']._serialized_start=1163
-  _globals['_PING']._serialized_end=1191
-  _globals['_PONG']._serialized_start=1193
-  _globals['_PONG']._serialized_end=1226
-  _globals['_CHECKSUM']._serialized_start=1228
-  _globals['_CHECKSUM']._serialized_end=1287
-  _globals['_RECONNECT']._serialized_start=1289
-  _globals['_RECONNECT']._serialized_end=1352
-  _globals['_SYNC']._serialized_start=1354
-  _globals['_SYNC']._serialized_end=1422
+  _globals['_SERVERMESSAGE']._serialized_end=477
+  _globals['_RESUMEPOINT']._serialized_start=479
+  _globals['_RESUMEPOINT']._serialized_end=525
+  _globals['_CLIENTHELLO']._serialized_start=528
+  _globals['_CLIENTHELLO']._serialized_end=751
+  _globals['_BUCKETDIGESTS']._serialized_start=753
+  _globals['_BUCKETDIGESTS']._serialized_end=800
+  _globals['_SERVERHELLO']._serialized_start=803
+  _globals['_SERVERHELLO']._serialized_end=945
+  _globals['_KV']._serialized_start=947
+  _globals['_KV']._serialized_end=997
+  _globals['_SNAPSHOTCHUNK']._serialized_start=999
+  _globals['_SNAPSHOTCHUNK']._serialized_end=1116
+  _globals['_BUCKETCHUNK']._serialized_start=1119
+  _globals['_BUCKETCHUNK']._serialized_end=1267
+  _globals['_DELTAS']._serialized_start=1269
+  _globals['_DELTAS']._serialized_end=1322
+  _globals['_SYNCSTATUS']._serialized_start=1325
+  _globals['_SYNCSTATUS']._serialized_end=1468
+  _globals['_SYNCSTATUS_STATUS']._serialized_start=1402
+  _globals['_SYNCSTATUS_STATUS']._serialized_end=1468
+  _globals['_PING']._serialized_start=1470
+  _globals['_PING']._serialized_end=1498
+  _globals['_PONG']._serialized_start=1500
+  _globals['_PONG']._serialized_end=1533
+  _globals['_CHECKSUM']._serialized_start=1535
+  _globals['_CHECKSUM']._serialized_end=1594
+  _globals['_RECONNECT']._serialized_start=1596
+  _globals['_RECONNECT']._serialized_end=1659
+  _globals['_SYNC']._serialized_start=1661
+  _globals['_SYNC']._serialized_end=1729
 # @@protoc_insertion_point(module_scope)

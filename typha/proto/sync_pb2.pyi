@@ -16,7 +16,7 @@ class ClientMessage(_message.Message):
     def __init__(self, hello: _Optional[_Union[ClientHello, _Mapping]] = ..., pong: _Optional[_Union[Pong, _Mapping]] = ...) -> None: ...
 
 class ServerMessage(_message.Message):
-    __slots__ = ("hello", "snapshot", "deltas", "status", "ping", "checksum", "reconnect")
+    __slots__ = ("hello", "snapshot", "deltas", "status", "ping", "checksum", "reconnect", "buckets")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     DELTAS_FIELD_NUMBER: _ClassVar[int]
@@ -24,6 +24,7 @@ class ServerMessage(_message.Message):
     PING_FIELD_NUMBER: _ClassVar[int]
     CHECKSUM_FIELD_NUMBER: _ClassVar[int]
     RECONNECT_FIELD_NUMBER: _ClassVar[int]
+    BUCKETS_FIELD_NUMBER: _ClassVar[int]
     hello: ServerHello
     snapshot: SnapshotChunk
     deltas: Deltas
@@ -31,7 +32,8 @@ class ServerMessage(_message.Message):
     ping: Ping
     checksum: Checksum
     reconnect: Reconnect
-    def __init__(self, hello: _Optional[_Union[ServerHello, _Mapping]] = ..., snapshot: _Optional[_Union[SnapshotChunk, _Mapping]] = ..., deltas: _Optional[_Union[Deltas, _Mapping]] = ..., status: _Optional[_Union[SyncStatus, _Mapping]] = ..., ping: _Optional[_Union[Ping, _Mapping]] = ..., checksum: _Optional[_Union[Checksum, _Mapping]] = ..., reconnect: _Optional[_Union[Reconnect, _Mapping]] = ...) -> None: ...
+    buckets: BucketChunk
+    def __init__(self, hello: _Optional[_Union[ServerHello, _Mapping]] = ..., snapshot: _Optional[_Union[SnapshotChunk, _Mapping]] = ..., deltas: _Optional[_Union[Deltas, _Mapping]] = ..., status: _Optional[_Union[SyncStatus, _Mapping]] = ..., ping: _Optional[_Union[Ping, _Mapping]] = ..., checksum: _Optional[_Union[Checksum, _Mapping]] = ..., reconnect: _Optional[_Union[Reconnect, _Mapping]] = ..., buckets: _Optional[_Union[BucketChunk, _Mapping]] = ...) -> None: ...
 
 class ResumePoint(_message.Message):
     __slots__ = ("epoch", "sequence")
@@ -42,7 +44,7 @@ class ResumePoint(_message.Message):
     def __init__(self, epoch: _Optional[str] = ..., sequence: _Optional[int] = ...) -> None: ...
 
 class ClientHello(_message.Message):
-    __slots__ = ("hostname", "info", "version", "syncer_type", "compressions", "resume", "features", "client_id")
+    __slots__ = ("hostname", "info", "version", "syncer_type", "compressions", "resume", "features", "client_id", "digests")
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     INFO_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -51,6 +53,7 @@ class ClientHello(_message.Message):
     RESUME_FIELD_NUMBER: _ClassVar[int]
     FEATURES_FIELD_NUMBER: _ClassVar[int]
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    DIGESTS_FIELD_NUMBER: _ClassVar[int]
     hostname: str
     info: str
     version: str
@@ -59,23 +62,34 @@ class ClientHello(_message.Message):
     resume: ResumePoint
     features: _containers.RepeatedScalarFieldContainer[str]
     client_id: str
-    def __init__(self, hostname: _Optional[str] = ..., info: _Optional[str] = ..., version: _Optional[str] = ..., syncer_type: _Optional[str] = ..., compressions: _Optional[_Iterable[str]] = ..., resume: _Optional[_Union[ResumePoint, _Mapping]] = ..., features: _Optional[_Iterable[str]] = ..., client_id: _Optional[str] = ...) -> None: ...
+    digests: BucketDigests
+    def __init__(self, hostname: _Optional[str] = ..., info: _Optional[str] = ..., version: _Optional[str] = ..., syncer_type: _Optional[str] = ..., compressions: _Optional[_Iterable[str]] = ..., resume: _Optional[_Union[ResumePoint, _Mapping]] = ..., features: _Optional[_Iterable[str]] = ..., client_id: _Optional[str] = ..., digests: _Optional[_Union[BucketDigests, _Mapping]] = ...) -> None: ...
+
+class BucketDigests(_message.Message):
+    __slots__ = ("count", "digests")
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    DIGESTS_FIELD_NUMBER: _ClassVar[int]
+    count: int
+    digests: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, count: _Optional[int] = ..., digests: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ServerHello(_message.Message):
-    __slots__ = ("version", "server_id", "epoch", "resumed", "syncer_type", "sequence")
+    __slots__ = ("version", "server_id", "epoch", "resumed", "syncer_type", "sequence", "bucket_count")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     SERVER_ID_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     RESUMED_FIELD_NUMBER: _ClassVar[int]
     SYNCER_TYPE_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    BUCKET_COUNT_FIELD_NUMBER: _ClassVar[int]
     version: str
     server_id: str
     epoch: str
     resumed: bool
     syncer_type: str
     sequence: int
-    def __init__(self, version: _Optional[str] = ..., server_id: _Optional[str] = ..., epoch: _Optional[str] = ..., resumed: _Optional[bool] = ..., syncer_type: _Optional[str] = ..., sequence: _Optional[int] = ...) -> None: ...
+    bucket_count: int
+    def __init__(self, version: _Optional[str] = ..., server_id: _Optional[str] = ..., epoch: _Optional[str] = ..., resumed: _Optional[bool] = ..., syncer_type: _Optional[str] = ..., sequence: _Optional[int] = ..., bucket_count: _Optional[int] = ...) -> None: ...
 
 class KV(_message.Message):
     __slots__ = ("key", "value", "revision")
@@ -102,6 +116,26 @@ class SnapshotChunk(_message.Message):
     data: bytes
     total_kvs: int
     def __init__(self, sequence: _Optional[int] = ..., index: _Optional[int] = ..., count: _Optional[int] = ..., compression: _Optional[str] = ..., data: _Optional[bytes] = ..., total_kvs: _Optional[int] = ...) -> None: ...
+
+class BucketChunk(_message.Message):
+    __slots__ = ("sequence", "index", "count", "buckets", "compression", "data", "digest", "key_count")
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    BUCKETS_FIELD_NUMBER: _ClassVar[int]
+    COMPRESSION_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    KEY_COUNT_FIELD_NUMBER: _ClassVar[int]
+    sequence: int
+    index: int
+    count: int
+    buckets: _containers.RepeatedScalarFieldContainer[int]
+    compression: str
+    data: bytes
+    digest: int
+    key_count: int
+    def __init__(self, sequence: _Optional[int] = ..., index: _Optional[int] = ..., count: _Optional[int] = ..., buckets: _Optional[_Iterable[int]] = ..., compression: _Optional[str] = ..., data: _Optional[bytes] = ..., digest: _Optional[int] = ..., key_count: _Optional[int] = ...) -> None: ...
 
 class Deltas(_message.Message):
     __slots__ = ("kvs", "sequence")
