@@ -1,0 +1,153 @@
+"""Fan-out throughput by worker count: the same churn against `typha serve --workers N` for each N, in one run.
+
+For each N in `--workers` (default 1,2): a fresh `typha serve --workers N` on the same API emulator,
+N clients' streams (`bench.fanout.Clients`, the cheap h2 sink by default) in sync, then
+`--rate` pod writes/s for `--duration` s, waiting (bounded) until every client has every write.
+Deliveries/s is KVs received summed over clients divided by that time; the ratio is against the
+first N. Nothing is pinned: the workers need every core, and so does the load side on a small
+machine, so the process-tree CPU of typha and of the load side are reported beside each number.
+Issue 7 asks deliveries/s at N=2 ≥ 1.6 x N=1 with 2,000 clients; on a 2-core machine that also
+runs the emulator and the clients, the load side takes most of a core and caps what N=2 can show.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+import psutil
+
+from bench.apiproc import EmulatorProcess
+from bench.fanout import SINKS, Clients, free_port, percentile, start_typha, wait_ready
+from bench.output import report
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workers", default="1,2", help="comma-separated worker counts to compare")
+    parser.add_argument("--clients", type=int, default=2000)
+    parser.add_argument("--rate", type=float, default=1500.0, help="pod writes per second during churn")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds of churn")
+    parser.add_argument("--keys", type=int, default=1000, help="pods in the cluster")
+    parser.add_argument("--nodes", type=int, default=50)
+    parser.add_argument("--client-processes", type=int, default=1)
+    parser.add_argument("--probe-every", type=int, default=50, help="every Nth client records latencies")
+    parser.add_argument("--sink", choices=sorted(SINKS), default="h2", help="load client implementation")
+    parser.add_argument("--catch-up-secs", type=float, default=120.0,
+                        help="after the churn, wait at most this long for the clients to receive every write")
+    parser.add_argument("--json", metavar="OUT", help="write the results here as JSON")
+
+
+def cpu_secs(processes: list[psutil.Process]) -> float:
+    total = 0.0
+    for process in processes:
+        try:
+            total += sum(process.cpu_times()[:2])
+        except psutil.NoSuchProcess:
+            continue
+    return total
+
+
+def measure(args: argparse.Namespace, api: EmulatorProcess, kubeconfig: str, workers: int) -> dict[str, Any]:
+    port, health_port = free_port(), free_port()
+    typha = start_typha(kubeconfig, port, health_port, pin=False, workers=workers)
+    clients: Clients | None = None
+    result: dict[str, Any] = {"workers": workers}
+    try:
+        wait_ready(health_port, 300)
+        supervisor = psutil.Process(typha.pid)
+        tree = [supervisor, *supervisor.children(recursive=True)]
+        result["server_processes"] = len(tree)
+        started = time.perf_counter()
+        clients = Clients(f"127.0.0.1:{port}", args.clients, args.client_processes, args.probe_every, None,
+                          sink=args.sink)
+        in_sync, _, errors = clients.wait_ready(600)
+        result["connect_all_secs"] = time.perf_counter() - started
+        result["clients_in_sync"] = in_sync
+        if errors:
+            result["connect_errors"] = errors[:5]
+        clients.latencies()  # not the initial sync's
+        kvs0, msgs0, _ = clients.sample()
+        load = [psutil.Process(pid) for pid in (api.pid, *(p.pid for p in clients.procs)) if pid]
+        server_cpu0, load_cpu0 = cpu_secs(tree), cpu_secs(load)
+        t0 = time.perf_counter()
+        writes = int(args.rate * args.duration)
+        api.start_churn(writes, rate=args.rate)
+        churn = api.wait_churn(args.duration * 10 + 60)
+        expected = kvs0 + writes * args.clients
+        deadline = time.perf_counter() + args.catch_up_secs
+        kvs1, msgs1, _ = clients.sample()
+        while kvs1 < expected and time.perf_counter() < deadline:
+            time.sleep(0.05)
+            kvs1, msgs1, _ = clients.sample()
+        elapsed = time.perf_counter() - t0
+        server_cpu, load_cpu = cpu_secs(tree) - server_cpu0, cpu_secs(load) - load_cpu0
+        latencies_ms = [ns / 1e6 for ns in clients.latencies()]
+        deliveries = kvs1 - kvs0
+        result.update({
+            "writes": writes,
+            "write_secs": churn["secs"],
+            "deliveries": deliveries,
+            "deliveries_expected": writes * args.clients,
+            "elapsed_secs": elapsed,
+            "deliveries_per_sec": deliveries / elapsed,
+            "kvs_per_message": deliveries / max(msgs1 - msgs0, 1),
+            "server_cpu_util": server_cpu / elapsed,
+            "server_cpu_usec_per_delivery": server_cpu / max(deliveries, 1) * 1e6,
+            "load_cpu_util": load_cpu / elapsed,
+            "latency_ms_p50": percentile(latencies_ms, 0.50),
+            "latency_ms_p99": percentile(latencies_ms, 0.99),
+            "latency_samples": len(latencies_ms),
+        })
+        stop_errors = clients.stop()
+        clients = None
+        if stop_errors:
+            result["stream_errors"] = stop_errors[:5]
+    finally:
+        if clients is not None:
+            clients.stop()
+        typha.terminate()
+        try:
+            typha.wait(30)
+        except Exception:
+            for child in psutil.Process(typha.pid).children(recursive=True):
+                child.kill()
+            typha.kill()
+            typha.wait(10)
+    return result
+
+
+def run(args: argparse.Namespace) -> int:
+    counts = [int(n) for n in args.workers.split(",") if n.strip()]
+    results: dict[str, Any] = {"benchmark": "workers", "sink": args.sink, "clients": args.clients, "rate": args.rate,
+                               "duration": args.duration, "keys": args.keys, "cpus": psutil.cpu_count(), "runs": []}
+    api = EmulatorProcess(args.keys, args.nodes, cpus=None)
+    try:
+        hello = api.start()
+        for workers in counts:
+            results["runs"].append(measure(args, api, hello["kubeconfig"], workers))
+    finally:
+        api.stop()
+    base = results["runs"][0]["deliveries_per_sec"] if results["runs"] else 0.0
+    for entry in results["runs"]:
+        entry["ratio_to_first"] = entry["deliveries_per_sec"] / base if base else float("nan")
+    report(table_rows(results), results, args.json)
+    return 0
+
+
+def table_rows(r: dict[str, Any]) -> list[tuple[str, str]]:
+    rows = [("setup", f"{r['clients']} clients ({r['sink']} sink), {r['rate']:.0f} pod writes/s for "
+                      f"{r['duration']:.0f} s, {r['keys']} pods, {r['cpus']} CPUs, nothing pinned")]
+    for e in r["runs"]:
+        name = f"--workers {e['workers']}"
+        rows += [
+            (f"{name}: deliveries/s", f"{e['deliveries_per_sec']:,.0f} (x{e['ratio_to_first']:.2f}; "
+                                      f"{e['deliveries']:,} of {e['deliveries_expected']:,} in "
+                                      f"{e['elapsed_secs']:.1f} s, {e['kvs_per_message']:.0f} KVs/msg)"),
+            (f"{name}: latency", f"p50 {e['latency_ms_p50']:.0f} ms, p99 {e['latency_ms_p99']:.0f} ms"),
+            (f"{name}: CPU", f"typha {e['server_cpu_util'] * 100:.0f}% of a core over {e['server_processes']} "
+                             f"processes ({e['server_cpu_usec_per_delivery']:.2f} µs/delivery), "
+                             f"load side {e['load_cpu_util'] * 100:.0f}%"),
+            (f"{name}: clients in sync", f"{e['clients_in_sync']}/{r['clients']} in {e['connect_all_secs']:.1f} s"),
+        ]
+    return rows
