@@ -13,6 +13,7 @@ re-encoded: the upstream's encode-once carries through the whole hierarchy.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import random
 import socket
@@ -58,6 +59,7 @@ class UpstreamFollower:
         backoff: FollowerBackoff | None = None,
         tls: ClientTLS | None = None,
         connect_timeout: float = 10.0,
+        coalesce_secs: float = 0.002,
     ) -> None:
         self.address = address
         self.syncer_type = syncer_type
@@ -66,6 +68,7 @@ class UpstreamFollower:
         self.credentials = credentials
         self.backoff = backoff or FollowerBackoff()
         self.connect_timeout = connect_timeout
+        self.coalesce_secs = coalesce_secs
         # Over the network a replica is a Typha client like any agent: it verifies the upstream's CN /
         # URI SAN exactly as they do (typha.client.tls) before each session, and presents its certificate.
         self._verifier = ServerVerifier(tls) if tls is not None and tls.enabled else None
@@ -188,21 +191,52 @@ class UpstreamFollower:
         self.snapshots += 1
 
     async def _follow(self, call: grpc.aio.StreamStreamCall) -> None:
+        """Replicate what arrives, in batches: every crumb appended wakes every stream of this replica,
+        so appending them one read at a time would give each client one crumb per message (and the
+        clients' writes, run between two reads, would slow the reads down in turn). A reader task
+        queues the messages; they are appended together after `coalesce_secs`, then the clients run once
+        and each sends the whole run in one message."""
+        inbox: collections.deque[bytes] = collections.deque()
+        arrived = asyncio.Event()
+
+        async def receive() -> None:
+            try:
+                while (raw := await call.read()) is not grpc.aio.EOF:
+                    inbox.append(raw)
+                    arrived.set()
+            finally:
+                arrived.set()
+
+        reader = asyncio.get_running_loop().create_task(receive(), name=f"upstream-read-{self.syncer_type}")
+        try:
+            while True:
+                await arrived.wait()
+                if not reader.done():
+                    await asyncio.sleep(self.coalesce_secs)
+                arrived.clear()
+                while inbox:
+                    await self._handle(call, inbox.popleft())
+                if reader.done():
+                    reader.result()  # the read's error, if any
+                    raise UpstreamError(f"stream ended: {await call.code()} {await call.details()}")
+        finally:
+            reader.cancel()
+
+    async def _handle(self, call: grpc.aio.StreamStreamCall, raw: bytes) -> None:
         cache = self.cache
-        while True:
-            raw, message = await self._read(call)
-            payload = message.WhichOneof("payload")
-            if payload in ("deltas", "status"):
-                cache.replicate(raw, message)
-            elif payload == "ping":
-                await self._pong(call, message)
-            elif payload == "checksum":
-                checksum = message.checksum
-                if checksum.sequence == cache.newest.sequence and (
-                    checksum.digest != cache.digest or checksum.count != len(cache)
-                ):
-                    raise UpstreamError(f"replica checksum differs at sequence {checksum.sequence}")
-            elif payload == "reconnect":
-                raise UpstreamError(f"upstream asked us to reconnect: {message.reconnect.reason}")
-            else:
-                raise UpstreamError(f"unexpected {payload} from upstream")
+        message = pb.ServerMessage.FromString(raw)
+        payload = message.WhichOneof("payload")
+        if payload in ("deltas", "status"):
+            cache.replicate(raw, message)
+        elif payload == "ping":
+            await self._pong(call, message)
+        elif payload == "checksum":
+            checksum = message.checksum
+            if checksum.sequence == cache.newest.sequence and (
+                checksum.digest != cache.digest or checksum.count != len(cache)
+            ):
+                raise UpstreamError(f"replica checksum differs at sequence {checksum.sequence}")
+        elif payload == "reconnect":
+            raise UpstreamError(f"upstream asked us to reconnect: {message.reconnect.reason}")
+        else:
+            raise UpstreamError(f"unexpected {payload} from upstream")
