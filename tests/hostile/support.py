@@ -39,7 +39,8 @@ class LoopThread:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-        self.run(cancel_rest(), 10)
+        # Not through run(): its wait_for wrapper would be one of the tasks cancelled.
+        asyncio.run_coroutine_threadsafe(cancel_rest(), self.loop).result(15)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
         self.loop.close()
