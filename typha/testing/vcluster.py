@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from confd_client.agent import FAMILY_FILES
 from typha.model.convert import veth_name
 from typha.testing.netns import Namespaces
 
@@ -302,7 +303,9 @@ class VirtualCluster:
         for name, node in self.nodes.items() if self.bird else ():
             d = self.node_dir(name)
             config = d / "bird" / "bird.cfg"
-            wait_for(lambda c=config, n=name: c.exists() or not self.confd[n].alive(), 30,
+            # bird.cfg includes the other two, and confd-client writes the three one by one.
+            files = [d / "bird" / f for f in FAMILY_FILES[4]]
+            wait_for(lambda fs=files, n=name: all(f.exists() for f in fs) or not self.confd[n].alive(), 30,
                      lambda n=name: f"{n}'s first BIRD config: {self.confd[n].tail()}")
             self.birds[name] = Child(["ip", "netns", "exec", node.netns, "bird", "-f", "-c", str(config),
                                       "-s", str(d / "bird.ctl"), "-P", str(d / "bird.pid")], d / "bird.log")
