@@ -40,6 +40,9 @@ class ResumeStats(h2sink.StreamStats):
     snapshots: int = 0  # ServerHellos that announced a snapshot
     connect_failures: int = 0
     disconnects: int = 0
+    # Connections that ended before their ServerHello: a dying server's listen backlog accepts a few
+    # reconnects in the moment before its listening socket closes. Expected around a kill, not a failure.
+    ends_before_hello: int = 0
     started_at: float = 0.0  # first connection attempt
     lost_at: float = 0.0  # latest stream end
     hello_at: float = 0.0  # latest ServerHello
@@ -52,6 +55,7 @@ class ResumeStats(h2sink.StreamStats):
     mark_connects: int = 0
     mark_failures: int = 0
     mark_disconnects: int = 0
+    mark_ends_before_hello: int = 0
 
 
 class ResumeStream(h2sink.H2GrpcConnection):
@@ -68,6 +72,7 @@ class ResumeStream(h2sink.H2GrpcConnection):
             hello.resume.sequence = stats.sequence
         self.hello = pb.ClientMessage(hello=hello).SerializeToString()
         self.chunks_left = 0
+        self.got_hello = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -96,6 +101,7 @@ class ResumeStream(h2sink.H2GrpcConnection):
                 stats.resumable = True
         elif kind == "hello":
             hello = message.hello
+            self.got_hello = True
             stats.connects += 1
             stats.hello_at = time.monotonic()
             stats.last_resumed = hello.resumed
@@ -155,6 +161,8 @@ async def run_stream(address: str, syncer_type: str, index: int, probe: bool, st
                 stream.close()
         stats.in_sync = False
         stats.disconnects += 1
+        if not stream.got_hello:
+            stats.ends_before_hello += 1
         stats.lost_at = time.monotonic()
 
 
@@ -162,6 +170,7 @@ def mark(stats: list[ResumeStats], _arg: Any) -> tuple[Any, ...]:
     for s in stats:
         s.mark_bytes, s.mark_kvs, s.mark_connects = s.bytes, s.kvs, s.connects
         s.mark_failures, s.mark_disconnects = s.connect_failures, s.disconnects
+        s.mark_ends_before_hello = s.ends_before_hello
     return ("marked", len(stats))
 
 
@@ -177,14 +186,15 @@ def progress(stats: list[ResumeStats], since: float) -> tuple[Any, ...]:
 def report(stats: list[ResumeStats], since: float) -> tuple[Any, ...]:
     """Per client, since the mark: (synced_at or None, hello_at, lost_at, resumed, chunks on the
     latest connection, bytes, connects, refused connects, stream ends, last error, KVs in deltas,
-    KVs in the latest connection's snapshot)."""
+    KVs in the latest connection's snapshot, stream ends before a ServerHello)."""
     rows = []
     for s in stats:
         ok = back(s, since)
         rows.append((s.synced_at if ok else None, s.hello_at if ok else None, s.lost_at, s.last_resumed,
                      s.last_chunks, s.bytes - s.mark_bytes, s.connects - s.mark_connects,
                      s.connect_failures - s.mark_failures, s.disconnects - s.mark_disconnects, s.error,
-                     s.kvs - s.mark_kvs, s.snapshot_kvs if s.last_chunks else 0))
+                     s.kvs - s.mark_kvs, s.snapshot_kvs if s.last_chunks else 0,
+                     s.ends_before_hello - s.mark_ends_before_hello))
     return ("report", rows)
 
 

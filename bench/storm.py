@@ -125,10 +125,13 @@ def summarise(rows: list[tuple[Any, ...]], event_at: float, back_at: float | Non
         "connects": sum(r[6] for r in rows),
         "refused_connects": sum(r[7] for r in rows),
         "stream_ends": sum(r[8] for r in rows),
-        # Each client loses its stream once per event; more is a failure (a reconnect that broke again).
-        "extra_stream_ends": sum(max(r[8] - 1, 0) for r in rows),
+        "ends_before_hello": sum(r[12] for r in rows),
+        # Each client loses its stream once per event; a connection that got its ServerHello and then
+        # ended as well is a failure (a reconnect that broke again).
+        "extra_stream_ends": sum(max(r[8] - r[12] - 1, 0) for r in rows),
         "failures": len(rows) - len(synced),
         "failure_errors": errors[:5],
+        "extra_stream_end_errors": sorted({r[9] for r in rows if r[8] - r[12] > 1 and r[9]})[:5],
     }
     for name, values in (("from_event", from_event), ("from_back", from_back)):
         out[f"secs_{name}_p50"] = percentile(values, 0.50)
@@ -247,8 +250,9 @@ def table_rows(r: dict[str, Any]) -> list[tuple[str, str]]:
             (f"{name}: received", f"{p['bytes_received'] / 2**20:.1f} MiB "
                                   f"({p['bytes_per_client'] / 1024:.1f} KiB per client; KVs in snapshots "
                                   f"{p['kvs_in_snapshots']:,}, in deltas {p['kvs_in_deltas']:,})"),
-            (f"{name}: failures", f"{p['failures']} not back, {p['extra_stream_ends']} extra stream ends, "
-                                  f"{p['refused_connects']} refused connects"
+            (f"{name}: failures", f"{p['failures']} not back, {p['extra_stream_ends']} extra stream ends; "
+                                  f"{p['refused_connects']} refused connects, {p['ends_before_hello']} "
+                                  f"accepted but closed before a ServerHello"
                                   + (f"; {p['failure_errors'][0]}" if p["failure_errors"] else "")),
         ]
     return rows
