@@ -1,8 +1,9 @@
 """`typha serve --workers 2`: one ingest process, two fan-out workers sharing the port.
 
-Kill a worker under churn: its clients come back through the same port to the other worker and
-resume there (no snapshot), the supervisor restarts the dead one, and every mirror ends equal to
-the conversion of the API's objects with checksums matching the ingest's.
+Kill a worker while the API is being written to: its clients come back through the same port to the
+other worker and resume there (no snapshot), the supervisor restarts the dead one, and every mirror
+ends equal to the conversion of the API's objects, with the servers' checksums (sent every 0.3 s)
+matching every client's mirror after the kill. How fast they resume is `python -m bench workerkill`'s job.
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ def test_killed_worker_clients_resume_on_another_and_it_is_restarted(tmp_path):
         supervisor = subprocess.Popen(
             [sys.executable, "-m", "typha.cli", "serve", "--workers", "2", "--kubeconfig", str(kubeconfig),
              "--server-host", "127.0.0.1", "--server-port", str(port), "--health-enabled", "true",
-             "--health-host", "127.0.0.1", "--health-port", str(health_port), "--shutdown-timeout-secs", "1"])
+             "--health-host", "127.0.0.1", "--health-port", str(health_port), "--shutdown-timeout-secs", "1",
+             "--checksum-interval-secs", "0.3"])
         try:
             wait_ready(health_port, supervisor, timeout=60)
             assert len(worker_pids(supervisor)) == 2
@@ -67,10 +69,20 @@ def test_killed_worker_clients_resume_on_another_and_it_is_restarted(tmp_path):
                     for _ in range(40):
                         await asyncio.to_thread(apply, api, random_op(rng))
                     snapshots = [c.counters.snapshots for c in clients]
+                    resumes = [c.counters.resumes for c in clients]
+
+                    # Writes keep coming (bounded: 80 ops) while the worker dies and its clients move.
+                    async def churn() -> None:
+                        for _ in range(80):
+                            await asyncio.to_thread(apply, api, random_op(rng))
+                            await asyncio.sleep(0.01)
+
+                    writer = asyncio.create_task(churn())
+                    await asyncio.sleep(0.2)
                     victim = worker_pids(supervisor)[0]
                     psutil.Process(victim).send_signal(signal.SIGKILL)
-                    for _ in range(40):
-                        await asyncio.to_thread(apply, api, random_op(rng))
+                    await writer
+                    matches = [c.counters.checksum_matches for c in clients]
                     want = convert_objects("felix", await asyncio.to_thread(api.objects))
                     deadline = time.monotonic() + 30
                     while time.monotonic() < deadline and not all(c.core.to_dict() == want for c in clients):
@@ -82,6 +94,17 @@ def test_killed_worker_clients_resume_on_another_and_it_is_restarted(tmp_path):
                     assert moved, "with 12 clients on 2 workers, some were on the killed one"
                     for client, before in zip(clients, snapshots, strict=True):
                         assert client.counters.snapshots == before, "clients of a dead worker must resume"
+                    assert all(c.counters.resumes > before for c, before in zip(clients, resumes, strict=True)
+                               if c in moved)
+                    # The servers' checksums of the final state agree with every mirror.
+                    deadline = time.monotonic() + 30
+                    while time.monotonic() < deadline and not all(
+                        c.counters.checksum_matches >= before + 2 for c, before in zip(clients, matches, strict=True)
+                    ):
+                        await asyncio.sleep(0.1)
+                    assert all(c.counters.checksum_matches >= before + 2
+                               for c, before in zip(clients, matches, strict=True))
+                    assert all(c.counters.checksum_mismatches == 0 for c in clients)
                     deadline = time.monotonic() + 30
                     while time.monotonic() < deadline and (
                         len(worker_pids(supervisor)) < 2 or victim in worker_pids(supervisor)
