@@ -1,0 +1,127 @@
+"""Clients that abuse the server's limits are cut off with a status and a reason, and nobody else notices:
+streams that never send a hello, messages beyond the maximum receive size (as the hello and later),
+and a client that floods pongs. A well-behaved client follows a bounded churn meanwhile and must
+receive every update (no timing is asserted; waits are bounded only to fail instead of hanging)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import grpc
+import msgpack
+
+from typha.cache import SnapshotCache
+from typha.model.kv import SyncStatus, Update
+from typha.proto import sync_pb2 as pb
+from typha.server import MAX_INBOUND_MESSAGE_BYTES, ServerSettings, SyncServer
+
+from ..integration.sync_raw import RawClient
+
+CHURN_UPDATES = 60
+
+
+async def churn(cache: SnapshotCache) -> int:
+    """A bounded stream of updates while the abuse goes on; returns the final sequence."""
+    for n in range(CHURN_UPDATES):
+        cache.apply([Update(f"/calico/v1/config/K{n % 7}", {"n": n}, str(n))])
+        await asyncio.sleep(0.01)
+    return cache.newest.sequence
+
+
+async def follow(client: RawClient, until: asyncio.Future[int]) -> dict[str, bytes]:
+    """Apply everything the well-behaved client receives until it reaches the churn's final sequence."""
+    _, state = await client.read_snapshot()
+    sequence = 0
+    while not (until.done() and sequence >= until.result()):
+        message = await client.read()  # pings come every interval, so the condition is re-checked
+        kind = message.WhichOneof("payload")
+        if kind == "ping":
+            await client.send(pb.ClientMessage(pong=pb.Pong(ping_timestamp_ns=message.ping.timestamp_ns)))
+        elif kind == "deltas":
+            for kv in message.deltas.kvs:
+                if kv.value:
+                    state[kv.key] = kv.value
+                else:
+                    state.pop(kv.key, None)
+            sequence = message.deltas.sequence
+    return state
+
+
+async def no_hello(port: int) -> tuple[grpc.StatusCode, str]:
+    client = RawClient(port)
+    try:
+        return await client.status()
+    finally:
+        await client.close()
+
+
+async def oversized(port: int, after_handshake: bool) -> tuple[grpc.StatusCode, str]:
+    client = RawClient(port)
+    try:
+        if after_handshake:
+            await client.hello("felix", features=())
+            await client.read_snapshot()
+        huge = pb.ClientMessage(hello=pb.ClientHello(hostname="x" * (MAX_INBOUND_MESSAGE_BYTES + 10)))
+        with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            await client.send(huge)
+        return await client.status()
+    finally:
+        await client.close()
+
+
+async def pong_flood(port: int) -> int:
+    """Sends pongs as fast as flow control lets it, for a bounded time; returns how many went out."""
+    client = RawClient(port)
+    sent = 0
+    try:
+        await client.hello("felix", features=())
+        await client.read_snapshot()
+        pong = pb.ClientMessage(pong=pb.Pong()).SerializeToString()
+        with contextlib.suppress(TimeoutError, grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            async with asyncio.timeout(1.5):
+                while sent < 200_000:
+                    await client.send(pong)
+                    sent += 1
+        return sent
+    finally:
+        await client.close()
+
+
+def test_abusive_clients_are_cut_off_with_reasons_while_others_receive_everything():
+    async def scenario() -> None:
+        caches = {"felix": SnapshotCache("felix")}
+        caches["felix"].apply([Update("/calico/v1/config/A", {"x": 1}, "1")])
+        caches["felix"].set_status(SyncStatus.IN_SYNC)
+        server = SyncServer(caches, ServerSettings(handshake_timeout_secs=1.0, ping_interval_secs=0.2,
+                                                   pong_timeout_secs=30))
+        await server.start("127.0.0.1", 0)
+        good = RawClient(server.port)
+        try:
+            await good.hello("felix", features=())
+            done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+            follower = asyncio.create_task(follow(good, done))
+            abusers = asyncio.gather(
+                *(no_hello(server.port) for _ in range(50)),
+                *(oversized(server.port, after_handshake=False) for _ in range(5)),
+                *(oversized(server.port, after_handshake=True) for _ in range(5)),
+                pong_flood(server.port),
+            )
+            done.set_result(await churn(caches["felix"]))
+            results = await asyncio.wait_for(abusers, 30)
+            state = await asyncio.wait_for(follower, 30)
+        finally:
+            await good.close()
+            await server.stop(0)
+        silent, first_huge, later_huge, pongs = results[:50], results[50:55], results[55:60], results[60]
+        for code, details in silent:
+            assert code == grpc.StatusCode.DEADLINE_EXCEEDED and "no ClientHello within" in details
+        for code, details in [*first_huge, *later_huge]:
+            assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, (code, details)
+            assert "larger than max" in details, details
+        assert pongs > 0
+        assert state == {"/calico/v1/config/A": msgpack.packb({"x": 1}), **{
+            f"/calico/v1/config/K{k}": msgpack.packb({"n": max(n for n in range(CHURN_UPDATES) if n % 7 == k)})
+            for k in range(7)}}
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
