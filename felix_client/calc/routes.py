@@ -1,14 +1,16 @@
 """Routes, VXLAN neighbours and the pool-derived IP sets: from IP pools, IPAM blocks and node data.
 
-Felix splits this over l3_route_resolver.go, vxlan_resolver.go and the route/tunnel managers; the
-inputs are few (pools, blocks, one record per node) so one small class recomputes its whole output
-when any of them changes, and the endpoint-driven /32 routes are kept per endpoint.
+Felix splits this over l3_route_resolver.go, vxlan_resolver.go and the route/tunnel managers. Here
+one class keeps a route per IPAM block (recomputed only when an input it depends on changes) and the
+endpoint-driven /32 routes per endpoint; the pool lists and VTEPs are derived on demand (few items).
 """
 
 from __future__ import annotations
 
+import functools
 import ipaddress
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 # Felix's route protocol for the routes it owns (RTPROT 80, shown as "proto 80").
@@ -58,18 +60,29 @@ class Pool:
     vxlan: str
     masquerade: bool
     disabled: bool
+    network: ipaddress.IPv4Network = field(compare=False)  # parsed once: every block lookup uses it
 
-    @property
-    def network(self) -> ipaddress.IPv4Network:
-        return ipaddress.IPv4Network(self.cidr)
+
+@functools.lru_cache(maxsize=1 << 16)
+def _net_key(text: str) -> tuple[int, int]:
+    # Cached: the same block, pool and endpoint CIDRs are sorted again at every snapshot.
+    net = ipaddress.ip_network(text, strict=False)
+    return (int(net.network_address), net.prefixlen)
 
 
 def _sort_key(route: Route) -> tuple[int, int, str, str, str]:
-    net = ipaddress.ip_network(route.dst, strict=False)
-    return (int(net.network_address), net.prefixlen, route.kind, route.dev, route.via)
+    return (*_net_key(route.dst), route.kind, route.dev, route.via)
 
 
 class RouteCalculator:
+    """Routes, VTEPs and pool lists for one node.
+
+    Incremental: each block's route is computed once and cached; an update marks stale only the
+    blocks whose route it can change (a block: itself; a pool: the blocks inside it; a node's IP or
+    VTEP: that node's blocks; this node's subnet or ProgramClusterRoutes: all), and `routes()`
+    recomputes just those before merging the cached routes into the sorted list.
+    """
+
     def __init__(self, hostname: str, uplink: str = "eth0") -> None:
         self.hostname = hostname
         self.uplink = uplink  # the underlay interface; the calculation cannot see the host's devices
@@ -82,46 +95,105 @@ class RouteCalculator:
         self.local_routes: dict[str, tuple[Route, ...]] = {}  # endpoint key -> its /32 routes
         # FelixConfiguration ProgramClusterRoutes: whether we or BIRD program remote IPIP and no-encap
         # blocks (felix.md §2.3). VXLAN routes are always ours.
-        self.program_cluster_routes = "Enabled"
+        self._program_cluster_routes = "Enabled"
+        self._block_nets: dict[str, ipaddress.IPv4Network] = {}
+        self._host_addrs: dict[str, ipaddress.IPv4Address] = {}
+        self._node_blocks: dict[str, set[str]] = {}  # node -> CIDRs of the blocks affine to it
+        self._block_routes: dict[str, Route | None] = {}  # up to date except for the blocks in _stale
+        self._stale: set[str] = set()
+        self._sorted: list[Route] | None = None  # the merged, sorted output; None after any change
+        self.block_computations = 0  # how many block routes were (re)computed: incrementality, observable
 
     # -- inputs -----------------------------------------------------------------------------------
 
+    @property
+    def program_cluster_routes(self) -> str:
+        return self._program_cluster_routes
+
+    @program_cluster_routes.setter
+    def program_cluster_routes(self, mode: str) -> None:
+        if mode != self._program_cluster_routes:
+            self._program_cluster_routes = mode
+            self._invalidate(self.blocks)
+
+    def _invalidate(self, blocks: Iterable[str]) -> None:
+        self._stale.update(blocks)
+        self._sorted = None
+
     def set_pool(self, cidr: str, value: dict[str, Any] | None) -> None:
-        if ipaddress.ip_network(cidr).version != 4:
+        network = ipaddress.ip_network(cidr)
+        if network.version != 4:
             return
+        assert isinstance(network, ipaddress.IPv4Network)
+        old = self.pools.get(cidr)
         if value is None:
+            new = None
             self.pools.pop(cidr, None)
-            return
-        self.pools[cidr] = Pool(
-            cidr=cidr,
-            ipip=value.get("ipip_mode") or "never",
-            vxlan=value.get("vxlan_mode") or "never",
-            masquerade=bool(value.get("masquerade")),
-            disabled=bool(value.get("disabled")),
-        )
+        else:
+            new = self.pools[cidr] = Pool(
+                cidr=cidr,
+                ipip=value.get("ipip_mode") or "never",
+                vxlan=value.get("vxlan_mode") or "never",
+                masquerade=bool(value.get("masquerade")),
+                disabled=bool(value.get("disabled")),
+                network=network,
+            )
+        if old != new:
+            # Pools are few and rarely change; the blocks they contain are found by a scan of parsed nets.
+            self._invalidate(b for b, net in self._block_nets.items() if net.subnet_of(network))
 
     def set_block(self, cidr: str, value: dict[str, Any] | None) -> None:
-        if ipaddress.ip_network(cidr).version != 4:
+        network = self._block_nets.get(cidr) or ipaddress.ip_network(cidr)
+        if network.version != 4:
             return
+        assert isinstance(network, ipaddress.IPv4Network)
+        old = self.blocks.get(cidr)
         if value is None or value.get("deleted"):
+            new = None
+        else:
+            affinity = value.get("affinity") or ""
+            new = affinity[5:] if affinity.startswith("host:") else ""
+        if old == new:
+            return  # e.g. an allocation changed: routes depend only on the affinity
+        if old is not None:
+            self._node_blocks.get(old, set()).discard(cidr)
+        if new is None:
             self.blocks.pop(cidr, None)
+            self._block_nets.pop(cidr, None)
+            self._block_routes.pop(cidr, None)
+            self._stale.discard(cidr)
+            self._sorted = None
             return
-        affinity = value.get("affinity") or ""
-        self.blocks[cidr] = affinity[5:] if affinity.startswith("host:") else ""
+        self.blocks[cidr] = new
+        self._block_nets[cidr] = network
+        self._node_blocks.setdefault(new, set()).add(cidr)
+        self._invalidate((cidr,))
 
     def set_host_ip(self, node: str, ip: str | None) -> None:
-        if ip and ":" not in ip:
+        ip = ip if ip and ":" not in ip else None
+        if self.host_ips.get(node) == ip:
+            return
+        if ip:
             self.host_ips[node] = ip
+            self._host_addrs[node] = ipaddress.IPv4Address(ip)
         else:
             self.host_ips.pop(node, None)
+            self._host_addrs.pop(node, None)
+        self._invalidate(self._node_blocks.get(node, ()))
 
     def set_node(self, node: str, value: dict[str, Any] | None) -> None:
         """The v3 Node: only its BGP IPv4 address with prefix, for CrossSubnet's same-subnet test."""
         address = (((value or {}).get("spec") or {}).get("bgp") or {}).get("ipv4Address")
-        if address:
-            self.host_subnets[node] = ipaddress.IPv4Interface(address).network
-        else:
+        subnet = ipaddress.IPv4Interface(address).network if address else None
+        if self.host_subnets.get(node) == subnet:
+            return
+        if subnet is None:
             self.host_subnets.pop(node, None)
+        else:
+            self.host_subnets[node] = subnet
+        if node == self.hostname:
+            # Only our own subnet enters a route (is the peer in it?); other nodes' subnets do not.
+            self._invalidate(self.blocks)
 
     def set_host_config(self, node: str, name: str, value: Any) -> None:
         target = {"IPv4VXLANTunnelAddr": self.vxlan_ips, "VXLANTunnelMACAddr": self.vxlan_macs}.get(name)
@@ -131,17 +203,23 @@ class RouteCalculator:
             target[node] = str(value)
         else:
             target.pop(node, None)
+        if name == "IPv4VXLANTunnelAddr":
+            self._invalidate(self._node_blocks.get(node, ()))
 
     def set_local_endpoint(self, key: str, iface: str, nets: tuple[str, ...]) -> None:
         if not nets or not iface:
-            self.local_routes.pop(key, None)
-        else:
-            self.local_routes[key] = tuple(Route(n, "local", dev=iface) for n in nets)
+            if self.local_routes.pop(key, None) is not None:
+                self._sorted = None
+            return
+        routes = tuple(Route(n, "local", dev=iface) for n in nets)
+        if self.local_routes.get(key) != routes:
+            self.local_routes[key] = routes
+            self._sorted = None
 
     # -- outputs ----------------------------------------------------------------------------------
 
     def pool_of(self, cidr: str) -> Pool | None:
-        net = ipaddress.IPv4Network(cidr)
+        net = self._block_nets.get(cidr) or ipaddress.IPv4Network(cidr)
         best: Pool | None = None
         for pool in self.pools.values():
             if net.subnet_of(pool.network) and (best is None or pool.network.prefixlen > best.network.prefixlen):
@@ -158,31 +236,38 @@ class RouteCalculator:
 
     def _same_subnet(self, node: str) -> bool:
         mine = self.host_subnets.get(self.hostname)
-        ip = self.host_ips.get(node)
-        return mine is not None and ip is not None and ipaddress.IPv4Address(ip) in mine
+        ip = self._host_addrs.get(node)
+        return mine is not None and ip is not None and ip in mine
+
+    def _block_route(self, cidr: str) -> Route | None:
+        self.block_computations += 1
+        node = self.blocks[cidr]
+        if node == self.hostname:
+            return Route(cidr, "blackhole")
+        pool = self.pool_of(cidr)
+        host_ip = self.host_ips.get(node)
+        if pool is None or not node or host_ip is None:
+            return None
+        cross = self._same_subnet(node)
+        if pool.vxlan == "always" or (pool.vxlan == "cross-subnet" and not cross):
+            vtep = self.vxlan_ips.get(node)
+            return Route(cidr, "vxlan", dev=VXLAN_DEVICE, via=vtep) if vtep else None
+        if pool.vxlan == "never" and not self._programs(pool):
+            return None  # BIRD programs it from what it learns over BGP
+        if pool.ipip == "always" or (pool.ipip == "cross-subnet" and not cross):
+            return Route(cidr, "ipip", dev=IPIP_DEVICE, via=host_ip)
+        return Route(cidr, "noencap", dev=self.uplink, via=host_ip)
 
     def routes(self) -> list[Route]:
-        out: list[Route] = [r for routes in self.local_routes.values() for r in routes]
-        for cidr, node in self.blocks.items():
-            if node == self.hostname:
-                out.append(Route(cidr, "blackhole"))
-                continue
-            pool = self.pool_of(cidr)
-            host_ip = self.host_ips.get(node)
-            if pool is None or not node or host_ip is None:
-                continue
-            cross = self._same_subnet(node)
-            if pool.vxlan == "always" or (pool.vxlan == "cross-subnet" and not cross):
-                vtep = self.vxlan_ips.get(node)
-                if vtep:
-                    out.append(Route(cidr, "vxlan", dev=VXLAN_DEVICE, via=vtep))
-            elif pool.vxlan == "never" and not self._programs(pool):
-                continue  # BIRD programs it from what it learns over BGP
-            elif pool.ipip == "always" or (pool.ipip == "cross-subnet" and not cross):
-                out.append(Route(cidr, "ipip", dev=IPIP_DEVICE, via=host_ip))
-            else:
-                out.append(Route(cidr, "noencap", dev=self.uplink, via=host_ip))
-        return sorted(set(out), key=_sort_key)
+        if self._sorted is None:
+            for cidr in self._stale:
+                if cidr in self.blocks:
+                    self._block_routes[cidr] = self._block_route(cidr)
+            self._stale.clear()
+            out = {r for routes in self.local_routes.values() for r in routes}
+            out.update(r for r in self._block_routes.values() if r is not None)
+            self._sorted = sorted(out, key=_sort_key)
+        return list(self._sorted)
 
     def _programs(self, pool: Pool) -> bool:
         mode = self.program_cluster_routes
@@ -212,7 +297,3 @@ class RouteCalculator:
     def vxlan_hosts(self) -> list[str]:
         return sorted({self.host_ips[n] for n in self.vxlan_ips if n in self.host_ips}, key=_net_key)
 
-
-def _net_key(text: str) -> tuple[int, int]:
-    net = ipaddress.ip_network(text, strict=False)
-    return (int(net.network_address), net.prefixlen)
