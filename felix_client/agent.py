@@ -10,14 +10,17 @@ Two trio tasks share one `Calculator`:
 With `--dry-run DIR` an apply writes `iptables.save`, `ipsets.save`, `routes.txt` and `status.json`
 into DIR, each atomically (temp file + rename), so a reader never sees half a file. Without it the
 agent programs the network namespace it runs in (`felix_client.dataplane`): iptables, IP sets,
-routes and sysctls. Every apply compares with the kernel, and one runs every `--resync-interval`
-seconds even without updates, so drift (a rule deleted behind our back) is repaired.
+routes and sysctls. A full apply compares everything with the kernel, and one runs at least every
+`--resync-interval` seconds (also without updates), so drift (a rule deleted behind our back) is
+repaired; in between, an apply leaves alone the tables it would write unchanged and, unless the
+calculation marked routes dirty, the routes, sysctls and VXLAN device.
 
 `--apply-log FILE` (off by default; used by `python -m bench converge`) appends one JSON line per
 completed apply: `t` (time.monotonic() when the dataplane or the files were done: CLOCK_MONOTONIC is
 machine-wide, so another process can subtract its own readings), `apply`, `secs` (the apply alone),
-`endpoints`, `policies` (active), and `changed`: {policy key: resourceVersion} of the policy updates
-taken into this apply, so a writer can tell which apply carried its write.
+`endpoints`, `policies` (active), `changed`: {policy key: resourceVersion} of the policy updates
+taken into this apply, so a writer can tell which apply carried its write, and `skipped`: the parts
+of the dataplane this apply left alone as unchanged.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import signal
 import socket
@@ -94,6 +98,10 @@ class Agent:
         self._wake = trio.Event()
         self.dataplane: Dataplane | None = None
         self._changed_policies: dict[str, str] = {}  # policy key -> revision, since the last apply
+        # Kernel mode: what the last successful apply programmed, so the next may leave it alone.
+        self._programmed: dict[str, str] = {}  # table -> rendered text
+        self._links_dirty = True  # routes, sysctls or VXLAN changed since they were last programmed
+        self._last_full = -math.inf  # monotonic start of the last successful full apply
         if options.dry_run is None:
             self.dataplane = Dataplane(options.netns)
 
@@ -145,9 +153,10 @@ class Agent:
                     changed = self._take_changed()
                     # Blocking tools (iptables-restore, ipset, netlink) run in a thread so the reader
                     # keeps draining the sync stream; the snapshot is a separate object.
-                    await trio.to_thread.run_sync(self._program, state, vtep)
-                    self._log_apply(started, len(state.endpoints), len(state.policies), changed)
+                    skipped = await trio.to_thread.run_sync(self._program, state, vtep)
+                    self._log_apply(started, len(state.endpoints), len(state.policies), changed, skipped)
             except Exception:
+                self._programmed, self._links_dirty = {}, True  # the retry programs everything
                 # Keep the agent alive and retry soon: a transient failure (xtables lock, an interface
                 # that vanished mid-apply) must not leave the node unprogrammed until the next update.
                 log.exception("apply failed; retrying")
@@ -161,19 +170,20 @@ class Agent:
         changed, self._changed_policies = self._changed_policies, {}
         return changed
 
-    def _log_apply(self, started: float, endpoints: int, policies: int, changed: dict[str, str]) -> None:
+    def _log_apply(self, started: float, endpoints: int, policies: int, changed: dict[str, str],
+                   skipped: list[str] | None = None) -> None:
         if self.options.apply_log is None:
             return
         done = time.monotonic()
         line = {"t": done, "apply": self.stats.applies, "secs": time.perf_counter() - started,
-                "endpoints": endpoints, "policies": policies, "changed": changed}
+                "endpoints": endpoints, "policies": policies, "changed": changed, "skipped": skipped or []}
         # Appended whole (O_APPEND); a reader still takes only lines that end in a newline, as a long
         # line may reach the file in more than one write.
         with open(self.options.apply_log, "a") as out:
             out.write(json.dumps(line) + "\n")
 
     def _take_state(self) -> tuple[Any, OwnVTEP | None]:
-        self.calc.take_dirty()
+        self._links_dirty |= self.calc.take_dirty().routes
         state = self.calc.snapshot()
         routing = self.calc.routing
         me = self.options.hostname
@@ -182,9 +192,31 @@ class Agent:
             vtep = OwnVTEP(routing.vxlan_ips[me], routing.vxlan_macs[me], routing.host_ips[me])
         return state, vtep
 
-    def _program(self, state: Any, vtep: OwnVTEP | None) -> None:
+    def _skippable(self, texts: dict[str, str]) -> set[str]:
+        """Parts of the dataplane this apply may leave alone: tables rendered exactly as last
+        programmed, and links (routes, sysctls, VXLAN) while the calculation marked no route change.
+        Re-reading and rewriting all of it took most of an apply (netlink dumps, iptables-save and
+        -restore of tables a policy edit cannot change); drift there is repaired by the full apply
+        that runs at least every resync interval, as Felix's periodic refresh does."""
+        if time.monotonic() - self._last_full >= self.options.resync_interval:
+            return set()
+        skip = {name for name, text in texts.items() if self._programmed.get(name) == text}
+        if not self._links_dirty:
+            skip.add("links")
+        return skip
+
+    def _program(self, state: Any, vtep: OwnVTEP | None) -> list[str]:
         assert self.dataplane is not None
-        self.dataplane.apply(state, vtep)
+        started = time.monotonic()
+        tables = rules.render_tables(state, self.dataplane.iface_prefix)
+        texts = {name: table.render() for name, table in tables.items()}
+        skip = self._skippable(texts)
+        self.dataplane.apply(state, vtep, skip=skip, tables=tables)
+        self._programmed = texts
+        if "links" not in skip:
+            self._links_dirty = False
+        if not skip:
+            self._last_full = started
         self.stats.applies += 1
         if self.options.status_file is not None:
             status = {
@@ -198,6 +230,7 @@ class Agent:
                 "time": time.time(),
             }
             write_atomic(self.options.status_file, json.dumps(status, indent=1) + "\n")
+        return sorted(skip)
 
     @property
     def ready(self) -> bool:

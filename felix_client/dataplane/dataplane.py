@@ -18,7 +18,7 @@ import shlex
 import shutil
 import socket
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,17 +106,25 @@ class Dataplane:
 
     # --- whole apply --------------------------------------------------------------------------
 
-    def apply(self, state: DesiredState, own_vtep: OwnVTEP | None = None) -> None:
+    def apply(self, state: DesiredState, own_vtep: OwnVTEP | None = None, *, skip: Container[str] = (),
+              tables: dict[str, rules.Table] | None = None) -> None:
         """Bring the namespace to `state`. Order matters: sets before the rules that use them,
-        stale sets only after the rules stopped referencing them, routes last."""
+        stale sets only after the rules stopped referencing them, routes last.
+
+        `skip` ("raw", "nat", "filter", "links": sysctls, VXLAN device and routes) names parts the
+        caller knows are unchanged since its last apply; a resync passes nothing. `tables`: the
+        state's tables if the caller rendered them already."""
         sets = rules.desired_ipsets(state)
         existing_sets = self.list_ipsets()
         self.write_ipsets(sets, existing_sets)
-        tables = rules.render_tables(state, self.iface_prefix)
+        tables = tables or rules.render_tables(state, self.iface_prefix)
         for name in TABLES:
-            self.apply_table(name, tables[name])
+            if name not in skip:
+                self.apply_table(name, tables[name])
         stale = {s for s in existing_sets if s.startswith(IPSET_PREFIX) and s not in sets}
         self.destroy_ipsets(stale)
+        if "links" in skip:
+            return
         self.apply_sysctls(state)
         if state.vxlan and own_vtep is not None:
             self.ensure_vxlan_device(own_vtep)
