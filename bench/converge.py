@@ -101,23 +101,27 @@ def local_pods(spec: gen.ClusterSpec) -> list[tuple[str, str, dict[str, str]]]:
 @contextmanager
 def node_namespace(spec: gen.ClusterSpec) -> Iterator[str]:
     """A namespace playing node-000: its underlay address on eth0 and one veth per local pod (the
-    CNI's side), so routes and per-interface sysctls are programmed as on a real node. eth0 is a veth
-    whose peer stays in the namespace too (the dummy driver is not available everywhere)."""
-    name = f"bconv-{uuid.uuid4().hex[:8]}"
-    subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True, timeout=30)
+    CNI's side), so routes and per-interface sysctls are programmed as on a real node. The pods' ends
+    of the veths (and eth0's peer) go to a second namespace: a node does not hold them, and a netlink
+    link dump of twice the interfaces would inflate the agent's route-apply cost."""
+    tag = uuid.uuid4().hex[:8]
+    name, pods = f"bconv-{tag}", f"bconv-{tag}-pods"
     try:
-        batch = ["link set lo up", "link add eth0 type veth peer name eth0-peer",
+        for ns in (name, pods):
+            subprocess.run(["ip", "netns", "add", ns], check=True, capture_output=True, timeout=30)
+        batch = ["link set lo up", f"link add eth0 type veth peer name uplink netns {pods}",
                  f"addr add {gen.node_ip(0)}/16 dev eth0", "link set eth0 up"]
-        for namespace, pod, _ in local_pods(spec):
+        for i, (namespace, pod, _) in enumerate(local_pods(spec)):
             iface = veth_name(namespace, pod)
-            batch += [f"link add {iface} type veth peer name p{iface[4:]}", f"link set {iface} up"]
+            batch += [f"link add {iface} type veth peer name p{i} netns {pods}", f"link set {iface} up"]
         proc = subprocess.run(["ip", "-n", name, "-batch", "-"], input="\n".join(batch) + "\n",
                               capture_output=True, text=True, timeout=120)
         if proc.returncode != 0:
             raise RuntimeError(f"setting up namespace {name}: {proc.stderr.strip()}")
         yield name
     finally:
-        subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True, timeout=30)
+        for ns in (name, pods):
+            subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True, timeout=30)
 
 
 def can_use_netns() -> bool:
@@ -129,9 +133,10 @@ def can_use_netns() -> bool:
 
 def start_typha(kubeconfig: Path, socket_path: Path, health_port: int, log: Path) -> subprocess.Popen[bytes]:
     command = [
-        sys.executable, "-m", "typha.cli", "serve", "--log-severity-screen", "WARNING", "--kubeconfig",
-        str(kubeconfig), "--server-host", f"unix:{socket_path}", "--health-enabled", "true", "--health-host",
-        "127.0.0.1", "--health-port", str(health_port), "--syncers", "felix",
+        # One process: a worker hop would add latency that is not the agent's.
+        sys.executable, "-m", "typha.cli", "serve", "--workers", "1", "--log-severity-screen", "WARNING",
+        "--kubeconfig", str(kubeconfig), "--server-host", f"unix:{socket_path}", "--health-enabled", "true",
+        "--health-host", "127.0.0.1", "--health-port", str(health_port), "--syncers", "felix",
     ]
     with open(log, "wb") as err:
         return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err)
