@@ -106,6 +106,9 @@ class TyphaDaemon:
         not_ready = [name for name, cache in self.caches.items() if cache.status is not SyncStatus.IN_SYNC]
         # A replica keeps serving what it has while its upstream is away, but is not ready (as Typha).
         not_ready += [f"{f.syncer_type} (upstream)" for f in self.followers if not f.connected]
+        # Likewise while the API server is unreachable: the caches are in sync with a past state only.
+        if self.datastore is not None and (failing := self.datastore.failing()):
+            not_ready.append(f"API server unreachable for {', '.join(failing)}")
         if self.server is not None and self.server.draining:
             return False, "draining"
         return (not not_ready, "ready" if not not_ready else f"not in sync: {', '.join(not_ready)}")

@@ -8,7 +8,7 @@ its generated models cost ~30x more per object (DESIGN §8).
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -196,12 +196,15 @@ class KubeClient:
 class WatchHandle:
     """Lets a reflector's stop() interrupt the blocking read of its current watch."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_open: Callable[[], None] | None = None) -> None:
         self._lock = threading.Lock()
         self._response: urllib3.BaseHTTPResponse | None = None
         self._cancelled = False
+        self._on_open = on_open  # the server accepted a watch: it is reachable again, before any event
 
     def attach(self, response: urllib3.BaseHTTPResponse) -> None:
+        if self._on_open is not None:
+            self._on_open()
         with self._lock:
             self._response = response
             cancelled = self._cancelled

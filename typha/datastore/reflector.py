@@ -11,6 +11,7 @@ import enum
 import logging
 import random
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -92,7 +93,7 @@ class Reflector:
         self.backoff = backoff or Backoff()
         self._stop = threading.Event()
         self._sleep = sleep or self._stop.wait
-        self._watch = WatchHandle()
+        self._watch = WatchHandle(on_open=self._reachable)
         self._thread: threading.Thread | None = None
         self.known: dict[ObjectId, str] = {}  # object -> resourceVersion last emitted
         self.resource_version = ""  # resume point: newest version seen in a list, event or bookmark
@@ -100,6 +101,8 @@ class Reflector:
         self.lists = 0
         self.watches = 0
         self.errors = 0
+        # When the API started failing us (monotonic), None while it answers: typha's readiness.
+        self.failing_since: float | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -149,8 +152,13 @@ class Reflector:
                 self._record_error(exc)
                 self._sleep(next(delays))
 
+    def _reachable(self) -> None:
+        self.failing_since = None
+
     def _record_error(self, exc: BaseException) -> None:
         self.errors += 1
+        if self.failing_since is None:
+            self.failing_since = time.monotonic()
         metrics.DATASTORE_ERRORS.labels(self.resource.key).inc()
         log.warning("%s: %s; backing off", self.resource.key, exc)
 
@@ -187,6 +195,7 @@ class Reflector:
         ]
         self.known = seen
         self.resource_version = list_rv
+        self._reachable()
         self._emit(vanished + changed)
         self.synced = True
         self.sink.on_synced(self.resource)

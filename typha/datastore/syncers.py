@@ -202,6 +202,10 @@ class Datastore:
         if self._thread is not None:
             self._thread.join(5.0)
 
+    def failing(self) -> list[str]:
+        """Resource kinds whose reflector cannot reach the API right now (in error backoff)."""
+        return [r.resource.key for r in self.reflectors if r.failing_since is not None]
+
     # ReflectorSink: called on reflector threads; blocks when the ingest thread is behind.
     def on_events(self, resource: Resource, events: list[Event]) -> None:
         self._queue.put((resource, events))
