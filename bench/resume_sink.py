@@ -45,6 +45,7 @@ class ResumeStats(h2sink.StreamStats):
     ends_before_hello: int = 0
     started_at: float = 0.0  # first connection attempt
     lost_at: float = 0.0  # latest stream end
+    connected_at: float = 0.0  # latest TCP connection (to the server, or to the proxy)
     hello_at: float = 0.0  # latest ServerHello
     synced_at: float = 0.0  # latest IN_SYNC
     last_resumed: bool = False
@@ -75,6 +76,7 @@ class ResumeStream(h2sink.H2GrpcConnection):
         self.got_hello = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.stats.connected_at = time.monotonic()
         super().connection_made(transport)
         self.send_message(self.hello)
 
@@ -186,7 +188,7 @@ def progress(stats: list[ResumeStats], since: float) -> tuple[Any, ...]:
 def report(stats: list[ResumeStats], since: float) -> tuple[Any, ...]:
     """Per client, since the mark: (synced_at or None, hello_at, lost_at, resumed, chunks on the
     latest connection, bytes, connects, refused connects, stream ends, last error, KVs in deltas,
-    KVs in the latest connection's snapshot, stream ends before a ServerHello)."""
+    KVs in the latest connection's snapshot, stream ends before a ServerHello, connected_at)."""
     rows = []
     for s in stats:
         ok = back(s, since)
@@ -194,7 +196,7 @@ def report(stats: list[ResumeStats], since: float) -> tuple[Any, ...]:
                      s.last_chunks, s.bytes - s.mark_bytes, s.connects - s.mark_connects,
                      s.connect_failures - s.mark_failures, s.disconnects - s.mark_disconnects, s.error,
                      s.kvs - s.mark_kvs, s.snapshot_kvs if s.last_chunks else 0,
-                     s.ends_before_hello - s.mark_ends_before_hello))
+                     s.ends_before_hello - s.mark_ends_before_hello, s.connected_at))
     return ("report", rows)
 
 
