@@ -31,6 +31,7 @@ Converter = Callable[[dict[str, Any]], list[tuple[str, Any]]]
 OwnerId = tuple[str, str, str]  # (resource key, namespace, name)
 
 SYNCER_TYPES = ("felix", "bgp")
+_MAX_REASON_CHARS = 500
 
 # Kinds whose keys come from their spec (a CIDR), not their name: two objects can produce one key.
 # Only these pay for remembering values per object; every other key has exactly one possible owner.
@@ -142,9 +143,14 @@ class Syncer:
             # Bad input must never stop the syncer: the object's keys are withdrawn, as Typha's
             # validation filter turns an invalid value into a delete.
             metadata = obj.get("metadata") or {}
+            reason = str(exc)
+            if len(reason) > _MAX_REASON_CHARS:
+                # Errors quote the offending field, which may be a 1 MB annotation: one log line per
+                # event must not carry it.
+                reason = f"{reason[:_MAX_REASON_CHARS]}… ({len(reason)} characters)"
             log.warning(
                 "%s syncer: skipping invalid %s %s/%s: %s",
-                self.syncer_type, resource.kind, metadata.get("namespace", ""), metadata.get("name"), exc,
+                self.syncer_type, resource.kind, metadata.get("namespace", ""), metadata.get("name"), reason,
             )
             metrics.CONVERSION_ERRORS.labels(self.syncer_type, resource.key).inc()
             return []
