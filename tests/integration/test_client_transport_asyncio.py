@@ -355,3 +355,28 @@ def test_a_protocol_error_drops_the_stream_and_resyncs_without_touching_the_mirr
 
         run(main)
         assert cluster.wait_logged(0, "closed", 0)
+
+
+def test_rediscovers_typha_before_reconnecting_and_survives_a_failed_discovery():
+    async def script(stream: Stream) -> None:
+        await stream.send(server_hello("e1", 1), *snapshot(STATE, 1), in_sync(2))
+        await stream.hold()
+
+    with FakeCluster(script) as cluster:
+        calls: list[int] = []
+
+        def rediscover() -> list[str]:
+            calls.append(1)
+            if len(calls) == 1:
+                raise OSError("API unreachable")  # the client keeps its list and tries it
+            return list(cluster.addresses)
+
+        async def main() -> None:
+            client = AsyncSyncClient(["127.0.0.1:1"], "felix", hostname="n", backoff=FAST, rediscover=rediscover)
+            async with client:
+                assert await client.wait_in_sync(timeout=10)
+                assert client.endpoint == cluster.addresses[0]
+                assert client.endpoints == cluster.addresses
+                assert (client.counters.failed_connections, len(calls)) == (1, 2)
+
+        run(main)

@@ -116,6 +116,7 @@ class AsyncSyncClient:
         checksum_mismatch_limit: int = 2,
         max_pending_events: int = 64,
         max_consecutive_failures: int | None = None,
+        rediscover: Callable[[], Sequence[str]] | None = None,
         rng: random.Random | None = None,
     ) -> None:
         if not endpoints:
@@ -153,6 +154,9 @@ class AsyncSyncClient:
         self._max_failures = max_consecutive_failures
         self._last_error = ""
         self._next_index = 0
+        # Blocking (an API list, run in a thread): refreshes `endpoints` before a reconnect that has
+        # no target yet, as Felix re-discovers Typha each time it has lost it.
+        self._rediscover = rediscover
         self._run_task: asyncio.Task[None] | None = None
         self._closing: set[asyncio.Task[Any]] = set()
         self._in_sync = asyncio.Event()
@@ -425,9 +429,23 @@ class AsyncSyncClient:
         try:
             if delay > 0:
                 await asyncio.sleep(delay)
+            if endpoint is None and self._rediscover is not None:
+                await self._refresh_endpoints()
             self._pending = self._open(endpoint or self._pick_endpoint())
         finally:
             self._connect_task = None
+
+    async def _refresh_endpoints(self) -> None:
+        assert self._rediscover is not None
+        try:
+            found = list(await asyncio.to_thread(self._rediscover))
+        except Exception as exc:  # keep the last known list: a flaky API must not stop reconnects
+            log.warning("Typha discovery failed, keeping %s: %s", self.endpoints, exc)
+            return
+        if found and found != self.endpoints:
+            log.info("Typha endpoints now %s", found)
+            self.endpoints = found
+            self._next_index = 0
 
     def _open(self, endpoint: str) -> _Conn:
         conn = _Conn(endpoint, None, None, self.core.open_session())
