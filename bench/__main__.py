@@ -12,6 +12,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "fanout": ("bench.fanout", "deliveries/s, latency, CPU and RSS per client of API → typha → N clients"),
     "workers": ("bench.workers", "fan-out deliveries/s of typha serve --workers N for several N in one run"),
     "workerkill": ("bench.workerkill", "SIGKILL a worker under churn: its clients' time back in sync, nothing lost"),
+    "felix-routes": ("bench.felix_routes", "felix-client route calculation: cost of one block update, N blocks"),
     "converge": ("bench.converge", "felix-client: policy write → dataplane change latency; iptables cost vs. policies"),
     "storm": ("bench.storm", "N clients back in sync after a server restart (snapshot) and a network cut (resume)"),
     "snapshot": ("bench.snapshot", "K keys to M clients joining at once: time to first in-sync, server CPU"),

@@ -7,6 +7,7 @@ endpoint-driven /32 routes per endpoint; the pool lists and VTEPs are derived on
 
 from __future__ import annotations
 
+import bisect
 import functools
 import ipaddress
 from collections.abc import Iterable
@@ -79,8 +80,8 @@ class RouteCalculator:
 
     Incremental: each block's route is computed once and cached; an update marks stale only the
     blocks whose route it can change (a block: itself; a pool: the blocks inside it; a node's IP or
-    VTEP: that node's blocks; this node's subnet or ProgramClusterRoutes: all), and `routes()`
-    recomputes just those before merging the cached routes into the sorted list.
+    VTEP: that node's blocks; this node's subnet or ProgramClusterRoutes: all); `routes()` recomputes
+    just those and moves only the routes that changed within a list kept sorted.
     """
 
     def __init__(self, hostname: str, uplink: str = "eth0") -> None:
@@ -101,7 +102,11 @@ class RouteCalculator:
         self._node_blocks: dict[str, set[str]] = {}  # node -> CIDRs of the blocks affine to it
         self._block_routes: dict[str, Route | None] = {}  # up to date except for the blocks in _stale
         self._stale: set[str] = set()
-        self._sorted: list[Route] | None = None  # the merged, sorted output; None after any change
+        # Every current route, counted (two endpoints may claim one /32), kept sorted by insertion so
+        # that an update costs a bisect, not a sort of the whole table.
+        self._counts: dict[Route, int] = {}
+        self._ordered: list[tuple[tuple[int, int, str, str, str], Route]] = []
+        self._output: list[Route] | None = None  # cached routes(); None after any change
         self.block_computations = 0  # how many block routes were (re)computed: incrementality, observable
 
     # -- inputs -----------------------------------------------------------------------------------
@@ -118,7 +123,23 @@ class RouteCalculator:
 
     def _invalidate(self, blocks: Iterable[str]) -> None:
         self._stale.update(blocks)
-        self._sorted = None
+        self._output = None
+
+    def _add(self, route: Route) -> None:
+        count = self._counts.get(route, 0)
+        self._counts[route] = count + 1
+        if not count:
+            bisect.insort(self._ordered, (_sort_key(route), route))
+            self._output = None
+
+    def _remove(self, route: Route) -> None:
+        count = self._counts[route] - 1
+        if count:
+            self._counts[route] = count
+            return
+        del self._counts[route]
+        del self._ordered[bisect.bisect_left(self._ordered, (_sort_key(route), route))]
+        self._output = None
 
     def set_pool(self, cidr: str, value: dict[str, Any] | None) -> None:
         network = ipaddress.ip_network(cidr)
@@ -160,9 +181,9 @@ class RouteCalculator:
         if new is None:
             self.blocks.pop(cidr, None)
             self._block_nets.pop(cidr, None)
-            self._block_routes.pop(cidr, None)
+            if (route := self._block_routes.pop(cidr, None)) is not None:
+                self._remove(route)
             self._stale.discard(cidr)
-            self._sorted = None
             return
         self.blocks[cidr] = new
         self._block_nets[cidr] = network
@@ -207,14 +228,18 @@ class RouteCalculator:
             self._invalidate(self._node_blocks.get(node, ()))
 
     def set_local_endpoint(self, key: str, iface: str, nets: tuple[str, ...]) -> None:
-        if not nets or not iface:
-            if self.local_routes.pop(key, None) is not None:
-                self._sorted = None
+        routes = tuple(Route(n, "local", dev=iface) for n in nets) if nets and iface else ()
+        old = self.local_routes.get(key, ())
+        if old == routes:
             return
-        routes = tuple(Route(n, "local", dev=iface) for n in nets)
-        if self.local_routes.get(key) != routes:
+        for route in routes:
+            self._add(route)
+        for route in old:
+            self._remove(route)
+        if routes:
             self.local_routes[key] = routes
-            self._sorted = None
+        else:
+            del self.local_routes[key]
 
     # -- outputs ----------------------------------------------------------------------------------
 
@@ -259,15 +284,20 @@ class RouteCalculator:
         return Route(cidr, "noencap", dev=self.uplink, via=host_ip)
 
     def routes(self) -> list[Route]:
-        if self._sorted is None:
-            for cidr in self._stale:
-                if cidr in self.blocks:
-                    self._block_routes[cidr] = self._block_route(cidr)
-            self._stale.clear()
-            out = {r for routes in self.local_routes.values() for r in routes}
-            out.update(r for r in self._block_routes.values() if r is not None)
-            self._sorted = sorted(out, key=_sort_key)
-        return list(self._sorted)
+        for cidr in self._stale:
+            if cidr not in self.blocks:
+                continue
+            old, new = self._block_routes.get(cidr), self._block_route(cidr)
+            if old != new:
+                if new is not None:
+                    self._add(new)
+                if old is not None:
+                    self._remove(old)
+                self._block_routes[cidr] = new
+        self._stale.clear()
+        if self._output is None:
+            self._output = [route for _, route in self._ordered]
+        return list(self._output)
 
     def _programs(self, pool: Pool) -> bool:
         mode = self.program_cluster_routes
