@@ -56,5 +56,7 @@ def _netns_list() -> list[str]:
 
 def test_netns_demo_without_root_says_so(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
-    assert cli.main(["demo", "--netns", "--out", "/nonexistent/never-written"]) == 2
+    # The subcommand itself, not cli.main: that would reconfigure this process's logging.
+    args = cli.build_parser().parse_args(["demo", "--netns", "--out", "/nonexistent/never-written"])
+    assert args._module.run(args) == 2
     assert "run it as root" in capsys.readouterr().out

@@ -21,6 +21,8 @@ completes within the timeout is "ok"; a timeout is "timeout"; an immediate error
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import errno
 import json
 import os
@@ -90,8 +92,11 @@ class Child:
         self.argv = argv
         self.log_path = log_path
         self._log: IO[bytes] = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
+        # Own session: a Ctrl-C reaches only us, and we stop children in order. PDEATHSIG: if we die
+        # without cleaning up, they go too (it fires when the creating thread exits, so create them from
+        # a thread that lives as long as the cluster).
         self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log,
-                                        env=env, start_new_session=True)
+                                        env=env, start_new_session=True, preexec_fn=_die_with_parent)
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -112,6 +117,11 @@ class Child:
             return self.log_path.read_text(errors="replace")[-chars:]
         except OSError:
             return ""
+
+
+def _die_with_parent() -> None:
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def _agent_env() -> dict[str, str]:
