@@ -34,6 +34,7 @@ def test_storm_restart_resyncs_by_snapshot_and_cut_resumes(tmp_path: Path, capsy
     restart, cut = results["phases"]["restart"], results["phases"]["cut"]
     # A new server has a new epoch: nobody can resume, everybody gets the whole KV set again.
     assert restart["snapshotted"] == CLIENTS and restart["resumed"] == 0
+    assert restart["server_ready_secs"] is not None
     assert restart["kvs_in_snapshots"] + restart["kvs_in_deltas"] >= CLIENTS * 60
     assert cut["resumed"] == CLIENTS and cut["snapshotted"] == 0 and cut["resumed_but_sent_chunks"] == 0
     assert cut["kvs_in_snapshots"] == 0
