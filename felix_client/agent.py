@@ -12,8 +12,8 @@ into DIR, each atomically (temp file + rename), so a reader never sees half a fi
 agent programs the network namespace it runs in (`felix_client.dataplane`): iptables, IP sets,
 routes and sysctls. A full apply compares everything with the kernel, and one runs at least every
 `--resync-interval` seconds (also without updates), so drift (a rule deleted behind our back) is
-repaired; in between, an apply leaves alone the tables it would write unchanged and, unless the
-calculation marked routes dirty, the routes, sysctls and VXLAN device.
+repaired; in between, an apply leaves alone the tables and IP sets it would write unchanged and,
+unless the calculation marked routes dirty, the routes, sysctls and VXLAN device.
 
 `--apply-log FILE` (off by default; used by `python -m bench converge`) appends one JSON line per
 completed apply: `t` (time.monotonic() when the dataplane or the files were done: CLOCK_MONOTONIC is
@@ -99,7 +99,7 @@ class Agent:
         self.dataplane: Dataplane | None = None
         self._changed_policies: dict[str, str] = {}  # policy key -> revision, since the last apply
         # Kernel mode: what the last successful apply programmed, so the next may leave it alone.
-        self._programmed: dict[str, str] = {}  # table -> rendered text
+        self._programmed: dict[str, object] = {}  # table -> rendered text; "ipsets" -> desired sets
         self._links_dirty = True  # routes, sysctls or VXLAN changed since they were last programmed
         self._last_full = -math.inf  # monotonic start of the last successful full apply
         if options.dry_run is None:
@@ -192,15 +192,15 @@ class Agent:
             vtep = OwnVTEP(routing.vxlan_ips[me], routing.vxlan_macs[me], routing.host_ips[me])
         return state, vtep
 
-    def _skippable(self, texts: dict[str, str]) -> set[str]:
-        """Parts of the dataplane this apply may leave alone: tables rendered exactly as last
+    def _skippable(self, wanted: dict[str, object]) -> set[str]:
+        """Parts of the dataplane this apply may leave alone: tables and IP sets exactly as last
         programmed, and links (routes, sysctls, VXLAN) while the calculation marked no route change.
         Re-reading and rewriting all of it took most of an apply (netlink dumps, iptables-save and
         -restore of tables a policy edit cannot change); drift there is repaired by the full apply
         that runs at least every resync interval, as Felix's periodic refresh does."""
         if time.monotonic() - self._last_full >= self.options.resync_interval:
             return set()
-        skip = {name for name, text in texts.items() if self._programmed.get(name) == text}
+        skip = {name for name, value in wanted.items() if self._programmed.get(name) == value}
         if not self._links_dirty:
             skip.add("links")
         return skip
@@ -209,10 +209,11 @@ class Agent:
         assert self.dataplane is not None
         started = time.monotonic()
         tables = rules.render_tables(state, self.dataplane.iface_prefix)
-        texts = {name: table.render() for name, table in tables.items()}
-        skip = self._skippable(texts)
+        wanted: dict[str, object] = {name: table.render() for name, table in tables.items()}
+        wanted["ipsets"] = rules.desired_ipsets(state)
+        skip = self._skippable(wanted)
         self.dataplane.apply(state, vtep, skip=skip, tables=tables)
-        self._programmed = texts
+        self._programmed = wanted
         if "links" not in skip:
             self._links_dirty = False
         if not skip:

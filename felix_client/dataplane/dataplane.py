@@ -111,12 +111,13 @@ class Dataplane:
         """Bring the namespace to `state`. Order matters: sets before the rules that use them,
         stale sets only after the rules stopped referencing them, routes last.
 
-        `skip` ("raw", "nat", "filter", "links": sysctls, VXLAN device and routes) names parts the
-        caller knows are unchanged since its last apply; a resync passes nothing. `tables`: the
-        state's tables if the caller rendered them already."""
+        `skip` ("ipsets", "raw", "nat", "filter", "links": sysctls, VXLAN device and routes) names
+        parts the caller knows are unchanged since its last apply; a resync passes nothing. `tables`:
+        the state's tables if the caller rendered them already."""
         sets = rules.desired_ipsets(state)
-        existing_sets = self.list_ipsets()
-        self.write_ipsets(sets, existing_sets)
+        existing_sets = set() if "ipsets" in skip else self.list_ipsets()
+        if "ipsets" not in skip:
+            self.write_ipsets(sets, existing_sets)
         tables = tables or rules.render_tables(state, self.iface_prefix)
         for name in TABLES:
             if name not in skip:
