@@ -60,11 +60,9 @@ class ResumeStats(h2sink.StreamStats):
 
 
 class ResumeStream(h2sink.H2GrpcConnection):
-    def __init__(self, authority: str, syncer_type: str, index: int, stats: ResumeStats,
-                 ready: asyncio.Event) -> None:
+    def __init__(self, authority: str, syncer_type: str, index: int, stats: ResumeStats) -> None:
         super().__init__(authority)
         self.stats = stats
-        self.ready = ready
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         hello = pb.ClientHello(hostname=f"bench-{index}", syncer_type=syncer_type, compressions=["zstd"],
                                info="bench resume_sink", client_id=f"bench-{index}")
@@ -127,7 +125,6 @@ class ResumeStream(h2sink.H2GrpcConnection):
                 stats.synced_at = time.monotonic()
                 if not stats.snapshot_secs:
                     stats.snapshot_secs = stats.synced_at - stats.started_at
-                self.ready.set()
         elif kind == "ping":
             stats.pings += 1
             self.send_message(pb.ClientMessage(pong=pb.Pong(ping_timestamp_ns=message.ping.timestamp_ns))
@@ -147,11 +144,14 @@ async def run_stream(address: str, syncer_type: str, index: int, probe: bool, st
     host, port = address.rsplit(":", 1)
     loop = asyncio.get_running_loop()
     stats.started_at = time.monotonic()
+    # "Ready" once started: the orchestrator follows the first sync, like later ones, through
+    # `progress` (drive_streams answers no request until every stream is ready).
+    ready.set()
     while True:
         stream: ResumeStream | None = None
         try:
             _, stream = await loop.create_connection(
-                lambda: ResumeStream(address, syncer_type, index, stats, ready), host, int(port))
+                lambda: ResumeStream(address, syncer_type, index, stats), host, int(port))
             await stream.done
         except OSError as exc:
             stats.connect_failures += 1
@@ -201,9 +201,9 @@ def report(stats: list[ResumeStats], since: float) -> tuple[Any, ...]:
 
 
 def first_syncs(stats: list[ResumeStats], _arg: Any) -> tuple[Any, ...]:
-    """Per client: (first connection attempt, first in-sync or None, bytes, snapshot KVs)."""
+    """Per client: (first connection attempt, first in-sync or None, bytes, snapshot KVs, last error)."""
     return ("first_syncs", [(s.started_at, s.started_at + s.snapshot_secs if s.snapshot_secs else None,
-                             s.bytes, s.snapshot_kvs) for s in stats])
+                             s.bytes, s.snapshot_kvs, s.error) for s in stats])
 
 
 COMMANDS = {"mark": mark, "progress": progress, "report": report, "first_syncs": first_syncs}

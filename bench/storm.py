@@ -93,10 +93,14 @@ def wait_back(clients: StormClients, total: int, since: float, timeout: float, d
 
 
 def wait_initial(clients: StormClients, total: int, timeout: float, description: str, show: bool) -> dict[str, Any]:
-    with progress_bar(show) as bar:
-        bar.add_task(description, total=None, note=f"{total} clients connecting")
-        in_sync, slowest, errors = clients.wait_ready(timeout)
-    return {"clients_in_sync": in_sync, "slowest_secs": slowest, "errors": errors}
+    """Until every client's first sync (bounded); resume_sink streams report ready as soon as they start."""
+    clients.wait_ready(60)
+    wait_back(clients, total, 0.0, timeout, description, show)
+    rows = clients.first_syncs()
+    synced = [r for r in rows if r[1] is not None]
+    return {"clients_in_sync": len(synced),
+            "slowest_secs": max((r[1] - r[0] for r in synced), default=float("nan")),
+            "errors": sorted({r[4] for r in rows if r[1] is None and r[4]})[:3]}
 
 
 def summarise(rows: list[tuple[Any, ...]], event_at: float, back_at: float | None) -> dict[str, Any]:
