@@ -78,9 +78,8 @@ def test_vxlan_and_no_encap_between_nodes(cluster: FelixCluster) -> None:
     me, peer = c.nodes["node-1"], c.nodes["node-2"]
 
     # Device: VNI 4096, port 4789, on the underlay address, with this node's VTEP MAC and tunnel /32.
-    for node in (me, peer):
-        wait_for(lambda n=node.name: "vxlan.calico" in c.run(n, "ip", "link", "show"), 10,  # type: ignore[misc]
-                 lambda n=node.name: c.run(n, "ip", "-d", "link") + c.agent_log(n))  # type: ignore[misc]
+    wait_for(lambda: all("vxlan.calico" in c.run(n, "ip", "link", "show") for n in c.nodes), 10,
+             lambda: "; ".join(c.agent_log(n) for n in c.nodes))
     for node in (me, peer):
         (link,) = ip_json(c, node.name, "ip", "-j", "-d", "link", "show", "vxlan.calico")
         info = link["linkinfo"]["info_data"]
