@@ -16,6 +16,7 @@ import ipaddress
 import json
 import os
 import random
+import signal
 import tempfile
 import time
 from dataclasses import dataclass
@@ -58,6 +59,10 @@ def why_not(euid: int | None = None) -> str | None:
     return None
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def vpod_of(obj: dict[str, Any]) -> VPod:
     md = obj["metadata"]
     return VPod(md["namespace"], md["name"], obj["spec"]["nodeName"], obj["status"]["podIP"])
@@ -76,9 +81,11 @@ class NetnsDemo:
         self.timings: dict[str, float] = {}
 
     def run(self) -> int:
-        """0: the measured matrix equals the policies' matrix; 1: it does not (or a step failed)."""
+        """0: the measured matrix equals the policies' matrix; 1: it does not (or a step failed); 130: Ctrl-C."""
         self.out.mkdir(parents=True, exist_ok=True)
         configure_logging(self.out / "demo.log")
+        # SIGTERM too unwinds through the with blocks below, so the namespaces do not outlive us.
+        signal.signal(signal.SIGTERM, _interrupt)
         api = KubeAPIEmulator(bookmark_interval=0.2)
         try:
             with api.start("127.0.0.1", 0), VirtualCluster(self.out / "cluster", prefix="td") as vc:
@@ -86,6 +93,9 @@ class NetnsDemo:
         except (AssertionError, RuntimeError) as error:
             self.console.print(f"typha demo --netns failed: {error}", style="red", highlight=False)
             return 1
+        except KeyboardInterrupt:  # the cluster is torn down by then (the with blocks)
+            self.console.print("interrupted; namespaces and processes removed", style="yellow")
+            return 130
 
     def _phase(self, text: str) -> None:
         self.console.print(f"[bold]·[/bold] {text}", highlight=False)
