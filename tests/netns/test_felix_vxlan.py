@@ -5,9 +5,9 @@ Two pools: 10.70.0.0/16 with vxlanMode Always and 10.65.0.0/16 with no encapsula
 each per node, one pod per pool per node. The node annotations carry each node's VXLAN tunnel
 address and VTEP MAC, as calico-node leaves them.
 
-No-encap routes: in Calico, BIRD normally programs a no-encap pool's remote-block routes (`proto
-bird`); Felix programs them itself (`proto 80 onlink`, via the peer's node IP) when it owns cluster
-routes. felix_client always programs them, so this test needs no BIRD.
+No-encap routes: in a BIRD-backed Calico install BIRD programs a no-encap pool's remote-block routes
+(`proto bird`); Felix programs them itself (`proto 80 onlink`, via the peer's node IP) when
+FelixConfiguration ProgramClusterRoutes is Enabled, the default here, so this test needs no BIRD.
 """
 
 from __future__ import annotations
