@@ -16,6 +16,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "converge": ("bench.converge", "felix-client: policy write → dataplane change latency; iptables cost vs. policies"),
     "storm": ("bench.storm", "N clients back in sync after a server restart (snapshot) and a network cut (resume)"),
     "snapshot": ("bench.snapshot", "K keys to M clients joining at once: time to first in-sync, server CPU"),
+    "soak": ("bench.soak", "steady churn plus periodic faults: RSS and fds over time, the guarantee checker's verdict"),
     "report": ("bench.report", "plots (latency CDFs, deliveries/s and RSS vs clients, storm) from result JSON files"),
 }
 
