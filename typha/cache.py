@@ -249,7 +249,7 @@ class SnapshotCache:
                     skipped += 1
                     continue
                 del table[update.key]
-                self._flip(update.key, old.value)
+                self._removed(update.key, old.value)
                 kvs.append(pb.KV(key=update.key, revision=update.revision))
                 continue
             value = pack_value(update.value)
@@ -257,11 +257,11 @@ class SnapshotCache:
                 if old.value == value:
                     skipped += 1
                     continue
-                self._flip(update.key, old.value)
+                self._changed(update.key, old.value, value)
                 old.value, old.revision = value, update.revision
             else:
                 table[update.key] = _Entry(value, update.revision)
-            self._flip(update.key, value)
+                self._added(update.key, value)
             kvs.append(pb.KV(key=update.key, value=value, revision=update.revision))
         self.metrics.updates_total.inc(total)
         if skipped:
@@ -275,11 +275,22 @@ class SnapshotCache:
         self.metrics.cache_size.set(len(table))
         return len(kvs)
 
-    def _flip(self, key: str, value: bytes) -> None:
-        """Add or remove one live KV in the checksum and its bucket's digest."""
+    # The checksum and its per-bucket parts (with their key index) follow every change.
+
+    def _added(self, key: str, value: bytes) -> None:
         value_hash = kv_hash(key, value)
         self._digest ^= value_hash
-        self.buckets.toggle(key, value_hash)
+        self.buckets.add(key, value_hash)
+
+    def _removed(self, key: str, value: bytes) -> None:
+        value_hash = kv_hash(key, value)
+        self._digest ^= value_hash
+        self.buckets.discard(key, value_hash)
+
+    def _changed(self, key: str, old: bytes, new: bytes) -> None:
+        old_hash, new_hash = kv_hash(key, old), kv_hash(key, new)
+        self._digest ^= old_hash ^ new_hash
+        self.buckets.change(key, old_hash, new_hash)
 
     def set_status(self, status: SyncStatus) -> None:
         if status is self.status:
@@ -386,16 +397,16 @@ class SnapshotCache:
         kvs = message.deltas.kvs
         for kv in kvs:
             old = table.get(kv.key)
-            if old is not None:
-                self._flip(kv.key, old.value)
             if kv.value:
                 if old is not None:
+                    self._changed(kv.key, old.value, kv.value)
                     old.value, old.revision = kv.value, kv.revision
                 else:
                     table[kv.key] = _Entry(kv.value, kv.revision)
-                self._flip(kv.key, kv.value)
+                    self._added(kv.key, kv.value)
             elif old is not None:
                 del table[kv.key]
+                self._removed(kv.key, old.value)
         self.metrics.updates_total.inc(len(kvs))
         self._link(frame, len(kvs), is_deltas=True)
         self.metrics.cache_size.set(len(table))

@@ -14,11 +14,14 @@ The cache keeps MAX_BUCKETS and folds to whatever (smaller) count a client chose
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 FEATURE_DIGEST_RESYNC = "digest-resync"
 MIN_BUCKETS = 1024
 MAX_BUCKETS = 4096
+# Bits of each bucket digest on the wire (proto: BucketDigests): halves the hello; the repair's final
+# checksum check catches the rare difference they miss.
+WIRE_MASK = 0xFFFF_FFFF
 # Mean keys per bucket a client aims for: fewer means more digests in the hello, more means more
 # unchanged KVs resent with each differing bucket.
 KEYS_PER_BUCKET = 4
@@ -42,31 +45,46 @@ def valid_count(count: int) -> bool:
 
 
 def summarise(items: Iterable[tuple[str, int]], count: int) -> list[int]:
-    """Digests of (key, per-key hash) pairs cut into `count` buckets."""
+    """Digests of (key, per-key hash) pairs cut into `count` buckets, as sent (WIRE_MASK)."""
     mask = count - 1
     digests = [0] * count
     for key, value_hash in items:
         digests[bucket_hash(key) & mask] ^= value_hash
-    return digests
+    return [digest & WIRE_MASK for digest in digests]
 
 
 class BucketDigests:
-    """MAX_BUCKETS digests updated in O(1) per change (XOR the old hash out, the new one in)."""
+    """MAX_BUCKETS digests, and the keys in each bucket, updated in O(1) per change.
 
-    __slots__ = ("_digests",)
+    The key index is what lets the server answer a summary in O(KVs sent) rather than with a pass
+    over the whole cache per reconnecting client (a replica that dies sends all its clients at once).
+    """
+
+    __slots__ = ("_digests", "_keys")
 
     def __init__(self) -> None:
         self._digests = [0] * MAX_BUCKETS
+        self._keys: list[set[str]] = [set() for _ in range(MAX_BUCKETS)]
 
     @classmethod
     def of(cls, items: Iterable[tuple[str, int]]) -> BucketDigests:
         made = cls()
-        made._digests = summarise(items, MAX_BUCKETS)
+        for key, value_hash in items:
+            made.add(key, value_hash)
         return made
 
-    def toggle(self, key: str, value_hash: int) -> None:
-        """Add or remove one key's hash (XOR is its own inverse)."""
-        self._digests[bucket_hash(key) & (MAX_BUCKETS - 1)] ^= value_hash
+    def add(self, key: str, value_hash: int) -> None:
+        bucket = bucket_hash(key) & (MAX_BUCKETS - 1)
+        self._digests[bucket] ^= value_hash
+        self._keys[bucket].add(key)
+
+    def discard(self, key: str, value_hash: int) -> None:
+        bucket = bucket_hash(key) & (MAX_BUCKETS - 1)
+        self._digests[bucket] ^= value_hash
+        self._keys[bucket].discard(key)
+
+    def change(self, key: str, old_hash: int, new_hash: int) -> None:
+        self._digests[bucket_hash(key) & (MAX_BUCKETS - 1)] ^= old_hash ^ new_hash
 
     def folded(self, count: int) -> list[int]:
         if not valid_count(count):
@@ -77,9 +95,14 @@ class BucketDigests:
             width //= 2
             low, high = digests[:width], digests[width : 2 * width]
             digests = [a ^ b for a, b in zip(low, high, strict=True)]
-        return digests
+        return [digest & WIRE_MASK for digest in digests]
 
     def differing(self, theirs: Sequence[int]) -> list[int]:
         """Bucket numbers (at len(theirs) buckets) where `theirs` differs from ours."""
         ours = self.folded(len(theirs))
         return [index for index, (a, b) in enumerate(zip(ours, theirs, strict=True)) if a != b]
+
+    def keys_in(self, bucket: int, count: int) -> Iterator[str]:
+        """The keys of bucket `bucket` at `count` buckets: the fine buckets with the same low bits."""
+        for fine in range(bucket, MAX_BUCKETS, count):
+            yield from self._keys[fine]

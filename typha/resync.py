@@ -7,8 +7,8 @@ BucketChunk frames; otherwise the caller falls back to a snapshot, which is chea
 part of the set has to travel anyway (and is shared by every joining client, this answer is not).
 
 Runs synchronously on the event loop, so the contents and the crumb the client continues from
-belong to the same moment. Cost: one CRC-32 per cached key to find the differing buckets' keys, then
-encoding and compressing only those KVs.
+belong to the same moment. Cost: comparing the digests (O(buckets)), then looking up, encoding and
+compressing only the KVs sent, through the cache's bucket index.
 """
 
 from __future__ import annotations
@@ -18,9 +18,14 @@ from dataclasses import dataclass
 import zstandard
 
 from typha.cache import Breadcrumb, SnapshotCache
-from typha.digests import bucket_hash, valid_count
+from typha.digests import valid_count
 from typha.model.kv import SyncStatus
 from typha.proto import sync_pb2 as pb
+
+# An answer is built per client (a snapshot is shared), and small: a stronger level than the snapshot's
+# pays. Measured on a 10,000-key generated cluster's 1% repair (156 KB raw): level 3 -> 13.7 KB in
+# ~0.2 ms, level 6 -> 12.0 KB in ~3.5 ms.
+REPAIR_ZSTD_LEVEL = 6
 
 
 class RepairDeclined(Exception):
@@ -47,41 +52,42 @@ def plan_repair(cache: SnapshotCache, summary: pb.BucketDigests, max_fraction: f
     differing = cache.buckets.differing(summary.digests)
     if len(differing) > max_fraction * count:
         raise RepairDeclined(f"{len(differing)} of {count} buckets differ")
-    mask = count - 1
-    wanted = set(differing)
-    by_bucket: dict[int, list[tuple[str, bytes, str]]] = {bucket: [] for bucket in differing}
-    if wanted:
-        for key, value, revision in cache.items():
-            bucket = bucket_hash(key) & mask
-            if bucket in wanted:
-                by_bucket[bucket].append((key, value, revision))
-    frames = _encode(cache, crumb, count, by_bucket)
+    buckets = cache.buckets
+    by_bucket: dict[int, list[tuple[str, bytes, str]]] = {}
+    for bucket in differing:
+        found = by_bucket[bucket] = []
+        for key in buckets.keys_in(bucket, count):
+            entry = cache.get(key)
+            assert entry is not None, f"the bucket index has {key!r}, the cache does not"
+            found.append((key, *entry))
+    frames = _encode(cache, crumb, by_bucket)
     return BucketRepair(crumb, count, frames, len(differing), sum(map(len, by_bucket.values())))
 
 
-def _encode(
-    cache: SnapshotCache, crumb: Breadcrumb, count: int, by_bucket: dict[int, list[tuple[str, bytes, str]]]
-) -> list[bytes]:
+def _encode(cache: SnapshotCache, crumb: Breadcrumb, by_bucket: dict[int, list[tuple[str, bytes, str]]]) -> list[bytes]:
     """Chunks of ~snapshot_chunk_bytes raw, each carrying whole buckets (at least one chunk)."""
     limit = cache.limits.snapshot_chunk_bytes
-    compressor = zstandard.ZstdCompressor(level=cache.limits.zstd_level)
-    parts: list[tuple[list[int], list[pb.KV]]] = []
-    buckets: list[int] = []
-    kvs: list[pb.KV] = []
+    compressor = zstandard.ZstdCompressor(level=max(cache.limits.zstd_level, REPAIR_ZSTD_LEVEL))
+    parts: list[tuple[list[int], list[tuple[str, bytes, str]]]] = []
+    chunk_buckets: list[int] = []
+    chunk_kvs: list[tuple[str, bytes, str]] = []
     size = 0
     for bucket in sorted(by_bucket):
-        buckets.append(bucket)
-        for key, value, revision in sorted(by_bucket[bucket]):
-            kvs.append(pb.KV(key=key, value=value, revision=revision))
-            size += len(key) + len(value) + len(revision) + 8
+        chunk_buckets.append(bucket)
+        for kv in by_bucket[bucket]:
+            chunk_kvs.append(kv)
+            size += len(kv[0]) + len(kv[1]) + len(kv[2]) + 8
         if size >= limit:
-            parts.append((buckets, kvs))
-            buckets, kvs, size = [], [], 0
-    if buckets or not parts:
-        parts.append((buckets, kvs))
+            parts.append((chunk_buckets, chunk_kvs))
+            chunk_buckets, chunk_kvs, size = [], [], 0
+    if chunk_buckets or not parts:
+        parts.append((chunk_buckets, chunk_kvs))
     frames = []
     for index, (chunk_buckets, chunk_kvs) in enumerate(parts):
-        data = compressor.compress(pb.Deltas(kvs=chunk_kvs).SerializeToString())
+        # Sorted by key, like a snapshot: neighbouring keys share long prefixes, which zstd exploits.
+        chunk_kvs.sort()
+        kvs = [pb.KV(key=key, value=value, revision=revision) for key, value, revision in chunk_kvs]
+        data = compressor.compress(pb.Deltas(kvs=kvs).SerializeToString())
         chunk = pb.BucketChunk(
             sequence=crumb.sequence, index=index, count=len(parts), buckets=chunk_buckets, compression="zstd",
             data=data, digest=crumb.digest, key_count=crumb.key_count,

@@ -17,6 +17,7 @@ from typha.digests import (
     FEATURE_DIGEST_RESYNC,
     MAX_BUCKETS,
     MIN_BUCKETS,
+    WIRE_MASK,
     BucketDigests,
     bucket_count_for,
     bucket_hash,
@@ -92,7 +93,7 @@ def test_folding_equals_summarising_at_the_smaller_count_and_xor_is_the_checksum
     total = 0
     for _, value_hash in items:
         total ^= value_hash
-    assert digests.folded(1) == [total]
+    assert digests.folded(1) == [total & WIRE_MASK]
     with pytest.raises(ValueError):
         digests.folded(3000)
     with pytest.raises(ValueError):
@@ -105,8 +106,8 @@ def test_differing_names_exactly_the_changed_buckets():
     theirs = summarise(items, 2048)
     assert digests.differing(theirs) == []
     changed = ["/k10", "/k4000"]
-    digests.toggle("/k10", 10 * 7919 + 1)  # deleted on our side
-    digests.toggle("/k4000", 12345)  # a second hash in the bucket: the value changed
+    digests.discard("/k10", 10 * 7919 + 1)  # deleted on our side
+    digests.change("/k4000", 4000 * 7919 + 1, 12345)  # the value changed
     assert digests.differing(theirs) == sorted({bucket_hash(key) & 2047 for key in changed})
 
 
@@ -132,7 +133,11 @@ def test_cache_bucket_digests_follow_every_change(batches):
             crumb = crumb.next
         for each in (cache, replica):
             assert each.buckets.folded(1024) == summarise(hashes(each), 1024)
-            assert each.buckets.folded(1) == [digest_of((k, v) for k, v, _ in each.items())] == [each.digest]
+            whole = digest_of((k, v) for k, v, _ in each.items())
+            assert whole == each.digest and each.buckets.folded(1) == [whole & WIRE_MASK]
+            for bucket in (0, 5, 1023):  # the key index agrees with the digests
+                assert set(each.buckets.keys_in(bucket, 1024)) == {k for k, _ in hashes(each)
+                                                                   if bucket_hash(k) & 1023 == bucket}
     reset = SnapshotCache("felix")
     reset.replicate_reset("e", 9, list(cache.items()), SyncStatus.IN_SYNC)
     assert reset.buckets.folded(4096) == cache.buckets.folded(4096)

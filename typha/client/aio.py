@@ -114,6 +114,7 @@ class AsyncSyncClient:
         read_timeout: float = 30.0,
         verify_checksums: bool = True,
         checksum_mismatch_limit: int = 2,
+        digest_resync: bool = True,
         max_pending_events: int = 64,
         max_consecutive_failures: int | None = None,
         rediscover: Callable[[], Sequence[str]] | None = None,
@@ -125,6 +126,7 @@ class AsyncSyncClient:
         self.core = SyncClientCore(
             syncer_type, hostname=hostname, info=info, client_id=client_id,
             verify_checksums=verify_checksums, checksum_mismatch_limit=checksum_mismatch_limit,
+            digest_resync=digest_resync,
         )
         self.counters = ClientCounters()
         self._callbacks = callbacks
