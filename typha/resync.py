@@ -13,6 +13,9 @@ compressing only the KVs sent, through the cache's bucket index.
 
 from __future__ import annotations
 
+import time
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import zstandard
@@ -39,6 +42,47 @@ class BucketRepair:
     frames: list[bytes]  # encoded ServerMessage(buckets=…) frames
     buckets: int  # how many differ
     kvs: int  # KVs sent
+    built_at: float = 0.0  # the cache's clock
+
+
+class RepairPlanner:
+    """plan_repair for one cache, sharing an answer among clients that send the same summary.
+
+    When a replica dies, its clients arrive at another one together, mostly with identical mirrors
+    and so identical summaries: like a snapshot, one answer then serves them all while it is fresh
+    (the cache's snapshot_reuse_secs) and its crumb is still in the window for them to continue from.
+    """
+
+    def __init__(
+        self, cache: SnapshotCache, max_fraction: float, *, keep: int = 16, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.cache = cache
+        self.clock = clock
+        self.max_fraction = max_fraction
+        self.keep = keep
+        self.built = 0
+        self.shared = 0
+        self._answers: OrderedDict[bytes, tuple[int, BucketRepair]] = OrderedDict()
+
+    def plan(self, summary: pb.BucketDigests) -> BucketRepair:
+        cache = self.cache
+        key = summary.SerializeToString()
+        now = self.clock()
+        found = self._answers.get(key)
+        if found is not None:
+            generation, repair = found
+            if (generation == cache.generation and cache.in_window(repair.crumb)
+                    and now - repair.built_at < cache.limits.snapshot_reuse_secs):
+                self.shared += 1
+                return repair
+            del self._answers[key]
+        repair = plan_repair(cache, summary, self.max_fraction)
+        repair.built_at = now
+        self.built += 1
+        self._answers[key] = (cache.generation, repair)
+        while len(self._answers) > self.keep:
+            self._answers.popitem(last=False)
+        return repair
 
 
 def plan_repair(cache: SnapshotCache, summary: pb.BucketDigests, max_fraction: float) -> BucketRepair:

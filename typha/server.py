@@ -35,7 +35,7 @@ from typha.config import TyphaConfig
 from typha.digests import FEATURE_DIGEST_RESYNC
 from typha.model.kv import SyncStatus
 from typha.proto import sync_pb2 as pb
-from typha.resync import RepairDeclined, plan_repair
+from typha.resync import RepairDeclined, RepairPlanner
 from typha.server_metrics import ServerMetrics
 
 log = logging.getLogger(__name__)
@@ -136,6 +136,8 @@ class SyncServer:
         self.health = health.aio.HealthServicer()
         self.draining = False
         self._feature_sets: dict[frozenset[str], frozenset[str]] = {}
+        self.repairs = {name: RepairPlanner(cache, self.settings.digest_resync_max_fraction)
+                        for name, cache in self.caches.items()}
         self._server: grpc.aio.Server | None = None
         self._watchdog: asyncio.Task[None] | None = None
         self.port = 0
@@ -314,7 +316,7 @@ class SyncServer:
             return
         if conn.supports(FEATURE_DIGEST_RESYNC) and hello.HasField("digests"):
             try:
-                repair = plan_repair(cache, hello.digests, self.settings.digest_resync_max_fraction)
+                repair = self.repairs[conn.syncer_type].plan(hello.digests)
             except RepairDeclined as exc:
                 log.info("%s (%s) cannot resync by digest: %s; sending a snapshot", conn.peer, conn.hostname, exc)
             else:

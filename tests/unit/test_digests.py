@@ -297,3 +297,23 @@ def test_bucket_chunks_are_refused_unless_a_summary_was_sent_and_named_the_right
     core.receive(session, replies[0])
     with pytest.raises(ProtocolError, match="none of its buckets"):
         core.receive(session, wrong)
+
+
+def test_planner_shares_one_answer_among_identical_summaries_while_fresh():
+    from typha.resync import RepairPlanner
+
+    old, new = cache_with(updates(3000)), cache_with(updates(3000))
+    new.apply([Update("/calico/v1/host/n0/k00007", {"changed": True}, "2")])
+    now = [100.0]
+    planner = RepairPlanner(new, 0.25, clock=lambda: now[0])
+    summary = pb.BucketDigests(count=1024, digests=old.buckets.folded(1024))
+    first = planner.plan(summary)
+    assert planner.plan(pb.BucketDigests.FromString(summary.SerializeToString())) is first
+    other = pb.BucketDigests(count=2048, digests=old.buckets.folded(2048))
+    assert planner.plan(other) is not first and (planner.built, planner.shared) == (2, 1)
+    new.apply([Update("/calico/v1/host/n0/k00008", {"changed": True}, "3")])
+    shared = planner.plan(summary)  # still fresh: the client continues from the answer's crumb
+    assert shared is first and shared.crumb is not new.newest
+    now[0] += new.limits.snapshot_reuse_secs
+    rebuilt = planner.plan(summary)
+    assert rebuilt is not first and rebuilt.crumb is new.newest and rebuilt.buckets == 2
