@@ -185,11 +185,14 @@ def test_client_connections_cut(tmp_path, where):
             sizes = [link.downstream for link in proxy.links]
             assert sizes and min(sizes) > 200
             if where == "mid-snapshot":
-                proxy.next_budgets = [rng.randint(100, min(sizes) - 50) for _ in range(2 * len(SYNCERS) * 3)]
+                # 40-80% of the smallest stream: past the ServerHello, inside the (single-chunk) snapshot.
+                low, high = int(0.4 * min(sizes)), int(0.8 * min(sizes))
+                proxy.next_budgets = [rng.randint(low, high) for _ in range(len(SYNCERS) * 3)]
                 victims = rig.add_clients(endpoint, channel_options=OWN_CONNECTION)
                 await rig.wait_in_sync()
                 assert proxy.cuts >= len(victims)
-                assert all(c.counters.connections >= 2 and c.counters.snapshots >= 1 for c in victims)
+                for client in victims:  # each lost a stream before it was in sync, then got a whole snapshot
+                    assert client.counters.failed_connections >= 1 and client.counters.snapshots >= 1
                 await churn(rig.api, rng, 30)
             else:
                 victims = rig.add_clients(endpoint, channel_options=OWN_CONNECTION)
