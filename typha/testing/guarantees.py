@@ -27,6 +27,9 @@ What `verdict()` checks, per client (values are compared as the msgpack bytes th
 - **checksums**: the client's own digest (`set_final`), the server's digest and the digest of the
   expected KV set are all equal, and the client's own mirror equals the one its updates built.
 
+Cost: every commit and every delivered value is kept until the verdict, so a long soak should
+record a handful of clients (the others can still be compared by digest).
+
 Histories can be fed by hand (`record_commit`, `ClientRecord.on_updates`, ...) for the checker's own
 tests or for clients in another process: `ClientRecord` is a plain picklable object.
 """
