@@ -145,6 +145,10 @@ def _run(cmd: list[str]) -> tuple[bool, str]:
     return result.returncode == 0, (result.stdout + result.stderr).strip()
 
 
+class RenderFailed(Exception):
+    """A oneshot run could not render its config."""
+
+
 class ConfdAgent:
     """Mirror of the bgp syncer → BGP model → six files; I/O to BIRD through injectable commands."""
 
@@ -350,7 +354,14 @@ class ConfdAgent:
                             await trio.to_thread.run_sync(
                                 self.kube.wait_synced, self.settings.in_sync_timeout, abandon_on_cancel=True
                             )
-                    self.apply(self.render())
+                    try:
+                        files = self.render()
+                    except Exception as exc:
+                        # What typha sent cannot be rendered (e.g. a value of the wrong shape): the
+                        # one render of a oneshot run failed, so the run did.
+                        log.exception("render failed")
+                        raise RenderFailed(f"cannot render the BIRD config from the datastore: {exc!r}") from exc
+                    self.apply(files)
                     self.rendered.set()
                     return
                 async with trio.open_nursery() as nursery:
@@ -404,6 +415,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except trio.TooSlowError:
         print("confd-client: not in sync before the timeout", file=sys.stderr)
+        return 1
+    except RenderFailed as exc:
+        print(f"confd-client: {exc}", file=sys.stderr)
         return 1
     return 0
 

@@ -148,6 +148,11 @@ class TrioSyncClient:
     def _thread_main(self) -> None:
         try:
             asyncio.run(self._amain())
+        except ConnectionError as exc:
+            # The client gave up (max_consecutive_failures): expected, and its message says why.
+            log.error("sync client stopped: %s", exc)
+            self._post(_Failed(exc))
+            self._post_sync(self._started.set)
         except BaseException as exc:
             log.exception("sync client worker failed")
             self._post(_Failed(exc))
