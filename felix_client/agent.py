@@ -357,11 +357,27 @@ async def _main(options: AgentOptions) -> None:
         nursery.cancel_scope.cancel()
 
 
+def _gave_up(exc: BaseException) -> ConnectionError | None:
+    """The sync client's give-up error (max_consecutive_failures), if that alone stopped the agent;
+    trio's nurseries deliver it wrapped in exception groups."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc if isinstance(exc, ConnectionError) else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     options = parse_args(argv)
     log.info("felix-client for node %s following %s, %s", options.hostname, options.typha,
              f"dry run into {options.dry_run}" if options.dry_run else "programming this network namespace")
-    trio.run(_main, options)
+    try:
+        trio.run(_main, options)
+    except (ConnectionError, BaseExceptionGroup) as exc:
+        gave_up = _gave_up(exc)
+        if gave_up is None:
+            raise
+        # Expected (no usable typha): say why in one line and exit non-zero for the supervisor.
+        print(f"felix-client: {gave_up}", file=sys.stderr)
+        return 1
     return 0
 
 
