@@ -64,31 +64,54 @@ def in_sync(sequence: int = 1) -> bytes:
     return frame(status=pb.SyncStatus(status=pb.SyncStatus.IN_SYNC, sequence=sequence))
 
 
-# What a garbage server sends on each stream, by mode. Each is a function of a seeded Random so that a
-# failing run can be replayed.
-def _random_bytes(rng: random.Random) -> list[bytes]:
+# What a garbage server sends on each stream, by mode: a function of a seeded Random (so that a failing
+# run can be replayed) and of the syncer type the client asked for.
+def _random_bytes(rng: random.Random, syncer: str) -> list[bytes]:
     return [rng.randbytes(rng.randint(1, 200)) for _ in range(5)]
 
 
-def _wrong_order(rng: random.Random) -> list[bytes]:
+def _wrong_order(rng: random.Random, syncer: str) -> list[bytes]:
     return [frame(deltas=pb.Deltas(kvs=[pb.KV(key="/calico/v1/x", value=msgpack.packb({"a": 1}))], sequence=5))]
 
 
-def _bad_snapshot(rng: random.Random) -> list[bytes]:
+def _bad_snapshot(rng: random.Random, syncer: str) -> list[bytes]:
     chunk = pb.SnapshotChunk(sequence=1, index=0, count=1, compression="zstd", data=rng.randbytes(64))
-    return [valid_hello(), frame(snapshot=chunk)]
+    return [valid_hello(syncer), frame(snapshot=chunk)]
 
 
-def _bad_values(rng: random.Random) -> list[bytes]:
+def _bad_values(rng: random.Random, syncer: str) -> list[bytes]:
     """Valid protocol, values that are not msgpack: the client must refuse them, not pass them on."""
-    return [valid_hello(), snapshot_of({"/calico/v1/config/LogSeverityScreen": b"\xc1\xc1\xc1"}), in_sync()]
+    return [valid_hello(syncer), snapshot_of({"/calico/v1/config/LogSeverityScreen": b"\xc1\xc1\xc1"}), in_sync()]
 
 
-MODES: dict[str, Callable[[random.Random], list[bytes]]] = {
+# Keys each agent interprets, with values of the wrong shape (valid msgpack, valid protocol).
+WRONG_SHAPES = {
+    "/calico/v1/host/node-1/workload/k8s/demo%2fp/endpoint/eth0": "not a dict",
+    "/calico/v1/policy/tier/default/policy/default.p": [1, 2, 3],
+    "/calico/v1/policy/GlobalNetworkPolicy//p": {"inbound_rules": "all", "selector": 7},
+    "/calico/v1/policy/profile/kns.demo/rules": 42,
+    "/calico/v1/host/node-1/bird_ip": {"ip": True},
+    "/calico/v1/ipam/v2/host/node-1/ipv4/block/10.65.0.0-26": "x",
+    "/calico/resources/v3/projectcalico.org/nodes/node-1": {"spec": "nope"},
+    "/calico/resources/v3/projectcalico.org/bgppeers/p": [None],
+    "/calico/resources/v3/projectcalico.org/bgpconfigurations/default": {"spec": {"asNumber": "many"}},
+    "/calico/v1/ipam/v4/pool/10.65.0.0-16": {"cidr": 5},
+    "/calico/v1/config/LogSeverityScreen": {"not": "a string"},
+    "/calico/bgp/v1/global/as_num": [],
+}
+
+
+def _wrong_shapes(rng: random.Random, syncer: str) -> list[bytes]:
+    kvs = {key: msgpack.packb(value, use_bin_type=True) for key, value in WRONG_SHAPES.items()}
+    return [valid_hello(syncer), snapshot_of(kvs), in_sync()]
+
+
+MODES: dict[str, Callable[[random.Random, str], list[bytes]]] = {
     "random-bytes": _random_bytes,
     "wrong-order": _wrong_order,
     "bad-snapshot": _bad_snapshot,
     "bad-values": _bad_values,
+    "wrong-shapes": _wrong_shapes,
 }
 
 
@@ -99,7 +122,7 @@ class GarbageServer:
     after its frames when the client goes away (or after `hold_secs`).
     """
 
-    def __init__(self, mode: str | Callable[[random.Random], Iterable[bytes]], seed: int = 0,
+    def __init__(self, mode: str | Callable[[random.Random, str], Iterable[bytes]], seed: int = 0,
                  hold_secs: float = 5.0) -> None:
         self.produce = MODES[mode] if isinstance(mode, str) else mode
         self.rng = random.Random(seed)
@@ -110,8 +133,12 @@ class GarbageServer:
 
     async def _handle(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
         self.streams += 1
-        await context.read()  # the hello, whatever it is
-        for data in self.produce(self.rng):
+        raw = await context.read()
+        try:  # echo the syncer type, so that the garbage gets past the client's first check
+            syncer = pb.ClientMessage.FromString(raw).hello.syncer_type or "felix"
+        except Exception:
+            syncer = "felix"
+        for data in self.produce(self.rng, syncer):
             await context.write(data)
         await asyncio.sleep(self.hold_secs)
 

@@ -14,7 +14,7 @@ from typha.client.events import Backoff
 from .support import MODES, GarbageServer
 
 
-@pytest.mark.parametrize("mode", sorted(MODES))
+@pytest.mark.parametrize("mode", sorted(set(MODES) - {"wrong-shapes"}))  # that one is valid protocol
 def test_garbage_is_a_protocol_error_then_reconnect_then_a_clear_give_up(mode):
     async def scenario() -> None:
         server = GarbageServer(mode, seed=7, hold_secs=2.0)
