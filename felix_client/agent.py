@@ -215,7 +215,11 @@ class Agent:
         self.dataplane.apply(state, vtep, skip=skip, tables=tables)
         self._programmed = wanted
         if "links" not in skip:
-            self._links_dirty = False
+            # A workload interface the CNI has not created yet: its route and sysctls wait for it, so
+            # every apply tries again rather than only the next resync. (A missing tunnel device, say
+            # tunl0 without the ipip module, is not coming soon: the resync retries that.)
+            prefix = self.dataplane.iface_prefix
+            self._links_dirty = any(dev.startswith(prefix) for dev in self.dataplane.missing_devices)
         if not skip:
             self._last_full = started
         self.stats.applies += 1

@@ -88,6 +88,7 @@ class Dataplane:
         self.restore = _tool(self.backend, "iptables-restore")
         self.save = _tool(self.backend, "iptables-save")
         self.stats = ApplyStats()
+        self.missing_devices: set[str] = set()  # route devices absent at the last apply_routes
 
     # --- helpers ------------------------------------------------------------------------------
 
@@ -270,11 +271,13 @@ class Dataplane:
             index = {name: i for i, name in names.items()}
             self._apply_vteps(ipr, state.vteps)
             desired: dict[str, Route] = {}
+            self.missing_devices = set()
             for route in state.routes:
                 if route.dev and route.dev not in index:
                     # The CNI has not created the interface yet (or the tunnel is down): the next
                     # apply or resync adds the route once it exists.
                     log.debug("route %s: device %s missing", route.dst, route.dev)
+                    self.missing_devices.add(route.dev)
                     continue
                 desired[str(ipaddress.ip_network(route.dst, strict=False))] = route
             owned: dict[str, dict] = {}

@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+from typha.testing.apiserver import KubeAPIEmulator
+
 from .test_agent_kernel import node, pytestmark, run, typha_unix, wait_for  # noqa: F401 (fixtures, marks)
 from .worked_example import FRONTEND_IF, POLICY_CHAIN, policy_object
 
@@ -24,15 +26,36 @@ def applies(log: Path) -> list[dict]:
     return [json.loads(line) for line in log.read_text().splitlines() if line.endswith("}")]
 
 
-def test_policy_edits_skip_routes_and_full_apply_repairs_them(typha_unix, node, tmp_path):  # noqa: F811
-    api, address = typha_unix
-    log = tmp_path / "applies.jsonl"
-    agent = subprocess.Popen(
-        ["ip", "netns", "exec", node, sys.executable, "-m", "felix_client.agent", "--typha", address,
-         "--hostname", "node-1", "--debounce", "0.02", "--resync-interval", "1.5", "--apply-log", str(log),
+def start_agent(netns: str, address: str, log: Path, resync: float) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        ["ip", "netns", "exec", netns, sys.executable, "-m", "felix_client.agent", "--typha", address,
+         "--hostname", "node-1", "--debounce", "0.02", "--resync-interval", str(resync), "--apply-log", str(log),
          "--log-level", "warning"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
+
+
+def edit_policy(api: KubeAPIEmulator, port: int) -> None:
+    rule = {"from": [{"podSelector": {"matchLabels": {"app": "frontend"}}}],
+            "ports": [{"protocol": "TCP", "port": port}]}
+    api.upsert(policy_object() | {"spec": {**policy_object()["spec"], "ingress": [rule]}})
+
+
+def stop_agent(agent: subprocess.Popen[str]) -> None:
+    agent.terminate()
+    try:
+        _, err = agent.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        agent.kill()
+        _, err = agent.communicate()
+    assert agent.returncode == 0, err
+    assert "Traceback" not in err, err
+
+
+def test_policy_edits_skip_routes_and_full_apply_repairs_them(typha_unix, node, tmp_path):  # noqa: F811
+    api, address = typha_unix
+    log = tmp_path / "applies.jsonl"
+    agent = start_agent(node, address, log, 1.5)
     try:
         wait_for(lambda: len(applies(log)) > 0, "the first apply")
         assert applies(log)[0]["skipped"] == []  # the first apply programs everything
@@ -48,9 +71,7 @@ def test_policy_edits_skip_routes_and_full_apply_repairs_them(typha_unix, node, 
         while ROUTE not in run(node, "ip", "route", "show"):
             assert time.monotonic() < deadline, "the route was not restored by a full apply"
             port += 1
-            api.upsert(policy_object() | {"spec": {**policy_object()["spec"], "ingress": [
-                {"from": [{"podSelector": {"matchLabels": {"app": "frontend"}}}],
-                 "ports": [{"protocol": "TCP", "port": port}]}]}})
+            edit_policy(api, port)
             time.sleep(0.2)
         wait_for(lambda: f"--dport {port}" in run(node, "iptables-save", "-t", "filter")
                  or f"--dports {port}" in run(node, "iptables-save", "-t", "filter"), "the last edit's rule")
@@ -61,11 +82,21 @@ def test_policy_edits_skip_routes_and_full_apply_repairs_them(typha_unix, node, 
         assert POLICY_CHAIN in run(node, "iptables-save", "-t", "filter")
         assert run(node, "iptables-save", "-t", "nat").count("-A cali-") == nat_before.count("-A cali-")
     finally:
-        agent.terminate()
-        try:
-            _, err = agent.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            agent.kill()
-            _, err = agent.communicate()
-    assert agent.returncode == 0, err
-    assert "Traceback" not in err, err
+        stop_agent(agent)
+
+
+def test_interface_created_after_its_endpoint_gets_its_route_at_the_next_apply(typha_unix, node, tmp_path):  # noqa: F811
+    api, address = typha_unix
+    log = tmp_path / "applies.jsonl"
+    run(node, "ip", "link", "del", FRONTEND_IF)  # the CNI has not created it yet
+    agent = start_agent(node, address, log, 3600)  # no resync within the test: only applies can help
+    try:
+        wait_for(lambda: len(applies(log)) > 0, "the first apply")
+        assert ROUTE not in run(node, "ip", "route", "show")
+        run(node, "ip", "link", "add", FRONTEND_IF, "type", "veth", "peer", "name", f"p{FRONTEND_IF[-6:]}")
+        run(node, "ip", "link", "set", FRONTEND_IF, "up")
+        # An update that dirties no route: the apply still retries the route that lacked its device.
+        edit_policy(api, 9100)
+        wait_for(lambda: ROUTE in run(node, "ip", "route", "show"), "the late interface's route", timeout=15)
+    finally:
+        stop_agent(agent)
