@@ -1,9 +1,11 @@
 """A loopback TCP proxy, in its own process, that can cut the network for a while.
 
-Clients connect to the proxy and it relays each connection to the server. On `cut(secs)` it aborts
-every relayed connection on both sides and stops listening (new connections are refused) for
-`secs`, then listens again; the server keeps running throughout. That is what a short partition
-between the nodes and Typha looks like to both ends, without touching the host's network.
+Clients connect to the proxy and it relays each connection to the server. On `cut(secs, mode)` it
+aborts every relayed connection on both sides; for `secs` after that, new connections are either
+held (mode "hold": accepted, but nothing is relayed until the cut ends, as if the SYN were lost and
+retransmitted at the end of the partition) or refused (mode "refuse": the proxy stops listening, so
+clients see ECONNREFUSED and must retry). The server keeps running throughout. No change to the
+host's network is needed.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import time
 from typing import Any
 
 from bench.h2sink import raise_fd_limit
+
+CUT_MODES = ("hold", "refuse")
 
 
 class _Relay(asyncio.Protocol):
@@ -63,6 +67,8 @@ class _Proxy:
         self.relays: set[_Relay] = set()
         self.server: asyncio.Server | None = None
         self.accepted = 0
+        self.held: list[_Relay] | None = None  # during a "hold" cut: accepted clients not relayed yet
+        self._tasks: set[asyncio.Task[None]] = set()  # the loop keeps only weak references to tasks
 
     async def listen(self, port: int) -> int:
         loop = asyncio.get_running_loop()
@@ -72,8 +78,16 @@ class _Proxy:
     def _accept(self) -> _Relay:
         self.accepted += 1
         client = _Relay(self)
-        asyncio.get_running_loop().create_task(self._connect_upstream(client))
+        if self.held is not None:
+            self.held.append(client)
+        else:
+            self._relay(client)
         return client
+
+    def _relay(self, client: _Relay) -> None:
+        task = asyncio.get_running_loop().create_task(self._connect_upstream(client))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _connect_upstream(self, client: _Relay) -> None:
         loop = asyncio.get_running_loop()
@@ -91,17 +105,25 @@ class _Proxy:
             upstream.transport.write(data)
         client.pending.clear()
 
-    async def cut(self, secs: float) -> dict[str, Any]:
-        assert self.server is not None
+    async def cut(self, secs: float, mode: str) -> dict[str, Any]:
+        assert self.server is not None and mode in CUT_MODES
         port = self.server.sockets[0].getsockname()[1]
         cut_at = time.monotonic()
-        self.server.close()  # refuse new connections for the whole cut
+        if mode == "refuse":
+            self.server.close()
+        else:
+            self.held = []
         dropped = len(self.relays) // 2
         for relay in list(self.relays):
             relay.abort()
         await asyncio.sleep(secs)
-        await self.listen(port)
-        return {"cut_at": cut_at, "restored_at": time.monotonic(), "dropped": dropped}
+        held, self.held = self.held or [], None
+        if mode == "refuse":
+            await self.listen(port)
+        restored_at = time.monotonic()
+        for client in held:
+            self._relay(client)
+        return {"cut_at": cut_at, "restored_at": restored_at, "dropped": dropped, "held": len(held)}
 
 
 async def _serve(target_port: int, cpus: set[int] | None, conn: Any) -> None:
@@ -113,7 +135,7 @@ async def _serve(target_port: int, cpus: set[int] | None, conn: Any) -> None:
     while True:
         command, arg = await loop.run_in_executor(None, conn.recv)
         if command == "cut":
-            conn.send(await proxy.cut(arg))
+            conn.send(await proxy.cut(*arg))
         elif command == "stop":
             for relay in list(proxy.relays):
                 relay.abort()
@@ -146,11 +168,11 @@ class CutProxy:
         self.port = self._conn.recv()
         return self.port
 
-    def start_cut(self, secs: float) -> None:
-        self._conn.send(("cut", secs))
+    def start_cut(self, secs: float, mode: str = "hold") -> None:
+        self._conn.send(("cut", (secs, mode)))
 
     def wait_cut(self, timeout: float) -> dict[str, Any]:
-        """{cut_at, restored_at} (time.monotonic()) and how many relayed connections were dropped."""
+        """{cut_at, restored_at} (time.monotonic()), relayed connections dropped, connections held."""
         if not self._conn.poll(timeout):
             raise TimeoutError("the proxy did not finish its cut")
         return self._conn.recv()

@@ -5,14 +5,15 @@ Two phases, each with its own population of N reconnecting clients (`bench.resum
 - restart: the server is killed (SIGKILL, no drain) and started again on the same port. Clients
   reconnect at once, offering their resume point; the new server has a new epoch, so each gets a
   snapshot. Clients connect to the server directly.
-- cut: clients connect through `bench.cutproxy`, which drops every connection and refuses new ones
-  for `--cut-secs` while the server keeps running. Clients come back and resume: the client records,
+- cut: clients connect through `bench.cutproxy`, which drops every connection and, for `--cut-secs`,
+  holds new ones unrelayed (default; as lost SYNs that get through when the network returns) or
+  refuses them, while the server keeps running. Clients come back and resume: the client records,
   per connection, whether the ServerHello said resumed and how many snapshot chunks followed.
 
 For each: per-client time until back in sync, measured from the event (kill, cut start) and from
-the point the service was back (the client's new ServerHello after a restart; the proxy listening
-again after a cut), the total until all N were back, bytes received, resumed vs snapshotted, and
-failures. Layout as in `bench.fanout`: server on core 0, emulator, proxy and clients on core 1.
+the point the service was back (the client's new ServerHello after a restart; the end of the cut),
+the total until all N were back, bytes received, resumed vs snapshotted, and failures. Layout as in
+`bench.fanout`: server on core 0, emulator, proxy and clients on core 1.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from bench import resume_sink
 from bench.apiproc import EmulatorProcess
-from bench.cutproxy import CutProxy
+from bench.cutproxy import CUT_MODES, CutProxy
 from bench.fanout import Clients, free_port, percentile, quantiles, start_typha, wait_ready
 from bench.output import report
 
@@ -43,6 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--nodes", type=int, default=50)
     parser.add_argument("--phases", default=",".join(PHASES), help="comma-separated, of: " + ", ".join(PHASES))
     parser.add_argument("--cut-secs", type=float, default=1.0, help="how long the proxy drops everything")
+    parser.add_argument("--cut-mode", choices=CUT_MODES, default="hold",
+                        help="new connections during the cut: held until it ends (as lost SYNs), or refused")
     parser.add_argument("--client-processes", type=int, default=1)
     parser.add_argument("--timeout", type=float, default=300.0, help="give up waiting for clients after this")
     parser.add_argument("--no-pin", action="store_true", help="do not pin the server to core 0")
@@ -199,7 +202,7 @@ def cut_phase(args: argparse.Namespace, kubeconfig: str, pin: bool, others: set[
         cpu0 = sum(server.cpu_times()[:2])
         load_cpu0 = sum(sum(p.cpu_times()[:2]) for p in load_side)
         started = time.monotonic()
-        proxy.start_cut(args.cut_secs)
+        proxy.start_cut(args.cut_secs, args.cut_mode)
         wait_back(clients, args.clients, started, args.timeout + args.cut_secs, "cut: back in sync",
                   not args.no_progress)
         cut = proxy.wait_cut(args.cut_secs + 60)
@@ -211,6 +214,8 @@ def cut_phase(args: argparse.Namespace, kubeconfig: str, pin: bool, others: set[
         result["initial"] = initial
         result["cut_secs"] = cut["restored_at"] - cut["cut_at"]
         result["connections_dropped"] = cut["dropped"]
+        result["cut_mode"] = args.cut_mode
+        result["connections_held"] = cut["held"]
         return result
     finally:
         if clients is not None:

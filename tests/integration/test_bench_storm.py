@@ -7,10 +7,17 @@ of the JSON that `bench report` reads, never how long anything took.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
 from bench.__main__ import main
+from bench.cutproxy import CutProxy
 
 CLIENTS = 8
 
@@ -39,8 +46,76 @@ def test_storm_restart_resyncs_by_snapshot_and_cut_resumes(tmp_path: Path, capsy
     assert cut["resumed"] == CLIENTS and cut["snapshotted"] == 0 and cut["resumed_but_sent_chunks"] == 0
     assert cut["kvs_in_snapshots"] == 0
     assert cut["connections_dropped"] >= CLIENTS
+    assert cut["cut_mode"] == "hold" and cut["refused_connects"] == 0  # held, not refused
     assert cut["bytes_per_client"] < restart["bytes_per_client"]
 
     plots = tmp_path / "plots"
     assert main(["report", str(out), "--out", str(plots)]) == 0
     assert (plots / "storm_time_to_sync.png").read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.fixture
+def echo_port() -> Iterator[int]:
+    """A loopback TCP echo server in a thread: the proxy's upstream."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+    stop = threading.Event()
+
+    def echo(conn: socket.socket) -> None:
+        with conn:
+            while data := conn.recv(4096):
+                conn.sendall(data)
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            threading.Thread(target=echo, args=(conn,), daemon=True).start()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield listener.getsockname()[1]
+    stop.set()
+    thread.join(5)
+    listener.close()
+
+
+def roundtrip(port: int, payload: bytes) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(payload)
+    assert sock.recv(100) == payload
+    return sock
+
+
+@pytest.mark.parametrize("mode", ["hold", "refuse"])
+def test_cut_proxy_drops_connections_and_holds_or_refuses_new_ones(echo_port: int, mode: str) -> None:
+    proxy = CutProxy(echo_port)
+    try:
+        port = proxy.start()
+        before = roundtrip(port, b"before")
+        proxy.start_cut(0.5, mode)
+        before.settimeout(10)
+        with contextlib.suppress(ConnectionResetError):
+            assert before.recv(100) == b""  # dropped by the proxy
+        before.close()
+        if mode == "refuse":
+            with pytest.raises(ConnectionRefusedError):
+                socket.create_connection(("127.0.0.1", port), timeout=10).close()
+            cut = proxy.wait_cut(30)
+            roundtrip(port, b"after").close()
+        else:
+            during = socket.create_connection(("127.0.0.1", port), timeout=10)
+            during.sendall(b"during")
+            during.settimeout(0.2)  # well inside the 0.5 s cut: a relayed echo would take milliseconds
+            with pytest.raises(TimeoutError):
+                during.recv(100)
+            during.settimeout(10)
+            cut = proxy.wait_cut(30)
+            assert during.recv(100) == b"during"  # relayed once the cut ended
+            during.close()
+            assert cut["held"] == 1
+        assert cut["dropped"] == 1 and cut["restored_at"] > cut["cut_at"]
+    finally:
+        proxy.stop()
