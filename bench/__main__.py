@@ -15,6 +15,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "felix-routes": ("bench.felix_routes", "felix-client route calculation: cost of one block update, N blocks"),
     "converge": ("bench.converge", "felix-client: policy write → dataplane change latency; iptables cost vs. policies"),
     "storm": ("bench.storm", "N clients back in sync after a server restart (snapshot) and a network cut (resume)"),
+    "resync": ("bench.resync", "digest-resync vs snapshot: bytes and CPU of a client moving to another replica"),
     "snapshot": ("bench.snapshot", "K keys to M clients joining at once: time to first in-sync, server CPU"),
     "soak": ("bench.soak", "steady churn plus periodic faults: RSS and fds over time, the guarantee checker's verdict"),
     "report": ("bench.report", "plots (latency CDFs, deliveries/s and RSS vs clients, storm) from result JSON files"),
