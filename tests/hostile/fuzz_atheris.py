@@ -1,0 +1,106 @@
+"""Coverage-guided fuzzing with atheris (optional, run by hand; the hypothesis suites are what CI runs).
+
+    pip install atheris        # a manylinux wheel for CPython 3.11: no compiler needed
+    python -m tests.hostile.fuzz_atheris client-core [-runs=100000] [-max_total_time=600] [CORPUS_DIR]
+    python -m tests.hostile.fuzz_atheris server [-runs=2000]
+
+client-core: the input drives typha.client's sans-IO core through a stream that interleaves the messages
+of a valid stream with messages parsed from the input's bytes; the invariants are those of
+test_client_core_fuzz (only ProtocolError, mirror untouched on error, updates add up to the mirror,
+digest consistent).
+server: the input is the first message of a real gRPC stream to an in-process SyncServer; the status
+must be what an independent parse predicts (test_server_fuzz), and a valid hello is answered with a
+ServerHello.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import atheris
+
+with atheris.instrument_imports(include=["typha"]):
+    from google.protobuf.message import DecodeError
+
+    import typha.server  # noqa: F401 (instrumented here, used through the test harness)
+    from typha.client import ProtocolError, SyncClientCore
+    from typha.proto import sync_pb2 as pb
+
+from tests.hostile.test_client_core_fuzz import check_consistent, good_stream
+
+
+def client_core(data: bytes) -> None:
+    fdp = atheris.FuzzedDataProvider(data)
+    core = SyncClientCore("felix", hostname="n1")
+    good = good_stream(fdp.ConsumeIntInRange(0, 3))
+    session, position, shadow = core.open_session(), 0, {}
+    while fdp.remaining_bytes():
+        if fdp.ConsumeBool():
+            message = good[position % len(good)]
+            position += 1
+        else:
+            try:
+                message = pb.ServerMessage.FromString(fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 256)))
+            except DecodeError:
+                continue
+        before = ({k: core.entry(k) for k in core.to_dict()}, core.digest)
+        try:
+            step = core.receive(session, message)
+        except ProtocolError:
+            assert ({k: core.entry(k) for k in core.to_dict()}, core.digest) == before
+            core.close_session(session, resync=True)
+            session, position = core.open_session(), 0
+            continue
+        for update in step.updates:
+            if update.value is None:
+                shadow.pop(update.key, None)
+            else:
+                shadow[update.key] = update.value
+        check_consistent(core, shadow)
+        if step.resync is not None:
+            core.close_session(session, resync=True)
+            session, position = core.open_session(), 0
+
+
+def server_target() -> tuple[object, object]:
+    """A started server on a loop thread, and the per-input function that sends one first message."""
+    from tests.hostile.test_server_fuzz import Harness, expected_for_hello
+    from tests.integration.sync_raw import RawClient
+
+    harness = Harness()
+
+    def one(data: bytes) -> None:
+        expected = expected_for_hello(data, set(harness.caches))
+
+        async def scenario() -> None:
+            client = RawClient(harness.server.port)
+            try:
+                await client.send(data)
+                if expected is None:
+                    assert (await client.read()).WhichOneof("payload") == "hello"
+                else:
+                    code, details = await client.status()
+                    assert code == expected[0] and expected[1] in details, (code, details)
+            finally:
+                await client.close()
+
+        harness.loop.run(scenario())
+
+    return harness, one
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) < 2 or argv[1] not in ("client-core", "server"):
+        sys.exit(f"usage: {argv[0]} client-core|server [libFuzzer options]")
+    target = argv[1]
+    args = [argv[0], *argv[2:]]
+    if target == "client-core":
+        atheris.Setup(args, client_core)
+    else:
+        _, one = server_target()
+        atheris.Setup(args, one)
+    atheris.Fuzz()
+
+
+if __name__ == "__main__":
+    main(sys.argv)
