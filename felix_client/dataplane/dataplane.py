@@ -16,7 +16,6 @@ import logging
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 from collections.abc import Container, Sequence
 from dataclasses import dataclass
@@ -25,6 +24,8 @@ from pathlib import Path
 from felix_client import rules
 from felix_client.calc.graph import DesiredState
 from felix_client.calc.routes import FELIX_ROUTE_PROTO, VXLAN_DEVICE, Route
+from felix_client.dataplane import vxlan
+from felix_client.dataplane.vxlan import OwnVTEP
 
 log = logging.getLogger("felix_client.dataplane")
 
@@ -34,10 +35,6 @@ HOOK_COMMENT = "cali:hook"
 CHAIN_PREFIX = "cali-"
 IPSET_PREFIX = "cali4"  # cali40<id> sets and cali4t<n> temporaries
 RTPROT_BOOT = 3  # Felix's DeviceRouteProtocol for local workload routes
-VXLAN_VNI = 4096
-VXLAN_PORT = 4789
-VXLAN_MTU = 1410
-NTF_SELF = 0x02  # neighbour flag: an FDB entry of the device itself
 TABLES = ("raw", "nat", "filter")
 # Kernel chains whose Calico jump Felix appends rather than inserts (after kube-proxy's rules).
 APPEND_HOOK_CHAINS = {"POSTROUTING"}
@@ -69,15 +66,6 @@ class ApplyStats:
     ipsets_destroyed: int = 0
     routes_added: int = 0
     routes_deleted: int = 0
-
-
-@dataclass(frozen=True)
-class OwnVTEP:
-    """This node's VXLAN tunnel endpoint (the calculation only lists the remote ones)."""
-
-    tunnel_ip: str
-    mac: str
-    parent_ip: str
 
 
 class Dataplane:
@@ -218,50 +206,7 @@ class Dataplane:
 
     def ensure_vxlan_device(self, vtep: OwnVTEP) -> None:
         with self._ipr() as ipr:
-            found = ipr.link_lookup(ifname=VXLAN_DEVICE)
-            if not found:
-                parent = self._iface_with_address(ipr, vtep.parent_ip)
-                ipr.link("add", ifname=VXLAN_DEVICE, kind="vxlan", vxlan_id=VXLAN_VNI, vxlan_port=VXLAN_PORT,
-                         vxlan_local=vtep.parent_ip, vxlan_learning=0, address=vtep.mac,
-                         **({"vxlan_link": parent} if parent else {}))
-                found = ipr.link_lookup(ifname=VXLAN_DEVICE)
-            index = found[0]
-            addrs = {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=index, family=2)}
-            if vtep.tunnel_ip not in addrs:
-                ipr.addr("add", index=index, address=vtep.tunnel_ip, prefixlen=32)
-            ipr.link("set", index=index, state="up", mtu=VXLAN_MTU)
-
-    @staticmethod
-    def _iface_with_address(ipr, ip: str) -> int | None:  # type: ignore[no-untyped-def]
-        for addr in ipr.get_addr(family=2):
-            if addr.get_attr("IFA_ADDRESS") == ip:
-                return int(addr["index"])
-        return None
-
-    def _apply_vteps(self, ipr, vteps: list) -> None:  # type: ignore[no-untyped-def]
-        """Exactly one permanent neighbour (tunnel IP → VTEP MAC) and one FDB entry (MAC → parent
-        IP) per remote VTEP, as felix/vxlan-fdb does; entries of VTEPs that left or moved go."""
-        found = ipr.link_lookup(ifname=VXLAN_DEVICE)
-        if not found:
-            return
-        index = found[0]
-        want_neigh = {v.tunnel_ip: v.mac for v in vteps}
-        want_fdb = {v.mac: v.parent_ip for v in vteps}
-        for msg in ipr.get_neighbours(family=socket.AF_INET, ifindex=index):
-            dst, mac = msg.get_attr("NDA_DST"), msg.get_attr("NDA_LLADDR")
-            if msg["ifindex"] == index and dst and want_neigh.get(dst) != mac:
-                ipr.neigh("del", ifindex=index, dst=dst, family=socket.AF_INET)
-        for msg in ipr.fdb("dump", ifindex=index):
-            dst, mac = msg.get_attr("NDA_DST"), msg.get_attr("NDA_LLADDR")
-            # Entries without a remote (the device's own address) are the kernel's, not ours.
-            if msg["ifindex"] == index and dst and want_fdb.get(mac) != dst:
-                ipr.fdb("del", ifindex=index, lladdr=mac, dst=dst, flags=NTF_SELF)
-        for vtep in vteps:
-            ipr.neigh("replace", ifindex=index, dst=vtep.tunnel_ip, lladdr=vtep.mac, state="permanent")
-            # NTF_SELF: the entry belongs to the VXLAN device itself (there is no bridge master);
-            # without it the kernel answers EOPNOTSUPP.
-            ipr.fdb("replace", ifindex=index, lladdr=vtep.mac, dst=vtep.parent_ip, state="permanent",
-                    flags=NTF_SELF)
+            vxlan.ensure_device(ipr, vtep)
 
     # --- routes -------------------------------------------------------------------------------
 
@@ -269,7 +214,7 @@ class Dataplane:
         with self._ipr() as ipr:
             names = {int(link["index"]): link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
             index = {name: i for i, name in names.items()}
-            self._apply_vteps(ipr, state.vteps)
+            vxlan.apply_vteps(ipr, state.vteps)
             desired: dict[str, Route] = {}
             self.missing_devices = set()
             for route in state.routes:

@@ -145,16 +145,19 @@ def test_vxlan_and_no_encap_between_nodes(cluster: FelixCluster) -> None:
 
 
 def test_vxlan_entries_follow_the_peer_and_are_repaired(cluster: FelixCluster) -> None:
-    """The peer's VTEP moves (a new MAC, as after a node rebuild): neighbour, FDB and traffic follow;
-    an FDB entry deleted behind the agent's back comes back at the next resync."""
+    """The peer's VTEP MAC changes (as after a node rebuild): its own device, node-1's neighbour and
+    FDB entries and the traffic follow; an FDB entry deleted behind the agent's back comes back at
+    the next resync."""
     c = cluster
     node2 = c.api.get("v1", "Node", "node-2")  # type: ignore[union-attr]
     new_mac = "66:a5:00:00:00:22"
     node2["metadata"]["annotations"]["projectcalico.org/VXLANTunnelMACAddr"] = new_mac
     c.api.replace(node2)  # type: ignore[union-attr]
-    # node-2's own device keeps its old MAC (felix_client creates it once); give it the new one, as
-    # a rebuilt node would have.
-    c.run("node-2", "ip", "link", "set", "vxlan.calico", "address", new_mac)
+
+    def own_mac() -> str:
+        return ip_json(c, "node-2", "ip", "-j", "link", "show", "vxlan.calico")[0]["address"]
+
+    wait_for(lambda: own_mac() == new_mac, 10, own_mac)  # node-2's agent re-addresses its own device
 
     def fdb_macs() -> list[str]:
         return [f["mac"] for f in ip_json(c, "node-1", "bridge", "-j", "fdb", "show", "dev", "vxlan.calico")
