@@ -70,6 +70,7 @@ def rejected() -> list[dict[str, Any]]:
         _gnp("gnp-bad-selector", selector="app == 'web' &&"),
         _gnp("gnp-bad-order", order="first"),
         _gnp("gnp-bad-rule-cidr", ingress=[{"action": "Allow", "source": {"nets": ["10.0.0.0/99"]}}]),
+        _gnp("gnp-bad-action", ingress=[{"action": "Maybe"}]),
         _crd("NetworkPolicy", "knp-bad-selector", {"selector": "!!!", "types": ["Ingress"]}, "demo"),
         _crd("Tier", "bad-tier", {"order": "top"}),
         _crd("GlobalNetworkSet", "gns-bad", {"nets": ["10.0.0.0/8", "not-a-net"]}),
@@ -93,7 +94,6 @@ def tolerated() -> list[dict[str, Any]]:
         _pod("ports-wrong-type", spec={"nodeName": "node-1", "containers": [
             {"name": "app", "ports": [{"name": "http", "containerPort": "eighty", "protocol": "TCP"}]}]}),
         _policy("np-bad-protocol", {"podSelector": {}, "ingress": [{"ports": [{"protocol": "CARRIER-PIGEON"}]}]}),
-        _gnp("gnp-bad-action", ingress=[{"action": "Maybe"}]),
         _crd("HostEndpoint", "hep-bad", {"node": "node-1", "expectedIPs": ["1.2.3.400"]}),
         _crd("IPPool", "pool-bad-block", {"cidr": "10.70.0.0/16", "blockSize": "big"}),
         _crd("BGPPeer", "peer-bad-ip", {"peerIP": "10.0.0.256", "asNumber": 64512}),

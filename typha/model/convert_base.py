@@ -303,6 +303,9 @@ def _icmp(rule: dict[str, Any], icmp: Any, prefix: str) -> None:
             rule[f"{prefix}icmp_{field}"] = value
 
 
+_RULE_ACTIONS = frozenset({"Allow", "Deny", "Log", "Pass"})
+
+
 def rule_v1(ar: dict[str, Any], ns: str, what: str) -> dict[str, Any]:
     """RuleAPIV3ToBackend: a v3 Rule dict → the v1 model Rule as it JSON-encodes."""
     if not isinstance(ar, dict):
@@ -310,6 +313,10 @@ def rule_v1(ar: dict[str, Any], ns: str, what: str) -> dict[str, Any]:
     rule: dict[str, Any] = {}
     action = ar.get("action") or ""
     if action:
+        # Upstream's validator accepts only these (case as written); anything else reaching an agent
+        # would be a rule it cannot render.
+        if action not in _RULE_ACTIONS:
+            raise ConversionError(f"{what}: invalid rule action {action!r}")
         rule["action"] = "next-tier" if action == "Pass" else action.lower()
     if ar.get("ipVersion") is not None:
         if ar["ipVersion"] not in (4, 6):
