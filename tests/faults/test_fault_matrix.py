@@ -88,6 +88,32 @@ def test_api_faults_during_churn(tmp_path, fault):
         run(scenario(rig))
 
 
+def test_readiness_false_while_the_api_fails_then_true(tmp_path):
+    """The quick version of the outage below: every request fails with 500 for a while."""
+    rng = random.Random("failing")
+
+    async def scenario(rig) -> None:
+        daemon = await rig.start_daemon(health_enabled=True, health_host="127.0.0.1", health_port=0)
+        assert daemon.health is not None
+        rig.add_clients(f"127.0.0.1:{daemon.port}", per_syncer=1)
+        try:
+            await rig.wait_in_sync()
+            assert (await asyncio.to_thread(readiness, daemon.health.port))[0] == 200
+            rig.api.fail_next(1_000_000, 500)
+            await asyncio.to_thread(rig.api.close_watches)
+            await bounded(lambda: not daemon.readiness()[0], "readiness to go false")
+            assert "API server unreachable" in (await asyncio.to_thread(readiness, daemon.health.port))[1]
+            await churn(rig.api, rng, 10)
+            rig.api.fail_next(0)
+            await bounded(lambda: daemon.readiness()[0], "readiness to come back")
+            await rig.judge()
+        finally:
+            await rig.close()
+
+    with emulator(tmp_path, rng) as rig:
+        run(scenario(rig))
+
+
 @pytest.mark.slow
 def test_api_unreachable_then_back(tmp_path):
     """Typha stays up and serving, /readiness goes false then true, clients keep their last state."""
