@@ -13,6 +13,13 @@ resumed hello, or the last snapshot chunk, which is reconciled against the mirro
 live session is then retired and its later messages are ignored. Only the live session mutates the
 mirror, so the mirror always follows one server's sequence.
 
+Digest resync. A hello that offers a resume point also carries per-bucket digests of the mirror
+(typha.digests) when the mirror is large enough. A server of another epoch (a different replica)
+may answer with BucketChunks: its full contents of just the buckets that differ. The session
+journals mirror changes made after its hello (the old stream of a make-before-break move keeps
+applying deltas), so the repair is applied to the state the digests described, and it must then
+match the server's checksum or the mirror is left alone.
+
 Atomicity. A message is validated and decoded completely before the mirror changes, so a protocol
 error (undecodable value, chunk out of order, ...) raises `ProtocolError` and leaves the mirror as
 it was after the last good message; the transport then resyncs by snapshot and reconciles.
