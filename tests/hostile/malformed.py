@@ -84,9 +84,13 @@ def rejected() -> list[dict[str, Any]]:
 
 
 def tolerated() -> list[dict[str, Any]]:
-    """Odd objects that convert anyway: an invalid optional annotation is dropped (as upstream's node
-    conversion does), or the value passes through to clients unvalidated. Listed so that the suite
-    shows they do not disturb anything else; see the report on issue 8 for the validation gaps."""
+    """Odd objects that convert anyway, listed so that the suite shows they disturb nothing else:
+    - the invalid field is dropped or unused, as upstream's conversion does (node annotations,
+      HostEndpoint expectedIPs, IPPool blockSize, a pod port the API server would have refused);
+    - the v3 object is passed through unvalidated (BGPPeer, BGPConfiguration, BGPFilter,
+      FelixConfiguration): upstream's ValidationFilter would turn these into deletes. A known gap:
+      agents must cope (confd-client's oneshot reports an unrenderable datastore, see
+      test_agents_garbage)."""
     return [
         _node("node-bad-ip", {"projectcalico.org/IPv4Address": "not-an-ip"}),
         _node("node-bad-asn", {"projectcalico.org/ASNumber": "sixty-four"}),
@@ -122,4 +126,10 @@ def valid() -> list[dict[str, Any]]:
         objects.block_affinity("10.65.0.0/26", node="node-1"),
         _crd("BGPPeer", "peer-good", {"peerIP": "10.0.0.1", "asNumber": 64513}),
         _crd("GlobalNetworkSet", "gns-good", {"nets": ["10.0.0.0/8"]}),
+        # Odd but valid names: the longest DNS subdomain, dots, digits first, a policy name that
+        # looks like a tiered one. They end up inside key paths.
+        objects.pod("demo", ("a" * 61 + ".") * 4 + "z", node="node-1", ip="10.65.0.12"),
+        objects.pod("demo", "0.web-1.x", node="node-1", ip="10.65.0.13"),
+        objects.network_policy("demo", "knp.default.looks-tiered", pod_selector={}),
+        objects.calico_global_policy("default.odd", selector="all()"),
     ]
