@@ -48,6 +48,7 @@ class ResumeStats(h2sink.StreamStats):
     connected_at: float = 0.0  # latest TCP connection (to the server, or to the proxy)
     hello_at: float = 0.0  # latest ServerHello
     synced_at: float = 0.0  # latest IN_SYNC
+    sequence_at: float = 0.0  # when `sequence` last changed: once writes stop, when this client caught up
     last_resumed: bool = False
     last_chunks: int = 0  # snapshot chunks on the latest connection (0 if it resumed, as it must)
     # Counters at the orchestrator's latest "mark", so a report covers only what followed it.
@@ -89,8 +90,9 @@ class ResumeStream(h2sink.H2GrpcConnection):
         kind = message.WhichOneof("payload")
         if kind == "deltas":
             stats.kvs += len(message.deltas.kvs)
-            if not self.chunks_left:
-                stats.sequence = message.deltas.sequence or stats.sequence
+            if not self.chunks_left and message.deltas.sequence != stats.sequence:
+                stats.sequence = message.deltas.sequence
+                stats.sequence_at = time.monotonic()
         elif kind == "snapshot":
             chunk = message.snapshot
             stats.last_chunks += 1
@@ -98,6 +100,7 @@ class ResumeStream(h2sink.H2GrpcConnection):
             self.chunks_left = chunk.count - chunk.index - 1
             if not self.chunks_left:
                 stats.sequence = chunk.sequence
+                stats.sequence_at = time.monotonic()
                 stats.resumable = True
         elif kind == "hello":
             hello = message.hello
@@ -108,6 +111,7 @@ class ResumeStream(h2sink.H2GrpcConnection):
             stats.last_chunks = 0
             stats.epoch = hello.epoch
             stats.sequence = hello.sequence
+            stats.sequence_at = stats.hello_at
             if hello.resumed:
                 stats.resumes += 1
                 stats.resumable = True
@@ -188,7 +192,8 @@ def progress(stats: list[ResumeStats], since: float) -> tuple[Any, ...]:
 def report(stats: list[ResumeStats], since: float) -> tuple[Any, ...]:
     """Per client, since the mark: (synced_at or None, hello_at, lost_at, resumed, chunks on the
     latest connection, bytes, connects, refused connects, stream ends, last error, KVs in deltas,
-    KVs in the latest connection's snapshot, stream ends before a ServerHello, connected_at)."""
+    KVs in the latest connection's snapshot, stream ends before a ServerHello, connected_at, sequence,
+    sequence_at)."""
     rows = []
     for s in stats:
         ok = back(s, since)
@@ -196,7 +201,8 @@ def report(stats: list[ResumeStats], since: float) -> tuple[Any, ...]:
                      s.last_chunks, s.bytes - s.mark_bytes, s.connects - s.mark_connects,
                      s.connect_failures - s.mark_failures, s.disconnects - s.mark_disconnects, s.error,
                      s.kvs - s.mark_kvs, s.snapshot_kvs if s.last_chunks else 0,
-                     s.ends_before_hello - s.mark_ends_before_hello, s.connected_at))
+                     s.ends_before_hello - s.mark_ends_before_hello, s.connected_at, s.sequence,
+                     s.sequence_at))
     return ("report", rows)
 
 

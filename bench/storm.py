@@ -46,6 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cut-secs", type=float, default=1.0, help="how long the proxy drops everything")
     parser.add_argument("--cut-mode", choices=CUT_MODES, default="hold",
                         help="new connections during the cut: held until it ends (as lost SYNs), or refused")
+    parser.add_argument("--churn-writes", type=int, default=200,
+                        help="pod writes starting at each event, so that a resume has missed deltas to deliver")
+    parser.add_argument("--churn-rate", type=float, default=200.0, help="writes/s of that churn")
     parser.add_argument("--client-processes", type=int, default=1)
     parser.add_argument("--timeout", type=float, default=300.0, help="give up waiting for clients after this")
     parser.add_argument("--no-pin", action="store_true", help="do not pin the server to core 0")
@@ -106,6 +109,18 @@ def wait_initial(clients: StormClients, total: int, timeout: float, description:
             "errors": sorted({r[4] for r in rows if r[1] is None and r[4]})[:3]}
 
 
+def wait_caught_up(clients: StormClients, since: float, timeout: float) -> None:
+    """After the churn: until every client holds the same sequence and it stopped moving (bounded)."""
+    deadline = time.monotonic() + timeout
+    previous = None
+    while time.monotonic() < deadline:
+        sequences = {row[14] for row in clients.report(since)}
+        if len(sequences) == 1 and sequences == previous:
+            return
+        previous = sequences
+        time.sleep(0.2)
+
+
 def summarise(rows: list[tuple[Any, ...]], event_at: float, back_at: float | None) -> dict[str, Any]:
     """Per-client rows from resume_sink.report → the phase's numbers.
 
@@ -116,6 +131,10 @@ def summarise(rows: list[tuple[Any, ...]], event_at: float, back_at: float | Non
     from_event = [r[0] - event_at for r in synced]
     from_back = [r[0] - (back_at if back_at is not None else r[1]) for r in synced]
     errors = sorted({r[9] for r in rows if r[0] is None and r[9]})
+    # Caught up: at the newest sequence any client reached (all clients follow one server), timed by
+    # when the client got there; a resume's missed deltas arrive after its IN_SYNC.
+    final_sequence = max((r[14] for r in synced), default=0)
+    caught_up = [max(r[0], r[15]) - event_at for r in synced if r[14] == final_sequence]
     out: dict[str, Any] = {
         "clients": len(rows),
         "back_in_sync": len(synced),
@@ -137,6 +156,8 @@ def summarise(rows: list[tuple[Any, ...]], event_at: float, back_at: float | Non
         # Each client loses its stream once per event; a connection that got its ServerHello and then
         # ended as well is a failure (a reconnect that broke again).
         "extra_stream_ends": sum(max(r[8] - r[12] - 1, 0) for r in rows),
+        "final_sequence": final_sequence,
+        "caught_up": len(caught_up),
         "failures": len(rows) - len(synced),
         "failure_errors": errors[:5],
         "extra_stream_end_errors": sorted({r[9] for r in rows if r[8] - r[12] > 1 and r[9]})[:5],
@@ -144,7 +165,8 @@ def summarise(rows: list[tuple[Any, ...]], event_at: float, back_at: float | Non
     # From the client's TCP connect (to the server, or the proxy) to its in-sync: the server's share,
     # apart from how long the client took to notice the loss and to get a connection accepted.
     from_connect = [r[0] - r[13] for r in synced]
-    for name, values in (("from_event", from_event), ("from_back", from_back), ("from_connect", from_connect)):
+    for name, values in (("from_event", from_event), ("from_back", from_back), ("from_connect", from_connect),
+                         ("caught_up", caught_up)):
         out[f"secs_{name}_p50"] = percentile(values, 0.50)
         out[f"secs_{name}_p99"] = percentile(values, 0.99)
         out[f"secs_{name}_max"] = max(values) if values else float("nan")
@@ -152,7 +174,8 @@ def summarise(rows: list[tuple[Any, ...]], event_at: float, back_at: float | Non
     return out
 
 
-def restart_phase(args: argparse.Namespace, kubeconfig: str, pin: bool, others: set[int] | None) -> dict[str, Any]:
+def restart_phase(args: argparse.Namespace, api: EmulatorProcess, kubeconfig: str, pin: bool,
+                  others: set[int] | None) -> dict[str, Any]:
     port, health_port = free_port(), free_port()
     typha = start_typha(kubeconfig, port, health_port, pin)
     clients: StormClients | None = None
@@ -162,6 +185,7 @@ def restart_phase(args: argparse.Namespace, kubeconfig: str, pin: bool, others: 
         initial = wait_initial(clients, args.clients, args.timeout, "restart: initial sync", not args.no_progress)
         clients.mark()
         killed_at = time.monotonic()
+        start_churn(api, args)
         typha.kill()
         typha.wait(30)
         typha = start_typha(kubeconfig, port, health_port, pin)
@@ -174,6 +198,7 @@ def restart_phase(args: argparse.Namespace, kubeconfig: str, pin: bool, others: 
                 ready_at: float | None = ready.result(args.timeout)
             except TimeoutError:
                 ready_at = None
+        finish_churn(api, args, clients, killed_at)
         server_cpu = sum(psutil.Process(typha.pid).cpu_times()[:2])
         result = summarise(clients.report(killed_at), killed_at, None)
         result["server_ready_secs"] = None if ready_at is None else ready_at - killed_at
@@ -186,7 +211,8 @@ def restart_phase(args: argparse.Namespace, kubeconfig: str, pin: bool, others: 
         stop_typha(typha)
 
 
-def cut_phase(args: argparse.Namespace, kubeconfig: str, pin: bool, others: set[int] | None) -> dict[str, Any]:
+def cut_phase(args: argparse.Namespace, api: EmulatorProcess, kubeconfig: str, pin: bool,
+              others: set[int] | None) -> dict[str, Any]:
     port, health_port = free_port(), free_port()
     typha = start_typha(kubeconfig, port, health_port, pin)
     proxy = CutProxy(port, cpus=others)
@@ -203,9 +229,11 @@ def cut_phase(args: argparse.Namespace, kubeconfig: str, pin: bool, others: set[
         load_cpu0 = sum(sum(p.cpu_times()[:2]) for p in load_side)
         started = time.monotonic()
         proxy.start_cut(args.cut_secs, args.cut_mode)
+        start_churn(api, args)
         wait_back(clients, args.clients, started, args.timeout + args.cut_secs, "cut: back in sync",
                   not args.no_progress)
         cut = proxy.wait_cut(args.cut_secs + 60)
+        finish_churn(api, args, clients, started)
         result = summarise(clients.report(cut["cut_at"]), cut["cut_at"], cut["restored_at"])
         result["server_cpu_secs"] = sum(server.cpu_times()[:2]) - cpu0
         # The proxy and the clients share one core: if this approaches the elapsed time, they are the limit.
@@ -222,6 +250,17 @@ def cut_phase(args: argparse.Namespace, kubeconfig: str, pin: bool, others: set[
             clients.stop()
         proxy.stop()
         stop_typha(typha)
+
+
+def start_churn(api: EmulatorProcess, args: argparse.Namespace) -> None:
+    if args.churn_writes:
+        api.start_churn(args.churn_writes, rate=args.churn_rate)
+
+
+def finish_churn(api: EmulatorProcess, args: argparse.Namespace, clients: StormClients, since: float) -> None:
+    if args.churn_writes:
+        api.wait_churn(args.churn_writes / args.churn_rate * 10 + 60)
+        wait_caught_up(clients, since, args.timeout)
 
 
 def stop_typha(typha: subprocess.Popen[bytes]) -> None:
@@ -241,13 +280,14 @@ def run(args: argparse.Namespace) -> int:
     pin = bool(not args.no_pin and (os.cpu_count() or 1) >= 2)
     others = {1} if pin else None
     results: dict[str, Any] = {"benchmark": "storm", "clients": args.clients, "keys": args.keys,
-                               "cut_secs_requested": args.cut_secs, "pinned": pin, "phases": {}}
+                               "cut_secs_requested": args.cut_secs, "churn_writes": args.churn_writes,
+                               "churn_rate": args.churn_rate, "pinned": pin, "phases": {}}
     api = EmulatorProcess(args.keys, args.nodes, cpus=others)
     try:
         hello = api.start()
         for phase in phases:
             run_phase = restart_phase if phase == "restart" else cut_phase
-            results["phases"][phase] = run_phase(args, hello["kubeconfig"], pin, others)
+            results["phases"][phase] = run_phase(args, api, hello["kubeconfig"], pin, others)
     finally:
         api.stop()
     report(table_rows(results), results, args.json)
@@ -259,7 +299,8 @@ def _secs(value: float | None) -> str:
 
 
 def table_rows(r: dict[str, Any]) -> list[tuple[str, str]]:
-    rows = [("setup", f"{r['clients']} clients, {r['keys']} pods")]
+    rows = [("setup", f"{r['clients']} clients, {r['keys']} pods, {r['churn_writes']} pod writes at "
+                      f"{r['churn_rate']:g}/s from each event")]
     for name, p in r["phases"].items():
         reference = "own ServerHello" if name == "restart" else "network back"
         rows += [
@@ -276,6 +317,9 @@ def table_rows(r: dict[str, Any]) -> list[tuple[str, str]]:
             (f"{name}: per client from its TCP connect", f"p50 {_secs(p['secs_from_connect_p50'])}, "
                                                          f"p99 {_secs(p['secs_from_connect_p99'])}, "
                                                          f"max {_secs(p['secs_from_connect_max'])}"),
+            (f"{name}: caught up", f"{p['caught_up']}/{p['clients']} at sequence {p['final_sequence']}, "
+                                   f"p50 {_secs(p['secs_caught_up_p50'])}, max {_secs(p['secs_caught_up_max'])} "
+                                   f"after the event"),
             (f"{name}: resumed / snapshot", f"{p['resumed']} / {p['snapshotted']}"
                                             + (f" ({p['resumed_but_sent_chunks']} resumed yet got chunks)"
                                                if p["resumed_but_sent_chunks"] else "")),

@@ -20,11 +20,13 @@ from bench.__main__ import main
 from bench.cutproxy import CutProxy
 
 CLIENTS = 8
+WRITES = 20  # pod writes from each event: a resume must deliver the ones a client missed
 
 
 def test_storm_restart_resyncs_by_snapshot_and_cut_resumes(tmp_path: Path, capsys) -> None:
     out = tmp_path / "storm.json"
     assert main(["storm", "--clients", str(CLIENTS), "--keys", "60", "--nodes", "3", "--cut-secs", "0.3",
+                 "--churn-writes", str(WRITES), "--churn-rate", "100",
                  "--client-processes", "2", "--no-pin", "--no-progress", "--timeout", "60",
                  "--json", str(out)]) == 0
     printed = capsys.readouterr().out
@@ -45,9 +47,11 @@ def test_storm_restart_resyncs_by_snapshot_and_cut_resumes(tmp_path: Path, capsy
     assert restart["kvs_in_snapshots"] + restart["kvs_in_deltas"] >= CLIENTS * 60
     assert cut["resumed"] == CLIENTS and cut["snapshotted"] == 0 and cut["resumed_but_sent_chunks"] == 0
     assert cut["kvs_in_snapshots"] == 0
+    assert cut["kvs_in_deltas"] >= CLIENTS * WRITES  # each write relabels another pod
+    for phase in (restart, cut):
+        assert phase["caught_up"] == CLIENTS  # all at one final sequence after the writes
     assert cut["connections_dropped"] >= CLIENTS
     assert cut["cut_mode"] == "hold" and cut["refused_connects"] == 0  # held, not refused
-    assert cut["bytes_per_client"] < restart["bytes_per_client"]
 
     plots = tmp_path / "plots"
     assert main(["report", str(out), "--out", str(plots)]) == 0
