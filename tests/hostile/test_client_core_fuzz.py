@@ -14,6 +14,7 @@ import random
 from typing import Any
 
 import msgpack
+import pytest
 import zstandard
 from google.protobuf.message import DecodeError
 from hypothesis import HealthCheck, event, given, settings
@@ -214,3 +215,22 @@ def test_the_unmutated_stream_is_accepted_whole(seed):
         step = core.receive(session, message)
         assert step.resync is None
     assert core.in_sync and len(core) > 0
+
+
+def _bomb_chunk(write_content_size: bool) -> pb.ServerMessage:
+    # 256 MiB of zeros in a few KB: a hostile server's way to make the client allocate without bound.
+    compressor = zstandard.ZstdCompressor(write_content_size=write_content_size)
+    data = compressor.compress(b"\0" * (256 * 1024 * 1024))
+    return pb.ServerMessage(snapshot=pb.SnapshotChunk(sequence=1, index=0, count=1, compression="zstd", data=data))
+
+
+@pytest.mark.parametrize("declared", [True, False])
+def test_decompression_bomb_is_a_protocol_error(declared):
+    bomb = _bomb_chunk(declared)
+    assert len(bomb.snapshot.data) < 64 * 1024
+    core = SyncClientCore("felix", hostname="n1")
+    session = core.open_session()
+    core.receive(session, good_stream(0)[0])  # the ServerHello
+    with pytest.raises(ProtocolError, match="limit"):
+        core.receive(session, bomb)
+    assert len(core) == 0

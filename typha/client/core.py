@@ -55,6 +55,10 @@ _STATUS_FROM_PB = {
 }
 
 DEFAULT_SYNCER = "felix"  # an empty syncer_type means felix, as in Typha
+# A decompressed snapshot or bucket chunk may be no bigger than a raw one can be: the transports'
+# receive limit. The server cuts chunks at ~1 MiB; one KV is at most a few MB (etcd's object limit).
+MAX_CHUNK_BYTES = 64 * 1024 * 1024
+_ZSTD_FEED_BYTES = 1024
 
 
 class ProtocolError(Exception):
@@ -574,15 +578,32 @@ class SyncClientCore:
             return data
         if compression != "zstd" or "zstd" not in self.compressions:
             raise ProtocolError(f"snapshot compression {compression!r} was not offered")
+        # A few KB of zstd can claim, or expand to, gigabytes: refuse a chunk beyond the bound before
+        # allocating it, by its declared size, and else by feeding the input in slices (one slice can
+        # expand by ~32 MiB at most: 4-byte RLE blocks of 128 KiB).
+        try:
+            declared = zstandard.frame_content_size(data)
+        except zstandard.ZstdError:
+            declared = -1  # no readable frame header: decompressing below says what is wrong
+        if declared > MAX_CHUNK_BYTES:
+            raise ProtocolError(f"snapshot chunk declares {declared} bytes, over the {MAX_CHUNK_BYTES} limit")
         # A decompression object copes with frames that do not record their content size.
         dobj = self._dctx.decompressobj()
+        view = memoryview(data)
+        parts: list[bytes] = []
+        size = 0
         try:
-            raw = dobj.decompress(data)
+            for start in range(0, len(view), _ZSTD_FEED_BYTES):
+                part = dobj.decompress(view[start : start + _ZSTD_FEED_BYTES])
+                size += len(part)
+                if size > MAX_CHUNK_BYTES:
+                    raise ProtocolError(f"snapshot chunk expands beyond the {MAX_CHUNK_BYTES} byte limit")
+                parts.append(part)
         except zstandard.ZstdError as exc:
             raise ProtocolError(f"snapshot chunk is not valid zstd: {exc}") from exc
         if not dobj.eof or dobj.unused_data:
             raise ProtocolError("snapshot chunk is a truncated or trailing-garbage zstd frame")
-        return raw
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def _reconcile(self, snapshot: dict[str, Entry], *, delete_now: bool) -> list[Update]:
         """Replace the mirror by `snapshot`, returning the updates that turn the old into the new.
