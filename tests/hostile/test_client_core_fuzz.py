@@ -83,6 +83,12 @@ structured = st.one_of(
     st.builds(lambda r, e, a: pb.ServerMessage(reconnect=pb.Reconnect(reason=r, endpoint=e, after_ms=a)),
               st.text(max_size=5), st.text(max_size=5), st.integers(0, 2**32 - 1)),
     st.just(pb.ServerMessage()),  # no payload: a kind newer than the client
+    st.builds(lambda d, q, i, c, b, g, k: pb.ServerMessage(buckets=pb.BucketChunk(
+        sequence=q, index=i, count=c, buckets=b, compression=d[0], data=d[1], digest=g, key_count=k)),
+        chunk_data(), sequences, st.integers(0, 3), st.integers(0, 3), st.lists(st.integers(0, 2**32 - 1), max_size=4),
+        st.integers(0, 2**64 - 1), st.integers(0, 6)),
+    st.builds(lambda h, n: pb.ServerMessage(hello=pb.ServerHello(epoch=h, syncer_type="felix", bucket_count=n)),
+              st.sampled_from(EPOCHS), st.integers(0, 2**32 - 1)),
 )
 
 
