@@ -126,9 +126,23 @@ hellos = st.builds(
     pb.ClientHello, hostname=texts, info=texts, version=texts,
     syncer_type=st.one_of(st.sampled_from(["", "felix", "bgp", "tunnel-ip-allocation"]), texts),
     compressions=st.lists(st.sampled_from(["zstd", "lz4", ""]), max_size=3),
-    features=st.lists(st.sampled_from(["checksum", "reconnect", "exact-crumbs", "?"]), max_size=4),
+    features=st.lists(st.sampled_from(["checksum", "reconnect", "exact-crumbs", "digest-resync", "?"]), max_size=5),
     client_id=texts,
 ).flatmap(lambda h: st.one_of(st.just(h), resumes.map(lambda r: _with_resume(h, r))))
+# digest-resync summaries: right or wrong bucket counts, with as many digests or not.
+summaries = st.sampled_from([0, 1, 1000, 1024, 4096, 8192, 2**32 - 1]).flatmap(lambda count: st.builds(
+    pb.BucketDigests, count=st.just(count),
+    digests=st.one_of(st.lists(st.integers(0, 2**32 - 1), max_size=8),
+                      st.just(list(range(count)) if count <= 4096 else []))))
+hellos = st.one_of(hellos, st.tuples(hellos, summaries).map(lambda t: _with_digests(*t)))
+
+
+def _with_digests(hello: pb.ClientHello, summary: pb.BucketDigests) -> pb.ClientHello:
+    out = pb.ClientHello()
+    out.CopyFrom(hello)
+    out.digests.CopyFrom(summary)
+    out.features.append("digest-resync")
+    return out
 
 
 def _with_resume(hello: pb.ClientHello, resume: pb.ResumePoint) -> pb.ClientHello:
