@@ -127,6 +127,11 @@ class CacheLimits:
     max_window_age_secs: float = 300.0
     snapshot_chunk_bytes: int = 1024 * 1024
     snapshot_reuse_secs: float = 1.0  # Typha's BinarySnapshotTimeout
+    # A joiner given a reused snapshot then receives every KV written since as deltas, uncompressed:
+    # share a snapshot only while that catch-up is small next to the snapshot itself (this matters
+    # when a restarted server's first joiners arrive mid-list, with the cache still filling).
+    snapshot_reuse_max_lag_kvs: int = 256
+    snapshot_reuse_max_lag_fraction: float = 0.1
     zstd_level: int = 3
     max_crumb_kvs: int = 1000  # keeps frames well under gRPC's message limit
     segment_bytes: int = 4 * 1024 * 1024  # bounds one catch-up message for a lagging client
@@ -417,9 +422,7 @@ class SnapshotCache:
         """A snapshot of the current state, reused while fresh (shared by concurrent joiners)."""
         current = self._snapshot
         now = self._clock()
-        if current is not None and (
-            current.crumb is self._newest or now - current.built_at < self.limits.snapshot_reuse_secs
-        ):
+        if current is not None and self._shareable(current, now):
             self.metrics.snapshots_reused.inc()
             return current
         started = time.perf_counter()
@@ -430,6 +433,22 @@ class SnapshotCache:
         self.metrics.snapshot_raw_bytes.set(snapshot.raw_bytes)
         self.metrics.snapshot_compressed_bytes.set(snapshot.compressed_bytes)
         return snapshot
+
+    def _shareable(self, snapshot: Snapshot, now: float) -> bool:
+        if snapshot.crumb is self._newest:
+            return True
+        if now - snapshot.built_at >= self.limits.snapshot_reuse_secs:
+            return False
+        budget = max(self.limits.snapshot_reuse_max_lag_kvs,
+                     int(snapshot.key_count * self.limits.snapshot_reuse_max_lag_fraction))
+        lag = 0
+        crumb = snapshot.crumb.next
+        while crumb is not None:  # bounded: stops as soon as the lag exceeds the budget
+            lag += crumb.kv_count
+            if lag > budget:
+                return False
+            crumb = crumb.next
+        return True
 
     def _build_snapshot(self, now: float) -> Snapshot:
         crumb = self._newest

@@ -205,3 +205,19 @@ def test_a_kept_snapshot_is_released_once_its_crumb_leaves_the_window():
         cache.apply([Update("/a", i + 2, str(i + 2))])
     assert cache._snapshot is None
     assert cache.snapshot() is not first
+
+
+def test_a_snapshot_is_shared_only_while_the_catch_up_after_it_stays_small():
+    # A restarted server's first joiner arrives mid-list: sharing its 10-key snapshot with a joiner that
+    # comes 1,000 keys later would send those 1,000 keys as uncompressed deltas instead.
+    cache = new_cache(snapshot_reuse_max_lag_kvs=5, snapshot_reuse_max_lag_fraction=0.1)
+    cache.apply([Update(f"/k{i}", i, "1") for i in range(10)])
+    first = cache.snapshot()
+    cache.apply([Update("/late-0", 0, "2")])
+    assert cache.snapshot() is first, "a lag of one KV is cheaper than a new snapshot"
+    cache.apply([Update(f"/late-{i}", i, "2") for i in range(1, 1000)])
+    second = cache.snapshot()
+    assert second is not first and second.key_count == 1010
+    # The allowance grows with the snapshot: 10% of 1,010 keys covers a 50-key lag.
+    cache.apply([Update(f"/later-{i}", i, "3") for i in range(50)])
+    assert cache.snapshot() is second
