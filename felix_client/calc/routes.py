@@ -18,6 +18,10 @@ from typing import Any
 FELIX_ROUTE_PROTO = 80
 IPIP_DEVICE = "tunl0"
 VXLAN_DEVICE = "vxlan.calico"
+# Felix's kernel metric for workload routes (Calico's NormalRoutePriority). BIRD's calico_aggr() exports
+# a /32 inside a local block only when its krt_metric is below this (an "elevated" route, 512, used for
+# live migration), so a workload route with the kernel's default metric 0 would leak to every BGP peer.
+NORMAL_ROUTE_PRIORITY = 1024
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -27,6 +31,11 @@ class Route:
     dev: str = ""
     via: str = ""
 
+    @property
+    def metric(self) -> int:
+        """The kernel's route priority; the kernel keys a route by (destination, metric)."""
+        return NORMAL_ROUTE_PRIORITY if self.kind == "local" else 0
+
     def render(self) -> str:
         """The route as `ip route` prints it."""
         if self.kind == "blackhole":
@@ -34,7 +43,7 @@ class Route:
         dst = self.dst.removesuffix("/32")
         if self.kind == "local":
             # Felix uses protocol "boot" (3) for workload routes, which `ip route` does not print.
-            return f"{dst} dev {self.dev} scope link"
+            return f"{dst} dev {self.dev} scope link metric {self.metric}"
         if self.kind == "vxlan":
             return f"{dst} via {self.via} dev {self.dev} onlink"
         return f"{dst} via {self.via} dev {self.dev} proto {FELIX_ROUTE_PROTO} onlink"

@@ -225,7 +225,9 @@ class Dataplane:
                     self.missing_devices.add(route.dev)
                     continue
                 desired[str(ipaddress.ip_network(route.dst, strict=False))] = route
-            owned: dict[str, dict] = {}
+            # Keyed as the kernel keys routes: one destination can hold a route per metric, and a
+            # `replace` with another metric adds a second route rather than changing the first.
+            owned: dict[tuple[str, int], dict] = {}
             for msg in ipr.get_routes(family=2, table=254):
                 oif = msg.get_attr("RTA_OIF")
                 dev = names.get(oif, "") if oif is not None else ""
@@ -233,19 +235,20 @@ class Dataplane:
                 if not mine or msg["proto"] == 2:  # never the kernel's own subnet routes
                     continue
                 dst = f"{msg.get_attr('RTA_DST') or '0.0.0.0'}/{msg['dst_len']}"
-                owned[dst] = {"dev": dev, "via": msg.get_attr("RTA_GATEWAY") or "", "type": msg["type"],
-                              "proto": msg["proto"], "oif": oif, "scope": msg["scope"]}
-            for dst, have in owned.items():
+                metric = msg.get_attr("RTA_PRIORITY") or 0
+                owned[dst, metric] = {"dev": dev, "via": msg.get_attr("RTA_GATEWAY") or "", "type": msg["type"],
+                                      "proto": msg["proto"], "oif": oif, "scope": msg["scope"], "metric": metric}
+            for (dst, metric), have in owned.items():
                 want = desired.get(dst)
                 if want is None or not self._matches(want, have):
                     spec = {"dst": dst, "table": 254, "proto": have["proto"], "type": have["type"],
-                            "scope": have["scope"]}
+                            "scope": have["scope"], "priority": metric}
                     if have["oif"] is not None:
                         spec["oif"] = have["oif"]
                     ipr.route("del", **spec)
                     self.stats.routes_deleted += 1
             for dst, route in desired.items():
-                have = owned.get(dst)
+                have = owned.get((dst, route.metric))
                 if have is not None and self._matches(route, have):
                     continue
                 ipr.route("replace", **self._route_args(route, dst, index))
@@ -253,6 +256,8 @@ class Dataplane:
 
     @staticmethod
     def _matches(route: Route, have: dict) -> bool:
+        if have["metric"] != route.metric:
+            return False
         if route.kind == "blackhole":
             return have["type"] == 6 and have["proto"] == FELIX_ROUTE_PROTO
         return have["dev"] == route.dev and (have["via"] or "") == route.via and have["type"] == 1
@@ -262,7 +267,8 @@ class Dataplane:
         if route.kind == "blackhole":
             return {"dst": dst, "type": "blackhole", "proto": FELIX_ROUTE_PROTO, "table": 254}
         if route.kind == "local":
-            return {"dst": dst, "oif": index[route.dev], "scope": 253, "proto": RTPROT_BOOT, "table": 254}
+            return {"dst": dst, "oif": index[route.dev], "scope": 253, "proto": RTPROT_BOOT, "table": 254,
+                    "priority": route.metric}
         # Remote blocks: onlink, as Felix does, so the next hop need not be in a connected subnet.
         return {"dst": dst, "oif": index[route.dev], "gateway": route.via, "flags": 4,
                 "proto": FELIX_ROUTE_PROTO, "table": 254}

@@ -109,8 +109,8 @@ def test_agent_writes_chains_sets_and_routes_and_follows_policy_changes(typha, t
         assert POLICY_CHAIN not in files["iptables.save"]
         assert files["routes.txt"].splitlines() == [
             "blackhole 10.65.0.0/26 proto 80",
-            f"10.65.0.2 dev {FRONTEND_IF} scope link",
-            f"10.65.0.3 dev {BACKEND_IF} scope link",
+            f"10.65.0.2 dev {FRONTEND_IF} scope link metric 1024",
+            f"10.65.0.3 dev {BACKEND_IF} scope link metric 1024",
             "10.65.1.0/26 via 192.168.56.12 dev tunl0 proto 80 onlink",
         ]
         assert "add cali40masq-ipam-pools 10.65.0.0/16" in files["ipsets.save"]

@@ -98,7 +98,7 @@ def test_agent_programs_its_namespace_and_resync_repairs_drift(typha_unix, node,
         wait_for(lambda: status.exists() and json.loads(status.read_text())["applies"] > 0, "the first apply")
         save = run(node, "iptables-save")
         assert f"-A cali-to-wl-dispatch -o {BACKEND_IF} -g cali-tw-{BACKEND_IF}" in save
-        assert f"10.65.0.2 dev {FRONTEND_IF} scope link" in run(node, "ip", "route", "show")
+        assert f"10.65.0.2 dev {FRONTEND_IF} scope link metric 1024" in run(node, "ip", "route", "show")
 
         api.create(policy_object())
         wait_for(lambda: POLICY_CHAIN in run(node, "iptables-save"), "the policy chain")

@@ -17,7 +17,7 @@ from typha.testing.apiserver import KubeAPIEmulator
 from .test_agent_kernel import node, pytestmark, run, typha_unix, wait_for  # noqa: F401 (fixtures, marks)
 from .worked_example import FRONTEND_IF, POLICY_CHAIN, policy_object
 
-ROUTE = f"10.65.0.2 dev {FRONTEND_IF} scope link"
+ROUTE = f"10.65.0.2 dev {FRONTEND_IF} scope link metric 1024"
 
 
 def applies(log: Path) -> list[dict]:

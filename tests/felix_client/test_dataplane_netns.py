@@ -89,8 +89,8 @@ def test_apply_programs_rules_sets_routes_and_sysctls(node: str) -> None:
 
     routes = run(node, "ip", "route", "show")
     assert "blackhole 10.65.0.0/26 proto 80" in routes
-    assert f"10.65.0.2 dev {FRONTEND_IF} scope link" in routes
-    assert f"10.65.0.3 dev {BACKEND_IF} scope link" in routes
+    assert f"10.65.0.2 dev {FRONTEND_IF} scope link metric 1024" in routes
+    assert f"10.65.0.3 dev {BACKEND_IF} scope link metric 1024" in routes
     assert "10.65.1.0/26 via 192.168.56.12 dev eth0 proto 80 onlink" in routes
     assert run(node, "cat", "/proc/sys/net/ipv4/ip_forward").strip() == "1"
     for key in ("conf/{}/proxy_arp", "conf/{}/forwarding", "conf/{}/route_localnet"):
@@ -129,8 +129,45 @@ def test_resync_repairs_drift_and_leaves_foreign_rules(node: str) -> None:
     assert f"add {SOURCE_SET} 10.65.0.2" in run(node, "ipset", "save")
     assert "foreign" in run(node, "ipset", "list", "-n")
     routes = run(node, "ip", "route", "show")
-    assert f"10.65.0.3 dev {BACKEND_IF} scope link" in routes
+    assert f"10.65.0.3 dev {BACKEND_IF} scope link metric 1024" in routes
     assert "10.65.0.9" not in routes
+
+
+def routes_to(ns: str, dst: str) -> list[str]:
+    # The fixture leaves the veth peers down, so the kernel adds "linkdown"; the route itself is what counts.
+    shown = run(ns, "ip", "route", "show", "exact", dst).splitlines()
+    return [line.strip().removesuffix("linkdown").strip() for line in shown]
+
+
+def test_a_workload_route_with_another_metric_is_replaced_and_the_old_one_removed(node: str) -> None:
+    calc = calc_noencap()
+    dp = Dataplane(node)
+    # What an agent from before workload routes had Felix's priority left (metric 0, which BIRD would
+    # export as an elevated /32), beside a correct route: both must end as the one correct route.
+    run(node, "ip", "route", "add", "10.65.0.2/32", "dev", FRONTEND_IF, "scope", "link", "proto", "boot")
+    run(node, "ip", "route", "add", "10.65.0.3/32", "dev", BACKEND_IF, "scope", "link", "proto", "boot")
+    run(node, "ip", "route", "add", "10.65.0.3/32", "dev", BACKEND_IF, "scope", "link", "proto", "boot",
+        "metric", "1024")
+    dp.apply(calc.snapshot())
+    assert routes_to(node, "10.65.0.2/32") == [
+        f"10.65.0.2 dev {FRONTEND_IF} scope link metric 1024"]
+    assert routes_to(node, "10.65.0.3/32") == [
+        f"10.65.0.3 dev {BACKEND_IF} scope link metric 1024"]
+
+    # Drift to another metric after the fact is repaired at the next apply, without a duplicate.
+    run(node, "ip", "route", "del", "10.65.0.2/32", "dev", FRONTEND_IF, "metric", "1024")
+    run(node, "ip", "route", "add", "10.65.0.2/32", "dev", FRONTEND_IF, "scope", "link", "proto", "boot",
+        "metric", "512")
+    before = dp.stats.routes_deleted, dp.stats.routes_added
+    dp.apply(calc.snapshot())
+    assert routes_to(node, "10.65.0.2/32") == [
+        f"10.65.0.2 dev {FRONTEND_IF} scope link metric 1024"]
+    assert (dp.stats.routes_deleted, dp.stats.routes_added) == (before[0] + 1, before[1] + 1)
+    # The dry-run rendering is what the kernel shows for our workload routes.
+    shown = [line.strip().removesuffix("linkdown").strip() for line in run(node, "ip", "route", "show").splitlines()]
+    for route in calc.snapshot().routes:
+        if route.kind == "local":
+            assert route.render() in shown
 
 
 def test_deleting_the_policy_removes_its_chain_and_set(node: str) -> None:

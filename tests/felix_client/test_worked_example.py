@@ -49,10 +49,13 @@ def test_node1_ip_sets_and_routes():
     save = rules.render_ipset_save(sets)
     create = f"create {SOURCE_SET} hash:net family inet hashsize 1024 maxelem 1048576"
     assert f"{create}\nadd {SOURCE_SET} 10.65.0.2\n" in save
+    # Our output, not the reference worked example's (felix.md §2.4, like the FV comment it cites), which
+    # shows local routes without a metric: we give them NormalRoutePriority (1024), as current Felix does,
+    # because the BIRD templates we render export a /32 inside a local block whose metric is below that.
     assert rules.render_routes(state).splitlines() == [
         "blackhole 10.65.0.0/26 proto 80",
-        f"10.65.0.2 dev {FRONTEND_IF} scope link",
-        f"10.65.0.3 dev {BACKEND_IF} scope link",
+        f"10.65.0.2 dev {FRONTEND_IF} scope link metric 1024",
+        f"10.65.0.3 dev {BACKEND_IF} scope link metric 1024",
         "10.65.1.0/26 via 192.168.56.12 dev tunl0 proto 80 onlink",
     ]
 
@@ -66,7 +69,7 @@ def test_node2_has_no_policy_chain_or_set():
     assert rules.render_routes(state).splitlines() == [
         "10.65.0.0/26 via 192.168.56.11 dev tunl0 proto 80 onlink",
         "blackhole 10.65.1.0/26 proto 80",
-        f"10.65.1.2 dev {OTHER_IF} scope link",
+        f"10.65.1.2 dev {OTHER_IF} scope link metric 1024",
     ]
 
 
