@@ -396,7 +396,7 @@ class AsyncSyncClient:
         hint, self._hint = self._hint, None
         if hint is not None:
             # The server that refused us said where to go and how long to spread the herd over.
-            delay = max(delay, self._rng.uniform(0.0, hint.after_ms / 1000.0))
+            delay = max(delay, self._spread(hint))
             endpoint = hint.endpoint or self._pick_endpoint(avoid=conn.endpoint)
         self._connect_later(delay, endpoint)
 
@@ -411,8 +411,12 @@ class AsyncSyncClient:
         others = [e for e in self.endpoints if e not in (conn.endpoint, hint.endpoint)]
         candidates = ([hint.endpoint] if hint.endpoint else []) + others
         self._move_candidates = deque(candidates or [conn.endpoint])
-        delay = self._rng.uniform(0.0, hint.after_ms / 1000.0)
-        self._connect_later(delay, self._move_candidates.popleft())
+        self._connect_later(self._spread(hint), self._move_candidates.popleft())
+
+    def _spread(self, hint: ReconnectHint) -> float:
+        """A random wait up to the hint's after_ms, but no longer than our own backoff maximum: a
+        server's hint must not park the client (after_ms is a uint32: up to 49 days)."""
+        return self._rng.uniform(0.0, min(hint.after_ms / 1000.0, self._backoff.maximum))
 
     def _pick_endpoint(self, avoid: str | None = None) -> str:
         for _ in range(len(self.endpoints)):
