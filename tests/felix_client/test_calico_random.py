@@ -194,14 +194,5 @@ def test_random_calico_policies_match_the_model(seed):
     cluster.sync()
     for index, step in enumerate(case["steps"]):
         cluster.run_step(step)
-        planes = cluster.dataplanes()
-        wrong = []
-        for serve in SERVES:
-            proto, port = serve["protocol"], serve["port"]
-            for src in cluster.pods:
-                for dst in cluster.pods:
-                    if src != dst:
-                        want = allowed(cluster, src, dst, proto, port)
-                        if cluster.allowed(planes, src, dst, proto.lower(), port) != want:
-                            wrong.append(f"{src}>{dst} {proto}/{port} expected {'allow' if want else 'deny'}")
+        wrong = cluster.mismatches(lambda src, dst, proto, port: allowed(cluster, src, dst, proto, port), SERVES)
         assert not wrong, f"seed {seed} step {index + 1}: {wrong}\npolicies: {list(cluster.policies.values())}"

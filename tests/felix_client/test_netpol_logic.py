@@ -14,6 +14,7 @@ import copy
 import ipaddress
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -165,6 +166,20 @@ class Cluster:
         if same or out != "ACCEPT":
             return out == "ACCEPT"
         return planes[b["node"]].forward(Packet(a["ip"], b["ip"], proto, 40000, port, "tunl0", b_if)) == "ACCEPT"
+
+    def mismatches(self, model: Callable[[str, str, str, int], bool], serves: list[dict[str, Any]]) -> list[str]:
+        """Every ordered pair on every served port where the rendered tables disagree with `model`."""
+        planes = self.dataplanes()
+        wrong = []
+        for serve in serves:
+            proto, port = serve["protocol"], serve["port"]
+            for src in self.pods:
+                for dst in self.pods:
+                    if src != dst:
+                        want = model(src, dst, proto, port)
+                        if self.allowed(planes, src, dst, proto.lower(), port) != want:
+                            wrong.append(f"{src}>{dst} {proto}/{port} expected {'allow' if want else 'deny'}")
+        return wrong
 
     def check(self, expect: list[dict[str, Any]], where: str) -> None:
         planes = self.dataplanes()

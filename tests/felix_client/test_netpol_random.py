@@ -1,7 +1,8 @@
 """Random Kubernetes NetworkPolicies: the rendered tables agree with an independent model of the API.
 
-`allowed()` below is NetworkPolicy semantics written straight from the Kubernetes API documentation
-(isolation per direction, peers, ipBlock/except, numeric and named ports), with no Calico in it. For
+The model is typha.testing.netpol_model (also the e2e tests' expectation): NetworkPolicy semantics
+written straight from the Kubernetes API documentation (isolation per direction, peers, ipBlock/except,
+numeric and named ports), with no Calico in it. For
 each seed, a random cluster and random policies go through the converter, the calculation, the
 renderer and the packet walker (test_netpol_logic.Cluster), and every pair on every served port must
 match the model. Seeds are fixed, so a failure reproduces.
@@ -9,11 +10,12 @@ match the model. Seeds are fixed, so a failure reproduces.
 
 from __future__ import annotations
 
-import ipaddress
 import random
 from typing import Any
 
 import pytest
+
+from typha.testing.netpol_model import ModelPod, NetworkPolicyModel
 
 from .test_netpol_logic import Cluster
 
@@ -104,77 +106,11 @@ def random_case(rng: random.Random) -> dict[str, Any]:
     return {"id": "random", "flavor": "kubernetes", "namespaces": namespaces, "pods": pods, "steps": steps}
 
 
-# --- the model ----------------------------------------------------------------------------------
-
-
-def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
-    for key, value in (selector.get("matchLabels") or {}).items():
-        if labels.get(key) != value:
-            return False
-    for expr in selector.get("matchExpressions") or ():
-        key, op, values = expr["key"], expr["operator"], expr.get("values") or []
-        if op == "In" and labels.get(key) not in values:
-            return False
-        if op == "NotIn" and key in labels and labels[key] in values:
-            return False
-        if op == "Exists" and key not in labels:
-            return False
-        if op == "DoesNotExist" and key in labels:
-            return False
-    return True
-
-
-def _peer_matches(peer: dict[str, Any], policy_ns: str, other: dict[str, Any], ns_labels: dict[str, Any]) -> bool:
-    if "ipBlock" in peer:
-        ip = ipaddress.ip_address(other["ip"])
-        block = peer["ipBlock"]
-        return ip in ipaddress.ip_network(block["cidr"]) and not any(
-            ip in ipaddress.ip_network(e) for e in block.get("except") or ())
-    if "namespaceSelector" in peer:
-        if not selects(peer["namespaceSelector"], ns_labels[other["namespace"]]):
-            return False
-    elif other["namespace"] != policy_ns:
-        return False
-    return selects(peer.get("podSelector") or {}, other["labels"])
-
-
-def _port_matches(port: dict[str, Any], proto: str, number: int, target: dict[str, Any]) -> bool:
-    if (port.get("protocol") or "TCP") != proto:
-        return False
-    wanted = port.get("port")
-    if wanted is None:
-        return True
-    if isinstance(wanted, int):
-        return wanted == number
-    # A named port resolves on the pod receiving the connection.
-    return any(s.get("name") == wanted and s["protocol"] == proto and s["port"] == number for s in target["serves"])
-
-
-def _direction_allows(cluster: Cluster, pod: dict[str, Any], other: dict[str, Any], direction: str,
-                      proto: str, port: int, target: dict[str, Any]) -> bool:
-    isolated = False
-    for manifest in cluster.policies.values():
-        ns, spec = manifest["metadata"]["namespace"], manifest["spec"]
-        if ns != pod["namespace"] or direction.capitalize() not in spec["policyTypes"]:
-            continue
-        if not selects(spec["podSelector"], pod["labels"]):
-            continue
-        isolated = True
-        for rule in spec.get(direction) or ():
-            peers = rule.get("from" if direction == "ingress" else "to")
-            if peers and not any(_peer_matches(p, ns, other, cluster.namespaces) for p in peers):
-                continue
-            ports = rule.get("ports")
-            if ports and not any(_port_matches(p, proto, port, target) for p in ports):
-                continue
-            return True
-    return not isolated
-
-
-def allowed(cluster: Cluster, src: str, dst: str, proto: str, port: int) -> bool:
-    a, b = cluster.pods[src], cluster.pods[dst]
-    return (_direction_allows(cluster, a, b, "egress", proto, port, b)
-            and _direction_allows(cluster, b, a, "ingress", proto, port, b))
+def model(cluster: Cluster) -> NetworkPolicyModel:
+    """The shared model over the cluster as it stands after a step (labels may have changed)."""
+    pods = [ModelPod(p["namespace"], p["name"], p["ip"], p["labels"],
+                     tuple((s["name"], s["port"], s["protocol"]) for s in p["serves"])) for p in cluster.pods.values()]
+    return NetworkPolicyModel(pods, cluster.namespaces, cluster.policies.values())
 
 
 @pytest.mark.parametrize("seed", range(100))
@@ -185,15 +121,5 @@ def test_random_policies_match_the_model(seed):
     cluster.sync()
     for index, step in enumerate(case["steps"]):
         cluster.run_step(step)
-        planes = cluster.dataplanes()
-        wrong = []
-        for serve in SERVES:
-            proto, port = serve["protocol"], serve["port"]
-            for src in cluster.pods:
-                for dst in cluster.pods:
-                    if src == dst:
-                        continue
-                    want = allowed(cluster, src, dst, proto, port)
-                    if cluster.allowed(planes, src, dst, proto.lower(), port) != want:
-                        wrong.append(f"{src}>{dst} {proto}/{port} expected {'allow' if want else 'deny'}")
+        wrong = cluster.mismatches(model(cluster).allowed, SERVES)
         assert not wrong, f"seed {seed} step {index + 1}: {wrong}\npolicies: {list(cluster.policies.values())}"

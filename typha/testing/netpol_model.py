@@ -6,7 +6,7 @@ namespaces' labels and the NetworkPolicies as the API stores them, may `src` ope
 direction in its policyTypes accepts only what one of those policies' rules allows; an unselected pod
 accepts everything. Peers: podSelector (policy's namespace), namespaceSelector (+ podSelector),
 ipBlock with except. Ports: numeric, named (resolved on the destination pod), endPort ranges.
-The same model as tests/felix_client/test_netpol_random.py, in a form that takes plain API objects.
+tests/felix_client/test_netpol_random.py checks felix-client's rendered tables against it.
 """
 
 from __future__ import annotations
