@@ -37,6 +37,7 @@ from confd_client.bgp import BGPStore
 from confd_client.kube import KubeSources
 from confd_client.render import FILES, render_all, write_if_changed
 from typha.client import ClientTLS, StatusChange, TLSConfigError, UpdateBatch, open_trio_sync_client
+from typha.client.discovery import TyphaDiscovery, discover_until_found
 from typha.model.kv import SyncStatus
 
 log = logging.getLogger("confd_client")
@@ -60,7 +61,7 @@ def typha_setting(env: Mapping[str, str], name: str) -> str:
 @dataclass
 class Settings:
     nodename: str
-    endpoints: list[str]
+    endpoints: list[str]  # empty when `discovery` finds them (<prefix>TYPHAK8SSERVICENAME)
     config_dir: Path = Path(DEFAULT_CONFIG_DIR)
     oneshot: bool = False
     debounce: float = 0.2
@@ -83,6 +84,7 @@ class Settings:
     kube: bool = False
     kubeconfig: str = ""
     namespace: str = "kube-system"
+    discovery: TyphaDiscovery | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], argv: Sequence[str] | None = None) -> Settings:
@@ -99,16 +101,19 @@ class Settings:
         nodename = env.get("NODENAME", "")
         if not nodename:
             parser.error("NODENAME must be set")
-        address = args.typha or typha_setting(env, "ADDR")
-        if not address:
-            parser.error("no typha address: set --typha or FELIX_TYPHAADDR (or CONFD_/CALICO_TYPHAADDR)")
+        override = [a for a in (args.typha or "").split(",") if a.strip()]
+        discovery = TyphaDiscovery.from_env(env, TYPHA_PREFIXES, node=nodename, override=override)
+        if not discovery.configured:
+            parser.error("no typha address: set --typha, FELIX_TYPHAADDR or FELIX_TYPHAK8SSERVICENAME "
+                         "(or the CONFD_/CALICO_ forms)")
         try:
             tls = ClientTLS.from_env(env, prefixes=TYPHA_PREFIXES)
         except TLSConfigError as exc:
             parser.error(str(exc))
         return cls(
             nodename=nodename,
-            endpoints=[a.strip() for a in address.split(",") if a.strip()],
+            endpoints=list(discovery.static),
+            discovery=discovery,
             config_dir=Path(args.config_dir),
             oneshot=args.oneshot,
             debounce=args.debounce,
@@ -339,9 +344,13 @@ class ConfdAgent:
     async def _run(self) -> None:
         with trio.CancelScope() as scope:
             self._cancel = scope
+            endpoints, options = self.settings.endpoints, self._client_options()
+            discovery = self.settings.discovery
+            if discovery is not None and discovery.dynamic:
+                endpoints = await discover_until_found(discovery)
+                options["rediscover"] = discovery.addresses
             async with open_trio_sync_client(
-                self.settings.endpoints, "bgp", hostname=self.settings.nodename,
-                info="confd-client", **self._client_options(),
+                endpoints, "bgp", hostname=self.settings.nodename, info="confd-client", **options,
             ) as client:
                 if self.settings.oneshot:
                     with trio.fail_after(self.settings.in_sync_timeout):

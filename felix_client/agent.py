@@ -47,11 +47,10 @@ from felix_client.dataplane import Dataplane
 from felix_client.dataplane.dataplane import OwnVTEP
 from felix_client.health import DEFAULT_HEALTH_PORT, serve_health
 from typha.client import ClientTLS, StatusChange, TLSConfigError, UpdateBatch, open_trio_sync_client
+from typha.client.discovery import TyphaDiscovery, discover_until_found, with_default_port
 from typha.model.kv import SyncStatus
 
 log = logging.getLogger("felix_client.agent")
-
-DEFAULT_TYPHA_PORT = 5473
 
 
 @dataclass
@@ -70,6 +69,9 @@ class AgentOptions:
     netns: str | None = None  # kernel mode: program this named namespace instead of our own (tests)
     tls: ClientTLS = field(default_factory=ClientTLS)  # FELIX_TYPHACAFILE, …: off when all empty
     apply_log: Path | None = None  # one JSON line per completed apply (see the module docstring)
+    # FELIX_TYPHAK8SSERVICENAME: `typha` is empty and the endpoints come from the service, looked up
+    # at start and again before each reconnect.
+    discovery: TyphaDiscovery | None = None
 
 
 @dataclass
@@ -110,8 +112,13 @@ class Agent:
         if self.options.max_consecutive_failures is not None:
             client_options["max_consecutive_failures"] = self.options.max_consecutive_failures
         client_options.update(self.options.tls.client_options())
+        endpoints = self.options.typha
+        discovery = self.options.discovery
+        if discovery is not None and discovery.dynamic:
+            endpoints = await discover_until_found(discovery, attempts=self.options.max_consecutive_failures)
+            client_options["rediscover"] = discovery.addresses
         async with (
-            open_trio_sync_client(self.options.typha, "felix", hostname=self.options.hostname, **client_options)
+            open_trio_sync_client(endpoints, "felix", hostname=self.options.hostname, **client_options)
             as client,
             trio.open_nursery() as nursery,
         ):
@@ -277,10 +284,6 @@ def _default_hostname() -> str:
     return os.environ.get("FELIX_FELIXHOSTNAME") or os.environ.get("NODENAME") or socket.gethostname()
 
 
-def _typha_address(text: str) -> str:
-    return text if ":" in text.rsplit("]", 1)[-1] else f"{text}:{DEFAULT_TYPHA_PORT}"
-
-
 def parse_args(argv: Sequence[str] | None = None) -> AgentOptions:
     parser = argparse.ArgumentParser(prog="felix-client", description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -311,17 +314,20 @@ def parse_args(argv: Sequence[str] | None = None) -> AgentOptions:
     parser.add_argument("--log-level", default=os.environ.get("FELIX_LOGSEVERITYSCREEN", "INFO"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    typha = args.typha or [a for a in os.environ.get("FELIX_TYPHAADDR", "").split(",") if a]
-    if not typha:
-        parser.error("no typha address: give --typha or set FELIX_TYPHAADDR")
+    hostname = args.hostname or _default_hostname()
+    discovery = TyphaDiscovery.from_env(os.environ, ("FELIX_",), node=hostname,
+                                        override=[with_default_port(a) for a in args.typha or ()])
+    if not discovery.configured:
+        parser.error("no typha address: give --typha, or set FELIX_TYPHAADDR or FELIX_TYPHAK8SSERVICENAME")
     try:
         # Felix's FELIX_TYPHACAFILE/CERTFILE/KEYFILE/CN/URISAN, verified exactly as Felix's Typha client does.
         tls = ClientTLS.from_env()
     except TLSConfigError as exc:
         parser.error(str(exc))
     return AgentOptions(
-        typha=[_typha_address(a) for a in typha],
-        hostname=args.hostname or _default_hostname(),
+        typha=list(discovery.static),
+        discovery=discovery,
+        hostname=hostname,
         dry_run=args.dry_run,
         debounce=args.debounce,
         resync_interval=args.resync_interval,
@@ -371,7 +377,8 @@ def _gave_up(exc: BaseException) -> ConnectionError | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     options = parse_args(argv)
-    log.info("felix-client for node %s following %s, %s", options.hostname, options.typha,
+    following = options.discovery.describe() if options.discovery is not None else ",".join(options.typha)
+    log.info("felix-client for node %s following %s, %s", options.hostname, following,
              f"dry run into {options.dry_run}" if options.dry_run else "programming this network namespace")
     try:
         trio.run(_main, options)

@@ -16,6 +16,8 @@ import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+import trio
+
 from typha.datastore.kubeclient import KubeClient
 from typha.model.resources import Resource, by_key
 
@@ -28,8 +30,9 @@ DEFAULT_TYPHA_PORT = 5473
 ENDPOINT_SLICES = by_key("endpointslices.discovery.k8s.io")
 
 
-class DiscoveryError(Exception):
-    """No usable Typha address (misconfiguration, or the API could not be listed)."""
+class DiscoveryError(ConnectionError):
+    """No usable Typha address (misconfiguration, or the API could not be listed): like a failed
+    connection, an agent gives up on it only after its allowed number of attempts."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,3 +177,21 @@ class TyphaDiscovery:
             node=node,
             kubeconfig=env.get("KUBECONFIG", ""),
         )
+
+
+async def discover_until_found(discovery: TyphaDiscovery, *, attempts: int | None = None,
+                               initial_delay: float = 1.0, max_delay: float = 10.0) -> list[str]:
+    """`discovery.addresses()` off the trio thread, retried with backoff while nothing is found (the
+    Typha Deployment may still be rolling out); DiscoveryError after `attempts` failures (None: never)."""
+    delay = initial_delay
+    failures = 0
+    while True:
+        try:
+            return await trio.to_thread.run_sync(discovery.addresses)
+        except DiscoveryError as exc:
+            failures += 1
+            if attempts is not None and failures >= attempts:
+                raise
+            log.warning("%s; retrying in %.0f s", exc, delay)
+        await trio.sleep(delay)
+        delay = min(max_delay, delay * 2)
