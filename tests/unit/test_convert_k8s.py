@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import msgpack
 import pytest
 
 from typha.model.convert import BGP_CONVERTERS, FELIX_CONVERTERS, ConversionError, veth_name
@@ -330,3 +331,12 @@ def test_service_and_endpoint_slice_pass_through() -> None:
     [(key, value)] = FELIX_CONVERTERS["endpointslices.discovery.k8s.io"](eps)
     assert key == "/calico/resources/v3/projectcalico.org/kubernetesendpointslices/demo/web-x1"
     assert value["addressType"] == "IPv4"
+
+
+def test_passed_through_value_does_not_depend_on_list_or_watch() -> None:
+    """List items carry no apiVersion/kind, watch events do; the value must be the same either way."""
+    watched = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "demo"},
+               "spec": {"clusterIP": "10.96.0.10"}}
+    listed = {k: v for k, v in watched.items() if k not in ("apiVersion", "kind")}
+    convert = FELIX_CONVERTERS["services"]
+    assert msgpack.packb(convert(listed)[0][1]) == msgpack.packb(convert(watched)[0][1])

@@ -695,21 +695,24 @@ def bgp_node(node: dict[str, Any]) -> list[tuple[str, Any]]:
 # --- Service / EndpointSlice (passed through for Felix's BPF/service handling) -------------------
 
 
-def _passthrough(kind: str, obj: dict[str, Any]) -> list[tuple[str, Any]]:
+def _passthrough(kind: str, obj: dict[str, Any], type_meta: tuple[str, str]) -> list[tuple[str, Any]]:
     md = metadata(obj)
     ns = namespace_of(md)
     # The Kubernetes object itself is the value. resourceVersion goes (Typha carries it beside the
     # value, so a no-op update dedupes) and so do managedFields (server-side-apply bookkeeping that
     # changes on every write and that no consumer reads).
     slim_md = {k: v for k, v in md.items() if k not in ("resourceVersion", "managedFields")}
-    value = dict(obj)
+    # List items carry no apiVersion/kind, watch events do: set them, always first, so that a value
+    # does not change (for every client, and between replicas) with how the object was last read.
+    value = {"apiVersion": type_meta[0], "kind": type_meta[1]}
+    value.update((k, v) for k, v in obj.items() if k not in ("apiVersion", "kind"))
     value["metadata"] = slim_md
     return [(keys.resource_path(kind, md["name"], ns), value)]
 
 
 def k8s_service(svc: dict[str, Any]) -> list[tuple[str, Any]]:
-    return _passthrough("KubernetesService", svc)
+    return _passthrough("KubernetesService", svc, ("v1", "Service"))
 
 
 def k8s_endpoint_slice(eps: dict[str, Any]) -> list[tuple[str, Any]]:
-    return _passthrough("KubernetesEndpointSlice", eps)
+    return _passthrough("KubernetesEndpointSlice", eps, ("discovery.k8s.io/v1", "EndpointSlice"))
