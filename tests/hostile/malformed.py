@@ -106,6 +106,17 @@ def tolerated() -> list[dict[str, Any]]:
         _crd("BGPFilter", "filter-bad", {"exportV4": [{"action": "Accept", "cidr": "10.0.0.0/77",
                                                        "matchOperator": "In"}]}),
         _crd("FelixConfiguration", "node.node-1", {"logSeverityScreen": ["not", "a", "string"]}),
+        # Labels the real API server would refuse (key syntax, 1,000-character values): they become
+        # profile labels as they are; Services and EndpointSlices pass through as Kubernetes objects.
+        {"apiVersion": "v1", "kind": "Namespace",
+         "metadata": {"name": "odd-labels", "labels": {"bad key!": "v" * 1000}}},
+        {"apiVersion": "v1", "kind": "ServiceAccount",
+         "metadata": {"name": "odd-labels", "namespace": "demo", "labels": {"x/y/z": "q" * 5000}}},
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "svc-odd", "namespace": "demo"},
+         "spec": {"clusterIP": "not-an-ip", "ports": [{"port": "eighty"}]}},
+        {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+         "metadata": {"name": "es-odd", "namespace": "demo", "labels": {"kubernetes.io/service-name": "svc-odd"}},
+         "addressType": "IPv4", "endpoints": [{"addresses": ["999.0.0.1"]}], "ports": [{"port": "x"}]},
     ]
 
 
