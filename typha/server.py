@@ -65,6 +65,9 @@ class ServerSettings:
     reuse_port: bool = False
     # digest-resync: above this fraction of differing buckets a (shared) snapshot is the cheaper answer.
     digest_resync_max_fraction: float = 0.25
+    # A client moving from another replica of the same upstream may be ahead of this one: how long to
+    # wait for this replica to reach its position before answering with a snapshot instead.
+    resume_catch_up_secs: float = 5.0
 
     @classmethod
     def from_config(cls, config: TyphaConfig) -> ServerSettings:
@@ -302,6 +305,8 @@ class SyncServer:
         self, conn: Connection, cache: SnapshotCache, hello: pb.ClientHello, context: grpc.aio.ServicerContext
     ) -> None:
         start: Breadcrumb | None = None
+        if hello.HasField("resume") and hello.resume.epoch == cache.epoch:
+            await self._catch_up(cache, hello.resume.sequence)
         conn.generation = cache.generation  # taken with the position, before any await
         if hello.HasField("resume"):
             try:
@@ -349,6 +354,16 @@ class SyncServer:
         """The status as of the client's starting point: later changes reach it as crumbs."""
         status = pb.SyncStatus(status=STATUS_TO_PB[crumb.status], sequence=crumb.sequence)
         await context.write(_frame(status=status))
+
+    async def _catch_up(self, cache: SnapshotCache, sequence: int) -> None:
+        """Wait (bounded) until `cache` has reached `sequence`: replicas of one upstream (fan-out workers)
+        trail it by different amounts, and the clients of a dead one come with their own position."""
+        if sequence <= cache.newest.sequence:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.settings.resume_catch_up_secs):
+                while cache.newest.sequence < sequence:
+                    await cache.new_crumb_event.wait()
 
     def _server_hello(self, cache: SnapshotCache, conn: Connection, *, resumed: bool, sequence: int) -> pb.ServerHello:
         return pb.ServerHello(version=__version__, server_id=self.server_id, epoch=cache.epoch, resumed=resumed,

@@ -174,6 +174,37 @@ def test_bad_clients_get_a_status_with_a_reason_and_others_keep_being_served(sen
     run(scenario)
 
 
+def test_a_client_ahead_of_this_replica_resumes_once_it_catches_up():
+    """The clients of a dead fan-out worker may be ahead of the worker they land on (same epoch)."""
+
+    async def scenario() -> None:
+        async with serving(ServerSettings(handshake_timeout_secs=2, resume_catch_up_secs=1.0)) as (server, caches):
+            felix = caches["felix"]
+            felix.apply([put("/a", 1)])
+            ahead = felix.newest.sequence + 2
+            client = RawClient(server.port)
+            await client.hello(resume=pb.ResumePoint(epoch=felix.epoch, sequence=ahead), features=())
+            await asyncio.sleep(0.1)
+            felix.apply([put("/b", 2)])
+            felix.apply([put("/c", 3)])
+            felix.apply([put("/d", 4)])
+            hello = (await client.read()).hello
+            assert hello.resumed and hello.sequence == ahead
+            assert (await client.read()).WhichOneof("payload") == "status"
+            message = await client.read()
+            assert [kv.key for kv in message.deltas.kvs] == ["/d"], "only what follows the client's position"
+            await client.close()
+            # A replica that does not get there in time answers with a snapshot.
+            late = RawClient(server.port)
+            await late.hello(resume=pb.ResumePoint(epoch=felix.epoch, sequence=felix.newest.sequence + 5),
+                             features=())
+            snapshot_hello, state = await late.read_snapshot()
+            assert not snapshot_hello.resumed and set(state) == {"/a", "/b", "/c", "/d"}
+            await late.close()
+
+    run(scenario)
+
+
 def test_second_hello_is_a_protocol_error():
     async def scenario() -> None:
         # Client messages are read after each ping (an idle stream keeps no read pending), so a
