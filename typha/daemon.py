@@ -58,15 +58,23 @@ class TyphaDaemon:
             credentials, self.server.authorizer = typha_tls.server_security(config)
         else:
             credentials = None
-        port = await self.server.start(config.server_host or "0.0.0.0", config.effective_server_port, credentials)
-        log.info("Serving syncers %s on port %d", ", ".join(self.caches), port)
+        if config.health_enabled:
+            # Before a replica waits for its upstream: probes get "live, not ready" meanwhile.
+            self.health = HealthEndpoints(ready=self.readiness, live=self.liveness)
+            await self.health.start(config.health_host, config.health_port)
         if config.upstream:
             tls = config.upstream_tls()
             self.followers = [UpstreamFollower(config.upstream, name, cache, tls=tls)
                               for name, cache in self.caches.items()]
             for follower in self.followers:
                 follower.start()
-        else:
+            # Listen only once every cache is a replica. Workers share the port, so the kernel hands new
+            # connections to any listener on it: a restarted worker listening with empty caches would
+            # answer the clients of a dead worker, resuming, with (empty) snapshots.
+            await asyncio.gather(*(follower.first_replica.wait() for follower in self.followers))
+        port = await self.server.start(config.server_host or "0.0.0.0", config.effective_server_port, credentials)
+        log.info("Serving syncers %s on port %d", ", ".join(self.caches), port)
+        if not config.upstream:
             if self.kube is None:
                 self.kube = KubeClient.from_environment(config.kubeconfig or None)
             syncers = [Syncer(name, LoopFeeder(cache, loop)) for name, cache in self.caches.items()]
@@ -74,9 +82,6 @@ class TyphaDaemon:
             self.datastore.start()
         if config.connection_rebalancing_mode == "kubernetes":
             await self._start_rebalancing()
-        if config.health_enabled:
-            self.health = HealthEndpoints(ready=self.readiness, live=self.liveness)
-            await self.health.start(config.health_host, config.health_port)
         if config.prometheus_metrics_enabled:
             self.metrics_server, _ = prometheus_client.start_http_server(
                 config.prometheus_metrics_port, config.prometheus_metrics_host or "0.0.0.0")

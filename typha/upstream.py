@@ -77,6 +77,7 @@ class UpstreamFollower:
         self.last_error = ""
         self.connected = False  # streaming from the upstream right now (readiness)
         self.replicated = False  # the cache holds a replica (possibly stale while reconnecting)
+        self.first_replica = asyncio.Event()  # set once the cache first holds a replica
         self.sessions = 0
         self.resumes = 0
         self.snapshots = 0
@@ -188,6 +189,7 @@ class UpstreamFollower:
         status = (await self._expect(call, "status")).status
         self.cache.replicate_reset(hello.epoch, hello.sequence, kvs, PB_TO_STATUS.get(status.status, self.cache.status))
         self.replicated = True
+        self.first_replica.set()
         self.snapshots += 1
 
     async def _follow(self, call: grpc.aio.StreamStreamCall) -> None:

@@ -45,9 +45,10 @@ def test_replica_follows_over_mtls_only_when_names_match(pki: PKI, tmp_path: Pat
             "plaintext": TyphaConfig(server_host="127.0.0.1", server_port=free_port(), upstream=upstream),
         }
         daemons = {name: TyphaDaemon(config) for name, config in replicas.items()}
-        for daemon in daemons.values():
-            await daemon.start()
+        # A replica listens only once it holds a replica: the refused ones never finish starting.
+        starting = {name: asyncio.create_task(daemon.start()) for name, daemon in daemons.items()}
         try:
+            await asyncio.wait_for(asyncio.gather(starting["by CN"], starting["by URI SAN"]), WAIT)
             for name in ("by CN", "by URI SAN"):
                 copy, source = daemons[name].caches["felix"], ingest.caches["felix"]
                 followers = daemons[name].followers
@@ -68,7 +69,11 @@ def test_replica_follows_over_mtls_only_when_names_match(pki: PKI, tmp_path: Pat
                 followers = daemons[name].followers
                 assert not any(f.connected or f.replicated or f.snapshots for f in followers), name
                 assert len(daemons[name].caches["felix"]) == 0, name
+                assert not starting[name].done() and daemons[name].port == 0, name
         finally:
+            for task in starting.values():
+                task.cancel()
+            await asyncio.gather(*starting.values(), return_exceptions=True)
             for daemon in daemons.values():
                 await daemon.stop()
             await ingest.stop()
