@@ -14,6 +14,8 @@ multiprocess mode.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import dataclasses
 import logging
 import os
@@ -39,6 +41,13 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def _die_with_parent() -> None:
+    """In a child: SIGKILL when the supervisor dies (Linux). Unsupervised, a worker would hold the public
+    port and an ingest its watches, and a new supervisor could not take over."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def _env_value(value: object) -> str:
@@ -100,7 +109,7 @@ class Supervisor:
 
     def _spawn(self, child: Child) -> None:
         command = [sys.executable, "-m", "typha.cli", "--log-format", self.log_format, "serve", *child.flags]
-        child.process = subprocess.Popen(command, env=self._environment(child))
+        child.process = subprocess.Popen(command, env=self._environment(child), preexec_fn=_die_with_parent)
         child.started_at = time.monotonic()
         log.info("started %s (pid %d)", child.role, child.process.pid)
 
