@@ -1,10 +1,12 @@
 """A small Calico cluster in network namespaces for felix_client's kernel tests.
 
-The harness plays CNI and kubelet, as in test_netpol_conformance.py: node namespaces joined by a
-veth underlay (eth0, 10.201.0.0/24), one namespace per pod with a veth named as Calico names it
-(host side MAC ee:ee:ee:ee:ee:ee), the pod's /32 and the 169.254.1.1 gateway answered by proxy ARP.
-The Kubernetes API emulator holds the cluster; typha serves it on a Unix socket from this process;
-one `felix-client` per node runs inside that node's namespace and programs it.
+The harness plays CNI and kubelet (the pod plumbing is typha.testing.vcluster's): node namespaces
+joined by a veth underlay (eth0, 10.201.0.0/24), one namespace per pod with a veth named as Calico
+names it (host side MAC ee:ee:ee:ee:ee:ee), the pod's /32 and the 169.254.1.1 gateway answered by proxy
+ARP. The Kubernetes API emulator holds the cluster; typha serves it on a Unix socket from this process
+(so tests can inject KVs into its cache, which vcluster's `typha serve` child cannot); one
+`felix-client` per node runs inside that node's namespace and programs it. The module-level pieces
+(network, agents) also serve test_netpol_conformance.py, which keeps its own cluster model.
 """
 
 from __future__ import annotations
@@ -16,10 +18,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from typha.config import TyphaConfig
 from typha.daemon import TyphaDaemon
@@ -28,9 +30,12 @@ from typha.model.convert import veth_name
 from typha.model.kv import Update
 from typha.testing import objects
 from typha.testing.apiserver import KubeAPIEmulator
+from typha.testing.netns import Namespaces
+from typha.testing.vcluster import cni_add, route_pod_gateway, wait_for
+
+__all__ = ["DaemonThread", "FelixCluster", "Listener", "Node", "Pod", "exchange_eventually", "wait_for"]
 
 UNDERLAY_PREFIX = "10.201.0"
-POD_GATEWAY = "169.254.1.1"
 
 
 class DaemonThread:
@@ -114,26 +119,10 @@ class FelixCluster:
     # --- network ------------------------------------------------------------------------------
 
     def build_network(self) -> None:
-        ip = self.ns_tool.ip
+        names = build_two_nodes(self.ns_tool, {n.name: n.underlay_ip for n in self.nodes.values()},
+                                self.pods.values())
         for node in self.nodes.values():
-            node.netns = self.ns_tool.add(f"n{node.index}")
-        n1, n2 = (n.netns for n in self.nodes.values())
-        ip(n1, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", n2)
-        for node in self.nodes.values():
-            ip(node.netns, "addr", "add", f"{node.underlay_ip}/24", "dev", "eth0")
-            ip(node.netns, "link", "set", "eth0", "up")
-            # Proxy ARP answers for 169.254.1.1 only if the node routes it out of another interface
-            # (calico #3270); a host route is enough and sends nothing anywhere.
-            ip(node.netns, "route", "add", f"{POD_GATEWAY}/32", "dev", "eth0")
-        for i, pod in enumerate(self.pods.values()):
-            pod.netns = self.ns_tool.add(f"p{i}")
-            node_ns = self.nodes[pod.node].netns
-            ip(node_ns, "link", "add", pod.iface, "type", "veth", "peer", "name", "eth0", "netns", pod.netns)
-            ip(node_ns, "link", "set", pod.iface, "address", "ee:ee:ee:ee:ee:ee", "up")
-            ip(pod.netns, "addr", "add", f"{pod.ip}/32", "dev", "eth0")
-            ip(pod.netns, "link", "set", "eth0", "up")
-            ip(pod.netns, "route", "add", POD_GATEWAY, "dev", "eth0", "scope", "link")
-            ip(pod.netns, "route", "add", "default", "via", POD_GATEWAY, "dev", "eth0")
+            node.netns = names[node.name]
 
     # --- datastore and agents -----------------------------------------------------------------
 
@@ -159,54 +148,23 @@ class FelixCluster:
         self.wait_applied()
 
     def start_agent(self, node: str) -> None:
-        ns = self.nodes[node].netns
-        status = self.status_path(node)
-        status.unlink(missing_ok=True)
-        self.agents[node] = subprocess.Popen(
-            ["ip", "netns", "exec", ns, sys.executable, "-m", "felix_client.agent", "--typha",
-             f"unix:{self.socket_path}", "--hostname", node, "--uplink", "eth0", "--debounce", "0.02",
-             "--resync-interval", "5", "--status-file", str(status), "--log-level", "warning"],
-            stdout=subprocess.DEVNULL, stderr=open(self.tmp / f"{node}.log", "a"), text=True,  # noqa: SIM115
-        )
+        self.agents[node] = start_felix(self.nodes[node].netns, node, self.socket_path, self.tmp)
 
     def stop_agent(self, node: str) -> None:
         proc = self.agents.pop(node, None)
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-
-    def status_path(self, node: str) -> Path:
-        return self.tmp / f"{node}.json"
+        if proc is not None:
+            stop_process(proc)
 
     def status(self, node: str) -> dict[str, Any] | None:
-        try:
-            return json.loads(self.status_path(node).read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            return None
+        return felix_status(self.tmp, node)
 
     def wait_applied(self, timeout: float = 30) -> None:
         """Until every agent reports an apply covering all its pods."""
         want = {n: sum(1 for p in self.pods.values() if p.node == n) for n in self.nodes}
-
-        def done() -> bool:
-            for node, proc in self.agents.items():
-                assert proc.poll() is None, f"agent {node} exited: {self.agent_log(node)}"
-                status = self.status(node)
-                if status is None or status["applies"] == 0 or status["endpoints"] != want[node]:
-                    return False
-            return True
-
-        wait_for(done, timeout, lambda: "agents not applied: " + "; ".join(self.agent_log(n) for n in self.nodes))
+        wait_felix_applied(self.agents, want, self.tmp, timeout)
 
     def agent_log(self, node: str) -> str:
-        path = self.tmp / f"{node}.log"
-        return f"{node}: {path.read_text()[-2000:] if path.exists() else ''}"
+        return agent_log(self.tmp, node)
 
     def run(self, node: str, *argv: str) -> str:
         return self.ns_tool.run(self.nodes[node].netns, *argv)
@@ -222,13 +180,81 @@ class FelixCluster:
             self.api.stop()
 
 
-def wait_for(condition: Callable[[], bool], timeout: float, describe: Callable[[], str]) -> None:
-    """Poll `condition` until true; fail with `describe()` after `timeout` seconds (a hang guard)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not reached in {timeout}s: {describe()}")
-        time.sleep(0.05)
+class NetnsPod(Protocol):
+    node: str
+    ip: str
+    netns: str
+
+    @property
+    def iface(self) -> str: ...
+
+
+def build_two_nodes(ns_tool: Namespaces, underlay: dict[str, str], pods: Iterable[NetnsPod]) -> dict[str, str]:
+    """Two node namespaces joined by one veth pair (eth0, `underlay`: node -> its /24 address), and every
+    pod in a namespace of its own plugged into its node as Calico's CNI does; sets each pod's `netns`
+    and returns node -> namespace."""
+    assert len(underlay) == 2, "the underlay is one veth pair"
+    names = {node: ns_tool.add(f"n{i}") for i, node in enumerate(underlay, 1)}
+    n1, n2 = names.values()
+    ns_tool.ip(n1, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", n2)
+    for node, netns in names.items():
+        ns_tool.ip(netns, "addr", "add", f"{underlay[node]}/24", "dev", "eth0")
+        ns_tool.ip(netns, "link", "set", "eth0", "up")
+        route_pod_gateway(ns_tool, netns)
+    for i, pod in enumerate(pods):
+        pod.netns = ns_tool.add(f"p{i}")
+        cni_add(ns_tool, names[pod.node], pod.netns, pod.iface, pod.ip)
+    return names
+
+
+def start_felix(netns: str, node: str, socket_path: Path, tmp: Path) -> subprocess.Popen[str]:
+    """felix-client for `node` inside `netns`, reporting to tmp/<node>.json and logging to tmp/<node>.log."""
+    status = tmp / f"{node}.json"
+    status.unlink(missing_ok=True)
+    with open(tmp / f"{node}.log", "a") as log:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(
+            ["ip", "netns", "exec", netns, sys.executable, "-m", "felix_client.agent", "--typha",
+             f"unix:{socket_path}", "--hostname", node, "--uplink", "eth0", "--debounce", "0.02",
+             "--resync-interval", "5", "--status-file", str(status), "--log-level", "warning"],
+            stdout=subprocess.DEVNULL, stderr=log, text=True,
+        )
+
+
+def felix_status(tmp: Path, node: str) -> dict[str, Any] | None:
+    try:
+        return json.loads((tmp / f"{node}.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def agent_log(tmp: Path, node: str) -> str:
+    path = tmp / f"{node}.log"
+    return f"{node}: {path.read_text()[-2000:] if path.exists() else ''}"
+
+
+def wait_felix_applied(agents: dict[str, subprocess.Popen[str]], want: dict[str, int], tmp: Path,
+                       timeout: float = 30) -> None:
+    """Until every agent reports an apply covering its `want[node]` local endpoints."""
+
+    def done() -> bool:
+        for node, proc in agents.items():
+            assert proc.poll() is None, f"agent {node} exited: {agent_log(tmp, node)}"
+            status = felix_status(tmp, node)
+            if status is None or status["applies"] == 0 or status["endpoints"] != want[node]:
+                return False
+        return True
+
+    wait_for(done, timeout, lambda: "agents not applied: " + "; ".join(agent_log(tmp, n) for n in agents))
+
+
+def stop_process(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
 
 
 class Listener:

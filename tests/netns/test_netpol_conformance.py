@@ -27,14 +27,12 @@ from __future__ import annotations
 import copy
 import errno
 import ipaddress
-import json
 import os
 import re
 import selectors
 import shutil
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -44,7 +42,7 @@ from typing import Any
 
 import pytest
 import yaml
-from felix_harness import DaemonThread
+from felix_harness import DaemonThread, agent_log, build_two_nodes, start_felix, stop_process, wait_felix_applied
 
 from typha.datastore.kubeclient import KubeClient
 from typha.model.convert import veth_name
@@ -63,7 +61,6 @@ BLOCKS = {"node-1": "10.65.0.0/26", "node-2": "10.65.1.0/26"}
 PROBE_TIMEOUT = 1.0  # README §5.4
 STEP_DEADLINE = 10.0  # README §5.4, suggested
 BASELINE_DEADLINE = 30.0  # the first convergence also waits for the agents' first apply
-POD_GATEWAY = "169.254.1.1"
 
 pytestmark = [
     pytest.mark.root,
@@ -313,26 +310,7 @@ class Cluster:
     profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def build_network(self) -> None:
-        ip = self.ns_tool.ip
-        for i, node in enumerate(NODES, 1):
-            self.node_ns[node] = self.ns_tool.add(f"n{i}")
-        n1, n2 = self.node_ns["node-1"], self.node_ns["node-2"]
-        ip(n1, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", n2)
-        for node, ns in self.node_ns.items():
-            ip(ns, "addr", "add", f"{UNDERLAY[node]}/24", "dev", "eth0")
-            ip(ns, "link", "set", "eth0", "up")
-            # Proxy ARP answers for 169.254.1.1 only if the node routes it out of another interface
-            # (calico #3270); a host route is enough and sends nothing anywhere.
-            ip(ns, "route", "add", f"{POD_GATEWAY}/32", "dev", "eth0")
-        for i, pod in enumerate(self.pods.values()):
-            pod.netns = self.ns_tool.add(f"p{i}")
-            node_ns = self.node_ns[pod.node]
-            ip(node_ns, "link", "add", pod.iface, "type", "veth", "peer", "name", "eth0", "netns", pod.netns)
-            ip(node_ns, "link", "set", pod.iface, "address", "ee:ee:ee:ee:ee:ee", "up")
-            ip(pod.netns, "addr", "add", f"{pod.ip}/32", "dev", "eth0")
-            ip(pod.netns, "link", "set", "eth0", "up")
-            ip(pod.netns, "route", "add", POD_GATEWAY, "dev", "eth0", "scope", "link")
-            ip(pod.netns, "route", "add", "default", "via", POD_GATEWAY, "dev", "eth0")
+        self.node_ns = build_two_nodes(self.ns_tool, UNDERLAY, self.pods.values())
 
     def cluster_objects(self) -> list[dict[str, Any]]:
         objs: list[dict[str, Any]] = [
@@ -370,49 +348,18 @@ class Cluster:
 
     def start_agents(self, socket_path: Path) -> None:
         for node, ns in self.node_ns.items():
-            status = self.tmp / f"{node}.json"
-            self.agents[node] = subprocess.Popen(
-                ["ip", "netns", "exec", ns, sys.executable, "-m", "felix_client.agent", "--typha",
-                 f"unix:{socket_path}", "--hostname", node, "--uplink", "eth0", "--debounce", "0.02",
-                 "--resync-interval", "5", "--status-file", str(status), "--log-level", "warning"],
-                stdout=subprocess.DEVNULL, stderr=open(self.tmp / f"{node}.log", "w"), text=True,  # noqa: SIM115
-            )
+            self.agents[node] = start_felix(ns, node, socket_path, self.tmp)
 
     def wait_applied(self, timeout: float = 30) -> None:
         want = {n: sum(1 for p in self.pods.values() if p.node == n) for n in NODES}
-        deadline = time.monotonic() + timeout
-        while True:
-            done = True
-            for node, proc in self.agents.items():
-                assert proc.poll() is None, f"agent {node} exited: {self.agent_log(node)}"
-                status = self.tmp / f"{node}.json"
-                try:
-                    data = json.loads(status.read_text())
-                except (FileNotFoundError, json.JSONDecodeError):
-                    done = False
-                    continue
-                done = done and data["applies"] > 0 and data["endpoints"] == want[node]
-            if done:
-                return
-            if time.monotonic() > deadline:
-                raise AssertionError(f"agents not applied in {timeout}s: "
-                                     + "; ".join(self.agent_log(n) for n in NODES))
-            time.sleep(0.05)
-
-    def agent_log(self, node: str) -> str:
-        path = self.tmp / f"{node}.log"
-        return f"{node}: {path.read_text()[-2000:] if path.exists() else ''}"
+        wait_felix_applied(self.agents, want, self.tmp, timeout)
 
     def stop_agents(self) -> None:
         for proc in self.agents.values():
             if proc.poll() is None:
-                proc.terminate()
+                proc.terminate()  # all at once: each then exits while the others do
         for proc in self.agents.values():
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+            stop_process(proc)
 
     def converge(self, checks: list[Check], deadline_secs: float, what: str) -> int:
         """Poll the whole expectation until it holds; returns the number of rounds."""
@@ -440,7 +387,7 @@ class Cluster:
     def diagnostics(self) -> str:
         out = []
         for node, ns in self.node_ns.items():
-            out.append(f"--- {node}: {self.agent_log(node)}")
+            out.append(f"--- {node}: {agent_log(self.tmp, node)}")
             out.append(self.ns_tool.run(ns, "iptables-save", "-t", "filter", check=False)[-6000:])
             out.append(self.ns_tool.run(ns, "ip", "route", check=False))
         return "\n".join(out)

@@ -85,6 +85,24 @@ class VPod:
         return veth_name(self.namespace, self.name)
 
 
+def route_pod_gateway(ns: Namespaces, node_netns: str) -> None:
+    """Proxy ARP answers for 169.254.1.1 only if the node routes it out of another interface
+    (calico #3270); a host route is enough and sends nothing anywhere."""
+    ns.ip(node_netns, "route", "add", f"{POD_GATEWAY}/32", "dev", "eth0")
+
+
+def cni_add(ns: Namespaces, node_netns: str, pod_netns: str, iface: str, pod_ip: str) -> None:
+    """What Calico's CNI plugin does for a pod: a veth `iface` on the node (MAC ee:ee:ee:ee:ee:ee) whose
+    peer is the pod's eth0, the pod's /32, and a default route via 169.254.1.1 (answered by proxy ARP);
+    the node's /32 route to the pod is felix-client's to program."""
+    ns.ip(node_netns, "link", "add", iface, "type", "veth", "peer", "name", "eth0", "netns", pod_netns)
+    ns.ip(node_netns, "link", "set", iface, "address", "ee:ee:ee:ee:ee:ee", "up")
+    ns.ip(pod_netns, "addr", "add", f"{pod_ip}/32", "dev", "eth0")
+    ns.ip(pod_netns, "link", "set", "eth0", "up")
+    ns.ip(pod_netns, "route", "add", POD_GATEWAY, "dev", "eth0", "scope", "link")
+    ns.ip(pod_netns, "route", "add", "default", "via", POD_GATEWAY, "dev", "eth0")
+
+
 class Child:
     """A child process with its output in a log file; stopped by pid, never by name."""
 
@@ -227,23 +245,15 @@ class VirtualCluster:
         ip(self.switch, "link", "set", port, "master", "br0", "up")
         ip(node.netns, "addr", "add", f"{node.ip}/{node.prefixlen}", "dev", "eth0")
         ip(node.netns, "link", "set", "eth0", "up")
-        # Proxy ARP answers for 169.254.1.1 only if the node routes it out of another interface
-        # (calico #3270); a host route is enough and sends nothing anywhere.
-        ip(node.netns, "route", "add", f"{POD_GATEWAY}/32", "dev", "eth0")
+        route_pod_gateway(self.ns, node.netns)
         self.nodes[node.name] = node
 
     def add_pod(self, pod: VPod) -> None:
         """Plays CNI ADD: the pod's namespace, veth, address and routes, and a listener per served port."""
-        ip = self.ns.ip
         node_ns = self.nodes[pod.node].netns
         self._pod_count += 1
         pod.netns = self.ns.add(f"p{self._pod_count}")
-        ip(node_ns, "link", "add", pod.iface, "type", "veth", "peer", "name", "eth0", "netns", pod.netns)
-        ip(node_ns, "link", "set", pod.iface, "address", "ee:ee:ee:ee:ee:ee", "up")
-        ip(pod.netns, "addr", "add", f"{pod.ip}/32", "dev", "eth0")
-        ip(pod.netns, "link", "set", "eth0", "up")
-        ip(pod.netns, "route", "add", POD_GATEWAY, "dev", "eth0", "scope", "link")
-        ip(pod.netns, "route", "add", "default", "via", POD_GATEWAY, "dev", "eth0")
+        cni_add(self.ns, node_ns, pod.netns, pod.iface, pod.ip)
         self.pods[pod.ref] = pod
         if self.servers is not None:
             for port in self.ports:
