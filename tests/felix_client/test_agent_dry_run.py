@@ -24,6 +24,7 @@ from typha.daemon import TyphaDaemon
 from typha.datastore.kubeclient import KubeClient
 from typha.testing.apiserver import KubeAPIEmulator
 
+from .test_agent_kernel import stop_agent
 from .worked_example import BACKEND_IF, FRONTEND_IF, POLICY_CHAIN, SOURCE_SET, cluster_objects, policy_object
 
 
@@ -137,13 +138,7 @@ def test_agent_writes_chains_sets_and_routes_and_follows_policy_changes(typha, t
         assert SOURCE_SET not in files["ipsets.save"]
         assert "End of tier" not in files["iptables.save"]
     finally:
-        agent.terminate()
-        try:
-            _, err = agent.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            agent.kill()
-            _, err = agent.communicate()
-    assert agent.returncode == 0, err
+        stop_agent(agent)
 
 
 def test_hostname_and_typha_defaults(monkeypatch):

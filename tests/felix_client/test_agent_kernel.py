@@ -110,11 +110,16 @@ def test_agent_programs_its_namespace_and_resync_repairs_drift(typha_unix, node,
         api.delete("networking.k8s.io/v1", "NetworkPolicy", "allow-frontend", "demo")
         wait_for(lambda: POLICY_CHAIN not in run(node, "iptables-save"), "the policy chain to go")
     finally:
-        agent.terminate()
-        try:
-            _, err = agent.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            agent.kill()
-            _, err = agent.communicate()
+        stop_agent(agent)
+
+
+def stop_agent(agent: subprocess.Popen[str]) -> None:
+    """SIGTERM, then the agent must exit cleanly: status 0 and no traceback."""
+    agent.terminate()
+    try:
+        _, err = agent.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        agent.kill()
+        _, err = agent.communicate()
     assert agent.returncode == 0, err
     assert "Traceback" not in err, err

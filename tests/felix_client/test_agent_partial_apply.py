@@ -14,7 +14,7 @@ from pathlib import Path
 
 from typha.testing.apiserver import KubeAPIEmulator
 
-from .test_agent_kernel import node, pytestmark, run, typha_unix, wait_for  # noqa: F401 (fixtures, marks)
+from .test_agent_kernel import node, pytestmark, run, stop_agent, typha_unix, wait_for  # noqa: F401 (fixtures, marks)
 from .worked_example import FRONTEND_IF, POLICY_CHAIN, policy_object
 
 ROUTE = f"10.65.0.2 dev {FRONTEND_IF} scope link metric 1024"
@@ -39,17 +39,6 @@ def edit_policy(api: KubeAPIEmulator, port: int) -> None:
     rule = {"from": [{"podSelector": {"matchLabels": {"app": "frontend"}}}],
             "ports": [{"protocol": "TCP", "port": port}]}
     api.upsert(policy_object() | {"spec": {**policy_object()["spec"], "ingress": [rule]}})
-
-
-def stop_agent(agent: subprocess.Popen[str]) -> None:
-    agent.terminate()
-    try:
-        _, err = agent.communicate(timeout=20)
-    except subprocess.TimeoutExpired:
-        agent.kill()
-        _, err = agent.communicate()
-    assert agent.returncode == 0, err
-    assert "Traceback" not in err, err
 
 
 def test_policy_edits_skip_routes_and_full_apply_repairs_them(typha_unix, node, tmp_path):  # noqa: F811
