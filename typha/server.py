@@ -47,6 +47,10 @@ FEATURE_RECONNECT = "reconnect"
 # A replica (fan-out worker, downstream Typha) asks for every breadcrumb as its own message, with its
 # own sequence number, so that it can mint identical crumbs (same bytes, same numbers).
 FEATURE_EXACT_CRUMBS = "exact-crumbs"
+# With exact-crumbs: a run of crumbs may come as one message, their frames back to back (each frame is
+# one top-level field, so the replica can split them again). A replica that lags gets the run in one
+# write instead of one write (and one event-loop turn on its side) per crumb.
+FEATURE_CRUMB_RUNS = "crumb-runs"
 MAX_INBOUND_MESSAGE_BYTES = 1024 * 1024  # Typha's maxInboundMessageBytes: clients only send hellos and pongs
 
 
@@ -426,7 +430,7 @@ class SyncServer:
         next_ping = time.monotonic() + settings.ping_interval_secs * random.uniform(0.9, 1.1)
         next_checksum = 0.0  # first one as soon as the client is in sync
         send_checksums = conn.supports(FEATURE_CHECKSUM)
-        exact = conn.supports(FEATURE_EXACT_CRUMBS)
+        exact = conn.supports(FEATURE_EXACT_CRUMBS) and not conn.supports(FEATURE_CRUMB_RUNS)
         observe_latency = self.metrics.client_latency.observe
         monotonic = time.monotonic
         while True:

@@ -4,8 +4,9 @@ Used by fan-out worker processes (following the ingest process over a Unix socke
 that follows another typha over the network (`typha serve --upstream ADDR`), so that the Kubernetes
 API sees one watch per kind however many fan-out layers there are (DESIGN §3).
 
-The follower asks for `exact-crumbs`: the upstream sends every breadcrumb as its own message, and
-the replica appends the very same bytes under the very same sequence number. Epoch and sequences
+The follower asks for `exact-crumbs` and `crumb-runs`: the upstream sends breadcrumbs as their own
+frames (several back to back in one message when the replica lags; `split_frames` takes them apart),
+and the replica appends the very same bytes under the very same sequence number. Epoch and sequences
 therefore mean the same on every replica, and a client can resume on any of them. Nothing is
 re-encoded: the upstream's encode-once carries through the whole hierarchy.
 """
@@ -25,7 +26,7 @@ import zstandard
 from typha.cache import PB_TO_STATUS, ReplicaGap, SnapshotCache
 from typha.client.tls import ClientTLS, ServerIdentityError, ServerVerifier
 from typha.proto import sync_pb2 as pb
-from typha.server import FEATURE_CHECKSUM, FEATURE_EXACT_CRUMBS
+from typha.server import FEATURE_CHECKSUM, FEATURE_CRUMB_RUNS, FEATURE_EXACT_CRUMBS
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,37 @@ SYNC_METHOD = "/typha.v1.Sync/Sync"
 
 class UpstreamError(Exception):
     """The upstream broke the protocol; the follower starts over with a snapshot."""
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= len(data):
+            raise UpstreamError("truncated varint in a message from upstream")
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+
+
+def split_frames(data: bytes) -> list[bytes]:
+    """A message of back-to-back ServerMessage frames → the frames. Each frame is exactly one
+    length-delimited top-level field (deltas, status, …), so the boundaries are the fields'."""
+    frames = []
+    pos, end = 0, len(data)
+    while pos < end:
+        start = pos
+        tag, pos = _varint(data, pos)
+        if tag & 7 != 2:
+            raise UpstreamError(f"unexpected wire type {tag & 7} in a message from upstream")
+        length, pos = _varint(data, pos)
+        pos += length
+        if pos > end:
+            raise UpstreamError("truncated frame in a message from upstream")
+        frames.append(data[start:pos])
+    return frames
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +146,10 @@ class UpstreamFollower:
             await asyncio.sleep(self.backoff.delay(failures))
 
     async def _open(self) -> tuple[grpc.aio.Channel, grpc.aio.StreamStreamCall]:
-        options: list[tuple[str, object]] = [("grpc.max_receive_message_length", -1)]
+        # No BDP probing: the receive window stays small, so when this replica falls behind the upstream's
+        # writes block and its next message carries the whole run (crumb-runs) instead of many small ones
+        # queued in a window grown to megabytes, each costing this replica an event-loop turn to read.
+        options: list[tuple[str, object]] = [("grpc.max_receive_message_length", -1), ("grpc.http2.bdp_probe", 0)]
         if self._verifier is not None:
             name = await self._verifier.check(self.address, self.connect_timeout)
             # gRPC's own name check then holds the stream to a certificate carrying the verified name.
@@ -130,7 +165,8 @@ class UpstreamFollower:
         channel, call = await self._open()
         try:
             hello = pb.ClientHello(hostname=self.hostname, info="typha replica", syncer_type=self.syncer_type,
-                                   compressions=["zstd"], features=[FEATURE_EXACT_CRUMBS, FEATURE_CHECKSUM])
+                                   compressions=["zstd"],
+                                   features=[FEATURE_EXACT_CRUMBS, FEATURE_CRUMB_RUNS, FEATURE_CHECKSUM])
             if self.replicated:
                 hello.resume.CopyFrom(pb.ResumePoint(epoch=self.cache.epoch, sequence=self.cache.newest.sequence))
             await call.write(pb.ClientMessage(hello=hello).SerializeToString())
@@ -217,7 +253,8 @@ class UpstreamFollower:
                     await asyncio.sleep(self.coalesce_secs)
                 arrived.clear()
                 while inbox:
-                    await self._handle(call, inbox.popleft())
+                    for frame in split_frames(inbox.popleft()):
+                        await self._handle(call, frame)
                 if reader.done():
                     reader.result()  # the read's error, if any
                     raise UpstreamError(f"stream ended: {await call.code()} {await call.details()}")
