@@ -21,6 +21,10 @@ What differs, because random kills are what users complain about (typha#291, #38
 - connections already being moved do not count towards the excess, so a slow move does not make
   the governor pick a second victim for the same excess connection.
 
+With `typha serve --workers N` the limit is the pod's, and its connections are spread over N worker
+processes: each worker publishes its count (`SiblingLoads`, files in a directory the supervisor gives
+them), compares the pod's total with the limit, and only the most loaded worker moves a client.
+
 T counts distinct address:port pairs, where Typha counts distinct IPs: the same in a cluster (one
 Typha per pod IP, one port), but it lets several Typhas on one host (tests, a laptop) count apart.
 """
@@ -35,6 +39,7 @@ import logging
 import os
 import random
 import socket
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -52,6 +57,9 @@ SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 ENDPOINT_SLICES = by_key("endpointslices.discovery.k8s.io")
 NODES = by_key("nodes")
 REBALANCE_REASON = "rebalancing: this typha has more connections than its share"
+# Set by the supervisor of `typha serve --workers N` for each worker (not settings of their own).
+LOADS_DIR_ENV = "TYPHA_WORKER_LOADS_DIR"
+WORKER_INDEX_ENV = "TYPHA_WORKER_INDEX"
 
 
 # -- the formula ------------------------------------------------------------------------------------
@@ -211,6 +219,45 @@ class LocalPeers:
 # -- victim and target ------------------------------------------------------------------------------
 
 
+class SiblingLoads:
+    """Connection counts of the other fan-out workers of this typha, through one small file per worker
+    in a shared directory. A file not rewritten for `stale_secs` is a dead worker's and is ignored."""
+
+    def __init__(self, directory: str, index: int, stale_secs: float = 5.0) -> None:
+        self.directory = directory
+        self.index = index
+        self.stale_secs = stale_secs
+
+    def publish(self, count: int) -> None:
+        path = os.path.join(self.directory, str(self.index))
+        tmp = f"{path}.tmp"
+        with open(tmp, "w") as out:
+            out.write(str(count))
+        os.replace(tmp, path)  # readers never see half a number
+
+    def others(self) -> dict[int, int]:
+        now = time.time()
+        counts: dict[int, int] = {}
+        for name in os.listdir(self.directory):
+            if not name.isdigit() or int(name) == self.index:
+                continue
+            path = os.path.join(self.directory, name)
+            try:
+                if now - os.stat(path).st_mtime > self.stale_secs:
+                    continue
+                with open(path) as source:
+                    counts[int(name)] = int(source.read())
+            except (OSError, ValueError):
+                continue  # replaced or removed under us: next step reads it again
+        return counts
+
+    @classmethod
+    def from_environment(cls, stale_secs: float) -> SiblingLoads | None:
+        """Set up by typha.workers for each worker; None for a typha that is a single process."""
+        directory, index = os.environ.get(LOADS_DIR_ENV, ""), os.environ.get(WORKER_INDEX_ENV, "")
+        return cls(directory, int(index), stale_secs) if directory and index.isdigit() else None
+
+
 def is_moving(conn: Connection) -> bool:
     return conn.reconnect is not None or conn.drop is not None or conn.client_closed
 
@@ -269,6 +316,7 @@ class Rebalancer:
         own_endpoints: Iterable[str] = (),
         own_pod: str = "",
         peers: PeerLoads | None = None,
+        siblings: SiblingLoads | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self.server = server
@@ -277,6 +325,7 @@ class Rebalancer:
         self.own_endpoints = set(own_endpoints)
         self.own_pod = own_pod
         self.peers = peers
+        self.siblings = siblings
         self.rng = rng or random.Random()
         self.view = ClusterView(None, None)
         self.limit = settings.upper
@@ -346,12 +395,20 @@ class Rebalancer:
         connections = list(server.connections)
         self._hinted = {conn: target for conn, target in self._hinted.items() if conn in server.connections}
         settled = sum(1 for conn in connections if not is_moving(conn))
-        if settled <= self.limit:
+        total = settled
+        if self.siblings is not None:
+            self.siblings.publish(settled)
+            others = self.siblings.others()
+            total += sum(others.values())
+            mine = (settled, -self.siblings.index)
+            if total > self.limit and any((count, -index) > mine for index, count in others.items()):
+                return None  # a more loaded worker of this typha moves one (ties: the lowest index)
+        if total <= self.limit:
             return None
         victim = pick_victim(connections, self.rng)
         if victim is None:
             log.info("%d connections over the limit of %d, but no client is caught up; waiting",
-                     settled - self.limit, self.limit)
+                     total - self.limit, self.limit)
             return None
         candidates = self.other_endpoints()
         peers = self.peers
@@ -360,7 +417,7 @@ class Rebalancer:
         for target in self._hinted.values():
             in_flight[target] = in_flight.get(target, 0) + 1
         target = pick_target(candidates, loads, in_flight, self.rng)
-        log.info("%d connections, limit %d: moving %s (%s %s) to %s", settled, self.limit, victim.peer,
+        log.info("%d connections, limit %d: moving %s (%s %s) to %s", total, self.limit, victim.peer,
                  victim.hostname, victim.syncer_type, target or "any other typha")
         server.ask_to_reconnect(victim, REBALANCE_REASON, target)
         self._hinted[victim] = target
@@ -381,8 +438,9 @@ def for_daemon(
         poll_interval_secs=config.k8s_service_poll_interval_secs,
         drop_interval_secs=config.connection_drop_interval_secs,
     )
+    siblings = SiblingLoads.from_environment(stale_secs=3 * config.connection_drop_interval_secs + 2)
     rebalancer = Rebalancer(server, lookup.lookup, settings, own_endpoints=own_endpoints(host, server.port),
-                            own_pod=os.environ.get("POD_NAME") or socket.gethostname())
+                            own_pod=os.environ.get("POD_NAME") or socket.gethostname(), siblings=siblings)
     return rebalancer, lookup
 
 
@@ -408,6 +466,7 @@ __all__ = [
     "PeerLoads",
     "RebalanceSettings",
     "Rebalancer",
+    "SiblingLoads",
     "TyphaEndpoint",
     "connection_limit",
     "for_daemon",

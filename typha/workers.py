@@ -31,6 +31,7 @@ import urllib.request
 from dataclasses import dataclass, field
 
 from typha.config import TyphaConfig, env_name
+from typha.rebalance import LOADS_DIR_ENV, WORKER_INDEX_ENV
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,9 @@ class Supervisor:
         self.ingest_socket = f"unix:{self.runtime_dir}/ingest.sock"
         self.metrics_dir = os.path.join(self.runtime_dir, "metrics")
         os.makedirs(self.metrics_dir)
+        # Each worker's connection count, so rebalancing weighs the pod's total (typha.rebalance.SiblingLoads).
+        self.loads_dir = os.path.join(self.runtime_dir, "loads")
+        os.makedirs(self.loads_dir)
         self.children.append(Child("ingest", ["--server-host", self.ingest_socket], _free_port()))
         public = ["--server-host", self.config.server_host or "0.0.0.0",
                   "--server-port", str(self.config.effective_server_port), "--server-reuse-port", "true",
@@ -105,6 +109,9 @@ class Supervisor:
             "TYPHA_PROMETHEUSMETRICSENABLED": "false",
             "PROMETHEUS_MULTIPROC_DIR": self.metrics_dir,
         })
+        if child.role.startswith("worker-"):
+            env[LOADS_DIR_ENV] = self.loads_dir
+            env[WORKER_INDEX_ENV] = child.role.removeprefix("worker-")
         return env
 
     def _spawn(self, child: Child) -> None:
