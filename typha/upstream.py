@@ -92,6 +92,7 @@ class UpstreamFollower:
         tls: ClientTLS | None = None,
         connect_timeout: float = 10.0,
         coalesce_secs: float = 0.002,
+        max_coalesce_secs: float = 0.05,
     ) -> None:
         self.address = address
         self.syncer_type = syncer_type
@@ -101,6 +102,7 @@ class UpstreamFollower:
         self.backoff = backoff or FollowerBackoff()
         self.connect_timeout = connect_timeout
         self.coalesce_secs = coalesce_secs
+        self.max_coalesce_secs = max_coalesce_secs
         # Over the network a replica is a Typha client like any agent: it verifies the upstream's CN /
         # URI SAN exactly as they do (typha.client.tls) before each session, and presents its certificate.
         self._verifier = ServerVerifier(tls) if tls is not None and tls.enabled else None
@@ -232,8 +234,11 @@ class UpstreamFollower:
         """Replicate what arrives, in batches: every crumb appended wakes every stream of this replica,
         so appending them one read at a time would give each client one crumb per message (and the
         clients' writes, run between two reads, would slow the reads down in turn). A reader task
-        queues the messages; they are appended together after `coalesce_secs`, then the clients run once
-        and each sends the whole run in one message."""
+        queues the messages; they are appended together after a pause, then the clients run once and
+        each sends the whole run in one message. The pause is as long as the clients' last round took
+        (within `coalesce_secs`..`max_coalesce_secs`): under load the rounds get fewer and their messages
+        longer, and between two rounds the loop is free for other work, such as taking new streams
+        (grpc.aio's server takes one new call per loop iteration)."""
         inbox: collections.deque[bytes] = collections.deque()
         arrived = asyncio.Event()
 
@@ -245,16 +250,22 @@ class UpstreamFollower:
             finally:
                 arrived.set()
 
-        reader = asyncio.get_running_loop().create_task(receive(), name=f"upstream-read-{self.syncer_type}")
+        loop = asyncio.get_running_loop()
+        reader = loop.create_task(receive(), name=f"upstream-read-{self.syncer_type}")
+        pause = self.coalesce_secs
         try:
             while True:
                 await arrived.wait()
                 if not reader.done():
-                    await asyncio.sleep(self.coalesce_secs)
+                    await asyncio.sleep(pause)
                 arrived.clear()
                 while inbox:
                     for frame in split_frames(inbox.popleft()):
                         await self._handle(call, frame)
+                # The streams just woken run before this task resumes: that is the round's length.
+                started = loop.time()
+                await asyncio.sleep(0)
+                pause = min(max(loop.time() - started, self.coalesce_secs), self.max_coalesce_secs)
                 if reader.done():
                     reader.result()  # the read's error, if any
                     raise UpstreamError(f"stream ended: {await call.code()} {await call.details()}")
