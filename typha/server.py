@@ -139,6 +139,8 @@ class SyncServer:
         self.settings = settings or ServerSettings()
         self.server_id = server_id or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
         self.connections: set[Connection] = set()
+        # Streams accepted whose hello has not been handled yet: they count toward the connection limit.
+        self.awaiting_hello = 0
         self.metrics = ServerMetrics()
         self.health = health.aio.HealthServicer()
         self.draining = False
@@ -241,7 +243,7 @@ class SyncServer:
         conn.task = asyncio.current_task()
         self.metrics.connections_accepted.inc()
         try:
-            hello = await self._handshake(conn, context)
+            hello = await self._admit(conn, context)
             if hello is None:
                 return
             cache = self.caches[conn.syncer_type]
@@ -271,6 +273,26 @@ class SyncServer:
         self.metrics.connections_dropped.inc()
         context.set_code(drop.code)
         context.set_details(drop.details)
+
+    async def _admit(self, conn: Connection, context: grpc.aio.ServicerContext) -> pb.ClientHello | None:
+        """The handshake, counted toward the connection limit while it waits for the hello.
+
+        Without this, streams that never send a hello would pile up (each holding a task and gRPC core's
+        per-call memory) until their handshake timeout, however many the limit allows. One stream beyond
+        the limit is still let in, so that a client that does send its hello gets its Reconnect hint.
+        """
+        limit = self.settings.max_connections
+        if len(self.connections) + self.awaiting_hello > limit:
+            raise _Drop(grpc.StatusCode.UNAVAILABLE,
+                        f"too many connections ({len(self.connections)} open, {self.awaiting_hello} awaiting "
+                        f"a hello; limit {limit}); reconnect to another typha")
+        self.awaiting_hello += 1
+        self.metrics.connections_awaiting_hello.set(self.awaiting_hello)
+        try:
+            return await self._handshake(conn, context)
+        finally:
+            self.awaiting_hello -= 1
+            self.metrics.connections_awaiting_hello.set(self.awaiting_hello)
 
     async def _handshake(self, conn: Connection, context: grpc.aio.ServicerContext) -> pb.ClientHello | None:
         timeout = self.settings.handshake_timeout_secs

@@ -7,6 +7,8 @@ from prometheus_client import Gauge, Summary
 _ACCEPTED = Gauge("typha_connections_accepted", "Connections accepted (monotonic).")
 _DROPPED = Gauge("typha_connections_dropped", "Connections dropped by the server (monotonic).")
 _ACTIVE = Gauge("typha_connections_active", "Connections that completed the handshake and are open.")
+_AWAITING_HELLO = Gauge("typha_connections_awaiting_hello",
+                        "Streams accepted that have not completed the handshake (they count toward the limit).")
 _STREAMING = Gauge("typha_connections_streaming", "Connections past their snapshot, streaming deltas.")
 _SNAPSHOT_SECS = Summary("typha_client_snapshot_send_secs", "Time to send a client its snapshot.")
 _LATENCY = Summary("typha_client_latency_secs", "Age of a breadcrumb when its write to a client completed.")
@@ -25,6 +27,7 @@ class ServerMetrics:
         self.connections_dropped = _DROPPED
         self.connections_active = _ACTIVE
         self.connections_streaming = _STREAMING
+        self.connections_awaiting_hello = _AWAITING_HELLO
         self.snapshot_send_secs = _SNAPSHOT_SECS
         self.client_latency = _LATENCY
         self.ping_latency = _PING

@@ -125,3 +125,53 @@ def test_abusive_clients_are_cut_off_with_reasons_while_others_receive_everythin
             for k in range(7)}}
 
     asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_streams_without_a_hello_count_toward_the_connection_limit():
+    """A flood of hello-less streams holds at most the limit (plus the one let in to hear its hint): the
+    rest are refused at once instead of waiting out the handshake timeout, and a real client is served
+    again once the flood has been cut off."""
+    limit, flood = 5, 20
+
+    async def scenario() -> None:
+        caches = {"felix": SnapshotCache("felix")}
+        caches["felix"].apply([Update("/calico/v1/config/A", {"x": 1}, "1")])
+        caches["felix"].set_status(SyncStatus.IN_SYNC)
+        server = SyncServer(caches, ServerSettings(handshake_timeout_secs=1.5, max_connections=limit))
+        await server.start("127.0.0.1", 0)
+        try:
+            silent = [asyncio.create_task(no_hello(server.port)) for _ in range(flood)]
+            async with asyncio.timeout(10):
+                while sum(task.done() for task in silent) < flood - limit - 1:
+                    await asyncio.sleep(0.01)
+            assert server.awaiting_hello == limit + 1
+            refused = await hello_while_full(server.port)
+            results = await asyncio.wait_for(asyncio.gather(*silent), 20)
+            assert server.awaiting_hello == 0
+            late = RawClient(server.port)
+            try:
+                await late.hello("felix", features=())
+                _, state = await late.read_snapshot()
+            finally:
+                await late.close()
+        finally:
+            await server.stop(0)
+        timed_out = [r for r in results if r[0] == grpc.StatusCode.DEADLINE_EXCEEDED]
+        turned_away = [r for r in results if r[0] == grpc.StatusCode.UNAVAILABLE]
+        assert len(timed_out) == limit + 1 and len(turned_away) == flood - limit - 1, results
+        assert all("no ClientHello within" in details for _, details in timed_out)
+        assert all("awaiting a hello" in details for _, details in turned_away)
+        assert refused[0] == grpc.StatusCode.UNAVAILABLE and "too many connections" in refused[1]
+        assert state == {"/calico/v1/config/A": msgpack.packb({"x": 1})}
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+async def hello_while_full(port: int) -> tuple[grpc.StatusCode, str]:
+    """A well-behaved client arriving while hello-less streams fill the server: it is refused too."""
+    client = RawClient(port)
+    try:
+        await client.hello("felix", features=())
+        return await client.status()
+    finally:
+        await client.close()
