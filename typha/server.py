@@ -52,6 +52,10 @@ FEATURE_EXACT_CRUMBS = "exact-crumbs"
 # write instead of one write (and one event-loop turn on its side) per crumb.
 FEATURE_CRUMB_RUNS = "crumb-runs"
 MAX_INBOUND_MESSAGE_BYTES = 1024 * 1024  # Typha's maxInboundMessageBytes: clients only send hellos and pongs
+# Our own limit, far below gRPC's: the largest honest hello (4,096 bucket digests, bounded strings) is
+# ~22 KB. gRPC core ends a stream whose message is over its limit before the handler sees anything;
+# one over ours only is read, so it is refused with a reason, logged and counted.
+MAX_CLIENT_MESSAGE_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,12 +96,13 @@ class ServerSettings:
 
 
 class _Drop(Exception):
-    """End a client's stream with a status."""
+    """End a client's stream with a status; `error` (a fixed word, a metric label) when the client misbehaved."""
 
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+    def __init__(self, code: grpc.StatusCode, details: str, error: str = "") -> None:
         super().__init__(details)
         self.code = code
         self.details = details
+        self.error = error
 
 
 @dataclass(eq=False, slots=True)
@@ -121,6 +126,10 @@ class Connection:
 
     def supports(self, feature: str) -> bool:
         return feature in self.features
+
+
+def _oversized(raw: bytes) -> str:
+    return f"a ClientMessage of {len(raw)} bytes is over the limit of {MAX_CLIENT_MESSAGE_BYTES} bytes"
 
 
 def _frame(**payload: Any) -> bytes:
@@ -271,6 +280,8 @@ class SyncServer:
     async def _end(self, conn: Connection, context: grpc.aio.ServicerContext, drop: _Drop) -> None:
         log.info("Dropping %s (%s %s): %s", conn.peer, conn.hostname, conn.syncer_type, drop.details)
         self.metrics.connections_dropped.inc()
+        if drop.error:
+            self.metrics.client_errors.labels(drop.error).inc()
         context.set_code(drop.code)
         context.set_details(drop.details)
 
@@ -300,21 +311,29 @@ class SyncServer:
             async with asyncio.timeout(timeout):
                 raw = await context.read()
         except TimeoutError:
-            raise _Drop(grpc.StatusCode.DEADLINE_EXCEEDED, f"no ClientHello within {timeout:g} s") from None
+            raise _Drop(grpc.StatusCode.DEADLINE_EXCEEDED, f"no ClientHello within {timeout:g} s", "no_hello") from None
         if raw is grpc.aio.EOF:
+            # What the handler sees, too, when gRPC core ended the stream for a message over its limit.
+            log.info("%s ended its stream before a ClientHello (it went away, or sent a message over %d bytes)",
+                     conn.peer, MAX_INBOUND_MESSAGE_BYTES)
+            self.metrics.client_errors.labels("ended_before_hello").inc()
             return None
+        if len(raw) > MAX_CLIENT_MESSAGE_BYTES:
+            raise _Drop(grpc.StatusCode.RESOURCE_EXHAUSTED, _oversized(raw), "oversized")
         try:
             message = pb.ClientMessage.FromString(raw)
         except DecodeError as exc:
-            raise _Drop(grpc.StatusCode.INVALID_ARGUMENT, f"malformed ClientMessage: {exc}") from None
+            raise _Drop(grpc.StatusCode.INVALID_ARGUMENT, f"malformed ClientMessage: {exc}", "malformed") from None
         if message.WhichOneof("payload") != "hello":
             raise _Drop(grpc.StatusCode.INVALID_ARGUMENT,
-                        f"the first message must be a ClientHello, not {message.WhichOneof('payload')}")
+                        f"the first message must be a ClientHello, not {message.WhichOneof('payload')}",
+                        "invalid_hello")
         hello = message.hello
         syncer_type = hello.syncer_type or "felix"  # as in Typha, empty means felix
         if syncer_type not in self.caches:
             raise _Drop(grpc.StatusCode.INVALID_ARGUMENT,
-                        f"unknown syncer type {syncer_type!r}; this server serves {', '.join(sorted(self.caches))}")
+                        f"unknown syncer type {syncer_type!r}; this server serves {', '.join(sorted(self.caches))}",
+                        "invalid_hello")
         features = frozenset(hello.features)
         # Thousands of clients send the same few feature sets: share one frozenset per distinct set.
         conn.hostname, conn.syncer_type = hello.hostname, syncer_type
@@ -407,14 +426,18 @@ class SyncServer:
                 raw = await context.read()
                 if raw is grpc.aio.EOF:
                     break
+                if len(raw) > MAX_CLIENT_MESSAGE_BYTES:
+                    self._drop_later(conn, grpc.StatusCode.RESOURCE_EXHAUSTED, _oversized(raw), "oversized")
+                    return
                 try:
                     message = pb.ClientMessage.FromString(raw)
                 except DecodeError as exc:
-                    self._drop_later(conn, grpc.StatusCode.INVALID_ARGUMENT, f"malformed ClientMessage: {exc}")
+                    self._drop_later(conn, grpc.StatusCode.INVALID_ARGUMENT, f"malformed ClientMessage: {exc}",
+                                     "malformed")
                     return
                 if message.WhichOneof("payload") != "pong":
                     self._drop_later(conn, grpc.StatusCode.INVALID_ARGUMENT,
-                                     f"unexpected {message.WhichOneof('payload')} after the handshake")
+                                     f"unexpected {message.WhichOneof('payload')} after the handshake", "unexpected")
                     return
                 conn.last_pong = time.monotonic()
                 sent = message.pong.ping_timestamp_ns
@@ -429,10 +452,10 @@ class SyncServer:
         if cache is not None:
             cache.wake_all()
 
-    def _drop_later(self, conn: Connection, code: grpc.StatusCode, details: str) -> None:
+    def _drop_later(self, conn: Connection, code: grpc.StatusCode, details: str, error: str = "") -> None:
         """End a stream from outside its task (watchdog, reader): cancel it with a reason."""
         if conn.drop is None and conn.task is not None:
-            conn.drop = _Drop(code, details)
+            conn.drop = _Drop(code, details, error)
             conn.task.cancel()
 
     async def _write(self, conn: Connection, context: grpc.aio.ServicerContext, data: bytes) -> None:

@@ -18,6 +18,10 @@ _SNAPSHOTS_SENT = Gauge("typha_client_snapshots_sent", "Snapshots sent to client
 _RESUMES = Gauge("typha_client_resumes", "Clients that resumed from their sequence number (monotonic).")
 _DIGEST_RESYNCS = Gauge("typha_client_digest_resyncs",
                         "Clients resynced by sending only the buckets that differed (monotonic).")
+# The reasons are fixed words chosen by the server, never client-supplied text.
+_CLIENT_ERRORS = Gauge("typha_client_stream_errors",
+                       "Client streams ended for a protocol error, or before their hello, by reason (monotonic).",
+                       ["reason"])
 _FELL_BEHIND = Gauge("typha_client_fell_behind", "Clients dropped for falling behind (monotonic).")
 
 
@@ -35,3 +39,4 @@ class ServerMetrics:
         self.resumes = _RESUMES
         self.fell_behind = _FELL_BEHIND
         self.digest_resyncs = _DIGEST_RESYNCS
+        self.client_errors = _CLIENT_ERRORS

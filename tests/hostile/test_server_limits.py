@@ -1,7 +1,8 @@
 """Clients that abuse the server's limits are cut off with a status and a reason, and nobody else notices:
-streams that never send a hello, messages beyond the maximum receive size (as the hello and later),
-and a client that floods pongs. A well-behaved client follows a bounded churn meanwhile and must
-receive every update (no timing is asserted; waits are bounded only to fail instead of hanging)."""
+streams that never send a hello, messages beyond the maximum receive size (gRPC's, or the server's own
+lower one; as the hello and later), and a client that floods pongs. A well-behaved client follows a
+bounded churn meanwhile and must receive every update (no timing is asserted; waits are bounded only to
+fail instead of hanging)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ import contextlib
 
 import grpc
 import msgpack
+from prometheus_client import REGISTRY
 
 from typha.cache import SnapshotCache
 from typha.model.kv import SyncStatus, Update
 from typha.proto import sync_pb2 as pb
-from typha.server import MAX_INBOUND_MESSAGE_BYTES, ServerSettings, SyncServer
+from typha.server import MAX_CLIENT_MESSAGE_BYTES, MAX_INBOUND_MESSAGE_BYTES, ServerSettings, SyncServer
 
 from ..integration.sync_raw import RawClient
 
@@ -56,13 +58,18 @@ async def no_hello(port: int) -> tuple[grpc.StatusCode, str]:
         await client.close()
 
 
-async def oversized(port: int, after_handshake: bool) -> tuple[grpc.StatusCode, str]:
+def client_errors(reason: str) -> float:
+    return REGISTRY.get_sample_value("typha_client_stream_errors", {"reason": reason}) or 0.0
+
+
+async def oversized(port: int, after_handshake: bool, size: int = MAX_INBOUND_MESSAGE_BYTES + 10
+                    ) -> tuple[grpc.StatusCode, str]:
     client = RawClient(port)
     try:
         if after_handshake:
             await client.hello("felix", features=())
             await client.read_snapshot()
-        huge = pb.ClientMessage(hello=pb.ClientHello(hostname="x" * (MAX_INBOUND_MESSAGE_BYTES + 10)))
+        huge = pb.ClientMessage(hello=pb.ClientHello(hostname="x" * size))
         with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
             await client.send(huge)
         return await client.status()
@@ -95,6 +102,7 @@ def test_abusive_clients_are_cut_off_with_reasons_while_others_receive_everythin
         caches["felix"].set_status(SyncStatus.IN_SYNC)
         server = SyncServer(caches, ServerSettings(handshake_timeout_secs=1.0, ping_interval_secs=0.2,
                                                    pong_timeout_secs=30))
+        errors_before = {reason: client_errors(reason) for reason in ("no_hello", "ended_before_hello", "oversized")}
         await server.start("127.0.0.1", 0)
         good = RawClient(server.port)
         try:
@@ -106,6 +114,8 @@ def test_abusive_clients_are_cut_off_with_reasons_while_others_receive_everythin
                 *(oversized(server.port, after_handshake=False) for _ in range(5)),
                 *(oversized(server.port, after_handshake=True) for _ in range(5)),
                 pong_flood(server.port),
+                *(oversized(server.port, after_handshake=after, size=MAX_CLIENT_MESSAGE_BYTES + 10)
+                  for after in (False, True, False, True)),
             )
             done.set_result(await churn(caches["felix"]))
             results = await asyncio.wait_for(abusers, 30)
@@ -114,12 +124,20 @@ def test_abusive_clients_are_cut_off_with_reasons_while_others_receive_everythin
             await good.close()
             await server.stop(0)
         silent, first_huge, later_huge, pongs = results[:50], results[50:55], results[55:60], results[60]
+        over_ours = results[61:]
         for code, details in silent:
             assert code == grpc.StatusCode.DEADLINE_EXCEEDED and "no ClientHello within" in details
         for code, details in [*first_huge, *later_huge]:
             assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, (code, details)
             assert "larger than max" in details, details
         assert pongs > 0
+        # Over the server's own limit (not gRPC's): read, refused with a reason and counted.
+        for code, details in over_ours:
+            assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, (code, details)
+            assert f"over the limit of {MAX_CLIENT_MESSAGE_BYTES} bytes" in details, details
+        errors = {reason: client_errors(reason) - before for reason, before in errors_before.items()}
+        # gRPC core ends an over-its-limit hello before the server reads it: seen as a stream ended early.
+        assert errors == {"no_hello": 50, "ended_before_hello": 5, "oversized": 4}, errors
         assert state == {"/calico/v1/config/A": msgpack.packb({"x": 1}), **{
             f"/calico/v1/config/K{k}": msgpack.packb({"n": max(n for n in range(CHURN_UPDATES) if n % 7 == k)})
             for k in range(7)}}
