@@ -1,8 +1,11 @@
 """Program one network namespace from a `DesiredState`.
 
-Every apply is a full, idempotent comparison with what the kernel holds (iptables-save, ipset list,
-a netlink route dump), so the same code path is both the incremental apply and the periodic resync
-that repairs drift: there is no cached "what we programmed last time" that could go stale.
+An apply compares with what the kernel holds (iptables-save, ipset list, a netlink route dump), so
+the same code path is both the incremental apply and the periodic resync that repairs drift. The
+one exception is iptables with `resync=False`: each table is then diffed against what the last
+successful restore left (chain hashes and hook rules, `felix_client.dataplane.iptables`), as Felix
+does between its refreshes, so a policy edit neither dumps the table nor restores unchanged chains.
+A failed or unfinished restore forgets that memory and the table is read again.
 
 `netns=None` programs the namespace this process runs in (the agent is started with
 `ip netns exec NODE` in tests, or on the host in production); a name runs every command through
@@ -13,7 +16,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import re
 import shlex
 import shutil
 import subprocess
@@ -24,20 +26,15 @@ from pathlib import Path
 from felix_client import rules
 from felix_client.calc.graph import DesiredState
 from felix_client.calc.routes import FELIX_ROUTE_PROTO, VXLAN_DEVICE, Route
-from felix_client.dataplane import vxlan
+from felix_client.dataplane import iptables, vxlan
+from felix_client.dataplane.iptables import HOOK_COMMENT  # noqa: F401  (the tests' import)
 from felix_client.dataplane.vxlan import OwnVTEP
 
 log = logging.getLogger("felix_client.dataplane")
 
-# Hook rules in the kernel chains carry this comment so a later apply can find and replace exactly
-# its own rules, leaving everyone else's (kube-proxy, docker, the host's firewall) untouched.
-HOOK_COMMENT = "cali:hook"
-CHAIN_PREFIX = "cali-"
 IPSET_PREFIX = "cali4"  # cali40<id> sets and cali4t<n> temporaries
 RTPROT_BOOT = 3  # Felix's DeviceRouteProtocol for local workload routes
 TABLES = ("raw", "nat", "filter")
-# Kernel chains whose Calico jump Felix appends rather than inserts (after kube-proxy's rules).
-APPEND_HOOK_CHAINS = {"POSTROUTING"}
 
 
 class DataplaneError(RuntimeError):
@@ -61,7 +58,10 @@ def _tool(backend: str, name: str) -> str:
 
 @dataclass
 class ApplyStats:
-    iptables_tables: int = 0
+    iptables_tables: int = 0  # tables restored
+    iptables_reads: int = 0  # iptables-save runs
+    chains_written: int = 0  # chains created or rewritten
+    chains_deleted: int = 0
     ipsets_written: int = 0
     ipsets_destroyed: int = 0
     routes_added: int = 0
@@ -77,6 +77,8 @@ class Dataplane:
         self.save = _tool(self.backend, "iptables-save")
         self.stats = ApplyStats()
         self.missing_devices: set[str] = set()  # route devices absent at the last apply_routes
+        # Per table, what the last successful restore left in the kernel; absent: read it first.
+        self.programmed: dict[str, iptables.TableState] = {}
 
     # --- helpers ------------------------------------------------------------------------------
 
@@ -96,13 +98,14 @@ class Dataplane:
     # --- whole apply --------------------------------------------------------------------------
 
     def apply(self, state: DesiredState, own_vtep: OwnVTEP | None = None, *, skip: Container[str] = (),
-              tables: dict[str, rules.Table] | None = None) -> None:
+              tables: dict[str, rules.Table] | None = None, resync: bool = True) -> None:
         """Bring the namespace to `state`. Order matters: sets before the rules that use them,
         stale sets only after the rules stopped referencing them, routes last.
 
         `skip` ("ipsets", "raw", "nat", "filter", "links": sysctls, VXLAN device and routes) names
         parts the caller knows are unchanged since its last apply; a resync passes nothing. `tables`:
-        the state's tables if the caller rendered them already."""
+        the state's tables if the caller rendered them already. `resync=False`: diff the tables against
+        what this object last programmed instead of reading them (`apply_table`)."""
         sets = rules.desired_ipsets(state)
         existing_sets = set() if "ipsets" in skip else self.list_ipsets()
         if "ipsets" not in skip:
@@ -110,7 +113,7 @@ class Dataplane:
         tables = tables or rules.render_tables(state, self.iface_prefix)
         for name in TABLES:
             if name not in skip:
-                self.apply_table(name, tables[name])
+                self.apply_table(name, tables[name], resync=resync)
         stale = {s for s in existing_sets if s.startswith(IPSET_PREFIX) and s not in sets}
         self.destroy_ipsets(stale)
         if "links" in skip:
@@ -122,43 +125,41 @@ class Dataplane:
 
     # --- iptables -----------------------------------------------------------------------------
 
-    def apply_table(self, table: str, desired: rules.Table) -> None:
-        current = self._run([self.save, "-t", table], check=False)
-        current_chains: set[str] = set()
-        our_hooks: list[str] = []
-        for line in current.splitlines():
-            if line.startswith(":"):
-                current_chains.add(line[1:].split()[0])
-            elif line.startswith("-A "):
-                chain = line.split()[1]
-                outside_ours = chain in desired.builtins or not chain.startswith(CHAIN_PREFIX)
-                if outside_ours and (HOOK_COMMENT in line or re.search(r" -[jg] cali-", line)):
-                    our_hooks.append("-D" + line[2:])
-        wanted = [c for c in desired.chains if c not in desired.builtins]
-        stale = sorted(c for c in current_chains if c.startswith(CHAIN_PREFIX) and c not in desired.chains)
-        lines = [f"*{table}"]
-        # Declaring a chain with --noflush creates it or flushes it: our chains are rewritten whole.
-        lines += [f":{c} - [0:0]" for c in [*wanted, *stale]]
-        lines += our_hooks  # remove our previous hook rules before they are re-added
-        for chain in wanted:
-            lines += [f"-A {chain} {rule}".rstrip() for rule in desired.chains[chain]]
-        for chain in desired.builtins:
-            hooks = desired.chains.get(chain, [])
-            tagged = [f'-m comment --comment "{HOOK_COMMENT}" {rule}' for rule in hooks]
-            if chain in APPEND_HOOK_CHAINS:
-                lines += [f"-A {chain} {rule}" for rule in tagged]
-                continue
-            # The jump(s) up to the first one into a cali- chain go to the top, in order; the rest
-            # (FORWARD's accept-mark rules) are appended, as Felix does.
-            split = next((i + 1 for i, r in enumerate(hooks) if re.search(r"-[jg] cali-", r)), 0)
-            lines += [f"-I {chain} {i + 1} {rule}" for i, rule in enumerate(tagged[:split])]
-            lines += [f"-A {chain} {rule}" for rule in tagged[split:]]
-        lines += [f"-X {c}" for c in stale]
-        lines.append("COMMIT")
-        # One transaction per table: the kernel switches from the old rules to the new ones at once.
+    def apply_table(self, table: str, desired: rules.Table, *, resync: bool = True) -> None:
+        """One iptables-restore (one kernel transaction) of what differs. `resync` re-reads the table
+        with iptables-save first, repairing drift; otherwise the last restore's result is trusted."""
+        old = None if resync else self.programmed.get(table)
+        fresh = old is None
+        if old is None:
+            old = self.read_table(table)
+        delta = iptables.table_delta(desired, old)
+        # Forgotten until the restore is known to have worked: a failure or a timeout leaves the kernel
+        # in a state we did not see, so the next apply must read it.
+        self.programmed.pop(table, None)
+        try:
+            self._restore(delta)
+        except DataplaneError:
+            if fresh:
+                raise
+            # Memory disagreed with the kernel (a hook rule deleted behind our back makes its -D fail):
+            # read the truth and try once more, still as one transaction.
+            log.warning("incremental restore of %s failed; re-reading the table", table)
+            delta = iptables.table_delta(desired, self.read_table(table))
+            self._restore(delta)
+        self.programmed[table] = delta.state
+
+    def read_table(self, table: str) -> iptables.TableState:
+        self.stats.iptables_reads += 1
+        return iptables.parse_save(self._run([self.save, "-t", table], check=False))
+
+    def _restore(self, delta: iptables.Delta) -> None:
+        if delta.text is None:
+            return
         self._run([self.restore, "--noflush", "--wait"] if self.backend == "legacy" else [self.restore, "--noflush"],
-                  "\n".join(lines) + "\n")
+                  delta.text)
         self.stats.iptables_tables += 1
+        self.stats.chains_written += len(delta.written)
+        self.stats.chains_deleted += len(delta.deleted)
 
     # --- IP sets ------------------------------------------------------------------------------
 
