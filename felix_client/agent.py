@@ -13,7 +13,9 @@ agent programs the network namespace it runs in (`felix_client.dataplane`): ipta
 routes and sysctls. A full apply compares everything with the kernel, and one runs at least every
 `--resync-interval` seconds (also without updates), so drift (a rule deleted behind our back) is
 repaired; in between, an apply leaves alone the tables and IP sets it would write unchanged and,
-unless the calculation marked routes dirty, the routes, sysctls and VXLAN device.
+unless the calculation marked routes dirty, the routes, sysctls and VXLAN device; in the tables it
+does write, it rewrites only the chains that changed since its last restore, without reading the
+tables back (the resync does).
 
 `--apply-log FILE` (off by default; used by `python -m bench converge`) appends one JSON line per
 completed apply: `t` (time.monotonic() when the dataplane or the files were done: CLOCK_MONOTONIC is
@@ -199,13 +201,13 @@ class Agent:
             vtep = OwnVTEP(routing.vxlan_ips[me], routing.vxlan_macs[me], routing.host_ips[me])
         return state, vtep
 
-    def _skippable(self, wanted: dict[str, object]) -> set[str]:
+    def _skippable(self, wanted: dict[str, object], resync: bool) -> set[str]:
         """Parts of the dataplane this apply may leave alone: tables and IP sets exactly as last
         programmed, and links (routes, sysctls, VXLAN) while the calculation marked no route change.
         Re-reading and rewriting all of it took most of an apply (netlink dumps, iptables-save and
         -restore of tables a policy edit cannot change); drift there is repaired by the full apply
         that runs at least every resync interval, as Felix's periodic refresh does."""
-        if time.monotonic() - self._last_full >= self.options.resync_interval:
+        if resync:
             return set()
         skip = {name for name, value in wanted.items() if self._programmed.get(name) == value}
         if not self._links_dirty:
@@ -218,8 +220,9 @@ class Agent:
         tables = rules.render_tables(state, self.dataplane.iface_prefix)
         wanted: dict[str, object] = {name: table.render() for name, table in tables.items()}
         wanted["ipsets"] = rules.desired_ipsets(state)
-        skip = self._skippable(wanted)
-        self.dataplane.apply(state, vtep, skip=skip, tables=tables)
+        resync = started - self._last_full >= self.options.resync_interval
+        skip = self._skippable(wanted, resync)
+        self.dataplane.apply(state, vtep, skip=skip, tables=tables, resync=resync)
         self._programmed = wanted
         if "links" not in skip:
             # A workload interface the CNI has not created yet: its route and sysctls wait for it, so
@@ -227,7 +230,7 @@ class Agent:
             # tunl0 without the ipip module, is not coming soon: the resync retries that.)
             prefix = self.dataplane.iface_prefix
             self._links_dirty = any(dev.startswith(prefix) for dev in self.dataplane.missing_devices)
-        if not skip:
+        if resync:
             self._last_full = started
         self.stats.applies += 1
         if self.options.status_file is not None:
