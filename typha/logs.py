@@ -1,4 +1,5 @@
-"""Log setup: human-readable text, or one JSON object per line for log pipelines (`--log-format json`)."""
+"""Log setup: human-readable text, or one JSON object per line for log pipelines (`--log-format json`);
+and `clip` for text a peer chose, before it goes into a log line."""
 
 from __future__ import annotations
 
@@ -9,6 +10,14 @@ import time
 
 # Attributes every LogRecord has; anything else was passed with `extra=` and is a structured field.
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
+
+
+def clip(text: str, limit: int = 64) -> str:
+    """`text` quoted and escaped (no newlines or terminal escapes from a peer), at most ~`limit` characters
+    of it: a client's hostname of 64 KB must not make every log line about it 64 KB."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}…(+{len(text) - limit} chars)"
 
 
 class JsonFormatter(logging.Formatter):

@@ -33,6 +33,7 @@ from typha import __version__
 from typha.cache import STATUS_TO_PB, Breadcrumb, ResumeUnavailable, SnapshotCache
 from typha.config import TyphaConfig
 from typha.digests import FEATURE_DIGEST_RESYNC
+from typha.logs import clip
 from typha.model.kv import SyncStatus
 from typha.proto import sync_pb2 as pb
 from typha.resync import RepairDeclined, RepairPlanner
@@ -51,11 +52,19 @@ FEATURE_EXACT_CRUMBS = "exact-crumbs"
 # one top-level field, so the replica can split them again). A replica that lags gets the run in one
 # write instead of one write (and one event-loop turn on its side) per crumb.
 FEATURE_CRUMB_RUNS = "crumb-runs"
+# Only these are kept of a client's feature list: the server shares one frozenset per distinct set, and
+# clients sending made-up names must not grow that table.
+KNOWN_FEATURES = frozenset({FEATURE_CHECKSUM, FEATURE_RECONNECT, FEATURE_EXACT_CRUMBS, FEATURE_CRUMB_RUNS,
+                            FEATURE_DIGEST_RESYNC})
 MAX_INBOUND_MESSAGE_BYTES = 1024 * 1024  # Typha's maxInboundMessageBytes: clients only send hellos and pongs
 # Our own limit, far below gRPC's: the largest honest hello (4,096 bucket digests, bounded strings) is
 # ~22 KB. gRPC core ends a stream whose message is over its limit before the handler sees anything;
 # one over ours only is read, so it is refused with a reason, logged and counted.
 MAX_CLIENT_MESSAGE_BYTES = 64 * 1024
+# Longest accepted hello strings, in UTF-8 bytes: a hostname is a DNS name (a Kubernetes node name), ids
+# and epochs are short tokens, `info` is free text for logs ("felix-client pid 42").
+MAX_HELLO_FIELD_BYTES = {"hostname": 253, "client_id": 253, "version": 253, "syncer_type": 253, "info": 4096}
+MAX_EPOCH_BYTES = 253
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +135,21 @@ class Connection:
 
     def supports(self, feature: str) -> bool:
         return feature in self.features
+
+
+def _check_lengths(hello: pb.ClientHello) -> None:
+    """Refuse a hello whose strings are longer than any honest client's (they end up in logs and memory)."""
+    fields = [(name, getattr(hello, name)) for name in MAX_HELLO_FIELD_BYTES]
+    for name, value in fields:
+        size = len(value.encode())
+        if size > MAX_HELLO_FIELD_BYTES[name]:
+            raise _Drop(grpc.StatusCode.INVALID_ARGUMENT,
+                        f"ClientHello.{name} is {size} bytes, over the limit of {MAX_HELLO_FIELD_BYTES[name]}",
+                        "invalid_hello")
+    epoch = len(hello.resume.epoch.encode())
+    if epoch > MAX_EPOCH_BYTES:
+        raise _Drop(grpc.StatusCode.INVALID_ARGUMENT,
+                    f"ClientHello.resume.epoch is {epoch} bytes, over the limit of {MAX_EPOCH_BYTES}", "invalid_hello")
 
 
 def _oversized(raw: bytes) -> str:
@@ -278,7 +302,7 @@ class SyncServer:
             self.metrics.connections_active.set(len(self.connections))
 
     async def _end(self, conn: Connection, context: grpc.aio.ServicerContext, drop: _Drop) -> None:
-        log.info("Dropping %s (%s %s): %s", conn.peer, conn.hostname, conn.syncer_type, drop.details)
+        log.info("Dropping %s (%s %s): %s", conn.peer, clip(conn.hostname), conn.syncer_type, drop.details)
         self.metrics.connections_dropped.inc()
         if drop.error:
             self.metrics.client_errors.labels(drop.error).inc()
@@ -329,12 +353,13 @@ class SyncServer:
                         f"the first message must be a ClientHello, not {message.WhichOneof('payload')}",
                         "invalid_hello")
         hello = message.hello
+        _check_lengths(hello)
         syncer_type = hello.syncer_type or "felix"  # as in Typha, empty means felix
         if syncer_type not in self.caches:
             raise _Drop(grpc.StatusCode.INVALID_ARGUMENT,
-                        f"unknown syncer type {syncer_type!r}; this server serves {', '.join(sorted(self.caches))}",
+                        f"unknown syncer type {clip(syncer_type)}; this server serves {', '.join(sorted(self.caches))}",
                         "invalid_hello")
-        features = frozenset(hello.features)
+        features = frozenset(hello.features) & KNOWN_FEATURES
         # Thousands of clients send the same few feature sets: share one frozenset per distinct set.
         conn.hostname, conn.syncer_type = hello.hostname, syncer_type
         conn.features = self._feature_sets.setdefault(features, features)
@@ -357,7 +382,7 @@ class SyncServer:
             try:
                 start = cache.crumb_after(hello.resume.epoch, hello.resume.sequence)
             except ResumeUnavailable as exc:
-                log.info("%s (%s) cannot resume: %s", conn.peer, conn.hostname, exc)
+                log.info("%s (%s) cannot resume: %s", conn.peer, clip(conn.hostname), exc)
         if start is not None:
             self.metrics.resumes.inc()
             await context.write(_frame(hello=self._server_hello(cache, conn, resumed=True, sequence=start.sequence)))
@@ -368,7 +393,8 @@ class SyncServer:
             try:
                 repair = self.repairs[conn.syncer_type].plan(hello.digests)
             except RepairDeclined as exc:
-                log.info("%s (%s) cannot resync by digest: %s; sending a snapshot", conn.peer, conn.hostname, exc)
+                log.info("%s (%s) cannot resync by digest: %s; sending a snapshot", conn.peer, clip(conn.hostname),
+                         exc)
             else:
                 hello_frame = self._server_hello(cache, conn, resumed=False, sequence=repair.crumb.sequence)
                 hello_frame.bucket_count = repair.bucket_count

@@ -16,7 +16,14 @@ from prometheus_client import REGISTRY
 from typha.cache import SnapshotCache
 from typha.model.kv import SyncStatus, Update
 from typha.proto import sync_pb2 as pb
-from typha.server import MAX_CLIENT_MESSAGE_BYTES, MAX_INBOUND_MESSAGE_BYTES, ServerSettings, SyncServer
+from typha.server import (
+    MAX_CLIENT_MESSAGE_BYTES,
+    MAX_EPOCH_BYTES,
+    MAX_HELLO_FIELD_BYTES,
+    MAX_INBOUND_MESSAGE_BYTES,
+    ServerSettings,
+    SyncServer,
+)
 
 from ..integration.sync_raw import RawClient
 
@@ -193,3 +200,72 @@ async def hello_while_full(port: int) -> tuple[grpc.StatusCode, str]:
         return await client.status()
     finally:
         await client.close()
+
+
+def test_hello_strings_over_their_limits_are_refused_and_logs_stay_bounded(caplog):
+    """Each hello string one byte over its limit gets INVALID_ARGUMENT naming the field (and not echoing
+    the value); at the limit the hello is served. Log lines about hostile clients stay short."""
+    big = MAX_CLIENT_MESSAGE_BYTES - 1024  # under the message limit, so the hello itself is read
+
+    def hello(**fields: str) -> pb.ClientMessage:
+        resume = fields.pop("epoch", None)
+        message = pb.ClientMessage(hello=pb.ClientHello(**fields))
+        if resume is not None:
+            message.hello.resume.CopyFrom(pb.ResumePoint(epoch=resume, sequence=1))
+        return message
+
+    over = {**{name: limit + 1 for name, limit in MAX_HELLO_FIELD_BYTES.items()}, "epoch": MAX_EPOCH_BYTES + 1}
+    # A multi-byte character: the limits are in bytes, as a DNS name's are.
+    refused = {name: hello(**{name: "é" * (size // 2 + 1)}) for name, size in over.items()}
+    accepted = {name: hello(**{name: "x" * limit}, **({"syncer_type": "x" * limit} if name == "syncer_type" else {}))
+                for name, limit in {**MAX_HELLO_FIELD_BYTES, "epoch": MAX_EPOCH_BYTES}.items()
+                if name != "syncer_type"}
+
+    async def ask(port: int, message: pb.ClientMessage) -> tuple[grpc.StatusCode, str] | str:
+        client = RawClient(port)
+        try:
+            await client.send(message)
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                first = await asyncio.wait_for(client.call.read(), 10)
+                if first is not grpc.aio.EOF and first.WhichOneof("payload") == "hello":
+                    return "served"
+            return await client.status()
+        finally:
+            await client.close()
+
+    async def scenario() -> dict[str, tuple[grpc.StatusCode, str] | str]:
+        caches = {"felix": SnapshotCache("felix")}
+        caches["felix"].set_status(SyncStatus.IN_SYNC)
+        server = SyncServer(caches, ServerSettings(handshake_timeout_secs=2))
+        await server.start("127.0.0.1", 0)
+        try:
+            cases = {**{f"over-{k}": v for k, v in refused.items()}, **{f"at-{k}": v for k, v in accepted.items()},
+                     "unknown-syncer": hello(syncer_type="\n" * MAX_HELLO_FIELD_BYTES["syncer_type"]),
+                     "huge-syncer": hello(syncer_type="s" * big),
+                     "made-up-features": pb.ClientMessage(hello=pb.ClientHello(features=[f"f{n}" for n in range(500)]))}
+            answers = dict(zip(cases, await asyncio.gather(*(ask(server.port, m) for m in cases.values())),
+                               strict=True))
+            # Made-up feature names are not kept: the table of distinct feature sets does not grow.
+            assert len(server._feature_sets) <= 1
+            return answers
+        finally:
+            await server.stop(0)
+
+    caplog.set_level("INFO", logger="typha.server")
+    answers = asyncio.run(asyncio.wait_for(scenario(), 60))
+    for name in over:
+        code, details = answers[f"over-{name}"]
+        assert code == grpc.StatusCode.INVALID_ARGUMENT, (name, code, details)
+        assert f".{name} is" in details and "over the limit" in details and len(details) < 200, details
+    for name in accepted:
+        assert answers[f"at-{name}"] == "served", (name, answers[f"at-{name}"])
+    code, details = answers["unknown-syncer"]
+    # Echoed quoted and clipped: no newlines from the client in the details or the log line.
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "unknown syncer type" in details, (code, details[:200])
+    assert "\n" not in details and len(details) < 600, details
+    code, details = answers["huge-syncer"]
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and ".syncer_type is" in details, (code, details[:200])
+    assert answers["made-up-features"] == "served"
+    assert caplog.records
+    assert max(len(record.getMessage()) for record in caplog.records) < 1000
+    assert not any("\n" in record.getMessage() for record in caplog.records)
