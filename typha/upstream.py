@@ -9,6 +9,11 @@ frames (several back to back in one message when the replica lags; `split_frames
 and the replica appends the very same bytes under the very same sequence number. Epoch and sequences
 therefore mean the same on every replica, and a client can resume on any of them. Nothing is
 re-encoded: the upstream's encode-once carries through the whole hierarchy.
+
+When the upstream cannot resume the replica (it restarted: a new epoch), a replica holding a large cache
+sends its per-bucket digests (`digest-resync`, typha.digests) and receives only the buckets that
+differ instead of a snapshot; the repaired set must match the upstream's checksum before it replaces
+the cache.
 """
 
 from __future__ import annotations
@@ -23,8 +28,9 @@ from dataclasses import dataclass
 import grpc
 import zstandard
 
-from typha.cache import PB_TO_STATUS, ReplicaGap, SnapshotCache
+from typha.cache import PB_TO_STATUS, ReplicaGap, SnapshotCache, kv_hash
 from typha.client.tls import ClientTLS, ServerIdentityError, ServerVerifier
+from typha.digests import FEATURE_DIGEST_RESYNC, MIN_BUCKETS, bucket_count_for, bucket_hash
 from typha.proto import sync_pb2 as pb
 from typha.server import FEATURE_CHECKSUM, FEATURE_CRUMB_RUNS, FEATURE_EXACT_CRUMBS
 
@@ -115,6 +121,8 @@ class UpstreamFollower:
         self.sessions = 0
         self.resumes = 0
         self.snapshots = 0
+        self.digest_resyncs = 0
+        self.bytes_received = 0  # serialized messages from the upstream, all sessions
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -168,20 +176,34 @@ class UpstreamFollower:
         try:
             hello = pb.ClientHello(hostname=self.hostname, info="typha replica", syncer_type=self.syncer_type,
                                    compressions=["zstd"],
-                                   features=[FEATURE_EXACT_CRUMBS, FEATURE_CRUMB_RUNS, FEATURE_CHECKSUM])
+                                   features=[FEATURE_EXACT_CRUMBS, FEATURE_CRUMB_RUNS, FEATURE_CHECKSUM,
+                                             FEATURE_DIGEST_RESYNC])
             if self.replicated:
                 hello.resume.CopyFrom(pb.ResumePoint(epoch=self.cache.epoch, sequence=self.cache.newest.sequence))
+                # Below MIN_BUCKETS keys the summary (4 bytes a bucket) is about the size of a snapshot.
+                if len(self.cache) >= MIN_BUCKETS:
+                    count = bucket_count_for(len(self.cache))
+                    hello.digests.count = count
+                    hello.digests.digests.extend(self.cache.buckets.folded(count))
             await call.write(pb.ClientMessage(hello=hello).SerializeToString())
             self.sessions += 1
             server_hello = (await self._expect(call, "hello")).hello
             if server_hello.resumed:
                 self.resumes += 1
                 await self._expect(call, "status")  # where we stand: already known
+                how = "resumed"
+            elif server_hello.bucket_count:
+                if server_hello.bucket_count != hello.digests.count:
+                    raise UpstreamError(f"upstream answered {server_hello.bucket_count} buckets to a summary of "
+                                        f"{hello.digests.count}")
+                await self._receive_repair(call, server_hello)
+                how = "repaired by digest"
             else:
                 await self._receive_snapshot(call, server_hello)
+                how = "snapshot"
             self.connected = True
             log.info("following %s (%s) from sequence %d (%s)", self.address, self.syncer_type,
-                     self.cache.newest.sequence, "resumed" if server_hello.resumed else "snapshot")
+                     self.cache.newest.sequence, how)
             await self._follow(call)
         finally:
             call.cancel()
@@ -191,6 +213,7 @@ class UpstreamFollower:
         raw = await call.read()
         if raw is grpc.aio.EOF:
             raise UpstreamError(f"stream ended: {await call.code()} {await call.details()}")
+        self.bytes_received += len(raw)
         return raw, pb.ServerMessage.FromString(raw)
 
     async def _expect(self, call: grpc.aio.StreamStreamCall, kind: str) -> pb.ServerMessage:
@@ -230,6 +253,67 @@ class UpstreamFollower:
         self.first_replica.set()
         self.snapshots += 1
 
+    async def _receive_repair(self, call: grpc.aio.StreamStreamCall, hello: pb.ServerHello) -> None:
+        """digest-resync: the upstream's full contents of the buckets that differ from our summary.
+
+        Checked like the snapshot's chunks, then the repaired set must match the upstream's digest and
+        key count before it replaces the cache (a failure is an UpstreamError: the next session takes a
+        snapshot). The cache is reset under the upstream's epoch as after a snapshot, so its own clients
+        resync (by digest, too) against the new epoch.
+        """
+        mask = hello.bucket_count - 1
+        decompressor = zstandard.ZstdDecompressor()
+        replaced: set[int] = set()
+        fresh: dict[str, tuple[bytes, str]] = {}
+        first: pb.BucketChunk | None = None
+        index = 0
+        while True:
+            chunk = (await self._expect(call, "buckets")).buckets
+            if chunk.index != index or chunk.sequence != hello.sequence:
+                raise UpstreamError(f"bucket chunk {chunk.index} (sequence {chunk.sequence}) out of order")
+            if first is None:
+                first = chunk
+            elif (chunk.count, chunk.digest, chunk.key_count) != (first.count, first.digest, first.key_count):
+                raise UpstreamError(f"bucket chunk {chunk.index} disagrees with the first chunk")
+            buckets = set(chunk.buckets)
+            if len(buckets) != len(chunk.buckets) or buckets & replaced or any(b > mask for b in buckets):
+                raise UpstreamError(f"bucket chunk {chunk.index} lists buckets twice or out of range")
+            if chunk.compression not in ("", "zstd"):
+                raise UpstreamError(f"unknown bucket chunk compression {chunk.compression!r}")
+            data = decompressor.decompress(chunk.data) if chunk.compression else chunk.data
+            for kv in pb.Deltas.FromString(data).kvs:
+                if not kv.value or bucket_hash(kv.key) & mask not in buckets or kv.key in fresh:
+                    raise UpstreamError(f"bucket chunk {chunk.index} holds {kv.key!r} as a deletion, outside its "
+                                        "buckets or twice")
+                fresh[kv.key] = (kv.value, kv.revision)
+            replaced |= buckets
+            index += 1
+            if index >= chunk.count:
+                break
+        assert first is not None  # the loop reads at least one chunk
+        status = (await self._expect(call, "status")).status
+        cache = self.cache
+        # The new digest follows from the keys that leave and arrive: no pass over the whole set to check it.
+        digest, count = cache.digest, len(cache)
+        gone = {key for bucket in replaced for key in cache.buckets.keys_in(bucket, hello.bucket_count)}
+        for key in gone:
+            entry = cache.get(key)
+            assert entry is not None, f"the bucket index has {key!r}, the cache does not"
+            digest ^= kv_hash(key, entry[0])
+        for key, (value, _) in fresh.items():
+            digest ^= kv_hash(key, value)
+        count += len(fresh) - len(gone)
+        if (digest, count) != (first.digest, first.key_count):
+            raise UpstreamError(f"replica repaired from {len(replaced)} buckets does not match the upstream's "
+                                f"checksum ({count} keys, upstream {first.key_count})")
+        kvs = [(key, value, revision) for key, value, revision in cache.items() if key not in gone]
+        kvs.extend((key, value, revision) for key, (value, revision) in fresh.items())
+        cache.replicate_reset(hello.epoch, hello.sequence, kvs, PB_TO_STATUS.get(status.status, cache.status))
+        self.replicated = True
+        self.digest_resyncs += 1
+        log.info("upstream %s (%s): repaired %d of %d buckets (%d keys received) instead of a snapshot",
+                 self.address, self.syncer_type, len(replaced), hello.bucket_count, len(fresh))
+
     async def _follow(self, call: grpc.aio.StreamStreamCall) -> None:
         """Replicate what arrives, in batches: every crumb appended wakes every stream of this replica,
         so appending them one read at a time would give each client one crumb per message (and the
@@ -245,6 +329,7 @@ class UpstreamFollower:
         async def receive() -> None:
             try:
                 while (raw := await call.read()) is not grpc.aio.EOF:
+                    self.bytes_received += len(raw)
                     inbox.append(raw)
                     arrived.set()
             finally:
