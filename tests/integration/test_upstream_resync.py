@@ -8,9 +8,13 @@ messages the follower read (`bytes_received`).
 
 from __future__ import annotations
 
+import dataclasses
 import random
+from typing import Any
 
 from typha.cache import SnapshotCache
+from typha.proto import sync_pb2 as pb
+from typha.resync import BucketRepair
 from typha.server import SyncServer
 from typha.upstream import FollowerBackoff, UpstreamFollower
 
@@ -68,6 +72,59 @@ def test_follower_repairs_by_digest_after_the_upstream_restarts_and_is_exact():
             await until(lambda: follower.connected and follower.cache.epoch == third.epoch)
             assert exact(follower.cache, third)
             assert follower.snapshots == 2 and follower.digest_resyncs == 1
+        finally:
+            await follower.stop()
+            await upstream.stop(0)
+
+    run(scenario, timeout=60)
+
+
+def test_a_repair_that_does_not_add_up_leaves_the_cache_alone_and_the_next_session_takes_a_snapshot():
+    """The upstream's bucket chunks claim a checksum the repaired set does not have: the follower refuses
+    the repair before touching its cache, then starts over with a snapshot and is exact."""
+    kvs = cluster_kvs()
+
+    async def scenario() -> None:
+        first = replica(kvs)
+        upstream = SyncServer({"felix": first}, SETTINGS)
+        port = await upstream.start("127.0.0.1", 0)
+        cache = SnapshotCache("felix")
+        resets: list[str] = []  # the epoch of each replacement of the cache's contents
+        reset = cache.replicate_reset
+
+        def recording_reset(epoch: str, *args: Any) -> None:
+            resets.append(epoch)
+            reset(epoch, *args)
+
+        cache.replicate_reset = recording_reset  # type: ignore[method-assign]
+        follower = UpstreamFollower(f"127.0.0.1:{port}", "felix", cache, backoff=FAST)
+        follower.start()
+        try:
+            await until(lambda: follower.connected and exact(follower.cache, first))
+
+            second = replica(kvs)
+            second.apply(one_percent_changed(kvs, random.Random(6)))
+            await upstream.stop(0)
+            upstream = SyncServer({"felix": second}, SETTINGS)
+            planner = upstream.repairs["felix"]
+            honest_plan, lies = planner.plan, []
+
+            def lying_plan(summary: pb.BucketDigests) -> BucketRepair:
+                repair = honest_plan(summary)
+                frames = [pb.ServerMessage.FromString(frame) for frame in repair.frames]
+                for frame in frames:
+                    frame.buckets.digest ^= 1
+                lies.append(summary.count)
+                return dataclasses.replace(repair, frames=[frame.SerializeToString() for frame in frames])
+
+            planner.plan = lying_plan  # type: ignore[method-assign]
+            assert await upstream.start("127.0.0.1", port) == port
+            await until(lambda: follower.connected and follower.cache.epoch == second.epoch)
+            assert len(lies) == 1, "after a refused repair the follower asks for a snapshot, sending no summary"
+            assert resets == [first.epoch, second.epoch], "only the two snapshots may replace the cache"
+            assert "does not match the upstream's checksum" in follower.last_error, follower.last_error
+            assert exact(follower.cache, second)
+            assert follower.digest_resyncs == 0 and follower.snapshots == 2
         finally:
             await follower.stop()
             await upstream.stop(0)
