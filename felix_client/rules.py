@@ -6,7 +6,8 @@ the order `iptables-save` prints their parts (`-s`/`-d`/`-i`/`-o`/`-p` first, th
 the order given), so the rendered text and a real dump of the table compare line by line.
 
 Deliberate differences from Felix, all with the same packet semantics:
-- no `cali:<hash>` rule comments (Felix uses them to diff rules in place; we replace whole tables);
+- no `cali:<hash>` rule comments (Felix uses them to diff rules in place; the dataplane hashes whole
+  chains and rewrites a chain that changed, `felix_client/dataplane/iptables.py`);
 - a Deny rule is a single `-j DROP` (Felix first sets the 0x40000 mark, which nothing here reads);
 - several CIDRs in one rule (or nets plus notNets) use a `hash:net` set instead of scratch-bit match
   blocks (felix.md §3.8 allows either);
