@@ -50,6 +50,11 @@ def live_workers(supervisor: psutil.Process) -> list[psutil.Process]:
     return workers
 
 
+def restarted(supervisor: psutil.Process, victim: psutil.Process, workers: int) -> bool:
+    alive = [w.pid for w in live_workers(supervisor)]
+    return victim.pid not in alive and len(alive) == workers
+
+
 def wait_moved_back(clients: StormClients, since: float, timeout: float) -> list[tuple[Any, ...]]:
     """Poll (bounded) until every client whose stream ended after `since` is back in sync; the rows.
     A SIGKILLed process's connections are reset at once, so after a short settle the set is known."""
@@ -115,8 +120,10 @@ def run(args: argparse.Namespace) -> int:
         results["kvs_since_churn_min"], results["kvs_since_churn_max"] = counts[0], counts[-1]
         results["kvs_moved_min"] = min((r[10] for r in rows if r[8] > 0 and r[3]), default=None)
         results["nothing_lost"] = counts[0] == counts[-1] >= writes
-        results["worker_restarted"] = victim.pid not in [w.pid for w in live_workers(supervisor)] and len(
-            live_workers(supervisor)) == args.workers
+        deadline = time.monotonic() + args.timeout
+        while not restarted(supervisor, victim, args.workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        results["worker_restarted"] = restarted(supervisor, victim, args.workers)
     finally:
         if clients is not None:
             clients.stop()
