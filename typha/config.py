@@ -92,7 +92,8 @@ class TyphaConfig:
                                extension=True)
     workers: int = _setting("Workers", 0,
                             "Fan-out processes; above 1, one ingest process feeds that many workers sharing the port. "
-                            "0: one per CPU this process may use (affinity and cgroup CPU limit).",
+                            "0: one per CPU this process may use (affinity and cgroup CPU limit). "
+                            "With Upstream: one process.",
                             extension=True)
     server_reuse_port: bool = _setting("ServerReusePort", False,
                                        "Share the Sync port with other processes (SO_REUSEPORT), as workers do.",
