@@ -61,12 +61,17 @@ class Segment:
     status and deltas must not be merged into one message.
     """
 
-    __slots__ = ("data", "is_deltas", "last")
+    __slots__ = ("data", "is_deltas", "last", "open", "run")
 
     def __init__(self, is_deltas: bool) -> None:
         self.data = bytearray()
         self.is_deltas = is_deltas
         self.last: Breadcrumb | None = None  # newest crumb stored in this segment
+        self.open = is_deltas  # frames may still be appended
+        # The last run handed out, (start, end, bytes): the streams woken by one crumb mostly stand at the
+        # same position, and without it each would copy the same slice (most of a worker's CPU under churn).
+        # Only the open segment keeps one, so the memo costs at most one segment's bytes per cache.
+        self.run: tuple[int, int, bytes] | None = None
 
 
 @dataclass(slots=True, eq=False)
@@ -102,8 +107,14 @@ class Breadcrumb:
         segment = self.segment
         assert segment is not None and segment.last is not None
         last = segment.last
+        run = segment.run
+        if run is not None and run[0] == self.start and run[1] == last.end:
+            return run[2], last
         with memoryview(segment.data) as view:
-            return bytes(view[self.start : last.end]), last
+            data = bytes(view[self.start : last.end])
+        if segment.open:
+            segment.run = (self.start, last.end, data)
+        return data, last
 
 
 @dataclass(slots=True)
@@ -312,6 +323,8 @@ class SnapshotCache:
     def _link(self, frame: bytes, kv_count: int, *, is_deltas: bool) -> None:
         segment = self._segment
         if not is_deltas or segment is None or len(segment.data) + len(frame) > self.limits.segment_bytes:
+            if segment is not None:
+                segment.open, segment.run = False, None
             segment = Segment(is_deltas)
             self._segment = segment if is_deltas else None
         start = len(segment.data)

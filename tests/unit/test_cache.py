@@ -221,3 +221,31 @@ def test_a_snapshot_is_shared_only_while_the_catch_up_after_it_stays_small():
     # The allowance grows with the snapshot: 10% of 1,010 keys covers a 50-key lag.
     cache.apply([Update(f"/later-{i}", i, "3") for i in range(50)])
     assert cache.snapshot() is second
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 6), st.lists(st.integers(0, 30), max_size=4)), min_size=1, max_size=25))
+def test_runs_handed_out_are_the_frames_from_that_crumb_on_and_shared_by_equal_positions(steps):
+    # A small segment so runs cross segment ends; positions are asked again after more crumbs arrive.
+    cache = SnapshotCache("felix", limits=CacheLimits(segment_bytes=200))
+    crumbs = []
+    for round_, (writes, asks) in enumerate(steps):
+        for i in range(writes):
+            cache.apply([Update(f"/k{round_}-{i}", {"pad": "x" * (i * 7)}, str(round_))])
+            crumbs.append(cache.newest)
+        for ask in asks:
+            first = crumbs[ask % len(crumbs)]
+            data, last = first.run_to_newest()
+            assert last is first.segment.last
+            expected, crumb = b"", first
+            while True:
+                expected += crumb.frame
+                if crumb is last:
+                    break
+                crumb = crumb.next
+            assert data == expected
+            again, _ = first.run_to_newest()
+            if first.segment.open:
+                assert again is data  # the streams at one position share one copy
+            else:
+                assert first.segment.run is None  # a full segment keeps no extra copy
