@@ -38,6 +38,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", metavar="OUT", help="write the results here as JSON")
 
 
+# Loopback TCP trouble that stalls single streams for seconds with the CPU idle: segments dropped because
+# a client's receive queue was over its buffer (RcvQDrop, OFODrop), then retransmission timeouts with
+# exponential backoff. Machine-wide counters (/proc/net): anything else running shares them.
+TCP_COUNTERS = ("TcpExt:TCPMemoryPressures", "TcpExt:TCPRcvQDrop", "TcpExt:TCPOFODrop", "TcpExt:TCPTimeouts",
+                "Tcp:RetransSegs")
+
+
+def tcp_counters() -> dict[str, int]:
+    values: dict[str, int] = {}
+    for path in ("/proc/net/netstat", "/proc/net/snmp"):
+        try:
+            with open(path) as f:
+                lines = f.read().splitlines()
+        except OSError:
+            continue
+        # Pairs of lines: "Prefix: name name …" then "Prefix: value value …".
+        for names, numbers in zip(lines[::2], lines[1::2], strict=False):
+            prefix, _, names = names.partition(":")
+            for name, number in zip(names.split(), numbers.partition(":")[2].split(), strict=False):
+                if f"{prefix}:{name}" in TCP_COUNTERS:
+                    values[f"{prefix}:{name}"] = int(number)
+    return values
+
+
 def cpu_secs(processes: list[psutil.Process]) -> float:
     total = 0.0
     for process in processes:
@@ -70,6 +94,7 @@ def measure(args: argparse.Namespace, api: EmulatorProcess, kubeconfig: str, wor
         kvs0, msgs0, _ = clients.sample()
         load = [psutil.Process(pid) for pid in (api.pid, *(p.pid for p in clients.procs)) if pid]
         server_cpu0, load_cpu0 = cpu_secs(tree), cpu_secs(load)
+        tcp0 = tcp_counters()
         t0 = time.perf_counter()
         writes = int(args.rate * args.duration)
         api.start_churn(writes, rate=args.rate)
@@ -82,6 +107,7 @@ def measure(args: argparse.Namespace, api: EmulatorProcess, kubeconfig: str, wor
             kvs1, msgs1, _ = clients.sample()
         elapsed = time.perf_counter() - t0
         server_cpu, load_cpu = cpu_secs(tree) - server_cpu0, cpu_secs(load) - load_cpu0
+        tcp = {name: value - tcp0.get(name, 0) for name, value in tcp_counters().items()}
         latencies_ms = [ns / 1e6 for ns in clients.latencies()]
         deliveries = kvs1 - kvs0
         result.update({
@@ -98,6 +124,7 @@ def measure(args: argparse.Namespace, api: EmulatorProcess, kubeconfig: str, wor
             "latency_ms_p50": percentile(latencies_ms, 0.50),
             "latency_ms_p99": percentile(latencies_ms, 0.99),
             "latency_samples": len(latencies_ms),
+            "tcp": tcp,
         })
         stop_errors = clients.stop()
         clients = None
@@ -150,4 +177,7 @@ def table_rows(r: dict[str, Any]) -> list[tuple[str, str]]:
                              f"load side {e['load_cpu_util'] * 100:.0f}%"),
             (f"{name}: clients in sync", f"{e['clients_in_sync']}/{r['clients']} in {e['connect_all_secs']:.1f} s"),
         ]
+        if e.get("tcp"):
+            rows.append((f"{name}: TCP (machine)", ", ".join(f"{key.partition(':')[2]} {value:,}"
+                                                             for key, value in e["tcp"].items())))
     return rows
