@@ -3,12 +3,13 @@
 One `typha serve` process follows the Kubernetes API emulator (in this process, so the guarantee
 checker records every commit); a `felix-client --dry-run` and a `confd-client` process and a set of
 in-process Sync clients follow typha through a loopback proxy that can cut connections. Churn comes
-from the demo's cluster generator at a steady rate. Every `--fault-interval` seconds one fault from
-a fixed cycle hits: watches dropped, history compacted (410 and re-list), a burst of API 500s, a
-burst of 429s with Retry-After, every client connection cut for a second. RSS and open file
-descriptors of typha and the agents are sampled throughout; after a warm-up the growth is reported
-as a least-squares slope per process. At the end churn stops, the clients must converge, and the
-guarantee checker judges every in-process client. Printed and written as JSON (and a plot with
+from the demo's cluster generator at a steady rate, with as many pods deleted as created. Every
+`--fault-interval` seconds one fault from a fixed cycle hits: watches dropped, history compacted
+(410 and re-list), a burst of API 500s, a burst of 429s with Retry-After, every client connection
+cut for a second. RSS and open file descriptors of typha and the agents are sampled throughout;
+after a warm-up (typha's resume window filling up) the growth is reported as a least-squares slope
+per process. At the end churn stops, the clients must converge, and the guarantee checker judges
+every in-process client. Printed and written as JSON (and a plot with
 `--plot`); nothing is asserted.
 """
 
@@ -39,6 +40,9 @@ from typha.testing.guarantees import ClientRecord, GuaranteeChecker, pack
 
 FAULTS = ("watch-drop", "compaction", "api-500-burst", "api-429-burst", "connection-cut")
 CONVERGE_SECS = 120.0
+# typha keeps breadcrumbs this long: its memory grows until the window is full, so the growth fit
+# starts after it (Typha's default of 300 s would leave a 10-minute run little to measure).
+RESUME_WINDOW_SECS = 120.0
 
 
 def parse_duration(text: str) -> float:
@@ -56,7 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fault-interval", type=float, default=60.0, help="seconds between faults")
     parser.add_argument("--sample-interval", type=float, default=5.0, help="seconds between RSS/fd samples")
     parser.add_argument("--warmup", type=float, default=None,
-                        help="seconds excluded from growth fits (default: a fifth of the run, at least 60 s)")
+                        help="seconds excluded from growth fits (default: a fifth of the run, at least "
+                        "the resume window plus 60 s)")
     parser.add_argument("--clients", type=int, default=20, help="in-process Sync clients per syncer (judged)")
     parser.add_argument("--nodes", type=int, default=50)
     parser.add_argument("--pods-per-node", type=int, default=20)
@@ -144,7 +149,7 @@ def start_typha(kubeconfig: str, port: int, health_port: int, log: Path) -> subp
         sys.executable, "-m", "typha.cli", "serve", "--workers", "1", "--log-severity-screen", "WARNING",
         "--kubeconfig", kubeconfig, "--server-host", "127.0.0.1", "--server-port", str(port),
         "--health-enabled", "true", "--health-host", "127.0.0.1", "--health-port", str(health_port),
-        "--checksum-interval-secs", "5",
+        "--checksum-interval-secs", "5", "--resume-window-secs", str(RESUME_WINDOW_SECS),
     ]
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log.open("wb"))
 
@@ -255,7 +260,7 @@ async def soak(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                                                                            if isinstance(v, int | float)}})
                 next_fault += args.fault_interval
             if interval is not None and now >= next_write:
-                op = cluster.churn_op(rng, edit_policy=rng.random() < 0.05)
+                op = cluster.churn_op(rng, edit_policy=rng.random() < 0.05, steady=True)
                 if op[0] != "noop":
                     Cluster.apply(api, op)
                     writes += 1
@@ -287,7 +292,7 @@ async def soak(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         proxy.stop()
         api.stop()
 
-    warmup = args.warmup if args.warmup is not None else max(60.0, args.duration / 5)
+    warmup = args.warmup if args.warmup is not None else max(RESUME_WINDOW_SECS + 60.0, args.duration / 5)
     processes = {}
     for item in watched:
         steady = [(t, rss, fds) for t, rss, fds in item.samples if t >= warmup]
@@ -310,7 +315,8 @@ async def soak(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "fault_interval_secs": args.fault_interval,
         "faults": faults,
         "warmup_secs": warmup,
-        "cluster": {"nodes": args.nodes, "pods": args.nodes * args.pods_per_node, "policies": args.policies},
+        "cluster": {"nodes": args.nodes, "pods": args.nodes * args.pods_per_node, "policies": args.policies,
+                    "pods_at_end": len(cluster.pods)},
         "clients_judged": len(clients),
         "converged_after_secs": None if converged is None else round(converged, 2),
         "verdict_ok": verdict.ok,

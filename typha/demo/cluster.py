@@ -180,14 +180,19 @@ class Cluster:
 
     # -- churn ----------------------------------------------------------------------------------------
 
-    def churn_op(self, rng: random.Random, *, edit_policy: bool = False) -> tuple[str, Any]:
+    def churn_op(self, rng: random.Random, *, edit_policy: bool = False,
+                 steady: bool = False) -> tuple[str, Any]:
         """The next write: ("create", obj) | ("delete", (ns, name)) | ("relabel", (ns, name, labels)) |
-        ("policy", obj). Pods written carry WRITTEN_AT_LABEL with the time of this call."""
+        ("policy", obj). Pods written carry WRITTEN_AT_LABEL with the time of this call. `steady`
+        keeps the pod count at the spec's (a create when below, a delete when above), so that a long
+        run's data does not grow; otherwise creates outnumber deletes a little."""
         stamp = {WRITTEN_AT_LABEL: str(time.time_ns())}
         if edit_policy and self.spec.policies:
             p = rng.randrange(self.spec.policies)
             return "policy", policy(p, self.spec, port=rng.choice((8080, 8443, 9090)), from_tier=rng.choice(TIERS))
         roll = rng.random()
+        if steady and roll < 0.55:
+            roll = 0.0 if len(self.pods) < self.spec.pods else 0.4
         nodes_with_room = [i for i, free in self.free.items() if free]
         if (roll < 0.3 or not self.pods) and nodes_with_room:
             return "create", self._new_pod(rng.choice(nodes_with_room), stamp)
