@@ -63,13 +63,19 @@ def tcp_counters() -> dict[str, int]:
 
 
 def cpu_secs(processes: list[psutil.Process]) -> float:
-    total = 0.0
+    return sum(cpu_split(processes))
+
+
+def cpu_split(processes: list[psutil.Process]) -> tuple[float, float]:
+    """User and system CPU seconds: on loopback the kernel's TCP work (both ends, retransmits) shows as system."""
+    user = system = 0.0
     for process in processes:
         try:
-            total += sum(process.cpu_times()[:2])
+            times = process.cpu_times()
         except psutil.NoSuchProcess:
             continue
-    return total
+        user, system = user + times.user, system + times.system
+    return user, system
 
 
 def measure(args: argparse.Namespace, api: EmulatorProcess, kubeconfig: str, workers: int) -> dict[str, Any]:
@@ -93,7 +99,7 @@ def measure(args: argparse.Namespace, api: EmulatorProcess, kubeconfig: str, wor
         clients.latencies()  # not the initial sync's
         kvs0, msgs0, _ = clients.sample()
         load = [psutil.Process(pid) for pid in (api.pid, *(p.pid for p in clients.procs)) if pid]
-        server_cpu0, load_cpu0 = cpu_secs(tree), cpu_secs(load)
+        (server_user0, server_sys0), load_cpu0 = cpu_split(tree), cpu_secs(load)
         tcp0 = tcp_counters()
         t0 = time.perf_counter()
         writes = int(args.rate * args.duration)
@@ -106,7 +112,9 @@ def measure(args: argparse.Namespace, api: EmulatorProcess, kubeconfig: str, wor
             time.sleep(0.05)
             kvs1, msgs1, _ = clients.sample()
         elapsed = time.perf_counter() - t0
-        server_cpu, load_cpu = cpu_secs(tree) - server_cpu0, cpu_secs(load) - load_cpu0
+        server_user, server_sys = cpu_split(tree)
+        server_user, server_sys = server_user - server_user0, server_sys - server_sys0
+        server_cpu, load_cpu = server_user + server_sys, cpu_secs(load) - load_cpu0
         tcp = {name: value - tcp0.get(name, 0) for name, value in tcp_counters().items()}
         latencies_ms = [ns / 1e6 for ns in clients.latencies()]
         deliveries = kvs1 - kvs0
@@ -120,6 +128,7 @@ def measure(args: argparse.Namespace, api: EmulatorProcess, kubeconfig: str, wor
             "kvs_per_message": deliveries / max(msgs1 - msgs0, 1),
             "server_cpu_util": server_cpu / elapsed,
             "server_cpu_usec_per_delivery": server_cpu / max(deliveries, 1) * 1e6,
+            "server_system_cpu_share": server_sys / server_cpu if server_cpu else 0.0,
             "load_cpu_util": load_cpu / elapsed,
             "latency_ms_p50": percentile(latencies_ms, 0.50),
             "latency_ms_p99": percentile(latencies_ms, 0.99),
@@ -173,7 +182,8 @@ def table_rows(r: dict[str, Any]) -> list[tuple[str, str]]:
                                       f"{e['elapsed_secs']:.1f} s, {e['kvs_per_message']:.0f} KVs/msg)"),
             (f"{name}: latency", f"p50 {e['latency_ms_p50']:.0f} ms, p99 {e['latency_ms_p99']:.0f} ms"),
             (f"{name}: CPU", f"typha {e['server_cpu_util'] * 100:.0f}% of a core over {e['server_processes']} "
-                             f"processes ({e['server_cpu_usec_per_delivery']:.2f} µs/delivery), "
+                             f"processes ({e['server_cpu_usec_per_delivery']:.2f} µs/delivery, "
+                             f"{e.get('server_system_cpu_share', 0) * 100:.0f}% of it system), "
                              f"load side {e['load_cpu_util'] * 100:.0f}%"),
             (f"{name}: clients in sync", f"{e['clients_in_sync']}/{r['clients']} in {e['connect_all_secs']:.1f} s"),
         ]
