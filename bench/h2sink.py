@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import resource
+import socket
 import struct
 import time
 import urllib.parse
@@ -60,6 +61,12 @@ STREAM_ID = 1  # the only stream on each connection: clients use odd ids, starti
 WINDOW_REFRESH_BYTES = 16 * 2**20
 
 INITIAL_BUFFER_BYTES = 64 * 1024  # most connections only ever see small delta frames
+# Each socket's kernel receive buffer, fixed (which also turns off its autotuning up to tcp_rmem's 32 MiB).
+# Thousands of loopback clients share one kernel: a server outrunning them (typha --workers 2 on 2 cores)
+# filled ~1.8 GB of socket buffers, past tcp_mem's pressure mark, and the kernel then dropped segments
+# (TCPRcvQDrop) and single streams sat in retransmission backoff for seconds. Real nodes each have their
+# own kernel. 256 KiB still holds several of the largest catch-up messages of a lagging client.
+RECEIVE_BUFFER_BYTES = 256 * 1024
 MIN_READ_BYTES = 16 * 1024  # never offer recv_into less than this
 
 _U32 = struct.Struct(">I")
@@ -462,6 +469,21 @@ class SinkStream(H2GrpcConnection):
             self.done.set_result(None)
 
 
+async def _connect(host: str, port: int) -> socket.socket:
+    """A connected non-blocking socket whose receive buffer is set before the SYN (it fixes the window scale)."""
+    loop = asyncio.get_running_loop()
+    family, kind, proto, _, addr = (await loop.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM))[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
+        sock.setblocking(False)
+        await loop.sock_connect(sock, addr)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 async def run_stream(
     address: str, syncer_type: str, index: int, probe: bool, stats: StreamStats, ready: asyncio.Event
 ) -> None:
@@ -471,7 +493,7 @@ async def run_stream(
     stream: SinkStream | None = None
     try:
         _, stream = await loop.create_connection(
-            lambda: SinkStream(address, syncer_type, index, probe, stats, ready), host, int(port))
+            lambda: SinkStream(address, syncer_type, index, probe, stats, ready), sock=await _connect(host, int(port)))
         await stream.done
     except OSError as exc:
         stats.error = f"connect: {exc}"
