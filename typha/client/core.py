@@ -30,7 +30,7 @@ from __future__ import annotations
 import enum
 import itertools
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,6 +59,10 @@ DEFAULT_SYNCER = "felix"  # an empty syncer_type means felix, as in Typha
 # receive limit. The server cuts chunks at ~1 MiB; one KV is at most a few MB (etcd's object limit).
 MAX_CHUNK_BYTES = 64 * 1024 * 1024
 _ZSTD_FEED_BYTES = 1024
+
+
+# How errors name the KVs of one chunk and of all chunks so far, per chunk kind.
+_HOLDS = {"snapshot": ("snapshot holds", "snapshot holds"), "bucket": ("bucket chunk holds", "bucket chunks hold")}
 
 
 class ProtocolError(Exception):
@@ -418,25 +422,8 @@ class SyncClientCore:
                 f"snapshot chunk {chunk.index} is of {chunk.sequence}/{chunk.count} chunks, "
                 f"started as {session._snapshot_sequence}/{session._count}"
             )
-        raw = self._decompress(chunk.compression, chunk.data)
-        try:
-            kvs = pb.Deltas.FromString(raw).kvs
-        except DecodeError as exc:
-            raise ProtocolError(f"snapshot chunk {chunk.index} is not a Deltas message: {exc}") from exc
         staged = session._staged
-        mirror = self._mirror
-        # Stage into a separate dict first: a bad KV must not leave half a chunk staged.
-        fresh: dict[str, Entry] = {}
-        for kv in kvs:
-            key, value = kv.key, kv.value
-            if not value:
-                raise ProtocolError(f"snapshot holds a deletion of {key!r}")
-            if key in staged or key in fresh:
-                raise ProtocolError(f"snapshot holds {key!r} twice")
-            current = mirror.get(key)
-            # Reuse the decoded object when the bytes are unchanged: saves the decode on a reconcile.
-            decoded = current[1] if current is not None and current[0] == value else _decode(key, value)
-            fresh[key] = (value, decoded, kv.revision)
+        fresh = self._fresh_entries("snapshot", chunk, staged)
         last = chunk.index + 1 == session._count
         if last and chunk.total_kvs and chunk.total_kvs != len(staged) + len(fresh):
             raise ProtocolError(f"snapshot announced {chunk.total_kvs} KVs, carried {len(staged) + len(fresh)}")
@@ -455,6 +442,35 @@ class SyncClientCore:
         step = Step(updates=updates, snapshot_complete=True)
         self._promote(session, step)
         return step
+
+    def _fresh_entries(
+        self, kind: str, chunk: pb.SnapshotChunk | pb.BucketChunk, staged: dict[str, Entry],
+        check_key: Callable[[str], None] | None = None,
+    ) -> dict[str, Entry]:
+        """The chunk's KVs as mirror entries, in a dict of their own: a bad KV must not leave half a
+        chunk staged. `kind` ("snapshot" or "bucket") names the chunk in errors; `check_key` may
+        refuse a key before it is decoded."""
+        raw = self._decompress(chunk.compression, chunk.data)
+        try:
+            kvs = pb.Deltas.FromString(raw).kvs
+        except DecodeError as exc:
+            raise ProtocolError(f"{kind} chunk {chunk.index} is not a Deltas message: {exc}") from exc
+        one, all_ = _HOLDS[kind]
+        mirror = self._mirror
+        fresh: dict[str, Entry] = {}
+        for kv in kvs:
+            key, value = kv.key, kv.value
+            if not value:
+                raise ProtocolError(f"{one} a deletion of {key!r}")
+            if check_key is not None:
+                check_key(key)
+            if key in staged or key in fresh:
+                raise ProtocolError(f"{all_} {key!r} twice")
+            current = mirror.get(key)
+            # Reuse the decoded object when the bytes are unchanged: saves the decode on a reconcile.
+            decoded = current[1] if current is not None and current[0] == value else _decode(key, value)
+            fresh[key] = (value, decoded, kv.revision)
+        return fresh
 
     def _on_buckets(self, session: Session, chunk: pb.BucketChunk) -> Step:
         """digest-resync: the server's contents of the buckets where its digests differ from the summary."""
@@ -477,26 +493,13 @@ class SyncClientCore:
         buckets = set(chunk.buckets)
         if len(buckets) != len(chunk.buckets) or buckets & replaced or any(b > mask for b in buckets):
             raise ProtocolError(f"bucket chunk {chunk.index} lists buckets twice or out of range")
-        raw = self._decompress(chunk.compression, chunk.data)
-        try:
-            kvs = pb.Deltas.FromString(raw).kvs
-        except DecodeError as exc:
-            raise ProtocolError(f"bucket chunk {chunk.index} is not a Deltas message: {exc}") from exc
         staged = session._staged
-        mirror = self._mirror
-        fresh: dict[str, Entry] = {}
-        for kv in kvs:
-            key, value = kv.key, kv.value
-            if not value:
-                raise ProtocolError(f"bucket chunk holds a deletion of {key!r}")
+
+        def in_buckets(key: str) -> None:
             if bucket_hash(key) & mask not in buckets:
                 raise ProtocolError(f"bucket chunk holds {key!r}, which is in none of its buckets")
-            if key in staged or key in fresh:
-                raise ProtocolError(f"bucket chunks hold {key!r} twice")
-            current = mirror.get(key)
-            decoded = current[1] if current is not None and current[0] == value else _decode(key, value)
-            fresh[key] = (value, decoded, kv.revision)
-        staged.update(fresh)
+
+        staged.update(self._fresh_entries("bucket", chunk, staged, in_buckets))
         replaced |= buckets
         session._next_index += 1
         if session._next_index < session._count:
