@@ -53,6 +53,7 @@ from typha.model.convert import FELIX_CONVERTERS, veth_name
 from typha.model.resources import for_object
 from typha.testing import objects
 from typha.testing.apiserver import KubeAPIEmulator
+from typha.testing.procs import stop_process
 
 NODE = gen.node_name(0)
 FIRST_PORT = 20000  # change k sets port FIRST_PORT + k: distinct per change, never a default port
@@ -160,17 +161,6 @@ def start_agent(socket_path: Path, apply_log: Path, debounce: float, netns: str 
         return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err)
 
 
-def stop(proc: subprocess.Popen[bytes]) -> int:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-    return proc.returncode
-
-
 class ApplyLog:
     """Follows the agent's --apply-log: complete lines only, from where it was last read."""
 
@@ -240,11 +230,11 @@ def measure_convergence(args: argparse.Namespace, spec: gen.ClusterSpec, work: P
         api.write_kubeconfig(work / "kubeconfig")
         health_port = free_port()
         typha = start_typha(work / "kubeconfig", socket_path, health_port, work / "typha.log")
-        stack.callback(stop, typha)
+        stack.callback(stop_process, typha)
         wait_ready(health_port, max(1.0, deadline - time.monotonic()))
         agent_started = time.monotonic()
         agent = start_agent(socket_path, apply_log, args.debounce, netns, dry_run, work / "agent.log")
-        stack.callback(stop, agent)
+        stack.callback(stop_process, agent)
         log = ApplyLog(apply_log, agent, work / "agent.log")
         first = log.wait(lambda line: True, deadline - time.monotonic(), "the first (in-sync) apply")
         results["first_apply_secs"] = first["t"] - agent_started
@@ -271,7 +261,7 @@ def measure_convergence(args: argparse.Namespace, spec: gen.ClusterSpec, work: P
         missing = check_final_rules(dataplane_text(netns, dry_run), final_ports)
         results.update(changes=len(latencies), latencies_secs=latencies, apply_secs=apply_secs,
                        final_state_ok=not missing, final_state_missing=missing)
-        if stop(agent) != 0:
+        if stop_process(agent) != 0:
             raise RuntimeError(f"felix-client failed: {(work / 'agent.log').read_text()[-2000:]}")
     return results
 

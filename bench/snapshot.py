@@ -20,7 +20,8 @@ import psutil
 from bench.apiproc import EmulatorProcess
 from bench.fanout import free_port, percentile, quantiles, start_typha, wait_ready
 from bench.output import report
-from bench.storm import StormClients, stop_typha, wait_initial
+from bench.storm import StormClients, wait_initial
+from typha.testing.procs import stop_process
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -83,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
                                                 f"round {number + 1}: {args.clients} clients joining"))
     finally:
         if typha is not None:
-            stop_typha(typha)
+            stop_process(typha, grace=10, kill_wait=10)
         api.stop()
     report(table_rows(results), results, args.json)
     return 0

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -34,6 +33,7 @@ from bench.apiproc import EmulatorProcess
 from bench.cutproxy import CUT_MODES, CutProxy
 from bench.fanout import Clients, free_port, percentile, quantiles, start_typha, wait_ready
 from bench.output import report
+from typha.testing.procs import stop_process
 
 PHASES = ("restart", "cut")
 
@@ -208,7 +208,7 @@ def restart_phase(args: argparse.Namespace, api: EmulatorProcess, kubeconfig: st
     finally:
         if clients is not None:
             clients.stop()
-        stop_typha(typha)
+        stop_process(typha, grace=10, kill_wait=10)
 
 
 def cut_phase(args: argparse.Namespace, api: EmulatorProcess, kubeconfig: str, pin: bool,
@@ -249,7 +249,7 @@ def cut_phase(args: argparse.Namespace, api: EmulatorProcess, kubeconfig: str, p
         if clients is not None:
             clients.stop()
         proxy.stop()
-        stop_typha(typha)
+        stop_process(typha, grace=10, kill_wait=10)
 
 
 def start_churn(api: EmulatorProcess, args: argparse.Namespace) -> None:
@@ -261,15 +261,6 @@ def finish_churn(api: EmulatorProcess, args: argparse.Namespace, clients: StormC
     if args.churn_writes:
         api.wait_churn(args.churn_writes / args.churn_rate * 10 + 60)
         wait_caught_up(clients, since, args.timeout)
-
-
-def stop_typha(typha: subprocess.Popen[bytes]) -> None:
-    typha.terminate()
-    try:
-        typha.wait(10)
-    except subprocess.TimeoutExpired:
-        typha.kill()
-        typha.wait(10)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -31,6 +31,7 @@ from typha.model.kv import Update
 from typha.testing import objects
 from typha.testing.apiserver import KubeAPIEmulator
 from typha.testing.netns import Namespaces
+from typha.testing.procs import stop_process
 from typha.testing.vcluster import cni_add, route_pod_gateway, wait_for
 
 __all__ = ["DaemonThread", "FelixCluster", "Listener", "Node", "Pod", "exchange_eventually", "wait_for"]
@@ -245,16 +246,6 @@ def wait_felix_applied(agents: dict[str, subprocess.Popen[str]], want: dict[str,
         return True
 
     wait_for(done, timeout, lambda: "agents not applied: " + "; ".join(agent_log(tmp, n) for n in agents))
-
-
-def stop_process(proc: subprocess.Popen[str]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
 
 
 class Listener:
