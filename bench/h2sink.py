@@ -407,6 +407,18 @@ class StreamStats(sink.StreamStats):
     pings: int = 0
 
 
+def sync_message(conn: H2GrpcConnection, stats: StreamStats, compressed: bool,
+                 data: memoryview | bytearray) -> pb.ServerMessage | None:
+    """Count a Sync stream's message and parse it; None once a compressed one has ended the stream."""
+    stats.messages += 1
+    stats.bytes += len(data)
+    if compressed:
+        # We never offer grpc-accept-encoding, so the server must not compress.
+        conn._end_stream("server sent a compressed gRPC message")
+        return None
+    return pb.ServerMessage.FromString(data)
+
+
 class SinkStream(H2GrpcConnection):
     """A Sync stream that counts what it receives, answers pings and (if a probe) records latency."""
 
@@ -429,13 +441,9 @@ class SinkStream(H2GrpcConnection):
 
     def on_message(self, compressed: bool, data: memoryview | bytearray) -> None:
         stats = self.stats
-        stats.messages += 1
-        stats.bytes += len(data)
-        if compressed:
-            # We never offer grpc-accept-encoding, so the server must not compress.
-            self._end_stream("server sent a compressed gRPC message")
+        message = sync_message(self, stats, compressed, data)
+        if message is None:
             return
-        message = pb.ServerMessage.FromString(data)
         kind = message.WhichOneof("payload")
         if kind == "deltas":
             received_ns = time.time_ns()

@@ -81,12 +81,9 @@ class ResumeStream(h2sink.H2GrpcConnection):
 
     def on_message(self, compressed: bool, data: memoryview | bytearray) -> None:
         stats = self.stats
-        stats.messages += 1
-        stats.bytes += len(data)
-        if compressed:
-            self._end_stream("server sent a compressed gRPC message")
+        message = h2sink.sync_message(self, stats, compressed, data)
+        if message is None:
             return
-        message = pb.ServerMessage.FromString(data)
         kind = message.WhichOneof("payload")
         if kind == "deltas":
             stats.kvs += len(message.deltas.kvs)
