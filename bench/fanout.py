@@ -138,6 +138,26 @@ class Clients:
                     proc.kill()
 
 
+def churn_until_delivered(api: EmulatorProcess, clients: Clients, args: argparse.Namespace, kvs0: int,
+                          catch_up_secs: float) -> tuple[int, float, float, tuple[int, int, int]]:
+    """Write args.rate pods/s for args.duration s, then wait (bounded) until every client has every write.
+
+    Returns the writes, the emulator's seconds writing them, the seconds from the first write until the
+    clients had them all (or the wait ran out) and the clients' last sample (kvs, messages, bytes).
+    """
+    t0 = time.perf_counter()
+    writes = int(args.rate * args.duration)
+    api.start_churn(writes, rate=args.rate)
+    churn = api.wait_churn(args.duration * 10 + 60)
+    expected = kvs0 + writes * args.clients
+    deadline = time.perf_counter() + catch_up_secs
+    sample = clients.sample()
+    while sample[0] < expected and time.perf_counter() < deadline:
+        time.sleep(0.05)
+        sample = clients.sample()
+    return writes, churn["secs"], time.perf_counter() - t0, sample
+
+
 def run(args: argparse.Namespace) -> int:
     pin = not args.no_pin and os.cpu_count() and os.cpu_count() >= 2
     others = {1} if pin else None
@@ -172,18 +192,7 @@ def run(args: argparse.Namespace) -> int:
         helpers = [psutil.Process(pid) for pid in [api.pid, *(p.pid for p in clients.procs)] if pid]
         helper_cpu0 = [sum(h.cpu_times()[:2]) for h in helpers]
         cpu0 = server.cpu_times()
-        t0 = time.perf_counter()
-        writes = int(args.rate * args.duration)
-        api.start_churn(writes, rate=args.rate)
-        churn = api.wait_churn(args.duration * 10 + 60)
-        # Wait (bounded) until every client has every write: deliveries stop growing.
-        expected = kvs0 + writes * args.clients
-        deadline = time.perf_counter() + 30
-        kvs1, msgs1, bytes1 = clients.sample()
-        while kvs1 < expected and time.perf_counter() < deadline:
-            time.sleep(0.05)
-            kvs1, msgs1, bytes1 = clients.sample()
-        elapsed = time.perf_counter() - t0
+        writes, write_secs, elapsed, (kvs1, msgs1, bytes1) = churn_until_delivered(api, clients, args, kvs0, 30)
         cpu1 = server.cpu_times()
         helper_cpu = [sum(h.cpu_times()[:2]) - c0 for h, c0 in zip(helpers, helper_cpu0, strict=True)]
         results["emulator_cpu_util"] = helper_cpu[0] / elapsed
@@ -193,7 +202,7 @@ def run(args: argparse.Namespace) -> int:
         deliveries = kvs1 - kvs0
         results.update({
             "writes": writes,
-            "write_secs": churn["secs"],
+            "write_secs": write_secs,
             "deliveries": deliveries,
             "deliveries_expected": writes * args.clients,
             "elapsed_secs": elapsed,

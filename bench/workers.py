@@ -19,7 +19,7 @@ from typing import Any
 import psutil
 
 from bench.apiproc import EmulatorProcess
-from bench.fanout import SINKS, Clients, free_port, percentile, start_typha, wait_ready
+from bench.fanout import SINKS, Clients, churn_until_delivered, free_port, percentile, start_typha, wait_ready
 from bench.output import report
 
 
@@ -101,17 +101,8 @@ def measure(args: argparse.Namespace, api: EmulatorProcess, kubeconfig: str, wor
         load = [psutil.Process(pid) for pid in (api.pid, *(p.pid for p in clients.procs)) if pid]
         (server_user0, server_sys0), load_cpu0 = cpu_split(tree), cpu_secs(load)
         tcp0 = tcp_counters()
-        t0 = time.perf_counter()
-        writes = int(args.rate * args.duration)
-        api.start_churn(writes, rate=args.rate)
-        churn = api.wait_churn(args.duration * 10 + 60)
-        expected = kvs0 + writes * args.clients
-        deadline = time.perf_counter() + args.catch_up_secs
-        kvs1, msgs1, _ = clients.sample()
-        while kvs1 < expected and time.perf_counter() < deadline:
-            time.sleep(0.05)
-            kvs1, msgs1, _ = clients.sample()
-        elapsed = time.perf_counter() - t0
+        writes, write_secs, elapsed, (kvs1, msgs1, _) = churn_until_delivered(api, clients, args, kvs0,
+                                                                              args.catch_up_secs)
         server_user, server_sys = cpu_split(tree)
         server_user, server_sys = server_user - server_user0, server_sys - server_sys0
         server_cpu, load_cpu = server_user + server_sys, cpu_secs(load) - load_cpu0
@@ -120,7 +111,7 @@ def measure(args: argparse.Namespace, api: EmulatorProcess, kubeconfig: str, wor
         deliveries = kvs1 - kvs0
         result.update({
             "writes": writes,
-            "write_secs": churn["secs"],
+            "write_secs": write_secs,
             "deliveries": deliveries,
             "deliveries_expected": writes * args.clients,
             "elapsed_secs": elapsed,
