@@ -25,6 +25,7 @@ from typha.config import TyphaConfig
 from typha.daemon import TyphaDaemon
 from typha.datastore.kubeclient import KubeClient
 from typha.testing.apiserver import KubeAPIEmulator
+from typha.testing.netns import Namespaces
 
 from .worked_example import BACKEND_IF, FRONTEND_IF, POLICY_CHAIN, cluster_objects, policy_object
 
@@ -36,10 +37,7 @@ pytestmark = [
     ),
 ]
 
-
-def run(ns: str, *argv: str) -> str:
-    return subprocess.run(["ip", "netns", "exec", ns, *argv], capture_output=True, text=True, timeout=30,
-                          check=True).stdout
+run = Namespaces.run
 
 
 def wait_for(check: Callable[[], bool], what: str, timeout: float = 30) -> None:

@@ -21,6 +21,7 @@ from felix_client.dataplane import Dataplane
 from felix_client.dataplane.dataplane import HOOK_COMMENT, TABLES
 from typha.datastore.syncers import convert_objects
 from typha.testing import objects as o
+from typha.testing.netns import Namespaces
 
 from .worked_example import BACKEND_IF, POLICY_CHAIN, POLICY_KEY, cluster_objects, kvs, parse_save
 
@@ -32,10 +33,7 @@ pytestmark = [
     ),
 ]
 
-
-def run(ns: str, *argv: str) -> str:
-    return subprocess.run(["ip", "netns", "exec", ns, *argv], capture_output=True, text=True, timeout=30,
-                          check=True).stdout
+run = Namespaces.run
 
 
 @pytest.fixture
