@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -26,6 +25,7 @@ import psutil
 from bench import h2sink, sink
 from bench.apiproc import EmulatorProcess
 from bench.output import report
+from typha.testing.procs import free_port
 
 # --sink: which load client runs the streams. h2 (raw HTTP/2) costs a fraction of grpc.aio per message, so
 # the load side stops being the bottleneck; grpc stays for comparison and as an interop check.
@@ -43,12 +43,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sink", choices=sorted(SINKS), default="h2", help="load client implementation")
     parser.add_argument("--no-pin", action="store_true", help="do not pin the server to core 0")
     parser.add_argument("--json", metavar="OUT", help="write the results here as JSON")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_ready(health_port: int, timeout: float) -> None:

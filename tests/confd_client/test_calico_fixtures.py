@@ -24,7 +24,6 @@ import asyncio
 import difflib
 import os
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -43,6 +42,7 @@ from typha.daemon import TyphaDaemon
 from typha.datastore.kubeclient import KubeClient
 from typha.testing import calico_v3
 from typha.testing.apiserver import KubeAPIEmulator
+from typha.testing.procs import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 PACK = Path(os.environ.get("CONFD_FIXTURE_PACK") or REPO.parent / "shared" / "fixtures" / "confd").resolve()
@@ -84,12 +84,6 @@ def _params() -> list[Any]:
         marks = [pytest.mark.xfail(reason=KNOWN[case_id], strict=False)] if case_id in KNOWN else []
         params.append(pytest.param(case, id=case_id, marks=marks))
     return params
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def expected_files(case_id: str) -> dict[str, str]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 
@@ -13,18 +12,13 @@ from typha.daemon import TyphaDaemon
 from typha.datastore.kubeclient import KubeClient
 from typha.testing import calico_v3
 from typha.testing.apiserver import KubeAPIEmulator
+from typha.testing.procs import free_port
 
 NODES = [
     {"apiVersion": "projectcalico.org/v3", "kind": "Node", "metadata": {"name": name},
      "spec": {"bgp": {"ipv4Address": f"10.0.0.{i}/24"}}}
     for i, name in ((1, "node-a"), (2, "node-b"))
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def clean_env(**extra: str) -> dict[str, str]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import socket
 import subprocess
 import sys
 import time
@@ -31,17 +30,12 @@ from typha.model.kv import SyncStatus
 from typha.proto import sync_pb2 as pb
 from typha.testing.apiserver import KubeAPIEmulator
 from typha.testing.guarantees import ClientRecord, GuaranteeChecker, pack
+from typha.testing.procs import free_port
 
 from ..integration.churn import apply, random_op
 
 SYNCERS = ("felix", "bgp")
 CONVERGE_SECS = 60.0  # a bound against hangs on a loaded machine, not a timing claim
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def seed(api: KubeAPIEmulator, rng: random.Random, ops: int = 40) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import subprocess
 import sys
 import threading
@@ -23,6 +22,7 @@ from typha.config import TyphaConfig
 from typha.daemon import TyphaDaemon
 from typha.datastore.kubeclient import KubeClient
 from typha.testing.apiserver import KubeAPIEmulator
+from typha.testing.procs import free_port
 
 from .test_agent_kernel import stop_agent
 from .worked_example import BACKEND_IF, FRONTEND_IF, POLICY_CHAIN, SOURCE_SET, cluster_objects, policy_object
@@ -62,12 +62,6 @@ def typha(tmp_path: Path) -> Iterator[tuple[KubeAPIEmulator, int]]:
                 yield api, daemon.port
         finally:
             kube.close()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def http_status(url: str) -> int:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 from collections import Counter
 from typing import Any
 
@@ -25,14 +24,9 @@ from typha.datastore.kubeclient import KubeClient
 from typha.datastore.syncers import convert_objects, converters_for
 from typha.model.resources import for_object
 from typha.testing import objects
+from typha.testing.procs import free_port
 
 from .malformed import rejected, tolerated, valid
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def errors(syncer: str, resource: str) -> float:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -19,14 +18,9 @@ from typha.daemon import TyphaDaemon
 from typha.datastore.kubeclient import KubeClient
 from typha.testing import objects
 from typha.testing.apiserver import KubeAPIEmulator
+from typha.testing.procs import free_port
 
 from .sync_raw import RawClient
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def http_status(url: str) -> int:

@@ -10,7 +10,6 @@ import asyncio
 import difflib
 import pprint
 import random
-import socket
 from typing import Any
 
 import msgpack
@@ -22,17 +21,12 @@ from typha.daemon import TyphaDaemon
 from typha.datastore.kubeclient import KubeClient
 from typha.datastore.syncers import convert_objects
 from typha.testing.apiserver import KubeAPIEmulator
+from typha.testing.procs import free_port
 
 from .churn import apply, random_op
 
 CLIENTS_PER_SYNCER = 25
 OPS = 150
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Ignore:

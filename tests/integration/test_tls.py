@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import socket
 import ssl
 import sys
 import warnings
@@ -31,6 +30,7 @@ from typha.model.kv import SyncStatus, Update
 from typha.proto import sync_pb2 as pb
 from typha.server import ServerSettings, SyncServer
 from typha.testing import objects
+from typha.testing.procs import free_port
 from typha.tls import ClientCertAuthorizer, server_security
 
 from .tls_pki import CA, Leaf
@@ -40,12 +40,6 @@ SERVER_URI = "spiffe://cluster.local/ns/calico-system/sa/calico-typha"
 CLIENT_CN = "typha-client"
 CLIENT_URI = "spiffe://cluster.local/ns/calico-system/sa/calico-node"
 WAIT = 20.0  # bound on every wait; the happy paths take well under a second
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def run(scenario: Callable[[], Awaitable[None]]) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -28,6 +27,7 @@ from typha.daemon import TyphaDaemon
 from typha.datastore.kubeclient import KubeClient
 from typha.testing import calico_v3
 from typha.testing.apiserver import KubeAPIEmulator
+from typha.testing.procs import free_port
 
 pytestmark = [
     pytest.mark.root,
@@ -48,12 +48,6 @@ FAMILIES = {
 
 def sh(*args: str) -> str:
     return subprocess.run(args, check=True, capture_output=True, text=True, timeout=30).stdout
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def route(ns: str, cidr: str) -> str:

@@ -20,7 +20,6 @@ import json
 import logging
 import random
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -35,6 +34,7 @@ import trio
 
 from typha.demo.agents import DemoConfdAgent, DemoFelixAgent, LatencyLog, percentile
 from typha.demo.cluster import Cluster, ClusterSpec, node_name
+from typha.testing.procs import free_port
 
 log = logging.getLogger("typha.demo")
 
@@ -53,12 +53,6 @@ class DemoOptions:
     confd_debounce: float = 0.2
     sync_timeout: float = 90.0
     settle_timeout: float = 30.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _die_with_parent() -> None:

@@ -1,9 +1,17 @@
-"""Local processes that tests and benchmarks start and stop."""
+"""Local processes and ports that tests, benchmarks and the demo start and stop."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
 from typing import Any
+
+
+def free_port() -> int:
+    """A loopback TCP port nobody holds right now (the caller binds it soon after; a race is possible)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def stop_process(proc: subprocess.Popen[Any], grace: float = 15.0, kill_wait: float = 5.0) -> int | None:
