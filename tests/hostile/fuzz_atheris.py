@@ -23,10 +23,10 @@ with atheris.instrument_imports(include=["typha"]):
     from google.protobuf.message import DecodeError
 
     import typha.server  # noqa: F401 (instrumented here, used through the test harness)
-    from typha.client import ProtocolError, SyncClientCore
+    from typha.client import SyncClientCore
     from typha.proto import sync_pb2 as pb
 
-from tests.hostile.test_client_core_fuzz import check_consistent, good_stream
+from tests.hostile.test_client_core_fuzz import feed, good_stream
 
 
 def client_core(data: bytes) -> None:
@@ -43,23 +43,9 @@ def client_core(data: bytes) -> None:
                 message = pb.ServerMessage.FromString(fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 256)))
             except DecodeError:
                 continue
-        before = ({k: core.entry(k) for k in core.to_dict()}, core.digest)
-        try:
-            step = core.receive(session, message)
-        except ProtocolError:
-            assert ({k: core.entry(k) for k in core.to_dict()}, core.digest) == before
-            core.close_session(session, resync=True)
-            session, position = core.open_session(), 0
-            continue
-        for update in step.updates:
-            if update.value is None:
-                shadow.pop(update.key, None)
-            else:
-                shadow[update.key] = update.value
-        check_consistent(core, shadow)
-        if step.resync is not None:
-            core.close_session(session, resync=True)
-            session, position = core.open_session(), 0
+        fed = feed(core, session, message, shadow)
+        if fed is not session:
+            session, position = fed, 0
 
 
 def server_target() -> tuple[object, object]:

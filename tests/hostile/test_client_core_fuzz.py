@@ -20,7 +20,7 @@ from google.protobuf.message import DecodeError
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from typha.client import ProtocolError, SyncClientCore, digest_of
+from typha.client import ProtocolError, Session, SyncClientCore, digest_of
 from typha.proto import sync_pb2 as pb
 
 KEYS = [f"/calico/v1/policy/tier/default/policy/p{i}" for i in range(4)] + ["/calico/v1/config/X", ""]
@@ -161,6 +161,32 @@ def check_consistent(core: SyncClientCore, shadow: dict[str, Any]) -> None:
     assert core.digest == digest_of((key, entry[0]) for key, entry in entries.items())
 
 
+def feed(core: SyncClientCore, session: Session, message: pb.ServerMessage, shadow: dict[str, Any]) -> Session:
+    """One server message into the core, checking the invariants; returns the session to go on with.
+
+    A ProtocolError must leave the mirror as it was, and (like a resync request) ends the session;
+    the updates reported are applied to `shadow`, which must then equal the mirror.
+    """
+    before = state_of(core)
+    try:
+        step = core.receive(session, message)
+    except ProtocolError:
+        assert state_of(core)[:2] == before[:2], "a protocol error changed the mirror"
+        core.close_session(session, resync=True)
+        check_consistent(core, shadow)
+        return core.open_session()
+    for update in step.updates:
+        if update.value is None:
+            shadow.pop(update.key, None)
+        else:
+            shadow[update.key] = update.value
+    check_consistent(core, shadow)
+    if step.resync is not None:
+        core.close_session(session, resync=True)
+        return core.open_session()
+    return session
+
+
 @settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 2**16), stream=st.lists(events, max_size=25))
 def test_core_survives_hostile_streams_with_a_consistent_mirror(seed, stream):
@@ -190,24 +216,9 @@ def test_core_survives_hostile_streams_with_a_consistent_mirror(seed, stream):
                 message = pb.ServerMessage.FromString(data)
             except DecodeError:
                 continue  # the transport's case (tests/hostile/test_client_garbage.py)
-        before = state_of(core)
-        try:
-            step = core.receive(session, message)
-        except ProtocolError:
-            assert state_of(core)[:2] == before[:2], "a protocol error changed the mirror"
-            core.close_session(session, resync=True)
-            session, position = core.open_session(), 0
-            check_consistent(core, shadow)
-            continue
-        for update in step.updates:
-            if update.value is None:
-                shadow.pop(update.key, None)
-            else:
-                shadow[update.key] = update.value
-        check_consistent(core, shadow)
-        if step.resync is not None:
-            core.close_session(session, resync=True)
-            session, position = core.open_session(), 0
+        fed = feed(core, session, message, shadow)
+        if fed is not session:
+            session, position = fed, 0
     event(f"mirror holds {min(len(core), 3)}+ keys, in sync: {core.in_sync}")
 
 
