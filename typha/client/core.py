@@ -433,13 +433,16 @@ class SyncClientCore:
             return Step()
         session._staged = {}
         updates = self._reconcile(staged, delete_now=session._deferred_status is SyncStatus.IN_SYNC)
+        self._repair_trusted = True
+        return self._live_at_snapshot(session, Step(updates=updates, snapshot_complete=True))
+
+    def _live_at_snapshot(self, session: Session, step: Step) -> Step:
+        """The mirror now is the server's set at the snapshot's sequence: resume from there and go live."""
         self._position = ResumePoint(session.epoch, session._snapshot_sequence)
         self._resume_ok = True
-        self._repair_trusted = True
         self._mismatches = 0
         session.last_sequence = session._snapshot_sequence
         session.state = SessionState.LIVE
-        step = Step(updates=updates, snapshot_complete=True)
         self._promote(session, step)
         return step
 
@@ -504,15 +507,7 @@ class SyncClientCore:
         session._next_index += 1
         if session._next_index < session._count:
             return Step()
-        updates = self._repair(session)
-        self._position = ResumePoint(session.epoch, session._snapshot_sequence)
-        self._resume_ok = True
-        self._mismatches = 0
-        session.last_sequence = session._snapshot_sequence
-        session.state = SessionState.LIVE
-        step = Step(updates=updates, repaired=True)
-        self._promote(session, step)
-        return step
+        return self._live_at_snapshot(session, Step(updates=self._repair(session), repaired=True))
 
     def _repair(self, session: Session) -> list[Update]:
         """Make the mirror the server's set: the summarised mirror with the listed buckets replaced.
