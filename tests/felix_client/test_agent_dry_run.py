@@ -34,7 +34,8 @@ class DaemonThread:
     def __init__(self, kube: KubeClient) -> None:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="typha-daemon", daemon=True)
-        self.daemon = TyphaDaemon(TyphaConfig(server_host="127.0.0.1", server_port=0), kube=kube)
+        # Port 0 means Typha's 5473 in TyphaConfig: pick a free one so a running typha cannot collide.
+        self.daemon = TyphaDaemon(TyphaConfig(server_host="127.0.0.1", server_port=free_port()), kube=kube)
 
     def __enter__(self) -> TyphaDaemon:
         self.thread.start()
