@@ -12,9 +12,13 @@ from bench.__main__ import main
 RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results"
 
 
+def _committed(benchmark: str) -> list[str]:
+    return sorted(str(p) for p in RESULTS.glob("*.json") if json.loads(p.read_text()).get("benchmark") == benchmark)
+
+
 def test_report_draws_fanout_plots_from_committed_results(tmp_path: Path, capsys) -> None:
-    files = sorted(str(p) for p in RESULTS.glob("*.json"))
-    assert any(json.loads(Path(f).read_text()).get("benchmark") == "fanout" for f in files)
+    files = _committed("fanout")
+    assert files
     assert main(["report", *files, "--out", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
     for name in ("latency_cdf.png", "deliveries_vs_clients.png", "rss_vs_clients.png"):
@@ -23,6 +27,14 @@ def test_report_draws_fanout_plots_from_committed_results(tmp_path: Path, capsys
         assert image.std() > 0, f"{name} is blank"
         assert name in printed
     assert not (tmp_path / "storm_time_to_sync.png").exists()  # no storm file given, no storm plot
+
+
+def test_report_draws_every_plot_the_committed_results_allow(tmp_path: Path, capsys) -> None:
+    files = sorted(str(p) for p in RESULTS.glob("*.json"))
+    assert main(["report", *files, "--out", str(tmp_path)]) == 0
+    for name, benchmark in (("storm_time_to_sync.png", "storm"), ("snapshot_join.png", "snapshot")):
+        assert _committed(benchmark), f"bench/results has no {benchmark} run to plot"
+        assert imread(tmp_path / name).std() > 0, f"{name} is blank"
 
 
 def test_report_draws_a_cdf_from_recorded_quantiles(tmp_path: Path) -> None:
