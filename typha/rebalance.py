@@ -44,6 +44,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from typha.client.discovery import list_typha_slices
 from typha.config import TyphaConfig
 from typha.datastore.kubeclient import KubeClient
 from typha.datastore.reflector import Event, Reflector
@@ -53,8 +54,6 @@ from typha.server import FEATURE_RECONNECT, Connection, SyncServer
 
 log = logging.getLogger(__name__)
 
-SERVICE_NAME_LABEL = "kubernetes.io/service-name"
-ENDPOINT_SLICES = by_key("endpointslices.discovery.k8s.io")
 NODES = by_key("nodes")
 REBALANCE_REASON = "rebalancing: this typha has more connections than its share"
 # Set by the supervisor of `typha serve --workers N` for each worker (not settings of their own).
@@ -128,17 +127,6 @@ def typha_endpoints(slices: Iterable[Mapping[str, Any]], port_name: str) -> tupl
     return tuple(sorted(found.values(), key=lambda e: e.address))
 
 
-@dataclass(frozen=True)
-class _NamespacedResource(Resource):
-    """A resource whose collection path is one namespace's: KubeClient.list_page lists `path()`, and
-    listing the Typha service's slices in its own namespace is what Typha does (and needs less RBAC)."""
-
-    namespace: str = ""
-
-    def path(self, namespace: str | None = None, name: str | None = None) -> str:
-        return Resource.path(self, namespace or self.namespace, name)
-
-
 class _NodeCount:
     """Reflector sink: the reflector itself keeps the set of node ids; only readiness is tracked here."""
 
@@ -157,10 +145,10 @@ class KubeLookup:
 
     def __init__(self, kube: KubeClient, *, namespace: str, service_name: str, port_name: str) -> None:
         self.kube = kube
+        # Listing the Typha service's slices in its own namespace is what Typha does (and needs less RBAC).
+        self.namespace = namespace
+        self.service_name = service_name
         self.port_name = port_name
-        self.selector = f"{SERVICE_NAME_LABEL}={service_name}"
-        fields = {f.name: getattr(ENDPOINT_SLICES, f.name) for f in dataclasses.fields(ENDPOINT_SLICES)}
-        self.slices = _NamespacedResource(**fields, namespace=namespace)
         self._nodes = _NodeCount()
         self.node_reflector = Reflector(kube, NODES, self._nodes)
 
@@ -174,15 +162,7 @@ class KubeLookup:
         """Blocking (run it in a thread). A failed list yields endpoints=None rather than raising."""
         endpoints: tuple[TyphaEndpoint, ...] | None
         try:
-            items: list[dict[str, Any]] = []
-            token = ""
-            while True:
-                page = self.kube.list_page(self.slices, limit=500, continue_token=token,
-                                           label_selector=self.selector)
-                items += page.items
-                token = page.continue_token
-                if not token:
-                    break
+            items = list_typha_slices(self.kube, self.namespace, self.service_name)
             endpoints = typha_endpoints(items, self.port_name)
         except Exception as exc:  # any failure means "unknown": Upper, as Typha on an API error
             log.warning("Cannot list the Typha service's EndpointSlices: %s", exc)
