@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from bench.cutproxy import CutProxy
 from bench.fanout import free_port, wait_ready
 from bench.output import report
@@ -74,46 +76,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 # -- process sampling -----------------------------------------------------------------------------
 
 
-def process_tree(pid: int) -> list[int]:
-    """pid and its descendants (typha --workers N forks), from /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as stat:
-                # The command name is in parentheses and may contain spaces: split after the last ')'.
-                ppid = int(stat.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(entry))
-    tree, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        tree.append(current)
-        todo += children.get(current, [])
-    return tree
-
-
-def rss_kb(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
-
-
-def open_fds(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
 def sample_tree(pid: int) -> tuple[int, int]:
+    """RSS (KB) and open fds of pid and its descendants (typha --workers N forks)."""
     rss = fds = 0
-    for member in process_tree(pid):
+    try:
+        root = psutil.Process(pid)
+        members = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0, 0
+    for member in members:
         try:
-            rss += rss_kb(member)
-            fds += open_fds(member)
-        except OSError:
+            rss += member.memory_info().rss // 1024
+            fds += member.num_fds()
+        except psutil.Error:
             pass  # exited between the listing and the read
     return rss, fds
 
