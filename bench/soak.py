@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import os
 import random
-import signal
 import subprocess
 import sys
 import tempfile
@@ -31,7 +30,7 @@ from typing import Any
 import psutil
 
 from bench.cutproxy import CutProxy
-from bench.fanout import free_port, wait_ready
+from bench.fanout import wait_ready
 from bench.output import report
 from typha.client import AsyncSyncClient, Backoff
 from typha.datastore.syncers import convert_objects
@@ -39,6 +38,7 @@ from typha.demo.cluster import Cluster, ClusterSpec, node_name
 from typha.model.kv import SyncStatus
 from typha.testing.apiserver import KubeAPIEmulator
 from typha.testing.guarantees import ClientRecord, GuaranteeChecker, pack
+from typha.testing.procs import free_port, stop_process
 
 FAULTS = ("watch-drop", "compaction", "api-500-burst", "api-429-burst", "connection-cut")
 CONVERGE_SECS = 120.0
@@ -257,13 +257,9 @@ async def soak(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         await asyncio.gather(*(c.close() for c, _ in clients), return_exceptions=True)
         for item in [*agents, typha]:
             if item.process.poll() is None:
-                item.process.send_signal(signal.SIGTERM)
+                item.process.terminate()  # all at once, so their shutdowns overlap
         for item in [*agents, typha]:
-            try:
-                item.process.wait(15)
-            except subprocess.TimeoutExpired:
-                item.process.kill()
-                item.process.wait(5)
+            stop_process(item.process)
         proxy.stop()
         api.stop()
 
