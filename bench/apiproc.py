@@ -28,7 +28,7 @@ def make_pod(i: int, nodes: int, extra_labels: dict[str, str] | None = None) -> 
 
 
 def _child(pods: int, nodes: int, cpus: set[int] | None, conn: Any) -> None:
-    from typha.testing.apiserver import KubeAPIEmulator
+    from typha.testing.apiserver.server import KubeAPIEmulator
 
     if cpus:
         os.sched_setaffinity(0, cpus)

@@ -52,7 +52,7 @@ from typha.demo import cluster as gen
 from typha.model.convert import FELIX_CONVERTERS, veth_name
 from typha.model.resources import for_object
 from typha.testing import objects
-from typha.testing.apiserver import KubeAPIEmulator
+from typha.testing.apiserver.server import KubeAPIEmulator
 from typha.testing.procs import stop_process
 
 NODE = gen.node_name(0)

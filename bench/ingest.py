@@ -15,9 +15,9 @@ from typing import Any
 
 from bench.apiproc import EmulatorProcess, make_pod
 from bench.output import report
-from typha.datastore.kubeclient import KubeClient
-from typha.datastore.syncers import Datastore, Syncer, converters_for
+from typha.kube.client import KubeClient
 from typha.model.kv import SyncStatus, Update
+from typha.source.datastore import Datastore, Syncer, converters_for
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -15,12 +15,12 @@ import time
 from typing import Any
 
 from bench.output import report
-from typha.cache import SnapshotCache
 from typha.client import SyncClientCore
 from typha.model.kv import SyncStatus, Update
 from typha.proto import sync_pb2 as pb
-from typha.resync import RepairDeclined, plan_repair
-from typha.server import ServerSettings
+from typha.snapcache.cache import SnapshotCache
+from typha.syncserver.resync import RepairDeclined, plan_repair
+from typha.syncserver.server import ServerSettings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,8 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _cluster(nodes: int, pods_per_node: int) -> dict[str, Any]:
-    from typha.datastore.syncers import convert_objects
     from typha.demo.cluster import Cluster, ClusterSpec
+    from typha.source.datastore import convert_objects
 
     return convert_objects("felix", Cluster(ClusterSpec(nodes=nodes, pods_per_node=pods_per_node)).initial_objects())
 

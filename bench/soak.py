@@ -33,10 +33,10 @@ from bench.cutproxy import CutProxy
 from bench.fanout import wait_ready
 from bench.output import report
 from typha.client import AsyncSyncClient, Backoff
-from typha.datastore.syncers import convert_objects
 from typha.demo.cluster import Cluster, ClusterSpec, node_name
 from typha.model.kv import SyncStatus
-from typha.testing.apiserver import KubeAPIEmulator
+from typha.source.datastore import convert_objects
+from typha.testing.apiserver.server import KubeAPIEmulator
 from typha.testing.guarantees import ClientRecord, GuaranteeChecker, pack
 from typha.testing.procs import free_port, stop_process
 

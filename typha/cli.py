@@ -10,10 +10,10 @@ from typha import logs
 
 # subcommand -> module exposing add_arguments(parser) and run(args) -> int
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "serve": ("typha.daemon", "serve the Sync protocol from the Kubernetes API (Typha)"),
-    "dump": ("typha.dump", "print the KV set a client of a syncer receives"),
-    "sim-apiserver": ("typha.testing.apiserver_cli", "run the Kubernetes API emulator"),
-    "autoscale": ("typha.autoscale", "scale the Typha Deployment with the number of schedulable nodes"),
+    "serve": ("typha.daemon.serve", "serve the Sync protocol from the Kubernetes API (Typha)"),
+    "dump": ("typha.daemon.dump", "print the KV set a client of a syncer receives"),
+    "sim-apiserver": ("typha.testing.apiserver.cli", "run the Kubernetes API emulator"),
+    "autoscale": ("typha.ops.autoscale", "scale the Typha Deployment with the number of schedulable nodes"),
     "demo": ("typha.demo.command", "run a generated cluster, typha and per-node agents on this machine"),
 }
 

@@ -38,10 +38,10 @@ import yaml
 from confd_client.agent import ConfdAgent, Settings
 from confd_client.render import FILES, normalize_blank_lines
 from typha.config import TyphaConfig
-from typha.daemon import TyphaDaemon
-from typha.datastore.kubeclient import KubeClient
-from typha.testing import calico_v3
-from typha.testing.apiserver import KubeAPIEmulator
+from typha.daemon.serve import TyphaDaemon
+from typha.kube.client import KubeClient
+from typha.testing.apiserver import calico_v3
+from typha.testing.apiserver.server import KubeAPIEmulator
 from typha.testing.procs import free_port
 
 REPO = Path(__file__).resolve().parents[2]

@@ -9,10 +9,10 @@ import sys
 from pathlib import Path
 
 from tests.integration.test_tls import SERVER_CN, SERVER_URI, make_pki
-from typha.daemon import TyphaDaemon
-from typha.datastore.kubeclient import KubeClient
-from typha.testing import calico_v3
-from typha.testing.apiserver import KubeAPIEmulator
+from typha.daemon.serve import TyphaDaemon
+from typha.kube.client import KubeClient
+from typha.testing.apiserver import calico_v3
+from typha.testing.apiserver.server import KubeAPIEmulator
 
 from .test_cli import NODES, clean_env, free_port
 

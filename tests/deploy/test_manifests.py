@@ -21,10 +21,10 @@ import pytest
 import yaml
 
 from typha import config as typha_config
-from typha.autoscale import AutoscaleSettings
 from typha.cli import build_parser
-from typha.datastore.syncers import SYNCER_TYPES, converters_for
 from typha.model.resources import by_key
+from typha.ops.autoscale import AutoscaleSettings
+from typha.source.datastore import SYNCER_TYPES, converters_for
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"

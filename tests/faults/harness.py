@@ -23,12 +23,12 @@ from typing import Any
 from bench.h2sink import SinkStream, StreamStats
 from typha.client import AsyncSyncClient, Backoff
 from typha.config import TyphaConfig
-from typha.daemon import TyphaDaemon
-from typha.datastore.kubeclient import KubeClient
-from typha.datastore.syncers import convert_objects
+from typha.daemon.serve import TyphaDaemon
+from typha.kube.client import KubeClient
 from typha.model.kv import SyncStatus
 from typha.proto import sync_pb2 as pb
-from typha.testing.apiserver import KubeAPIEmulator
+from typha.source.datastore import convert_objects
+from typha.testing.apiserver.server import KubeAPIEmulator
 from typha.testing.guarantees import ClientRecord, GuaranteeChecker, pack
 from typha.testing.procs import free_port
 

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 from typha.config import TyphaConfig
-from typha.daemon import TyphaDaemon
-from typha.datastore.kubeclient import KubeClient
-from typha.testing.apiserver import KubeAPIEmulator
+from typha.daemon.serve import TyphaDaemon
+from typha.kube.client import KubeClient
+from typha.testing.apiserver.server import KubeAPIEmulator
 from typha.testing.procs import free_port
 
 from .test_agent_kernel import stop_agent

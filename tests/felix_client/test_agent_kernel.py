@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 
 from typha.config import TyphaConfig
-from typha.daemon import TyphaDaemon
-from typha.datastore.kubeclient import KubeClient
-from typha.testing.apiserver import KubeAPIEmulator
+from typha.daemon.serve import TyphaDaemon
+from typha.kube.client import KubeClient
+from typha.testing.apiserver.server import KubeAPIEmulator
 from typha.testing.netns import Namespaces
 
 from .worked_example import BACKEND_IF, FRONTEND_IF, POLICY_CHAIN, cluster_objects, policy_object

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from typha.testing.apiserver import KubeAPIEmulator
+from typha.testing.apiserver.server import KubeAPIEmulator
 
 from .test_agent_kernel import node, pytestmark, run, stop_agent, typha_unix, wait_for  # noqa: F401 (fixtures, marks)
 from .worked_example import FRONTEND_IF, POLICY_CHAIN, policy_object

@@ -11,7 +11,7 @@ from felix_client import rules
 from felix_client.calc import Calculator
 from felix_client.calc.model import IPSetSpec, length_limited_id
 from typha.model import keys
-from typha.model.convert_k8s import veth_name
+from typha.model.convert.k8s import veth_name
 
 NODE = "node-1"
 

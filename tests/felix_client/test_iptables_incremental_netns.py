@@ -19,7 +19,7 @@ from felix_client import rules
 from felix_client.calc import Calculator
 from felix_client.dataplane import Dataplane
 from felix_client.dataplane.dataplane import HOOK_COMMENT, TABLES
-from typha.datastore.syncers import convert_objects
+from typha.source.datastore import convert_objects
 from typha.testing import objects as o
 from typha.testing.netns import Namespaces
 

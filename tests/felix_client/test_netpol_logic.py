@@ -23,10 +23,10 @@ import yaml
 
 from felix_client import rules
 from felix_client.calc import Calculator
-from typha.datastore.syncers import convert_objects
 from typha.model import keys
-from typha.model.convert_base import rules_v1
-from typha.model.convert_k8s import veth_name
+from typha.model.convert.base import rules_v1
+from typha.model.convert.k8s import veth_name
+from typha.source.datastore import convert_objects
 from typha.testing import objects
 
 from .iptables_sim import Dataplane, Packet

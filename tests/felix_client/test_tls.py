@@ -10,9 +10,9 @@ import trio
 
 from felix_client.agent import Agent, parse_args
 from tests.integration.test_tls import SERVER_CN, SERVER_URI, make_pki
-from typha.daemon import TyphaDaemon
-from typha.datastore.kubeclient import KubeClient
-from typha.testing.apiserver import KubeAPIEmulator
+from typha.daemon.serve import TyphaDaemon
+from typha.kube.client import KubeClient
+from typha.testing.apiserver.server import KubeAPIEmulator
 
 from .test_agent_dry_run import DaemonThread, free_port
 from .worked_example import cluster_objects

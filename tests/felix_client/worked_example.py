@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from typha.datastore.syncers import convert_objects
+from typha.source.datastore import convert_objects
 from typha.testing import objects as o
 
 

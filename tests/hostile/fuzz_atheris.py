@@ -22,7 +22,7 @@ import atheris
 with atheris.instrument_imports(include=["typha"]):
     from google.protobuf.message import DecodeError
 
-    import typha.server  # noqa: F401 (instrumented here, used through the test harness)
+    import typha.syncserver.server  # noqa: F401 (instrumented here, used through the test harness)
     from typha.client import SyncClientCore
     from typha.proto import sync_pb2 as pb
 

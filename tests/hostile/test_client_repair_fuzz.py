@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from typha.client import ProtocolError, SyncClientCore, digest_of
-from typha.digests import bucket_hash
 from typha.proto import sync_pb2 as pb
+from typha.syncproto.digests import bucket_hash
 
 from .test_client_core_fuzz import check_consistent
 

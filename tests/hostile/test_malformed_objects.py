@@ -19,10 +19,10 @@ from prometheus_client import REGISTRY
 
 from typha.client import AsyncSyncClient
 from typha.config import TyphaConfig
-from typha.daemon import TyphaDaemon
-from typha.datastore.kubeclient import KubeClient
-from typha.datastore.syncers import convert_objects, converters_for
+from typha.daemon.serve import TyphaDaemon
+from typha.kube.client import KubeClient
 from typha.model.resources import for_object
+from typha.source.datastore import convert_objects, converters_for
 from typha.testing import objects
 from typha.testing.procs import free_port
 
@@ -69,9 +69,9 @@ async def converged(api: Any, clients: dict[str, AsyncSyncClient], timeout: floa
 
 
 def test_malformed_objects_are_skipped_counted_and_logged_while_valid_ones_reach_clients(tmp_path, caplog):
-    from typha.testing.apiserver import KubeAPIEmulator
+    from typha.testing.apiserver.server import KubeAPIEmulator
 
-    caplog.set_level(logging.WARNING, logger="typha.datastore.syncers")
+    caplog.set_level(logging.WARNING, logger="typha.source.datastore")
     bad, odd, good = rejected(), tolerated(), valid()
     watched_bad = [objects.calico_global_policy("gnp-late-bad", selector="has(")]
     wanted_errors = expected_errors(bad + watched_bad)

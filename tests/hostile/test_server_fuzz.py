@@ -20,10 +20,10 @@ from google.protobuf.message import DecodeError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from typha.cache import SnapshotCache
 from typha.model.kv import SyncStatus, Update
 from typha.proto import sync_pb2 as pb
-from typha.server import ServerSettings, SyncServer
+from typha.snapcache.cache import SnapshotCache
+from typha.syncserver.server import ServerSettings, SyncServer
 
 from ..integration.sync_raw import RawClient
 from .support import LoopThread

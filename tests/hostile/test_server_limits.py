@@ -13,10 +13,10 @@ import grpc
 import msgpack
 from prometheus_client import REGISTRY
 
-from typha.cache import SnapshotCache
 from typha.model.kv import SyncStatus, Update
 from typha.proto import sync_pb2 as pb
-from typha.server import (
+from typha.snapcache.cache import SnapshotCache
+from typha.syncserver.server import (
     MAX_CLIENT_MESSAGE_BYTES,
     MAX_EPOCH_BYTES,
     MAX_HELLO_FIELD_BYTES,
@@ -251,7 +251,7 @@ def test_hello_strings_over_their_limits_are_refused_and_logs_stay_bounded(caplo
         finally:
             await server.stop(0)
 
-    caplog.set_level("INFO", logger="typha.server")
+    caplog.set_level("INFO", logger="typha.syncserver.server")
     answers = asyncio.run(asyncio.wait_for(scenario(), 60))
     for name in over:
         code, details = answers[f"over-{name}"]

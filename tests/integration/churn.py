@@ -18,7 +18,7 @@ LABEL_KEYS = ["app", "tier", "team"]
 
 
 def apply(emulator, op: tuple[Any, ...]) -> None:
-    from typha.testing.apiserver import ApiError
+    from typha.testing.apiserver.server import ApiError
 
     kind = op[0]
     try:

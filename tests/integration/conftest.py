@@ -6,12 +6,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from typha.datastore.kubeclient import KubeClient
+from typha.kube.client import KubeClient
 
 
 @pytest.fixture
 def emulator(tmp_path):
-    from typha.testing.apiserver import KubeAPIEmulator
+    from typha.testing.apiserver.server import KubeAPIEmulator
 
     with KubeAPIEmulator(bookmark_interval=0.2).start() as api:
         yield api

@@ -18,7 +18,7 @@ from kubernetes import client, config
 
 from typha.model.resources import RESOURCES
 from typha.testing import objects
-from typha.testing.apiserver import ApiError, KubeAPIEmulator
+from typha.testing.apiserver.server import ApiError, KubeAPIEmulator
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import pytest
 from kubernetes import client, config, watch
 
 from typha.testing import objects
-from typha.testing.apiserver import KubeAPIEmulator
+from typha.testing.apiserver.server import KubeAPIEmulator
 
 DEADLINE = 15.0  # seconds any single wait in this module may take before the test fails
 

@@ -13,9 +13,10 @@ from typing import Any
 
 import pytest
 
-from typha.autoscale import Autoscaler, AutoscaleSettings
-from typha.datastore.kubeclient import KubeAPIError, KubeClient
-from typha.leases import LEASES, KubeObjects, LeaderElector
+from typha.kube.client import KubeAPIError, KubeClient
+from typha.kube.leases import LEASES, LeaderElector
+from typha.kube.objects import KubeObjects
+from typha.ops.autoscale import Autoscaler, AutoscaleSettings
 
 NAMESPACE = "kube-system"
 DEPLOYMENT = "calico-typha"

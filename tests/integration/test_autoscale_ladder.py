@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from typha.autoscale import counts_as_schedulable, replicas_for
+from typha.ops.autoscale import counts_as_schedulable, replicas_for
 
 
 @pytest.mark.parametrize(

@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 import yaml
 
-from typha.testing import apiserver
-from typha.testing.calico_v3 import (
+from typha.testing.apiserver import server as apiserver
+from typha.testing.apiserver.calico_v3 import (
     CRD_V1,
     METADATA_ANNOTATION,
     is_delete_file,

@@ -279,7 +279,7 @@ def test_a_failing_callback_stops_the_client_and_closes_its_stream():
 
 
 def test_tls_with_the_servers_ca():
-    from typha.testing.k8s_tls import generate
+    from typha.testing.apiserver.tls import generate
 
     creds = generate()
 

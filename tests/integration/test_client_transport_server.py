@@ -13,10 +13,10 @@ from typing import Any
 
 import trio
 
-from typha.cache import SnapshotCache
 from typha.client import AsyncSyncClient, Backoff, StatusChange, UpdateBatch, open_trio_sync_client
 from typha.model.kv import SyncStatus, Update
-from typha.server import ServerSettings, SyncServer
+from typha.snapcache.cache import SnapshotCache
+from typha.syncserver.server import ServerSettings, SyncServer
 
 FAST = Backoff(initial=0.05, maximum=0.2)
 SETTINGS = ServerSettings(ping_interval_secs=0.2, checksum_interval_secs=0.2, drain_reconnect_grace_secs=5.0)

@@ -14,10 +14,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from typha.config import TyphaConfig
-from typha.daemon import TyphaDaemon
-from typha.datastore.kubeclient import KubeClient
+from typha.daemon.serve import TyphaDaemon
+from typha.kube.client import KubeClient
 from typha.testing import objects
-from typha.testing.apiserver import KubeAPIEmulator
+from typha.testing.apiserver.server import KubeAPIEmulator
 from typha.testing.procs import free_port
 
 from .sync_raw import RawClient

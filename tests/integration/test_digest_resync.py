@@ -14,10 +14,10 @@ from typing import Any
 
 import msgpack
 
-from typha.cache import SnapshotCache
 from typha.client import AsyncSyncClient, Backoff
 from typha.model.kv import SyncStatus, Update
-from typha.server import ServerSettings, SyncServer
+from typha.snapcache.cache import SnapshotCache
+from typha.syncserver.server import ServerSettings, SyncServer
 
 from .test_fanout_e2e import Ignore
 
@@ -41,8 +41,8 @@ async def until(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
 
 def cluster_kvs() -> dict[str, Any]:
     """The felix syncer's KV set of a generated 100-node cluster: ~10,300 realistic Calico KVs."""
-    from typha.datastore.syncers import convert_objects
     from typha.demo.cluster import Cluster, ClusterSpec
+    from typha.source.datastore import convert_objects
 
     return convert_objects("felix", Cluster(ClusterSpec(nodes=100, pods_per_node=96, policies=50)).initial_objects())
 

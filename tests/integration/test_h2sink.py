@@ -14,9 +14,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from bench import h2sink
 from bench.h2sink import StreamStats, run_stream
-from typha.cache import SnapshotCache
 from typha.model.kv import SyncStatus, Update
-from typha.server import ServerSettings, SyncServer
+from typha.snapcache.cache import SnapshotCache
+from typha.syncserver.server import ServerSettings, SyncServer
 
 WAIT_SECS = 10.0
 

@@ -11,9 +11,9 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from typha.datastore.kubeclient import KubeClient
-from typha.datastore.reflector import Backoff
-from typha.datastore.syncers import Datastore, Syncer, convert_objects
+from typha.kube.client import KubeClient
+from typha.kube.reflector import Backoff
+from typha.source.datastore import Datastore, Syncer, convert_objects
 from typha.testing.mirror import KVMirror
 
 from .churn import NAMESPACES, NODES, apply
@@ -64,7 +64,7 @@ def describe_difference(got: dict[str, Any], want: dict[str, Any]) -> str:
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(before=st.lists(operation, max_size=15), after=st.lists(operation, max_size=25))
 def test_syncers_converge_on_the_conversion_of_the_final_objects(tmp_path, before, after):
-    from typha.testing.apiserver import KubeAPIEmulator
+    from typha.testing.apiserver.server import KubeAPIEmulator
 
     with contextlib.ExitStack() as stack:
         emulator = stack.enter_context(KubeAPIEmulator(bookmark_interval=0.1).start())

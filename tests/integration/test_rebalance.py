@@ -19,15 +19,15 @@ import pytest
 
 from typha.client import AsyncSyncClient, Backoff
 from typha.config import TyphaConfig
-from typha.daemon import TyphaDaemon
-from typha.datastore.kubeclient import KubeClient
-from typha.datastore.syncers import convert_objects
+from typha.daemon.serve import TyphaDaemon
+from typha.kube.client import KubeClient
 from typha.model.kv import SyncStatus
+from typha.ops.rebalance import ClusterView, KubeLookup, LocalPeers, Rebalancer, RebalanceSettings, TyphaEndpoint
 from typha.proto import sync_pb2 as pb
-from typha.rebalance import ClusterView, KubeLookup, LocalPeers, Rebalancer, RebalanceSettings, TyphaEndpoint
-from typha.server import ServerSettings, SyncServer
+from typha.source.datastore import convert_objects
+from typha.syncserver.server import ServerSettings, SyncServer
 from typha.testing import objects
-from typha.testing.apiserver import KubeAPIEmulator
+from typha.testing.apiserver.server import KubeAPIEmulator
 
 from .churn import apply, random_op
 from .sync_raw import RawClient

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from typha.datastore.reflector import Backoff, Event, EventType, Reflector
+from typha.kube.reflector import Backoff, Event, EventType, Reflector
 from typha.model.resources import Resource, by_key
 from typha.testing import objects
 

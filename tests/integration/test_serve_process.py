@@ -12,7 +12,7 @@ import urllib.error
 import urllib.request
 
 from typha.testing import objects
-from typha.testing.apiserver import KubeAPIEmulator
+from typha.testing.apiserver.server import KubeAPIEmulator
 
 from .sync_raw import RawClient
 from .test_daemon import free_port

@@ -17,10 +17,10 @@ import msgpack
 import pytest
 from prometheus_client import REGISTRY
 
-from typha.cache import CacheLimits, SnapshotCache
 from typha.model.kv import SyncStatus, Update
 from typha.proto import sync_pb2 as pb
-from typha.server import ServerSettings, SyncServer
+from typha.snapcache.cache import CacheLimits, SnapshotCache
+from typha.syncserver.server import ServerSettings, SyncServer
 
 from .sync_raw import RawClient
 

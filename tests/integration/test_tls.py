@@ -20,18 +20,18 @@ from pathlib import Path
 import grpc
 import pytest
 
-from typha.cache import SnapshotCache
 from typha.client import AsyncSyncClient, ClientTLS, TLSConfigError
 from typha.client.tls import ServerVerifier
 from typha.config import TyphaConfig
-from typha.daemon import TyphaDaemon
-from typha.datastore.kubeclient import KubeClient
+from typha.daemon.serve import TyphaDaemon
+from typha.kube.client import KubeClient
 from typha.model.kv import SyncStatus, Update
 from typha.proto import sync_pb2 as pb
-from typha.server import ServerSettings, SyncServer
+from typha.snapcache.cache import SnapshotCache
+from typha.syncserver.server import ServerSettings, SyncServer
+from typha.syncserver.tls import ClientCertAuthorizer, server_security
 from typha.testing import objects
 from typha.testing.procs import free_port
-from typha.tls import ClientCertAuthorizer, server_security
 
 from .tls_pki import CA, Leaf
 
@@ -442,8 +442,8 @@ def test_typha_serve_process_with_typha_tls_env_serves_mtls_only(pki: PKI, tmp_p
 
     import psutil
 
-    from typha.datastore.syncers import convert_objects
-    from typha.testing.apiserver import KubeAPIEmulator
+    from typha.source.datastore import convert_objects
+    from typha.testing.apiserver.server import KubeAPIEmulator
 
     from .test_serve_process import wait_ready
 

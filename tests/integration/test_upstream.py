@@ -8,10 +8,10 @@ import random
 
 from typha.client import AsyncSyncClient, Backoff
 from typha.config import TyphaConfig
-from typha.daemon import TyphaDaemon
-from typha.datastore.kubeclient import KubeClient
-from typha.datastore.syncers import convert_objects
-from typha.testing.apiserver import KubeAPIEmulator
+from typha.daemon.serve import TyphaDaemon
+from typha.kube.client import KubeClient
+from typha.source.datastore import convert_objects
+from typha.testing.apiserver.server import KubeAPIEmulator
 
 from .churn import apply, random_op
 from .test_daemon import free_port

@@ -12,11 +12,11 @@ import dataclasses
 import random
 from typing import Any
 
-from typha.cache import SnapshotCache
 from typha.proto import sync_pb2 as pb
-from typha.resync import BucketRepair
-from typha.server import SyncServer
-from typha.upstream import FollowerBackoff, UpstreamFollower
+from typha.snapcache.cache import SnapshotCache
+from typha.source.upstream import FollowerBackoff, UpstreamFollower
+from typha.syncserver.resync import BucketRepair
+from typha.syncserver.server import SyncServer
 
 from .test_digest_resync import SETTINGS, cluster_kvs, one_percent_changed, replica, run, until
 

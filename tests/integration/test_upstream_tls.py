@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from typha.config import ConfigError, TyphaConfig, load
-from typha.daemon import TyphaDaemon
-from typha.datastore.kubeclient import KubeClient
+from typha.daemon.serve import TyphaDaemon
+from typha.kube.client import KubeClient
 from typha.testing import objects
-from typha.testing.apiserver import KubeAPIEmulator
+from typha.testing.apiserver.server import KubeAPIEmulator
 
 from .test_tls import PKI, SERVER_CN, SERVER_URI, WAIT, free_port, make_pki
 from .test_upstream import wait_for

@@ -18,8 +18,8 @@ import time
 import psutil
 
 from typha.client import AsyncSyncClient, Backoff
-from typha.datastore.syncers import convert_objects
-from typha.testing.apiserver import KubeAPIEmulator
+from typha.source.datastore import convert_objects
+from typha.testing.apiserver.server import KubeAPIEmulator
 
 from .churn import apply, random_op
 from .test_daemon import free_port

@@ -24,12 +24,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from typha.config import TyphaConfig
-from typha.daemon import TyphaDaemon
-from typha.datastore.kubeclient import KubeClient
+from typha.daemon.serve import TyphaDaemon
+from typha.kube.client import KubeClient
 from typha.model.convert import veth_name
 from typha.model.kv import Update
 from typha.testing import objects
-from typha.testing.apiserver import KubeAPIEmulator
+from typha.testing.apiserver.server import KubeAPIEmulator
 from typha.testing.netns import Namespaces
 from typha.testing.procs import stop_process
 from typha.testing.vcluster import cni_add, route_pod_gateway, wait_for

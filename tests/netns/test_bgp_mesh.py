@@ -23,10 +23,10 @@ import trio
 
 from confd_client.agent import ConfdAgent, Settings
 from typha.config import TyphaConfig
-from typha.daemon import TyphaDaemon
-from typha.datastore.kubeclient import KubeClient
-from typha.testing import calico_v3
-from typha.testing.apiserver import KubeAPIEmulator
+from typha.daemon.serve import TyphaDaemon
+from typha.kube.client import KubeClient
+from typha.testing.apiserver import calico_v3
+from typha.testing.apiserver.server import KubeAPIEmulator
 from typha.testing.procs import free_port
 
 pytestmark = [

@@ -24,7 +24,7 @@ import pytest
 
 from typha.demo.cluster import bgp_configuration
 from typha.testing import objects
-from typha.testing.apiserver import KubeAPIEmulator
+from typha.testing.apiserver.server import KubeAPIEmulator
 from typha.testing.netpol_model import ModelPod, NetworkPolicyModel
 from typha.testing.vcluster import VirtualCluster, VNode, VPod, bird_programs_cluster_routes, missing_tools, wait_for
 

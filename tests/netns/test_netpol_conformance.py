@@ -44,12 +44,12 @@ import pytest
 import yaml
 from felix_harness import DaemonThread, agent_log, build_two_nodes, start_felix, stop_process, wait_felix_applied
 
-from typha.datastore.kubeclient import KubeClient
+from typha.kube.client import KubeClient
 from typha.model.convert import veth_name
-from typha.model.convert_base import rules_v1
-from typha.model.convert_k8s import _profile_kvs, pod_to_wep
+from typha.model.convert.base import rules_v1
+from typha.model.convert.k8s import _profile_kvs, pod_to_wep
 from typha.testing import objects
-from typha.testing.apiserver import KubeAPIEmulator
+from typha.testing.apiserver.server import KubeAPIEmulator
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CASES_PATH = Path(os.environ.get("NETPOL_CASES") or REPO_ROOT / "../shared/fixtures/netpol/cases.yaml")

@@ -9,8 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from typha.model.resources import by_key
-from typha.testing.k8s_patch import PatchError, json_patch, merge_patch, strategic_merge_patch
-from typha.testing.k8s_selectors import SelectorError, parse_field_selector, parse_label_selector
+from typha.testing.apiserver.patch import PatchError, json_patch, merge_patch, strategic_merge_patch
+from typha.testing.apiserver.selectors import SelectorError, parse_field_selector, parse_label_selector
 
 PODS = by_key("pods")
 LABELS = [{}, {"app": "web"}, {"app": "db", "tier": "back"}, {"app": "web", "tier": "front"}, {"n": "7"}]

@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from typha.model.resources import by_key
-from typha.testing.k8s_store import ApiError, Filter, ObjectStore
+from typha.testing.apiserver.store import ApiError, Filter, ObjectStore
 
 PODS = by_key("pods")
 NODES = by_key("nodes")

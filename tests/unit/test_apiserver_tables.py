@@ -7,7 +7,7 @@ import time
 import pytest
 
 from typha.model.resources import by_key
-from typha.testing.k8s_tables import human_duration, table, wants_table
+from typha.testing.apiserver.tables import human_duration, table, wants_table
 
 
 def test_only_a_table_first_accept_header_gets_a_table() -> None:

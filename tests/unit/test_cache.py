@@ -12,9 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
-from typha.cache import CacheLimits, ResumeUnavailable, SnapshotCache, kv_hash
 from typha.model.kv import SyncStatus, Update
 from typha.proto import sync_pb2 as pb
+from typha.snapcache.cache import CacheLimits, ResumeUnavailable, SnapshotCache, kv_hash
 
 _names = itertools.count()
 

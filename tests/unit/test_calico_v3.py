@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from typha.testing import calico_v3
-from typha.testing.calico_v3 import (
+from typha.testing.apiserver import calico_v3
+from typha.testing.apiserver.calico_v3 import (
     CRD_V1,
     apply_documents,
     delete_documents,

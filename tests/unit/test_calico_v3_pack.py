@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from typha.model.resources import for_object
-from typha.testing.calico_v3 import (
+from typha.testing.apiserver.calico_v3 import (
     CALICO_V3,
     LABELS_ANNOTATION,
     is_delete_file,

@@ -9,8 +9,8 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from typha.testing.calico_v3 import load_documents
-from typha.testing.goyaml import format_go_float32, go_string, load_all
+from typha.testing.apiserver.calico_v3 import load_documents
+from typha.testing.apiserver.goyaml import format_go_float32, go_string, load_all
 
 
 def value(text: str):

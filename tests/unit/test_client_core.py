@@ -275,7 +275,7 @@ def test_checksum_match_and_skip():
 
 
 def test_checksum_agrees_with_the_server_cache():
-    from typha.cache import kv_hash as server_kv_hash
+    from typha.snapcache.cache import kv_hash as server_kv_hash
 
     assert kv_hash("/k", pack({"a": 1})) == server_kv_hash("/k", pack({"a": 1}))
 
@@ -444,7 +444,7 @@ def test_unknown_message_kind_is_ignored():
 
 def test_frames_from_the_server_cache_replay_into_an_equal_mirror():
     """Contract test against the committed SnapshotCache: its snapshot and breadcrumb frames."""
-    from typha.cache import SnapshotCache
+    from typha.snapcache.cache import SnapshotCache
 
     cache = SnapshotCache("felix")
     cache.apply([Update(f"/k{i}", {"i": i}, str(i)) for i in range(20)])

@@ -9,7 +9,7 @@ import pytest
 
 from typha.model import keys
 from typha.model.convert import BGP_CONVERTERS, FELIX_CONVERTERS, ConversionError, converters
-from typha.model.convert_calico import felix_config_name, go_float
+from typha.model.convert.calico import felix_config_name, go_float
 from typha.model.resources import BY_KEY
 from typha.testing import objects as o
 

@@ -11,9 +11,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from typha.cache import SnapshotCache
 from typha.client import ProtocolError, SessionState, SyncClientCore, digest_of, kv_hash
-from typha.digests import (
+from typha.model.kv import SyncStatus, Update
+from typha.proto import sync_pb2 as pb
+from typha.snapcache.cache import SnapshotCache
+from typha.syncproto.digests import (
     FEATURE_DIGEST_RESYNC,
     MAX_BUCKETS,
     MIN_BUCKETS,
@@ -23,9 +25,7 @@ from typha.digests import (
     bucket_hash,
     summarise,
 )
-from typha.model.kv import SyncStatus, Update
-from typha.proto import sync_pb2 as pb
-from typha.resync import RepairDeclined, plan_repair
+from typha.syncserver.resync import RepairDeclined, plan_repair
 
 
 def updates(n: int, generation: int = 0) -> list[Update]:
@@ -181,7 +181,7 @@ def _unzstd(data: bytes) -> bytes:
 
 
 def test_plan_splits_large_answers_into_chunks_of_whole_buckets():
-    from typha.cache import CacheLimits
+    from typha.snapcache.cache import CacheLimits
 
     new = SnapshotCache("felix", limits=CacheLimits(snapshot_chunk_bytes=4096))
     new.apply(updates(3000))
@@ -300,7 +300,7 @@ def test_bucket_chunks_are_refused_unless_a_summary_was_sent_and_named_the_right
 
 
 def test_planner_shares_one_answer_among_identical_summaries_while_fresh():
-    from typha.resync import RepairPlanner
+    from typha.syncserver.resync import RepairPlanner
 
     old, new = cache_with(updates(3000)), cache_with(updates(3000))
     new.apply([Update("/calico/v1/host/n0/k00007", {"changed": True}, "2")])

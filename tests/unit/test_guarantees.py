@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 
-from typha.client.checksum import digest_of
-from typha.datastore.syncers import convert_objects
 from typha.model.kv import SyncStatus, Update
+from typha.source.datastore import convert_objects
+from typha.syncproto.checksum import digest_of
 from typha.testing import objects
-from typha.testing.apiserver import KubeAPIEmulator
+from typha.testing.apiserver.server import KubeAPIEmulator
 from typha.testing.guarantees import ClientRecord, GuaranteeChecker, pack
 
 PODS = "pods"

@@ -1,4 +1,4 @@
-"""typha.rebalance: Typha's connection-limit formula, endpoint counting, and who moves where."""
+"""typha.ops.rebalance: Typha's connection-limit formula, endpoint counting, and who moves where."""
 
 from __future__ import annotations
 
@@ -6,9 +6,8 @@ import random
 
 import pytest
 
-from typha.cache import Breadcrumb
 from typha.model.kv import SyncStatus
-from typha.rebalance import (
+from typha.ops.rebalance import (
     ClusterView,
     LocalPeers,
     Rebalancer,
@@ -20,7 +19,8 @@ from typha.rebalance import (
     pick_victim,
     typha_endpoints,
 )
-from typha.server import FEATURE_RECONNECT, Connection, SyncServer
+from typha.snapcache.cache import Breadcrumb
+from typha.syncserver.server import FEATURE_RECONNECT, Connection, SyncServer
 
 
 def limit(nodes: int | None, typhas: int | None, syncers: int = 4, lower: int = 400, upper: int = 10000) -> int:

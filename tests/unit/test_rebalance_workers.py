@@ -9,9 +9,9 @@ import shutil
 import time
 
 from typha.config import TyphaConfig
-from typha.rebalance import ClusterView, Rebalancer, RebalanceSettings, SiblingLoads, TyphaEndpoint
-from typha.server import SyncServer
-from typha.workers import Supervisor
+from typha.daemon.workers import Supervisor
+from typha.ops.rebalance import ClusterView, Rebalancer, RebalanceSettings, SiblingLoads, TyphaEndpoint
+from typha.syncserver.server import SyncServer
 
 from .test_rebalance import conn
 

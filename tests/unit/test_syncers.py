@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 
-from typha.datastore.reflector import Event, EventType
-from typha.datastore.syncers import Syncer
+from typha.kube.reflector import Event, EventType
 from typha.model.kv import SyncStatus
 from typha.model.resources import by_key
+from typha.source.datastore import Syncer
 from typha.testing.mirror import KVMirror
 
 PODS, NODES = by_key("pods"), by_key("nodes")

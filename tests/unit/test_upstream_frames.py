@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from typha.cache import SnapshotCache
 from typha.model.kv import SyncStatus, Update
 from typha.proto import sync_pb2 as pb
-from typha.upstream import UpstreamError, split_frames
+from typha.snapcache.cache import SnapshotCache
+from typha.source.upstream import UpstreamError, split_frames
 
 
 def test_a_run_of_crumbs_splits_into_the_same_frames():

@@ -25,7 +25,6 @@ mTLS as Typha's clients do it, with Felix's settings (`FELIX_TYPHACAFILE`, …; 
 """
 
 from typha.client.aio import SYNC_METHOD, AsyncSyncClient
-from typha.client.checksum import digest_of, kv_hash
 from typha.client.core import (
     ChecksumOutcome,
     ChecksumVerdict,
@@ -41,6 +40,7 @@ from typha.client.core import (
 from typha.client.events import Backoff, ClientCounters, StatusChange, SyncCallbacks, SyncEvent, UpdateBatch
 from typha.client.tls import ClientTLS, ServerIdentityError, TLSConfigError
 from typha.client.trio_transport import TrioSyncClient, open_trio_sync_client
+from typha.syncproto.checksum import digest_of, kv_hash
 
 __all__ = [
     "SYNC_METHOD",

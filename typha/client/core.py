@@ -14,7 +14,7 @@ live session is then retired and its later messages are ignored. Only the live s
 mirror, so the mirror always follows one server's sequence.
 
 Digest resync. A hello that offers a resume point also carries per-bucket digests of the mirror
-(typha.digests) when the mirror is large enough. A server of another epoch (a different replica)
+(typha.syncproto.digests) when the mirror is large enough. A server of another epoch (a different replica)
 may answer with BucketChunks: its full contents of just the buckets that differ. The session
 journals mirror changes made after its hello (the old stream of a make-before-break move keeps
 applying deltas), so the repair is applied to the state the digests described, and it must then
@@ -39,10 +39,10 @@ import zstandard
 from google.protobuf.message import DecodeError
 
 import typha
-from typha.client.checksum import kv_hash
-from typha.digests import FEATURE_DIGEST_RESYNC, MIN_BUCKETS, bucket_count_for, bucket_hash, summarise
 from typha.model.kv import SyncStatus, Update
 from typha.proto import sync_pb2 as pb
+from typha.syncproto.checksum import kv_hash
+from typha.syncproto.digests import FEATURE_DIGEST_RESYNC, MIN_BUCKETS, bucket_count_for, bucket_hash, summarise
 
 # The mirror's entry: value bytes as received (for dedupe and the checksum, and to compare snapshots
 # without decoding), the decoded value handed to the agent, and the revision.

@@ -18,7 +18,7 @@ from typing import Any
 
 import trio
 
-from typha.datastore.kubeclient import KubeClient
+from typha.kube.client import KubeClient
 from typha.model.resources import Resource, by_key
 
 log = logging.getLogger(__name__)

@@ -28,7 +28,7 @@ from rich.table import Table
 
 from typha.demo.cluster import VXLAN_POOL, Cluster, ClusterSpec, node_ip, node_name
 from typha.demo.runner import configure_logging
-from typha.testing.apiserver import KubeAPIEmulator
+from typha.testing.apiserver.server import KubeAPIEmulator
 from typha.testing.netpol_model import ModelPod, NetworkPolicyModel
 from typha.testing.vcluster import VirtualCluster, VNode, VPod, bird_programs_cluster_routes, missing_tools
 

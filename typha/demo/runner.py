@@ -212,8 +212,8 @@ class Demo:
                 return
 
     async def _scenario(self) -> None:
-        from typha.datastore.kubeclient import KubeClient  # noqa: F401 - fail early if the client is missing
-        from typha.testing.apiserver import KubeAPIEmulator
+        from typha.kube.client import KubeClient  # noqa: F401 - fail early if the client is missing
+        from typha.testing.apiserver.server import KubeAPIEmulator
 
         opts = self.options
         t0 = time.monotonic()

@@ -2,7 +2,7 @@
 
 The ingest process is an ordinary typha (datastore → syncers → caches) listening only on a Unix
 socket. Each worker is an ordinary typha following the ingest over the Sync protocol itself
-(`--upstream unix:…`, typha.upstream) and serving clients on the public port, which all workers
+(`--upstream unix:…`, typha.source.upstream) and serving clients on the public port, which all workers
 share with SO_REUSEPORT: the kernel spreads connections across them. Because replicas keep the
 ingest's epoch and sequence numbers, the clients of a worker that dies reconnect to the same port,
 land on another worker and resume there without a snapshot; the supervisor restarts the dead one.
@@ -31,7 +31,7 @@ import urllib.request
 from dataclasses import dataclass, field
 
 from typha.config import TyphaConfig, env_name
-from typha.rebalance import LOADS_DIR_ENV, WORKER_INDEX_ENV
+from typha.ops.rebalance import LOADS_DIR_ENV, WORKER_INDEX_ENV
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ class Supervisor:
         self.ingest_socket = f"unix:{self.runtime_dir}/ingest.sock"
         self.metrics_dir = os.path.join(self.runtime_dir, "metrics")
         os.makedirs(self.metrics_dir)
-        # Each worker's connection count, so rebalancing weighs the pod's total (typha.rebalance.SiblingLoads).
+        # Each worker's connection count, so rebalancing weighs the pod's total (typha.ops.rebalance.SiblingLoads).
         self.loads_dir = os.path.join(self.runtime_dir, "loads")
         os.makedirs(self.loads_dir)
         self.children.append(Child("ingest", ["--server-host", self.ingest_socket], _free_port()))
@@ -173,7 +173,7 @@ def serve_workers(config: TyphaConfig, workers: int, log_format: str = "text") -
     watcher.start()
 
     async def run() -> bool:
-        from typha.health import HealthEndpoints
+        from typha.daemon.health import HealthEndpoints
 
         health = None
         if config.health_enabled:

@@ -43,16 +43,16 @@ import yaml
 from aiohttp import web
 
 from typha.model.resources import CALICO_CRD_GROUP, RESOURCES, Resource, for_object
-from typha.testing import k8s_tables
-from typha.testing.k8s_discovery import (
+from typha.testing.apiserver import tables as k8s_tables
+from typha.testing.apiserver.discovery import (
     OPENAPI_V2_CONTENT_TYPE,
     OPENAPI_V2_PROTOBUF,
     Discovery,
     has_status_subresource,
 )
-from typha.testing.k8s_patch import PatchError, json_patch, merge_patch, strategic_merge_patch
-from typha.testing.k8s_selectors import SelectorError, parse_field_selector, parse_label_selector
-from typha.testing.k8s_store import (
+from typha.testing.apiserver.patch import PatchError, json_patch, merge_patch, strategic_merge_patch
+from typha.testing.apiserver.selectors import SelectorError, parse_field_selector, parse_label_selector
+from typha.testing.apiserver.store import (
     EVENT_HEADS,
     EVENT_TAIL,
     REASONS,
@@ -64,7 +64,7 @@ from typha.testing.k8s_store import (
     bad_request,
     status_object,
 )
-from typha.testing.k8s_tls import ServerCredentials, generate
+from typha.testing.apiserver.tls import ServerCredentials, generate
 
 __all__ = ["ApiError", "KubeAPIEmulator"]
 

@@ -30,10 +30,10 @@ from typing import Any
 import msgpack
 import zstandard
 
-from typha.cache_metrics import CacheMetrics
-from typha.digests import BucketDigests
 from typha.model.kv import SyncStatus, Update
 from typha.proto import sync_pb2 as pb
+from typha.snapcache.metrics import CacheMetrics
+from typha.syncproto.digests import BucketDigests
 
 STATUS_TO_PB = {
     SyncStatus.WAIT_FOR_READY: pb.SyncStatus.WAIT_FOR_READY,
@@ -178,7 +178,7 @@ class SnapshotCache:
         self.epoch = uuid.uuid4().hex
         self._kvs: dict[str, _Entry] = {}
         self._digest = 0
-        # The checksum cut into buckets, for clients that resync by digest (typha.digests).
+        # The checksum cut into buckets, for clients that resync by digest (typha.syncproto.digests).
         self.buckets = BucketDigests()
         self.status = SyncStatus.WAIT_FOR_READY
         root = Breadcrumb(0, clock(), None, 0, 0, 0, self.status, 0, 0, is_deltas=False)

@@ -11,7 +11,7 @@ therefore mean the same on every replica, and a client can resume on any of them
 re-encoded: the upstream's encode-once carries through the whole hierarchy.
 
 When the upstream cannot resume the replica (it restarted: a new epoch), a replica holding a large cache
-sends its per-bucket digests (`digest-resync`, typha.digests) and receives only the buckets that
+sends its per-bucket digests (`digest-resync`, typha.syncproto.digests) and receives only the buckets that
 differ instead of a snapshot; the repaired set must match the upstream's checksum before it replaces
 the cache.
 """
@@ -28,11 +28,11 @@ from dataclasses import dataclass
 import grpc
 import zstandard
 
-from typha.cache import PB_TO_STATUS, ReplicaGap, SnapshotCache, kv_hash
 from typha.client.tls import ClientTLS, ServerIdentityError, ServerVerifier
-from typha.digests import FEATURE_DIGEST_RESYNC, MIN_BUCKETS, bucket_count_for, bucket_hash
 from typha.proto import sync_pb2 as pb
-from typha.server import FEATURE_CHECKSUM, FEATURE_CRUMB_RUNS, FEATURE_EXACT_CRUMBS
+from typha.snapcache.cache import PB_TO_STATUS, ReplicaGap, SnapshotCache, kv_hash
+from typha.syncproto.digests import FEATURE_DIGEST_RESYNC, MIN_BUCKETS, bucket_count_for, bucket_hash
+from typha.syncserver.server import FEATURE_CHECKSUM, FEATURE_CRUMB_RUNS, FEATURE_EXACT_CRUMBS
 
 log = logging.getLogger(__name__)
 

@@ -46,11 +46,11 @@ from typing import Any, Protocol
 
 from typha.client.discovery import list_typha_slices
 from typha.config import TyphaConfig
-from typha.datastore.kubeclient import KubeClient
-from typha.datastore.reflector import Event, Reflector
+from typha.kube.client import KubeClient
+from typha.kube.reflector import Event, Reflector
 from typha.model.kv import SyncStatus
 from typha.model.resources import Resource, by_key
-from typha.server import FEATURE_RECONNECT, Connection, SyncServer
+from typha.syncserver.server import FEATURE_RECONNECT, Connection, SyncServer
 
 log = logging.getLogger(__name__)
 
@@ -233,7 +233,7 @@ class SiblingLoads:
 
     @classmethod
     def from_environment(cls, stale_secs: float) -> SiblingLoads | None:
-        """Set up by typha.workers for each worker; None for a typha that is a single process."""
+        """Set up by typha.daemon.workers for each worker; None for a typha that is a single process."""
         directory, index = os.environ.get(LOADS_DIR_ENV, ""), os.environ.get(WORKER_INDEX_ENV, "")
         return cls(directory, int(index), stale_secs) if directory and index.isdigit() else None
 

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from typha.model import keys
-from typha.model.convert_base import (
+from typha.model.convert.base import (
     LABEL_NAMESPACE,
     METADATA_ANNOTATION,
     NAMESPACE_LABEL_PREFIX,
@@ -37,7 +37,7 @@ from typha.model.convert_base import (
     strict_cidr,
     v3_resource,
 )
-from typha.model.convert_k8s import namespaced_policy_selector
+from typha.model.convert.k8s import namespaced_policy_selector
 
 # --- policies and tiers --------------------------------------------------------------------------
 

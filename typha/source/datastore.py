@@ -18,12 +18,19 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from typha import metrics
-from typha.datastore.kubeclient import KubeClient
-from typha.datastore.reflector import Event, EventType, Reflector, object_id
+from prometheus_client import Counter
+
+from typha.kube.client import KubeClient
+from typha.kube.reflector import Event, EventType, Reflector, object_id
 from typha.model.kv import SyncStatus, Update
 from typha.model.resources import Resource, by_key
 from typha.source import SyncCallbacks
+
+CONVERSION_ERRORS = Counter(
+    "typha_conversion_errors",
+    "Kubernetes objects that failed conversion or validation; their keys were deleted.",
+    ["syncer", "resource"],
+)
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +159,7 @@ class Syncer:
                 "%s syncer: skipping invalid %s %s/%s: %s",
                 self.syncer_type, resource.kind, metadata.get("namespace", ""), metadata.get("name"), reason,
             )
-            metrics.CONVERSION_ERRORS.labels(self.syncer_type, resource.key).inc()
+            CONVERSION_ERRORS.labels(self.syncer_type, resource.key).inc()
             return []
 
     def on_synced(self, resource: Resource) -> None:

@@ -30,14 +30,14 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from typha import __version__
-from typha.cache import STATUS_TO_PB, Breadcrumb, ResumeUnavailable, SnapshotCache
 from typha.config import TyphaConfig
-from typha.digests import FEATURE_DIGEST_RESYNC
 from typha.logs import clip
 from typha.model.kv import SyncStatus
 from typha.proto import sync_pb2 as pb
-from typha.resync import RepairDeclined, RepairPlanner
-from typha.server_metrics import ServerMetrics
+from typha.snapcache.cache import STATUS_TO_PB, Breadcrumb, ResumeUnavailable, SnapshotCache
+from typha.syncproto.digests import FEATURE_DIGEST_RESYNC
+from typha.syncserver.metrics import ServerMetrics
+from typha.syncserver.resync import RepairDeclined, RepairPlanner
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +183,7 @@ class SyncServer:
         self._server: grpc.aio.Server | None = None
         self._watchdog: asyncio.Task[None] | None = None
         self.port = 0
-        # mTLS: awaited first on every stream; aborts the call to refuse the client (typha.tls).
+        # mTLS: awaited first on every stream; aborts the call to refuse the client (typha.syncserver.tls).
         self.authorizer: Callable[[grpc.aio.ServicerContext], Awaitable[None]] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------

@@ -1,10 +1,9 @@
-"""Prometheus metrics, with Typha's names where Typha has the metric (DESIGN §6)."""
+"""The reflectors' Prometheus metrics (Typha has no per-resource datastore metrics: our own typha_datastore_ prefix)."""
 
 from __future__ import annotations
 
 from prometheus_client import Counter
 
-# Ingest side. Typha has no per-resource datastore metrics; these use our own typha_datastore_ prefix.
 DATASTORE_EVENTS = Counter(
     "typha_datastore_events", "Objects received from the Kubernetes API (list items and watch events).",
     ["resource"],
@@ -15,9 +14,4 @@ DATASTORE_LISTS = Counter(
 )
 DATASTORE_ERRORS = Counter(
     "typha_datastore_errors", "Failed list or watch requests, each followed by a backoff.", ["resource"],
-)
-CONVERSION_ERRORS = Counter(
-    "typha_conversion_errors",
-    "Kubernetes objects that failed conversion or validation; their keys were deleted.",
-    ["syncer", "resource"],
 )

@@ -37,7 +37,7 @@ from typing import Any
 import orjson
 
 from typha.model.resources import CALICO_CRD_GROUP, Resource
-from typha.testing.k8s_selectors import Predicate
+from typha.testing.apiserver.selectors import Predicate
 
 REASONS: dict[int, str] = {
     400: "BadRequest",

@@ -6,7 +6,7 @@ import argparse
 import logging
 import signal
 
-from typha.testing.apiserver import KubeAPIEmulator
+from typha.testing.apiserver.server import KubeAPIEmulator
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         with emulator.start(host, port):
             if args.load:
                 # Imported here: the loader is only needed with --load, and it pulls in the Calico model.
-                from typha.testing.calico_v3 import load_file
+                from typha.testing.apiserver.calico_v3 import load_file
 
                 for path in args.load:
                     load_file(emulator, path)

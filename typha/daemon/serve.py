@@ -13,16 +13,16 @@ from typing import Any
 import prometheus_client
 
 from typha import config as typha_config
-from typha import tls as typha_tls
-from typha.cache import CacheLimits, LoopFeeder, SnapshotCache
 from typha.config import TyphaConfig
-from typha.datastore.kubeclient import KubeClient
-from typha.datastore.syncers import Datastore, Syncer
-from typha.health import HealthEndpoints
+from typha.daemon.health import HealthEndpoints
+from typha.kube.client import KubeClient
 from typha.model.kv import SyncStatus
-from typha.rebalance import KubeLookup, Rebalancer, for_daemon
-from typha.server import ServerSettings, SyncServer
-from typha.upstream import UpstreamFollower
+from typha.ops.rebalance import KubeLookup, Rebalancer, for_daemon
+from typha.snapcache.cache import CacheLimits, LoopFeeder, SnapshotCache
+from typha.source.datastore import Datastore, Syncer
+from typha.source.upstream import UpstreamFollower
+from typha.syncserver import tls as typha_tls
+from typha.syncserver.server import ServerSettings, SyncServer
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class TyphaDaemon:
         self.server = SyncServer(self.caches, ServerSettings.from_config(config))
         for cache in self.caches.values():
             cache.status_listeners.append(self._on_status)
-        # With TLS settings the port serves TLS only (typha.tls). Except the ingest's Unix socket under
+        # With TLS settings the port serves TLS only (typha.syncserver.tls). Except the ingest's Unix socket under
         # `--workers`: it sits in a private 0700 directory and only our own workers follow it, plaintext.
         if not config.server_host.startswith("unix:"):
             credentials, self.server.authorizer = typha_tls.server_security(config)
@@ -175,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
     logging.getLogger().setLevel(getattr(logging, config.log_severity_screen, logging.INFO))
     workers = config.effective_workers
     if workers > 1 and not config.upstream:
-        from typha.workers import serve_workers
+        from typha.daemon.workers import serve_workers
 
         return serve_workers(config, workers, getattr(args, "log_format", "text"))
     asyncio.run(serve(config))

@@ -18,8 +18,8 @@ from typing import Any, Protocol
 
 import urllib3.exceptions
 
-from typha import metrics
-from typha.datastore.kubeclient import DEFAULT_WATCH_TIMEOUT_SECONDS, KubeAPIError, KubeClient, WatchHandle
+from typha.kube import metrics
+from typha.kube.client import DEFAULT_WATCH_TIMEOUT_SECONDS, KubeAPIError, KubeClient, WatchHandle
 from typha.model.resources import Resource
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from typha.model import keys
-from typha.model.convert_base import (
+from typha.model.convert.base import (
     LABEL_NAMESPACE,
     LABEL_ORCHESTRATOR,
     LABEL_SERVICE_ACCOUNT,

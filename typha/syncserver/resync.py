@@ -2,7 +2,7 @@
 
 A client that moves to a replica with another epoch cannot resume by sequence number. If it sent
 BucketDigests of its mirror, the server compares them with its cache's (kept incrementally,
-typha.digests) and, when few differ, sends the complete contents of just those buckets as
+typha.syncproto.digests) and, when few differ, sends the complete contents of just those buckets as
 BucketChunk frames; otherwise the caller falls back to a snapshot, which is cheaper once a large
 part of the set has to travel anyway (and is shared by every joining client, this answer is not).
 
@@ -20,10 +20,10 @@ from dataclasses import dataclass
 
 import zstandard
 
-from typha.cache import Breadcrumb, SnapshotCache
-from typha.digests import valid_count
 from typha.model.kv import SyncStatus
 from typha.proto import sync_pb2 as pb
+from typha.snapcache.cache import Breadcrumb, SnapshotCache
+from typha.syncproto.digests import valid_count
 
 # An answer is built per client (a snapshot is shared), and small: a stronger level than the snapshot's
 # pays. Measured on a 10,000-key generated cluster's 1% repair (156 KB raw): level 3 -> 13.7 KB in

@@ -46,8 +46,8 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from typha.model.resources import CALICO_CRD_GROUP, Resource, for_object
-from typha.testing import goyaml
-from typha.testing.goyaml import go_string
+from typha.testing.apiserver import goyaml
+from typha.testing.apiserver.goyaml import go_string
 
 CALICO_V3 = "projectcalico.org/v3"
 CRD_V1 = f"{CALICO_CRD_GROUP}/v1"
@@ -153,7 +153,7 @@ AS_NUMBER_FIELDS: dict[str, tuple[str, ...]] = {
 
 
 class Emulator(Protocol):
-    """The part of `typha.testing.apiserver.KubeAPIEmulator` this module writes through."""
+    """The part of `typha.testing.apiserver.server.KubeAPIEmulator` this module writes through."""
 
     def upsert(self, obj: dict[str, Any]) -> Any: ...
 

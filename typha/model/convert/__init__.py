@@ -15,10 +15,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from typha.model import convert_calico as calico
-from typha.model import convert_k8s as k8s
-from typha.model.convert_base import ConversionError, Converter
-from typha.model.convert_k8s import veth_name
+from typha.model.convert import calico, k8s
+from typha.model.convert.base import ConversionError, Converter
+from typha.model.convert.k8s import veth_name
 
 __all__ = ["BGP_CONVERTERS", "FELIX_CONVERTERS", "ConversionError", "Converter", "converters", "veth_name"]
 

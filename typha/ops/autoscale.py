@@ -23,9 +23,10 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from typha.datastore.kubeclient import KubeAPIError, KubeClient
-from typha.datastore.reflector import Event, EventType, Reflector, object_id
-from typha.leases import KubeObjects, LeaderElector
+from typha.kube.client import KubeAPIError, KubeClient
+from typha.kube.leases import LeaderElector
+from typha.kube.objects import KubeObjects
+from typha.kube.reflector import Event, EventType, Reflector, object_id
 from typha.model.resources import Resource, by_key
 
 log = logging.getLogger(__name__)

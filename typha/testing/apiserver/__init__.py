@@ -1,0 +1,1 @@
+"""typha/testing/apiserver"""
