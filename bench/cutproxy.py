@@ -106,7 +106,8 @@ class _Proxy:
         client.pending.clear()
 
     async def cut(self, secs: float, mode: str) -> dict[str, Any]:
-        assert self.server is not None and mode in CUT_MODES
+        assert self.server is not None
+        assert mode in CUT_MODES
         port = self.server.sockets[0].getsockname()[1]
         cut_at = time.monotonic()
         if mode == "refuse":

@@ -247,7 +247,8 @@ class Calculator:
             return
         self.dirty.filter = True
         if is_local:
-            assert labels is not None and ep is not None
+            assert labels is not None
+            assert ep is not None
             started, stopped = self.local_index.update_item(path, labels)
             self.routing.set_local_endpoint(path, ep.iface, ep.nets)
         else:

@@ -42,7 +42,8 @@ def test_router_id_hash_stays_out_of_multicast():
 def test_filter_names_fit_birds_symbol_limit():
     assert filter_function_name("short", "import", 4) == "'bgp_short_importFilterV4'"
     long = filter_function_name("x" * 80, "export", 6)
-    assert len(long.strip("'")) == 64 and long.endswith("_exportFilterV6'")
+    assert len(long.strip("'")) == 64
+    assert long.endswith("_exportFilterV6'")
 
 
 def test_pending_and_deleted_affinities_are_dropped():

@@ -62,7 +62,9 @@ def test_oneshot_renders_from_felix_typhaaddr(tmp_path):
 def test_missing_settings_fail_clearly():
     no_node = subprocess.run([sys.executable, "-m", "confd_client.agent", "--oneshot", "--typha", "127.0.0.1:1"],
                              env=clean_env(), capture_output=True, text=True, timeout=60)
-    assert no_node.returncode == 2 and "NODENAME must be set" in no_node.stderr
+    assert no_node.returncode == 2
+    assert "NODENAME must be set" in no_node.stderr
     no_typha = subprocess.run([sys.executable, "-m", "confd_client.agent", "--oneshot"],
                               env=clean_env(NODENAME="n"), capture_output=True, text=True, timeout=60)
-    assert no_typha.returncode == 2 and "FELIX_TYPHAADDR" in no_typha.stderr
+    assert no_typha.returncode == 2
+    assert "FELIX_TYPHAADDR" in no_typha.stderr

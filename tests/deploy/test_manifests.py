@@ -207,7 +207,8 @@ def test_typha_deployment(rendered: tuple[str, list[dict[str, Any]]]) -> None:
 
     typha = container(deployment, "calico-typha")
     argv = typha["command"]
-    assert argv[0] == "typha" and "serve" in argv
+    assert argv[0] == "typha"
+    assert "serve" in argv
     build_parser().parse_args(argv[1:])  # the command line parses
     assert {"name": "calico-typha", "containerPort": 5473, "protocol": "TCP"} in typha["ports"]
     for probe, path in (("readinessProbe", "/readiness"), ("livenessProbe", "/liveness")):
@@ -221,7 +222,8 @@ def test_typha_deployment(rendered: tuple[str, list[dict[str, Any]]]) -> None:
     assert not unknown
     env = plain_env(typha) | {"TYPHA_K8SNAMESPACE": NAMESPACE}
     config = typha_config.load(environ=env)
-    assert config.health_enabled and config.health_port == 9098
+    assert config.health_enabled
+    assert config.health_port == 9098
     assert config.effective_server_port == 5473
     assert config.connection_rebalancing_mode == "kubernetes"
     assert config.shutdown_timeout_secs < pod["terminationGracePeriodSeconds"]
@@ -229,7 +231,8 @@ def test_typha_deployment(rendered: tuple[str, list[dict[str, Any]]]) -> None:
 
     autoscaler = container(deployment, "autoscaler")
     args = build_parser().parse_args(autoscaler["command"][1:])
-    assert args.command == "autoscale" and args.deployment == deployment["metadata"]["name"]
+    assert args.command == "autoscale"
+    assert args.deployment == deployment["metadata"]["name"]
 
 
 def test_pdb_and_service(rendered: tuple[str, list[dict[str, Any]]]) -> None:
@@ -311,11 +314,13 @@ def test_dockerfile_is_slim_non_root_and_matches_the_manifests() -> None:
     text = (DEPLOY / "Dockerfile").read_text()
     instructions = [line.split(None, 1) for line in text.splitlines() if line and not line.startswith("#")]
     bases = [rest for op, *rest in instructions if op == "FROM"]
-    assert bases and all(b[0].startswith("python:3.11-slim") for b in bases)
+    assert bases
+    assert all(b[0].startswith("python:3.11-slim") for b in bases)
     users = [rest[0] for op, *rest in instructions if op == "USER"]
     assert users, "the image must not run as root"
     uid = users[-1].split(":")[0]
-    assert uid.isdigit() and int(uid) != 0  # numeric, so runAsNonRoot can verify it
+    assert uid.isdigit()
+    assert int(uid) != 0
     assert re.search(r"PYTHONDONTWRITEBYTECODE=1", text)
     # The manifests' non-root user is the image's user.
     deployment = yaml.safe_load((DEPLOY / "base" / "typha-deployment.yaml").read_text())

@@ -67,7 +67,9 @@ def test_no_typha_configured_is_a_clear_usage_error(tmp_path):
     base = {k: v for k, v in os.environ.items() if "TYPHA" not in k}
     felix = subprocess.run([sys.executable, "-m", "felix_client.agent", "--hostname", "n", "--dry-run",
                             str(tmp_path)], env=base, capture_output=True, text=True, timeout=60)
-    assert felix.returncode == 2 and "FELIX_TYPHAK8SSERVICENAME" in felix.stderr
+    assert felix.returncode == 2
+    assert "FELIX_TYPHAK8SSERVICENAME" in felix.stderr
     confd = subprocess.run([sys.executable, "-m", "confd_client.agent", "--oneshot"], env={**base, "NODENAME": "n"},
                            capture_output=True, text=True, timeout=60)
-    assert confd.returncode == 2 and "FELIX_TYPHAK8SSERVICENAME" in confd.stderr
+    assert confd.returncode == 2
+    assert "FELIX_TYPHAK8SSERVICENAME" in confd.stderr

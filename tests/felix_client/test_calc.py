@@ -228,7 +228,9 @@ def test_incremental_updates_end_where_a_fresh_calculation_does(seed):
             assert _output(calc) == _output(fresh), f"seed {seed} step {step}"
     for path in list(final):
         calc.update(path, None)
-    assert calc.ipset_refs == {} and calc.active_profiles == {} and calc.active_policies == set()
+    assert calc.ipset_refs == {}
+    assert calc.active_profiles == {}
+    assert calc.active_policies == set()
 
 
 def test_admin_down_endpoint_and_host_only_policies():
@@ -245,7 +247,8 @@ def test_admin_down_endpoint_and_host_only_policies():
     text = rules.render_iptables(state)
     iface = value["name"]
     assert f'-A cali-tw-{iface} -m comment --comment "Endpoint admin disabled" -j DROP' in text
-    assert "cali-pi-" not in text and "cali-pri-" not in text  # unreachable chains are not programmed
+    assert "cali-pi-" not in text
+    assert "cali-pri-" not in text
 
 
 def test_source_named_ports_match_src_src():
@@ -271,7 +274,8 @@ def test_an_invalid_value_acts_as_a_deletion():
     assert calc.snapshot().policies == {}
     ep_path, ep_value = wep(NODE, "demo", "a", "10.0.0.1", {"app": "a"})
     calc.update(ep_path, {**ep_value, "ipv4_nets": ["not-an-ip"]})
-    assert calc.snapshot().endpoints == [] and calc.routing.local_routes == {}
+    assert calc.snapshot().endpoints == []
+    assert calc.routing.local_routes == {}
 
 
 def test_dispatch_tree_reaches_every_endpoint_and_drops_unknown_ones():

@@ -108,9 +108,11 @@ def test_unchanged_table_writes_nothing() -> None:
     model = RestoreModel()
     first = table_delta(desired, parse_save(model.save()))
     model.restore(first.text or "")
-    assert set(first.written) == {"cali-FORWARD", "cali-a"} and first.hooks == ("FORWARD",)
+    assert set(first.written) == {"cali-FORWARD", "cali-a"}
+    assert first.hooks == ("FORWARD",)
     again = table_delta(desired, first.state)
-    assert again.text is None and again.state == first.state
+    assert again.text is None
+    assert again.state == first.state
     # Read back from the kernel (which names protocol 4 "ipencap") the table needs nothing either.
     dumped = model.save().replace("-p 4 ", "-p ipencap ")
     assert table_delta(desired, parse_save(dumped)).text is None
@@ -127,7 +129,9 @@ def test_a_changed_chain_is_the_only_one_rewritten() -> None:
     delta = table_delta(after, first.state)
     assert delta.text == ("*filter\n:cali-pi-y - [0:0]\n-A cali-pi-y -p udp -m multiport --dports 53 -j ACCEPT\n"
                           "COMMIT\n")
-    assert delta.written == ("cali-pi-y",) and not delta.deleted and not delta.hooks
+    assert delta.written == ("cali-pi-y",)
+    assert not delta.deleted
+    assert not delta.hooks
     model.restore(delta.text)
     assert matches(model, after, {})
 
@@ -139,7 +143,8 @@ def test_a_chain_no_longer_wanted_is_deleted_after_its_references() -> None:
     first = table_delta(before, parse_save(model.save()))
     model.restore(first.text or "")
     delta = table_delta(after, first.state)
-    assert delta.deleted == ("cali-pi-x", "cali-pi-y") and delta.written == ("cali-FORWARD",)
+    assert delta.deleted == ("cali-pi-x", "cali-pi-y")
+    assert delta.written == ("cali-FORWARD",)
     lines = (delta.text or "").splitlines()
     assert lines.index("-X cali-pi-x") > lines.index("-A cali-FORWARD -j ACCEPT")
     model.restore(delta.text or "")
@@ -161,7 +166,8 @@ def test_hooks_are_replaced_only_when_they_change_or_move() -> None:
     more = table({"cali-FORWARD": [], "cali-INPUT": []},
                  {"FORWARD": ["-j cali-FORWARD", "-j MARK --set-xmark 0x10000/0x10000"], "INPUT": ["-j cali-INPUT"]})
     delta = table_delta(more, first.state)
-    assert delta.hooks == ("INPUT",) and not delta.written
+    assert delta.hooks == ("INPUT",)
+    assert not delta.written
     assert (delta.text or "").splitlines()[1:-1] == [f'-I INPUT 1 -m comment --comment "{HOOK_COMMENT}" -j cali-INPUT']
     model.restore(delta.text or "")
     assert matches(model, more, foreign)
@@ -171,7 +177,8 @@ def test_hooks_are_replaced_only_when_they_change_or_move() -> None:
     foreign = {"FORWARD": ["-s 192.0.2.2/32 -j ACCEPT", "-s 192.0.2.1/32 -j DROP"]}
     assert table_delta(more, delta.state).text is None
     repair = table_delta(more, parse_save(model.save()))
-    assert repair.hooks == ("FORWARD",) and not repair.written
+    assert repair.hooks == ("FORWARD",)
+    assert not repair.written
     model.restore(repair.text or "")
     assert matches(model, more, foreign)
     assert repair.state == parse_save(model.save())
@@ -182,9 +189,11 @@ def test_our_rule_in_a_foreign_chain_is_removed() -> None:
     model = RestoreModel({"KUBE-X": ["-j cali-old", "-j RETURN"]})
     model.chains["cali-old"] = []
     delta = table_delta(desired, parse_save(model.save()))
-    assert delta.deleted == ("cali-old",) and delta.hooks == ("FORWARD", "KUBE-X")
+    assert delta.deleted == ("cali-old",)
+    assert delta.hooks == ("FORWARD", "KUBE-X")
     model.restore(delta.text or "")
-    assert model.chains["KUBE-X"] == ["-A KUBE-X -j RETURN"] and "cali-old" not in model.chains
+    assert model.chains["KUBE-X"] == ["-A KUBE-X -j RETURN"]
+    assert "cali-old" not in model.chains
 
 
 CHAIN_NAMES = [f"cali-pi-{i}" for i in range(6)]

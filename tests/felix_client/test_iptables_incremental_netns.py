@@ -97,7 +97,8 @@ def test_edits_from_memory_end_where_a_full_apply_does(namespaces: list[str], ba
     assert POLICY_CHAIN not in run(incremental, dp.save, "-t", "filter")
     wep = backend_wep_key()
     written, deleted = edit({wep: None})  # the backend pod goes: its endpoint chains and dispatch entries
-    assert deleted == 2 and written >= 2
+    assert deleted == 2
+    assert written >= 2
     edit({wep: kvs()[wep], POLICY_KEY: felix_kvs(moved)[POLICY_KEY]})
     edit({next(iter(second_kvs)): None})
     # No table was read back between the first apply and here, and each edit was one restore of filter.

@@ -190,7 +190,7 @@ class Cluster:
                 deny = set(probe["deny"])
                 pairs = {f"{s}>{d}": f"{s}>{d}" not in deny for s in self.pods for d in self.pods if s != d}
             else:
-                pairs = {p: True for p in probe.get("allow") or ()} | {p: False for p in probe.get("deny") or ()}
+                pairs = dict.fromkeys(probe.get("allow") or (), True) | dict.fromkeys(probe.get("deny") or (), False)
             for pair, want in sorted(pairs.items()):
                 src, dst = pair.split(">")
                 if self.allowed(planes, src, dst, proto, port) != want:

@@ -88,5 +88,6 @@ def test_incomplete_felix_tls_settings_are_refused(monkeypatch: pytest.MonkeyPat
     with pytest.raises(SystemExit) as exited:
         options_from_env(monkeypatch, {"FELIX_TYPHACAFILE": "/ca.pem", "FELIX_TYPHACN": "typha"},
                          "--typha", "127.0.0.1:1", "--dry-run", "out")
-    assert exited.value.code == 2 and "_all_ must be" in capsys.readouterr().err
+    assert exited.value.code == 2
+    assert "_all_ must be" in capsys.readouterr().err
     assert not options_from_env(monkeypatch, {}, "--typha", "127.0.0.1:1").tls.enabled

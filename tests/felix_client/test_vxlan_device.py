@@ -85,7 +85,8 @@ def test_device_created_then_repaired_in_place_or_recreated(node: str) -> None:
     # A new underlay address cannot be changed in place: the device is recreated.
     ensure(node, OwnVTEP(moved.tunnel_ip, moved.mac, "10.201.0.9"))
     dev = link(node)
-    assert dev["linkinfo"]["info_data"]["local"] == "10.201.0.9" and dev["ifindex"] != index
+    assert dev["linkinfo"]["info_data"]["local"] == "10.201.0.9"
+    assert dev["ifindex"] != index
 
     # Something else under our name (not a VXLAN device) is replaced too.
     run(node, "ip", "link", "del", "vxlan.calico")

@@ -63,7 +63,8 @@ def test_node1_ip_sets_and_routes():
 def test_node2_has_no_policy_chain_or_set():
     state = calculator("node-2").snapshot()
     text = rules.render_iptables(state)
-    assert POLICY_CHAIN not in text and "cali40s:" not in text
+    assert POLICY_CHAIN not in text
+    assert "cali40s:" not in text
     assert f"-A cali-to-wl-dispatch -o {OTHER_IF} -g cali-tw-{OTHER_IF}" in text
     assert SOURCE_SET not in rules.desired_ipsets(state)
     assert rules.render_routes(state).splitlines() == [
@@ -79,7 +80,8 @@ def test_policy_delete_and_readd_are_incremental_and_reversible():
     calc.take_dirty()
     calc.update(POLICY_KEY, None)
     dirty = calc.take_dirty()
-    assert dirty.filter and not dirty.routes
+    assert dirty.filter
+    assert not dirty.routes
     assert {s.name for s in dirty.ipsets} == {SOURCE_SET}
     state = calc.snapshot()
     assert POLICY_CHAIN not in rules.render_iptables(state)

@@ -157,7 +157,8 @@ def check_consistent(core: SyncClientCore, shadow: dict[str, Any]) -> None:
     assert mirror == shadow, "the updates reported do not add up to the mirror"
     entries = {key: core.entry(key) for key in mirror}
     for raw, decoded, _revision in entries.values():
-        assert decoded == msgpack.unpackb(raw, raw=False) and decoded is not None
+        assert decoded == msgpack.unpackb(raw, raw=False)
+        assert decoded is not None
     assert core.digest == digest_of((key, entry[0]) for key, entry in entries.items())
 
 
@@ -231,7 +232,8 @@ def test_the_unmutated_stream_is_accepted_whole(seed):
     for message in good_stream(seed):
         step = core.receive(session, message)
         assert step.resync is None
-    assert core.in_sync and len(core) > 0
+    assert core.in_sync
+    assert len(core) > 0
 
 
 def _bomb_chunk(write_content_size: bool) -> pb.ServerMessage:

@@ -33,7 +33,8 @@ def test_garbage_is_a_protocol_error_then_reconnect_then_a_clear_give_up(mode):
         assert "protocol error" in str(failure.value)
         assert server.streams == 3  # the first stream, then a reconnect per allowed failure
         assert client.counters.protocol_errors == 3
-        assert len(client.core) == 0 and not client.in_sync
+        assert len(client.core) == 0
+        assert not client.in_sync
 
     asyncio.run(asyncio.wait_for(scenario(), 30))
 
@@ -59,6 +60,7 @@ def test_a_reconnect_hint_cannot_park_the_client():
         finally:
             await client.close()
             await server.stop()
-        assert client.counters.reconnect_hints == 1 and client.core.get("/calico/v1/config/A") == "x"
+        assert client.counters.reconnect_hints == 1
+        assert client.core.get("/calico/v1/config/A") == "x"
 
     asyncio.run(asyncio.wait_for(scenario(), 30))

@@ -110,7 +110,8 @@ def test_malformed_objects_are_skipped_counted_and_logged_while_valid_ones_reach
             felix = mirror_of(clients["felix"])
             assert "/calico/v1/policy/GlobalNetworkPolicy//gnp-good" not in felix
             assert "/calico/v1/host/node-1/workload/k8s/demo%2flate/endpoint/eth0" in felix
-            assert daemon.datastore is not None and daemon.datastore.error is None
+            assert daemon.datastore is not None
+            assert daemon.datastore.error is None
         finally:
             for client in clients.values():
                 await client.close()

@@ -56,7 +56,8 @@ def pod(name: str, namespace: str | None = "default", labels: dict[str, str] | N
 
 def status_of(err: client.ApiException) -> dict[str, Any]:
     body = json.loads(err.body)
-    assert body["kind"] == "Status" and body["status"] == "Failure"
+    assert body["kind"] == "Status"
+    assert body["status"] == "Failure"
     assert body["code"] == err.status
     return body
 
@@ -77,13 +78,15 @@ def test_create_get_conflict_and_not_found(api: KubeAPIEmulator, core: client.Co
     created = core.create_namespaced_pod("default", pod("web", namespace=None))
     assert created.metadata.namespace == "default", "the path's namespace fills the body's"
     assert int(created.metadata.resource_version) == rv0 + 1 == api.resource_version
-    assert created.metadata.uid and created.metadata.creation_timestamp
+    assert created.metadata.uid
+    assert created.metadata.creation_timestamp
     assert created.metadata.generation is None, "pods carry no generation"
     assert core.read_namespaced_pod("web", "default").metadata.uid == created.metadata.uid
 
     with pytest.raises(client.ApiException) as exc:
         core.create_namespaced_pod("default", pod("web"))
-    assert exc.value.status == 409 and status_of(exc.value)["reason"] == "AlreadyExists"
+    assert exc.value.status == 409
+    assert status_of(exc.value)["reason"] == "AlreadyExists"
 
     with pytest.raises(client.ApiException) as exc:
         core.read_namespaced_pod("missing", "default")
@@ -142,11 +145,14 @@ def test_merge_and_json_patch_over_http(api: KubeAPIEmulator) -> None:
     path = "/api/v1/namespaces/default/pods/web"
     code, _, obj = raw(api, path, "PATCH", {"metadata": {"labels": {"x": "1"}}},
                        {"Content-Type": "application/merge-patch+json"})
-    assert code == 200 and obj["metadata"]["labels"] == {"app": "web", "x": "1"}
+    assert code == 200
+    assert obj["metadata"]["labels"] == {"app": "web", "x": "1"}
     ops = [{"op": "replace", "path": "/spec/nodeName", "value": "node-2"},
            {"op": "remove", "path": "/metadata/labels/x"}]
     code, _, obj = raw(api, path, "PATCH", ops, {"Content-Type": "application/json-patch+json"})
-    assert code == 200 and obj["spec"]["nodeName"] == "node-2" and obj["metadata"]["labels"] == {"app": "web"}
+    assert code == 200
+    assert obj["spec"]["nodeName"] == "node-2"
+    assert obj["metadata"]["labels"] == {"app": "web"}
     code, _, status = raw(api, path, "PATCH", [{"op": "test", "path": "/spec/nodeName", "value": "nope"}],
                           {"Content-Type": "application/json-patch+json"})
     assert (code, status["reason"]) == (422, "Invalid")
@@ -175,7 +181,8 @@ def test_custom_objects_and_generation(api: KubeAPIEmulator, custom: client.Cust
     assert respecced["metadata"]["generation"] == 2
     assert respecced["spec"] == {"cidr": "10.0.0.0/16", "blockSize": 27}
     listed = custom.list_cluster_custom_object(group, version, plural)
-    assert listed["kind"] == "IPPoolList" and listed["metadata"]["resourceVersion"] == str(api.resource_version)
+    assert listed["kind"] == "IPPoolList"
+    assert listed["metadata"]["resourceVersion"] == str(api.resource_version)
     assert [i["kind"] for i in listed["items"]] == ["IPPool"], "custom resource items carry their kind"
     code, _, status = raw(api, f"/apis/{group}/{version}/{plural}/pool-a", "PATCH", {"spec": {}},
                           {"Content-Type": "application/strategic-merge-patch+json"})
@@ -352,7 +359,9 @@ def test_stats_count_requests_by_verb(api: KubeAPIEmulator, core: client.CoreV1A
     assert {k: stats["requests"].get(k) for k in ("create", "get", "list", "patch", "delete")} == dict.fromkeys(
         ("create", "get", "list", "patch", "delete"), 1
     )
-    assert stats["open_watches"] == 0 and stats["objects"] == 0 and stats["resource_version"] == api.resource_version
+    assert stats["open_watches"] == 0
+    assert stats["objects"] == 0
+    assert stats["resource_version"] == api.resource_version
 
 
 def test_bearer_token_is_required(tmp_path: Path) -> None:
@@ -371,7 +380,8 @@ def test_restart_serves_the_same_store_and_wakes_watches(api: KubeAPIEmulator) -
     api.stop()
     api.start()
     code, _, body = raw(api, "/api/v1/namespaces/default/pods")
-    assert code == 200 and [i["metadata"]["name"] for i in body["items"]] == ["kept"]
+    assert code == 200
+    assert [i["metadata"]["name"] for i in body["items"]] == ["kept"]
     url = urllib.request.urlopen(api.url + f"/api/v1/pods?watch=1&resourceVersion={api.resource_version}",
                                  timeout=10)
     try:
@@ -406,13 +416,16 @@ def test_discovery_advertises_every_resource(api: KubeAPIEmulator, tmp_path: Pat
     for r in RESOURCES:
         prefix = f"/apis/{r.api_version}" if r.group else f"/api/{r.api_version}"
         code, _, doc = raw(api, prefix)
-        assert code == 200 and doc["kind"] == "APIResourceList" and doc["groupVersion"] == r.api_version
+        assert code == 200
+        assert doc["kind"] == "APIResourceList"
+        assert doc["groupVersion"] == r.api_version
         entry = next(e for e in doc["resources"] if e["name"] == r.plural)
         assert (entry["kind"], entry["namespaced"]) == (r.kind, r.namespaced)
         assert {"list", "watch", "get", "create", "update", "patch", "delete"} <= set(entry["verbs"])
         assert entry.get("shortNames", []) == list(r.short_names)
     code, _, version = raw(api, "/version")
-    assert code == 200 and version["major"] == "1"
+    assert code == 200
+    assert version["major"] == "1"
     code, _, status = raw(api, "/apis/nothing.example.com/v1/things")
     assert (code, status["kind"], status["reason"]) == (404, "Status", "NotFound")
 
@@ -463,7 +476,8 @@ def test_large_list_is_complete(api: KubeAPIEmulator) -> None:
                     "metadata": {"name": f"pod-{i:05d}", "namespace": f"ns-{i % 50}", "labels": {"app": "x"}},
                     "spec": {"nodeName": f"node-{i % 100}", "containers": [{"name": "c", "image": "i"}]}})
     code, _, body = raw(api, "/api/v1/pods")
-    assert code == 200 and len(body["items"]) == 50_000
+    assert code == 200
+    assert len(body["items"]) == 50_000
     assert body["metadata"]["resourceVersion"] == str(api.resource_version)
     code, _, body = raw(api, "/api/v1/pods?fieldSelector=spec.nodeName%3Dnode-7")
     assert len(body["items"]) == 500

@@ -180,7 +180,8 @@ def test_bookmarks_only_when_allowed(api: KubeAPIEmulator, core: client.CoreV1Ap
     api.create(pod("a"))
     events = list(watch.Watch().stream(core.list_namespaced_pod, "default", resource_version=str(api.resource_version),
                                        allow_watch_bookmarks=True, timeout_seconds=1))
-    assert events and {e["type"] for e in events} == {"BOOKMARK"}
+    assert events
+    assert {e["type"] for e in events} == {"BOOKMARK"}
     marks = [e["raw_object"] for e in events]
     assert all(m == {"kind": "Pod", "apiVersion": "v1", "metadata": {"resourceVersion": str(api.resource_version)}}
                for m in marks)
@@ -287,7 +288,8 @@ def test_expire_watches_sends_an_error_410_mid_stream(api: KubeAPIEmulator, core
         api.wait_for_watches(2)
         api.expire_watches()
         event = raw.next()
-        assert event is not None and event["type"] == "ERROR"
+        assert event is not None
+        assert event["type"] == "ERROR"
         assert {k: event["object"][k] for k in ("kind", "status", "code", "reason")} == {
             "kind": "Status", "status": "Failure", "code": 410, "reason": "Expired"}
         assert raw.next() is None, "the stream ends after the error"
@@ -359,7 +361,8 @@ def test_timeout_and_bookmarks_are_not_starved_by_constant_writes(api: KubeAPIEm
         stop.set()
         writer.join(timeout=DEADLINE)
         stream.close()
-    assert "BOOKMARK" in types and types.count("MODIFIED") > 10
+    assert "BOOKMARK" in types
+    assert types.count("MODIFIED") > 10
 
 
 def test_send_initial_events_ends_with_a_marked_bookmark(api: KubeAPIEmulator) -> None:

@@ -33,14 +33,16 @@ def run_bench(tmp_path: Path, *extra: str) -> dict:
 
 def check_common(results: dict) -> None:
     conv = results["convergence"]
-    assert conv["changes"] == 5 and len(conv["latencies_secs"]) == 5
+    assert conv["changes"] == 5
+    assert len(conv["latencies_secs"]) == 5
     assert conv["final_state_ok"], conv["final_state_missing"]
     assert conv["programmed_endpoints"] == 10
     assert conv["active_policies"] == 4  # policy p selects pod p, and pods 0..9 are the node's
     assert results["remote_endpoints"] == 10
     [scale] = results["programming"]
     assert scale["policies"] == scale["active_policies"] == 10
-    assert scale["endpoints"] == 10 and scale["rules"] > 0
+    assert scale["endpoints"] == 10
+    assert scale["rules"] > 0
 
 
 def test_dry_run(tmp_path: Path) -> None:
@@ -62,6 +64,7 @@ def test_netns(tmp_path: Path) -> None:
     assert results["mode"] == "netns"
     check_common(results)
     [scale] = results["programming"]
-    assert "first_iptables_secs" in scale and "again_iptables_secs" in scale
+    assert "first_iptables_secs" in scale
+    assert "again_iptables_secs" in scale
     assert scale["edit_chains_written"] == 1  # the edited policy's chain, from memory
     assert namespaces() == before

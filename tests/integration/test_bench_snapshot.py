@@ -14,9 +14,11 @@ def test_snapshot_rounds_bring_every_joiner_in_sync(tmp_path: Path, capsys) -> N
                  "--no-progress", "--timeout", "60", "--json", str(out)]) == 0
     assert "round 2: per client" in capsys.readouterr().out
     results = json.loads(out.read_text())
-    assert results["benchmark"] == "snapshot" and len(results["rounds"]) == 2
+    assert results["benchmark"] == "snapshot"
+    assert len(results["rounds"]) == 2
     for round_ in results["rounds"]:
-        assert round_["in_sync"] == round_["clients"] == 5 and not round_["errors"]
+        assert round_["in_sync"] == round_["clients"] == 5
+        assert not round_["errors"]
         assert round_["snapshot_kvs"] >= 120  # the pods, plus nodes, profiles and the like
         assert round_["bytes_per_client"] > 0
         assert len(round_["secs_quantiles"]) == 101

@@ -80,16 +80,20 @@ def test_snapshot_status_deltas_and_pings():
                 assert updates_of(events)[3:] == [
                     Update("/calico/v1/d", {"v": 4}, "7"), Update("/calico/v1/a", None, "7"),
                 ]
-                assert client.in_sync and client.endpoint == cluster.addresses[0]
+                assert client.in_sync
+                assert client.endpoint == cluster.addresses[0]
                 assert client.core.to_dict() == {"/calico/v1/b": {"v": 2}, "/calico/v1/c": {"v": 3},
                                                  "/calico/v1/d": {"v": 4}}
                 c = client.counters
                 assert (c.connections, c.snapshots, c.resumes) == (1, 1, 0)
-                assert c.bytes_received > 0 and c.messages_received == 7
+                assert c.bytes_received > 0
+                assert c.messages_received == 7
 
         run(main)
         hello = cluster.hellos[0][0]
-        assert hello.hostname == "node-1" and list(hello.compressions) == ["zstd"] and not hello.HasField("resume")
+        assert hello.hostname == "node-1"
+        assert list(hello.compressions) == ["zstd"]
+        assert not hello.HasField("resume")
         assert cluster.wait_logged(0, "closed", 0)
 
 
@@ -246,7 +250,8 @@ def test_callbacks_api_and_clean_close():
             assert [e async for e in client] == []
 
         run(main)
-        assert mirror.snapshot() == STATE and mirror.statuses == [SyncStatus.IN_SYNC]
+        assert mirror.snapshot() == STATE
+        assert mirror.statuses == [SyncStatus.IN_SYNC]
         assert cluster.wait_logged(0, "closed", 0)
 
 
@@ -305,7 +310,8 @@ def test_gives_up_after_the_configured_number_of_failures():
                 async for _ in client:
                     pass
             except ConnectionError as exc:
-                assert "gave up after 2" in str(exc) and "UNAVAILABLE" in str(exc)
+                assert "gave up after 2" in str(exc)
+                assert "UNAVAILABLE" in str(exc)
             else:
                 raise AssertionError("the client should have given up")
             assert client.counters.connections == 3
@@ -327,7 +333,8 @@ def test_a_move_to_a_dead_endpoint_leaves_the_client_on_its_old_stream():
                 await collect_until(client, has_update("/still-here"))
                 c = client.counters
                 assert (c.connections, c.failed_connections, c.moves) == (2, 1, 0)
-                assert client.endpoint == cluster.addresses[0] and client.in_sync
+                assert client.endpoint == cluster.addresses[0]
+                assert client.in_sync
 
         run(main)
 
@@ -351,7 +358,8 @@ def test_a_protocol_error_drops_the_stream_and_resyncs_without_touching_the_mirr
                 events = await collect_until(client, has_update("/fixed"))
                 # Nothing of the bad message was applied: the only later update is the snapshot's.
                 assert updates_of(events)[3:] == [Update("/fixed", 1, "1")]
-                assert client.counters.protocol_errors == 1 and client.counters.snapshots == 2
+                assert client.counters.protocol_errors == 1
+                assert client.counters.snapshots == 2
 
         run(main)
         assert cluster.wait_logged(0, "closed", 0)

@@ -60,7 +60,8 @@ def test_snapshot_deltas_checksums_and_in_sync_end_to_end():
                 assert await client.wait_in_sync(10)
                 await until(lambda: client.counters.checksum_matches >= 2 and client.counters.pongs_sent >= 1)
                 assert client.core.to_dict() == expected(cache)
-                assert client.counters.checksum_mismatches == 0 and client.counters.snapshots == 1
+                assert client.counters.checksum_mismatches == 0
+                assert client.counters.snapshots == 1
         finally:
             await server.stop(0)
 
@@ -82,7 +83,8 @@ def test_resume_across_a_server_restart_on_the_same_caches():
             try:
                 await second.start("127.0.0.1", port)
                 await until(lambda: client.core.get("/calico/v1/k0003") == {"changed": True})
-                assert client.counters.resumes == 1 and client.counters.snapshots == 1
+                assert client.counters.resumes == 1
+                assert client.counters.snapshots == 1
                 assert client.core.to_dict() == expected(cache)
             finally:
                 await second.stop(0)
@@ -114,7 +116,8 @@ def test_drain_moves_the_client_to_the_other_server_make_before_break():
                 await servers[0].drain(duration_secs=1.0)
                 assert client.endpoint.endswith(str(ports[1]))
                 assert not servers[0].connections, "the drained server's stream must be closed by the client"
-                assert client.counters.moves == 1 and client.counters.snapshots == 2
+                assert client.counters.moves == 1
+                assert client.counters.snapshots == 2
                 await until(lambda: client.core.to_dict() == expected(caches[1]))
                 consumer.cancel()
         finally:
@@ -184,7 +187,8 @@ def test_trio_client_end_to_end():
                             seen.update((u.key, u.value) for u in event.updates)
                         elif event.status is SyncStatus.IN_SYNC:
                             break
-                    assert len(seen) == 21 and seen["/late"] == 1
+                    assert len(seen) == 21
+                    assert seen["/late"] == 1
 
         trio.run(main)
     finally:
@@ -226,6 +230,7 @@ def test_a_restarted_server_with_a_new_cache_is_reconciled_without_restarting_th
             Update("/calico/v1/k0009", {"changed": 1}, "40"),
             Update("/calico/v1/k0007", None, ""), Update("/calico/v1/k0008", None, ""),
         ]
-        assert client.counters.snapshots == 2 and client.counters.resumes == 0
+        assert client.counters.snapshots == 2
+        assert client.counters.resumes == 0
 
     run(scenario)

@@ -162,7 +162,8 @@ class FakeCluster:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        assert self._loop is not None and self._stop is not None
+        assert self._loop is not None
+        assert self._stop is not None
         self._loop.call_soon_threadsafe(self._stop.set)
         assert self._thread is not None
         self._thread.join(timeout=10)

@@ -68,7 +68,8 @@ def test_snapshot_deltas_status_and_pong():
                     *(Update(k, v, "1") for k, v in sorted(STATE.items())), Update("/calico/v1/d", {"v": 4}, "8"),
                 ]
                 assert StatusChange(SyncStatus.IN_SYNC) in events
-                assert client.in_sync and client.endpoint == cluster.addresses[0]
+                assert client.in_sync
+                assert client.endpoint == cluster.addresses[0]
                 c = client.counters
                 assert (c.connections, c.snapshots, c.pongs_sent) == (1, 1, 1)
 
@@ -97,7 +98,8 @@ def test_resource_exhausted_resyncs_by_snapshot():
                 assert [(u.key, u.is_delete) for u in updates_of(events)[4:]] == [
                     ("/calico/v1/a", False), ("/calico/v1/n", False), ("/calico/v1/b", True), ("/x", True),
                 ]
-                assert client.counters.snapshots == 2 and client.counters.resyncs == 1
+                assert client.counters.snapshots == 2
+                assert client.counters.resyncs == 1
 
         run(main)
 
@@ -128,7 +130,8 @@ def test_reconnect_hint_moves_make_before_break():
                 events = await collect_until(client, "/after-move")
                 assert [u.key for u in updates_of(events)][3:] == ["/during-move", "/on-b", "/during-move",
                                                                    "/after-move"]
-                assert client.endpoint == cluster.addresses[1] and client.counters.moves == 1
+                assert client.endpoint == cluster.addresses[1]
+                assert client.counters.moves == 1
 
         run(main)
         assert cluster.wait_logged(0, "closed", 0)
@@ -152,7 +155,8 @@ def test_cancellation_closes_the_stream_and_a_slow_agent_backpressures():
                     cluster.addresses, "felix", hostname="n1", buffer=2, backoff=FAST
                 ) as client:
                     first = await client.receive()
-                    assert isinstance(first, UpdateBatch) and len(first.updates) == 200
+                    assert isinstance(first, UpdateBatch)
+                    assert len(first.updates) == 200
                     await trio.sleep(0.5)  # a stalled agent: the worker must stop, not buffer
                     delivered = client.counters.updates_delivered
                     assert delivered <= 200 + 5, delivered  # the snapshot plus a few credited deltas

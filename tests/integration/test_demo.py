@@ -34,8 +34,10 @@ def test_small_demo_runs_to_completion_and_writes_every_nodes_files(tmp_path):
 
     summary = json.loads((out / "summary.json").read_text())
     assert summary["ok"] is True
-    assert summary["cluster"]["nodes"] == 3 and summary["cluster"]["pods_initial"] == 9
-    assert summary["typha"]["kvs"]["felix"] > 0 and summary["typha"]["kvs"]["bgp"] > 0
+    assert summary["cluster"]["nodes"] == 3
+    assert summary["cluster"]["pods_initial"] == 9
+    assert summary["typha"]["kvs"]["felix"] > 0
+    assert summary["typha"]["kvs"]["bgp"] > 0
     agents = summary["agents"]
     assert (agents["felix_written"], agents["confd_written"]) == (3, 3)
     churn = summary["churn"]
@@ -52,7 +54,8 @@ def test_small_demo_runs_to_completion_and_writes_every_nodes_files(tmp_path):
         routes = Path(info["routes"]).read_text()
         bird = Path(info["bird"]["bird.cfg"]).read_text()
         status = json.loads(Path(info["felix_status"]).read_text())
-        assert status["in_sync"] is True and status["hostname"] == node
+        assert status["in_sync"] is True
+        assert status["hostname"] == node
         policy_chains += iptables.count(":cali-pi-")
         source_sets += ipsets.count("create cali40s:")
         assert "create cali40masq-ipam-pools" in ipsets, node
@@ -68,7 +71,8 @@ def test_small_demo_runs_to_completion_and_writes_every_nodes_files(tmp_path):
         assert (Path(info["bird"]["bird_aggr.cfg"])).exists()
     # Each policy selects pods on several nodes (churn may delete some, never all): active somewhere,
     # with the IP set of its source pods.
-    assert policy_chains > 0 and source_sets > 0
+    assert policy_chains > 0
+    assert source_sets > 0
 
 
 def test_cluster_generation_is_consistent():

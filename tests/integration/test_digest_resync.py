@@ -97,7 +97,8 @@ def test_switching_replica_after_one_percent_changed_sends_under_five_percent_of
         try:
             endpoints = [f"127.0.0.1:{port_a}", f"127.0.0.1:{port_b}"]
             async with AsyncSyncClient(endpoints, "felix", hostname="n1", backoff=FAST, callbacks=Ignore()) as client:
-                assert await client.wait_in_sync(15) and client.endpoint == endpoints[0]
+                assert await client.wait_in_sync(15)
+                assert client.endpoint == endpoints[0]
                 # While the client still follows A, B (not A) sees 1% of the keys change; then A dies.
                 second.apply(one_percent_changed(kvs, random.Random(8)))
                 before = client.counters.bytes_received
@@ -111,7 +112,8 @@ def test_switching_replica_after_one_percent_changed_sends_under_five_percent_of
                 await until(lambda: client.counters.checksum_matches > matches)
                 assert client.core.to_dict() == contents(second)
                 assert client.core.digest == second.digest
-                assert client.counters.digest_resyncs == 1 and client.counters.snapshots == 1
+                assert client.counters.digest_resyncs == 1
+                assert client.counters.snapshots == 1
                 assert client.counters.checksum_mismatches == 0
             full = await snapshot_bytes(port_b)
             print(f"replica switch: {moved_bytes} B received vs a full snapshot of {full} B "
@@ -187,17 +189,21 @@ def test_drain_move_under_churn_repairs_by_digest_and_ends_exact():
         try:
             endpoints = [f"127.0.0.1:{port_a}", f"127.0.0.1:{port_b}"]
             async with AsyncSyncClient(endpoints, "felix", hostname="n1", backoff=FAST, callbacks=Ignore()) as client:
-                assert await client.wait_in_sync(15) and client.endpoint == endpoints[0]
+                assert await client.wait_in_sync(15)
+                assert client.endpoint == endpoints[0]
                 second.apply([Update(key, {"only-b": True}, "1") for key in keys[:20]])
                 churner = asyncio.create_task(churn(200))
                 await server_a.drain(0.1)
                 await churner
-                assert client.endpoint == endpoints[1] and client.counters.moves == 1
+                assert client.endpoint == endpoints[1]
+                assert client.counters.moves == 1
                 matches = client.counters.checksum_matches
                 await until(lambda: client.counters.checksum_matches > matches)
                 assert client.core.to_dict() == contents(second)
-                assert client.counters.digest_resyncs == 1 and client.counters.snapshots == 1
-                assert client.counters.checksum_mismatches == 0 and client.counters.protocol_errors == 0
+                assert client.counters.digest_resyncs == 1
+                assert client.counters.snapshots == 1
+                assert client.counters.checksum_mismatches == 0
+                assert client.counters.protocol_errors == 0
         finally:
             await server_a.stop(0)
             await server_b.stop(0)

@@ -137,7 +137,9 @@ def test_refused_connection_is_an_error_not_a_hang():
             stats, ready = StreamStats(), asyncio.Event()
             async with asyncio.timeout(WAIT_SECS):
                 await run_stream(f"127.0.0.1:{port}", "felix", 0, False, stats, ready)
-        assert stats.error.startswith("connect:") and ready.is_set() and not stats.in_sync
+        assert stats.error.startswith("connect:")
+        assert ready.is_set()
+        assert not stats.in_sync
 
     run(scenario)
 
@@ -165,16 +167,20 @@ def test_client_process_pipe_protocol():
 
             try:
                 tag, in_sync, slowest, errors = await ask(None)
-                assert (tag, in_sync, errors) == ("ready", 3, []) and 0 < slowest < 30
+                assert (tag, in_sync, errors) == ("ready", 3, [])
+                assert 0 < slowest < 30
                 cache.apply([pod(100 + i, time.time_ns()) for i in range(10)])
                 deadline = time.monotonic() + WAIT_SECS
                 while (sample := await ask("sample"))[1] < 30:
                     assert time.monotonic() < deadline, sample
                     await asyncio.sleep(0.05)
                 tag, kvs, messages, nbytes = sample
-                assert (tag, kvs) == ("sample", 30) and messages >= 3 * 4 and nbytes > 0
+                assert (tag, kvs) == ("sample", 30)
+                assert messages >= 3 * 4
+                assert nbytes > 0
                 tag, latencies = await ask("latencies")
-                assert tag == "latencies" and len(latencies) == 20  # indexes 0 and 2 are probes
+                assert tag == "latencies"
+                assert len(latencies) == 20
                 assert await ask("latencies") == ("latencies", [])
                 assert await ask("stop") == ("stopped", [])
                 await loop.run_in_executor(None, proc.join, 10)

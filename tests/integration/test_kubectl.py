@@ -112,7 +112,8 @@ def test_apply_get_patch_and_delete(server: Server, tmp_path: Path) -> None:
     pool = write(tmp_path / "pool.yaml", IPPOOL.replace("BLOCK", "26"))
     # Default validation (no --validate=false): kubectl checks /openapi/v3 for server-side validation.
     out = server.kubectl("apply", "-f", pod, "-f", pool).stdout
-    assert "pod/web created" in out and "ippool.crd.projectcalico.org/default-ipv4-ippool created" in out
+    assert "pod/web created" in out
+    assert "ippool.crd.projectcalico.org/default-ipv4-ippool created" in out
 
     got = json.loads(server.kubectl("get", "pod", "web", "-o", "json").stdout)
     assert (got["metadata"]["namespace"], got["spec"]["containers"][0]["image"]) == ("default", "nginx:1.27")
@@ -124,7 +125,8 @@ def test_apply_get_patch_and_delete(server: Server, tmp_path: Path) -> None:
     write(tmp_path / "pod.yaml", POD.replace("IMAGE", "1.28"))
     write(tmp_path / "pool.yaml", IPPOOL.replace("BLOCK", "27"))
     out = server.kubectl("apply", "-f", pod, "-f", pool).stdout
-    assert "pod/web configured" in out and "default-ipv4-ippool configured" in out
+    assert "pod/web configured" in out
+    assert "default-ipv4-ippool configured" in out
     image = server.kubectl("get", "pod", "web", "-o", "jsonpath={.spec.containers[0].image}").stdout
     assert image == "nginx:1.28"
     pool_obj = json.loads(server.kubectl("get", "ippool", "default-ipv4-ippool", "-o", "json").stdout)
@@ -136,7 +138,8 @@ def test_apply_get_patch_and_delete(server: Server, tmp_path: Path) -> None:
     assert 'pod "web" deleted' in server.kubectl("delete", "-f", pod).stdout
     assert "deleted" in server.kubectl("delete", "ippool", "default-ipv4-ippool").stdout
     missing = server.kubectl("get", "pod", "web", check=False)
-    assert missing.returncode == 1 and "NotFound" in missing.stderr
+    assert missing.returncode == 1
+    assert "NotFound" in missing.stderr
 
 
 class Watching:
@@ -190,11 +193,14 @@ def test_get_prints_server_side_tables(server: Server, tmp_path: Path) -> None:
                    "-f", write(tmp_path / "pool.yaml", IPPOOL.replace("BLOCK", "26")))
     wide = [line.split() for line in server.kubectl("get", "pods", "-o", "wide").stdout.splitlines()]
     assert wide[0] == ["NAME", "READY", "STATUS", "RESTARTS", "AGE", "IP", "NODE"]
-    assert wide[1][:4] == ["web", "0/1", "Pending", "0"] and wide[1][-2:] == ["<none>", "node-1"]
+    assert wide[1][:4] == ["web", "0/1", "Pending", "0"]
+    assert wide[1][-2:] == ["<none>", "node-1"]
     everywhere = server.kubectl("get", "pods", "-A").stdout.splitlines()
-    assert everywhere[0].split()[:2] == ["NAMESPACE", "NAME"] and everywhere[1].split()[:2] == ["default", "web"]
+    assert everywhere[0].split()[:2] == ["NAMESPACE", "NAME"]
+    assert everywhere[1].split()[:2] == ["default", "web"]
     pools = [line.split() for line in server.kubectl("get", "ippools").stdout.splitlines()]
-    assert pools[0] == ["NAME", "CREATED", "AT"] and pools[1][0] == "default-ipv4-ippool"
+    assert pools[0] == ["NAME", "CREATED", "AT"]
+    assert pools[1][0] == "default-ipv4-ippool"
 
 
 def test_load_files_at_start(tmp_path: Path) -> None:

@@ -145,29 +145,36 @@ def test_excess_clients_are_hinted_then_closed_only_if_they_stay():
 
             # A movable client goes first, with a hint naming the other Typha; it moves (closes its stream).
             first = rebalancer.step()
-            assert first is not None and first.hostname.startswith("modern")
+            assert first is not None
+            assert first.hostname.startswith("modern")
             hint = (await clients[first.hostname].read_kind("reconnect")).reconnect
-            assert hint.endpoint == other and "rebalancing" in hint.reason
+            assert hint.endpoint == other
+            assert "rebalancing" in hint.reason
             await clients.pop(first.hostname).close()
             await wait_for(lambda: len(server.connections) == 3, 5, "the moved client to be gone")
 
             # The other movable client is asked next but stays: closed once the grace period is over.
             second = rebalancer.step()
-            assert second is not None and second.hostname.startswith("modern") and second is not first
+            assert second is not None
+            assert second.hostname.startswith("modern")
+            assert second is not first
             assert rebalancer.step() is None  # 3 connections, 1 moving: at the limit, no second victim
             hint = (await clients[second.hostname].read_kind("reconnect")).reconnect
             assert hint.endpoint == other
             code, details = await clients[second.hostname].status()
-            assert code == grpc.StatusCode.UNAVAILABLE and "rebalancing" in details
+            assert code == grpc.StatusCode.UNAVAILABLE
+            assert "rebalancing" in details
             await wait_for(lambda: len(server.connections) == 2, 5, "the stubborn client to be closed")
             assert rebalancer.step() is None
 
             # Only clients without the feature are left; with a limit of 1 one of them is closed at once.
             assert rebalancer.apply(ClusterView(view.endpoints, nodes=0)) == 1
             third = rebalancer.step()
-            assert third is not None and third.hostname.startswith("legacy")
+            assert third is not None
+            assert third.hostname.startswith("legacy")
             code, details = await clients[third.hostname].status()
-            assert code == grpc.StatusCode.UNAVAILABLE and "rebalancing" in details
+            assert code == grpc.StatusCode.UNAVAILABLE
+            assert "rebalancing" in details
             for client in clients.values():
                 await client.close()
 

@@ -205,7 +205,8 @@ def test_errors_are_retried_with_growing_backoff(emulator, kube, sink, status):
         if status == 429:
             assert all(delay >= 1.0 for delay in sleep.delays), "Retry-After must be honoured"
         else:
-            assert sleep.delays == sorted(sleep.delays) and sleep.delays[-1] > sleep.delays[0]
+            assert sleep.delays == sorted(sleep.delays)
+            assert sleep.delays[-1] > sleep.delays[0]
     finally:
         reflector.stop()
 
@@ -216,4 +217,5 @@ def test_stop_interrupts_a_blocked_watch(emulator, kube, sink):
     time.sleep(0.2)  # let it block in the watch read
     reflector.stop(timeout=10.0)
     # The watch could block for 300 s: only the cancel can have ended the thread within the join.
-    assert reflector._thread is not None and not reflector._thread.is_alive()
+    assert reflector._thread is not None
+    assert not reflector._thread.is_alive()

@@ -53,7 +53,9 @@ def test_snapshot_then_deltas_then_checksum():
             client = RawClient(server.port)
             await client.hello()
             hello, state = await client.read_snapshot()
-            assert hello.epoch == felix.epoch and not hello.resumed and hello.syncer_type == "felix"
+            assert hello.epoch == felix.epoch
+            assert not hello.resumed
+            assert hello.syncer_type == "felix"
             assert {k: msgpack.unpackb(v) for k, v in state.items()} == {"/a": {"x": 1}, "/b": "two"}
             checksum = (await client.read_kind("checksum")).checksum
             assert (checksum.digest, checksum.count) == (felix.digest, 2)
@@ -123,7 +125,8 @@ def test_resume_sends_only_the_deltas_since_the_clients_sequence():
             second = RawClient(server.port)
             await second.hello(resume=pb.ResumePoint(epoch=hello.epoch, sequence=hello.sequence), features=())
             resumed = (await second.read()).hello
-            assert resumed.resumed and resumed.sequence == hello.sequence
+            assert resumed.resumed
+            assert resumed.sequence == hello.sequence
             assert (await second.read()).WhichOneof("payload") == "status"  # where the client now stands
             message = await second.read()
             assert message.WhichOneof("payload") == "deltas", "no snapshot may precede a resumed stream"
@@ -165,7 +168,8 @@ def test_bad_clients_get_a_status_with_a_reason_and_others_keep_being_served(sen
             if send is not None:
                 await bad.send(send)
             got_code, details = await bad.status()
-            assert got_code == code and reason in details
+            assert got_code == code
+            assert reason in details
             await bad.close()
             caches["felix"].apply([put("/after", 1)])
             assert [kv.key for kv in (await good.read_kind("deltas")).deltas.kvs] == ["/after"]
@@ -189,7 +193,8 @@ def test_a_client_ahead_of_this_replica_resumes_once_it_catches_up():
             felix.apply([put("/c", 3)])
             felix.apply([put("/d", 4)])
             hello = (await client.read()).hello
-            assert hello.resumed and hello.sequence == ahead
+            assert hello.resumed
+            assert hello.sequence == ahead
             assert (await client.read()).WhichOneof("payload") == "status"
             message = await client.read()
             assert [kv.key for kv in message.deltas.kvs] == ["/d"], "only what follows the client's position"
@@ -199,7 +204,8 @@ def test_a_client_ahead_of_this_replica_resumes_once_it_catches_up():
             await late.hello(resume=pb.ResumePoint(epoch=felix.epoch, sequence=felix.newest.sequence + 5),
                              features=())
             snapshot_hello, state = await late.read_snapshot()
-            assert not snapshot_hello.resumed and set(state) == {"/a", "/b", "/c", "/d"}
+            assert not snapshot_hello.resumed
+            assert set(state) == {"/a", "/b", "/c", "/d"}
             await late.close()
 
     run(scenario)
@@ -215,7 +221,8 @@ def test_second_hello_is_a_protocol_error():
             await client.read_snapshot()
             await client.hello()
             code, details = await client.status()
-            assert code == grpc.StatusCode.INVALID_ARGUMENT and "unexpected hello" in details
+            assert code == grpc.StatusCode.INVALID_ARGUMENT
+            assert "unexpected hello" in details
             await client.close()
 
     run(scenario)
@@ -247,8 +254,10 @@ def test_stalled_client_is_dropped_at_the_window_while_others_keep_receiving():
                     state = await reader.catch_up(state, sequence, felix.newest.sequence)
                     sequence = felix.newest.sequence
                 code, details = await stalled.status()
-                assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "fell behind" in details
-                assert stalled.call.done() and not reader.call.done()
+                assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+                assert "fell behind" in details
+                assert stalled.call.done()
+                assert not reader.call.done()
                 gc.collect()
                 retained = tracemalloc.get_traced_memory()[0] - baseline
             finally:
@@ -273,7 +282,8 @@ def test_connections_beyond_the_limit_are_refused_with_a_reconnect_hint():
             hint = (await extra.read()).reconnect
             assert "too many connections" in hint.reason
             code, details = await extra.status()
-            assert code == grpc.StatusCode.UNAVAILABLE and "too many connections" in details
+            assert code == grpc.StatusCode.UNAVAILABLE
+            assert "too many connections" in details
             for client in [*clients, extra]:
                 await client.close()
 
@@ -293,7 +303,8 @@ def test_pings_are_sent_and_a_client_that_never_pongs_is_dropped():
             for _ in range(10):  # answered pings keep the polite client alive past the timeout
                 await polite.read_kind("ping")
             code, details = await rude.status()
-            assert code == grpc.StatusCode.DEADLINE_EXCEEDED and "no pong" in details
+            assert code == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert "no pong" in details
             assert not polite.call.done()
             await polite.close()
             await rude.close()
@@ -318,7 +329,8 @@ def test_drain_sends_reconnect_hints_then_closes():
                 assert "shutting down" in hint.reason
                 await client.close()  # make-before-break: the client closes once it has moved
             code, details = await old.status()
-            assert code == grpc.StatusCode.UNAVAILABLE and "shutting down" in details
+            assert code == grpc.StatusCode.UNAVAILABLE
+            assert "shutting down" in details
             await drain
             assert not server.connections
             late = RawClient(server.port)

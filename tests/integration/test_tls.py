@@ -234,10 +234,12 @@ def test_wrong_cn_is_refused_unauthenticated_before_any_data(pki: PKI) -> None:
             error = await first_message_or_error(server.port, pki.grpc_credentials(pki.wrong_cn))
             assert error.code() == grpc.StatusCode.UNAUTHENTICATED
             assert "'not-typha-client'" in error.details()
-            assert f"CN '{CLIENT_CN}'" in error.details() and f"URI SAN '{CLIENT_URI}'" in error.details()
+            assert f"CN '{CLIENT_CN}'" in error.details()
+            assert f"URI SAN '{CLIENT_URI}'" in error.details()
             assert not server.connections
             message = await client_failure(server.port, pki.client(pki.wrong_cn))
-            assert "UNAUTHENTICATED" in message and "'not-typha-client'" in message
+            assert "UNAUTHENTICATED" in message
+            assert "'not-typha-client'" in message
 
     run(scenario)
 
@@ -343,7 +345,8 @@ def test_felix_settings_from_the_environment(pki: PKI) -> None:
     assert ClientTLS.from_env({}).client_options() == {}
     # confd's order: the first prefix that sets a parameter wins.
     confd = ClientTLS.from_env({**env, "CONFD_TYPHACN": "confd-cn"}, prefixes=("CONFD_", "FELIX_", "CALICO_"))
-    assert confd.server_cn == "confd-cn" and confd.ca_file == pki.ca.ca_file
+    assert confd.server_cn == "confd-cn"
+    assert confd.ca_file == pki.ca.ca_file
     with pytest.raises(TLSConfigError, match="either TyphaCN or TyphaURISAN"):
         ClientTLS.from_env({"FELIX_TYPHACAFILE": pki.ca.ca_file})
     with pytest.raises(TLSConfigError):
@@ -472,7 +475,8 @@ def test_typha_serve_process_with_typha_tls_env_serves_mtls_only(pki: PKI, tmp_p
                                            tls=pki.client(pki.right_cn), max_consecutive_failures=0) as client:
                     assert await client.wait_in_sync(WAIT)
                     want = convert_objects("felix", await asyncio.to_thread(api.objects))
-                    assert want and client.core.to_dict() == want
+                    assert want
+                    assert client.core.to_dict() == want
 
             asyncio.run(asyncio.wait_for(scenario(), 90))
             process.send_signal(signal.SIGTERM)

@@ -64,7 +64,8 @@ def test_replicas_are_exact_and_clients_resume_across_them(tmp_path):
                 for replica in replicas:
                     copy = replica.caches[syncer_type]
                     await wait_for(lambda copy=copy, source=source: copy.newest.sequence == source.newest.sequence)
-                    assert copy.epoch == source.epoch and copy.digest == source.digest
+                    assert copy.epoch == source.epoch
+                    assert copy.digest == source.digest
                     theirs, ours = crumbs(source), crumbs(copy)
                     assert all(ours[seq] == theirs[seq] for seq in ours.keys() & theirs.keys())
 

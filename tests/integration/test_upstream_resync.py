@@ -71,7 +71,8 @@ def test_follower_repairs_by_digest_after_the_upstream_restarts_and_is_exact():
             assert await upstream.start("127.0.0.1", port) == port
             await until(lambda: follower.connected and follower.cache.epoch == third.epoch)
             assert exact(follower.cache, third)
-            assert follower.snapshots == 2 and follower.digest_resyncs == 1
+            assert follower.snapshots == 2
+            assert follower.digest_resyncs == 1
         finally:
             await follower.stop()
             await upstream.stop(0)
@@ -124,7 +125,8 @@ def test_a_repair_that_does_not_add_up_leaves_the_cache_alone_and_the_next_sessi
             assert resets == [first.epoch, second.epoch], "only the two snapshots may replace the cache"
             assert "does not match the upstream's checksum" in follower.last_error, follower.last_error
             assert exact(follower.cache, second)
-            assert follower.digest_resyncs == 0 and follower.snapshots == 2
+            assert follower.digest_resyncs == 0
+            assert follower.snapshots == 2
         finally:
             await follower.stop()
             await upstream.stop(0)

@@ -55,7 +55,9 @@ def test_replica_follows_over_mtls_only_when_names_match(pki: PKI, tmp_path: Pat
                 await wait_for(lambda copy=copy, source=source, followers=followers:
                                copy.newest.sequence == source.newest.sequence and all(f.connected for f in followers),
                                WAIT)
-                assert copy.epoch == source.epoch and copy.digest == source.digest and len(copy) == len(source) > 0
+                assert copy.epoch == source.epoch
+                assert copy.digest == source.digest
+                assert len(copy) == len(source) > 0
 
             def failed(name: str, text: str) -> bool:
                 return all(text in f.last_error for f in daemons[name].followers)

@@ -110,7 +110,8 @@ def test_killed_worker_clients_resume_on_another_and_it_is_restarted(tmp_path):
                         len(worker_pids(supervisor)) < 2 or victim in worker_pids(supervisor)
                     ):
                         await asyncio.sleep(0.1)
-                    assert len(worker_pids(supervisor)) == 2 and victim not in worker_pids(supervisor)
+                    assert len(worker_pids(supervisor)) == 2
+                    assert victim not in worker_pids(supervisor)
                 finally:
                     await asyncio.gather(*(c.close() for c in clients))
 

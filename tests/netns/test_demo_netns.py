@@ -41,7 +41,9 @@ def test_netns_demo_matrix_matches_the_policies(tmp_path: Path) -> None:
     probed = {(row["src"], row["dst"]): row["probe"] for row in data["matrix"]}
     assert set(probed) == set(want)
     wrong = {pair: got for pair, got in probed.items() if got != ("ok" if want[pair] else "timeout")}
-    assert not wrong and data["ok"] and data["mismatches"] == []
+    assert not wrong
+    assert data["ok"]
+    assert data["mismatches"] == []
     # Not a trivial matrix: both outcomes, pods on all three nodes, in both pools.
     assert 0 < sum(want.values()) < len(want)
     assert {p["node"] for p in data["pods"].values()} == {"node-000", "node-001", "node-002"}

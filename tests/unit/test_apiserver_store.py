@@ -39,7 +39,8 @@ def test_every_write_takes_the_next_resource_version_and_records_one_event() -> 
     ]
     assert store.resource_version == start + 5
     assert all(e.stored.rv == e.rv for e in events), "each object is stamped with its write's version"
-    assert events[4].prev is not None and events[4].prev["spec"] == {"nodeName": "n"}
+    assert events[4].prev is not None
+    assert events[4].prev["spec"] == {"nodeName": "n"}
 
 
 def test_failed_writes_change_nothing() -> None:
@@ -56,7 +57,8 @@ def test_failed_writes_change_nothing() -> None:
     ):
         with pytest.raises(ApiError):
             attempt()
-    assert store.resource_version == rv and len(store.events_after(rv - 1)) == 1
+    assert store.resource_version == rv
+    assert len(store.events_after(rv - 1)) == 1
 
 
 def test_errors_have_kubernetes_codes_and_reasons() -> None:
@@ -89,7 +91,9 @@ def test_identity_and_generation_are_kept_by_the_server() -> None:
                                    "spec": {"cidr": "10.0.0.0/8"}}).obj
     meta = created["metadata"]
     assert "namespace" not in meta, "cluster-scoped objects have no namespace"
-    assert meta["uid"] != "mine" and meta["generation"] == 1 and meta["creationTimestamp"].endswith("Z")
+    assert meta["uid"] != "mine"
+    assert meta["generation"] == 1
+    assert meta["creationTimestamp"].endswith("Z")
     body = orjson.loads(orjson.dumps(created))
     body["metadata"]["labels"] = {"x": "y"}
     body["metadata"]["creationTimestamp"] = "1999-01-01T00:00:00Z"
@@ -107,15 +111,18 @@ def test_generate_name_and_status_subresource() -> None:
     store = ObjectStore()
     obj = store.create(PODS, {**pod(""), "metadata": {"generateName": "web-"}}, "default").obj
     name = obj["metadata"]["name"]
-    assert name.startswith("web-") and len(name) == len("web-") + 5
+    assert name.startswith("web-")
+    assert len(name) == len("web-") + 5
     body = orjson.loads(orjson.dumps(obj))
     body["spec"] = {"nodeName": "ignored"}
     body["status"] = {"phase": "Running"}
     updated = store.replace(PODS, body, "default", name, status_only=True).obj
-    assert updated["status"] == {"phase": "Running"} and updated["spec"] == obj["spec"]
+    assert updated["status"] == {"phase": "Running"}
+    assert updated["spec"] == obj["spec"]
     patched = store.patch(PODS, "default", name, lambda o: {**o, "spec": {}, "status": {"phase": "Failed"}},
                           status_only=True).obj
-    assert patched["status"] == {"phase": "Failed"} and patched["spec"] == obj["spec"]
+    assert patched["status"] == {"phase": "Failed"}
+    assert patched["spec"] == obj["spec"]
     with pytest.raises(ApiError) as err:
         store.patch(PODS, "default", name, lambda o: {**o, "metadata": {"resourceVersion": "1"}}, status_only=True)
     assert err.value.status == 409, "a status patch honours a resourceVersion precondition too"
@@ -149,7 +156,8 @@ def test_history_window_and_compaction() -> None:
         store.events_after(start + 5)
     assert store.events_after(store.resource_version) == []
     current, cursor = store.watch_start(Filter(PODS), "0")
-    assert [s.obj["metadata"]["labels"] for s in current] == [{"i": "5"}] and cursor == store.resource_version
+    assert [s.obj["metadata"]["labels"] for s in current] == [{"i": "5"}]
+    assert cursor == store.resource_version
 
 
 def test_history_stays_bounded_in_memory() -> None:
@@ -174,7 +182,8 @@ def test_list_pages_pin_their_snapshot() -> None:
     assert names == [f"p{i}" for i in range(10)]
     assert (first.remaining, second.remaining, third.continue_token) == (6, 2, None)
     fresh = store.list_page(Filter(PODS))
-    assert fresh.resource_version == store.resource_version and len(fresh.items) == 10
+    assert fresh.resource_version == store.resource_version
+    assert len(fresh.items) == 10
     labelled = store.list_page(Filter(PODS, labels=lambda labels: False), limit=1)
     assert (labelled.items, labelled.continue_token) == ([], None)
 

@@ -85,7 +85,8 @@ def test_breadcrumb_frame_is_the_encoded_batch():
     assert message.deltas.sequence == first.sequence
     merged = decode_frames([first.frame, second.frame])
     assert [kv.key for kv in merged.deltas.kvs] == ["/a", "/b", "/a"]
-    assert merged.deltas.kvs[2].value == b"" and merged.deltas.sequence == second.sequence
+    assert merged.deltas.kvs[2].value == b""
+    assert merged.deltas.sequence == second.sequence
 
 
 def test_large_batch_is_split_into_bounded_crumbs():
@@ -102,7 +103,8 @@ def test_status_changes_are_ordered_crumbs():
     cache.set_status(SyncStatus.IN_SYNC)  # no-op
     kinds = [pb.ServerMessage.FromString(c.frame).WhichOneof("payload") for c in crumbs_after(cache, 0)]
     assert kinds == ["status", "deltas", "status"]
-    assert cache.newest.status is SyncStatus.IN_SYNC and not cache.newest.is_deltas
+    assert cache.newest.status is SyncStatus.IN_SYNC
+    assert not cache.newest.is_deltas
 
 
 def test_snapshot_is_sorted_chunked_and_shared_while_fresh():
@@ -217,7 +219,8 @@ def test_a_snapshot_is_shared_only_while_the_catch_up_after_it_stays_small():
     assert cache.snapshot() is first, "a lag of one KV is cheaper than a new snapshot"
     cache.apply([Update(f"/late-{i}", i, "2") for i in range(1, 1000)])
     second = cache.snapshot()
-    assert second is not first and second.key_count == 1010
+    assert second is not first
+    assert second.key_count == 1010
     # The allowance grows with the snapshot: 10% of 1,010 keys covers a 50-key lag.
     cache.apply([Update(f"/later-{i}", i, "3") for i in range(50)])
     assert cache.snapshot() is second

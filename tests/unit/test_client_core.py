@@ -87,7 +87,9 @@ def expected_digest(state: dict[str, Any]) -> int:
 def test_hello_offers_compression_features_and_no_resume_at_first():
     core = SyncClientCore("bgp", hostname="n1", info="confd", client_id="c1")
     hello = core.open_session().hello.hello
-    assert hello.hostname == "n1" and hello.syncer_type == "bgp" and hello.client_id == "c1"
+    assert hello.hostname == "n1"
+    assert hello.syncer_type == "bgp"
+    assert hello.client_id == "c1"
     assert list(hello.compressions) == ["zstd"]
     assert set(hello.features) == {"checksum", "reconnect"}
     assert not hello.HasField("resume")
@@ -101,20 +103,25 @@ def test_snapshot_in_zstd_chunks_is_applied_only_when_the_last_chunk_arrives():
     steps = feed(core, session, snapshot(state, 7, chunks=4))
     assert all(s.updates == [] and not s.promoted for s in steps[:-1])
     last = steps[-1]
-    assert last.snapshot_complete and last.promoted and not last.resumed
+    assert last.snapshot_complete
+    assert last.promoted
+    assert not last.resumed
     assert [u.key for u in last.updates] == sorted(state)
     assert core.to_dict() == state
     assert core.resume_point == ResumePoint("e1", 7)
     assert core.digest == expected_digest(state)
-    assert session.state is SessionState.LIVE and core.live_session is session
+    assert session.state is SessionState.LIVE
+    assert core.live_session is session
 
 
 def test_empty_raw_snapshot_of_one_chunk():
     core = SyncClientCore("felix", hostname="n1")
     session = core.open_session()
     steps = feed(core, session, [server_hello("e1", 3), *snapshot({}, 3, compression="")])
-    assert steps[-1].snapshot_complete and steps[-1].updates == []
-    assert len(core) == 0 and core.resume_point == ResumePoint("e1", 3)
+    assert steps[-1].snapshot_complete
+    assert steps[-1].updates == []
+    assert len(core) == 0
+    assert core.resume_point == ResumePoint("e1", 3)
 
 
 def test_deltas_set_change_delete_and_dedupe():
@@ -142,7 +149,8 @@ def test_concatenated_breadcrumbs_parse_as_one_deltas_and_dedupe_within_the_mess
         deltas(13, kv("/b", None, "4"), kv("/a", {"v": 1}, "4")).SerializeToString(),
     ]
     merged = pb.ServerMessage.FromString(b"".join(frames))
-    assert merged.deltas.sequence == 13 and len(merged.deltas.kvs) == 5
+    assert merged.deltas.sequence == 13
+    assert len(merged.deltas.kvs) == 5
     step = core.receive(session, merged)
     assert step.updates == [
         Update("/a", {"v": 2}, "2"), Update("/b", {"v": 1}, "3"), Update("/b", None, "4"), Update("/a", {"v": 1}, "4"),
@@ -165,7 +173,8 @@ def test_status_is_held_during_the_snapshot_and_deduplicated():
     chunks = snapshot({"/a": 1}, 5, chunks=1)
     assert core.receive(session, status(pb.SyncStatus.IN_SYNC, 5)).status is None
     step = core.receive(session, chunks[0])
-    assert step.status is SyncStatus.IN_SYNC and step.updates == [Update("/a", 1, "1")]
+    assert step.status is SyncStatus.IN_SYNC
+    assert step.updates == [Update("/a", 1, "1")]
     assert core.in_sync
     assert core.receive(session, status(pb.SyncStatus.IN_SYNC, 6)).status is None
     assert core.receive(session, status(pb.SyncStatus.RESYNC, 7)).status is SyncStatus.RESYNC
@@ -181,7 +190,9 @@ def test_resume_after_a_cut_continues_from_the_deltas():
     second = core.open_session()
     assert second.hello.hello.resume == pb.ResumePoint(epoch="e1", sequence=12)
     step = core.receive(second, server_hello("e1", 12, resumed=True))
-    assert step.promoted and step.resumed and step.updates == []
+    assert step.promoted
+    assert step.resumed
+    assert step.updates == []
     assert core.receive(second, deltas(13, kv("/c", 3))).updates == [Update("/c", 3, "1")]
     assert core.to_dict() == {"/a": 1, "/b": 2, "/c": 3}
 
@@ -216,15 +227,18 @@ def test_reconcile_against_a_server_not_yet_in_sync_deletes_only_at_in_sync():
         server_hello("e2", 40), status(pb.SyncStatus.RESYNC, 40), *snapshot({"/keep": 1, "/new": 2}, 40),
     ])
     # A partial snapshot: new keys are set, but nothing is deleted yet.
-    assert steps[-1].updates == [Update("/new", 2, "1")] and steps[-1].status is SyncStatus.RESYNC
+    assert steps[-1].updates == [Update("/new", 2, "1")]
+    assert steps[-1].status is SyncStatus.RESYNC
     assert core.unconfirmed_keys == {"/late", "/late-deleted", "/gone"}
     # The server's stream settles two of them; IN_SYNC deletes the one it never mentioned.
     step = core.receive(second, deltas(41, kv("/late", 1, "41"), kv("/late-deleted", None, "41")))
     assert step.updates == [Update("/late-deleted", None, "41")]
     assert core.unconfirmed_keys == {"/gone"}
     step = core.receive(second, status(pb.SyncStatus.IN_SYNC, 42))
-    assert step.updates == [Update("/gone", None, "")] and step.status is SyncStatus.IN_SYNC
-    assert core.to_dict() == {"/keep": 1, "/new": 2, "/late": 1} and not core.unconfirmed_keys
+    assert step.updates == [Update("/gone", None, "")]
+    assert step.status is SyncStatus.IN_SYNC
+    assert core.to_dict() == {"/keep": 1, "/new": 2, "/late": 1}
+    assert not core.unconfirmed_keys
     assert core.digest == expected_digest(core.to_dict())
 
 
@@ -237,7 +251,8 @@ def test_a_checksum_settles_unconfirmed_keys_either_way():
     # The server's set at 5 is exactly {/a}: the held keys are really gone.
     step = core.receive(second, checksum(5, expected_digest({"/a": 1}), 1))
     assert step.checksum.outcome is ChecksumOutcome.MATCH
-    assert step.updates == [Update("/b", None, ""), Update("/c", None, "")] and not core.unconfirmed_keys
+    assert step.updates == [Update("/b", None, ""), Update("/c", None, "")]
+    assert not core.unconfirmed_keys
 
     core, session = synced({"/a": 1, "/b": 1}, sequence=10)
     core.close_session(session)
@@ -245,8 +260,10 @@ def test_a_checksum_settles_unconfirmed_keys_either_way():
     feed(core, second, [server_hello("e2", 5), *snapshot({"/a": 1}, 5), deltas(6, kv("/n", 1))])
     # A checksum that includes the held key confirms it: nothing is deleted.
     step = core.receive(second, checksum(6, expected_digest({"/a": 1, "/b": 1, "/n": 1}), 3))
-    assert step.checksum.outcome is ChecksumOutcome.MATCH and step.updates == []
-    assert not core.unconfirmed_keys and core.get("/b") == 1
+    assert step.checksum.outcome is ChecksumOutcome.MATCH
+    assert step.updates == []
+    assert not core.unconfirmed_keys
+    assert core.get("/b") == 1
     # Neither with nor without them: a real mismatch.
     assert core.receive(second, checksum(6, 1, 2)).checksum.outcome is ChecksumOutcome.MISMATCH
 
@@ -258,7 +275,8 @@ def test_unconfirmed_keys_are_deleted_even_when_in_sync_is_not_a_status_change()
     second = core.open_session()
     feed(core, second, [server_hello("e2", 5), *snapshot({"/a": 1}, 5)])
     step = core.receive(second, status(pb.SyncStatus.IN_SYNC, 6))
-    assert step.updates == [Update("/b", None, "")] and step.status is None
+    assert step.updates == [Update("/b", None, "")]
+    assert step.status is None
 
 
 def test_checksum_match_and_skip():
@@ -284,13 +302,15 @@ def test_checksum_mismatch_twice_in_a_row_drops_the_resume_point_and_asks_for_re
     state = {"/a": {"v": 1}}
     core, session = synced(state, sequence=10)
     first = core.receive(session, checksum(10, 0xDEAD, 1))
-    assert first.checksum.outcome is ChecksumOutcome.MISMATCH and first.resync is None
+    assert first.checksum.outcome is ChecksumOutcome.MISMATCH
+    assert first.resync is None
     assert core.resume_point is not None
     # A match in between resets the count: mismatches must be consecutive.
     assert core.receive(session, checksum(10, expected_digest(state), 1)).checksum.outcome is ChecksumOutcome.MATCH
     assert core.receive(session, checksum(10, 0xDEAD, 1)).resync is None
     second = core.receive(session, checksum(10, 0xDEAD, 1))
-    assert second.checksum.consecutive_mismatches == 2 and second.resync
+    assert second.checksum.consecutive_mismatches == 2
+    assert second.resync
     assert core.resume_point is None
     # Deltas still flowing on the old stream must not make the mirror resumable again.
     core.receive(session, deltas(11, kv("/b", 1)))
@@ -334,9 +354,12 @@ def test_make_before_break_snapshot_on_a_standby_session_while_the_old_one_keeps
     # The old server still streams; the mirror follows it until the standby is ready.
     assert core.receive(old, deltas(11, kv("/a", 7))).updates == [Update("/a", 7, "1")]
     step = core.receive(standby, second)
-    assert step.promoted and step.retired == [old] and old.state is SessionState.CLOSED
+    assert step.promoted
+    assert step.retired == [old]
+    assert old.state is SessionState.CLOSED
     assert step.updates == [Update("/a", 1, "1"), Update("/b", 2, "1"), Update("/c", 5, "1")]
-    assert core.live_session is standby and core.resume_point == ResumePoint("e2", 100)
+    assert core.live_session is standby
+    assert core.resume_point == ResumePoint("e2", 100)
     # Late messages of the retired stream are ignored.
     assert core.receive(old, deltas(12, kv("/a", 99))).updates == []
     assert core.get("/a") == 1
@@ -348,7 +371,8 @@ def test_make_before_break_resume_skips_what_the_old_stream_already_applied():
     core.receive(old, deltas(11, kv("/a", 2)))
     core.receive(old, deltas(12, kv("/a", 3)))
     step = core.receive(standby, server_hello("e1", 10, resumed=True))
-    assert step.promoted and step.retired == [old]
+    assert step.promoted
+    assert step.retired == [old]
     assert core.receive(standby, deltas(11, kv("/a", 2))).updates == []
     assert core.receive(standby, deltas(12, kv("/a", 3))).updates == []
     assert core.receive(standby, deltas(13, kv("/a", 4))).updates == [Update("/a", 4, "1")]
@@ -385,7 +409,8 @@ def test_protocol_errors_on_a_fresh_session(messages, match):
     session = core.open_session()
     with pytest.raises(ProtocolError, match=match):
         feed(core, session, messages)
-    assert len(core) == 0 and core.resume_point is None
+    assert len(core) == 0
+    assert core.resume_point is None
 
 
 def test_chunk_of_another_snapshot_is_rejected():
@@ -406,10 +431,12 @@ def test_undecodable_value_in_deltas_leaves_the_mirror_untouched(value, match):
     bad = deltas(11, kv("/a", 5), pb.KV(key="/b", value=value, revision="2"))
     with pytest.raises(ProtocolError, match=match):
         core.receive(session, bad)
-    assert core.to_dict() == {"/a": 1, "/b": 2} and core.digest == digest
+    assert core.to_dict() == {"/a": 1, "/b": 2}
+    assert core.digest == digest
     assert core.resume_point == ResumePoint("e1", 10)
     core.close_session(session, resync=True)
-    assert core.resume_point is None and core.live_session is None
+    assert core.resume_point is None
+    assert core.live_session is None
 
 
 def test_undecodable_value_in_a_snapshot_chunk():

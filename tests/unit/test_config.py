@@ -24,7 +24,8 @@ def test_typha_defaults_and_env_names():
     assert config.effective_server_port == 5473
     assert (config.health_port, config.prometheus_metrics_port) == (9098, 9093)
     assert config.max_connections_upper_limit == 10000
-    assert config.server_ping_interval_secs == 10 and config.server_pong_timeout_secs == 60
+    assert config.server_ping_interval_secs == 10
+    assert config.server_pong_timeout_secs == 60
     table = reference_table()
     for name in ("TYPHA_SERVERPORT", "TYPHA_HEALTHPORT", "TYPHA_PROMETHEUSMETRICSPORT", "TYPHA_SERVERPINGINTERVALSECS",
                  "TYPHA_MAXCONNECTIONSUPPERLIMIT", "TYPHA_CAFILE", "TYPHA_SERVERCERTFILE", "TYPHA_SERVERKEYFILE",
@@ -41,7 +42,8 @@ def test_flags_beat_environment_beat_defaults():
 
 def test_none_means_zero_value_and_empty_is_ignored():
     config = load(environ={"TYPHA_HEALTHPORT": "none", "TYPHA_SERVERPORT": ""})
-    assert config.health_port == 0 and config.server_port == 0
+    assert config.health_port == 0
+    assert config.server_port == 0
 
 
 def test_bad_values_are_clear_errors():

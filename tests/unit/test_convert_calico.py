@@ -89,7 +89,9 @@ def test_ip_pool_v6_vxlan_disabled() -> None:
     pool["spec"].update(disabled=True, disableBGPExport=True, assignmentMode="Manual")
     [(key, value)] = FELIX_CONVERTERS[f"ippools.{C}"](pool)
     assert key == "/calico/v1/ipam/v6/pool/fd00:65::-48"
-    assert value["ipip"] == "" and value["ipip_mode"] == "never" and value["vxlan_mode"] == "always"
+    assert value["ipip"] == ""
+    assert value["ipip_mode"] == "never"
+    assert value["vxlan_mode"] == "always"
     assert (value["ipam"], value["disabled"], value["disableBGPExport"]) == (False, True, True)
     assert value["assignment_mode"] == "Manual"
 

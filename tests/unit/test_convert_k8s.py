@@ -302,7 +302,8 @@ def test_node_invalid_annotations_are_dropped_like_upstream() -> None:
     node["metadata"]["annotations"]["projectcalico.org/ASNumber"] = "banana"
     kvs = as_dict(FELIX_CONVERTERS["nodes"](node))
     spec = kvs["/calico/resources/v3/projectcalico.org/nodes/n3"]["spec"]
-    assert "bgp" not in spec and "vxlanTunnelMACAddr" not in spec
+    assert "bgp" not in spec
+    assert "vxlanTunnelMACAddr" not in spec
     # getAnnotation drops the bad address, so the host IP falls back to the InternalIP.
     assert kvs["/calico/v1/host/n3/bird_ip"] == "192.168.56.13"
 

@@ -83,7 +83,8 @@ def test_k8s_selector_spelling_match_expressions_sorted_labels() -> None:
         "projectcalico.org/namespace == 'demo'"
     )
     assert value["types"] == ["egress"]
-    assert "inbound_rules" not in value and "outbound_rules" not in value
+    assert "inbound_rules" not in value
+    assert "outbound_rules" not in value
 
 
 def test_empty_pod_selector_and_default_types() -> None:

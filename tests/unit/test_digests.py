@@ -56,7 +56,8 @@ def synced_client(cache: SnapshotCache, **options) -> SyncClientCore:
     for message in [hello, *messages(snap.frames),
                     pb.ServerMessage(status=pb.SyncStatus(status=pb.SyncStatus.IN_SYNC, sequence=snap.sequence))]:
         core.receive(session, message)
-    assert core.in_sync and len(core) == len(cache)
+    assert core.in_sync
+    assert len(core) == len(cache)
     return core
 
 
@@ -134,7 +135,8 @@ def test_cache_bucket_digests_follow_every_change(batches):
         for each in (cache, replica):
             assert each.buckets.folded(1024) == summarise(hashes(each), 1024)
             whole = digest_of((k, v) for k, v, _ in each.items())
-            assert whole == each.digest and each.buckets.folded(1) == [whole & WIRE_MASK]
+            assert whole == each.digest
+            assert each.buckets.folded(1) == [whole & WIRE_MASK]
             for bucket in (0, 5, 1023):  # the key index agrees with the digests
                 assert set(each.buckets.keys_in(bucket, 1024)) == {k for k, _ in hashes(each)
                                                                    if bucket_hash(k) & 1023 == bucket}
@@ -157,10 +159,12 @@ def test_plan_sends_the_differing_buckets_whole_and_declines_when_a_snapshot_is_
                                                       "/calico/v1/host/n1/k00015")})
     chunks = [m.buckets for m in messages(repair.frames)]
     assert sorted(b for c in chunks for b in c.buckets) == expected
-    assert repair.crumb is new.newest and all(c.digest == new.digest and c.key_count == len(new) for c in chunks)
+    assert repair.crumb is new.newest
+    assert all(c.digest == new.digest and c.key_count == len(new) for c in chunks)
     sent = {kv.key for c in chunks for kv in pb.Deltas.FromString(_unzstd(c.data)).kvs}
     assert sent == {k for k, _, _ in new.items() if bucket_hash(k) & 1023 in expected}
-    assert "/calico/v1/host/n0/k00007" not in sent and "/new/key" in sent
+    assert "/calico/v1/host/n0/k00007" not in sent
+    assert "/new/key" in sent
 
     with pytest.raises(RepairDeclined, match="buckets differ"):
         plan_repair(new, pb.BucketDigests(count=1024, digests=[1] * 1024), 0.25)
@@ -188,7 +192,8 @@ def test_plan_splits_large_answers_into_chunks_of_whole_buckets():
     new.set_status(SyncStatus.IN_SYNC)
     summary = pb.BucketDigests(count=1024, digests=[0] * 1024)  # an empty mirror: everything differs
     chunks = [m.buckets for m in messages(plan_repair(new, summary, 1.0).frames)]
-    assert len(chunks) > 10 and {c.count for c in chunks} == {len(chunks)}
+    assert len(chunks) > 10
+    assert {c.count for c in chunks} == {len(chunks)}
     assert sorted(b for c in chunks for b in c.buckets) == sorted(set(new.buckets.differing([0] * 1024)))
     for c in chunks:
         keys = [kv.key for kv in pb.Deltas.FromString(_unzstd(c.data)).kvs]
@@ -200,13 +205,16 @@ def test_plan_splits_large_answers_into_chunks_of_whole_buckets():
 
 def test_hello_carries_a_summary_only_with_a_resumable_mirror_of_some_size():
     first = SyncClientCore("felix", hostname="n1").open_session().hello.hello
-    assert not first.HasField("digests") and FEATURE_DIGEST_RESYNC not in first.features
+    assert not first.HasField("digests")
+    assert FEATURE_DIGEST_RESYNC not in first.features
     small = synced_client(cache_with(updates(MIN_BUCKETS - 1))).open_session().hello.hello
     assert not small.HasField("digests")
     cache = cache_with(updates(5000))
     hello = synced_client(cache).open_session().hello.hello
-    assert FEATURE_DIGEST_RESYNC in hello.features and hello.HasField("resume")
-    assert hello.digests.count == 2048 and list(hello.digests.digests) == cache.buckets.folded(2048)
+    assert FEATURE_DIGEST_RESYNC in hello.features
+    assert hello.HasField("resume")
+    assert hello.digests.count == 2048
+    assert list(hello.digests.digests) == cache.buckets.folded(2048)
     for options in ({"digest_resync": False}, {"verify_checksums": False}):
         assert not synced_client(cache, **options).open_session().hello.hello.HasField("digests")
     core = synced_client(cache)
@@ -225,17 +233,24 @@ def test_repair_from_another_replica_makes_the_mirror_exact():
     core = synced_client(old)
     session = core.open_session()
     steps = [core.receive(session, m) for m in answer(new, session)]
-    assert session.state is SessionState.LIVE and core.live_session is session and core.in_sync
-    assert core.to_dict() == as_dict(new) and core.digest == new.digest
-    assert core.position.epoch == new.epoch and core.position.sequence == new.newest.sequence
+    assert session.state is SessionState.LIVE
+    assert core.live_session is session
+    assert core.in_sync
+    assert core.to_dict() == as_dict(new)
+    assert core.digest == new.digest
+    assert core.position.epoch == new.epoch
+    assert core.position.sequence == new.newest.sequence
     repaired = [s for s in steps if s.repaired]
-    assert len(repaired) == 1 and repaired[0].promoted and not repaired[0].snapshot_complete
+    assert len(repaired) == 1
+    assert repaired[0].promoted
+    assert not repaired[0].snapshot_complete
     delivered = {u.key: u.value for s in steps for u in s.updates}
     assert delivered == {u.key: u.value for u in [*changes, Update("/calico/v1/added", {"a": 1}, "2")]}
     # Then deltas as usual, with their checksum.
     new.apply([Update("/calico/v1/after", {"x": 1}, "3")])
     step = core.receive(session, pb.ServerMessage.FromString(new.newest.frame))
-    assert [u.key for u in step.updates] == ["/calico/v1/after"] and core.digest == new.digest
+    assert [u.key for u in step.updates] == ["/calico/v1/after"]
+    assert core.digest == new.digest
 
 
 def test_repair_during_a_make_before_break_move_undoes_what_the_old_stream_applied_since_the_hello():
@@ -257,8 +272,10 @@ def test_repair_during_a_make_before_break_move_undoes_what_the_old_stream_appli
     assert core.get(batch[1].key) == {"only-old": True}
     for message in answer(new, session):
         core.receive(session, message)
-    assert core.live_session is session and live.state is SessionState.CLOSED
-    assert core.to_dict() == as_dict(new) and core.digest == new.digest
+    assert core.live_session is session
+    assert live.state is SessionState.CLOSED
+    assert core.to_dict() == as_dict(new)
+    assert core.digest == new.digest
 
 
 def test_a_repair_that_misses_the_checksum_changes_nothing_and_the_next_hello_asks_for_a_snapshot():
@@ -310,10 +327,14 @@ def test_planner_shares_one_answer_among_identical_summaries_while_fresh():
     first = planner.plan(summary)
     assert planner.plan(pb.BucketDigests.FromString(summary.SerializeToString())) is first
     other = pb.BucketDigests(count=2048, digests=old.buckets.folded(2048))
-    assert planner.plan(other) is not first and (planner.built, planner.shared) == (2, 1)
+    assert planner.plan(other) is not first
+    assert (planner.built, planner.shared) == (2, 1)
     new.apply([Update("/calico/v1/host/n0/k00008", {"changed": True}, "3")])
     shared = planner.plan(summary)  # still fresh: the client continues from the answer's crumb
-    assert shared is first and shared.crumb is not new.newest
+    assert shared is first
+    assert shared.crumb is not new.newest
     now[0] += new.limits.snapshot_reuse_secs
     rebuilt = planner.plan(summary)
-    assert rebuilt is not first and rebuilt.crumb is new.newest and rebuilt.buckets == 2
+    assert rebuilt is not first
+    assert rebuilt.crumb is new.newest
+    assert rebuilt.buckets == 2

@@ -123,7 +123,8 @@ def test_connection_start_preface_settings_window_and_request_headers():
     assert (st, sf, ss) == (SETTINGS, 0, 0)
     settings = dict(struct.unpack_from(">HI", sp, i) for i in range(0, len(sp), 6))
     assert settings == {2: 0, 4: MAX_WINDOW, 5: 2**24 - 1}
-    assert (wt, ws) == (WINDOW_UPDATE, 0) and struct.unpack(">I", wp)[0] + 65_535 == MAX_WINDOW
+    assert (wt, ws) == (WINDOW_UPDATE, 0)
+    assert struct.unpack(">I", wp)[0] + 65_535 == MAX_WINDOW
     assert (ht, hf, hs) == (HEADERS, FLAG_END_HEADERS, 1)
     # Decode our own literal-without-indexing block (all lengths here are below 127).
     headers, pos = [], 0
@@ -281,7 +282,8 @@ def test_rst_stream_ends_the_stream_with_its_code():
     feed(conn, frame(DATA, 0, 1, grpc_message(b"a")) + frame(RST_STREAM, 0, 1, struct.pack(">I", 8))
          + frame(DATA, 0, 1, grpc_message(b"after")))
     assert conn.messages == [(False, b"a")]
-    assert conn.ends == ["RST_STREAM error code 8"] and conn.transport_.closed
+    assert conn.ends == ["RST_STREAM error code 8"]
+    assert conn.transport_.closed
 
 
 def test_data_end_stream_and_a_cut_message_are_reported():
@@ -296,7 +298,8 @@ def test_goaway_before_our_stream_ends_it_and_after_is_noted():
     assert conn.ends == ["GOAWAY error code 0 before our stream started"]
     conn = Recorder()
     feed(conn, frame(GOAWAY, 0, 0, struct.pack(">II", 1, 2)) + frame(DATA, 0, 1, grpc_message(b"still")))
-    assert conn.ends == [] and conn.messages == [(False, b"still")]
+    assert conn.ends == []
+    assert conn.messages == [(False, b"still")]
     conn.connection_lost(None)
     assert conn.ends == ["connection closed by the server after GOAWAY error code 2"]
 
@@ -350,13 +353,17 @@ def test_sink_stream_sends_hello_answers_pings_counts_and_probes():
         ])
         start = len(transport.written)
         feed(stream, frame(DATA, 0, 1, data[:30]) + frame(DATA, 0, 1, data[30:]), 17)
-        assert ready.is_set() and stats.in_sync and stats.snapshot_kvs == 2
+        assert ready.is_set()
+        assert stats.in_sync
+        assert stats.snapshot_kvs == 2
         assert (stats.kvs, stats.messages, stats.pings) == (2, 5, 1)
-        assert len(stats.latencies_ns) == 1 and stats.latencies_ns[0] > 0
+        assert len(stats.latencies_ns) == 1
+        assert stats.latencies_ns[0] > 0
         pongs = [m for f in parse_frames(bytes(transport.written[start:])) if f[0] == DATA for m in grpc_messages(f[3])]
         assert [pb.ClientMessage.FromString(m).pong.ping_timestamp_ns for m in pongs] == [42]
         feed(stream, frame(RST_STREAM, 0, 1, struct.pack(">I", 2)))
-        assert stats.error == "RST_STREAM error code 2" and stream.done.done()
+        assert stats.error == "RST_STREAM error code 2"
+        assert stream.done.done()
 
     asyncio.run(asyncio.wait_for(scenario(), 10))
 
@@ -382,4 +389,5 @@ def test_trailers_are_decoded_across_continuations_with_huffman_and_the_dynamic_
 def test_an_undecodable_header_block_still_ends_the_stream():
     conn = Recorder()
     feed(conn, frame(HEADERS, FLAG_END_HEADERS | FLAG_END_STREAM, 1, b"\xff\xff\xff\xff\xff\xff"))
-    assert len(conn.ends) == 1 and conn.ends[0].startswith("server ended the stream: grpc-status ? undecodable")
+    assert len(conn.ends) == 1
+    assert conn.ends[0].startswith("server ended the stream: grpc-status ? undecodable")

@@ -76,7 +76,7 @@ def test_model_matches_the_case_expectations(case: dict[str, Any]) -> None:
             if probe["mode"] == "full-matrix":
                 want = {f"{a}>{b}": f"{a}>{b}" not in deny for a in specs for b in specs if a != b}
             else:
-                want = {p: True for p in probe.get("allow") or ()} | dict.fromkeys(deny, False)
+                want = dict.fromkeys(probe.get("allow") or (), True) | dict.fromkeys(deny, False)
             for pair, allowed in want.items():
                 src, dst = pair.split(">")
                 if model.allowed(src, dst, protocol, port) != allowed:

@@ -44,4 +44,5 @@ def test_unknown_fields_are_ignored():
     # A newer server may add fields; field 99 (varint) must not break an older parser.
     extra = bytes([0x98, 0x06, 0x01])  # tag (99 << 3 | 0) as varint, then value 1
     message = pb.ServerMessage.FromString(encoded_deltas(3, pb.KV(key="/k", value=b"v")) + extra)
-    assert message.deltas.sequence == 3 and message.deltas.kvs[0].key == "/k"
+    assert message.deltas.sequence == 3
+    assert message.deltas.kvs[0].key == "/k"

@@ -81,7 +81,8 @@ def test_endpoints_count_every_address_of_the_named_port_ready_or_not():
     assert [e.address for e in found] == [
         "10.0.0.1:5473", "10.0.0.2:5473", "10.0.0.3:5473", "127.0.0.1:5474", "127.0.0.1:5475", "[fd00::7]:5473"]
     by_address = {e.address: e for e in found}
-    assert not by_address["10.0.0.2:5473"].ready and by_address["10.0.0.3:5473"].ready
+    assert not by_address["10.0.0.2:5473"].ready
+    assert by_address["10.0.0.3:5473"].ready
     assert ClusterView(found, 10).typhas == 6
     assert typha_endpoints([], "calico-typha") == ()
 
@@ -166,12 +167,16 @@ def test_step_moves_one_connection_at_a_time_to_the_least_loaded_peer(server):
     rebalancer.apply(ClusterView(endpoints("a:1", "b:1", "c:1"), 16))  # limit 10
 
     first = rebalancer.step()
-    assert first is not None and first.reconnect is not None
-    assert first.reconnect.endpoint == "c:1" and "rebalancing" in first.reconnect.reason
+    assert first is not None
+    assert first.reconnect is not None
+    assert first.reconnect.endpoint == "c:1"
+    assert "rebalancing" in first.reconnect.reason
     # The move is under way: 11 settled connections are still one too many, so a second one moves.
     # c:1 counts 1 connection + 1 on its way, still fewer than b:1's 3.
     second = rebalancer.step()
-    assert second is not None and second is not first and second.reconnect.endpoint == "c:1"
+    assert second is not None
+    assert second is not first
+    assert second.reconnect.endpoint == "c:1"
     # 10 settled connections: nothing more to do while those two moves finish.
     assert rebalancer.step() is None
     assert rebalancer.moves_requested == 2
@@ -182,7 +187,8 @@ def test_step_moves_one_connection_at_a_time_to_the_least_loaded_peer(server):
     server.connections.add(conn("late"))
     # c:1 now holds 2 plus the second move on its way (3), b:1 holds 3: either is least loaded.
     third = rebalancer.step()
-    assert third is not None and third not in (first, second)
+    assert third is not None
+    assert third not in (first, second)
     assert third.reconnect.endpoint in ("b:1", "c:1")
     fourth = rebalancer.step()
     assert fourth is None  # 12 connections, 2 moving: 10 settled
@@ -200,7 +206,8 @@ def test_step_never_names_ourselves_or_a_not_ready_endpoint_and_waits_for_a_caug
     ready = conn("ready")
     server.connections.add(ready)
     assert rebalancer.step() is ready
-    assert ready.reconnect is not None and ready.reconnect.endpoint == ""  # c:1's load is unknown
+    assert ready.reconnect is not None
+    assert ready.reconnect.endpoint == ""
 
 
 def test_no_moves_while_draining_or_under_the_limit(server):

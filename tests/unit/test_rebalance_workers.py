@@ -66,5 +66,7 @@ def test_the_supervisor_gives_each_worker_the_shared_directory_and_its_index(mon
     for name, value in envs["worker-1"].items():
         monkeypatch.setenv(name, value)
     siblings = SiblingLoads.from_environment(stale_secs=5)
-    assert siblings is not None and siblings.index == 1 and siblings.directory == supervisor.loads_dir
+    assert siblings is not None
+    assert siblings.index == 1
+    assert siblings.directory == supervisor.loads_dir
     shutil.rmtree(supervisor.runtime_dir)

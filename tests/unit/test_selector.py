@@ -376,7 +376,9 @@ def test_make_unique_id_shape() -> None:
     uid = make_unique_id("n", ALL_ID + ",tcp,http")
     assert uid.startswith("n:")
     assert len(uid) == 2 + 38  # 28-byte sha224 → 38 base64url characters, no padding
-    assert "=" not in uid and "+" not in uid and "/" not in uid
+    assert "=" not in uid
+    assert "+" not in uid
+    assert "/" not in uid
 
 
 # --- Behaviours beyond upstream's own tables ------------------------------------------------
@@ -458,7 +460,8 @@ def test_double_negation_through_parentheses_is_reproduced() -> None:
     sel = parse("!(!has(a))")
     assert sel.canonical == "!!has(a)"
     assert parse(sel.canonical).canonical == "has(a)"
-    assert sel.evaluate({"a": ""}) and not sel.evaluate({})
+    assert sel.evaluate({"a": ""})
+    assert not sel.evaluate({})
     assert parse("!(!(!has(a)))").canonical == "!!!has(a)"
 
 
@@ -496,7 +499,8 @@ def test_errors_say_where(text: str, where: int) -> None:
     err = info.value
     assert err.position == where, str(err)
     assert err.text == text
-    assert repr(text) in str(err) and f"offset {where}" in str(err)
+    assert repr(text) in str(err)
+    assert f"offset {where}" in str(err)
     assert isinstance(err, ValueError)
 
 
@@ -508,8 +512,11 @@ def test_label_length_limit() -> None:
         parse(f"{longest}x == 'x'")
     with pytest.raises(SelectorError, match="longer than 512"):
         parse(f"has({longest}x)")
-    assert valid_label(longest) and not valid_label(longest + "x")
-    assert valid_label("projectcalico.org/namespace") and not valid_label("") and not valid_label("a b")
+    assert valid_label(longest)
+    assert not valid_label(longest + "x")
+    assert valid_label("projectcalico.org/namespace")
+    assert not valid_label("")
+    assert not valid_label("a b")
 
 
 def test_deep_nesting_is_a_selector_error_not_a_crash() -> None:
@@ -528,17 +535,20 @@ def test_selector_value_semantics() -> None:
     a = parse("a == 'x' && b == 'y'")
     b = parse('a=="x"&&b=="y"')
     c = parse("b == 'y' && a == 'x'")  # same meaning, different canonical form: not equal (as upstream)
-    assert a == b and hash(a) == hash(b)
+    assert a == b
+    assert hash(a) == hash(b)
     assert a != c
     assert len({a, b, c}) == 2
     assert a != "a == 'x' && b == 'y'"
-    assert str(a) == a.canonical and "Selector(" in repr(a)
+    assert str(a) == a.canonical
+    assert "Selector(" in repr(a)
     with pytest.raises(AttributeError):
         a._canonical = "x"  # type: ignore[misc]
     with pytest.raises(AttributeError):
         a.foo = 1  # type: ignore[attr-defined]
     clone = pickle.loads(pickle.dumps(a))
-    assert clone == a and clone.evaluate({"a": "x", "b": "y"})
+    assert clone == a
+    assert clone.evaluate({"a": "x", "b": "y"})
     quirk = parse("!(!has(a))")  # its canonical text would re-parse as has(a)
     assert pickle.loads(pickle.dumps(quirk)).unique_id == quirk.unique_id
     assert copy.deepcopy(quirk) == quirk
@@ -579,7 +589,10 @@ def test_deep_or_huge_selectors_fall_back_to_closures() -> None:
     wide = parse(" || ".join(f"a == '{i}'" for i in range(3000)))
     for sel in (deep, wide):
         assert "compile" in sel.evaluate.__qualname__  # the closure tree, not generated code
-    assert deep.evaluate({"a": "", "b": ""}) and not deep.evaluate({"b": ""})
-    assert wide.evaluate({"a": "2999"}) and not wide.evaluate({"a": "3000"}) and not wide.evaluate({})
+    assert deep.evaluate({"a": "", "b": ""})
+    assert not deep.evaluate({"b": ""})
+    assert wide.evaluate({"a": "2999"})
+    assert not wide.evaluate({"a": "3000"})
+    assert not wide.evaluate({})
     small = parse("a == 'x' && has(b)")
     assert "compile" not in small.evaluate.__qualname__  # typical selectors get generated code

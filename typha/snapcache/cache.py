@@ -105,7 +105,8 @@ class Breadcrumb:
     def run_to_newest(self) -> tuple[bytes, Breadcrumb]:
         """This crumb's frame concatenated with every later one in its segment, and the last of them."""
         segment = self.segment
-        assert segment is not None and segment.last is not None
+        assert segment is not None
+        assert segment.last is not None
         last = segment.last
         run = segment.run
         if run is not None and run[0] == self.start and run[1] == last.end:
