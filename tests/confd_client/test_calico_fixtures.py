@@ -1,7 +1,7 @@
 """Calico's confd goldens as an acceptance suite: the runner of the fixture pack's README contract.
 
-For every case in `<pack>/manifest.yaml` (pack from `CONFD_FIXTURE_PACK`, default
-`../shared/fixtures/confd` beside the repository): a fresh Kubernetes API emulator, the standard
+For every case in `<pack>/manifest.yaml` (pack from `CONFD_FIXTURE_PACK`, default the vendored
+`tests/fixtures/confd`; a missing pack fails the run): a fresh Kubernetes API emulator, the standard
 block affinities if asked, the case's inputs through the Calico v3 loader, an in-process `typha
 serve`, and confd_client rendering for the case's NODENAME; then all six files are compared with
 `expected/` after the README's blank-line normalisation, with a unified diff on mismatch.
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import difflib
-import os
 import shutil
 import subprocess
 import threading
@@ -44,8 +43,9 @@ from typha.testing.apiserver import calico_v3
 from typha.testing.apiserver.server import KubeAPIEmulator
 from typha.testing.procs import free_port
 
-REPO = Path(__file__).resolve().parents[2]
-PACK = Path(os.environ.get("CONFD_FIXTURE_PACK") or REPO.parent / "shared" / "fixtures" / "confd").resolve()
+from ..fixtures import confd_pack
+
+PACK = confd_pack()
 KNOWN_FAILURES = Path(__file__).with_name("known_failures.txt")
 CHECKPOINT_TIMEOUT = 20.0  # upstream polls for 10 s; CI machines get some slack
 # A known failure is expected to time out: don't spend the full wait on it (a real fix converges
@@ -55,10 +55,7 @@ POLL = 0.1
 
 
 def _load_manifest() -> dict[str, Any]:
-    path = PACK / "manifest.yaml"
-    if not path.exists():
-        return {"cases": []}
-    return yaml.safe_load(path.read_text()) or {"cases": []}
+    return yaml.safe_load((PACK / "manifest.yaml").read_text())
 
 
 def _known_failures() -> dict[str, str]:
@@ -171,7 +168,6 @@ async def _wait_match(
         await asyncio.sleep(POLL)
 
 
-@pytest.mark.skipif(not CASES, reason=f"no fixture pack at {PACK}")
 @pytest.mark.parametrize("case", _params())
 def test_case(case: dict[str, Any], api: KubeAPIEmulator, tmp_path: Path) -> None:
     case_id = case["id"]

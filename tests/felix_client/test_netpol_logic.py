@@ -1,6 +1,6 @@
 """The NetworkPolicy conformance cases, checked logically: no kernel, no network namespaces.
 
-Each case of the shared case file (fixtures/netpol/README.md; `NETPOL_CASES` overrides the path)
+Each case of the vendored case file (tests/fixtures/netpol/README.md; `NETPOL_CASES` overrides the path)
 is turned into the felix syncer's KVs, fed step by step into one incremental `Calculator` per
 node, rendered, and every probe is walked through the rendered filter tables by a small iptables
 interpreter (iptables_sim.py): the sending node's FORWARD, then the receiving node's. That checks
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import ipaddress
-import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -29,10 +28,10 @@ from typha.model.convert.k8s import veth_name
 from typha.source.datastore import convert_objects
 from typha.testing import objects
 
+from ..fixtures import netpol_cases
 from .iptables_sim import Dataplane, Packet
 
-CASES_PATH = Path(os.environ.get("NETPOL_CASES", Path(__file__).parents[2] / ".." / "shared" / "fixtures" / "netpol"
-                                 / "cases.yaml"))
+CASES_PATH = netpol_cases()
 NODES = ("node-1", "node-2")
 
 
@@ -40,8 +39,6 @@ EXTRA_CASES_PATH = Path(__file__).parent / "data" / "extra_cases.yaml"
 
 
 def load_cases(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
     return yaml.safe_load(path.read_text())["cases"]
 
 

@@ -1,6 +1,6 @@
 """Fixture inputs loaded into a real KubeAPIEmulator: what is stored is what the conversion promised.
 
-Every case of the pack (CONFD_FIXTURE_PACK, default ../shared/fixtures/confd) is replayed into a fresh
+Every case of the pack (CONFD_FIXTURE_PACK, default the vendored tests/fixtures/confd) is replayed into a fresh
 emulator, file by file as `typha sim-apiserver --load` does; the emulator's contents must equal a model
 built by replaying the same conversions in a dict (upsert = replace whole, delete = remove). A second
 test reads a converted fixture back over HTTP with the unmodified `kubernetes` client.
@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,17 +28,15 @@ from typha.testing.apiserver.calico_v3 import (
     to_kubernetes,
 )
 
-REPO = Path(__file__).resolve().parents[2]
-PACK = Path(os.environ.get("CONFD_FIXTURE_PACK") or REPO / ".." / "shared" / "fixtures" / "confd").resolve()
+from ..fixtures import confd_pack
+
+PACK = confd_pack()
 
 Key = tuple[str, str, str | None, str]
 
 
 def _cases() -> list[Any]:
-    manifest = PACK / "manifest.yaml"
-    if not manifest.is_file():
-        return [pytest.param(None, marks=pytest.mark.skip(reason=f"no fixture pack at {PACK}"), id="no-pack")]
-    with manifest.open(encoding="utf-8") as f:
+    with (PACK / "manifest.yaml").open(encoding="utf-8") as f:
         return [pytest.param(case, id=case["id"]) for case in yaml.safe_load(f)["cases"]]
 
 

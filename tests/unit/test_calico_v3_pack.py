@@ -1,15 +1,13 @@
 """Every input file of every case in a confd fixture pack loads and converts.
 
 Data-driven from the pack's manifest.yaml, so any pack with the same layout runs unchanged:
-CONFD_FIXTURE_PACK names the pack directory; the default is the developers' pack next to the repo.
+CONFD_FIXTURE_PACK names the pack directory; the default is the vendored tests/fixtures/confd.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,15 +23,13 @@ from typha.testing.apiserver.calico_v3 import (
     to_kubernetes,
 )
 
-REPO = Path(__file__).resolve().parents[2]
-PACK = Path(os.environ.get("CONFD_FIXTURE_PACK") or REPO / ".." / "shared" / "fixtures" / "confd").resolve()
+from ..fixtures import confd_pack
+
+PACK = confd_pack()
 
 
 def _cases() -> list[Any]:
-    manifest = PACK / "manifest.yaml"
-    if not manifest.is_file():
-        return [pytest.param(None, marks=pytest.mark.skip(reason=f"no fixture pack at {PACK}"), id="no-pack")]
-    with manifest.open(encoding="utf-8") as f:
+    with (PACK / "manifest.yaml").open(encoding="utf-8") as f:
         cases = yaml.safe_load(f)["cases"]
     return [pytest.param(case, id=case["id"]) for case in cases]
 

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import copy
 import ipaddress
-import os
 import re
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,13 +17,12 @@ import yaml
 
 from typha.testing.netpol_model import ModelPod, NetworkPolicyModel
 
-CASES_PATH = Path(os.environ.get("NETPOL_CASES") or Path(__file__).parents[2] / ".." / "shared" / "fixtures"
-                  / "netpol" / "cases.yaml")
+from ..fixtures import netpol_cases
+
+CASES_PATH = netpol_cases()
 
 
 def _cases() -> list[Any]:
-    if not CASES_PATH.exists():
-        return [pytest.param(None, marks=pytest.mark.skip(reason=f"no case file at {CASES_PATH}"))]
     cases = [c for c in yaml.safe_load(CASES_PATH.read_text())["cases"] if c["flavor"] == "kubernetes"]
     return [pytest.param(c, id=c["id"]) for c in cases]
 
