@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -31,7 +30,6 @@ from .worked_example import BACKEND_IF, FRONTEND_IF, POLICY_CHAIN, cluster_objec
 
 pytestmark = [
     pytest.mark.root,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for a network namespace"),
     pytest.mark.skipif(
         not all(shutil.which(tool) for tool in ("ip", "iptables-restore", "ipset")), reason="needs ip, iptables, ipset"
     ),

@@ -6,7 +6,6 @@ afterwards even on failure; the host's own tables are never touched.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -23,7 +22,6 @@ from .worked_example import BACKEND_IF, FRONTEND_IF, POLICY_CHAIN, POLICY_KEY, S
 
 pytestmark = [
     pytest.mark.root,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for a network namespace"),
     pytest.mark.skipif(
         not all(shutil.which(tool) for tool in ("ip", "iptables-restore", "ipset")), reason="needs ip, iptables, ipset"
     ),

@@ -6,7 +6,6 @@ kernel drifted from memory is retried after reading the kernel.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import uuid
@@ -27,7 +26,6 @@ from .worked_example import BACKEND_IF, POLICY_CHAIN, POLICY_KEY, cluster_object
 
 pytestmark = [
     pytest.mark.root,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for a network namespace"),
     pytest.mark.skipif(
         not all(shutil.which(tool) for tool in ("ip", "iptables-restore", "ipset")), reason="needs ip, iptables, ipset"
     ),

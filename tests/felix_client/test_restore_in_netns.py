@@ -7,7 +7,6 @@ namespace, which is deleted afterwards with everything in it. Never the host's o
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import uuid
@@ -22,7 +21,6 @@ from .worked_example import POLICY_KEY, kvs
 
 pytestmark = [
     pytest.mark.root,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for a network namespace"),
     pytest.mark.skipif(
         not all(shutil.which(tool) for tool in ("ip", "iptables-restore", "ipset")), reason="needs ip, iptables, ipset"
     ),

@@ -32,7 +32,6 @@ from typha.testing.procs import free_port
 pytestmark = [
     pytest.mark.root,
     pytest.mark.slow,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
     pytest.mark.skipif(not all(shutil.which(b) for b in ("ip", "bird", "birdc", "bird6", "birdc6")),
                        reason="needs iproute2 and BIRD 1.6 (bird, bird6)"),
 ]

@@ -16,7 +16,6 @@ releases them) and the other nodes lose their routes to those blocks, BGP-learne
 from __future__ import annotations
 
 import ipaddress
-import os
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,6 @@ from typha.testing.vcluster import VirtualCluster, VNode, VPod, bird_programs_cl
 pytestmark = [
     pytest.mark.root,
     pytest.mark.slow,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
     pytest.mark.skipif(bool(missing_tools()), reason=f"needs {', '.join(missing_tools())}"),
 ]
 

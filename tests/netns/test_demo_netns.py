@@ -21,7 +21,6 @@ from typha.testing.vcluster import missing_tools
 
 @pytest.mark.root
 @pytest.mark.slow
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
 @pytest.mark.skipif(bool(missing_tools()), reason=f"needs {', '.join(missing_tools())}")
 def test_netns_demo_matrix_matches_the_policies(tmp_path: Path) -> None:
     out = tmp_path / "demo"

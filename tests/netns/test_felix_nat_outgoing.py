@@ -9,7 +9,6 @@ unmasqueraded packet is answered too: "not masqueraded" is an observation, not a
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +22,6 @@ from typha.testing import objects
 
 pytestmark = [
     pytest.mark.root,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
     pytest.mark.skipif(not all(shutil.which(b) for b in ("ip", "iptables-restore", "ipset")),
                        reason="needs iproute2, iptables and ipset"),
 ]

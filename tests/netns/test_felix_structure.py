@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import os
 import re
 import shutil
 from collections import deque
@@ -31,7 +30,6 @@ from typha.testing import objects
 
 pytestmark = [
     pytest.mark.root,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
     pytest.mark.skipif(not all(shutil.which(b) for b in ("ip", "iptables-save", "iptables-restore", "ipset")),
                        reason="needs iproute2, iptables and ipset"),
 ]

@@ -13,7 +13,6 @@ FelixConfiguration ProgramClusterRoutes is Enabled, the default here, so this te
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -27,7 +26,6 @@ from typha.testing import objects
 
 pytestmark = [
     pytest.mark.root,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
     pytest.mark.skipif(not all(shutil.which(b) for b in ("ip", "bridge", "iptables-restore", "ipset")),
                        reason="needs iproute2, iptables and ipset"),
 ]
