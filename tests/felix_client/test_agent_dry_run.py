@@ -10,7 +10,6 @@ import json
 import subprocess
 import sys
 import threading
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -23,6 +22,7 @@ from typha.daemon.serve import TyphaDaemon
 from typha.kube.client import KubeClient
 from typha.testing.apiserver.server import KubeAPIEmulator
 from typha.testing.procs import free_port
+from typha.testing.wait import wait_until, wait_until_trio
 
 from .test_agent_kernel import stop_agent
 from .worked_example import BACKEND_IF, FRONTEND_IF, POLICY_CHAIN, SOURCE_SET, cluster_objects, policy_object
@@ -75,18 +75,19 @@ def http_status(url: str) -> int:
 
 def wait_for(out: Path, check: Callable[[dict[str, str]], bool], what: str, timeout: float = 30) -> dict[str, str]:
     """Poll the dry-run files until `check` holds for one consistent generation."""
-    deadline = time.monotonic() + timeout
     files: dict[str, str] = {}
-    while time.monotonic() < deadline:
+
+    def consistent() -> bool:
+        nonlocal files
         try:
             files = {name: (out / name).read_text() for name in ("status.json", "iptables.save", "ipsets.save",
                                                                   "routes.txt")}
         except FileNotFoundError:
             files = {}
-        if files and json.loads(files["status.json"])["in_sync"] and check(files):
-            return files
-        time.sleep(0.05)
-    pytest.fail(f"timed out waiting for {what}; last files: {files}")
+        return bool(files) and json.loads(files["status.json"])["in_sync"] and check(files)
+
+    wait_until(consistent, lambda: f"{what}; last files: {files}", timeout=timeout, interval=0.05)
+    return files
 
 
 def test_agent_writes_chains_sets_and_routes_and_follows_policy_changes(typha, tmp_path):
@@ -168,9 +169,8 @@ def test_two_agents_in_one_trio_process(typha, tmp_path):
         async with trio.open_nursery() as nursery:
             for agent in agents.values():
                 await nursery.start(agent.run)
-            with trio.fail_after(30):
-                while not all(agent.ready for agent in agents.values()):
-                    await trio.sleep(0.02)
+            await wait_until_trio(lambda: all(agent.ready for agent in agents.values()), "both agents ready",
+                                  timeout=30)
             nursery.cancel_scope.cancel()
 
     trio.run(scenario)

@@ -8,14 +8,14 @@ address in the host's namespace. The namespace is deleted afterwards, even on fa
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import shutil
 import subprocess
 import sys
 import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,6 +25,7 @@ from typha.daemon.serve import TyphaDaemon
 from typha.kube.client import KubeClient
 from typha.testing.apiserver.server import KubeAPIEmulator
 from typha.testing.netns import Namespaces
+from typha.testing.wait import wait_until
 
 from .worked_example import BACKEND_IF, FRONTEND_IF, POLICY_CHAIN, cluster_objects, policy_object
 
@@ -38,12 +39,8 @@ pytestmark = [
 run = Namespaces.run
 
 
-def wait_for(check: Callable[[], bool], what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.05)
+# The agent's first apply inside a fresh namespace may be slow on a loaded machine.
+wait_for = functools.partial(wait_until, timeout=30, interval=0.05)
 
 
 @pytest.fixture

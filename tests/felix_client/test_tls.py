@@ -13,6 +13,7 @@ from tests.integration.test_tls import SERVER_CN, SERVER_URI, make_pki
 from typha.daemon.serve import TyphaDaemon
 from typha.kube.client import KubeClient
 from typha.testing.apiserver.server import KubeAPIEmulator
+from typha.testing.wait import wait_until_trio
 
 from .test_agent_dry_run import DaemonThread, free_port
 from .worked_example import cluster_objects
@@ -31,9 +32,7 @@ def options_from_env(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], *argv
 async def in_sync(agent: Agent) -> None:
     async with trio.open_nursery() as nursery:
         await nursery.start(agent.run)
-        with trio.fail_after(20):
-            while not agent.ready:
-                await trio.sleep(0.02)
+        await wait_until_trio(lambda: agent.ready, "the agent ready", timeout=20)
         nursery.cancel_scope.cancel()
 
 

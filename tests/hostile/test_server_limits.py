@@ -24,6 +24,7 @@ from typha.syncserver.server import (
     ServerSettings,
     SyncServer,
 )
+from typha.testing.wait import wait_until_async
 
 from ..integration.sync_raw import RawClient
 
@@ -167,9 +168,8 @@ def test_streams_without_a_hello_count_toward_the_connection_limit():
         await server.start("127.0.0.1", 0)
         try:
             silent = [asyncio.create_task(no_hello(server.port)) for _ in range(flood)]
-            async with asyncio.timeout(10):
-                while sum(task.done() for task in silent) < flood - limit - 1:
-                    await asyncio.sleep(0.01)
+            await wait_until_async(lambda: sum(task.done() for task in silent) >= flood - limit - 1,
+                                   "the silent connections beyond the limit to be dropped", interval=0.01)
             assert server.awaiting_hello == limit + 1
             refused = await hello_while_full(server.port)
             results = await asyncio.wait_for(asyncio.gather(*silent), 20)

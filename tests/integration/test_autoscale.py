@@ -6,6 +6,7 @@ checked deterministically with fake clocks; the threaded tests only check what h
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ from typha.kube.client import KubeAPIError, KubeClient
 from typha.kube.leases import LEASES, LeaderElector
 from typha.kube.objects import KubeObjects
 from typha.ops.autoscale import Autoscaler, AutoscaleSettings
+from typha.testing import wait
 
 NAMESPACE = "kube-system"
 DEPLOYMENT = "calico-typha"
@@ -24,12 +26,7 @@ LEASE = "calico-typha-autoscaler"
 WAIT = 15.0  # generous bound on any wait: a loaded CI machine is slow, never wrong
 
 
-def wait_until(predicate: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
+wait_until = functools.partial(wait.wait_until, timeout=WAIT)
 
 
 def node(name: str, *, unschedulable: bool = False, labels: dict[str, str] | None = None) -> dict[str, Any]:

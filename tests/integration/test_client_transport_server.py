@@ -17,6 +17,7 @@ from typha.client import AsyncSyncClient, Backoff, StatusChange, UpdateBatch, op
 from typha.model.kv import SyncStatus, Update
 from typha.snapcache.cache import SnapshotCache
 from typha.syncserver.server import ServerSettings, SyncServer
+from typha.testing.wait import wait_until_async, wait_until_trio
 
 FAST = Backoff(initial=0.05, maximum=0.2)
 SETTINGS = ServerSettings(ping_interval_secs=0.2, checksum_interval_secs=0.2, drain_reconnect_grace_secs=5.0)
@@ -28,12 +29,6 @@ def run(scenario: Callable[[], Awaitable[Any]], timeout: float = 30.0) -> Any:
             return await scenario()
 
     return asyncio.run(bounded())
-
-
-async def until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.01)
 
 
 def expected(cache: SnapshotCache) -> dict[str, Any]:
@@ -54,11 +49,13 @@ def test_snapshot_deltas_checksums_and_in_sync_end_to_end():
         port = await server.start("127.0.0.1", 0)
         try:
             async with AsyncSyncClient([f"127.0.0.1:{port}"], "felix", hostname="n1", backoff=FAST) as client:
-                await until(lambda: len(client.core) == 300)
+                await wait_until_async(lambda: len(client.core) == 300, "300 keys")
                 cache.apply([Update("/calico/v1/k0001", None, "9"), Update("/new", {"n": 1}, "9")])
                 cache.set_status(SyncStatus.IN_SYNC)
                 assert await client.wait_in_sync(10)
-                await until(lambda: client.counters.checksum_matches >= 2 and client.counters.pongs_sent >= 1)
+                await wait_until_async(
+                    lambda: client.counters.checksum_matches >= 2 and client.counters.pongs_sent >= 1,
+                    "two checksum matches and a pong")
                 assert client.core.to_dict() == expected(cache)
                 assert client.counters.checksum_mismatches == 0
                 assert client.counters.snapshots == 1
@@ -76,13 +73,14 @@ def test_resume_across_a_server_restart_on_the_same_caches():
         first = SyncServer({"felix": cache}, SETTINGS)
         port = await first.start("127.0.0.1", 0)
         async with AsyncSyncClient([f"127.0.0.1:{port}"], "felix", hostname="n1", backoff=FAST) as client:
-            await until(lambda: len(client.core) == 50)
+            await wait_until_async(lambda: len(client.core) == 50, "50 keys")
             await first.stop(0)
             cache.apply([Update("/calico/v1/k0003", {"changed": True}, "7")])
             second = SyncServer({"felix": cache}, SETTINGS)
             try:
                 await second.start("127.0.0.1", port)
-                await until(lambda: client.core.get("/calico/v1/k0003") == {"changed": True})
+                await wait_until_async(lambda: client.core.get("/calico/v1/k0003") == {"changed": True},
+                                       "k0003 changed")
                 assert client.counters.resumes == 1
                 assert client.counters.snapshots == 1
                 assert client.core.to_dict() == expected(cache)
@@ -106,10 +104,10 @@ def test_drain_moves_the_client_to_the_other_server_make_before_break():
             async with client:
                 async def consume() -> None:
                     async for event in client:
-                        events.append(event)
+                        events.append(event)  # noqa: PERF401 - read while the stream is still open
 
                 consumer = asyncio.get_running_loop().create_task(consume())
-                await until(lambda: len(client.core) == 100)
+                await wait_until_async(lambda: len(client.core) == 100, "100 keys")
                 assert client.endpoint.endswith(str(ports[0]))
                 # The second server has seen one more change than the first when the client arrives.
                 caches[1].apply([Update("/only-on-b", 1, "5")])
@@ -118,7 +116,7 @@ def test_drain_moves_the_client_to_the_other_server_make_before_break():
                 assert not servers[0].connections, "the drained server's stream must be closed by the client"
                 assert client.counters.moves == 1
                 assert client.counters.snapshots == 2
-                await until(lambda: client.core.to_dict() == expected(caches[1]))
+                await wait_until_async(lambda: client.core.to_dict() == expected(caches[1]), "the second cache's state")
                 consumer.cancel()
         finally:
             for server in servers:
@@ -177,8 +175,7 @@ def test_trio_client_end_to_end():
     try:
         async def main() -> None:
             with trio.fail_after(20):
-                while not ready:
-                    await trio.sleep(0.01)
+                await wait_until_trio(lambda: bool(ready), "the server thread's port", timeout=20, interval=0.01)
                 async with open_trio_sync_client([f"127.0.0.1:{ready[0]}"], "bgp", hostname="n1",
                                                  backoff=FAST) as client:
                     seen: dict[str, Any] = {}
@@ -208,10 +205,10 @@ def test_a_restarted_server_with_a_new_cache_is_reconciled_without_restarting_th
         async with client:
             async def consume() -> None:
                 async for event in client:
-                    events.append(event)
+                    events.append(event)  # noqa: PERF401 - read while the stream is still open
 
             consumer = asyncio.get_running_loop().create_task(consume())
-            await until(lambda: len(client.core) == 30 and client.in_sync)
+            await wait_until_async(lambda: len(client.core) == 30 and client.in_sync, "30 keys, in sync")
             await first.stop(0)
             # A new process: new epoch, and the datastore lost two keys and changed one meanwhile.
             new = SnapshotCache("felix")
@@ -221,7 +218,8 @@ def test_a_restarted_server_with_a_new_cache_is_reconciled_without_restarting_th
             second = SyncServer({"felix": new}, SETTINGS)
             try:
                 await second.start("127.0.0.1", port)
-                await until(lambda: client.core.to_dict() == expected(new) and client.in_sync)
+                await wait_until_async(lambda: client.core.to_dict() == expected(new) and client.in_sync,
+                                       "the new state, in sync")
             finally:
                 await second.stop(0)
             consumer.cancel()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
 from typing import Any
@@ -22,6 +21,7 @@ import zstandard
 
 from typha.client import digest_of
 from typha.proto import sync_pb2 as pb
+from typha.testing.wait import wait_until, wait_until_async
 
 Script = Callable[["Stream"], Awaitable[None]]
 _zstd = zstandard.ZstdCompressor(level=3)
@@ -106,9 +106,7 @@ class Stream:
         await asyncio.sleep(seconds)
 
     async def wait_pongs(self, count: int, timeout: float = 5.0) -> None:
-        deadline = time.monotonic() + timeout
-        while len(self.pongs) < count and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
+        await wait_until_async(lambda: len(self.pongs) >= count, f"{count} pongs", timeout=timeout, interval=0.01)
 
     async def _read_pongs(self) -> None:
         while True:
@@ -142,13 +140,13 @@ class FakeCluster:
 
     def wait_logged(self, *entry: Any, timeout: float = 5.0) -> bool:
         """Wait (from any thread) until the servers logged `entry`, e.g. (0, "closed", 0)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        def logged() -> bool:
             with self._lock:
-                if entry in self.log:
-                    return True
-            time.sleep(0.01)
-        return False
+                return entry in self.log
+
+        wait_until(logged, f"the servers to log {entry}", timeout=timeout, interval=0.01)
+        return True
 
     def index(self, *entry: Any) -> int:
         with self._lock:

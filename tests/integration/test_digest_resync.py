@@ -18,6 +18,7 @@ from typha.client import AsyncSyncClient, Backoff
 from typha.model.kv import SyncStatus, Update
 from typha.snapcache.cache import SnapshotCache
 from typha.syncserver.server import ServerSettings, SyncServer
+from typha.testing.wait import wait_until_async
 
 from .test_fanout_e2e import Ignore
 
@@ -31,12 +32,6 @@ def run(scenario: Callable[[], Awaitable[Any]], timeout: float = 40.0) -> Any:
             return await scenario()
 
     return asyncio.run(bounded())
-
-
-async def until(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.01)
 
 
 def cluster_kvs() -> dict[str, Any]:
@@ -106,10 +101,12 @@ def test_switching_replica_after_one_percent_changed_sends_under_five_percent_of
                 hello_bytes = probe.hello.ByteSize()
                 client.core.close_session(probe)
                 await server_a.stop(0)
-                await until(lambda: client.endpoint == endpoints[1] and client.in_sync)
+                await wait_until_async(lambda: client.endpoint == endpoints[1] and client.in_sync,
+                                       "in sync at the second endpoint", timeout=15)
                 moved_bytes = client.counters.bytes_received - before
                 matches = client.counters.checksum_matches
-                await until(lambda: client.counters.checksum_matches > matches)
+                await wait_until_async(lambda: client.counters.checksum_matches > matches,
+                                       "a new checksum match", timeout=15)
                 assert client.core.to_dict() == contents(second)
                 assert client.core.digest == second.digest
                 assert client.counters.digest_resyncs == 1
@@ -147,7 +144,8 @@ def test_fallback_to_a_snapshot_for_old_clients_and_when_too_much_differs():
                 assert await client.wait_in_sync(15)
                 second.apply(changes)
                 await server_a.stop(0)
-                await until(lambda: client.endpoint == endpoints[1] and client.in_sync)
+                await wait_until_async(lambda: client.endpoint == endpoints[1] and client.in_sync,
+                                       "in sync at the second endpoint", timeout=15)
                 assert client.core.to_dict() == contents(second)
                 return client
         finally:
@@ -198,7 +196,8 @@ def test_drain_move_under_churn_repairs_by_digest_and_ends_exact():
                 assert client.endpoint == endpoints[1]
                 assert client.counters.moves == 1
                 matches = client.counters.checksum_matches
-                await until(lambda: client.counters.checksum_matches > matches)
+                await wait_until_async(lambda: client.counters.checksum_matches > matches,
+                                       "a new checksum match", timeout=15)
                 assert client.core.to_dict() == contents(second)
                 assert client.counters.digest_resyncs == 1
                 assert client.counters.snapshots == 1

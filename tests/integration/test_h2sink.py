@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import multiprocessing as mp
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -17,6 +18,7 @@ from bench.h2sink import StreamStats, run_stream
 from typha.model.kv import SyncStatus, Update
 from typha.snapcache.cache import SnapshotCache
 from typha.syncserver.server import ServerSettings, SyncServer
+from typha.testing.wait import wait_until_async
 
 WAIT_SECS = 10.0
 
@@ -43,11 +45,7 @@ def pod(i: int, stamp_ns: int | None = None) -> Update:
     return Update(f"/calico/v1/host/n1/workload/k8s/ns%2fp{i}/endpoint/eth0", {"labels": labels, "i": i}, str(i))
 
 
-async def until(condition: Callable[[], bool], what: str, timeout: float = WAIT_SECS) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.01)
+until = functools.partial(wait_until_async, timeout=WAIT_SECS, interval=0.01)
 
 
 def test_snapshot_in_sync_exact_deltas_latency_and_pings():

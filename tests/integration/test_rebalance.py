@@ -28,6 +28,7 @@ from typha.source.datastore import convert_objects
 from typha.syncserver.server import ServerSettings, SyncServer
 from typha.testing import objects
 from typha.testing.apiserver.server import KubeAPIEmulator
+from typha.testing.wait import wait_until_async
 
 from .churn import apply, random_op
 from .sync_raw import RawClient
@@ -84,15 +85,6 @@ def no_node_deletes(rng: random.Random) -> tuple[Any, ...]:
             return op
 
 
-async def wait_for(predicate, timeout: float, what: str) -> float:
-    started = time.monotonic()
-    while not predicate():
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        await asyncio.sleep(0.05)
-    return time.monotonic() - started
-
-
 def test_kube_lookup_counts_typha_endpoints_and_nodes(kube, emulator):
     seed_cluster(emulator)
     emulator.upsert(endpoint_slice("calico-typha-a", 5473))
@@ -140,7 +132,7 @@ def test_excess_clients_are_hinted_then_closed_only_if_they_stay():
             clients = {name: RawClient(server.port) for name in ("legacy-1", "legacy-2", "modern-1", "modern-2")}
             for name, client in clients.items():
                 await hello(client, name, () if name.startswith("legacy") else ("reconnect",))
-            await wait_for(lambda: len(server.connections) == 4, 5, "four connections")
+            await wait_until_async(lambda: len(server.connections) == 4, timeout=5, what="four connections")
             assert rebalancer.apply(view) == 2
 
             # A movable client goes first, with a hint naming the other Typha; it moves (closes its stream).
@@ -151,7 +143,7 @@ def test_excess_clients_are_hinted_then_closed_only_if_they_stay():
             assert hint.endpoint == other
             assert "rebalancing" in hint.reason
             await clients.pop(first.hostname).close()
-            await wait_for(lambda: len(server.connections) == 3, 5, "the moved client to be gone")
+            await wait_until_async(lambda: len(server.connections) == 3, timeout=5, what="the moved client to be gone")
 
             # The other movable client is asked next but stays: closed once the grace period is over.
             second = rebalancer.step()
@@ -164,7 +156,8 @@ def test_excess_clients_are_hinted_then_closed_only_if_they_stay():
             code, details = await clients[second.hostname].status()
             assert code == grpc.StatusCode.UNAVAILABLE
             assert "rebalancing" in details
-            await wait_for(lambda: len(server.connections) == 2, 5, "the stubborn client to be closed")
+            await wait_until_async(lambda: len(server.connections) == 2, timeout=5,
+                                   what="the stubborn client to be closed")
             assert rebalancer.step() is None
 
             # Only clients without the feature are left; with a limit of 1 one of them is closed at once.
@@ -217,14 +210,15 @@ def test_three_replicas_converge_without_any_client_losing_sync(tmp_path, loads_
                 await replica.start()
             servers = [replica.server for replica in replicas]
             assert all(server is not None for server in servers)
-            peers = LocalPeers({address: server for address, server in zip(addresses, servers, strict=True)})
+            peers = LocalPeers(dict(zip(addresses, servers, strict=True)))
             for replica in replicas:
                 assert replica.rebalancer is not None
                 replica.rebalancer.peers = peers if loads_known else None
 
             # Clients come once the replicas follow the ingest: a replica's first sync with its upstream
             # starts its cache over, which would send early clients elsewhere for a new snapshot.
-            await wait_for(lambda: all(replica.readiness()[0] for replica in replicas), 20, "replicas in sync")
+            await wait_until_async(lambda: all(replica.readiness()[0] for replica in replicas), timeout=20,
+                                   what="replicas in sync")
 
             # Only replica 0 is in the service so far: T=1, so its limit is Upper and it takes everyone.
             api.upsert(endpoint_slice("calico-typha-0", ports[0]))
@@ -251,15 +245,15 @@ def test_three_replicas_converge_without_any_client_losing_sync(tmp_path, loads_
             started = time.monotonic()
             api.upsert(endpoint_slice("calico-typha-1", ports[1]))
             api.upsert(endpoint_slice("calico-typha-2", ports[2]))
-            await wait_for(lambda: all(server.settings.max_connections == 10 for server in servers), 10,
-                           "every replica to adopt the limit of 10")
+            await wait_until_async(lambda: all(server.settings.max_connections == 10 for server in servers), timeout=10,
+                                   what="every replica to adopt the limit of 10")
 
             def settled() -> bool:
                 # Replica 0 down to its limit, every move finished (no client on two replicas), all in sync.
                 counts = [len(server.connections) for server in servers]
                 return counts[0] <= 10 and sum(counts) == CLIENTS and all(client.in_sync for client in clients)
 
-            await wait_for(settled, 45, "replica 0 to shed its excess")
+            await wait_until_async(settled, timeout=45, what="replica 0 to shed its excess")
             converged = time.monotonic() - started
             counts = [len(server.connections) for server in servers]
             assert all(abs(count - CLIENTS // REPLICAS) <= 2 for count in counts), counts
@@ -268,8 +262,8 @@ def test_three_replicas_converge_without_any_client_losing_sync(tmp_path, loads_
             await churn_task
             churn_task = None
             want = convert_objects("felix", await asyncio.to_thread(api.objects))
-            await wait_for(lambda: all(client.core.to_dict() == want for client in clients), 20,
-                           "every client's mirror to match the API")
+            await wait_until_async(lambda: all(client.core.to_dict() == want for client in clients), timeout=20,
+                                   what="every client's mirror to match the API")
 
             # Counts stay put: nothing oscillates once every replica is at or under its limit.
             await asyncio.sleep(0.5)

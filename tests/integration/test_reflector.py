@@ -12,6 +12,7 @@ import pytest
 from typha.kube.reflector import Backoff, Event, EventType, Reflector
 from typha.model.resources import Resource, by_key
 from typha.testing import objects
+from typha.testing.wait import wait_until
 
 PODS = by_key("pods")
 
@@ -45,13 +46,6 @@ class RecordingSink:
     def wait(self, predicate, timeout: float = 10.0) -> None:
         with self.cond:
             assert self.cond.wait_for(lambda: predicate(self), timeout), f"timed out; log={self.log[-10:]}"
-
-
-def wait_until(predicate, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
 
 
 def expected_state(emulator) -> dict[str, str]:
@@ -108,7 +102,8 @@ def test_resume_after_dropped_watch_loses_and_repeats_nothing(emulator, kube, si
         sink.wait(lambda s: s.synced == 1)
         for round_ in range(5):
             # Close only a watch that is really open on the server, or the close is a no-op.
-            wait_until(lambda round_=round_: reflector.watches == round_ + 1 and emulator.stats()["open_watches"] == 1)
+            wait_until(lambda round_=round_: reflector.watches == round_ + 1 and emulator.stats()["open_watches"] == 1,
+                       "the next watch, open")
             emulator.close_watches()
             add_pod(emulator, f"r{round_}")
             emulator.patch("v1", "Pod", "a", {"metadata": {"labels": {"round": str(round_)}}}, "default")
@@ -135,7 +130,7 @@ def test_gone_while_disconnected_relists_with_exact_diff(emulator, kube, sink):
         sink.wait(lambda s: s.synced == 1)
         logged_before = len(sink.log)
         sleep.gate.clear()
-        wait_until(lambda: emulator.stats()["open_watches"] == 1)
+        wait_until(lambda: emulator.stats()["open_watches"] == 1, "one open watch")
         emulator.fail_next(1, 500)
         emulator.close_watches()
         assert sleep.entered.wait(10.0), "the reflector never backed off"
@@ -159,7 +154,8 @@ def test_expired_watch_mid_stream_relists(emulator, kube, sink):
     reflector = start_reflector(kube, sink)
     try:
         sink.wait(lambda s: s.synced == 1)
-        wait_until(lambda: emulator.stats()["open_watches"] == 1)  # expire a watch that is really open
+        wait_until(lambda: emulator.stats()["open_watches"] == 1,
+                   "one open watch")  # expire a watch that is really open
         emulator.expire_watches()
         sink.wait(lambda s: s.synced == 2)
         add_pod(emulator, "b")
@@ -179,7 +175,7 @@ def test_bookmarks_advance_the_resume_point(emulator, kube, sink):
         for i in range(5):
             emulator.create(objects.namespace(f"ns{i}"))
         target = emulator.resource_version
-        wait_until(lambda: int(reflector.resource_version or 0) >= target)
+        wait_until(lambda: int(reflector.resource_version or 0) >= target, "the target resourceVersion")
         # History older than the bookmark may now go: resuming from the bookmark needs none of it.
         emulator.compact()
         emulator.close_watches()

@@ -32,6 +32,7 @@ from typha.syncserver.server import ServerSettings, SyncServer
 from typha.syncserver.tls import ClientCertAuthorizer, server_security
 from typha.testing import objects
 from typha.testing.procs import free_port
+from typha.testing.wait import wait_until_async
 
 from .tls_pki import CA, Leaf
 
@@ -122,9 +123,12 @@ async def first_message_or_error(
         if hello:
             await asyncio.wait_for(call.write(pb.ClientMessage(hello=pb.ClientHello(
                 hostname="node-1", syncer_type="felix", compressions=["zstd"]))), WAIT)
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
+        async def read_once() -> None:
             message = await asyncio.wait_for(call.read(), WAIT)
             assert message is grpc.aio.EOF, f"the server sent data: {message}"
+
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await read_once()
         return caught.value
     finally:
         await channel.close()
@@ -146,9 +150,9 @@ async def client_failure(port: int, tls: ClientTLS) -> str:
 # -- the right certificates connect and sync --------------------------------------------------------
 
 
-@pytest.mark.parametrize("leaf_name, expect", [
-    ("right_cn", dict(server_cn=SERVER_CN)),  # CN on both sides
-    ("right_uri", dict(server_cn="", server_uri_san=SERVER_URI)),  # URI SAN on both sides
+@pytest.mark.parametrize(("leaf_name", "expect"), [
+    ("right_cn", {"server_cn": SERVER_CN}),  # CN on both sides
+    ("right_uri", {"server_cn": "", "server_uri_san": SERVER_URI}),  # URI SAN on both sides
 ])
 def test_right_certificates_connect_and_sync(pki: PKI, leaf_name: str, expect: dict[str, str]) -> None:
     async def scenario() -> None:
@@ -160,9 +164,8 @@ def test_right_certificates_connect_and_sync(pki: PKI, leaf_name: str, expect: d
                 assert client.core.to_dict() == {"/calico/v1/config/LogSeverityScreen": "Info",
                                                  "/calico/v1/host/node-1/config/Foo": {"x": 1}}
                 felix.apply([Update("/calico/v1/config/LogSeverityScreen", "Debug", "3")])
-                async with asyncio.timeout(WAIT):
-                    while client.core.get("/calico/v1/config/LogSeverityScreen") != "Debug":
-                        await asyncio.sleep(0.02)
+                await wait_until_async(lambda: client.core.get("/calico/v1/config/LogSeverityScreen") == "Debug",
+                                       "the changed LogSeverityScreen", timeout=WAIT)
 
     run(scenario)
 
@@ -244,7 +247,7 @@ def test_wrong_cn_is_refused_unauthenticated_before_any_data(pki: PKI) -> None:
     run(scenario)
 
 
-@pytest.mark.parametrize("leaf_name, reason", [
+@pytest.mark.parametrize(("leaf_name", "reason"), [
     ("other_ca", "probably not signed by a CA the server trusts"),
     ("expired", "expired at"),
 ])
@@ -274,9 +277,9 @@ def test_plaintext_client_is_refused(pki: PKI) -> None:
     run(scenario)
 
 
-@pytest.mark.parametrize("expect, reason", [
-    (dict(server_cn="some-other-typha"), "required: CN 'some-other-typha'"),
-    (dict(server_cn="", server_uri_san="spiffe://elsewhere/typha"), "required: URI SAN 'spiffe://elsewhere/typha'"),
+@pytest.mark.parametrize(("expect", "reason"), [
+    ({"server_cn": "some-other-typha"}, "required: CN 'some-other-typha'"),
+    ({"server_cn": "", "server_uri_san": "spiffe://elsewhere/typha"}, "required: URI SAN 'spiffe://elsewhere/typha'"),
 ])
 def test_client_refuses_a_server_with_another_name(pki: PKI, expect: dict[str, str], reason: str) -> None:
     async def scenario() -> None:

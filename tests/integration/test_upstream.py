@@ -12,18 +12,11 @@ from typha.daemon.serve import TyphaDaemon
 from typha.kube.client import KubeClient
 from typha.source.datastore import convert_objects
 from typha.testing.apiserver.server import KubeAPIEmulator
+from typha.testing.wait import wait_until_async
 
 from .churn import apply, random_op
 from .test_daemon import free_port
 from .test_fanout_e2e import Ignore
-
-
-async def wait_for(predicate, timeout: float = 20.0) -> None:
-    for _ in range(int(timeout / 0.05)):
-        if predicate():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("timed out")
 
 
 def crumbs(cache) -> dict[int, bytes]:
@@ -56,14 +49,16 @@ def test_replicas_are_exact_and_clients_resume_across_them(tmp_path):
             objects_now = await asyncio.to_thread(api.objects)
             for syncer_type in want:
                 want[syncer_type] = convert_objects(syncer_type, objects_now)
-            await wait_for(lambda: client.core.to_dict() == want["felix"])
+            await wait_until_async(lambda: client.core.to_dict() == want["felix"], "the felix state", timeout=20)
 
             # Same epoch, same sequence numbers, same bytes on every replica as on the ingest typha.
             for syncer_type in ("felix", "bgp"):
                 source = ingest.caches[syncer_type]
                 for replica in replicas:
                     copy = replica.caches[syncer_type]
-                    await wait_for(lambda copy=copy, source=source: copy.newest.sequence == source.newest.sequence)
+                    await wait_until_async(
+                        lambda copy=copy, source=source: copy.newest.sequence == source.newest.sequence,
+                        "the copy at the source's sequence", timeout=20)
                     assert copy.epoch == source.epoch
                     assert copy.digest == source.digest
                     theirs, ours = crumbs(source), crumbs(copy)
@@ -76,7 +71,8 @@ def test_replicas_are_exact_and_clients_resume_across_them(tmp_path):
             for _ in range(20):
                 await asyncio.to_thread(apply, api, random_op(rng))
             final = convert_objects("felix", await asyncio.to_thread(api.objects))
-            await wait_for(lambda: client.core.to_dict() == final and client.endpoint == client.endpoints[1])
+            await wait_until_async(lambda: client.core.to_dict() == final and client.endpoint == client.endpoints[1],
+                                   "the final state at the second endpoint", timeout=20)
             assert client.counters.snapshots == snapshots, "moving between replicas must resume"
             assert client.counters.resumes >= 1
         finally:

@@ -17,8 +17,9 @@ from typha.snapcache.cache import SnapshotCache
 from typha.source.upstream import FollowerBackoff, UpstreamFollower
 from typha.syncserver.resync import BucketRepair
 from typha.syncserver.server import SyncServer
+from typha.testing.wait import wait_until_async
 
-from .test_digest_resync import SETTINGS, cluster_kvs, one_percent_changed, replica, run, until
+from .test_digest_resync import SETTINGS, cluster_kvs, one_percent_changed, replica, run
 
 FAST = FollowerBackoff(initial=0.05, maximum=0.2)
 
@@ -40,7 +41,8 @@ def test_follower_repairs_by_digest_after_the_upstream_restarts_and_is_exact():
         follower = UpstreamFollower(f"127.0.0.1:{port}", "felix", SnapshotCache("felix"), backoff=FAST)
         follower.start()
         try:
-            await until(lambda: follower.connected and exact(follower.cache, first))
+            await wait_until_async(lambda: follower.connected and exact(follower.cache, first),
+                                   "the follower connected, exact at the first state", timeout=15)
             snapshot_bytes = follower.bytes_received
             assert follower.snapshots == 1
 
@@ -51,7 +53,8 @@ def test_follower_repairs_by_digest_after_the_upstream_restarts_and_is_exact():
             before = follower.bytes_received
             upstream = SyncServer({"felix": second}, SETTINGS)
             assert await upstream.start("127.0.0.1", port) == port
-            await until(lambda: follower.connected and follower.cache.epoch == second.epoch)
+            await wait_until_async(lambda: follower.connected and follower.cache.epoch == second.epoch,
+                                   "the follower connected at the second epoch", timeout=15)
             repair_bytes = follower.bytes_received - before
             assert exact(follower.cache, second)
             assert follower.digest_resyncs == 1 and follower.snapshots == 1, (follower.digest_resyncs,
@@ -62,14 +65,16 @@ def test_follower_repairs_by_digest_after_the_upstream_restarts_and_is_exact():
 
             # It keeps following the new epoch: later deltas are replicated as they are.
             second.apply(one_percent_changed(kvs, random.Random(5)))
-            await until(lambda: exact(follower.cache, second))
+            await wait_until_async(lambda: exact(follower.cache, second),
+                                   "the follower exact at the second state", timeout=15)
 
             # Everything differs: the upstream answers with a snapshot, and the replica is exact again.
             third = replica({f"{key}-other": value for key, value in kvs.items()})
             await upstream.stop(0)
             upstream = SyncServer({"felix": third}, SETTINGS)
             assert await upstream.start("127.0.0.1", port) == port
-            await until(lambda: follower.connected and follower.cache.epoch == third.epoch)
+            await wait_until_async(lambda: follower.connected and follower.cache.epoch == third.epoch,
+                                   "the follower connected at the third epoch", timeout=15)
             assert exact(follower.cache, third)
             assert follower.snapshots == 2
             assert follower.digest_resyncs == 1
@@ -101,7 +106,8 @@ def test_a_repair_that_does_not_add_up_leaves_the_cache_alone_and_the_next_sessi
         follower = UpstreamFollower(f"127.0.0.1:{port}", "felix", cache, backoff=FAST)
         follower.start()
         try:
-            await until(lambda: follower.connected and exact(follower.cache, first))
+            await wait_until_async(lambda: follower.connected and exact(follower.cache, first),
+                                   "the follower connected, exact at the first state", timeout=15)
 
             second = replica(kvs)
             second.apply(one_percent_changed(kvs, random.Random(6)))
@@ -120,7 +126,8 @@ def test_a_repair_that_does_not_add_up_leaves_the_cache_alone_and_the_next_sessi
 
             planner.plan = lying_plan  # type: ignore[method-assign]
             assert await upstream.start("127.0.0.1", port) == port
-            await until(lambda: follower.connected and follower.cache.epoch == second.epoch)
+            await wait_until_async(lambda: follower.connected and follower.cache.epoch == second.epoch,
+                                   "the follower connected at the second epoch", timeout=15)
             assert len(lies) == 1, "after a refused repair the follower asks for a snapshot, sending no summary"
             assert resets == [first.epoch, second.epoch], "only the two snapshots may replace the cache"
             assert "does not match the upstream's checksum" in follower.last_error, follower.last_error

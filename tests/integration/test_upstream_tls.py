@@ -13,9 +13,9 @@ from typha.daemon.serve import TyphaDaemon
 from typha.kube.client import KubeClient
 from typha.testing import objects
 from typha.testing.apiserver.server import KubeAPIEmulator
+from typha.testing.wait import wait_until_async
 
 from .test_tls import PKI, SERVER_CN, SERVER_URI, WAIT, free_port, make_pki
-from .test_upstream import wait_for
 from .tls_pki import Leaf
 
 
@@ -52,9 +52,10 @@ def test_replica_follows_over_mtls_only_when_names_match(pki: PKI, tmp_path: Pat
             for name in ("by CN", "by URI SAN"):
                 copy, source = daemons[name].caches["felix"], ingest.caches["felix"]
                 followers = daemons[name].followers
-                await wait_for(lambda copy=copy, source=source, followers=followers:
-                               copy.newest.sequence == source.newest.sequence and all(f.connected for f in followers),
-                               WAIT)
+                await wait_until_async(
+                    lambda copy=copy, source=source, followers=followers:
+                    copy.newest.sequence == source.newest.sequence and all(f.connected for f in followers),
+                    "every follower connected and caught up", timeout=WAIT)
                 assert copy.epoch == source.epoch
                 assert copy.digest == source.digest
                 assert len(copy) == len(source) > 0
@@ -62,11 +63,14 @@ def test_replica_follows_over_mtls_only_when_names_match(pki: PKI, tmp_path: Pat
             def failed(name: str, text: str) -> bool:
                 return all(text in f.last_error for f in daemons[name].followers)
 
-            await wait_for(lambda: failed("wrong server CN", "refusing the server"), WAIT)
+            await wait_until_async(lambda: failed("wrong server CN", "refusing the server"),
+                                   "the wrong-server-CN follower to refuse", timeout=WAIT)
             assert "required: CN 'some-other-typha'" in daemons["wrong server CN"].followers[0].last_error
-            await wait_for(lambda: failed("wrong own CN", "UNAUTHENTICATED"), WAIT)
+            await wait_until_async(lambda: failed("wrong own CN", "UNAUTHENTICATED"),
+                                   "the wrong-own-CN follower to be refused", timeout=WAIT)
             assert "not-typha-client" in daemons["wrong own CN"].followers[0].last_error
-            await wait_for(lambda: failed("plaintext", "UNAVAILABLE"), WAIT)
+            await wait_until_async(lambda: failed("plaintext", "UNAVAILABLE"),
+                                   "the plaintext follower to be refused", timeout=WAIT)
             for name in ("wrong server CN", "wrong own CN", "plaintext"):
                 followers = daemons[name].followers
                 assert not any(f.connected or f.replicated or f.snapshots for f in followers), name

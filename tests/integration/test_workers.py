@@ -13,13 +13,13 @@ import random
 import signal
 import subprocess
 import sys
-import time
 
 import psutil
 
 from typha.client import AsyncSyncClient, Backoff
 from typha.source.datastore import convert_objects
 from typha.testing.apiserver.server import KubeAPIEmulator
+from typha.testing.wait import wait_until_async
 
 from .churn import apply, random_op
 from .test_daemon import free_port
@@ -84,9 +84,8 @@ def test_killed_worker_clients_resume_on_another_and_it_is_restarted(tmp_path):
                     await writer
                     matches = [c.counters.checksum_matches for c in clients]
                     want = convert_objects("felix", await asyncio.to_thread(api.objects))
-                    deadline = time.monotonic() + 30
-                    while time.monotonic() < deadline and not all(c.core.to_dict() == want for c in clients):
-                        await asyncio.sleep(0.1)
+                    await wait_until_async(lambda: all(c.core.to_dict() == want for c in clients),
+                                           "every mirror to equal the datastore", timeout=30, interval=0.1)
                     assert all(c.core.to_dict() == want for c in clients)
                     digests = {c.core.digest for c in clients}
                     assert len(digests) == 1
@@ -97,19 +96,15 @@ def test_killed_worker_clients_resume_on_another_and_it_is_restarted(tmp_path):
                     assert all(c.counters.resumes > before for c, before in zip(clients, resumes, strict=True)
                                if c in moved)
                     # The servers' checksums of the final state agree with every mirror.
-                    deadline = time.monotonic() + 30
-                    while time.monotonic() < deadline and not all(
-                        c.counters.checksum_matches >= before + 2 for c, before in zip(clients, matches, strict=True)
-                    ):
-                        await asyncio.sleep(0.1)
+                    await wait_until_async(lambda: all(c.counters.checksum_matches >= before + 2
+                                                       for c, before in zip(clients, matches, strict=True)),
+                                           "two more checksum matches at every client", timeout=30, interval=0.1)
                     assert all(c.counters.checksum_matches >= before + 2
                                for c, before in zip(clients, matches, strict=True))
                     assert all(c.counters.checksum_mismatches == 0 for c in clients)
-                    deadline = time.monotonic() + 30
-                    while time.monotonic() < deadline and (
-                        len(worker_pids(supervisor)) < 2 or victim in worker_pids(supervisor)
-                    ):
-                        await asyncio.sleep(0.1)
+                    await wait_until_async(lambda: len(worker_pids(supervisor)) >= 2
+                                           and victim not in worker_pids(supervisor),
+                                           "the killed worker to be replaced", timeout=30, interval=0.1)
                     assert len(worker_pids(supervisor)) == 2
                     assert victim not in worker_pids(supervisor)
                 finally:

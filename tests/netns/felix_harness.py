@@ -32,9 +32,10 @@ from typha.testing import objects
 from typha.testing.apiserver.server import KubeAPIEmulator
 from typha.testing.netns import Namespaces
 from typha.testing.procs import stop_process
-from typha.testing.vcluster import cni_add, route_pod_gateway, wait_for
+from typha.testing.vcluster import cni_add, route_pod_gateway
+from typha.testing.wait import wait_until
 
-__all__ = ["DaemonThread", "FelixCluster", "Listener", "Node", "Pod", "exchange_eventually", "wait_for"]
+__all__ = ["DaemonThread", "FelixCluster", "Listener", "Node", "Pod", "exchange_eventually"]
 
 UNDERLAY_PREFIX = "10.201.0"
 
@@ -245,7 +246,8 @@ def wait_felix_applied(agents: dict[str, subprocess.Popen[str]], want: dict[str,
                 return False
         return True
 
-    wait_for(done, timeout, lambda: "agents not applied: " + "; ".join(agent_log(tmp, n) for n in agents))
+    wait_until(done, timeout=timeout,
+               what=lambda: "agents not applied: " + "; ".join(agent_log(tmp, n) for n in agents))
 
 
 class Listener:

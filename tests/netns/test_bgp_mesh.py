@@ -16,7 +16,6 @@ import os
 import shutil
 import subprocess
 import threading
-import time
 
 import pytest
 import trio
@@ -28,6 +27,7 @@ from typha.kube.client import KubeClient
 from typha.testing.apiserver import calico_v3
 from typha.testing.apiserver.server import KubeAPIEmulator
 from typha.testing.procs import free_port
+from typha.testing.wait import wait_until
 
 pytestmark = [
     pytest.mark.root,
@@ -53,14 +53,6 @@ def route(ns: str, cidr: str) -> str:
     family = "-6" if ":" in cidr else "-4"
     return subprocess.run(["ip", family, "-n", ns, "route", "show", cidr], capture_output=True, text=True,
                           timeout=10, check=False).stdout.strip()
-
-
-def wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.25)
 
 
 def calico_docs(pool: str) -> list[dict]:
@@ -144,21 +136,21 @@ def test_nodes_learn_each_others_blocks_and_lose_them_on_delete(namespaces, tmp_
                     socket_flag, sock, "--check"])
                 agents[n] = AgentThread(ConfdAgent(settings))
                 agents[n].thread.start()
-                wait_for(lambda d=directory: (d / config_file).exists(), 30, f"node-{n}'s first render")
+                wait_until(lambda d=directory: (d / config_file).exists(), timeout=30, what=f"node-{n}'s first render")
                 birds[n] = subprocess.Popen(
                     ["ip", "netns", "exec", ns, binary, "-f", "-c", str(directory / config_file), "-s", sock,
                      "-P", str(directory / "bird.pid")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
             peer_a = blocks["a"]
-            wait_for(lambda: f"via {underlay['a']}" in route(namespaces["b"], peer_a), 60,
-                     f"node-b's kernel to learn {peer_a} over BGP")
-            wait_for(lambda: f"via {underlay['b']}" in route(namespaces["a"], blocks["b"]), 60,
-                     f"node-a's kernel to learn {blocks['b']} over BGP")
+            wait_until(lambda: f"via {underlay['a']}" in route(namespaces["b"], peer_a), timeout=60,
+                       what=f"node-b's kernel to learn {peer_a} over BGP")
+            wait_until(lambda: f"via {underlay['b']}" in route(namespaces["a"], blocks["b"]), timeout=60,
+                       what=f"node-a's kernel to learn {blocks['b']} over BGP")
             assert "proto bird" in route(namespaces["b"], peer_a)
 
             reloads = agents["a"].agent.counters.reloads
             api.delete(calico_v3.CRD_V1, "BlockAffinity", calico_v3.block_affinity_name("node-a", peer_a))
-            wait_for(lambda: route(namespaces["b"], peer_a) == "", 60, f"node-b to lose {peer_a}")
+            wait_until(lambda: route(namespaces["b"], peer_a) == "", timeout=60, what=f"node-b to lose {peer_a}")
             assert agents["a"].agent.counters.reloads > reloads
             assert blocks["b"] in route(namespaces["a"], blocks["b"])  # the other direction is untouched
         finally:

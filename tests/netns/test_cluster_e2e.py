@@ -25,7 +25,8 @@ from typha.demo.cluster import bgp_configuration
 from typha.testing import objects
 from typha.testing.apiserver.server import KubeAPIEmulator
 from typha.testing.netpol_model import ModelPod, NetworkPolicyModel
-from typha.testing.vcluster import VirtualCluster, VNode, VPod, bird_programs_cluster_routes, missing_tools, wait_for
+from typha.testing.vcluster import VirtualCluster, VNode, VPod, bird_programs_cluster_routes, missing_tools
+from typha.testing.wait import wait_until
 
 pytestmark = [
     pytest.mark.root,
@@ -177,7 +178,8 @@ def test_virtual_cluster_end_to_end(tmp_path: Path) -> None:
             api.delete(objects.CRD, "BlockAffinity", objects.block_affinity(cidr, node="node-3")["metadata"]["name"])
             api.delete(objects.CRD, "IPAMBlock", objects.ipam_block(cidr, node="node-3")["metadata"]["name"])
         gone = [noencap_block(3), vxlan_block(3)]
-        wait_for(lambda: not routes_into(vc, ("node-1", "node-2", "node-3"), gone), STEP,
-                 lambda: f"routes into node-3's blocks left: {routes_into(vc, ('node-1', 'node-2', 'node-3'), gone)}")
+        wait_until(lambda: not routes_into(vc, ("node-1", "node-2", "node-3"), gone), timeout=STEP,
+                   what=lambda: f"routes into node-3's blocks left: "
+                                f"{routes_into(vc, ('node-1', 'node-2', 'node-3'), gone)}")
         vc.converge(dict.fromkeys(vc.all_pairs(), True), PORT, STEP, "the remaining pods still reach each other")
         vc.check_agents()

@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from felix_harness import FelixCluster, Listener, Node, Pod, exchange_eventually, wait_for
+from felix_harness import FelixCluster, Listener, Node, Pod, exchange_eventually
 
 from felix_client.rules import MASQ_SET, POOLS_SET
 from typha.testing import objects
+from typha.testing.wait import wait_until
 
 pytestmark = [
     pytest.mark.root,
@@ -93,8 +94,8 @@ def test_nat_outgoing_masquerades_only_pool_to_outside(cluster: tuple[FelixClust
         pool = c.api.get("crd.projectcalico.org/v1", "IPPool", "nat")  # type: ignore[union-attr]
         pool["spec"]["natOutgoing"] = False
         c.api.replace(pool)  # type: ignore[union-attr]
-        wait_for(lambda: not ipset_members(c, "node-1", MASQ_SET), 10,
-                 lambda: c.run("node-1", "ipset", "list", MASQ_SET))
+        wait_until(lambda: not ipset_members(c, "node-1", MASQ_SET), timeout=10,
+                   what=lambda: c.run("node-1", "ipset", "list", MASQ_SET))
         assert "MASQUERADE" not in "\n".join(line for line in c.run("node-1", "iptables-save", "-t", "nat")
                                               .splitlines() if line.startswith("-A cali-nat-outgoing"))
         assert exchange_eventually(ns, nat_a.netns, OUTSIDE, PORT) == nat_a.ip

@@ -22,11 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from felix_harness import FelixCluster, Node, Pod, wait_for
+from felix_harness import FelixCluster, Node, Pod
 
 from felix_client.rules import MASQ_SET, POOLS_SET
 from typha.model import selector
 from typha.testing import objects
+from typha.testing.wait import wait_until
 
 pytestmark = [
     pytest.mark.root,
@@ -220,8 +221,8 @@ def policy_chains(chains: set[str]) -> set[str]:
 def apply_policies(c: FelixCluster) -> None:
     for policy in (ALLOW_FRONTEND, EGRESS_ONLY):
         c.api.create(policy)  # type: ignore[union-attr]
-    wait_for(lambda: policy_chains(check_structure(c, "node-1")[0]) == WANT_POLICY_CHAINS, 15,
-             lambda: str(read_iptables(c, "node-1")[0]["filter"].keys()))
+    wait_until(lambda: policy_chains(check_structure(c, "node-1")[0]) == WANT_POLICY_CHAINS, timeout=15,
+               what=lambda: str(read_iptables(c, "node-1")[0]["filter"].keys()))
 
 
 def test_chain_graph_names_and_sets(cluster: FelixCluster) -> None:
@@ -251,7 +252,7 @@ def test_chain_graph_names_and_sets(cluster: FelixCluster) -> None:
         chains, sets = check_structure(c, "node-1")
         return not policy_chains(chains) and not {s for s in sets if s.startswith("cali40s:")}
 
-    wait_for(cleaned, 15, lambda: f"{check_structure(c, 'node-1')}")
+    wait_until(cleaned, timeout=15, what=lambda: f"{check_structure(c, 'node-1')}")
     filt = read_iptables(c, "node-1")[0]["filter"]
     assert not any("End of tier" in rule for rules in filt.values() for rule in rules)
 
@@ -265,7 +266,8 @@ def test_agent_restart_leaves_the_kernel_unchanged(cluster: FelixCluster) -> Non
     # The agent leaves its dataplane in place when it stops (traffic keeps flowing meanwhile).
     assert kernel_state(c, "node-1") == before
     c.start_agent("node-1")
-    wait_for(lambda: (c.status("node-1") or {}).get("applies", 0) >= 1, 30, lambda: c.agent_log("node-1"))
+    wait_until(lambda: (c.status("node-1") or {}).get("applies", 0) >= 1, timeout=30,
+               what=lambda: c.agent_log("node-1"))
     after = kernel_state(c, "node-1")
     assert after == before
     print(f"restart: {applies_before} applies before, state of {sum(map(len, after['iptables'].values()))} "

@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from felix_harness import FelixCluster, Listener, Node, Pod, exchange_eventually, wait_for
+from felix_harness import FelixCluster, Listener, Node, Pod, exchange_eventually
 
 from typha.testing import objects
+from typha.testing.wait import wait_until
 
 pytestmark = [
     pytest.mark.root,
@@ -76,8 +77,8 @@ def test_vxlan_and_no_encap_between_nodes(cluster: FelixCluster) -> None:
     me, peer = c.nodes["node-1"], c.nodes["node-2"]
 
     # Device: VNI 4096, port 4789, on the underlay address, with this node's VTEP MAC and tunnel /32.
-    wait_for(lambda: all("vxlan.calico" in c.run(n, "ip", "link", "show") for n in c.nodes), 10,
-             lambda: "; ".join(c.agent_log(n) for n in c.nodes))
+    wait_until(lambda: all("vxlan.calico" in c.run(n, "ip", "link", "show") for n in c.nodes), timeout=10,
+               what=lambda: "; ".join(c.agent_log(n) for n in c.nodes))
     for node in (me, peer):
         (link,) = ip_json(c, node.name, "ip", "-j", "-d", "link", "show", "vxlan.calico")
         info = link["linkinfo"]["info_data"]
@@ -160,7 +161,7 @@ def test_vxlan_entries_follow_the_peer_and_are_repaired(cluster: FelixCluster) -
     def own_mac() -> str:
         return ip_json(c, "node-2", "ip", "-j", "link", "show", "vxlan.calico")[0]["address"]
 
-    wait_for(lambda: own_mac() == new_mac, 10, own_mac)  # node-2's agent re-addresses its own device
+    wait_until(lambda: own_mac() == new_mac, timeout=10, what=own_mac)  # node-2's agent re-addresses its own device
 
     def fdb_macs() -> list[str]:
         return [f["mac"] for f in ip_json(c, "node-1", "bridge", "-j", "fdb", "show", "dev", "vxlan.calico")
@@ -170,8 +171,8 @@ def test_vxlan_entries_follow_the_peer_and_are_repaired(cluster: FelixCluster) -
         neigh = ip_json(c, "node-1", "ip", "-j", "neigh", "show", "dev", "vxlan.calico", "to", "10.70.1.1")
         return neigh[0]["lladdr"] if neigh else None
 
-    wait_for(lambda: neigh_mac() == new_mac and fdb_macs() == [new_mac], 10,
-             lambda: f"neigh {neigh_mac()}, fdb {fdb_macs()}")
+    wait_until(lambda: neigh_mac() == new_mac and fdb_macs() == [new_mac], timeout=10,
+               what=lambda: f"neigh {neigh_mac()}, fdb {fdb_macs()}")
     a, b = c.pods["demo/vx-a"], c.pods["demo/vx-b"]
     listener = Listener(c.ns_tool, b.netns, PORT)
     try:
@@ -179,7 +180,7 @@ def test_vxlan_entries_follow_the_peer_and_are_repaired(cluster: FelixCluster) -
         c.run("node-1", "bridge", "fdb", "del", new_mac, "dev", "vxlan.calico", "dst", "10.201.0.2")
         assert new_mac not in fdb_macs()
         started = time.monotonic()
-        wait_for(lambda: fdb_macs() == [new_mac], 15, lambda: f"fdb {fdb_macs()}")
+        wait_until(lambda: fdb_macs() == [new_mac], timeout=15, what=lambda: f"fdb {fdb_macs()}")
         print(f"FDB entry restored after {time.monotonic() - started:.1f}s")
         assert exchange_eventually(c.ns_tool, a.netns, b.ip, PORT) == a.ip
     finally:

@@ -35,6 +35,7 @@ import trio
 from typha.demo.agents import DemoConfdAgent, DemoFelixAgent, LatencyLog, percentile
 from typha.demo.cluster import Cluster, ClusterSpec, node_name
 from typha.testing.procs import free_port
+from typha.testing.wait import WaitTimeout, wait_until_trio
 
 log = logging.getLogger("typha.demo")
 
@@ -253,11 +254,11 @@ class Demo:
             for felix, confd in zip(self.felix, self.confd, strict=True):
                 agents.start_soon(self._guard, felix.run, f"felix-client {felix.node}")
                 agents.start_soon(self._guard, confd.run, f"confd-client {confd.node}")
-            with trio.move_on_after(opts.sync_timeout) as scope:
-                while not self._all_written():
-                    await trio.sleep(0.05)
-            if scope.cancelled_caught:
-                raise _Failed(f"not every agent had written its files after {opts.sync_timeout:.0f} s")
+            try:
+                await wait_until_trio(self._all_written, "every agent's files", timeout=opts.sync_timeout,
+                                      interval=0.05)
+            except WaitTimeout:
+                raise _Failed(f"not every agent had written its files after {opts.sync_timeout:.0f} s") from None
             self.timings["agents_in_sync"] = time.monotonic() - t2
 
             self.progress.phase = "churn"

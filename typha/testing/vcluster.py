@@ -34,7 +34,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -42,6 +42,7 @@ from typing import IO, Any
 from confd_client.agent import FAMILY_FILES
 from typha.model.convert import veth_name
 from typha.testing.netns import Namespaces
+from typha.testing.wait import wait_until
 
 POD_GATEWAY = "169.254.1.1"
 Pair = tuple[str, str]  # (source pod ref, destination pod ref)
@@ -284,7 +285,7 @@ class VirtualCluster:
                             "--kubeconfig", str(kubeconfig), "--server-host", f"unix:{self.socket_path}",
                             "--server-port", "0", "--shutdown-timeout-secs", "2",
                             "--log-severity-screen", "WARNING"], self.workdir / "typha.log")
-        wait_for(lambda: self.socket_path.exists() or not self.typha_alive(), 30, lambda: "typha's socket")
+        wait_until(lambda: self.socket_path.exists() or not self.typha_alive(), timeout=30, what="typha's socket")
         if not self.typha_alive():
             raise RuntimeError(f"typha serve exited: {self.typha.tail()}")
 
@@ -325,8 +326,14 @@ class VirtualCluster:
             config = d / "bird" / "bird.cfg"
             # bird.cfg includes the other two, and confd-client writes the three one by one.
             files = [d / "bird" / f for f in FAMILY_FILES[4]]
-            wait_for(lambda fs=files, n=name: all(f.exists() for f in fs) or not self.confd[n].alive(), 30,
-                     lambda n=name: f"{n}'s first BIRD config: {self.confd[n].tail()}")
+
+            def written(fs: list[Path] = files, n: str = name) -> bool:
+                return all(f.exists() for f in fs) or not self.confd[n].alive()
+
+            def describe(n: str = name) -> str:
+                return f"{n}'s first BIRD config: {self.confd[n].tail()}"
+
+            wait_until(written, timeout=30, what=describe)
             self.birds[name] = Child(["ip", "netns", "exec", node.netns, "bird", "-f", "-c", str(config),
                                       "-s", str(d / "bird.ctl"), "-P", str(d / "bird.pid")], d / "bird.log")
 
@@ -353,8 +360,8 @@ class VirtualCluster:
                     return False
             return True
 
-        wait_for(done, timeout, lambda: "felix-clients not applied: "
-                 + json.dumps({n: self.felix_status(n) for n in self.nodes}))
+        wait_until(done, timeout=timeout, what=lambda: "felix-clients not applied: "
+                   + json.dumps({n: self.felix_status(n) for n in self.nodes}))
 
     def local_endpoints(self) -> dict[str, int]:
         counts = dict.fromkeys(self.nodes, 0)
@@ -453,10 +460,3 @@ class VirtualCluster:
             self.ns.cleanup()
 
 
-def wait_for(condition: Callable[[], bool], timeout: float, describe: Callable[[], str]) -> None:
-    """Poll `condition` until true; raise with `describe()` after `timeout` seconds (a hang guard)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not reached in {timeout:.0f}s: {describe()}")
-        time.sleep(0.05)
