@@ -99,7 +99,7 @@ class Clients:
             self.conns.append(parent)
             self.procs.append(proc)
 
-    def _ask(self, command: str | None, timeout: float) -> list[tuple[Any, ...]]:
+    def _ask(self, command: str | tuple[Any, ...] | None, timeout: float) -> list[tuple[Any, ...]]:
         if command is not None:
             for conn in self.conns:
                 conn.send(command)
@@ -153,7 +153,7 @@ def churn_until_delivered(api: EmulatorProcess, clients: Clients, args: argparse
 
 
 def run(args: argparse.Namespace) -> int:
-    pin = not args.no_pin and os.cpu_count() and os.cpu_count() >= 2
+    pin = not args.no_pin and (os.cpu_count() or 1) >= 2
     others = {1} if pin else None
     results: dict[str, Any] = {"benchmark": "fanout", "sink": args.sink, "clients": args.clients, "rate": args.rate,
                                "duration": args.duration, "keys": args.keys, "pinned": bool(pin)}

@@ -146,8 +146,8 @@ def run(args: argparse.Namespace) -> int:
         fig.savefig(path, dpi=110)
         rows.append((name, f"{len(runs)} {kind} run(s) → {path}"))
     plotted = {kind for kind, _ in PLOTS.values()}
-    for kind in sorted(set(by_kind) - plotted):
-        rows.append((f"({kind})", f"{len(by_kind[kind])} file(s) not plotted: no plot for this benchmark"))
+    rows.extend((f"({kind})", f"{len(by_kind[kind])} file(s) not plotted: no plot for this benchmark")
+                for kind in sorted(set(by_kind) - plotted))
     if not rows:
         rows.append(("nothing", "no plottable results"))
     report(rows, {"plots": [name for name, _ in rows if name.endswith(".png")]}, None)

@@ -192,7 +192,11 @@ def restart_phase(args: argparse.Namespace, api: EmulatorProcess, kubeconfig: st
         with ThreadPoolExecutor(1) as pool:
             # Readiness polled beside the clients (every 0.1 s): splits the total into the server's
             # start-up and initial list, and the clients' resync.
-            ready = pool.submit(lambda: (wait_ready(health_port, args.timeout), time.monotonic())[1])
+            def ready_time() -> float:
+                wait_ready(health_port, args.timeout)
+                return time.monotonic()
+
+            ready = pool.submit(ready_time)
             wait_back(clients, args.clients, killed_at, args.timeout, "restart: back in sync", not args.no_progress)
             try:
                 ready_at: float | None = ready.result(args.timeout)

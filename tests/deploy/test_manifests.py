@@ -13,7 +13,6 @@ import re
 import shlex
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,10 +48,10 @@ def render(overlay: str) -> list[dict[str, Any]]:
 
 
 @pytest.fixture(scope="module", params=OVERLAYS)
-def rendered(request: pytest.FixtureRequest) -> Iterator[tuple[str, list[dict[str, Any]]]]:
+def rendered(request: pytest.FixtureRequest) -> tuple[str, list[dict[str, Any]]]:
     if KUBECTL is None:
         pytest.skip("kubectl (for kustomize) is not on PATH")
-    yield request.param, render(request.param)
+    return request.param, render(request.param)
 
 
 def one(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:

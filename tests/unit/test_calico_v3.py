@@ -285,7 +285,7 @@ def test_ippool_gets_clientv3_defaults(pool_spec, expected):
     ],
 )
 def test_ippool_that_clientv3_refuses_is_refused(pool_spec):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"(?i)ip ?pool|block size"):
         convert(f"apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: p\nspec: {pool_spec}\n")
 
 
@@ -526,5 +526,5 @@ def test_as_numbers_in_plain_and_dotted_notation(text, number):
 
 @pytest.mark.parametrize("bad", ["²", "1.x", "70000.1", "1.2.3", "", True, 1.5, -1, 2**32])
 def test_invalid_as_numbers_are_refused(bad):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="AS number"):
         calico_v3.parse_as_number(bad)

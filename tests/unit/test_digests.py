@@ -95,9 +95,9 @@ def test_folding_equals_summarising_at_the_smaller_count_and_xor_is_the_checksum
     for _, value_hash in items:
         total ^= value_hash
     assert digests.folded(1) == [total & WIRE_MASK]
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="not a power of two"):
         digests.folded(3000)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="not a power of two"):
         digests.folded(8192)
 
 

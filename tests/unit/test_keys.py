@@ -107,14 +107,16 @@ def test_host_config_names_may_contain_slashes() -> None:
     ],
 )
 def test_parse_rejects(path: str) -> None:
-    with pytest.raises(ValueError):
+    rejected = (r"not a Calico key|unrecognised|invalid CIDR|does not match IP version|needs a namespace"
+                r"|no prefix length|wrong number of segments|unknown v3 resource plural")
+    with pytest.raises(ValueError, match=rejected):
         parse_key(path)
 
 
 def test_builders_reject_incomplete_keys() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="needs a namespace"):
         keys.policy_path("NetworkPolicy", "", "np")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="needs a namespace"):
         keys.resource_path("KubernetesService", "web")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="invalid CIDR"):
         keys.block_path("10.65.0.0/33")

@@ -18,7 +18,7 @@ OUTPUTS = ("sync_pb2.py", "sync_pb2.pyi")
 
 
 def generate(out_dir: Path) -> list[Path]:
-    from grpc_tools import protoc
+    from grpc_tools import protoc  # type: ignore[import-untyped]  # grpcio-tools ships no type information
 
     with tempfile.TemporaryDirectory() as tmp:
         code = protoc.main(["protoc", f"-I{PROTO_DIR}", f"--python_out={tmp}", f"--pyi_out={tmp}",
