@@ -36,6 +36,7 @@ pytestmark = [
                        reason="needs iproute2 and BIRD 1.6 (bird, bird6)"),
 ]
 
+POLL = 0.25  # each poll runs `ip route` in a namespace: no need to spawn it faster than BGP converges
 UNDERLAY = {"a": "10.199.0.1", "b": "10.199.0.2"}
 UNDERLAY6 = {"a": "fd99::1", "b": "fd99::2"}
 FAMILIES = {
@@ -136,21 +137,23 @@ def test_nodes_learn_each_others_blocks_and_lose_them_on_delete(namespaces, tmp_
                     socket_flag, sock, "--check"])
                 agents[n] = AgentThread(ConfdAgent(settings))
                 agents[n].thread.start()
-                wait_until(lambda d=directory: (d / config_file).exists(), timeout=30, what=f"node-{n}'s first render")
+                wait_until(lambda d=directory: (d / config_file).exists(), timeout=30, interval=POLL,
+                           what=f"node-{n}'s first render")
                 birds[n] = subprocess.Popen(
                     ["ip", "netns", "exec", ns, binary, "-f", "-c", str(directory / config_file), "-s", sock,
                      "-P", str(directory / "bird.pid")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
             peer_a = blocks["a"]
-            wait_until(lambda: f"via {underlay['a']}" in route(namespaces["b"], peer_a), timeout=60,
+            wait_until(lambda: f"via {underlay['a']}" in route(namespaces["b"], peer_a), timeout=60, interval=POLL,
                        what=f"node-b's kernel to learn {peer_a} over BGP")
-            wait_until(lambda: f"via {underlay['b']}" in route(namespaces["a"], blocks["b"]), timeout=60,
+            wait_until(lambda: f"via {underlay['b']}" in route(namespaces["a"], blocks["b"]), timeout=60, interval=POLL,
                        what=f"node-a's kernel to learn {blocks['b']} over BGP")
             assert "proto bird" in route(namespaces["b"], peer_a)
 
             reloads = agents["a"].agent.counters.reloads
             api.delete(calico_v3.CRD_V1, "BlockAffinity", calico_v3.block_affinity_name("node-a", peer_a))
-            wait_until(lambda: route(namespaces["b"], peer_a) == "", timeout=60, what=f"node-b to lose {peer_a}")
+            wait_until(lambda: route(namespaces["b"], peer_a) == "", timeout=60, interval=POLL,
+                       what=f"node-b to lose {peer_a}")
             assert agents["a"].agent.counters.reloads > reloads
             assert blocks["b"] in route(namespaces["a"], blocks["b"])  # the other direction is untouched
         finally:

@@ -24,7 +24,8 @@ import trio
 Describe = str | Callable[[], str]
 
 DEFAULT_TIMEOUT = 10.0
-DEFAULT_INTERVAL = 0.02
+DEFAULT_INTERVAL = 0.02  # asyncio and trio: a cheap in-process check
+SYNC_INTERVAL = 0.05  # blocking waits mostly poll files, subprocesses and HTTP
 
 
 class WaitTimeout(AssertionError):
@@ -38,7 +39,7 @@ def _timed_out(what: Describe, timeout: float) -> WaitTimeout:
 
 
 def wait_until(condition: Callable[[], object], what: Describe, *, timeout: float = DEFAULT_TIMEOUT,
-               interval: float = DEFAULT_INTERVAL) -> float:
+               interval: float = SYNC_INTERVAL) -> float:
     """Block until `condition()` is truthy; raise `WaitTimeout` naming `what` after `timeout` seconds."""
     started = time.monotonic()
     while True:
