@@ -1,6 +1,6 @@
 """Fan-out benchmark: API emulator → `typha serve` → N streaming clients.
 
-Layout on a 2-core machine, as DESIGN §3 intends production to look: the typha server process is
+Layout on a 2-core machine, as docs/architecture.md §3 intends production to look: the typha server process is
 pinned to core 0; the API emulator and the load clients share core 1. Reports deliveries/s
 (KVs received summed over clients), end-to-end latency from the API write to a client's receipt
 (probe clients decode each pod's write timestamp), the time for all clients to get in sync, a

@@ -1,1 +1,1 @@
-"""Node agent consuming typha's Sync stream (see DESIGN.md)."""
+"""Node agent consuming typha's Sync stream (see docs/architecture.md)."""

@@ -9,7 +9,7 @@ Credentials as upstream: `KUBECONFIG`, else the in-cluster config.
 
 Each `KubeWatcher` runs list+watch on its own thread (the kubernetes client blocks), keeps the raw
 JSON objects by (namespace, name), and calls `on_change` after every change; the agent turns that
-into a debounced re-render on its trio loop. Raw JSON, not the generated models: cheaper (DESIGN §8)
+into a debounced re-render on its trio loop. Raw JSON, not the generated models: cheaper (docs/architecture.md §8)
 and Secret `data` stays base64 as served.
 """
 

@@ -1,4 +1,4 @@
-"""Node agent consuming typha's `felix` syncer (see DESIGN.md and reference/felix.md).
+"""Node agent consuming typha's `felix` syncer (see docs/architecture.md and docs/calico/felix.md).
 
 - `felix_client.calc`: the incremental calculation. Feed `Calculator.update(key, value_or_None)` in
   stream order; `Calculator.snapshot()` gives the node's `DesiredState` (local endpoints with their

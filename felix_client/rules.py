@@ -1,4 +1,4 @@
-"""Render the desired state as Felix-shaped iptables tables and ipset scripts (felix.md §2).
+"""Render the desired state as Felix-shaped iptables tables and ipset scripts (docs/calico/felix.md §2).
 
 Output is text in `iptables-save` form (`*table`, `:chain` declarations, `-A` rules, `COMMIT`), which
 is also valid `iptables-restore` input, and `ipset save`/`ipset restore` text. Rules are written in
@@ -10,7 +10,7 @@ Deliberate differences from Felix, all with the same packet semantics:
   chains and rewrites a chain that changed, `felix_client/dataplane/iptables.py`);
 - a Deny rule is a single `-j DROP` (Felix first sets the 0x40000 mark, which nothing here reads);
 - several CIDRs in one rule (or nets plus notNets) use a `hash:net` set instead of scratch-bit match
-  blocks (felix.md §3.8 allows either);
+  blocks (docs/calico/felix.md §3.8 allows either);
 - dispatch chains are flat rather than split into a prefix tree (fine up to a few hundred endpoints).
 """
 
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from felix_client.calc.graph import DesiredState, ResolvedEndpoint, TierPolicies
 from felix_client.calc.model import ParsedProfile, ParsedRule, Side, ipset_name, policy_chain_name, profile_chain_name
 
-# Mark bits (felix.md §2.1), allocated from IptablesMarkMask 0xffff0000.
+# Mark bits (docs/calico/felix.md §2.1), allocated from IptablesMarkMask 0xffff0000.
 MARK_ACCEPT = 0x10000
 MARK_PASS = 0x20000
 MARK_SCRATCH0 = 0x80000
@@ -243,7 +243,7 @@ def dispatch_chains(names: list[str], root: str, flag: str, target: str) -> dict
     """Felix's dispatch.go shape: a shallow tree keyed by the first character after the names' common
     prefix, so a packet for the last of hundreds of endpoints passes ~16 + n/16 rules, not n. A
     group of one gets its rule in the root chain directly (so two endpoints give a flat chain, as in
-    felix.md §2.4). Each chain ends with the "Unknown interface" drop: a child that fell through
+    docs/calico/felix.md §2.4). Each chain ends with the "Unknown interface" drop: a child that fell through
     would otherwise return (goto) past the root into cali-FORWARD and skip policy."""
     unknown = f"{_comment('Unknown interface')} -j DROP"
     names = sorted(set(names))

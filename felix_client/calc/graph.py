@@ -2,7 +2,7 @@
 
 A `Calculator` is fed `(key, value-or-None)` in stream order and keeps, between updates:
 - every endpoint and network set (all nodes), with effective labels = own labels over the
-  `labelsToApply` of its profiles (felix.md §1.3.2);
+  `labelsToApply` of its profiles (docs/calico/felix.md §1.3.2);
 - `local_index`: policy selectors x this node's endpoints → which policies are active (§1.3.3);
 - `global_index`: IP-set selectors x all endpoints and network sets → IP-set members (§1.3.5);
 - reference counts of IP sets (by active policy/profile rules) and profiles (by local endpoints).

@@ -27,7 +27,7 @@ KIND_SHORT = {
     "NetworkPolicy": "np",
     "GlobalNetworkPolicy": "gnp",
 }
-# Staged policies are never enforced (they only feed flow logs); the rest are out of scope (felix.md §3).
+# Staged policies are never enforced (they only feed flow logs); the rest are out of scope (docs/calico/felix.md §3).
 ENFORCED_KINDS = frozenset(KIND_SHORT)
 
 _PORT_PROTOCOLS = frozenset({"tcp", "udp", "sctp", "udplite", 6, 17, 132, 136})
@@ -70,7 +70,7 @@ class IPSetSpec:
     kind "selector": IPs of every endpoint (any node) and network-set CIDRs matching `selector`.
     kind "named-port": `ip,proto:port` of matching endpoints that have a named port `port_name`/`protocol`.
     kind "nets": a literal CIDR list. Felix uses scratch-bit match blocks for several CIDRs or nets plus
-    notNets; a hash:net set is the equivalent felix.md §3.8 allows, and keeps one rule per match.
+    notNets; a hash:net set is the equivalent docs/calico/felix.md §3.8 allows, and keeps one rule per match.
     """
 
     kind: str
@@ -276,7 +276,7 @@ class ParsedPolicy:
 
     @property
     def sort_key(self) -> tuple[float, str]:
-        # felix.md §1.3.6: order (nil = +inf), ties broken by the string "name/namespace/kind" (a
+        # docs/calico/felix.md §1.3.6: order (nil = +inf), ties broken by the string "name/namespace/kind" (a
         # string, not a tuple: "a-b/..." sorts before "a/..." because '-' < '/').
         order = float("inf") if self.order is None else self.order
         return (order, f"{self.key.name}/{self.key.namespace}/{self.key.kind}")

@@ -104,7 +104,7 @@ class RouteCalculator:
         self.vxlan_macs: dict[str, str] = {}
         self.local_routes: dict[str, tuple[Route, ...]] = {}  # endpoint key -> its /32 routes
         # FelixConfiguration ProgramClusterRoutes: whether we or BIRD program remote IPIP and no-encap
-        # blocks (felix.md §2.3). VXLAN routes are always ours.
+        # blocks (docs/calico/felix.md §2.3). VXLAN routes are always ours.
         self._program_cluster_routes = "Enabled"
         self._block_nets: dict[str, ipaddress.IPv4Network] = {}
         self._host_addrs: dict[str, ipaddress.IPv4Address] = {}

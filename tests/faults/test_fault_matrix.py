@@ -1,5 +1,5 @@
 """The fault matrix (issue #8): each fault injected into a running emulator → typha → clients pipeline,
-and every case ends with the guarantee checker's verdict over every client (DESIGN §5).
+and every case ends with the guarantee checker's verdict over every client (docs/architecture.md §5).
 
 The API outage lasts $TYPHA_FAULT_OUTAGE_SECS (default: the issue's 30 s). That case takes about a
 minute: after 30 s of failures the reflectors' backoff (capped at 30 s, as client-go's) puts their next

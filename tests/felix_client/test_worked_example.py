@@ -1,4 +1,7 @@
-"""felix.md §2.4 end to end through the calculation and the renderer: names, jump structure, sets, routes."""
+"""docs/calico/felix.md §2.4 end to end through the calculation and the renderer.
+
+Names, jump structure, sets and routes.
+"""
 
 from __future__ import annotations
 
@@ -49,7 +52,7 @@ def test_node1_ip_sets_and_routes():
     save = rules.render_ipset_save(sets)
     create = f"create {SOURCE_SET} hash:net family inet hashsize 1024 maxelem 1048576"
     assert f"{create}\nadd {SOURCE_SET} 10.65.0.2\n" in save
-    # Our output, not the reference worked example's (felix.md §2.4, like the FV comment it cites), which
+    # Our output, not the reference worked example's (docs/calico/felix.md §2.4, like the FV comment it cites), which
     # shows local routes without a metric: we give them NormalRoutePriority (1024), as current Felix does,
     # because the BIRD templates we render export a /32 inside a local block whose metric is below that.
     assert rules.render_routes(state).splitlines() == [

@@ -1,4 +1,4 @@
-"""The cluster of felix.md §2.4, as Kubernetes objects and as the felix syncer's KVs."""
+"""The cluster of docs/calico/felix.md §2.4, as Kubernetes objects and as the felix syncer's KVs."""
 
 from __future__ import annotations
 
@@ -42,8 +42,8 @@ FRONTEND_IF = "cali76e3fb891b9"
 BACKEND_IF = "cali6793bd60945"
 OTHER_IF = "cali41433c6da7d"
 
-# felix.md §2.4, `iptables-save` on node-1, verbatim (its "#" lines are notes, not rules).
-# felix.md §2.4, `iptables-save` on node-1, verbatim (its "#" lines are notes, not rules).
+# docs/calico/felix.md §2.4, `iptables-save` on node-1, verbatim (its "#" lines are notes, not rules).
+# docs/calico/felix.md §2.4, `iptables-save` on node-1, verbatim (its "#" lines are notes, not rules).
 NODE1_IPTABLES_SAVE = (Path(__file__).parent / "data" / "worked_example_node1.save").read_text()
 
 

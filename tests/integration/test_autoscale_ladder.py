@@ -13,7 +13,7 @@ from typha.ops.autoscale import counts_as_schedulable, replicas_for
         (0, 1), (1, 1), (2, 1),  # one or two nodes: a single Typha
         (3, 2), (4, 2),  # leave a node free for rescheduling, but have redundancy
         (5, 3), (199, 3), (200, 3), (399, 3), (400, 4), (401, 4), (599, 4), (600, 5),
-        (1000, 7), (2000, 12), (3600, 20),  # reference/typha.md §1 examples; no cap in the operator
+        (1000, 7), (2000, 12), (3600, 20),  # docs/calico/typha.md §1 examples; no cap in the operator
     ],
 )
 def test_ladder(nodes: int, replicas: int) -> None:

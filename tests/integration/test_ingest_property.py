@@ -1,5 +1,5 @@
 """Property: whatever the writes and faults, each syncer ends up holding exactly the conversion of
-the API's final object set (DESIGN §5.1 at the ingest boundary)."""
+the API's final object set (docs/architecture.md §5.1 at the ingest boundary)."""
 
 from __future__ import annotations
 

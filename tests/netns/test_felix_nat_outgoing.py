@@ -1,4 +1,4 @@
-"""NAT outgoing (issue #5 acceptance; reference/felix.md §2.3 nat table): traffic from a pod in a
+"""NAT outgoing (issue #5 acceptance; docs/calico/felix.md §2.3 nat table): traffic from a pod in a
 natOutgoing pool to an address outside every pool leaves the node masqueraded; traffic between
 pool addresses is not, and a pool without natOutgoing is never masqueraded.
 

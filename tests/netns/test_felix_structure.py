@@ -1,7 +1,7 @@
 """Structure of what felix-client programs, read back from the kernel of a node namespace
-(issue #5 "Structural tests"; reference/felix.md §2 and §4.6).
+(issue #5 "Structural tests"; docs/calico/felix.md §2 and §4.6).
 
-The cluster is the worked example of felix.md §2.4 (demo/frontend and demo/backend on node-1,
+The cluster is the worked example of docs/calico/felix.md §2.4 (demo/frontend and demo/backend on node-1,
 demo/other on node-2, the K8s policy demo/allow-frontend) plus an egress-only policy. From
 `iptables-save` and `ipset save` of each node it checks: every cali- chain is reachable from a
 kernel hook, no jump dangles, chain and set names follow Felix's rules (computed here from the
@@ -51,11 +51,11 @@ STATIC_CHAINS = {
     "cali-nat-outgoing", "cali-fip-dnat", "cali-fip-snat", "cali-rpf-skip",
 }
 TARGET_EXTENSIONS = {"ACCEPT", "DROP", "RETURN", "REJECT", "MARK", "MASQUERADE", "LOG", "NFLOG", "SNAT", "DNAT"}
-MAX_CHAIN = 28  # Felix's chain-name limit (felix.md §2.1)
+MAX_CHAIN = 28  # Felix's chain-name limit (docs/calico/felix.md §2.1)
 
 
 def felix_id(prefix: str, ident: str) -> str:
-    """GetLengthLimitedID (felix.md §2.1)."""
+    """GetLengthLimitedID (docs/calico/felix.md §2.1)."""
     if len(prefix) + len(ident) <= MAX_CHAIN:
         return prefix + ident
     digest = base64.urlsafe_b64encode(hashlib.sha256(ident.encode()).digest()).decode().rstrip("=")
@@ -75,7 +75,7 @@ EGRESS_ONLY = {
     "spec": {"podSelector": {"matchLabels": {"app": "frontend"}}, "policyTypes": ["Egress"],
              "egress": [{"to": [{"namespaceSelector": {}}], "ports": [{"protocol": "UDP", "port": 53}]}]},
 }
-# What node-1 must hold for them (felix.md §2.4 gives the first pair verbatim).
+# What node-1 must hold for them (docs/calico/felix.md §2.4 gives the first pair verbatim).
 WANT_POLICY_CHAINS = {"cali-pi-_wy0fJonwc5GCXzWY0p9", felix_id("cali-po-", "knp/demo/dns-only")}
 FRONTEND_SET = "cali40s:WW1cS4JdpQmN8rHkfbF1kmF"
 ALL_NS_SET = ("cali40" + selector.parse(
@@ -187,7 +187,7 @@ def check_structure(c: FelixCluster, node: str) -> tuple[set[str], set[str]]:
             if jumps:
                 assert jump_targets(jumps[0]) == [f"cali-{hook}"]
     filt = tables["filter"]
-    # Names (felix.md §2.1): static, per local endpoint, per policy/profile, each within 28 chars.
+    # Names (docs/calico/felix.md §2.1): static, per local endpoint, per policy/profile, each within 28 chars.
     for name in all_chains:
         assert len(name) <= MAX_CHAIN, name
         m = re.fullmatch(r"cali-([tf]w)-(.+)", name)
@@ -239,7 +239,7 @@ def test_chain_graph_names_and_sets(cluster: FelixCluster) -> None:
     ipsets = read_ipsets(c, "node-1")
     assert ipsets[FRONTEND_SET] == ("hash:net family inet hashsize 1024 maxelem 1048576", frozenset({"10.65.0.2"}))
     assert ipsets[ALL_NS_SET][1] == frozenset(p.ip for p in c.pods.values())  # all nodes' pods
-    # node-2's endpoint is selected by neither policy: nothing of them there (felix.md §2.4).
+    # node-2's endpoint is selected by neither policy: nothing of them there (docs/calico/felix.md §2.4).
     chains2, sets2 = check_structure(c, "node-2")
     assert not policy_chains(chains2)
     assert not {s for s in sets2 if s.startswith("cali40s:")}

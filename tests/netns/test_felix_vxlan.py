@@ -1,5 +1,5 @@
 """Pods on two nodes reach each other over a VXLAN pool and over a no-encap pool, both programmed
-by felix-client (issue #5 acceptance; reference/felix.md §2.3 "Route variants by encapsulation").
+by felix-client (issue #5 acceptance; docs/calico/felix.md §2.3 "Route variants by encapsulation").
 
 Two pools: 10.70.0.0/16 with vxlanMode Always and 10.65.0.0/16 with no encapsulation, one block of
 each per node, one pod per pool per node. The node annotations carry each node's VXLAN tunnel

@@ -24,7 +24,7 @@ def as_dict(kvs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
-# --- interface names (reference/felix.md §1.2 and §2.4) ---
+# --- interface names (docs/calico/felix.md §1.2 and §2.4) ---
 
 
 @pytest.mark.parametrize(

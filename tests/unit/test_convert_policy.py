@@ -32,7 +32,7 @@ def one(kvs: list[tuple[str, Any]]) -> tuple[str, Any]:
 
 
 def test_worked_example_allow_frontend() -> None:
-    """reference/felix.md §2.4: demo/allow-frontend."""
+    """docs/calico/felix.md §2.4: demo/allow-frontend."""
     np = o.network_policy("demo", "allow-frontend", pod_selector={"app": "backend"},
                           from_labels={"app": "frontend"}, port=8080)  # fmt: skip
     key, value = one(K8S_NP(np))

@@ -2,7 +2,7 @@
 
 The model is what `typha demo --netns` and the e2e test compare real connectivity with, so it is held
 to the fixture file's expectations here: every step of every Kubernetes-flavor case
-(fixtures/netpol/README.md; `NETPOL_CASES` overrides the path), every listed pair.
+(tests/fixtures/netpol/README.md; `NETPOL_CASES` overrides the path), every listed pair.
 """
 
 from __future__ import annotations

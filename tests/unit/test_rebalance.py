@@ -31,7 +31,7 @@ def limit(nodes: int | None, typhas: int | None, syncers: int = 4, lower: int = 
 
 
 def test_reference_example():
-    # reference/typha.md §1: N=1000, T=6 => 4 * (1 + 1000*120/5/100) = 4 * 241 = 964.
+    # docs/calico/typha.md §1: N=1000, T=6 => 4 * (1 + 1000*120/5/100) = 4 * 241 = 964.
     assert limit(1000, 6) == 964
 
 

@@ -348,7 +348,7 @@ def test_upstream_tokenizer_vectors(text: str, expected: list[tuple[str, str]] |
     assert [(t.kind, t.value) for t in tokens] == [*expected, (T.T_EOF, "")]
 
 
-# --- Felix's IP-set IDs (reference/felix.md §1.3, §2.1, §3) ---------------------------------
+# --- Felix's IP-set IDs (docs/calico/felix.md §1.3, §2.1, §3) ---------------------------------
 
 
 def test_all_selector_id() -> None:

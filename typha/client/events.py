@@ -38,7 +38,7 @@ class Backoff:
 
     The delay after `failures` consecutive failures is initial * multiplier**(failures-1), capped at
     `maximum`, minus a random fraction up to `jitter` of it: thousands of agents that lost the same
-    server must not come back in lock-step (python-performance.md, conclusion 6).
+    server must not come back in lock-step (docs/performance.md, conclusion 6).
     """
 
     initial: float = 0.1

@@ -1,6 +1,6 @@
-"""trio transport of the Sync client, for the agents (DESIGN §3).
+"""trio transport of the Sync client, for the agents (docs/architecture.md §3).
 
-grpc.aio cannot run under trio (python-performance.md §6), so the stream runs on a worker thread.
+grpc.aio cannot run under trio (docs/performance.md §6), so the stream runs on a worker thread.
 The thread runs an asyncio loop with the same `AsyncSyncClient` the asyncio transport uses, rather
 than the sync grpc API, because:
 - reconnect, resume, backoff and make-before-break are then one implementation, tested once;

@@ -101,7 +101,7 @@ class TyphaDaemon:
             asyncio.get_running_loop().create_task(self.server.update_health())
         if not self._frozen and all(c.status is SyncStatus.IN_SYNC for c in self.caches.values()):
             # The initial snapshot's objects live long: move them out of the collector's sight so
-            # that later collections do not rescan them (DESIGN §8).
+            # that later collections do not rescan them (docs/architecture.md §8).
             gc.collect()
             gc.freeze()
             self._frozen = True

@@ -2,7 +2,7 @@
 
 The `kubernetes` client does what it is good at — kubeconfig and in-cluster configuration, TLS,
 bearer tokens and their refresh — while the bodies are read as bytes and parsed with orjson:
-its generated models cost ~30x more per object (DESIGN §8).
+its generated models cost ~30x more per object (docs/architecture.md §8).
 """
 
 from __future__ import annotations

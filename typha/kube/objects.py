@@ -2,7 +2,7 @@
 
 `KubeClient` only lists and watches; the autoscaler and leader election also read and write single
 objects. The requests go through the same `kubernetes` ApiClient (so kubeconfig, in-cluster tokens
-and TLS work the same way) and bodies stay raw JSON dicts, as everywhere else in typha (DESIGN §8).
+and TLS work the same way) and bodies stay raw JSON dicts, as everywhere else in typha (docs/architecture.md §8).
 """
 
 from __future__ import annotations

@@ -667,7 +667,7 @@ def _compile(root: Node) -> Evaluator:
 
     Generated code is one lambda with short-circuiting ``and``/``or`` and no calls between
     nodes.  Measured against the closure tree on this kind of machine: 116 vs 149 ns for the K8s
-    policy selector of reference/felix.md, 109 vs 527 ns for a four-term ``&&`` with a set.
+    policy selector of docs/calico/felix.md, 109 vs 527 ns for a four-term ``&&`` with a set.
     Anything the CPython compiler refuses (e.g. too deeply nested) falls back to the closures,
     which compute the same thing.
     """

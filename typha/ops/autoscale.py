@@ -1,6 +1,6 @@
 """`typha autoscale`: keep the Typha Deployment's replicas in step with the number of schedulable nodes.
 
-The ladder is the Tigera operator's (reference/typha.md §1, `pkg/common/autoscale.go`): one Typha per
+The ladder is the Tigera operator's (docs/calico/typha.md §1, `pkg/common/autoscale.go`): one Typha per
 200 nodes plus one spare, but 1 for up to 2 nodes, 2 for 3-4 nodes and at least 3 beyond, so that a
 small cluster always has a node free to reschedule a Typha onto. Like the operator it counts nodes
 that accept pods (not `spec.unschedulable`) and skips virtual-kubelet nodes (label

@@ -1,4 +1,4 @@
-"""Connection rebalancing across Typha replicas, make-before-break (reference/typha.md §1, §4-5).
+"""Connection rebalancing across Typha replicas, make-before-break (docs/calico/typha.md §1, §4-5).
 
 Typha's part, kept as it is:
 - the limit formula (`connection_limit`, from `typha/pkg/k8s/rebalance.go`): with S syncer caches,

@@ -1,4 +1,4 @@
-"""What feeds a syncer's cache: the datastore today, an upstream Typha later (DESIGN §3)."""
+"""What feeds a syncer's cache: the datastore today, an upstream Typha later (docs/architecture.md §3)."""
 
 from __future__ import annotations
 

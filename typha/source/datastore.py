@@ -3,7 +3,7 @@
 A `Syncer` is stateful per object: it remembers which keys each object produced, so that when an
 object stops producing a key (a pod loses its IP, a policy becomes invalid, the object is deleted)
 the key's delete is emitted. Values are not remembered here: dropping no-op updates is the cache's
-job (DESIGN §5.2), which is where `typha_updates_skipped` counts them.
+job (docs/architecture.md §5.2), which is where `typha_updates_skipped` counts them.
 
 A `Datastore` runs one reflector per resource kind, shared by every syncer that needs the kind, and
 hands their output to the syncers on a single ingest thread through a bounded queue, so that a slow
@@ -50,7 +50,7 @@ CONTENT_KEYED = frozenset({
 
 
 def converters_for(syncer_type: str) -> Mapping[str, Converter]:
-    """resource key -> converter, for one syncer type (reference/typha.md §2)."""
+    """resource key -> converter, for one syncer type (docs/calico/typha.md §2)."""
     if syncer_type not in SYNCER_TYPES:
         raise ValueError(f"unknown syncer type {syncer_type!r}; expected one of {SYNCER_TYPES}")
     from typha.model import convert

@@ -2,7 +2,7 @@
 
 Used by fan-out worker processes (following the ingest process over a Unix socket) and by a typha
 that follows another typha over the network (`typha serve --upstream ADDR`), so that the Kubernetes
-API sees one watch per kind however many fan-out layers there are (DESIGN §3).
+API sees one watch per kind however many fan-out layers there are (docs/architecture.md §3).
 
 The follower asks for `exact-crumbs` and `crumb-runs`: the upstream sends breadcrumbs as their own
 frames (several back to back in one message when the replica lags; `split_frames` takes them apart),

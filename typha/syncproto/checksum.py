@@ -1,7 +1,7 @@
 """The Sync protocol's order-independent digest of a KV set (proto/typha/v1/sync.proto: Checksum).
 
 Kept here rather than imported from the server's cache because agents must not import server code
-(DESIGN §1); a unit test pins that both sides compute the same value.
+(docs/architecture.md §1); a unit test pins that both sides compute the same value.
 """
 
 from __future__ import annotations

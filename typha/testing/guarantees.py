@@ -1,4 +1,4 @@
-"""The guarantee checker: did every client see what DESIGN §5 promises, given what the API committed?
+"""The guarantee checker: did every client see what docs/architecture.md §5 promises, given what the API committed?
 
 It records both ends of the pipeline and judges them afterwards, so a test (or `bench soak`) only
 has to wire it in and ask for a verdict at the end:

@@ -2,7 +2,7 @@
 
 A converter is a pure function `fn(obj) -> [(key, value), ...]`: the complete set of Calico model
 keys one Kubernetes object produces for that syncer, with values as upstream would JSON-encode them
-(reference/typha.md §2). It keeps no state; the syncer remembers which keys each object produced and
+(docs/calico/typha.md §2). It keeps no state; the syncer remembers which keys each object produced and
 deletes the ones it stops producing. An empty list means upstream sends nothing for the object (a
 host-networked or finished pod, a staged delete). An invalid object raises ConversionError, which
 the syncer turns into withdrawing the object's keys, as Typha's validation filter would.

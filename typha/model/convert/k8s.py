@@ -3,7 +3,7 @@
 Each converter follows the two upstream steps in one pass: the KDD conversion to a v3 resource
 (libcalico-go/lib/backend/k8s/conversion, k8s/resources/node.go) and the felix/bgp syncer's update
 processor (syncersv1/updateprocessors). The pod converter is the hot path (one call per pod on every
-list and every pod update; DESIGN §8 budgets ~25 µs): no copies beyond the labels map it must build,
+list and every pod update; docs/architecture.md §8 budgets ~25 µs): no copies beyond the labels map it must build,
 no ipaddress parsing for the common dotted-quad IPv4 case.
 """
 
