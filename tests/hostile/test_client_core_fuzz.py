@@ -20,8 +20,9 @@ from google.protobuf.message import DecodeError
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from typha.client import ProtocolError, Session, SyncClientCore, digest_of
+from typha.client import ProtocolError, Session, SyncClientCore
 from typha.proto import sync_pb2 as pb
+from typha.syncproto.checksum import digest_of
 
 KEYS = [f"/calico/v1/policy/tier/default/policy/p{i}" for i in range(4)] + ["/calico/v1/config/X", ""]
 EPOCHS = ["e1", "e2", ""]

@@ -14,8 +14,9 @@ import msgpack
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from typha.client import ProtocolError, SyncClientCore, digest_of
+from typha.client import ProtocolError, SyncClientCore
 from typha.proto import sync_pb2 as pb
+from typha.syncproto.checksum import digest_of
 from typha.syncproto.digests import bucket_hash
 
 from .test_client_core_fuzz import check_consistent

@@ -20,8 +20,8 @@ import grpc
 import msgpack
 import zstandard
 
-from typha.client import digest_of
 from typha.proto import sync_pb2 as pb
+from typha.syncproto.checksum import digest_of
 
 Script = Callable[["Stream"], Awaitable[None]]
 _zstd = zstandard.ZstdCompressor(level=3)

@@ -12,15 +12,16 @@ import dataclasses
 import random
 from typing import Any
 
+from typha.backoff import Backoff
 from typha.proto import sync_pb2 as pb
 from typha.snapcache.cache import SnapshotCache
-from typha.source.upstream import FollowerBackoff, UpstreamFollower
+from typha.source.upstream import UpstreamFollower
 from typha.syncserver.resync import BucketRepair
 from typha.syncserver.server import SyncServer
 
 from .test_digest_resync import SETTINGS, cluster_kvs, one_percent_changed, replica, run, until
 
-FAST = FollowerBackoff(initial=0.05, maximum=0.2)
+FAST = Backoff(initial=0.05, maximum=0.2)
 
 
 def exact(copy: SnapshotCache, source: SnapshotCache) -> bool:

@@ -16,11 +16,10 @@ from typha.client import (
     ResumePoint,
     SessionState,
     SyncClientCore,
-    digest_of,
-    kv_hash,
 )
 from typha.model.kv import SyncStatus, Update
 from typha.proto import sync_pb2 as pb
+from typha.syncproto.checksum import digest_of, kv_hash
 
 _zstd = zstandard.ZstdCompressor(level=3)
 
@@ -293,9 +292,11 @@ def test_checksum_match_and_skip():
 
 
 def test_checksum_agrees_with_the_server_cache():
-    from typha.snapcache.cache import kv_hash as server_kv_hash
+    from typha.snapcache.cache import SnapshotCache
 
-    assert kv_hash("/k", pack({"a": 1})) == server_kv_hash("/k", pack({"a": 1}))
+    cache = SnapshotCache("felix")
+    cache.apply([Update("/k", {"a": 1}, "1")])
+    assert kv_hash("/k", pack({"a": 1})) == cache.digest
 
 
 def test_checksum_mismatch_twice_in_a_row_drops_the_resume_point_and_asks_for_resync():
