@@ -55,7 +55,7 @@ class Event(enum.Enum):
     LAST_BUCKETS = "last bucket chunk"
     STATUS = "status"
     DELTAS = "deltas"
-    CHECKSUM = "checksum"
+    CHECKSUM = "Checksum"
 
 
 _S, _E = SessionState, Event
