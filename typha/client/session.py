@@ -61,11 +61,14 @@ class Event(enum.Enum):
 _S, _E = SessionState, Event
 Transitions = dict[tuple[SessionState, Event], SessionState]
 
-# A checksum is legal anywhere (it is only compared where comparable); the rest is the stream's order.
-_CHECKSUMS: Transitions = {(state, _E.CHECKSUM): state for state in SessionState if state is not _S.CLOSED}
 
-MIRROR_TRANSITIONS: Transitions = {
-    **_CHECKSUMS,
+def _with_checksums(table: Transitions) -> Transitions:
+    """A checksum is legal in every state a table uses (it is only compared where comparable)."""
+    states = {state for state, _ in table} | set(table.values())
+    return {**{(state, _E.CHECKSUM): state for state in states}, **table}
+
+
+MIRROR_TRANSITIONS: Transitions = _with_checksums({
     (_S.AWAITING_HELLO, _E.SNAPSHOT_HELLO): _S.SNAPSHOT,
     (_S.AWAITING_HELLO, _E.RESUMED_HELLO): _S.LIVE,
     (_S.AWAITING_HELLO, _E.REPAIR_HELLO): _S.REPAIR,
@@ -79,12 +82,11 @@ MIRROR_TRANSITIONS: Transitions = {
     (_S.REPAIR, _E.STATUS): _S.REPAIR,
     (_S.LIVE, _E.DELTAS): _S.LIVE,
     (_S.LIVE, _E.STATUS): _S.LIVE,
-}
+})
 
 # A replica asks for exact crumbs: after its hello the server sends the snapshot, the bucket chunks or
 # nothing (resumed), then one status saying where that state stands, then breadcrumbs only.
-REPLICA_TRANSITIONS: Transitions = {
-    **_CHECKSUMS,
+REPLICA_TRANSITIONS: Transitions = _with_checksums({
     (_S.AWAITING_HELLO, _E.SNAPSHOT_HELLO): _S.SNAPSHOT,
     (_S.AWAITING_HELLO, _E.RESUMED_HELLO): _S.SETTLING,
     (_S.AWAITING_HELLO, _E.REPAIR_HELLO): _S.REPAIR,
@@ -95,7 +97,7 @@ REPLICA_TRANSITIONS: Transitions = {
     (_S.SETTLING, _E.STATUS): _S.LIVE,
     (_S.LIVE, _E.DELTAS): _S.LIVE,
     (_S.LIVE, _E.STATUS): _S.LIVE,
-}
+})
 
 _session_ids = itertools.count(1)
 
