@@ -313,6 +313,10 @@ class SyncClientCore:
         """Consume one message of `session`'s stream. Raises ProtocolError; the mirror is unchanged
         then, and the caller should `close_session(session, resync=True)`. In replica mode `frame`
         is the message's exact bytes (receive_frames passes them)."""
+        return self._receive(session, message, frame) or Step()
+
+    def _receive(self, session: Session, message: pb.ServerMessage, frame: bytes) -> Step | None:
+        """receive(), with None for a breadcrumb a replica appended (its hot path: no Step to build)."""
         if session.state is SessionState.CLOSED:
             # Already retired or closed: messages still queued for it must not touch the mirror.
             return Step()
@@ -350,9 +354,11 @@ class SyncClientCore:
                 message = pb.ServerMessage.FromString(frame)
             except DecodeError as exc:
                 raise ProtocolError(f"undecodable ServerMessage: {exc}") from exc
-            step.merge(self.receive(session, message, frame))
-            if step.resync is not None or step.reconnect is not None:
-                break
+            result = self._receive(session, message, frame)
+            if result is not None:
+                step.merge(result)
+                if step.resync is not None or step.reconnect is not None:
+                    break
         return step
 
     def _on_hello(self, session: Session, hello: pb.ServerHello) -> Step:
@@ -572,13 +578,13 @@ class SyncClientCore:
             self._status = deferred
             step.status = deferred
 
-    def _on_deltas(self, session: Session, message: pb.ServerMessage, frame: bytes) -> Step:
+    def _on_deltas(self, session: Session, message: pb.ServerMessage, frame: bytes) -> Step | None:
         session.check(Event.DELTAS)
         deltas = message.deltas
         sequence = deltas.sequence
         if self._replica is not None:
             self._replica.replicate(frame, message, sequence)
-            return Step()
+            return None
         if sequence <= session.last_sequence:
             if sequence <= session.skip_through:
                 return Step()  # overlap replayed after a make-before-break resume: already applied
@@ -588,7 +594,7 @@ class SyncClientCore:
         self._position = ResumePoint(session.epoch, sequence)
         return Step(updates=updates)
 
-    def _on_status(self, session: Session, message: pb.ServerMessage, frame: bytes) -> Step:
+    def _on_status(self, session: Session, message: pb.ServerMessage, frame: bytes) -> Step | None:
         after = session.check(Event.STATUS)
         wire = message.status
         status = _STATUS_FROM_PB.get(wire.status)
@@ -611,7 +617,7 @@ class SyncClientCore:
                 # a state it does not know: start over rather than skip it.
                 raise ProtocolError(f"status {wire.status} is not one this replica can hold")
             replica.replicate(frame, message, wire.sequence)
-            return Step()
+            return None
         if status is None:
             return Step()  # UNKNOWN or newer than this client: nothing an agent can act on
         if after is SessionState.SNAPSHOT or after is SessionState.REPAIR:
