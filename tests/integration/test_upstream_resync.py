@@ -133,3 +133,31 @@ def test_a_repair_that_does_not_add_up_leaves_the_cache_alone_and_the_next_sessi
             await upstream.stop(0)
 
     run(scenario, timeout=60)
+
+
+def test_follower_resumes_on_the_same_upstream_without_a_snapshot_and_keeps_its_crumbs():
+    """The stream breaks but the upstream lives on (same epoch): the follower's next hello offers its
+    cache's position, the upstream resumes it, and the replica goes on appending the very same crumbs."""
+    kvs = cluster_kvs()
+
+    async def scenario() -> None:
+        source = replica(kvs)
+        upstream = SyncServer({"felix": source}, SETTINGS)
+        port = await upstream.start("127.0.0.1", 0)
+        follower = UpstreamFollower(f"127.0.0.1:{port}", "felix", SnapshotCache("felix"), backoff=FAST)
+        follower.start()
+        try:
+            await until(lambda: follower.connected and exact(follower.cache, source))
+            assert (follower.snapshots, follower.resumes, follower.sessions) == (1, 0, 1)
+            await upstream.stop(0)
+            source.apply(one_percent_changed(kvs, random.Random(7)))  # crumbs the follower missed meanwhile
+            upstream = SyncServer({"felix": source}, SETTINGS)
+            assert await upstream.start("127.0.0.1", port) == port
+            await until(lambda: follower.connected and exact(follower.cache, source))
+            assert (follower.snapshots, follower.resumes) == (1, 1), (follower.snapshots, follower.resumes)
+            assert follower.cache.newest.frame == source.newest.frame, "the very bytes of the upstream's crumb"
+        finally:
+            await follower.stop()
+            await upstream.stop(0)
+
+    run(scenario, timeout=60)
