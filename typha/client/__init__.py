@@ -1,6 +1,6 @@
 """The Sync client library: a sans-IO protocol core plus asyncio and trio transports.
 
-Agents import from here (and typha.model) only, never from the server (DESIGN §1).
+Agents import from here (and typha.model) only, never from the server (docs/architecture.md §1).
 
 asyncio (fan-out workers, tools), with `SyncCallbacks` (typha.client.events)::
 

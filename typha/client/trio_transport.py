@@ -1,4 +1,4 @@
-"""trio transport of the Sync client, for the agents (DESIGN §3).
+"""trio transport of the Sync client, for the agents (docs/architecture.md §3).
 
 grpc.aio cannot run under trio (python-performance.md §6), so the stream runs on a worker thread.
 The thread runs an asyncio loop with the same `AsyncSyncClient` the asyncio transport uses, rather

@@ -1,7 +1,7 @@
 """The Sync service's names on the wire: the method path, the feature flags and the syncer types.
 
 Every side of the protocol (server, client core and transports, the upstream follower, the benchmark
-sinks) takes these from here, so a rename or a new feature is one edit (docs/architecture.md §5).
+sinks) takes these from here, so a rename or a new feature is one edit (docs/architecture.md §4).
 """
 
 from __future__ import annotations
