@@ -10,6 +10,7 @@ Everything the servers see goes to `cluster.log` in order, for make-before-break
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -88,6 +89,7 @@ class Stream:
         self.hello = hello
         self.context = context
         self.pongs: list[int] = []
+        self._pong_arrived = asyncio.Event()
 
     @property
     def resume(self) -> tuple[str, int] | None:
@@ -106,9 +108,12 @@ class Stream:
         await asyncio.sleep(seconds)
 
     async def wait_pongs(self, count: int, timeout: float = 5.0) -> None:
-        deadline = time.monotonic() + timeout
-        while len(self.pongs) < count and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
+        """Until `count` pongs arrived, or `timeout` passed (the caller's assertion then says what is missing)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                while len(self.pongs) < count:
+                    self._pong_arrived.clear()
+                    await self._pong_arrived.wait()
 
     async def _read_pongs(self) -> None:
         while True:
@@ -116,6 +121,7 @@ class Stream:
             if message is grpc.aio.EOF:
                 return
             self.pongs.append(message.pong.ping_timestamp_ns)
+            self._pong_arrived.set()
 
 
 class FakeCluster:
