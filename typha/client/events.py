@@ -1,4 +1,5 @@
-"""What a transport hands to the agent, plus the knobs and counters both transports share."""
+"""What a transport hands to the agent (events, or calls on SyncCallbacks, which the datastore source feeds
+too), and the counters both transports keep."""
 
 from __future__ import annotations
 

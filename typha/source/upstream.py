@@ -148,6 +148,7 @@ class UpstreamFollower:
 
     async def _session(self, session: Session) -> None:
         channel, call = await self._open()
+        self._how = ""
         try:
             await call.write(session.hello.SerializeToString())
             self.sessions += 1
