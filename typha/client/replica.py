@@ -10,9 +10,10 @@ described here rather than imported, because the client library never imports th
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Protocol
 
+from typha.client.mirror import Entry
 from typha.client.session import ProtocolError, ResumePoint
 from typha.model.kv import SyncStatus
 from typha.proto import sync_pb2 as pb
@@ -75,11 +76,11 @@ class Replica:
     def summary(self, count: int) -> list[int]:
         return self.target.buckets.folded(count)
 
-    def stage_snapshot(self, epoch: str, sequence: int, staged: dict[str, tuple[bytes, object, str]]) -> None:
+    def stage_snapshot(self, epoch: str, sequence: int, staged: dict[str, Entry]) -> None:
         self.pending = (epoch, sequence, [(key, entry[0], entry[2]) for key, entry in staged.items()])
 
-    def stage_repair(self, epoch: str, sequence: int, staged: dict[str, tuple[bytes, object, str]],
-                     replaced: Sequence[int] | set[int], count: int, check: tuple[int, int]) -> None:
+    def stage_repair(self, epoch: str, sequence: int, staged: dict[str, Entry],
+                     replaced: set[int], count: int, check: tuple[int, int]) -> None:
         """The cache with the replaced buckets' keys swapped for the received ones, if that matches the
         upstream's checksum. The new digest follows from the keys that leave and arrive: no pass over
         the whole set to check it."""
