@@ -10,15 +10,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-import msgpack
 import zstandard
 
 from typha.proto import sync_pb2 as pb
+from typha.syncproto.names import SYNC_METHOD
+from typha.syncproto.values import unpack_value
 
 TIMESTAMP_LABEL = "bench-ts"
 
@@ -41,7 +42,7 @@ async def run_stream(
     # Each stream gets its own TCP connection, as separate nodes would (gRPC would otherwise share one).
     channel = grpc.aio.insecure_channel(
         address, options=[("grpc.max_receive_message_length", -1), ("grpc.use_local_subchannel_pool", 1)])
-    call = channel.stream_stream("/typha.v1.Sync/Sync", request_serializer=None, response_deserializer=None)()
+    call = channel.stream_stream(SYNC_METHOD, request_serializer=None, response_deserializer=None)()
     decompressor = zstandard.ZstdDecompressor()
     started = time.perf_counter()
     hello = pb.ClientHello(hostname=f"bench-{index}", syncer_type=syncer_type, compressions=["zstd"],
@@ -64,7 +65,7 @@ async def run_stream(
                 if probe:
                     for kv in kvs:
                         if kv.value:
-                            labels = (msgpack.unpackb(kv.value) or {}).get("labels") or {}
+                            labels = (unpack_value(kv.value) or {}).get("labels") or {}
                             stamp = labels.get(TIMESTAMP_LABEL)
                             if stamp:
                                 stats.latencies_ns.append(received_ns - int(stamp))
@@ -89,7 +90,7 @@ async def run_stream(
 
 
 async def drive_streams(
-    run: Callable[..., Awaitable[None]], make_stats: Callable[[], Any], address: str, syncer_type: str,
+    run: Callable[..., Coroutine[Any, Any, None]], make_stats: Callable[[], Any], address: str, syncer_type: str,
     indexes: list[int], probe_every: int, conn: Any,
     commands: Mapping[str, Callable[[list[Any], Any], tuple[Any, ...]]] | None = None,
 ) -> None:
@@ -101,7 +102,7 @@ async def drive_streams(
     """
     stats = [make_stats() for _ in indexes]
     readies = [asyncio.Event() for _ in indexes]
-    tasks = []
+    tasks: list[asyncio.Task[None]] = []
     for slot, (index, stat, ready) in enumerate(zip(indexes, stats, readies, strict=True)):
         tasks.append(asyncio.create_task(
             run(address, syncer_type, index, index % probe_every == 0, stat, ready)))

@@ -2,12 +2,16 @@
 
     pip install atheris        # a manylinux wheel for CPython 3.11: no compiler needed
     python -m tests.hostile.fuzz_atheris client-core [-runs=100000] [-max_total_time=600] [CORPUS_DIR]
+    python -m tests.hostile.fuzz_atheris replica-core [-runs=100000]
     python -m tests.hostile.fuzz_atheris server [-runs=2000]
 
 client-core: the input drives typha.client's sans-IO core through a stream that interleaves the messages
 of a valid stream with messages parsed from the input's bytes; the invariants are those of
 test_client_core_fuzz (only ProtocolError, mirror untouched on error, updates add up to the mirror,
 digest consistent).
+replica-core: the same for the core in replica mode: the input's bytes are raw messages (frames, runs of
+frames, garbage) between those of a valid replica stream, passed through to a SnapshotCache; the invariants
+are those of test_replica_mode_survives_hostile_streams_with_a_consistent_cache.
 server: the input is the first message of a real gRPC stream to an in-process SyncServer; the status
 must be what an independent parse predicts (test_server_fuzz), and a valid hello is answered with a
 ServerHello.
@@ -26,7 +30,14 @@ with atheris.instrument_imports(include=["typha"]):
     from typha.client import SyncClientCore
     from typha.proto import sync_pb2 as pb
 
-from tests.hostile.test_client_core_fuzz import feed, good_stream
+from tests.hostile.test_client_core_fuzz import (
+    check_replica,
+    feed,
+    good_stream,
+    replica_state,
+    replica_stream,
+    split_or_none,
+)
 
 
 def client_core(data: bytes) -> None:
@@ -46,6 +57,38 @@ def client_core(data: bytes) -> None:
         fed = feed(core, session, message, shadow)
         if fed is not session:
             session, position = fed, 0
+
+
+def replica_core(data: bytes) -> None:
+    from typha.client import ProtocolError
+    from typha.snapcache.cache import SnapshotCache
+
+    fdp = atheris.FuzzedDataProvider(data)
+    cache = SnapshotCache("felix")
+    core = SyncClientCore("felix", hostname="n1", replica=cache, checksum_mismatch_limit=1)
+    _, good = replica_stream(fdp.ConsumeIntInRange(0, 3))
+    session, position = core.open_session(), 0
+    while fdp.remaining_bytes():
+        if fdp.ConsumeBool():
+            raw = good[position % len(good)]
+            position += 1
+        else:
+            raw = fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 256))
+        single = len(split_or_none(raw) or [0, 0]) == 1
+        before = replica_state(cache)
+        try:
+            step = core.receive_frames(session, raw)
+        except ProtocolError:
+            if single:
+                assert replica_state(cache) == before, "a refused message changed the replica"
+            core.close_session(session, resync=True)
+            session, position = core.open_session(), 0
+            check_replica(cache)
+            continue
+        check_replica(cache)
+        if step.resync is not None:
+            core.close_session(session, resync=True)
+            session, position = core.open_session(), 0
 
 
 def server_target() -> tuple[object, object]:
@@ -76,12 +119,14 @@ def server_target() -> tuple[object, object]:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) < 2 or argv[1] not in ("client-core", "server"):
-        sys.exit(f"usage: {argv[0]} client-core|server [libFuzzer options]")
+    if len(argv) < 2 or argv[1] not in ("client-core", "replica-core", "server"):
+        sys.exit(f"usage: {argv[0]} client-core|replica-core|server [libFuzzer options]")
     target = argv[1]
     args = [argv[0], *argv[2:]]
     if target == "client-core":
         atheris.Setup(args, client_core)
+    elif target == "replica-core":
+        atheris.Setup(args, replica_core)
     else:
         _, one = server_target()
         atheris.Setup(args, one)

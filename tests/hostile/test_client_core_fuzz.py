@@ -1,4 +1,5 @@
-"""Fuzzing typha.client's sans-IO core with hostile server messages (issue 8, hostile input).
+"""Fuzzing typha.client's sans-IO core with hostile server messages (issue 8, hostile input), as an
+agent's mirror and in replica mode (a Typha following another, its cache fed the frames as received).
 
 Streams mix valid protocol messages with structurally valid but wrong ones (any field, any value,
 any order), mutated encodings of valid ones and random bytes. Whatever arrives, the core must:
@@ -20,8 +21,13 @@ from google.protobuf.message import DecodeError
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from typha.client import ProtocolError, Session, SyncClientCore, digest_of
+from typha.client import ChecksumOutcome, ProtocolError, Session, SyncClientCore
+from typha.model.kv import SyncStatus, Update
 from typha.proto import sync_pb2 as pb
+from typha.snapcache.cache import SnapshotCache
+from typha.syncproto.checksum import digest_of, kv_hash
+from typha.syncproto.digests import summarise
+from typha.syncproto.frames import FrameError, split_frames
 
 KEYS = [f"/calico/v1/policy/tier/default/policy/p{i}" for i in range(4)] + ["/calico/v1/config/X", ""]
 EPOCHS = ["e1", "e2", ""]
@@ -253,3 +259,130 @@ def test_decompression_bomb_is_a_protocol_error(declared):
     with pytest.raises(ProtocolError, match="limit"):
         core.receive(session, bomb)
     assert len(core) == 0
+
+
+# -- replica mode (typha.source.upstream's protocol) -------------------------------------------------
+
+
+def replica_stream(seed: int) -> tuple[SnapshotCache, list[bytes]]:
+    """An upstream cache and what it sends a replica, as raw messages: hello, snapshot chunks, the status
+    that goes with them, breadcrumbs (the last two as one run, as crumb-runs sends a lagging replica) and
+    a checksum of the final state."""
+    rng = random.Random(seed)
+    upstream = SnapshotCache("felix")
+    upstream.apply([Update(key, {"v": rng.randint(0, 3)}, "1") for key in KEYS[:4]])
+    upstream.set_status(SyncStatus.IN_SYNC)
+    snap = upstream.snapshot()
+    out = [pb.ServerMessage(hello=pb.ServerHello(version="t", server_id="s", epoch=upstream.epoch,
+                                                 syncer_type="felix", sequence=snap.sequence)).SerializeToString(),
+           *snap.frames,
+           pb.ServerMessage(status=pb.SyncStatus(status=pb.SyncStatus.IN_SYNC,
+                                                 sequence=snap.sequence)).SerializeToString()]
+    for revision in range(2, 6):
+        key = rng.choice(KEYS[:4])
+        upstream.apply([Update(key, None if rng.random() < 0.3 else {"v": rng.randint(0, 9)}, str(revision))])
+    upstream.set_status(SyncStatus.RESYNC)
+    upstream.set_status(SyncStatus.IN_SYNC)
+    crumbs, crumb = [], upstream.crumb_after(upstream.epoch, snap.sequence).next  # the crumb at it, then on
+    while crumb is not None:
+        crumbs.append(crumb.frame)
+        crumb = crumb.next
+    out += [*crumbs[:-2], crumbs[-2] + crumbs[-1]]
+    out.append(pb.ServerMessage(checksum=pb.Checksum(sequence=upstream.newest.sequence, digest=upstream.digest,
+                                                     count=len(upstream))).SerializeToString())
+    return upstream, out
+
+
+def replica_state(cache: SnapshotCache) -> tuple[Any, ...]:
+    return cache.epoch, cache.newest.sequence, cache.digest, sorted(cache.items()), cache.status
+
+
+def check_replica(cache: SnapshotCache) -> None:
+    """The cache's digests are those of what it holds, whatever was passed through to it."""
+    items = [(key, value) for key, value, _ in cache.items()]
+    assert cache.digest == digest_of(items)
+    assert cache.buckets.folded(1024) == summarise(((key, kv_hash(key, value)) for key, value in items), 1024)
+    assert all(value for _, value in items), "a replica holds a deletion"
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**16), stream=st.lists(events, max_size=25))
+def test_replica_mode_survives_hostile_streams_with_a_consistent_cache(seed, stream):
+    """The same hostile events fed to a replica (raw frames passed through to a SnapshotCache): only
+    ProtocolError, a refused message leaves the cache as it was, and the cache stays self-consistent."""
+    cache = SnapshotCache("felix")
+    core = SyncClientCore("felix", hostname="n1", replica=cache, checksum_mismatch_limit=1)
+    _, good = replica_stream(seed)
+    session, position = core.open_session(), 0
+    for kind, arg in stream:
+        if kind == "new-session":
+            core.close_session(session)
+            session, position = core.open_session(), 0
+            continue
+        if kind == "next":
+            data = good[position % len(good)]
+            position += 1
+        elif kind == "structured":
+            data = arg.SerializeToString()
+        elif kind == "next-deltas":
+            data = pb.ServerMessage(deltas=pb.Deltas(kvs=arg, sequence=cache.newest.sequence + 1)).SerializeToString()
+        elif kind == "whole-snapshot":
+            data = pb.ServerMessage(snapshot=pb.SnapshotChunk(sequence=session.last_sequence + 1, index=0, count=1,
+                                                              data=pb.Deltas(kvs=arg).SerializeToString()))
+            data = data.SerializeToString()
+        elif kind == "mutated":
+            data = mutate(good[position % len(good)], random.Random(arg))
+        else:
+            data = arg  # raw bytes: the core splits and parses them itself
+        single = data == b"" or len(split_or_none(data) or [0, 0]) == 1
+        before = replica_state(cache)
+        try:
+            step = core.receive_frames(session, data)
+        except ProtocolError:
+            if single:
+                assert replica_state(cache) == before, "a refused message changed the replica"
+            core.close_session(session, resync=True)
+            check_replica(cache)
+            session, position = core.open_session(), 0
+            continue
+        check_replica(cache)
+        if step.resync is not None:
+            core.close_session(session, resync=True)
+            session, position = core.open_session(), 0
+    event(f"replica holds {min(len(cache), 3)}+ keys, live: {core.live_session is session}")
+
+
+def split_or_none(data: bytes) -> list[bytes] | None:
+    try:
+        return split_frames(data)
+    except FrameError:
+        return None
+
+
+@settings(max_examples=50, deadline=None)
+@given(seed=st.integers(0, 2**16))
+def test_the_unmutated_replica_stream_makes_an_exact_replica(seed):
+    """The baseline of the replica fuzzing: the replica ends with the upstream's very crumbs and state."""
+    upstream, good = replica_stream(seed)
+    cache = SnapshotCache("felix")
+    core = SyncClientCore("felix", hostname="n1", replica=cache, checksum_mismatch_limit=1)
+    session = core.open_session()
+    assert {"exact-crumbs", "crumb-runs"} <= set(session.hello.hello.features)
+    for data in good:
+        step = core.receive_frames(session, data)
+        assert step.resync is None
+        assert step.checksum is None or step.checksum.outcome is ChecksumOutcome.MATCH
+    assert core.live_session is session
+    assert replica_state(cache) == replica_state(upstream)
+    assert cache.newest.frame == upstream.newest.frame, "the very bytes of the upstream's crumb"
+    # Resuming from it: the hello offers the replica's position, and a resumed hello goes live with its status.
+    core.close_session(session)
+    again = core.open_session()
+    assert (again.hello.hello.resume.epoch, again.hello.hello.resume.sequence) == (upstream.epoch,
+                                                                                  upstream.newest.sequence)
+    hello = pb.ServerHello(epoch=upstream.epoch, sequence=upstream.newest.sequence, syncer_type="felix", resumed=True)
+    core.receive_frames(again, pb.ServerMessage(hello=hello).SerializeToString())
+    assert core.live_session is not again, "a replica goes live with the status that follows the hello"
+    status = pb.SyncStatus(status=pb.SyncStatus.IN_SYNC, sequence=upstream.newest.sequence)
+    assert core.receive_frames(again, pb.ServerMessage(status=status).SerializeToString()).promoted
+    assert replica_state(cache) == replica_state(upstream)

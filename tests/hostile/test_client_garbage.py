@@ -10,8 +10,8 @@ import random
 import msgpack
 import pytest
 
+from typha.backoff import Backoff
 from typha.client import AsyncSyncClient
-from typha.client.events import Backoff
 from typha.proto import sync_pb2 as pb
 
 from .support import MODES, GarbageServer, frame, in_sync, snapshot_of, valid_hello

@@ -14,8 +14,11 @@ import msgpack
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from typha.client import ProtocolError, SyncClientCore, digest_of
+from typha.client import ProtocolError, SyncClientCore
+from typha.model.kv import SyncStatus, Update
 from typha.proto import sync_pb2 as pb
+from typha.snapcache.cache import SnapshotCache
+from typha.syncproto.checksum import digest_of
 from typha.syncproto.digests import bucket_hash
 
 from .test_client_core_fuzz import check_consistent
@@ -51,32 +54,21 @@ def apply(shadow: dict[str, object], updates) -> None:
             shadow[update.key] = update.value
 
 
-changes = st.dictionaries(st.integers(0, 1199), st.one_of(st.none(), st.integers(1, 9)), max_size=12)
-lies = st.sampled_from(["none", "checksum", "wrong-bucket", "bucket-twice", "deletion", "not-msgpack", "order"])
-
-
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(server_changes=changes, old_stream=changes, lie=lies, split=st.booleans())
-def test_repair_is_exact_or_refused(server_changes, old_stream, lie, split):
-    core, old, shadow = started()
-    summary_state = {key: core.entry(key)[0] for key in core.to_dict()}
-    new = core.open_session()
-    count = new.hello.hello.digests.count
-    assert count >= 1024, "the mirror is big enough for a summary"
-    mask = count - 1
-
-    # The old stream keeps going after the summary was taken: the repair must undo this.
-    kvs = [pb.KV(key=KEYS[i] if i < len(KEYS) else f"/calico/v1/extra/{i}", value=b"" if v is None else value(v))
-           for i, v in old_stream.items()]
-    apply(shadow, core.receive(old, pb.ServerMessage(deltas=pb.Deltas(kvs=kvs, sequence=2))).updates)
-
-    server = dict(summary_state)
+def changed(state: dict[str, bytes], server_changes: dict[int, int | None]) -> dict[str, bytes]:
+    """The server's set: `state` with the drawn changes (None deletes)."""
+    server = dict(state)
     for i, v in server_changes.items():
         key = KEYS[i] if i < len(KEYS) else f"/calico/v1/extra/{i}"
         if v is None:
             server.pop(key, None)
         else:
             server[key] = value(v)
+    return server
+
+
+def answer(server: dict[str, bytes], summary_state: dict[str, bytes], mask: int, lie: str,
+           split: bool) -> list[pb.BucketChunk]:
+    """The BucketChunks a server with `server` sends a summary of `summary_state`, honest or with `lie`."""
     differing = sorted({bucket_hash(k) & mask for k in set(server) ^ set(summary_state)}
                        | {bucket_hash(k) & mask for k in server if summary_state.get(k) not in (None, server[k])})
     digest, key_count = digest_of(server.items()), len(server)
@@ -107,7 +99,30 @@ def test_repair_is_exact_or_refused(server_changes, old_stream, lie, split):
             last.buckets.append(bucket_hash(key) & mask)
     elif lie == "order":
         chunks = [pb.BucketChunk(sequence=10, index=1, count=2, digest=digest, key_count=key_count), *chunks]
+    return chunks
 
+
+changes = st.dictionaries(st.integers(0, 1199), st.one_of(st.none(), st.integers(1, 9)), max_size=12)
+lies = st.sampled_from(["none", "checksum", "wrong-bucket", "bucket-twice", "deletion", "not-msgpack", "order"])
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(server_changes=changes, old_stream=changes, lie=lies, split=st.booleans())
+def test_repair_is_exact_or_refused(server_changes, old_stream, lie, split):
+    core, old, shadow = started()
+    summary_state = {key: core.entry(key)[0] for key in core.to_dict()}
+    new = core.open_session()
+    count = new.hello.hello.digests.count
+    assert count >= 1024, "the mirror is big enough for a summary"
+    mask = count - 1
+
+    # The old stream keeps going after the summary was taken: the repair must undo this.
+    kvs = [pb.KV(key=KEYS[i] if i < len(KEYS) else f"/calico/v1/extra/{i}", value=b"" if v is None else value(v))
+           for i, v in old_stream.items()]
+    apply(shadow, core.receive(old, pb.ServerMessage(deltas=pb.Deltas(kvs=kvs, sequence=2))).updates)
+
+    server = changed(summary_state, server_changes)
+    chunks = answer(server, summary_state, mask, lie, split)
     event(f"lie: {lie}, {len(chunks)} chunk(s)")
     hello = pb.ServerMessage(hello=pb.ServerHello(epoch="e2", syncer_type="felix", sequence=10, bucket_count=count))
     apply(shadow, core.receive(new, hello).updates)
@@ -135,3 +150,56 @@ def test_the_fixture_really_summarises():
     core, _, _ = started()
     assert core.open_session().hello.hello.digests.count == 1024
 
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(server_changes=changes, lie=lies, split=st.booleans())
+def test_replica_repair_is_exact_or_refused(server_changes, lie, split):
+    """The same answers to a replica (typha.source.upstream's protocol): an honest one resets the cache to
+    the server's set at its epoch and sequence once the status follows; a lie is refused and the cache is
+    untouched. (A replica passes values through undecoded: the value that is not msgpack is refused by the
+    checksum it breaks.)"""
+    cache = SnapshotCache("felix")
+    core = SyncClientCore("felix", hostname="n1", replica=cache, checksum_mismatch_limit=1)
+    replicated(core)
+    summary_state = {key: value for key, value, _ in cache.items()}
+    session = core.open_session()
+    count = session.hello.hello.digests.count
+    assert count >= 1024 and "digest-resync" in session.hello.hello.features
+    server = changed(summary_state, server_changes)
+    chunks = answer(server, summary_state, count - 1, lie, split)
+    event(f"lie: {lie}, {len(chunks)} chunk(s)")
+    before = (cache.epoch, cache.newest.sequence, sorted(cache.items()))
+    hello = pb.ServerMessage(hello=pb.ServerHello(epoch="e2", syncer_type="felix", sequence=10, bucket_count=count))
+    status = pb.ServerMessage(status=pb.SyncStatus(status=pb.SyncStatus.IN_SYNC, sequence=10))
+    refused = False
+    try:
+        for message in (hello, *(pb.ServerMessage(buckets=chunk) for chunk in chunks), status):
+            core.receive_frames(session, message.SerializeToString())
+    except ProtocolError:
+        refused = True
+    if lie == "none":
+        assert not refused
+        assert {key: value for key, value, _ in cache.items()} == server
+        assert (cache.epoch, cache.newest.sequence) == ("e2", 10)
+        assert cache.digest == digest_of(server.items())
+        assert core.live_session is session
+    else:
+        assert refused, f"the replica accepted a repair with a lie: {lie}"
+        assert (cache.epoch, cache.newest.sequence, sorted(cache.items())) == before
+
+
+def replicated(core: SyncClientCore) -> None:
+    """Make `core`'s cache a replica of an upstream holding KEYS, through the protocol (a snapshot)."""
+    upstream = SnapshotCache("felix")
+    upstream.apply([Update(key, {"n": 0}, "1") for key in KEYS])
+    upstream.set_status(SyncStatus.IN_SYNC)
+    snap = upstream.snapshot()
+    session = core.open_session()
+    hello = pb.ServerHello(epoch=upstream.epoch, syncer_type="felix", sequence=snap.sequence)
+    status = pb.SyncStatus(status=pb.SyncStatus.IN_SYNC, sequence=snap.sequence)
+    for data in (pb.ServerMessage(hello=hello).SerializeToString(), *snap.frames,
+                 pb.ServerMessage(status=status).SerializeToString()):
+        core.receive_frames(session, data)
+    assert core.live_session is session and core.resume_point is not None
+    core.close_session(session)

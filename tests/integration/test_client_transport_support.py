@@ -10,6 +10,7 @@ Everything the servers see goes to `cluster.log` in order, for make-before-break
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
@@ -19,9 +20,9 @@ import grpc
 import msgpack
 import zstandard
 
-from typha.client import digest_of
 from typha.proto import sync_pb2 as pb
-from typha.testing.wait import wait_until, wait_until_async
+from typha.syncproto.checksum import digest_of
+from typha.testing.wait import wait_until
 
 Script = Callable[["Stream"], Awaitable[None]]
 _zstd = zstandard.ZstdCompressor(level=3)
@@ -88,6 +89,7 @@ class Stream:
         self.hello = hello
         self.context = context
         self.pongs: list[int] = []
+        self._pong_arrived = asyncio.Event()
 
     @property
     def resume(self) -> tuple[str, int] | None:
@@ -106,7 +108,12 @@ class Stream:
         await asyncio.sleep(seconds)
 
     async def wait_pongs(self, count: int, timeout: float = 5.0) -> None:
-        await wait_until_async(lambda: len(self.pongs) >= count, f"{count} pongs", timeout=timeout, interval=0.01)
+        """Until `count` pongs arrived, or `timeout` passed (the caller's assertion then says what is missing)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                while len(self.pongs) < count:
+                    self._pong_arrived.clear()
+                    await self._pong_arrived.wait()
 
     async def _read_pongs(self) -> None:
         while True:
@@ -114,6 +121,7 @@ class Stream:
             if message is grpc.aio.EOF:
                 return
             self.pongs.append(message.pong.ping_timestamp_ns)
+            self._pong_arrived.set()
 
 
 class FakeCluster:

@@ -11,8 +11,8 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from typha.backoff import Backoff
 from typha.kube.client import KubeClient
-from typha.kube.reflector import Backoff
 from typha.source.datastore import Datastore, Syncer, convert_objects
 from typha.testing.mirror import KVMirror
 

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from typha.kube.reflector import Backoff, Event, EventType, Reflector
+from typha.backoff import Backoff
+from typha.kube.reflector import Event, EventType, Reflector
 from typha.model.resources import Resource, by_key
 from typha.testing import objects
 from typha.testing.wait import wait_until

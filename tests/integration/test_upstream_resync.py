@@ -12,16 +12,17 @@ import dataclasses
 import random
 from typing import Any
 
+from typha.backoff import Backoff
 from typha.proto import sync_pb2 as pb
 from typha.snapcache.cache import SnapshotCache
-from typha.source.upstream import FollowerBackoff, UpstreamFollower
+from typha.source.upstream import UpstreamFollower
 from typha.syncserver.resync import BucketRepair
 from typha.syncserver.server import SyncServer
 from typha.testing.wait import wait_until_async
 
 from .test_digest_resync import SETTINGS, cluster_kvs, one_percent_changed, replica, run
 
-FAST = FollowerBackoff(initial=0.05, maximum=0.2)
+FAST = Backoff(initial=0.05, maximum=0.2)
 
 
 def exact(copy: SnapshotCache, source: SnapshotCache) -> bool:
@@ -134,6 +135,36 @@ def test_a_repair_that_does_not_add_up_leaves_the_cache_alone_and_the_next_sessi
             assert exact(follower.cache, second)
             assert follower.digest_resyncs == 0
             assert follower.snapshots == 2
+        finally:
+            await follower.stop()
+            await upstream.stop(0)
+
+    run(scenario, timeout=60)
+
+
+def test_follower_resumes_on_the_same_upstream_without_a_snapshot_and_keeps_its_crumbs():
+    """The stream breaks but the upstream lives on (same epoch): the follower's next hello offers its
+    cache's position, the upstream resumes it, and the replica goes on appending the very same crumbs."""
+    kvs = cluster_kvs()
+
+    async def scenario() -> None:
+        source = replica(kvs)
+        upstream = SyncServer({"felix": source}, SETTINGS)
+        port = await upstream.start("127.0.0.1", 0)
+        follower = UpstreamFollower(f"127.0.0.1:{port}", "felix", SnapshotCache("felix"), backoff=FAST)
+        follower.start()
+        try:
+            await wait_until_async(lambda: follower.connected and exact(follower.cache, source),
+                                   "the follower in sync", timeout=15)
+            assert (follower.snapshots, follower.resumes, follower.sessions) == (1, 0, 1)
+            await upstream.stop(0)
+            source.apply(one_percent_changed(kvs, random.Random(7)))  # crumbs the follower missed meanwhile
+            upstream = SyncServer({"felix": source}, SETTINGS)
+            assert await upstream.start("127.0.0.1", port) == port
+            await wait_until_async(lambda: follower.connected and exact(follower.cache, source),
+                                   "the follower resumed in sync", timeout=15)
+            assert (follower.snapshots, follower.resumes) == (1, 1), (follower.snapshots, follower.resumes)
+            assert follower.cache.newest.frame == source.newest.frame, "the very bytes of the upstream's crumb"
         finally:
             await follower.stop()
             await upstream.stop(0)

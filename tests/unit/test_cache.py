@@ -14,7 +14,8 @@ from prometheus_client import REGISTRY
 
 from typha.model.kv import SyncStatus, Update
 from typha.proto import sync_pb2 as pb
-from typha.snapcache.cache import CacheLimits, ResumeUnavailable, SnapshotCache, kv_hash
+from typha.snapcache.cache import CacheLimits, ResumeUnavailable, SnapshotCache
+from typha.syncproto.checksum import kv_hash
 
 _names = itertools.count()
 

@@ -16,11 +16,11 @@ from typha.client import (
     ResumePoint,
     SessionState,
     SyncClientCore,
-    digest_of,
-    kv_hash,
 )
+from typha.client.session import MIRROR_TRANSITIONS, REPLICA_TRANSITIONS, Event, Session
 from typha.model.kv import SyncStatus, Update
 from typha.proto import sync_pb2 as pb
+from typha.syncproto.checksum import digest_of, kv_hash
 
 _zstd = zstandard.ZstdCompressor(level=3)
 
@@ -293,9 +293,11 @@ def test_checksum_match_and_skip():
 
 
 def test_checksum_agrees_with_the_server_cache():
-    from typha.snapcache.cache import kv_hash as server_kv_hash
+    from typha.snapcache.cache import SnapshotCache
 
-    assert kv_hash("/k", pack({"a": 1})) == server_kv_hash("/k", pack({"a": 1}))
+    cache = SnapshotCache("felix")
+    cache.apply([Update("/k", {"a": 1}, "1")])
+    assert kv_hash("/k", pack({"a": 1})) == cache.digest
 
 
 def test_checksum_mismatch_twice_in_a_row_drops_the_resume_point_and_asks_for_resync():
@@ -555,3 +557,30 @@ def test_mirror_and_emitted_updates_track_the_server_state(before, batches, afte
             applied[update.key] = update.value
     assert core.to_dict() == after == applied
     assert core.digest == expected_digest(after)
+
+
+# -- the session's transition table ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("table", [MIRROR_TRANSITIONS, REPLICA_TRANSITIONS], ids=["mirror", "replica"])
+def test_every_pair_outside_the_table_is_a_protocol_error_that_leaves_the_state(table):
+    for state in SessionState:
+        for event in Event:
+            session = Session(pb.ClientMessage(), None, table)
+            session.state = state
+            if (state, event) in table:
+                assert session.advance(event) is table[state, event]
+            else:
+                with pytest.raises(ProtocolError):
+                    session.advance(event)
+                assert session.state is state
+
+
+def test_nothing_follows_closed_and_only_a_replica_settles():
+    assert not any(state is SessionState.CLOSED for state, _ in MIRROR_TRANSITIONS)
+    assert not any(state is SessionState.CLOSED for state, _ in REPLICA_TRANSITIONS)
+    assert SessionState.SETTLING not in {*MIRROR_TRANSITIONS.values(), *(s for s, _ in MIRROR_TRANSITIONS)}
+    # A replica goes live only on the status that says where its new state stands.
+    assert {pair for pair, after in REPLICA_TRANSITIONS.items() if after is SessionState.LIVE} == {
+        (SessionState.SETTLING, Event.STATUS), (SessionState.LIVE, Event.DELTAS), (SessionState.LIVE, Event.STATUS),
+        (SessionState.LIVE, Event.CHECKSUM)}

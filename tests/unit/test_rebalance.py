@@ -20,7 +20,8 @@ from typha.ops.rebalance import (
     typha_endpoints,
 )
 from typha.snapcache.cache import Breadcrumb
-from typha.syncserver.server import FEATURE_RECONNECT, Connection, SyncServer
+from typha.syncproto.names import FEATURE_RECONNECT
+from typha.syncserver.server import Connection, SyncServer
 
 
 def limit(nodes: int | None, typhas: int | None, syncers: int = 4, lower: int = 400, upper: int = 10000) -> int:

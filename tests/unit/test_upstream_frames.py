@@ -1,4 +1,4 @@
-"""split_frames: a run of crumbs sent as one message comes apart into the very same frames."""
+"""split_frames (typha.syncproto.frames): a run of crumbs sent as one message comes apart into the very same frames."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from typha.model.kv import SyncStatus, Update
 from typha.proto import sync_pb2 as pb
 from typha.snapcache.cache import SnapshotCache
-from typha.source.upstream import UpstreamError, split_frames
+from typha.syncproto.frames import FrameError, split_frames
 
 
 def test_a_run_of_crumbs_splits_into_the_same_frames():
@@ -28,5 +28,5 @@ def test_a_run_of_crumbs_splits_into_the_same_frames():
 
 @pytest.mark.parametrize("data", [b"\x0a\x05abc", b"\x08\x01", b"\x0a\xff"])
 def test_truncated_or_unexpected_bytes_are_a_protocol_error(data):
-    with pytest.raises(UpstreamError):
+    with pytest.raises(FrameError):
         split_frames(data)

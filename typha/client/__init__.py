@@ -2,7 +2,7 @@
 
 Agents import from here (and typha.model) only, never from the server (docs/architecture.md §1).
 
-asyncio (fan-out workers, tools), with callbacks shaped like typha.source.SyncCallbacks::
+asyncio (fan-out workers, tools), with `SyncCallbacks` (typha.client.events)::
 
     client = AsyncSyncClient(["typha-0:5473", "typha-1:5473"], "felix", hostname=node, callbacks=cb)
     client.start(); await client.wait_in_sync(30); ...; await client.close()
@@ -21,29 +21,22 @@ mTLS as Typha's clients do it, with Felix's settings (`FELIX_TYPHACAFILE`, …; 
 
     AsyncSyncClient(endpoints, "felix", hostname=node, **ClientTLS.from_env().client_options())
 
-`SyncClientCore` is the protocol itself, without I/O, for other transports and for tests.
+`SyncClientCore` is the protocol itself, without I/O, for other transports and for tests: `session`
+(each stream's state and transition table), `mirror` (the agent's KV set) and `core` (dispatch); with
+`replica=` a cache it is the protocol of a Typha following another (typha.source.upstream).
 """
 
-from typha.client.aio import SYNC_METHOD, AsyncSyncClient
-from typha.client.core import (
-    ChecksumOutcome,
-    ChecksumVerdict,
-    Entry,
-    ProtocolError,
-    ReconnectHint,
-    ResumePoint,
-    Session,
-    SessionState,
-    Step,
-    SyncClientCore,
-)
-from typha.client.events import Backoff, ClientCounters, StatusChange, SyncCallbacks, SyncEvent, UpdateBatch
+from typha.backoff import Backoff
+from typha.client.aio import AsyncSyncClient
+from typha.client.core import ChecksumOutcome, ChecksumVerdict, ReconnectHint, Step, SyncClientCore
+from typha.client.events import ClientCounters, StatusChange, SyncCallbacks, SyncEvent, UpdateBatch
+from typha.client.mirror import Entry
+from typha.client.replica import ReplicaTarget
+from typha.client.session import ProtocolError, ResumePoint, Session, SessionState
 from typha.client.tls import ClientTLS, ServerIdentityError, TLSConfigError
 from typha.client.trio_transport import TrioSyncClient, open_trio_sync_client
-from typha.syncproto.checksum import digest_of, kv_hash
 
 __all__ = [
-    "SYNC_METHOD",
     "AsyncSyncClient",
     "Backoff",
     "ChecksumOutcome",
@@ -53,6 +46,7 @@ __all__ = [
     "Entry",
     "ProtocolError",
     "ReconnectHint",
+    "ReplicaTarget",
     "ResumePoint",
     "ServerIdentityError",
     "Session",
@@ -65,7 +59,5 @@ __all__ = [
     "TLSConfigError",
     "TrioSyncClient",
     "UpdateBatch",
-    "digest_of",
-    "kv_hash",
     "open_trio_sync_client",
 ]

@@ -30,21 +30,22 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
-from typha.client.core import ChecksumOutcome, ProtocolError, ReconnectHint, Session, Step, SyncClientCore
+from typha.backoff import Backoff
+from typha.client.core import ChecksumOutcome, ReconnectHint, Step, SyncClientCore
 from typha.client.events import (
-    Backoff,
     ClientCounters,
     StatusChange,
     SyncCallbacks,
     SyncEvent,
     UpdateBatch,
 )
+from typha.client.session import ProtocolError, Session
 from typha.client.tls import ClientTLS, ServerIdentityError, ServerVerifier
 from typha.proto import sync_pb2 as pb
+from typha.syncproto.names import SYNC_METHOD
 
 log = logging.getLogger(__name__)
 
-SYNC_METHOD = "/typha.v1.Sync/Sync"
 _RESYNC_CODES = frozenset({grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.INVALID_ARGUMENT})
 _INBOX_SIZE = 16
 
@@ -274,9 +275,9 @@ class AsyncSyncClient:
             # Also when a callback raised: do not leave streams open with nobody reading them.
             if self._connect_task is not None:
                 self._connect_task.cancel()
-            for conn in (self._live, self._pending):
-                if conn is not None:
-                    self._discard(conn)
+            for open_conn in (self._live, self._pending):
+                if open_conn is not None:
+                    self._discard(open_conn)
             self._end_iteration()
 
     async def _act(self, conn: _Conn, step: Step) -> None:
@@ -547,4 +548,4 @@ def _describe(error: BaseException) -> str:
     return repr(error)
 
 
-__all__ = ["SYNC_METHOD", "AsyncSyncClient"]
+__all__ = ["AsyncSyncClient"]

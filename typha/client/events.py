@@ -1,8 +1,8 @@
-"""What a transport hands to the agent, plus the knobs and counters both transports share."""
+"""What a transport hands to the agent (events, or calls on SyncCallbacks, which the datastore source feeds
+too), and the counters both transports keep."""
 
 from __future__ import annotations
 
-import random
 from dataclasses import asdict, dataclass
 from typing import Protocol
 
@@ -25,32 +25,12 @@ SyncEvent = UpdateBatch | StatusChange
 
 
 class SyncCallbacks(Protocol):
-    """Same shape as typha.source.SyncCallbacks, so a client can feed a cache as an upstream Source."""
+    """Receives a syncer's output: from a client transport (an agent), or from a Source feeding a cache
+    (the datastore's ingest thread). Called from the producer's own thread; must not block for long."""
 
     def on_updates(self, updates: list[Update]) -> None: ...
 
     def on_status(self, status: SyncStatus) -> None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    """Jittered exponential backoff between connection attempts.
-
-    The delay after `failures` consecutive failures is initial * multiplier**(failures-1), capped at
-    `maximum`, minus a random fraction up to `jitter` of it: thousands of agents that lost the same
-    server must not come back in lock-step (docs/performance.md, conclusion 6).
-    """
-
-    initial: float = 0.1
-    maximum: float = 10.0
-    multiplier: float = 2.0
-    jitter: float = 0.5
-
-    def delay(self, failures: int, rng: random.Random) -> float:
-        if failures <= 0:
-            return 0.0
-        base = min(self.maximum, self.initial * self.multiplier ** min(failures - 1, 64))
-        return base * (1.0 - self.jitter * rng.random())
 
 
 @dataclass(slots=True)

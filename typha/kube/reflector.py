@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import enum
 import logging
-import random
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import urllib3.exceptions
 
+from typha.backoff import Backoff
 from typha.kube import metrics
 from typha.kube.client import DEFAULT_WATCH_TIMEOUT_SECONDS, KubeAPIError, KubeClient, WatchHandle
 from typha.model.resources import Resource
@@ -46,25 +46,13 @@ class ReflectorSink(Protocol):
     def on_synced(self, resource: Resource) -> None: ...
 
 
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    """Jittered exponential backoff between failed requests, as client-go's reflector does."""
-
-    initial: float = 0.2
-    maximum: float = 30.0
-    factor: float = 2.0
-    jitter: float = 0.5
-
-    def delays(self) -> Iterable[float]:
-        delay = self.initial
-        while True:
-            yield delay * (1.0 + random.uniform(-self.jitter, self.jitter) / 2)
-            delay = min(self.maximum, delay * self.factor)
-
-
 def object_id(obj: dict[str, Any]) -> ObjectId:
     metadata = obj.get("metadata") or {}
     return (metadata.get("namespace") or "", metadata["name"])
+
+
+# Between failed list/watch requests, as client-go's reflector backs off.
+REFLECTOR_BACKOFF = Backoff(initial=0.2, maximum=30.0)
 
 
 class _Relist(Exception):
@@ -90,7 +78,7 @@ class Reflector:
         self.page_size = page_size
         self.batch_size = batch_size
         self.watch_timeout_seconds = watch_timeout_seconds
-        self.backoff = backoff or Backoff()
+        self.backoff = backoff or REFLECTOR_BACKOFF
         self._stop = threading.Event()
         self._sleep = sleep or self._stop.wait
         self._watch = WatchHandle(on_open=self._reachable)

@@ -50,7 +50,8 @@ from typha.kube.client import KubeClient
 from typha.kube.reflector import Event, Reflector
 from typha.model.kv import SyncStatus
 from typha.model.resources import Resource, by_key
-from typha.syncserver.server import FEATURE_RECONNECT, Connection, SyncServer
+from typha.syncproto.names import FEATURE_RECONNECT
+from typha.syncserver.server import Connection, SyncServer
 
 log = logging.getLogger(__name__)
 

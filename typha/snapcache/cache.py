@@ -18,7 +18,6 @@ through which a Source (the datastore's ingest thread) hands in updates, with ba
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import threading
 import time
 import uuid
@@ -27,30 +26,18 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import msgpack
 import zstandard
 
 from typha.model.kv import SyncStatus, Update
 from typha.proto import sync_pb2 as pb
 from typha.snapcache.metrics import CacheMetrics
+from typha.syncproto.checksum import kv_hash
 from typha.syncproto.digests import BucketDigests
+from typha.syncproto.frames import encode_varint
+from typha.syncproto.status import status_maps
+from typha.syncproto.values import pack_value
 
-STATUS_TO_PB = {
-    SyncStatus.WAIT_FOR_READY: pb.SyncStatus.WAIT_FOR_READY,
-    SyncStatus.RESYNC: pb.SyncStatus.RESYNC,
-    SyncStatus.IN_SYNC: pb.SyncStatus.IN_SYNC,
-}
-PB_TO_STATUS = {value: key for key, value in STATUS_TO_PB.items()}
-
-
-def kv_hash(key: str, value: bytes) -> int:
-    """The checksum's per-key hash (proto: Checksum)."""
-    digest = hashlib.blake2b(key.encode() + b"\0" + value, digest_size=8).digest()
-    return int.from_bytes(digest, "little")
-
-
-def pack_value(value: Any) -> bytes:
-    return msgpack.packb(value, use_bin_type=True)
+STATUS_TO_PB, PB_TO_STATUS = status_maps(SyncStatus)
 
 
 class Segment:
@@ -475,7 +462,7 @@ class SnapshotCache:
             entry = self._kvs[key]
             # Each element is one encoded `kvs` field of Deltas: tag 1, length, KV bytes.
             kv = pb.KV(key=key, value=entry.value, revision=entry.revision).SerializeToString()
-            element = b"\x0a" + _varint(len(kv)) + kv
+            element = b"\x0a" + encode_varint(len(kv)) + kv
             pending.append(element)
             pending_size += len(element)
             if pending_size >= chunk_limit:
@@ -499,15 +486,6 @@ class SnapshotCache:
             raw_bytes=sum(map(len, raw_chunks)), compressed_bytes=compressed_total,
             built_at=now, build_secs=0.0,
         )
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
 
 
 class LoopFeeder:

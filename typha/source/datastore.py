@@ -20,11 +20,12 @@ from typing import Any
 
 from prometheus_client import Counter
 
+from typha.client.events import SyncCallbacks
 from typha.kube.client import KubeClient
 from typha.kube.reflector import Event, EventType, Reflector, object_id
 from typha.model.kv import SyncStatus, Update
 from typha.model.resources import Resource, by_key
-from typha.source import SyncCallbacks
+from typha.syncproto.names import SYNCER_TYPES
 
 CONVERSION_ERRORS = Counter(
     "typha_conversion_errors",
@@ -37,7 +38,6 @@ log = logging.getLogger(__name__)
 Converter = Callable[[dict[str, Any]], list[tuple[str, Any]]]
 OwnerId = tuple[str, str, str]  # (resource key, namespace, name)
 
-SYNCER_TYPES = ("felix", "bgp")
 _MAX_REASON_CHARS = 500
 
 # Kinds whose keys come from their spec (a CIDR), not their name: two objects can produce one key.

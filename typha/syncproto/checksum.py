@@ -1,7 +1,8 @@
 """The Sync protocol's order-independent digest of a KV set (proto/typha/v1/sync.proto: Checksum).
 
-Kept here rather than imported from the server's cache because agents must not import server code
-(docs/architecture.md §1); a unit test pins that both sides compute the same value.
+The one definition: the server's cache, the client core (mirror and replica) and the digests all take
+it from here, since agents must not import server code (docs/architecture.md §1). The per-key hash
+is BLAKE2b-64 of key || 0x00 || value, read little-endian; the set's digest is their XOR.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Per-bucket digests of a KV set: the summary behind the `digest-resync` feature (proto: BucketDigests).
+"""Per-bucket digests of a KV set: the summary behind the digest-resync feature (proto: BucketDigests).
 
 A client that cannot resume on a server (another replica, another epoch) sends the digests of its
 mirror cut into buckets; the server compares them with its own and sends only the buckets that
@@ -16,7 +16,6 @@ from __future__ import annotations
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 
-FEATURE_DIGEST_RESYNC = "digest-resync"
 MIN_BUCKETS = 1024
 MAX_BUCKETS = 4096
 # Bits of each bucket digest on the wire (proto: BucketDigests): halves the hello; the repair's final

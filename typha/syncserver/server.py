@@ -35,27 +35,21 @@ from typha.logs import clip
 from typha.model.kv import SyncStatus
 from typha.proto import sync_pb2 as pb
 from typha.snapcache.cache import STATUS_TO_PB, Breadcrumb, ResumeUnavailable, SnapshotCache
-from typha.syncproto.digests import FEATURE_DIGEST_RESYNC
+from typha.syncproto.names import (
+    FEATURE_CHECKSUM,
+    FEATURE_CRUMB_RUNS,
+    FEATURE_DIGEST_RESYNC,
+    FEATURE_EXACT_CRUMBS,
+    FEATURE_RECONNECT,
+    KNOWN_FEATURES,
+    METHOD_NAME,
+    SERVICE_NAME,
+)
 from typha.syncserver.metrics import ServerMetrics
 from typha.syncserver.resync import RepairDeclined, RepairPlanner
 
 log = logging.getLogger(__name__)
 
-SERVICE_NAME = "typha.v1.Sync"
-METHOD = "Sync"
-FEATURE_CHECKSUM = "checksum"
-FEATURE_RECONNECT = "reconnect"
-# A replica (fan-out worker, downstream Typha) asks for every breadcrumb as its own message, with its
-# own sequence number, so that it can mint identical crumbs (same bytes, same numbers).
-FEATURE_EXACT_CRUMBS = "exact-crumbs"
-# With exact-crumbs: a run of crumbs may come as one message, their frames back to back (each frame is
-# one top-level field, so the replica can split them again). A replica that lags gets the run in one
-# write instead of one write (and one event-loop turn on its side) per crumb.
-FEATURE_CRUMB_RUNS = "crumb-runs"
-# Only these are kept of a client's feature list: the server shares one frozenset per distinct set, and
-# clients sending made-up names must not grow that table.
-KNOWN_FEATURES = frozenset({FEATURE_CHECKSUM, FEATURE_RECONNECT, FEATURE_EXACT_CRUMBS, FEATURE_CRUMB_RUNS,
-                            FEATURE_DIGEST_RESYNC})
 MAX_INBOUND_MESSAGE_BYTES = 1024 * 1024  # Typha's maxInboundMessageBytes: clients only send hellos and pongs
 # Our own limit, far below gRPC's: the largest honest hello (4,096 bucket digests, bounded strings) is
 # ~22 KB. gRPC core ends a stream whose message is over its limit before the handler sees anything;
@@ -209,7 +203,7 @@ class SyncServer:
         handler = grpc.stream_stream_rpc_method_handler(
             self._handle, request_deserializer=None, response_serializer=None
         )
-        server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE_NAME, {METHOD: handler})])
+        server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE_NAME, {METHOD_NAME: handler})])
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server

@@ -49,13 +49,14 @@ from typha.model.kv import SyncStatus, Update
 from typha.model.resources import Resource, by_key, for_object
 from typha.source.datastore import CONTENT_KEYED, SYNCER_TYPES, Syncer, convert_objects
 from typha.syncproto.checksum import digest_of
+from typha.syncproto.values import pack_value
 
 MAX_REPORTED_PER_CLIENT = 5  # violations listed per client and kind before "... and N more"
 
 
 def pack(value: Any) -> bytes | None:
-    """A value as the server encodes it (typha.snapcache.cache.pack_value), None for a deletion."""
-    return None if value is None else msgpack.packb(value, use_bin_type=True)
+    """A value as the server encodes it (typha.syncproto.values.pack_value), None for a deletion."""
+    return None if value is None else pack_value(value)
 
 
 @dataclass(slots=True)
