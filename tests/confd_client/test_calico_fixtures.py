@@ -100,12 +100,13 @@ def read_rendered(directory: Path) -> dict[str, str]:
 
 
 def diff_report(got: dict[str, str], want: dict[str, str], label: str) -> str:
-    parts = []
-    for name in GOLDEN_FILES:
-        if got[name] != want[name]:
-            parts.append("".join(difflib.unified_diff(
-                want[name].splitlines(keepends=True), got[name].splitlines(keepends=True),
-                f"expected/{label}/{name}", f"rendered/{name}")))
+    parts = [
+        "".join(difflib.unified_diff(
+            want[name].splitlines(keepends=True), got[name].splitlines(keepends=True),
+            f"expected/{label}/{name}", f"rendered/{name}"))
+        for name in GOLDEN_FILES
+        if got[name] != want[name]
+    ]
     return "\n".join(parts)
 
 
