@@ -108,6 +108,8 @@ def _filter_rule(rule: Mapping[str, Any], version: int) -> str:
     if conditions:
         statement = f"if ({'&&'.join(conditions)}) then {{ {statement} }}"
     peer_type = rule.get("peerType")
+    if peer_type not in (None, "", "iBGP", "eBGP"):
+        raise ValueError(f"unexpected peerType {peer_type!r}")
     if peer_type == "iBGP":
         statement = f"if (is_same_as) then {{ {statement} }}"
     elif peer_type == "eBGP":
@@ -142,6 +144,8 @@ def _check_rule_values(where: str, rule: Mapping[str, Any]) -> None:
 def check_filter(name: str, value: Mapping[str, Any]) -> None:
     """Raises Invalid unless every rule of the BGPFilter renders from values within their grammar."""
     check_name("metadata.name", name)
+    if not isinstance(value, Mapping) or not isinstance(value.get("spec") or {}, Mapping):
+        raise Invalid("spec", "not an object")
     spec = value.get("spec") or {}
     for version in (4, 6):
         for direction in DIRECTIONS:

@@ -137,14 +137,14 @@ class BGPStore:
             version = _cidr_version(parsed.cidr)
             blocks = self.affinities.setdefault(parsed.host, {}).setdefault(version, {})
             block = parsed.cidr.replace("/", "-")  # the v1 key form, whose order the templates keep
-            state = None if value is None else str((value or {}).get("state") or "")
+            state = str(value.get("state") or "") if isinstance(value, Mapping) else None
             name = f"{parsed.host}/{parsed.cidr}"
             # client.go updateCache: a pending affinity is not acted upon; treated as a delete.
             if (
                 value is None
+                or not self._valid("BlockAffinity", name, lambda: check_block_state(value))
                 or state == "pending"
-                or (value or {}).get("deleted")
-                or not self._valid("BlockAffinity", name, lambda: check_block_state(state))
+                or value.get("deleted")
             ):
                 blocks.pop(block, None)
             else:
@@ -158,14 +158,24 @@ class BGPStore:
         except Invalid as exc:
             self.rejections.report(kind, name, exc)
             return False
+        except (AttributeError, TypeError, ValueError, KeyError) as exc:
+            # A value of the wrong shape (a list where an object belongs): rejected the same way.
+            self.rejections.report(kind, name, Invalid("value", f"wrong shape ({type(exc).__name__})"))
+            return False
         self.rejections.forget(kind, name)
         return True
 
     def _apply_resource(self, key: keys.ResourceKey, value: Any) -> bool:
         name = key.name
         if key.kind == "Node":
-            if value is not None and self._valid("Node", name, lambda: check_node(name, value)):
-                self.nodes[name] = node_from_v3(name, value, self.rejections)
+            converted: list[NodeBGP] = []
+
+            def check_and_convert() -> None:
+                check_node(name, value)
+                converted.append(node_from_v3(name, value, self.rejections))
+
+            if value is not None and self._valid("Node", name, check_and_convert):
+                self.nodes[name] = converted[0]
             else:
                 self.nodes.pop(name, None)
             return True

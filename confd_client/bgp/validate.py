@@ -45,6 +45,8 @@ _LARGE_COMMUNITY = re.compile(r"^([0-9]+):([0-9]+):([0-9]+)$")
 MAX_AS = 4294967295
 # Linux's TCP MD5 key is at most 80 bytes (TCP_MD5SIG_MAXKEYLEN); BIRD would not apply a longer one.
 MAX_PASSWORD_BYTES = 80
+# Line and paragraph separators: not newlines to BIRD, but to every tool that reads the file as text.
+_UNPRINTABLE = frozenset({"Zl", "Zp"})
 BLOCK_STATES = frozenset({"", "confirmed", "pending", "pendingDeletion"})
 
 
@@ -132,6 +134,12 @@ def check_int(field: str, value: Any, low: int, high: int) -> None:
         raise Invalid(field, f"not an integer in {low}..{high}")
 
 
+def check_bool(field: str, value: Any) -> None:
+    """A JSON bool (a string would be truthy, and turn a setting on)."""
+    if value is not None and not isinstance(value, bool):
+        raise Invalid(field, "not a bool")
+
+
 def check_ip(field: str, value: Any) -> None:
     if not isinstance(value, str) or not is_ip_text(value):
         raise Invalid(field, "not an IP address")
@@ -173,9 +181,10 @@ def check_community(field: str, value: Any) -> None:
 
 
 def check_password(field: str, value: str) -> None:
-    """BIRD prints the password inside `"…"` and its lexer has no escapes: no `"`, no control or
-    format characters (a newline would end the statement), within the kernel's key length."""
-    if '"' in value or any(unicodedata.category(ch).startswith("C") for ch in value):
+    """BIRD prints the password inside `"…"` and its lexer has no escapes: no `"`, no control, format
+    or line-separator characters (a newline would end the statement), within the kernel's key length."""
+    if '"' in value or any(unicodedata.category(ch) in _UNPRINTABLE or unicodedata.category(ch)[0] == "C"
+                           for ch in value):
         raise Invalid(field, "contains a quote or a control character")
     if len(value.encode()) > MAX_PASSWORD_BYTES:
         raise Invalid(field, f"longer than {MAX_PASSWORD_BYTES} bytes")
@@ -194,7 +203,11 @@ def check_env(env: Mapping[str, str]) -> None:
 # -- objects ----------------------------------------------------------------------------------------
 
 
-def _spec(value: Mapping[str, Any]) -> Mapping[str, Any]:
+def _spec(value: Any) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise Invalid("value", "not an object")
+    if not isinstance(value.get("metadata") or {}, Mapping):
+        raise Invalid("metadata", "not an object")
     spec = value.get("spec") or {}
     if not isinstance(spec, Mapping):
         raise Invalid("spec", "not an object")
@@ -224,6 +237,7 @@ def check_bgp_configuration(name: str, value: Mapping[str, Any]) -> None:
     spec = _spec(value)
     check_as("spec.asNumber", spec.get("asNumber"))
     check_int("spec.listenPort", spec.get("listenPort"), 0, 65535)
+    check_bool("spec.nodeToNodeMeshEnabled", spec.get("nodeToNodeMeshEnabled"))
     for version in (4, 6):
         check_int(f"spec.ipv{version}NormalRoutePriority", spec.get(f"ipv{version}NormalRoutePriority"),
                   0, 2147483647)
@@ -259,16 +273,23 @@ def check_bgp_peer(name: str, value: Mapping[str, Any]) -> None:
     check_as("spec.localASNumber", spec.get("localASNumber"))
     check_int("spec.ttlSecurity", spec.get("ttlSecurity"), 0, 255)
     check_int("spec.numAllowedLocalASNumbers", spec.get("numAllowedLocalASNumbers"), 0, 255)
+    check_bool("spec.keepOriginalNextHop", spec.get("keepOriginalNextHop"))
     if spec.get("reachableBy"):
         check_ip("spec.reachableBy", spec.get("reachableBy"))
     for filter_name in _list("spec.filters", spec.get("filters")):
         check_name("spec.filters", filter_name)
 
 
-def check_pool(value: Mapping[str, Any]) -> None:
+def check_pool(value: Any) -> None:
+    if not isinstance(value, Mapping):
+        raise Invalid("value", "not an object")
     check_cidr("cidr", value.get("cidr"))
+    check_bool("disableBGPExport", value.get("disableBGPExport"))
 
 
 def check_block_state(value: Any) -> None:
-    if value not in BLOCK_STATES:
+    """A block affinity: an object whose state is one IPAM writes."""
+    if not isinstance(value, Mapping):
+        raise Invalid("value", "not an object")
+    if str(value.get("state") or "") not in BLOCK_STATES:
         raise Invalid("state", "not a block affinity state")

@@ -27,7 +27,7 @@ def go_duration_seconds(text: Any) -> int | None:
     if isinstance(text, int | float):
         return int(text)  # not expected from the API, but harmless
     try:
-        ns = duration_ns(str(text).strip())
+        ns = duration_ns(str(text))  # as time.ParseDuration: no surrounding whitespace
     except ValueError:
         return None
     whole, rest = divmod(abs(ns), 10**9)
@@ -77,6 +77,8 @@ def split_ip_port(text: str) -> tuple[str, int]:
         host, port = text.split(":")
     else:
         return text, 0
+    if not port.isascii() or not port.isalnum():
+        return text, 0  # int() would also take whitespace and `_` separators
     try:
         number = int(port, 0)
     except ValueError:
@@ -85,8 +87,8 @@ def split_ip_port(text: str) -> tuple[str, int]:
 
 
 def parse_ip(text: str) -> str | None:
-    """The Go string form of an IP (lowercase, compressed v6), or None when it does not parse."""
-    text = text.strip()
+    """The Go string form of an IP (lowercase, compressed v6), or None when it does not parse
+    (as net.ParseIP: no surrounding whitespace)."""
     if not _IP_TEXT.match(text):
         return None
     try:
