@@ -34,6 +34,7 @@ from typing import Any
 import trio
 
 from confd_client.bgp.store import BGPStore
+from confd_client.bgp.validate import Invalid, check_env
 from confd_client.render import FILES, render_all, write_if_changed
 from confd_client.sources import KubeSources
 from typha.client import ClientTLS, StatusChange, TLSConfigError, UpdateBatch, open_trio_sync_client
@@ -101,6 +102,11 @@ class Settings:
             tls = ClientTLS.from_env(env, prefixes=TYPHA_PREFIXES)
         except TLSConfigError as exc:
             parser.error(str(exc))
+        render_env = {name: env[name] for name in RENDER_ENV if env.get(name)}
+        try:
+            check_env(render_env)  # these reach BIRD as they are: refuse them here, in one line
+        except Invalid as exc:
+            parser.error(str(exc))
         return cls(
             nodename=nodename,
             endpoints=list(discovery.static),
@@ -117,7 +123,7 @@ class Settings:
             server_cn=tls.server_cn,
             server_uri_san=tls.server_uri_san,
             in_sync_timeout=args.in_sync_timeout,
-            render_env={name: env[name] for name in RENDER_ENV if env.get(name)},
+            render_env=render_env,
             kube=bool(env.get("KUBECONFIG") or env.get("KUBERNETES_SERVICE_HOST")),
             kubeconfig=env.get("KUBECONFIG", ""),
             namespace=env.get("NAMESPACE") or "kube-system",

@@ -52,6 +52,11 @@ def _within(ip: str, nets: list[Network], single: bool = False) -> bool:
     )
 
 
+def _service_name(svc: Mapping[str, Any]) -> str:
+    metadata = svc.get("metadata") or {}
+    return f"{metadata.get('namespace')}/{metadata.get('name')}"
+
+
 def _full_length(ip: str) -> str:
     return f"{ip}/128" if ":" in ip else f"{ip}/32"
 
@@ -121,14 +126,17 @@ def service_routes(store: BGPStore, me: str, env: Mapping[str, str]) -> tuple[se
         if cluster:
             cluster_ip = str(spec.get("clusterIP"))
             if not is_ip_text(cluster_ip):
-                metadata = svc.get("metadata") or {}
-                store.rejections.report("Service", f"{metadata.get('namespace')}/{metadata.get('name')}",
-                                        Invalid("spec.clusterIP", "not an IP address"))
+                store.rejections.report("Service", _service_name(svc), Invalid("spec.clusterIP", "not an IP address"))
                 continue
             ips.append(cluster_ip)
         # Only addresses inside a configured range, which `_within` parsed, reach the routes.
-        ips += [str(ip) for ip in spec.get("externalIPs") or [] if _within(str(ip), ext_nets)]
+        external_ips = [str(ip) for ip in spec.get("externalIPs") or []]
         ingress = ((svc.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
-        ips += [str(i["ip"]) for i in ingress if i.get("ip") and _within(str(i["ip"]), lb_nets)]
+        ingress_ips = [str(i["ip"]) for i in ingress if i.get("ip")]
+        for field, candidates in (("spec.externalIPs", external_ips), ("status.loadBalancer.ingress", ingress_ips)):
+            if any(not is_ip_text(ip) for ip in candidates):
+                store.rejections.report("Service", _service_name(svc), Invalid(field, "not an IP address"))
+        ips += [ip for ip in external_ips if _within(ip, ext_nets)]
+        ips += [ip for ip in ingress_ips if _within(ip, lb_nets)]
         routes.update(_full_length(ip) for ip in ips)
     return routes, rejects

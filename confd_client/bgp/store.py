@@ -128,7 +128,7 @@ class BGPStore:
             return self._apply_resource(parsed, value)
         if isinstance(parsed, keys.IPPoolKey):
             pools = self.pools[_cidr_version(parsed.cidr)]
-            if value is not None and self._valid("IPPool", parsed.cidr, lambda: check_pool(value)):
+            if self._valid("IPPool", parsed.cidr, value, lambda: check_pool(value)):
                 pools[parsed.cidr] = value
             else:
                 pools.pop(parsed.cidr, None)
@@ -141,8 +141,7 @@ class BGPStore:
             name = f"{parsed.host}/{parsed.cidr}"
             # client.go updateCache: a pending affinity is not acted upon; treated as a delete.
             if (
-                value is None
-                or not self._valid("BlockAffinity", name, lambda: check_block_state(value))
+                not self._valid("BlockAffinity", name, value, lambda: check_block_state(value))
                 or state == "pending"
                 or value.get("deleted")
             ):
@@ -152,7 +151,11 @@ class BGPStore:
             return True
         return False
 
-    def _valid(self, kind: str, name: str, check: Callable[[], None]) -> bool:
+    def _valid(self, kind: str, name: str, value: Any, check: Callable[[], None]) -> bool:
+        """Whether `value` may be kept; a delete (None) is never kept, and ends its rejections."""
+        if value is None:
+            self.rejections.forget(kind, name)
+            return False
         try:
             check()
         except Invalid as exc:
@@ -174,7 +177,7 @@ class BGPStore:
                 check_node(name, value)
                 converted.append(node_from_v3(name, value, self.rejections))
 
-            if value is not None and self._valid("Node", name, check_and_convert):
+            if self._valid("Node", name, value, check_and_convert):
                 self.nodes[name] = converted[0]
             else:
                 self.nodes.pop(name, None)
@@ -187,7 +190,7 @@ class BGPStore:
         if key.kind not in tables:
             return False
         table, check = tables[key.kind]
-        valid = value is not None and self._valid(key.kind, name, lambda: check(name, value))
+        valid = self._valid(key.kind, name, value, lambda: check(name, value))
         if valid:
             table[name] = value
         else:

@@ -106,3 +106,33 @@ def test_rejections_are_logged_once_and_bounded(caplog):
     rejections.report("Service", "c/d", Invalid("x", "y"))
     rejections.report("Service", "e/f", Invalid("x", "y"))  # past the limit: memory starts over
     assert rejections._size <= 2
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("CALICO_ROUTER_ID", "10.0.0.1;\ninclude \"/etc/passwd\";"),
+    ("CALICO_ADVERTISE_CLUSTER_IPS", "10.96.0.0/12 } "),
+])
+def test_settings_refuse_environment_that_would_reach_bird_unchecked(name, value, capsys):
+    from confd_client.agent import Settings
+
+    with pytest.raises(SystemExit) as exited:
+        Settings.from_env({"NODENAME": "n", "FELIX_TYPHAADDR": "127.0.0.1:5473", name: value}, [])
+    assert exited.value.code == 2
+    assert name in capsys.readouterr().err
+
+
+def test_service_addresses_that_do_not_parse_are_reported_once(caplog):
+    from confd_client.bgp.services import service_routes
+
+    store = BGPStore()
+    store.apply(resource_path("BGPConfiguration", "default"), {"metadata": {"name": "default"}, "spec": {
+        "serviceExternalIPs": [{"cidr": "192.0.2.0/24"}]}})
+    svc = {"metadata": {"namespace": "ns", "name": "web"},
+           "spec": {"clusterIP": "10.96.0.1", "externalIPs": ["192.0.2.5\n}", "192.0.2.6"],
+                    "externalTrafficPolicy": "Local"}}
+    local = {"endpoints": [{"addresses": ["10.65.0.5"], "nodeName": "n", "conditions": {"ready": True}}]}
+    store.services_source = lambda: [(svc, [local])]
+    for _ in range(2):
+        routes, _rejects = service_routes(store, "n", {})
+        assert routes == {"192.0.2.0/24", "192.0.2.6/32"}
+    assert caplog.text.count("rejecting Service 'ns/web'") == 1
