@@ -7,7 +7,6 @@ filters, WireGuard's kernel rejects, this node's blocks and the service routes (
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -15,13 +14,10 @@ from confd_client.bgp.filters import BIRD_INT_MAX, OVERRIDE_PREFERENCE, filter_f
 from confd_client.bgp.peers import BirdPeer, LocalSide, bird_peer, derive_peerings, mesh_peers
 from confd_client.bgp.services import cidr_key, service_cidrs, service_routes
 from confd_client.bgp.store import DEFAULT_AS, BGPStore, NodeBGP
-from confd_client.bgp.validate import check_env
+from confd_client.bgp.validate import LARGE_COMMUNITY, STANDARD_COMMUNITY, check_env
 from confd_client.bgp.values import hash_to_ipv4, ip_version
 
 DEFAULT_ROUTE_PRIORITY = 1024
-# ASCII digits only: `\d` would also take other scripts' digits, which BIRD cannot read.
-_STANDARD_COMMUNITY = re.compile(r"^([0-9]+):([0-9]+)$")
-_LARGE_COMMUNITY = re.compile(r"^([0-9]+):([0-9]+):([0-9]+)$")
 
 
 @dataclass
@@ -84,7 +80,7 @@ def _communities(store: BGPStore, me: str, version: int) -> list[CommunityRule]:
         values: set[str] = set()
         for community in advert.get("communities") or []:
             community = str(community)
-            if _STANDARD_COMMUNITY.match(community) or _LARGE_COMMUNITY.match(community):
+            if STANDARD_COMMUNITY.match(community) or LARGE_COMMUNITY.match(community):
                 values.add(community)
                 continue
             for named in defined:

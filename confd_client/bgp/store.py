@@ -9,13 +9,12 @@ Calico's key paths; every value is checked (`validate`) before it is kept.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from confd_client.bgp import filters as filters_mod
+from confd_client.bgp.filters import check_filter
 from confd_client.bgp.validate import (
     Invalid,
     Rejections,
@@ -23,7 +22,6 @@ from confd_client.bgp.validate import (
     check_bgp_peer,
     check_block_state,
     check_node,
-    check_node_address,
     check_password,
     check_pool,
 )
@@ -56,11 +54,16 @@ class NodeBGP:
         return self.ipv4 if version == 4 else self.ipv6
 
 
-def _address_and_network(cidr: Any) -> tuple[str, str]:
+def _address_and_network(name: str, bgp: Mapping[str, Any], field: str, rejections: Rejections | None
+                         ) -> tuple[str, str]:
+    cidr = bgp.get(field)
     if not cidr:
         return "", ""
-    iface = parse_interface(str(cidr))
+    iface = parse_interface(cidr) if isinstance(cidr, str) else None
     if iface is None:
+        # As upstream, an unparsable address is left out; the node itself still counts.
+        if rejections is not None:
+            rejections.report("Node", name, Invalid(f"spec.bgp.{field}", "not an address/prefix-length"))
         return "", ""
     return str(iface.ip), str(iface.network)
 
@@ -72,15 +75,8 @@ def node_from_v3(name: str, value: Mapping[str, Any], rejections: Rejections | N
     node = NodeBGP(name=name, labels=labels)
     if bgp is not None:
         node.has_bgp = True
-        for field in ("ipv4Address", "ipv6Address"):
-            try:
-                check_node_address(f"spec.bgp.{field}", bgp.get(field))
-            except Invalid as exc:
-                # As upstream, an unparsable address is left out; the node itself still counts.
-                if rejections is not None:
-                    rejections.report("Node", name, exc)
-        node.ipv4, node.network_v4 = _address_and_network(bgp.get("ipv4Address"))
-        node.ipv6, node.network_v6 = _address_and_network(bgp.get("ipv6Address"))
+        node.ipv4, node.network_v4 = _address_and_network(name, bgp, "ipv4Address", rejections)
+        node.ipv6, node.network_v6 = _address_and_network(name, bgp, "ipv6Address", rejections)
         node.as_num = as_string(bgp.get("asNumber"))
         node.rr_cluster_id = str(bgp.get("routeReflectorClusterID") or "")
     wireguard = spec.get("wireguard") or {}
@@ -90,7 +86,8 @@ def node_from_v3(name: str, value: Mapping[str, Any], rejections: Rejections | N
 
 
 def _cidr_version(cidr: str) -> int:
-    return ipaddress.ip_network(cidr, strict=False).version
+    """The family of a CIDR that typha.model.keys already parsed (and printed canonically)."""
+    return 6 if ":" in cidr else 4
 
 
 class BGPStore:
@@ -185,7 +182,7 @@ class BGPStore:
         tables: dict[str, tuple[dict[str, dict[str, Any]], Callable[[str, Any], None]]] = {
             "BGPConfiguration": (self.bgp_configs, check_bgp_configuration),
             "BGPPeer": (self.peers, check_bgp_peer),
-            "BGPFilter": (self.filters, filters_mod.check_filter),
+            "BGPFilter": (self.filters, check_filter),
         }
         if key.kind not in tables:
             return False

@@ -22,7 +22,7 @@ from typing import Any
 
 from prometheus_client import Counter
 
-from confd_client.bgp.values import is_ip_text, parse_interface
+from confd_client.bgp.values import is_ip_text
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +40,9 @@ MAX_NAME = 253
 _INTERFACE = re.compile(r"^[A-Za-z0-9_.*-]{1,15}$")
 _UINT = re.compile(r"^[0-9]+$")
 _CIDR = re.compile(r"^[0-9A-Fa-f:.]+/[0-9]{1,3}$")
-_STANDARD_COMMUNITY = re.compile(r"^([0-9]+):([0-9]+)$")
-_LARGE_COMMUNITY = re.compile(r"^([0-9]+):([0-9]+):([0-9]+)$")
+# ASCII digits only: `\d` would also take other scripts' digits, which BIRD cannot read.
+STANDARD_COMMUNITY = re.compile(r"^([0-9]+):([0-9]+)$")
+LARGE_COMMUNITY = re.compile(r"^([0-9]+):([0-9]+):([0-9]+)$")
 MAX_AS = 4294967295
 # Linux's TCP MD5 key is at most 80 bytes (TCP_MD5SIG_MAXKEYLEN); BIRD would not apply a longer one.
 MAX_PASSWORD_BYTES = 80
@@ -159,11 +160,6 @@ def check_cidr(field: str, value: Any) -> None:
         raise Invalid(field, "not a CIDR") from None
 
 
-def check_node_address(field: str, value: Any) -> None:
-    if value and (not isinstance(value, str) or parse_interface(value) is None):
-        raise Invalid(field, "not an address/prefix-length")
-
-
 def check_interface(field: str, value: Any) -> None:
     if not isinstance(value, str) or not _INTERFACE.match(value):
         raise Invalid(field, "not an interface name or pattern")
@@ -172,7 +168,7 @@ def check_interface(field: str, value: Any) -> None:
 def check_community(field: str, value: Any) -> None:
     """A standard (`a:b`, 16-bit halves) or large (`a:b:c`, 32-bit parts) BGP community."""
     text = str(value)
-    standard, large = _STANDARD_COMMUNITY.match(text), _LARGE_COMMUNITY.match(text)
+    standard, large = STANDARD_COMMUNITY.match(text), LARGE_COMMUNITY.match(text)
     if standard and all(int(part) <= 65535 for part in standard.groups()):
         return
     if large and all(int(part) <= MAX_AS for part in large.groups()):
