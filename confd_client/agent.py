@@ -33,9 +33,10 @@ from typing import Any
 
 import trio
 
-from confd_client.bgp import BGPStore
-from confd_client.kube import KubeSources
+from confd_client.bgp.store import BGPStore
+from confd_client.bgp.validate import Invalid, check_env
 from confd_client.render import FILES, render_all, write_if_changed
+from confd_client.sources import KubeSources
 from typha.client import ClientTLS, StatusChange, TLSConfigError, UpdateBatch, open_trio_sync_client
 from typha.client.discovery import TyphaDiscovery, discover_until_found
 from typha.model.kv import SyncStatus
@@ -47,15 +48,6 @@ DEFAULT_CONFIG_DIR = "/etc/calico/confd/config"
 FAMILY_FILES = {4: ("bird.cfg", "bird_ipam.cfg", "bird_aggr.cfg"), 6: ("bird6.cfg", "bird6_ipam.cfg", "bird6_aggr.cfg")}
 # The env names that change rendering; nothing else from the environment reaches the model.
 RENDER_ENV = ("CALICO_ROUTER_ID", "CALICO_ADVERTISE_CLUSTER_IPS", "CALICO_ENDPOINT_STATUS_PATH_PREFIX")
-
-
-def typha_setting(env: Mapping[str, str], name: str) -> str:
-    """ReadTyphaConfig: `<prefix>TYPHA<NAME>` for the first prefix that sets it."""
-    for prefix in TYPHA_PREFIXES:
-        value = env.get(f"{prefix}TYPHA{name}", "")
-        if value:
-            return value
-    return ""
 
 
 @dataclass
@@ -110,6 +102,11 @@ class Settings:
             tls = ClientTLS.from_env(env, prefixes=TYPHA_PREFIXES)
         except TLSConfigError as exc:
             parser.error(str(exc))
+        render_env = {name: env[name] for name in RENDER_ENV if env.get(name)}
+        try:
+            check_env(render_env)  # these reach BIRD as they are: refuse them here, in one line
+        except Invalid as exc:
+            parser.error(str(exc))
         return cls(
             nodename=nodename,
             endpoints=list(discovery.static),
@@ -126,7 +123,7 @@ class Settings:
             server_cn=tls.server_cn,
             server_uri_san=tls.server_uri_san,
             in_sync_timeout=args.in_sync_timeout,
-            render_env={name: env[name] for name in RENDER_ENV if env.get(name)},
+            render_env=render_env,
             kube=bool(env.get("KUBECONFIG") or env.get("KUBERNETES_SERVICE_HOST")),
             kubeconfig=env.get("KUBECONFIG", ""),
             namespace=env.get("NAMESPACE") or "kube-system",
@@ -181,7 +178,7 @@ class ConfdAgent:
 
     def _read_endpoint_status(self) -> list[dict[str, Any]]:
         """Felix's per-workload status files; unreadable or half-written ones are skipped this round."""
-        out = []
+        out: list[dict[str, Any]] = []
         if self.status_dir is None or not self.status_dir.is_dir():
             return out
         for path in sorted(self.status_dir.iterdir()):

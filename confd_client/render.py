@@ -14,7 +14,8 @@ from pathlib import Path
 
 import jinja2
 
-from confd_client.bgp import BGPStore, BirdConfig, bird_config
+from confd_client.bgp.bird import BirdConfig, bird_config
+from confd_client.bgp.store import BGPStore
 
 FILES = ("bird.cfg", "bird6.cfg", "bird_ipam.cfg", "bird6_ipam.cfg", "bird_aggr.cfg", "bird6_aggr.cfg")
 DEFAULT_INTERFACES = '-"cali*", -"kube-ipvs*", "*"'
@@ -84,7 +85,3 @@ def write_if_changed(path: Path, content: str) -> bool:
         raise
     return True
 
-
-def write_all(directory: Path, files: Mapping[str, str]) -> list[str]:
-    """Write the files that changed; returns their names."""
-    return [name for name, content in files.items() if write_if_changed(directory / name, content)]

@@ -6,13 +6,9 @@ import os
 
 import pytest
 
-from confd_client.bgp import (
-    BGPStore,
-    filter_function_name,
-    go_duration_seconds,
-    hash_to_ipv4,
-    split_ip_port,
-)
+from confd_client.bgp.filters import filter_function_name
+from confd_client.bgp.store import BGPStore
+from confd_client.bgp.values import go_duration_seconds, hash_to_ipv4, split_ip_port
 from confd_client.render import normalize_blank_lines, write_if_changed
 
 

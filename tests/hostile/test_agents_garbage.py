@@ -14,6 +14,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from confd_client.render import FILES
+
 from .support import GarbageServer, LoopThread
 
 RUN_TIMEOUT = 60
@@ -92,9 +94,14 @@ def test_confd_client_oneshot_times_out_clearly(garbage, tmp_path):
 
 
 @pytest.mark.parametrize("garbage", ["wrong-shapes"], indirect=True)
-def test_confd_client_oneshot_reports_an_unrenderable_datastore(garbage, tmp_path):
+def test_confd_client_oneshot_rejects_wrong_shaped_objects(garbage, tmp_path):
+    """Each object of the wrong shape is rejected with one line (issue 17); the rest renders without it."""
     result = run(["confd_client.agent", "--typha", garbage, "--config-dir", str(tmp_path), "--oneshot",
                   "--in-sync-timeout", "10"])
-    assert result.returncode == 1, result.stderr[-2000:]
-    assert last_line(result.stderr).startswith("confd-client: cannot render the BIRD config"), result.stderr[-2000:]
-    assert not list(tmp_path.iterdir())
+    assert result.returncode == 0, result.stderr[-2000:]
+    for rejected in ("Node 'node-1'", "BGPPeer 'p'", "BGPConfiguration 'default'", "IPPool '10.65.0.0/16'"):
+        assert result.stderr.count(f"rejecting {rejected}") == 1, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    rendered = sorted(path.name for path in tmp_path.iterdir())
+    assert rendered == sorted(FILES)
+    assert not any("10.65.0.0/16" in (tmp_path / name).read_text() for name in rendered)  # the rejected pool

@@ -446,10 +446,14 @@ def go_float(value: float) -> str:
 
 
 def duration_ns(text: str) -> int:
-    """time.ParseDuration, to whole nanoseconds (Decimal keeps "1.1s" exact)."""
-    if not _GO_DURATION.match(text):
+    """time.ParseDuration, to whole nanoseconds (Decimal keeps "1.1s" exact); as Go's, one leading
+    sign and a bare "0" are accepted. The one Go-duration parser: confd-client uses it too."""
+    body = text[1:] if text[:1] in ("+", "-") else text
+    if body == "0":
+        return 0
+    if body[:1] == "-" or not _GO_DURATION.match(body):
         raise ConversionError(f"invalid duration {text!r}")
-    total = sum(Decimal(num) * _UNIT_NS[unit] for num, unit in _DURATION_PART.findall(text))
+    total = sum(Decimal(num) * _UNIT_NS[unit] for num, unit in _DURATION_PART.findall(body))
     return -int(total) if text.startswith("-") else int(total)
 
 
