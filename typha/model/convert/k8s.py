@@ -505,18 +505,22 @@ def k8s_network_policy(np: dict[str, Any]) -> list[tuple[str, Any]]:
     return [(keys.policy_path("KubernetesNetworkPolicy", ns, md["name"]), value)]
 
 
-def staged_k8s_network_policy(snp: dict[str, Any]) -> list[tuple[str, Any]]:
-    """StagedKubernetesNetworkPolicy CRD: converted like a K8s policy, plus its staged action."""
+def staged_k8s_network_policy(snp: dict[str, Any], *, v3: bool = False) -> list[tuple[str, Any]]:
+    """StagedKubernetesNetworkPolicy CRD: converted like a K8s policy, plus its staged action.
+
+    The same from either Calico API group (`v3`): its name is stored as it is in both."""
     md = metadata(snp)
     ns = namespace_of(md)
     spec = spec_of(snp)
     action = spec.get("stagedAction") or ""
+    what = f"StagedKubernetesNetworkPolicy {ns}/{md['name']}"
+    if action not in ("", "Set", "Delete", "Learn", "Ignore"):
+        raise ConversionError(f"{what}: invalid stagedAction {action!r}")
     if action == "Delete":
         return []  # a staged delete is not sent to Felix
-    v3 = k8s_policy_to_v3_spec(spec)
-    what = f"StagedKubernetesNetworkPolicy {ns}/{md['name']}"
-    selector = namespaced_policy_selector(check_selector(v3["selector"], f"{what} podSelector"), ns)
-    value = policy_v1(v3, namespace=ns, selector=selector, what=what, staged_action=action or None)
+    v3_spec = k8s_policy_to_v3_spec(spec)
+    selector = namespaced_policy_selector(check_selector(v3_spec["selector"], f"{what} podSelector"), ns)
+    value = policy_v1(v3_spec, namespace=ns, selector=selector, what=what, staged_action=action or None)
     return [(keys.policy_path("StagedKubernetesNetworkPolicy", ns, md["name"]), value)]
 
 
