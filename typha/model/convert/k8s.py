@@ -202,7 +202,11 @@ def pod_to_wep(pod: dict[str, Any]) -> list[tuple[str, Any]]:
     if ports:
         value["ports"] = ports
     if md.get("generateName"):
-        value["generate_name"] = md["generateName"]
+        generate = md["generateName"]
+        # The API server checks a name prefix as a name whose trailing '-' is masked.
+        if not grammar.dns1123_subdomain(generate[:-1] + "a" if str(generate).endswith("-") else generate):
+            raise ConversionError(f"invalid metadata.generateName {generate!r}")
+        value["generate_name"] = generate
     nat = _floating_ips(annotations, ipv4, ipv6)
     if nat[0]:
         value["ipv4_nat"] = nat[0]
