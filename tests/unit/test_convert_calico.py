@@ -39,7 +39,7 @@ def test_tables_cover_the_syncers_kinds() -> None:
     }  # fmt: skip
     assert all(key in BY_KEY for key in (*FELIX_CONVERTERS, *BGP_CONVERTERS))
     assert converters("bgp") is BGP_CONVERTERS
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unknown syncer type"):
         converters("tunnel-ip-allocation")
 
 

@@ -107,14 +107,14 @@ def test_host_config_names_may_contain_slashes() -> None:
     ],
 )
 def test_parse_rejects(path: str) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"key|CIDR|plural"):
         parse_key(path)
 
 
 def test_builders_reject_incomplete_keys() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="needs a namespace"):
         keys.policy_path("NetworkPolicy", "", "np")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="needs a namespace"):
         keys.resource_path("KubernetesService", "web")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="invalid CIDR"):
         keys.block_path("10.65.0.0/33")

@@ -100,7 +100,8 @@ def render(draw: st.DrawFn, tree: Tree) -> str:
         op = draw(st.sampled_from(["not in", "notin", "not  in"])) if kind == "notin" else "in"
         items = [quote(draw, v) for v in tree[2]]
         body = f"{draw(ws)},{draw(ws)}".join(items)
-        if items and draw(st.booleans()):
+        trailing_comma: bool = draw(st.booleans())
+        if items and trailing_comma:
             body += ","  # upstream accepts a trailing comma
         text = f"{tree[1]}{draw(ws1)}{op}{draw(ws)}{{{draw(ws)}{body}{draw(ws)}}}"
     elif kind in ("==", "!="):
@@ -198,7 +199,11 @@ def test_arbitrary_text_parses_or_raises_selector_error(text: str, labels: dict[
     try:
         sel = parse(text)
     except SelectorError as err:
-        assert 0 <= err.position <= len(text)
+        error: SelectorError | None = err
+    else:
+        error = None
+    if error is not None:
+        assert 0 <= error.position <= len(text)
         return
     again = parse(sel.canonical)
     assert again.evaluate(labels) is sel.evaluate(labels)
