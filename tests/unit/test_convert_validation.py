@@ -272,3 +272,22 @@ def test_node_wireguard_key_and_addresses_are_checked() -> None:
     addressed["status"]["addresses"] = [{"type": "InternalIP", "address": "10.0.0.1\n-A x"}]
     with pytest.raises(ConversionError, match="InternalIP"):
         convert(addressed)
+
+
+def test_http_matches_hold_to_the_validator() -> None:
+    convert = FELIX_CONVERTERS["globalnetworkpolicies.crd.projectcalico.org"]
+    ok = {"action": "Allow", "http": {"methods": ["GET"], "paths": [{"exact": "/a"}, {"prefix": "/b/"}]}}
+    ((_, value),) = convert(gnp(ok))
+    assert value["inbound_rules"][0]["http"] == {"methods": ["GET"], "paths": [{"exact": "/a"}, {"prefix": "/b/"}]}
+    bad: list[dict[str, Any]] = [
+        {"methods": ["GET", "GET"]},
+        {"methods": ["GET\r\nX-Injected: 1"]},
+        {"paths": [{"exact": "/a", "prefix": "/b"}]},
+        {"paths": [{"exact": "a"}]},
+        {"paths": [{"prefix": "/a?x=1"}]},
+        {"paths": [{"exact": "/a b"}]},
+        {"paths": [{}]},
+    ]
+    for http in bad:
+        with pytest.raises(ConversionError, match="HTTP"):
+            convert(gnp({"action": "Allow", "http": http}))

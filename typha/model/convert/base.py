@@ -360,6 +360,31 @@ def _icmp(rule: dict[str, Any], icmp: Any, prefix: str) -> None:
 _RULE_ACTIONS = frozenset({"Allow", "Deny", "Log", "Pass"})
 
 
+def _http_methods(methods: Any, what: str) -> list[str]:
+    """validateHTTPMethods (no duplicates), and each an HTTP token: nothing that could end a line."""
+    if not isinstance(methods, list) or len(set(map(str, methods))) != len(methods):
+        raise ConversionError(f"{what}: invalid HTTP methods {methods!r}")
+    if not all(isinstance(m, str) and grammar.printable(m, limit=64) and m.isascii() for m in methods):
+        raise ConversionError(f"{what}: invalid HTTP methods {methods!r}")
+    return methods
+
+
+def _http_paths(paths: Any, what: str) -> list[dict[str, str]]:
+    """validateHTTPPaths: exactly one of exact/prefix, starting with `/`, no `?`, `#` or blank."""
+    if not isinstance(paths, list):
+        raise ConversionError(f"{what}: invalid HTTP paths {paths!r}")
+    for path in paths:
+        if not isinstance(path, dict):
+            raise ConversionError(f"{what}: invalid HTTP path {path!r}")
+        exact, prefix = path.get("exact") or "", path.get("prefix") or ""
+        value = exact or prefix
+        if (exact and prefix) or not isinstance(value, str) or not value.startswith("/"):
+            raise ConversionError(f"{what}: invalid HTTP path {path!r}")
+        if not grammar.printable(value, limit=4096) or any(ch in value for ch in "?#"):
+            raise ConversionError(f"{what}: invalid HTTP path {path!r}")
+    return paths
+
+
 def rule_v1(ar: dict[str, Any], ns: str, what: str) -> dict[str, Any]:
     """RuleAPIV3ToBackend: a v3 Rule dict → the v1 model Rule as it JSON-encodes."""
     if not isinstance(ar, dict):
@@ -389,9 +414,9 @@ def rule_v1(ar: dict[str, Any], ns: str, what: str) -> dict[str, Any]:
     if isinstance(http, dict):
         match: dict[str, Any] = {}
         if http.get("methods"):
-            match["methods"] = http["methods"]
+            match["methods"] = _http_methods(http["methods"], what)
         if http.get("paths"):
-            match["paths"] = http["paths"]
+            match["paths"] = _http_paths(http["paths"], what)
         rule["http"] = match
     md = ar.get("metadata")
     if isinstance(md, dict) and md.get("annotations") is not None:
