@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import functools
 import pprint
 from typing import Any
 
@@ -60,6 +61,10 @@ def describe_difference(got: dict[str, Any], want: dict[str, Any]) -> str:
     ))
 
 
+
+def _holds(want: dict[str, Any], mirror: KVMirror) -> bool:
+    return mirror.kvs == want
+
 @settings(max_examples=20, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(before=st.lists(operation, max_size=15), after=st.lists(operation, max_size=25))
@@ -87,7 +92,7 @@ def test_syncers_converge_on_the_conversion_of_the_final_objects(tmp_path, befor
         final_objects = emulator.objects()
         for syncer_type, mirror in mirrors.items():
             want = convert_objects(syncer_type, final_objects)
-            converged = mirror.wait_for(lambda m, want=want: m.kvs == want, timeout=15)
+            converged = mirror.wait_for(functools.partial(_holds, want), timeout=15)
             difference = "" if converged else describe_difference(mirror.snapshot(), want)
             assert converged, f"{syncer_type} syncer diverged:\n{difference}"
         assert datastore.error is None

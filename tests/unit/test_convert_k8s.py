@@ -12,6 +12,7 @@ from typing import Any
 import msgpack
 import pytest
 
+from typha.model import keys
 from typha.model.convert import BGP_CONVERTERS, FELIX_CONVERTERS, ConversionError, veth_name
 from typha.testing import objects as o
 
@@ -130,9 +131,17 @@ def test_pod_unnamed_and_unknown_protocol_ports_are_dropped() -> None:
 
 
 def test_pod_workload_id_is_escaped() -> None:
-    # Pod names can't hold '/' but the escaping of the "<ns>/<pod>" workload ID is what matters.
+    # The "<ns>/<pod>" workload ID is escaped as upstream escapes it. A pod name outside the API
+    # server's grammar (this one) is refused before it can reach a key; the escaping is what keys
+    # built from such an ID would get.
     pod = o.pod("demo", "a%b", node="node-1", ip="10.65.0.2")
-    assert convert_pod(pod)[0][0] == "/calico/v1/host/node-1/workload/k8s/demo%2fa%25b/endpoint/eth0"
+    assert keys.workload_endpoint_path("node-1", "k8s", "demo/a%b", "eth0") == (
+        "/calico/v1/host/node-1/workload/k8s/demo%2fa%25b/endpoint/eth0"
+    )
+    with pytest.raises(ConversionError, match="DNS-1123"):
+        convert_pod(pod)
+    valid = o.pod("demo", "a.b", node="node-1", ip="10.65.0.2")
+    assert convert_pod(valid)[0][0] == keys.workload_endpoint_path("node-1", "k8s", "demo/a.b", "eth0")
 
 
 def test_pod_with_bad_ip_is_invalid() -> None:

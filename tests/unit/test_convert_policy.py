@@ -204,7 +204,7 @@ def test_invalid_k8s_policies(spec: dict[str, Any]) -> None:
 
 def test_staged_kubernetes_network_policy() -> None:
     conv = FELIX_CONVERTERS["stagedkubernetesnetworkpolicies.crd.projectcalico.org"]
-    obj = {"apiVersion": CRD, "kind": "StagedKubernetesNetworkPolicy",
+    obj: dict[str, Any] = {"apiVersion": CRD, "kind": "StagedKubernetesNetworkPolicy",
            "metadata": {"name": "s", "namespace": "demo"},
            "spec": {"stagedAction": "Set", "podSelector": {}, "ingress": [{}]}}  # fmt: skip
     key, value = one(conv(obj))

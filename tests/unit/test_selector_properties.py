@@ -100,7 +100,8 @@ def render(draw: st.DrawFn, tree: Tree) -> str:
         op = draw(st.sampled_from(["not in", "notin", "not  in"])) if kind == "notin" else "in"
         items = [quote(draw, v) for v in tree[2]]
         body = f"{draw(ws)},{draw(ws)}".join(items)
-        if items and draw(st.booleans()):
+        trailing_comma: bool = draw(st.booleans())
+        if items and trailing_comma:
             body += ","  # upstream accepts a trailing comma
         text = f"{tree[1]}{draw(ws1)}{op}{draw(ws)}{{{draw(ws)}{body}{draw(ws)}}}"
     elif kind in ("==", "!="):

@@ -131,6 +131,15 @@ class KubeClient:
                 raw.release_conn()
         return raw
 
+    def api_group_names(self) -> list[str]:
+        """The names of the API groups the server serves (`GET /apis`, discovery's ServerGroups)."""
+        raw = self._request("/apis", [], LIST_READ_TIMEOUT_SECONDS)
+        try:
+            body = orjson.loads(raw.data)
+        finally:
+            raw.release_conn()
+        return [str(g.get("name")) for g in body.get("groups") or () if isinstance(g, dict)]
+
     def list_page(
         self, resource: Resource, *, limit: int, continue_token: str = "", label_selector: str = ""
     ) -> ListPage:

@@ -53,6 +53,7 @@ __all__ = [
     "canonicalise",
     "make_unique_id",
     "parse",
+    "quote_literal",
     "valid_label",
 ]
 
@@ -211,10 +212,10 @@ def _tokenize(text: str) -> list[_Token]:
             # Right after a label only a keyword operator can come (the symbolic ones were
             # handled above).  This is also why a label may be called "in" or "contains".
             for words, kind in _KEYWORD_OPS:
-                end = _cut_keywords(text, i, words)
-                if end is not None:
+                kw_end = _cut_keywords(text, i, words)
+                if kw_end is not None:
                     tokens.append(_Token(kind, "", start))
-                    i = end
+                    i = kw_end
                     break
             else:
                 raise SelectorError(f"expected an operator after label {tokens[-1].value!r}", text, start)
@@ -242,6 +243,21 @@ def _tokenize(text: str) -> list[_Token]:
 def valid_label(name: str) -> bool:
     """Whether ``name`` is a label name the selector language can express (upstream ``ValidLabel``)."""
     return 0 < len(name) <= MAX_LABEL_LENGTH and all(ch in _IDENT_CHARS for ch in name)
+
+
+def quote_literal(value: str) -> str:
+    """``value`` as one string literal of the selector language, for building selectors from data.
+
+    Single quotes, as upstream's Kubernetes conversions write them; double quotes when the value
+    holds a single quote. The language has no escapes, so a value holding both quote characters
+    cannot be written at all: that raises ValueError rather than producing a literal that ends
+    early and lets the rest of the value be read as selector syntax.
+    """
+    if "'" not in value:
+        return f"'{value}'"
+    if '"' not in value:
+        return f'"{value}"'
+    raise ValueError(f"a selector string cannot hold both quote characters: {value!r}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -673,11 +689,11 @@ def _compile(root: Node) -> Evaluator:
     """
     if _count_nodes(root) <= _MAX_CODEGEN_NODES:
         try:
-            fn = eval(f"lambda L: {root.py_expr()}", {"__builtins__": {}})  # safe: see Node.py_expr
+            fn: Evaluator = eval(f"lambda L: {root.py_expr()}", {"__builtins__": {}})  # safe: see Node.py_expr
         except (SyntaxError, RecursionError, MemoryError, ValueError):
             pass
         else:
-            return fn  # type: ignore[no-any-return]
+            return fn
     return root.compile()
 
 
@@ -690,6 +706,10 @@ class Selector:
     # than a method that forwards to it: the forwarding call cost ~25 ns, a quarter of a
     # typical evaluation, and this runs for every (selector, endpoint) pair.
     evaluate: Evaluator
+    _root: Node
+    _canonical: str
+    _unique_id: str | None
+    _labels: frozenset[str] | None
 
     def __init__(self, root: Node) -> None:
         out: list[str] = []
@@ -715,9 +735,11 @@ class Selector:
     @property
     def unique_id(self) -> str:
         """``hash.MakeUniqueID("s", canonical)``: the ID Felix gives this selector's IP set."""
-        if self._unique_id is None:
-            object.__setattr__(self, "_unique_id", make_unique_id("s", self._canonical))
-        return self._unique_id
+        uid = self._unique_id
+        if uid is None:
+            uid = make_unique_id("s", self._canonical)
+            object.__setattr__(self, "_unique_id", uid)
+        return uid
 
     def with_label_prefix(self, prefix: str) -> Selector:
         """Every label name gets ``prefix`` (Calico's PrefixVisitor / parseSelectorAttachPrefix).
@@ -735,11 +757,13 @@ class Selector:
 
     def label_names(self) -> frozenset[str]:
         """The label keys this selector reads."""
-        if self._labels is None:
+        found = self._labels
+        if found is None:
             names: set[str] = set()
             self._root.collect_labels(names)
-            object.__setattr__(self, "_labels", frozenset(names))
-        return self._labels
+            found = frozenset(names)
+            object.__setattr__(self, "_labels", found)
+        return found
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Selector):

@@ -8,23 +8,37 @@ job (docs/architecture.md §5.2), which is where `typha_updates_skipped` counts 
 A `Datastore` runs one reflector per resource kind, shared by every syncer that needs the kind, and
 hands their output to the syncers on a single ingest thread through a bounded queue, so that a slow
 consumer back-pressures the reflectors instead of growing memory.
+
+Calico's own kinds are read from `crd.projectcalico.org/v1` or `projectcalico.org/v3`, decided once
+at start as libcalico-go decides it (`calico_api_group`).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import Counter
 
 from typha.client.events import SyncCallbacks
 from typha.kube.client import KubeClient
 from typha.kube.reflector import Event, EventType, Reflector, object_id
+from typha.model import convert
+from typha.model.convert.base import Converter
 from typha.model.kv import SyncStatus, Update
-from typha.model.resources import Resource, by_key
+from typha.model.resources import (
+    CALICO_API_V1,
+    CALICO_API_V3,
+    CALICO_CRD_GROUP,
+    CALICO_V3_GROUP,
+    Resource,
+    by_key,
+    calico_resource,
+)
 from typha.syncproto.names import SYNCER_TYPES
 
 CONVERSION_ERRORS = Counter(
@@ -35,31 +49,57 @@ CONVERSION_ERRORS = Counter(
 
 log = logging.getLogger(__name__)
 
-Converter = Callable[[dict[str, Any]], list[tuple[str, Any]]]
 OwnerId = tuple[str, str, str]  # (resource key, namespace, name)
 
 _MAX_REASON_CHARS = 500
 
 # Kinds whose keys come from their spec (a CIDR), not their name: two objects can produce one key.
 # Only these pay for remembering values per object; every other key has exactly one possible owner.
-CONTENT_KEYED = frozenset({
-    "ippools.crd.projectcalico.org",
-    "ipamblocks.crd.projectcalico.org",
-    "blockaffinities.crd.projectcalico.org",
-})
+CONTENT_KEYED = frozenset(
+    f"{plural}.{group}"
+    for plural in ("ippools", "ipamblocks", "blockaffinities")
+    for group in (CALICO_CRD_GROUP, CALICO_V3_GROUP)
+)
+
+# libcalico-go's apiconfig setting (CalicoAPIGroup): Typha reads it from the environment with the
+# rest of its datastore settings, without a TYPHA_ prefix.
+API_GROUP_ENV = "CALICO_API_GROUP"
 
 
-def converters_for(syncer_type: str) -> Mapping[str, Converter]:
+def converters_for(syncer_type: str, api_group: str = CALICO_API_V1) -> Mapping[str, Converter]:
     """resource key -> converter, for one syncer type (docs/calico/typha.md §2)."""
     if syncer_type not in SYNCER_TYPES:
         raise ValueError(f"unknown syncer type {syncer_type!r}; expected one of {SYNCER_TYPES}")
-    from typha.model import convert
+    return convert.converters(syncer_type, api_group)
 
-    tables: dict[str, Mapping[str, Converter]] = {
-        "felix": convert.FELIX_CONVERTERS,
-        "bgp": convert.BGP_CONVERTERS,
-    }
-    return tables[syncer_type]
+
+class _Discovery(Protocol):
+    def api_group_names(self) -> list[str]: ...
+
+
+def calico_api_group(client: _Discovery | None, configured: str | None = None) -> str:
+    """The API group Calico's kinds are read from: libcalico-go's UsingV3CRDs.
+
+    A configured CALICO_API_GROUP decides (v3 exactly when it equals `projectcalico.org/v3`, case
+    folded). Otherwise the API server's group list does: `projectcalico.org` present and
+    `crd.projectcalico.org` absent means v3 CRDs. Both present means the Calico API server serves v3
+    on top of the v1 CRDs, which are then read directly; an unreachable API server means v1.
+    """
+    if configured:
+        group = CALICO_API_V3 if configured.casefold() == CALICO_API_V3.casefold() else CALICO_API_V1
+        log.info("Using the configured Calico API group %s (%s=%s)", group, API_GROUP_ENV, configured)
+        return group
+    if client is None:
+        return CALICO_API_V1
+    try:
+        names = set(client.api_group_names())
+    except Exception as exc:
+        log.warning("Cannot discover the Calico API group (%s); using %s", exc, CALICO_API_V1)
+        return CALICO_API_V1
+    v3_present, v1_present = CALICO_V3_GROUP in names, CALICO_CRD_GROUP in names
+    group = CALICO_API_V3 if v3_present and not v1_present else CALICO_API_V1
+    log.info("Discovered Calico API groups (v3 %s, v1 %s): using %s", v3_present, v1_present, group)
+    return group
 
 
 class Syncer:
@@ -68,15 +108,37 @@ class Syncer:
         syncer_type: str,
         callbacks: SyncCallbacks,
         converters: Mapping[str, Converter] | None = None,
+        api_group: str | None = None,
     ) -> None:
+        """`api_group` None: the Datastore that runs this syncer chooses it at start (`use_api_group`)."""
         self.syncer_type = syncer_type
         self.callbacks = callbacks
-        self.converters = dict(converters if converters is not None else converters_for(syncer_type))
+        self._fixed_converters = converters is not None
+        self.api_group = api_group or CALICO_API_V1
+        self._group_chosen = api_group is not None or self._fixed_converters
+        self.converters = dict(converters if converters is not None else converters_for(syncer_type, self.api_group))
         self.resources: list[Resource] = [by_key(key) for key in self.converters]
         self._owned: dict[OwnerId, tuple[str, ...]] = {}
         self._claims: dict[str, dict[OwnerId, Any]] = {}  # key -> claimant -> value, CONTENT_KEYED kinds only
         self._synced: set[str] = set()
         self.status = SyncStatus.WAIT_FOR_READY
+
+    @property
+    def group_chosen(self) -> bool:
+        return self._group_chosen
+
+    def use_api_group(self, api_group: str) -> None:
+        """Read Calico's kinds from `api_group`; only before any event (the Datastore calls it)."""
+        if self._owned or self._synced:
+            raise RuntimeError("the Calico API group cannot change once the syncer has seen objects")
+        self.api_group = api_group
+        self._group_chosen = True
+        if self._fixed_converters:
+            # A caller-supplied table keyed for v1: move its Calico kinds to their v3 resources.
+            self.converters = {calico_resource(key, api_group).key: fn for key, fn in self.converters.items()}
+        else:
+            self.converters = dict(converters_for(self.syncer_type, api_group))
+        self.resources = [by_key(key) for key in self.converters]
 
     def start(self) -> None:
         self.callbacks.on_status(SyncStatus.WAIT_FOR_READY)
@@ -183,10 +245,20 @@ class Datastore:
         *,
         queue_batches: int = 256,
         reflector_factory: Callable[..., Reflector] = Reflector,
+        api_group: str | None = None,
         **reflector_options: Any,
     ) -> None:
+        """`api_group`: where Calico's kinds are read from for syncers that have not chosen; None
+        decides as libcalico-go does (CALICO_API_GROUP, else discovery)."""
         self.client = client
         self.syncers = list(syncers)
+        undecided = [s for s in self.syncers if not s.group_chosen]
+        if undecided:
+            if api_group is None:
+                api_group = calico_api_group(client, os.environ.get(API_GROUP_ENV))
+            for syncer in undecided:
+                syncer.use_api_group(api_group)
+        self.api_group = api_group
         self._subscribers: dict[str, list[Syncer]] = {}
         for syncer in self.syncers:
             for resource in syncer.resources:
@@ -243,8 +315,13 @@ class Datastore:
                     self.error = exc
 
 
-def convert_objects(syncer_type: str, objects: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    """The KV set a syncer should hold for exactly these objects: the oracle for ingest tests."""
+def convert_objects(
+    syncer_type: str, objects: Iterable[dict[str, Any]], api_group: str = CALICO_API_V1
+) -> dict[str, Any]:
+    """The KV set a syncer should hold for exactly these objects: the oracle for ingest tests.
+
+    Objects of the Calico API group the syncer does not read are ignored, as a reflector never
+    lists them."""
     from typha.model.resources import for_object
 
     collected: dict[str, Any] = {}
@@ -260,7 +337,7 @@ def convert_objects(syncer_type: str, objects: Iterable[dict[str, Any]]) -> dict
         def on_status(self, status: SyncStatus) -> None:
             pass
 
-    syncer = Syncer(syncer_type, _Collect())
+    syncer = Syncer(syncer_type, _Collect(), api_group=api_group)
     for obj in objects:
         resource = for_object(obj["apiVersion"], obj["kind"])
         if resource.key in syncer.converters:

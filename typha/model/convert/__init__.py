@@ -8,18 +8,32 @@ host-networked or finished pod, a staged delete). An invalid object raises Conve
 the syncer turns into withdrawing the object's keys, as Typha's validation filter would.
 
 The work is split by source: convert_k8s (core/networking objects), convert_calico (Calico CRDs),
-convert_base (rules, selectors, CIDRs shared by both).
+convert_base (rules, selectors, CIDRs shared by both), grammar (what a valid value looks like).
+
+Calico's kinds come from `crd.projectcalico.org/v1` or from `projectcalico.org/v3` CRDs
+(docs/calico/typha.md §2); both produce the same KVs. The tables below are keyed for v1;
+`converters(syncer_type, api_group)` gives the table for either group.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from typha.model.convert import calico, k8s
 from typha.model.convert.base import ConversionError, Converter
 from typha.model.convert.k8s import veth_name
+from typha.model.resources import CALICO_API_V1, CALICO_API_V3, CALICO_CRD_GROUP, calico_resource
 
-__all__ = ["BGP_CONVERTERS", "FELIX_CONVERTERS", "ConversionError", "Converter", "converters", "veth_name"]
+__all__ = [
+    "BGP_CONVERTERS",
+    "FELIX_CONVERTERS",
+    "ConversionError",
+    "Converter",
+    "converters",
+    "veth_name",
+]
 
 _CRD = "crd.projectcalico.org"
 
@@ -62,9 +76,29 @@ BGP_CONVERTERS: dict[str, Converter] = {
 _TABLES: dict[str, Mapping[str, Converter]] = {"felix": FELIX_CONVERTERS, "bgp": BGP_CONVERTERS}
 
 
-def converters(syncer_type: str) -> Mapping[str, Converter]:
-    """resource key → converter for one syncer type."""
-    try:
+def _v3_table(table: Mapping[str, Converter]) -> dict[str, Converter]:
+    """`table` for projectcalico.org/v3: Calico kinds under their v3 keys, their converters told
+    that the object is the v3 resource itself (no metadata annotation, no `default.` name prefix)."""
+    out: dict[str, Converter] = {}
+    for key, fn in table.items():
+        resource = calico_resource(key, CALICO_API_V3)
+        out[resource.key] = _reading_v3(fn) if key.endswith("." + CALICO_CRD_GROUP) else fn
+    return out
+
+
+def _reading_v3(fn: Callable[..., list[tuple[str, Any]]]) -> Converter:
+    return functools.partial(fn, v3=True)
+
+
+_V3_TABLES: dict[str, Mapping[str, Converter]] = {name: _v3_table(table) for name, table in _TABLES.items()}
+
+
+def converters(syncer_type: str, api_group: str = CALICO_API_V1) -> Mapping[str, Converter]:
+    """resource key → converter for one syncer type, with Calico's kinds read from `api_group`."""
+    if syncer_type not in _TABLES:
+        raise ValueError(f"unknown syncer type {syncer_type!r}; expected one of {sorted(_TABLES)}")
+    if api_group == CALICO_API_V1:
         return _TABLES[syncer_type]
-    except KeyError:
-        raise ValueError(f"unknown syncer type {syncer_type!r}; expected one of {sorted(_TABLES)}") from None
+    if api_group == CALICO_API_V3:
+        return _V3_TABLES[syncer_type]
+    raise ValueError(f"unknown Calico API group {api_group!r}; expected {CALICO_API_V1} or {CALICO_API_V3}")

@@ -16,7 +16,9 @@ from typing import Any
 import orjson
 
 from typha.model import selector as _selector
+from typha.model.convert import grammar
 
+# The one definition of a converter; typha.source.datastore imports it from here.
 Converter = Callable[[dict[str, Any]], list[tuple[str, Any]]]
 
 LABEL_NAMESPACE = "projectcalico.org/namespace"
@@ -36,9 +38,17 @@ class ConversionError(ValueError):
 
 
 def metadata(obj: dict[str, Any]) -> dict[str, Any]:
+    """The object's metadata; its name must be a DNS-1123 subdomain.
+
+    Both the API server (for built-in kinds) and Calico's validator (nameRegex, for its resources)
+    hold names to that grammar, and names become parts of datastore keys, iptables comments and
+    BIRD identifiers: a `/`, a newline or a quote in one must never get that far.
+    """
     md = obj.get("metadata")
     if not isinstance(md, dict) or not md.get("name"):
         raise ConversionError("missing metadata.name")
+    if not grammar.dns1123_subdomain(md["name"]):
+        raise ConversionError(f"invalid name {md['name']!r}: not a DNS-1123 subdomain")
     return md
 
 
@@ -46,7 +56,26 @@ def namespace_of(md: dict[str, Any]) -> str:
     ns = md.get("namespace")
     if not ns:
         raise ConversionError(f"{md.get('name')}: missing metadata.namespace")
-    return ns
+    if not grammar.dns1123_label(ns):
+        raise ConversionError(f"{md.get('name')}: invalid namespace {ns!r}: not a DNS-1123 label")
+    return str(ns)
+
+
+def literal(value: Any, what: str) -> str:
+    """`value` as a selector string literal; ConversionError when no literal can hold it."""
+    if not isinstance(value, str):
+        raise ConversionError(f"{what}: {value!r} is not a string")
+    try:
+        return _selector.quote_literal(value)
+    except ValueError as exc:
+        raise ConversionError(f"{what}: {exc}") from None
+
+
+def label_term(key: Any, what: str) -> str:
+    """A label name to paste into a selector: Kubernetes' grammar (a subset of the selector's)."""
+    if not grammar.label_key(key) or not _selector.valid_label(key):
+        raise ConversionError(f"{what}: invalid label key {key!r}")
+    return str(key)
 
 
 def spec_of(obj: dict[str, Any]) -> dict[str, Any]:
@@ -151,7 +180,9 @@ def _service_account_selector(sam: dict[str, Any], what: str) -> str:
     names = sam.get("names") or []
     if not names:
         return updated
-    clause = "{} in {{ '{}' }}".format(LABEL_SERVICE_ACCOUNT, "', '".join(names))
+    if not isinstance(names, list) or not all(grammar.dns1123_subdomain(n) for n in names):
+        raise ConversionError(f"{what}: invalid service account names {names!r}")
+    clause = "{} in {{ {} }}".format(LABEL_SERVICE_ACCOUNT, ", ".join(literal(n, what) for n in names))
     try:
         clause = _selector.canonicalise(clause)
     except _selector.SelectorError as exc:
@@ -175,7 +206,7 @@ def _entity_selector(er: dict[str, Any], ns: str, what: str) -> str:
         ns_selector = ns_selector.replace("all()", f"has({LABEL_NAMESPACE})")
         ns_selector = ns_selector.replace("global()", f"!has({LABEL_NAMESPACE})")
     elif ns:
-        ns_selector = f"{LABEL_NAMESPACE} == '{ns}'"
+        ns_selector = f"{LABEL_NAMESPACE} == {literal(ns, what)}"
 
     if endpoint:
         check_selector(endpoint, f"{what} selector")
@@ -190,20 +221,21 @@ def _entity_selector(er: dict[str, Any], ns: str, what: str) -> str:
 
 
 def _port_number(text: str) -> int:
-    if not text.isdigit():
+    # numorstring's allDigits/portRange are ASCII \d; the validator then refuses port 0.
+    if not grammar.ascii_digits(text):
         raise ValueError(text)
     value = int(text)
-    if not 0 <= value <= 65535:
+    if not 1 <= value <= 65535:
         raise ValueError(text)
     return value
 
 
 def port_v1(port: Any) -> int | str:
-    """numorstring.Port as it marshals: a number, "min:max", or a port name."""
+    """numorstring.Port as it marshals: a number 1-65535, "min:max", or an IANA_SVC_NAME port name."""
     if isinstance(port, bool):
         raise ConversionError(f"invalid port {port!r}")
     if isinstance(port, int):
-        if not 0 <= port <= 65535:
+        if not 1 <= port <= 65535:
             raise ConversionError(f"invalid port {port!r}")
         return port
     if not isinstance(port, str) or not port:
@@ -215,12 +247,11 @@ def port_v1(port: Any) -> int | str:
             if low > high:
                 raise ValueError(port)
             return low if low == high else f"{low}:{high}"
-        if port.isdigit():
+        if grammar.ascii_digits(port):
             return _port_number(port)
     except ValueError:
         raise ConversionError(f"invalid port {port!r}") from None
-    if len(port) > 15 or not port[0].isalpha():
-        # Port names are IANA_SVC_NAME-like: upstream validates with a regex of this shape.
+    if not grammar.port_name(port):
         raise ConversionError(f"invalid port name {port!r}")
     return port
 
@@ -232,16 +263,34 @@ def ports_v1(ports: Any) -> list[int | str]:
 
 
 def protocol_v1(protocol: Any) -> int | str:
-    """numorstring.Protocol.ToV1(): names lower-cased, numbers kept."""
+    """numorstring.Protocol.ToV1() as the validator accepts it: a number 1-255 (a string of ASCII
+    digits is one too, as Uint8OrString decodes it) or a protocol name, lower-cased."""
     if isinstance(protocol, bool):
         raise ConversionError(f"invalid protocol {protocol!r}")
+    if isinstance(protocol, str) and grammar.ascii_digits(protocol) and len(protocol) <= 3:
+        protocol = int(protocol)
     if isinstance(protocol, int):
-        if not 0 <= protocol <= 255:
-            raise ConversionError(f"invalid protocol {protocol!r}")
+        if not 1 <= protocol <= 255:
+            raise ConversionError(f"invalid protocol number {protocol!r}")
         return protocol
-    if isinstance(protocol, str) and protocol:
+    if isinstance(protocol, str) and protocol.lower() in grammar.PROTOCOL_NAMES_V1:
         return protocol.lower()
     raise ConversionError(f"invalid protocol {protocol!r}")
+
+
+def _check_ports_protocol(rule: dict[str, Any], what: str) -> None:
+    """validateBackendRule: numeric ports need a protocol that has ports (a rule with `-p icmp
+    --dport 80` would make iptables-restore refuse the whole table)."""
+    protocol = rule.get("protocol")
+    for field in ("src_ports", "!src_ports", "dst_ports", "!dst_ports"):
+        ports = rule.get(field)
+        if not ports:
+            continue
+        if protocol is None:
+            if not all(isinstance(p, str) and grammar.port_name(p) for p in ports):
+                raise ConversionError(f"{what}: numeric {field} need protocol TCP, UDP or SCTP")
+        elif protocol not in grammar.PORT_PROTOCOLS:
+            raise ConversionError(f"{what}: {field} with protocol {protocol!r}, which has no ports")
 
 
 # --- rules ---------------------------------------------------------------------------------------
@@ -265,8 +314,12 @@ def _entity_fields(rule: dict[str, Any], er: dict[str, Any], side: str, ns: str,
     services = er.get("services")
     if isinstance(services, dict):
         if services.get("name"):
+            if not grammar.dns1123_subdomain(services["name"]):
+                raise ConversionError(f"{what}: invalid service name {services['name']!r}")
             rule[f"{side}_service"] = services["name"]
         if services.get("namespace"):
+            if not grammar.dns1123_label(services["namespace"]):
+                raise ConversionError(f"{what}: invalid service namespace {services['namespace']!r}")
             rule[f"{side}_service_ns"] = services["namespace"]
     if er.get("notNets"):
         rule[f"!{side}_nets"] = _nets(er["notNets"], f"{what} notNets")
@@ -276,10 +329,11 @@ def _entity_fields(rule: dict[str, Any], er: dict[str, Any], side: str, ns: str,
         rule[f"!{side}_ports"] = ports_v1(er["notPorts"])
     # The originals ride along unmodified for consumers that need them (Felix's rule scanner
     # re-derives namespace and service-account semantics from them).
+    # (Each was parsed above, building the combined selector; the validator checks them again.)
     if er.get("selector"):
-        rule[f"orig_{side}_selector"] = er["selector"]
+        rule[f"orig_{side}_selector"] = check_selector(er["selector"], f"{what} selector")
     if er.get("namespaceSelector"):
-        rule[f"orig_{side}_namespace_selector"] = er["namespaceSelector"]
+        rule[f"orig_{side}_namespace_selector"] = check_selector(er["namespaceSelector"], f"{what} namespaceSelector")
     if er.get("notSelector"):
         rule[f"!orig_{side}_selector"] = er["notSelector"]
     sam = er.get("serviceAccounts")
@@ -287,7 +341,7 @@ def _entity_fields(rule: dict[str, Any], er: dict[str, Any], side: str, ns: str,
         if sam.get("names"):
             rule[f"orig_{side}_service_acct_names"] = list(sam["names"])
         if sam.get("selector"):
-            rule[f"orig_{side}_service_acct_selector"] = sam["selector"]
+            rule[f"orig_{side}_service_acct_selector"] = check_selector(sam["selector"], f"{what} serviceAccounts")
 
 
 def _icmp(rule: dict[str, Any], icmp: Any, prefix: str) -> None:
@@ -304,6 +358,31 @@ def _icmp(rule: dict[str, Any], icmp: Any, prefix: str) -> None:
 
 
 _RULE_ACTIONS = frozenset({"Allow", "Deny", "Log", "Pass"})
+
+
+def _http_methods(methods: Any, what: str) -> list[str]:
+    """validateHTTPMethods (no duplicates), and each an HTTP token: nothing that could end a line."""
+    if not isinstance(methods, list) or len(set(map(str, methods))) != len(methods):
+        raise ConversionError(f"{what}: invalid HTTP methods {methods!r}")
+    if not all(isinstance(m, str) and grammar.printable(m, limit=64) and m.isascii() for m in methods):
+        raise ConversionError(f"{what}: invalid HTTP methods {methods!r}")
+    return methods
+
+
+def _http_paths(paths: Any, what: str) -> list[dict[str, str]]:
+    """validateHTTPPaths: exactly one of exact/prefix, starting with `/`, no `?`, `#` or blank."""
+    if not isinstance(paths, list):
+        raise ConversionError(f"{what}: invalid HTTP paths {paths!r}")
+    for path in paths:
+        if not isinstance(path, dict):
+            raise ConversionError(f"{what}: invalid HTTP path {path!r}")
+        exact, prefix = path.get("exact") or "", path.get("prefix") or ""
+        value = exact or prefix
+        if (exact and prefix) or not isinstance(value, str) or not value.startswith("/"):
+            raise ConversionError(f"{what}: invalid HTTP path {path!r}")
+        if not grammar.printable(value, limit=4096) or any(ch in value for ch in "?#"):
+            raise ConversionError(f"{what}: invalid HTTP path {path!r}")
+    return paths
 
 
 def rule_v1(ar: dict[str, Any], ns: str, what: str) -> dict[str, Any]:
@@ -330,13 +409,14 @@ def rule_v1(ar: dict[str, Any], ns: str, what: str) -> dict[str, Any]:
     _icmp(rule, ar.get("notICMP"), "!")
     _entity_fields(rule, ar.get("source") or {}, "src", ns, f"{what} source")
     _entity_fields(rule, ar.get("destination") or {}, "dst", ns, f"{what} destination")
+    _check_ports_protocol(rule, what)
     http = ar.get("http")
     if isinstance(http, dict):
         match: dict[str, Any] = {}
         if http.get("methods"):
-            match["methods"] = http["methods"]
+            match["methods"] = _http_methods(http["methods"], what)
         if http.get("paths"):
-            match["paths"] = http["paths"]
+            match["paths"] = _http_paths(http["paths"], what)
         rule["http"] = match
     md = ar.get("metadata")
     if isinstance(md, dict) and md.get("annotations") is not None:
@@ -373,7 +453,11 @@ def policy_v1(
     value: dict[str, Any] = {}
     if namespace:
         value["namespace"] = namespace
-    value["tier"] = spec.get("tier") or "default"
+    tier = spec.get("tier") or "default"
+    if not grammar.dns1123_label(tier):
+        # Tier names become chain names and rule comments in the agents (tierNameRegex).
+        raise ConversionError(f"{what}: invalid tier {tier!r}")
+    value["tier"] = tier
     order = order_v1(spec.get("order"))
     if order is not None:
         value["order"] = order
@@ -408,7 +492,7 @@ def go_json(value: Any) -> str:
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
-def json_map(text: Any) -> dict[str, str] | None:
+def json_map(text: Any) -> dict[str, Any] | None:
     """A JSON object stored in an annotation, or None when it is absent or unparsable.
 
     Upstream logs and ignores such an annotation rather than rejecting the object.
@@ -426,25 +510,26 @@ def _ours(key: str) -> bool:
     return "projectcalico.org/" in key or "operator.tigera.io/" in key
 
 
-def crd_metadata(md: dict[str, Any], namespaced: bool) -> dict[str, Any]:
+def crd_metadata(md: dict[str, Any], namespaced: bool, *, v3: bool = False) -> dict[str, Any]:
     """The v3 ObjectMeta of a Calico custom resource (ConvertK8sResourceToCalicoResource).
 
     The v3 labels, annotations and creationTimestamp live in the `projectcalico.org/metadata`
-    annotation when libcalico-go wrote the object; otherwise the custom resource's own metadata is
+    annotation when libcalico-go wrote a crd.projectcalico.org/v1 object; otherwise (and always for
+    a projectcalico.org/v3 object, which libcalico-go uses as it is) the object's own metadata is
     used. resourceVersion is left out: Typha carries it beside the value, not in it, which is what lets
     the cache drop updates that change nothing else.
     """
     annotations = md.get("annotations") or {}
-    stored = json_map(annotations.get(METADATA_ANNOTATION)) if METADATA_ANNOTATION in annotations else None
+    stored = json_map(annotations.get(METADATA_ANNOTATION)) if not v3 and METADATA_ANNOTATION in annotations else None
     if stored is not None:
-        labels = dict(stored.get("labels") or {})
+        labels: dict[str, Any] = dict(stored.get("labels") or {})
         labels.update((k, v) for k, v in (md.get("labels") or {}).items() if _ours(k))
-        notes = dict(stored.get("annotations") or {})
+        notes: dict[str, Any] = dict(stored.get("annotations") or {})
         notes.update((k, v) for k, v in annotations.items() if _ours(k) and k != METADATA_ANNOTATION)
         created = stored.get("creationTimestamp") or md.get("creationTimestamp")
     else:
         labels = dict(md.get("labels") or {})
-        notes = {k: v for k, v in annotations.items() if k != METADATA_ANNOTATION}
+        notes = {k: v for k, v in annotations.items() if v3 or k != METADATA_ANNOTATION}
         created = md.get("creationTimestamp")
     out: dict[str, Any] = {"name": md["name"]}
     if namespaced:

@@ -9,6 +9,8 @@ no ipaddress parsing for the common dotted-quad IPv4 case.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import os
 from typing import Any
@@ -16,6 +18,7 @@ from typing import Any
 import orjson
 
 from typha.model import keys
+from typha.model.convert import grammar
 from typha.model.convert.base import (
     LABEL_NAMESPACE,
     LABEL_ORCHESTRATOR,
@@ -31,6 +34,8 @@ from typha.model.convert.base import (
     go_json,
     ip_address,
     json_map,
+    label_term,
+    literal,
     metadata,
     namespace_of,
     policy_v1,
@@ -126,8 +131,21 @@ def _named_ports(spec: dict[str, Any]) -> list[dict[str, Any]]:
             protocol = _PORT_PROTOCOLS.get(cp.get("protocol") or "")
             if protocol is None:
                 continue
+            # The validator refuses the whole endpoint over one bad named port (EndpointPort).
+            if not grammar.port_name(name):
+                raise ConversionError(f"invalid container port name {name!r}")
+            if isinstance(number, bool) or not isinstance(number, int) or not 1 <= number <= 65535:
+                raise ConversionError(f"invalid container port {number!r}")
             ports.append({"name": name, "protocol": protocol, "port": number})
     return ports
+
+
+def _k8s_labels(md: dict[str, Any]) -> dict[str, str]:
+    """metadata.labels, held to Kubernetes' grammar as the API server holds them."""
+    found = md.get("labels") or {}
+    if not grammar.labels(found):
+        raise ConversionError(f"{md.get('name')}: labels outside Kubernetes' grammar")
+    return found
 
 
 def pod_to_wep(pod: dict[str, Any]) -> list[tuple[str, Any]]:
@@ -141,6 +159,9 @@ def pod_to_wep(pod: dict[str, Any]) -> list[tuple[str, Any]]:
     node = spec.get("nodeName")
     if spec.get("hostNetwork") or not node:
         return []
+    if not grammar.dns1123_subdomain(node):
+        # The node name is a component of the endpoint's key, written unescaped.
+        raise ConversionError(f"invalid spec.nodeName {node!r}")
     name = md["name"]
     ns = namespace_of(md)
     annotations = md.get("annotations") or {}
@@ -157,9 +178,9 @@ def pod_to_wep(pod: dict[str, Any]) -> list[tuple[str, Any]]:
         return []
 
     sa = spec.get("serviceAccountName") or ""
-    labels = {
-        k: v for k, v in (md.get("labels") or {}).items() if not k.startswith(_PROFILE_LABEL_PREFIXES)
-    }
+    if sa and not grammar.dns1123_subdomain(sa):
+        raise ConversionError(f"invalid spec.serviceAccountName {sa!r}")
+    labels = {k: v for k, v in _k8s_labels(md).items() if not k.startswith(_PROFILE_LABEL_PREFIXES)}
     labels[LABEL_NAMESPACE] = ns
     labels[LABEL_ORCHESTRATOR] = "k8s"
     profiles = [NAMESPACE_PROFILE_PREFIX + ns]
@@ -181,7 +202,11 @@ def pod_to_wep(pod: dict[str, Any]) -> list[tuple[str, Any]]:
     if ports:
         value["ports"] = ports
     if md.get("generateName"):
-        value["generate_name"] = md["generateName"]
+        generate = md["generateName"]
+        # The API server checks a name prefix as a name whose trailing '-' is masked.
+        if not grammar.dns1123_subdomain(generate[:-1] + "a" if str(generate).endswith("-") else generate):
+            raise ConversionError(f"invalid metadata.generateName {generate!r}")
+        value["generate_name"] = generate
     nat = _floating_ips(annotations, ipv4, ipv6)
     if nat[0]:
         value["ipv4_nat"] = nat[0]
@@ -262,7 +287,9 @@ def namespace_to_profile(ns: dict[str, Any]) -> list[tuple[str, Any]]:
     """Namespace → profile `kns.<ns>`: allow-all rules, labels `pcns.<k>` + `pcns.projectcalico.org/name`."""
     md = metadata(ns)
     name = md["name"]
-    labels = {NAMESPACE_LABEL_PREFIX + k: v for k, v in (md.get("labels") or {}).items()}
+    if not grammar.dns1123_label(name):
+        raise ConversionError(f"invalid namespace name {name!r}: not a DNS-1123 label")
+    labels = {NAMESPACE_LABEL_PREFIX + k: v for k, v in _k8s_labels(md).items()}
     labels[NAMESPACE_LABEL_PREFIX + NAME_LABEL] = name
     v3_rules = {"ingress": [_V3_ALLOW], "egress": [_V3_ALLOW]}
     return _profile_kvs(NAMESPACE_PROFILE_PREFIX + name, md, labels, _ALLOW_ALL_RULES, v3_rules)
@@ -272,8 +299,8 @@ def service_account_to_profile(sa: dict[str, Any]) -> list[tuple[str, Any]]:
     """ServiceAccount → profile `ksa.<ns>.<sa>`: no rules, labels `pcsa.<k>` + `pcsa.projectcalico.org/name`."""
     md = metadata(sa)
     name = md["name"]
-    ns = md.get("namespace") or "default"
-    labels = {SERVICE_ACCOUNT_LABEL_PREFIX + k: v for k, v in (md.get("labels") or {}).items()}
+    ns = namespace_of(md) if md.get("namespace") else "default"
+    labels = {SERVICE_ACCOUNT_LABEL_PREFIX + k: v for k, v in _k8s_labels(md).items()}
     labels[SERVICE_ACCOUNT_LABEL_PREFIX + NAME_LABEL] = name
     return _profile_kvs(f"{SERVICE_ACCOUNT_PROFILE_PREFIX}{ns}.{name}", md, labels, {}, {})
 
@@ -283,8 +310,18 @@ def service_account_to_profile(sa: dict[str, Any]) -> list[tuple[str, Any]]:
 _K8S_POD = f"{LABEL_ORCHESTRATOR} == 'k8s'"
 
 
+def _label_literal(value: Any) -> str:
+    if not grammar.label_value(value):
+        raise ConversionError(f"label selector: invalid label value {value!r}")
+    return literal(value, "label selector")
+
+
 def k8s_selector(sel: Any, *, pod: bool) -> str:
-    """k8sSelectorToCalico, with upstream's exact spelling: single quotes, sorted matchLabels, ` && `."""
+    """k8sSelectorToCalico, with upstream's exact spelling: single quotes, sorted matchLabels, ` && `.
+
+    Keys and values are held to Kubernetes' label grammar and written as selector literals, never
+    pasted: a value such as `a' || all() || x == 'b` refuses the policy instead of widening it.
+    """
     terms = [_K8S_POD] if pod else []
     if sel is None:
         return " && ".join(terms)
@@ -292,17 +329,25 @@ def k8s_selector(sel: Any, *, pod: bool) -> str:
         raise ConversionError(f"label selector must be an object, not {sel!r}")
     match_labels = sel.get("matchLabels") or {}
     expressions = sel.get("matchExpressions") or []
+    if not isinstance(match_labels, dict) or not isinstance(expressions, list):
+        raise ConversionError("label selector: matchLabels must be a map and matchExpressions a list")
     if not pod and not match_labels and not expressions:
         return "all()"  # a present-but-empty namespaceSelector selects every namespace
-    for key in sorted(match_labels):
-        terms.append(f"{key} == '{match_labels[key]}'")
+    terms.extend(
+        f"{label_term(key, 'matchLabels')} == {_label_literal(match_labels[key])}" for key in sorted(match_labels)
+    )
     for expr in expressions:
-        key, op = expr.get("key"), expr.get("operator")
-        values = "', '".join(expr.get("values") or [])
+        if not isinstance(expr, dict):
+            raise ConversionError(f"label selector: invalid matchExpression {expr!r}")
+        key, op = label_term(expr.get("key"), "matchExpressions"), expr.get("operator")
+        values = expr.get("values") or []
+        if not isinstance(values, list):
+            raise ConversionError(f"label selector: values must be a list, not {values!r}")
+        members = ", ".join(_label_literal(v) for v in values)
         if op == "In":
-            terms.append(f"{key} in {{ '{values}' }}")
+            terms.append(f"{key} in {{ {members} }}")
         elif op == "NotIn":
-            terms.append(f"{key} not in {{ '{values}' }}")
+            terms.append(f"{key} not in {{ {members} }}")
         elif op == "Exists":
             terms.append(f"has({key})")
         elif op == "DoesNotExist":
@@ -312,15 +357,28 @@ def k8s_selector(sel: Any, *, pod: bool) -> str:
     return " && ".join(terms)
 
 
+# The protocols a NetworkPolicyPort may name (the API server refuses any other).
+_K8S_PROTOCOLS = frozenset({"TCP", "UDP", "SCTP"})
+
+
 def _k8s_port(port: dict[str, Any]) -> tuple[str, int | str | None]:
     """(protocol, port or None for all ports) of one NetworkPolicyPort; TCP when unspecified."""
+    if not isinstance(port, dict):
+        raise ConversionError(f"invalid NetworkPolicyPort {port!r}")
     protocol = port.get("protocol") or "TCP"
+    if protocol not in _K8S_PROTOCOLS:
+        raise ConversionError(f"invalid NetworkPolicyPort protocol {protocol!r}")
     number = port.get("port")
     if number is None:
         return protocol, None
+    if isinstance(number, bool) or not isinstance(number, int | str):
+        raise ConversionError(f"invalid NetworkPolicyPort port {number!r}")
     text = str(number)
-    if port.get("endPort") is not None:
-        text = f"{text}:{port['endPort']}"
+    end = port.get("endPort")
+    if end is not None:
+        if isinstance(end, bool) or not isinstance(end, int):
+            raise ConversionError(f"invalid NetworkPolicyPort endPort {end!r}")
+        text = f"{text}:{end}"
     return protocol, port_v1(text)
 
 
@@ -425,7 +483,7 @@ def k8s_policy_to_v3_spec(np_spec: dict[str, Any]) -> dict[str, Any]:
 
 def namespaced_policy_selector(selector: str, ns: str, sa_selector: str = "") -> str:
     """The v1 selector of a namespaced policy: `(<sel>) && projectcalico.org/namespace == '<ns>'`."""
-    ns_clause = f"{LABEL_NAMESPACE} == '{ns}'"
+    ns_clause = f"{LABEL_NAMESPACE} == {literal(ns, 'namespace')}"
     selector = f"({selector}) && {ns_clause}" if selector else ns_clause
     return prefix_and_append(selector, sa_selector, SERVICE_ACCOUNT_LABEL_PREFIX, "serviceAccountSelector")
 
@@ -451,18 +509,22 @@ def k8s_network_policy(np: dict[str, Any]) -> list[tuple[str, Any]]:
     return [(keys.policy_path("KubernetesNetworkPolicy", ns, md["name"]), value)]
 
 
-def staged_k8s_network_policy(snp: dict[str, Any]) -> list[tuple[str, Any]]:
-    """StagedKubernetesNetworkPolicy CRD: converted like a K8s policy, plus its staged action."""
+def staged_k8s_network_policy(snp: dict[str, Any], *, v3: bool = False) -> list[tuple[str, Any]]:
+    """StagedKubernetesNetworkPolicy CRD: converted like a K8s policy, plus its staged action.
+
+    The same from either Calico API group (`v3`): its name is stored as it is in both."""
     md = metadata(snp)
     ns = namespace_of(md)
     spec = spec_of(snp)
     action = spec.get("stagedAction") or ""
+    what = f"StagedKubernetesNetworkPolicy {ns}/{md['name']}"
+    if action not in ("", "Set", "Delete", "Learn", "Ignore"):
+        raise ConversionError(f"{what}: invalid stagedAction {action!r}")
     if action == "Delete":
         return []  # a staged delete is not sent to Felix
-    v3 = k8s_policy_to_v3_spec(spec)
-    what = f"StagedKubernetesNetworkPolicy {ns}/{md['name']}"
-    selector = namespaced_policy_selector(check_selector(v3["selector"], f"{what} podSelector"), ns)
-    value = policy_v1(v3, namespace=ns, selector=selector, what=what, staged_action=action or None)
+    v3_spec = k8s_policy_to_v3_spec(spec)
+    selector = namespaced_policy_selector(check_selector(v3_spec["selector"], f"{what} podSelector"), ns)
+    value = policy_v1(v3_spec, namespace=ns, selector=selector, what=what, staged_action=action or None)
     return [(keys.policy_path("StagedKubernetesNetworkPolicy", ns, md["name"]), value)]
 
 
@@ -508,13 +570,23 @@ def _valid_mac(text: str) -> bool:
     return len(parts) in (6, 8, 20) and all(len(p) == 2 and set(p) <= _HEX for p in parts)
 
 
+def _valid_wireguard_key(text: str) -> bool:
+    """wgtypes.ParseKey, as the validator's wireguardPublicKey check: standard base64 of 32 bytes."""
+    if not isinstance(text, str) or len(text) != 44:
+        return False
+    try:
+        return len(base64.b64decode(text, validate=True)) == 32
+    except (binascii.Error, ValueError):
+        return False
+
+
 def _annotation(annotations: dict[str, str], name: str, valid: Any) -> str:
     """getAnnotation: the value if it validates, else "" (upstream drops bad values silently)."""
     value = annotations.get(name) or ""
     return value if value and valid(value) else ""
 
 
-def _as_number(text: str) -> int | None:
+def as_number(text: str) -> int | None:
     """numorstring.ASNumberFromString: plain or "asdot" (high.low) notation."""
     try:
         if "." in text:
@@ -541,6 +613,9 @@ def k8s_node_to_v3(node: dict[str, Any]) -> dict[str, Any]:
     if calico_labels:
         labels.update(calico_labels)
     labels.update(k8s_labels)  # Kubernetes labels win over Calico's own
+    if not grammar.labels(labels):
+        # Node labels feed BGP peer selectors (confd) and host endpoint matching.
+        raise ConversionError(f"Node {name}: labels outside Kubernetes' grammar")
     notes = dict(json_map(annotations.get(ANN_ANNOTATIONS)) or {})
     # json.Marshal of the Kubernetes labels map: a node without labels has a nil map, "null".
     notes[ANN_KUBE_LABELS] = go_json(k8s_labels) if md.get("labels") is not None else "null"
@@ -555,7 +630,7 @@ def k8s_node_to_v3(node: dict[str, Any]) -> dict[str, Any]:
     bgp: dict[str, Any] = {}
     asn_text = annotations.get(ANN_AS_NUMBER)
     if asn_text is not None:
-        asn = _as_number(asn_text)
+        asn = as_number(asn_text)
         if asn is not None:
             bgp["asNumber"] = asn
     for field, ann, valid in (
@@ -590,23 +665,35 @@ def k8s_node_to_v3(node: dict[str, Any]) -> dict[str, Any]:
     if wireguard:
         spec["wireguard"] = wireguard
     addresses: list[dict[str, str]] = []
-    for field in ("ipv4Address", "ipv6Address"):
-        if bgp.get(field):
-            addresses.append({"address": bgp[field], "type": "CalicoNodeIP"})
+    addresses.extend(
+        {"address": bgp[field], "type": "CalicoNodeIP"} for field in ("ipv4Address", "ipv6Address") if bgp.get(field)
+    )
     for addr in (node.get("status") or {}).get("addresses") or ():
         kind = addr.get("type")
         if kind in ("InternalIP", "ExternalIP"):
-            addresses.append({"address": addr.get("address") or "", "type": kind})
+            address = addr.get("address") or ""
+            # NodeAddress.Address is validated as an IP or CIDR ("net"); BIRD and Felix read it.
+            try:
+                cidr_or_ip(address)
+            except ConversionError:
+                raise ConversionError(f"Node {name}: invalid {kind} {address!r}") from None
+            addresses.append({"address": address, "type": kind})
     if addresses:
         spec["addresses"] = addresses
 
     status: dict[str, Any] = {}
-    if annotations.get(ANN_WG_PUBLIC_KEY):
-        status["wireguardPublicKey"] = annotations[ANN_WG_PUBLIC_KEY]
-    if annotations.get(ANN_WG_PUBLIC_KEY_V6):
-        status["wireguardPublicKeyV6"] = annotations[ANN_WG_PUBLIC_KEY_V6]
+    for field, ann in (("wireguardPublicKey", ANN_WG_PUBLIC_KEY), ("wireguardPublicKeyV6", ANN_WG_PUBLIC_KEY_V6)):
+        key = annotations.get(ann)
+        if key:
+            if not _valid_wireguard_key(key):
+                raise ConversionError(f"Node {name}: invalid {field} {key!r}")
+            status[field] = key
     pod_cidrs = (node.get("spec") or {}).get("podCIDRs")
     if pod_cidrs:
+        if not isinstance(pod_cidrs, list):
+            raise ConversionError(f"Node {name}: spec.podCIDRs must be a list")
+        for cidr in pod_cidrs:
+            strict_cidr(cidr)
         status["podCIDRs"] = list(pod_cidrs)
     value_out = v3_resource("Node", v3_md, spec)
     value_out["status"] = status  # NodeStatus is a struct: Go writes `"status":{}` when empty
@@ -704,7 +791,7 @@ def _passthrough(kind: str, obj: dict[str, Any], type_meta: tuple[str, str]) -> 
     slim_md = {k: v for k, v in md.items() if k not in ("resourceVersion", "managedFields")}
     # List items carry no apiVersion/kind, watch events do: set them, always first, so that a value
     # does not change (for every client, and between replicas) with how the object was last read.
-    value = {"apiVersion": type_meta[0], "kind": type_meta[1]}
+    value: dict[str, Any] = {"apiVersion": type_meta[0], "kind": type_meta[1]}
     value.update((k, v) for k, v in obj.items() if k not in ("apiVersion", "kind"))
     value["metadata"] = slim_md
     return [(keys.resource_path(kind, md["name"], ns), value)]
