@@ -14,7 +14,6 @@ Also here: the group decision itself (libcalico-go's UsingV3CRDs) and the v3-onl
 from __future__ import annotations
 
 import json
-import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -38,17 +37,16 @@ from typha.testing.apiserver.calico_v3 import (
     to_kubernetes,
 )
 
+from ..fixtures import confd_pack
+
 REPO = Path(__file__).resolve().parents[2]
-PACK = Path(os.environ.get("CONFD_FIXTURE_PACK") or REPO / ".." / "shared" / "fixtures" / "confd").resolve()
+PACK = confd_pack()
 NOW = datetime(2026, 12, 1, 12, 0, 0, tzinfo=UTC)
 SYNCERS = ("felix", "bgp")
 
 
 def _cases() -> list[Any]:
-    manifest = PACK / "manifest.yaml"
-    if not manifest.is_file():
-        return [pytest.param(None, marks=pytest.mark.skip(reason=f"no fixture pack at {PACK}"), id="no-pack")]
-    with manifest.open(encoding="utf-8") as f:
+    with (PACK / "manifest.yaml").open(encoding="utf-8") as f:
         cases = yaml.safe_load(f)["cases"]
     return [pytest.param(case, id=case["id"]) for case in cases]
 
