@@ -233,7 +233,11 @@ class WatchHandle:
 
     @staticmethod
     def _shutdown(response: urllib3.BaseHTTPResponse) -> None:
+        # urllib3 >= 2.3 can shut a response down from another thread; older ones can only close it.
+        shutdown = getattr(response, "shutdown", None)
         try:
-            response.shutdown()  # type: ignore[attr-defined]
+            if shutdown is None:
+                raise AttributeError("shutdown")
+            shutdown()
         except Exception:
             response.close()
