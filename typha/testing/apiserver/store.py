@@ -127,7 +127,11 @@ STANDARD_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease
 
 def invalid(resource: Resource, name: str, errs: list[validation.FieldError]) -> ApiError:
     """422 Invalid with the real message and one cause per field error."""
-    details = details_of(resource, name) | {"causes": [e.cause() for e in errs]}
+    # An Invalid Status names the kind (NotFound and Conflict name the resource).
+    details: dict[str, Any] = {"name": name, "kind": resource.kind}
+    if resource.group:
+        details["group"] = resource.group
+    details["causes"] = [e.cause() for e in errs]
     return ApiError(422, "Invalid", validation.invalid_message(resource.kind, name, errs), details)
 
 

@@ -90,16 +90,20 @@ class FieldError:
     value: Any = None
 
     def message(self) -> str:
+        return f"{self.field}: {self.detail_message()}"
+
+    def detail_message(self) -> str:
+        """The message without the field path (a Status cause carries the path separately)."""
         if self.kind == "FieldValueRequired":
-            return f"{self.field}: Required value" + (f": {self.detail}" if self.detail else "")
+            return "Required value" + (f": {self.detail}" if self.detail else "")
         if self.kind == "FieldValueNotSupported":
-            return f"{self.field}: Unsupported value: {_quote(self.value)}: {self.detail}"
+            return f"Unsupported value: {_quote(self.value)}: {self.detail}"
         if self.kind == "FieldValueTooLong":
-            return f"{self.field}: Too long: {self.detail}"
-        return f"{self.field}: Invalid value: {_quote(self.value)}: {self.detail}"
+            return f"Too long: {self.detail}"
+        return f"Invalid value: {_quote(self.value)}: {self.detail}"
 
     def cause(self) -> dict[str, str]:
-        return {"reason": self.kind, "message": self.message(), "field": self.field}
+        return {"reason": self.kind, "message": self.detail_message(), "field": self.field}
 
 
 def _invalid(field: str, value: Any, detail: str) -> FieldError:

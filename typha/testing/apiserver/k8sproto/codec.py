@@ -9,7 +9,8 @@ The mapping between a message and the JSON a real server stores follows the Go t
 encoding: the field names of generated.proto are the JSON names; `meta.v1.Time` is an RFC 3339
 string, `IntOrString` a number or a string, `Quantity` its string, `RawExtension` and `FieldsV1` the
 embedded JSON, bytes base64. Go writes every non-pointer field on the wire, empty ones included;
-empty strings and zero times are dropped here, as `omitempty` drops them from the JSON.
+empty strings, zero times and zero scalars are dropped here, as `omitempty` drops them from the
+JSON, except for the scalar fields the Go types make pointers (see _POINTER_SCALARS).
 """
 
 from __future__ import annotations
@@ -58,6 +59,24 @@ _GROUPS: dict[str, tuple[ModuleType, str]] = {
 
 # The generated modules are untyped (protoc's builder fills their namespace at import time).
 _UNKNOWN: Any = runtime_pb2.Unknown  # type: ignore[attr-defined]
+
+
+# Scalar fields that are pointers in the Go types: their zero value is meaningful and kept. Every
+# other scalar is a plain Go field, written on the wire even when zero and dropped from the JSON by
+# `omitempty` (`hostPort: 0`, `nodePort: 0`). generated.proto does not say which is which.
+_POINTER_SCALARS = frozenset(
+    {
+        "replicas", "revisionHistoryLimit", "progressDeadlineSeconds", "paused",
+        "automountServiceAccountToken", "terminationGracePeriodSeconds", "activeDeadlineSeconds",
+        "runAsUser", "runAsGroup", "runAsNonRoot", "fsGroup", "readOnlyRootFilesystem", "privileged",
+        "allowPrivilegeEscalation", "hostUsers", "enableServiceLinks", "shareProcessNamespace",
+        "setHostnameAsFQDN", "priority", "immutable", "optional", "defaultMode", "mode",
+        "backoffLimit", "parallelism", "completions", "suspend", "ttlSecondsAfterFinished",
+        "startingDeadlineSeconds", "successfulJobsHistoryLimit", "failedJobsHistoryLimit",
+        "expirationSeconds", "leaseDurationSeconds", "leaseTransitions", "endPort",
+        "allocateLoadBalancerNodePorts", "publishNotReadyAddresses", "ready", "serving", "terminating",
+    }
+)
 
 
 class ProtoError(ValueError):
@@ -156,7 +175,7 @@ def _message_to_json(msg: Message) -> Any:
                 continue
         else:
             converted = _scalar_to_json(field, value)
-            if converted == "" and field.type == _descriptor.FieldDescriptor.TYPE_STRING:
+            if converted == "" or (converted in (0, False) and field.name not in _POINTER_SCALARS):
                 continue
         out[field.name] = converted
     return out
