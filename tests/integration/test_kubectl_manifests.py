@@ -242,14 +242,15 @@ spec:
 
 
 def test_server_side_apply_tracks_field_managers(cluster: Server, tmp_path: Path) -> None:
-    cm = write(tmp_path / "cm.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: owned}\ndata: {a: '1', b: '2'}\n")
+    head = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: owned}\n"
+    cm = write(tmp_path / "cm.yaml", head + "data: {a: '1', b: '2'}\n")
     assert "configmap/owned serverside-applied" in cluster.kubectl("apply", "--server-side", "-f", cm).stdout
-    write(tmp_path / "cm.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: owned}\ndata: {a: '1'}\n")
+    write(tmp_path / "cm.yaml", head + "data: {a: '1'}\n")
     cluster.kubectl("apply", "--server-side", "-f", cm)
     got = json.loads(cluster.kubectl("get", "configmap", "owned", "-o", "json", "--show-managed-fields").stdout)
     assert got["data"] == {"a": "1"}, "a field the manager stopped applying is removed"
     assert [(m["manager"], m["operation"]) for m in got["metadata"]["managedFields"]] == [("kubectl", "Apply")]
-    other = write(tmp_path / "other.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: owned}\ndata: {a: '9'}\n")
+    other = write(tmp_path / "other.yaml", head + "data: {a: '9'}\n")
     conflict = cluster.kubectl("apply", "--server-side", "--field-manager=other", "-f", other, check=False)
     assert conflict.returncode != 0 and 'conflict with "kubectl"' in conflict.stderr
     cluster.kubectl("apply", "--server-side", "--field-manager=other", "--force-conflicts", "-f", other)
