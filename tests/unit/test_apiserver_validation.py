@@ -20,7 +20,8 @@ def resource(api_version: str, kind: str):
 
 def refused(api_version: str, kind: str, obj: dict[str, Any]) -> ApiError:
     with pytest.raises(ApiError) as err:
-        ObjectStore().create(resource(api_version, kind), {"apiVersion": api_version, "kind": kind, **obj})
+        ObjectStore().create(resource(api_version, kind), {"apiVersion": api_version, "kind": kind, **obj},
+                             validate=True)
     assert (err.value.status, err.value.reason) == (422, "Invalid")
     return err.value
 
@@ -40,6 +41,15 @@ def test_names_by_kind(api_version: str, kind: str, name: str, expected: str) ->
     assert err.details is not None
     assert err.details["kind"] == kind
     assert err.details["causes"][0]["field"] == "metadata.name"
+
+
+def test_fixtures_may_skip_all_but_the_name_checks() -> None:
+    store = ObjectStore()
+    pod = resource("v1", "Pod")
+    store.create(pod, {"metadata": {"name": "p", "labels": {"bad key": "v"}}, "status": {"podIP": "nonsense"}})
+    with pytest.raises(ApiError) as err:
+        store.create(pod, {"metadata": {"name": "Bad"}})
+    assert err.value.status == 422
 
 
 def test_rbac_names_may_hold_colons() -> None:

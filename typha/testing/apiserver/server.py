@@ -562,7 +562,7 @@ class KubeAPIEmulator:
                 body = await self._body(request)
                 if isinstance(body, dict):
                     self._check_crd(resource, body)
-                stored = self._store.create(resource, body, namespace, admit=self._cluster)
+                stored = self._store.create(resource, body, namespace, admit=self._cluster, validate=True)
                 return reply(stored.full, 201)
             flt = Filter(
                 resource,
@@ -598,7 +598,7 @@ class KubeAPIEmulator:
             body = await self._body(request)
             if isinstance(body, dict):
                 self._check_crd(resource, body)
-            stored = self._store.replace(resource, body, namespace, name, status_only=status_only)
+            stored = self._store.replace(resource, body, namespace, name, status_only=status_only, validate=True)
             return reply(stored.full)
         if method == "PATCH":
             self._count("patch")
@@ -612,7 +612,9 @@ class KubeAPIEmulator:
                     self._check_crd(resource, patched)
                 return patched
 
-            stored = self._store.patch(resource, namespace, name, patch_and_check, status_only=status_only)
+            stored = self._store.patch(
+                resource, namespace, name, patch_and_check, status_only=status_only, validate=True
+            )
             return reply(stored.full)
         if method == "DELETE" and not status_only:
             self._count("delete")
@@ -677,14 +679,14 @@ class KubeAPIEmulator:
                 ) from None
 
         try:
-            stored = self._store.patch(resource, namespace, name, merge, status_only=status_only)
+            stored = self._store.patch(resource, namespace, name, merge, status_only=status_only, validate=True)
             return self._reply(request, resource, stored.full)
         except ApiError as err:
             # Only "this object does not exist" turns the apply into a create.
             if err.status != 404 or status_only or (err.details or {}).get("kind") != resource.plural:
                 raise
         body = merge(None)
-        stored = self._store.create(resource, body, namespace, admit=self._cluster)
+        stored = self._store.create(resource, body, namespace, admit=self._cluster, validate=True)
         return self._reply(request, resource, stored.full, 201)
 
     def _reply(self, request: web.Request, resource: Resource, full: bytes, status: int = 200) -> web.Response:

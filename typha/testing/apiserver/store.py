@@ -469,8 +469,11 @@ class ObjectStore:
 
     # ---- writes ------------------------------------------------------------------------------
 
-    def _prepare(self, resource: Resource, body: Any, namespace: str | None) -> dict[str, Any]:
-        """Validate and normalize a written object, as the REST handler does before storage."""
+    def _prepare(self, resource: Resource, body: Any, namespace: str | None, validate: bool = False) -> dict[str, Any]:
+        """Normalize a written object as the REST handler does before storage. Names are always
+        checked; `validate` adds the rest of the API server's validation (labels, annotations and
+        the kind's own rules), which the HTTP layer asks for and test fixtures may skip, to put in
+        place objects a real cluster could still hold (written before a rule existed, or by etcd)."""
         if not isinstance(body, dict):
             raise bad_request("the body of the request was not a JSON object")
         try:
@@ -521,7 +524,7 @@ class ObjectStore:
             obj.setdefault("status", {"phase": "Active"})
         if resource.group == CRD_GROUP and kind == "CustomResourceDefinition":
             obj["status"] = _crd_status(obj)
-        errs = validation.object_errors(resource, obj)
+        errs = validation.object_errors(resource, obj) if validate else validation.object_name_errors(resource, name)
         if errs:
             raise invalid(resource, name, errs)
         return obj
@@ -577,10 +580,17 @@ class ObjectStore:
             )
 
     def create(
-        self, resource: Resource, body: Any, namespace: str | None = None, *, admit: bool = False
+        self,
+        resource: Resource,
+        body: Any,
+        namespace: str | None = None,
+        *,
+        admit: bool = False,
+        validate: bool = False,
     ) -> Stored:
-        """Store a new object. With `admit`, a namespaced object's namespace must exist and be active."""
-        obj = self._prepare(resource, body, namespace)
+        """Store a new object. With `admit`, a namespaced object's namespace must exist and be active;
+        `validate`: see _prepare."""
+        obj = self._prepare(resource, body, namespace, validate)
         if obj["metadata"].get("resourceVersion"):
             # The message and code of the real server (etcd3 storage refuses it as an internal error).
             raise ApiError(500, "InternalError", "resourceVersion should not be set on objects to be created")
@@ -626,9 +636,10 @@ class ObjectStore:
         name: str | None = None,
         *,
         status_only: bool = False,
+        validate: bool = False,
     ) -> Stored:
         """PUT: the object must exist; a carried resourceVersion must be current (409 otherwise)."""
-        obj = self._prepare(resource, body, namespace)
+        obj = self._prepare(resource, body, namespace, validate)
         meta = obj["metadata"]
         if name is not None and meta["name"] != name:
             raise bad_request(
@@ -665,6 +676,7 @@ class ObjectStore:
         apply: Callable[[dict[str, Any]], Any],
         *,
         status_only: bool = False,
+        validate: bool = False,
     ) -> Stored:
         """Apply `apply(current_copy) -> new body` atomically; a resourceVersion the patch sets is a
         precondition (409 if stale), as on the real server; otherwise patches never conflict."""
@@ -686,7 +698,7 @@ class ObjectStore:
                 pmeta["namespace"] = key[0]
             if status_only:
                 patched = _with_status_of(current, patched)
-            obj = self._prepare(resource, patched, key[0] or None)
+            obj = self._prepare(resource, patched, key[0] or None, validate)
             stored = self._store(resource, obj, "MODIFIED", current)
         self._notify()
         return stored
