@@ -189,6 +189,7 @@ class Registry:
             raise ValueError(f"unknown CRD preset {crds!r}; choose from {', '.join(CRD_PRESETS)}")
         self._lock = threading.Lock()
         self._served: dict[tuple[str, str, str], Served] = {}
+        self._by_kind: dict[tuple[str, str], Resource] = {}  # (apiVersion, kind), rebuilt on change
         self.generation = 0
         self._add(BUILTIN)
         if crds == "calico-v1":
@@ -197,6 +198,10 @@ class Registry:
     def _add(self, entries: Iterable[Served]) -> None:
         for entry in entries:
             self._served[rkey(entry.resource)] = entry
+        self._changed()
+
+    def _changed(self) -> None:
+        self._by_kind = {(e.resource.api_version, e.resource.kind): e.resource for e in self._served.values()}
         self.generation += 1
 
     def served(self) -> list[Served]:
@@ -212,12 +217,7 @@ class Registry:
             return self._served.get((group, version, plural))
 
     def by_kind(self, api_version: str, kind: str) -> Resource | None:
-        group, _, version = api_version.rpartition("/")
-        with self._lock:
-            for (g, v, _plural), entry in self._served.items():
-                if (g, v) == (group, version) and entry.resource.kind == kind:
-                    return entry.resource
-        return None
+        return self._by_kind.get((api_version, kind))  # replaced whole on change: no lock needed
 
     def canonical(self, resource: Resource) -> Resource:
         """The served instance for `resource` (same path), or `resource` itself if none is served."""
@@ -249,5 +249,5 @@ class Registry:
         with self._lock:
             gone = [k for k, e in self._served.items() if e.crd == name]
             dropped = [self._served.pop(k).resource for k in gone]
-            self.generation += 1
+            self._changed()
             return dropped

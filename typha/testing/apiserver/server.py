@@ -13,9 +13,20 @@ Typical use in a test:
         api.wait_for_watches(1)                          # the client under test is watching
         api.expire_watches()                             # ... and now gets an ERROR 410
 
+What it serves: the built-in kinds of `registry.BUILTIN` and the resources of the
+CustomResourceDefinitions present (`crds="calico-v1"` also serves Calico's v1 kinds from the start,
+without CRD objects); `cluster=True` (what `typha sim-apiserver` uses) adds the standard namespaces
+and the NamespaceLifecycle rules. Writes over HTTP are validated as the API server does
+(`validation`); the in-process helpers (`api.create`, ...) check names only and skip admission, so
+tests can put in place objects a real cluster could still hold.
+
 Departures from a real API server are listed in `k8s_store` (storage semantics) and here:
-- No server-side apply (`application/apply-patch+yaml` gets 415), no dry run (`dryRun` gets 400,
-  so `kubectl diff` and `--dry-run=server` do not work), no protobuf except the empty /openapi/v2.
+- No dry run (`dryRun` gets 400, so `kubectl diff` and `--dry-run=server` do not work).
+- Server-side apply merges maps and replaces lists whole, and tracks only Apply managers (see `apply`).
+- Protobuf bodies for the kinds of the vendored generated.proto (core, apps, rbac, policy,
+  networking, coordination); other kinds, lists and watches answer in JSON (see `k8sproto.codec`).
+- No defaulting and no schemas: CRDs' openAPIV3Schema is stored but not enforced or pruned, and
+  the OpenAPI documents carry no schemas (enough for kubectl's probes, not for `kubectl explain`).
 - Tables for `kubectl get` have the real columns for pods, nodes and namespaces only (see k8s_tables).
 - Strategic merge patch is a schema-less approximation (see `k8s_patch`).
 - `fieldValidation` is accepted and ignored: unknown fields are stored, not rejected.
@@ -23,6 +34,8 @@ Departures from a real API server are listed in `k8s_store` (storage semantics) 
   not); a real server would let anonymous requests through to authorization instead.
 - A watch from a resourceVersion older than the history is refused with HTTP 410 before the
   stream starts (the watch cache answers 200 and an ERROR event; clients handle both).
+- A deleted namespace is Terminating only while the DELETE request runs: its contents and then
+  the namespace itself are deleted before the response (no namespace controller lag, no finalizers).
 """
 
 from __future__ import annotations

@@ -8,9 +8,10 @@ Objects are kept immutable once stored, together with their JSON bytes, so lists
 cached bytes instead of serializing again (a list of 50,000 pods is one `b",".join`).
 
 Deliberate simplifications, each a difference from a real API server:
-- No admission, defaulting or status reset: what is written is stored (status included), so test
-  fixtures can set pod IPs and phases directly. Pods are deleted at once (no graceful deletion).
-- Namespaces are not required to exist, and deleting one does not delete what is in it.
+- No defaulting or status reset: what is written is stored (status included), so test fixtures can
+  set pod IPs and phases directly. Pods are deleted at once (no graceful deletion). Admission is
+  NamespaceLifecycle only, and only when the caller asks (`create(admit=True)`, the HTTP layer in
+  cluster mode); otherwise any namespace may be written to.
 - Unconditional updates (PUT without metadata.resourceVersion) are allowed for every kind, custom
   resources included (the real server requires the resourceVersion on custom resources).
 - Every successful write takes a new resourceVersion and produces an event, even an update that

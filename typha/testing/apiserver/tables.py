@@ -2,7 +2,7 @@
 
 Columns follow the real server's printers for the kinds people look at (pods, nodes, namespaces),
 a NAME/AGE table for other built-in kinds (the real server prints more columns for services and
-deployments), and NAME/CREATED AT for Calico's custom resources, as the server does for a CRD
+deployments), and NAME/CREATED AT for custom resources, as the server does for a CRD
 without additionalPrinterColumns.
 """
 
@@ -13,7 +13,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from typha.model.resources import CALICO_CRD_GROUP, Resource
+from typha.model.resources import Resource
+from typha.testing.apiserver.registry import is_custom
 
 Column = dict[str, Any]
 Cells = Callable[[dict[str, Any]], list[Any]]
@@ -147,7 +148,7 @@ def _printer(resource: Resource) -> tuple[list[Column], Cells]:
     printer = _PRINTERS.get((resource.api_version, resource.kind))
     if printer is not None:
         return printer
-    if resource.group == CALICO_CRD_GROUP:
+    if is_custom(resource):
         created = _column("Created At", "", fmt="date-time", type_="date")
         return [_NAME, created], lambda obj: [obj["metadata"]["name"], obj["metadata"].get("creationTimestamp")]
     return [_NAME, _AGE], lambda obj: [obj["metadata"]["name"], _age(obj)]
