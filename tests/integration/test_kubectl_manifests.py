@@ -95,6 +95,29 @@ def test_typed_generators_send_protobuf_and_succeed(cluster: Server) -> None:
         "serviceaccount/robot")
 
 
+def test_api_resources_lists_the_built_in_groups(cluster: Server) -> None:
+    rows = [line.split() for line in cluster.kubectl("api-resources").stdout.splitlines()[1:]]
+    # NAME [SHORTNAMES] APIVERSION NAMESPACED KIND
+    by_name = {(row[0], row[-3]): (row[1:-3], row[-2], row[-1]) for row in rows}
+    for name, version, short, namespaced, kind in [
+        ("pods", "v1", ["po"], "true", "Pod"),
+        ("namespaces", "v1", ["ns"], "false", "Namespace"),
+        ("daemonsets", "apps/v1", ["ds"], "true", "DaemonSet"),
+        ("clusterrolebindings", "rbac.authorization.k8s.io/v1", [], "false", "ClusterRoleBinding"),
+        ("poddisruptionbudgets", "policy/v1", ["pdb"], "true", "PodDisruptionBudget"),
+        ("leases", "coordination.k8s.io/v1", [], "true", "Lease"),
+        ("endpointslices", "discovery.k8s.io/v1", [], "true", "EndpointSlice"),
+        ("networkpolicies", "networking.k8s.io/v1", ["netpol"], "true", "NetworkPolicy"),
+        ("validatingwebhookconfigurations", "admissionregistration.k8s.io/v1", [], "false",
+         "ValidatingWebhookConfiguration"),
+        ("customresourcedefinitions", "apiextensions.k8s.io/v1", ["crd,crds"], "false", "CustomResourceDefinition"),
+        ("horizontalpodautoscalers", "autoscaling/v2", ["hpa"], "true", "HorizontalPodAutoscaler"),
+        ("cronjobs", "batch/v1", ["cj"], "true", "CronJob"),
+    ]:
+        assert by_name[(name, version)] == (short, namespaced, kind), name
+    assert not [row for row in rows if "projectcalico.org" in row[-3]], "--crds none serves no Calico kind"
+
+
 def test_calico_release_manifest_installs_and_typha_serves_its_crds(cluster: Server, tmp_path: Path) -> None:
     docs = documents(CALICO_TYPHA)
     out = cluster.kubectl("create", "-f", str(CALICO_TYPHA)).stdout
