@@ -189,14 +189,54 @@ def test_calico_v3_crds_install(cluster: Server, tmp_path: Path) -> None:
     listed = cluster.kubectl("api-resources", "--api-group=projectcalico.org", "-o", "name").stdout.split()
     assert {"tiers.projectcalico.org", "globalnetworkpolicies.projectcalico.org", "ippools.projectcalico.org"} <= set(
         listed)
-    tier = write(tmp_path / "tier.yaml", """\
+    objects = write(tmp_path / "v3.yaml", """\
 apiVersion: projectcalico.org/v3
 kind: Tier
 metadata: {name: security}
 spec: {order: 100}
+---
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {name: security.deny-egress}
+spec: {tier: security, order: 10, selector: all(), types: [Egress]}
+---
+apiVersion: projectcalico.org/v3
+kind: NetworkPolicy
+metadata: {name: allow-web, namespace: default}
+spec: {order: 5, selector: app == 'web', ingress: [{action: Allow}]}
+---
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkSet
+metadata: {name: outside, labels: {zone: outside}}
+spec: {nets: [198.51.100.0/24]}
+---
+apiVersion: projectcalico.org/v3
+kind: NetworkSet
+metadata: {name: partners, namespace: default}
+spec: {nets: [203.0.113.0/24]}
+---
+apiVersion: projectcalico.org/v3
+kind: HostEndpoint
+metadata: {name: node-1-eth0}
+spec: {node: node-1, interfaceName: eth0, expectedIPs: [192.0.2.10]}
+---
+apiVersion: projectcalico.org/v3
+kind: BGPPeer
+metadata: {name: tor}
+spec: {peerIP: 192.0.2.1, asNumber: 64512}
+---
+apiVersion: projectcalico.org/v3
+kind: IPPool
+metadata: {name: pool-v4}
+spec: {cidr: 10.48.0.0/16, ipipMode: Never, vxlanMode: Always, natOutgoing: true}
 """)
-    assert "tier.projectcalico.org/security created" in cluster.kubectl("create", "-f", tier).stdout
-    assert cluster.kubectl("get", "tiers", "-o", "name").stdout.split() == ["tier.projectcalico.org/security"]
+    created = cluster.kubectl("create", "-f", objects).stdout
+    assert created.count(" created\n") == 8, created
+    assert_every_object_gettable(cluster, documents(Path(objects)))
+    # kubectl get prints the CRD's additionalPrinterColumns.
+    table = [line.split() for line in cluster.kubectl("get", "ippools.projectcalico.org").stdout.splitlines()]
+    assert table[0] == ["NAME", "CIDR", "VXLAN", "IPIP", "NAT", "ALLOCATABLE", "AGE"]
+    assert table[1][:5] == ["pool-v4", "10.48.0.0/16", "Always", "Never", "true"]
 
 
 def test_namespace_lifecycle(cluster: Server, tmp_path: Path) -> None:

@@ -58,6 +58,7 @@ class Served:
     categories: tuple[str, ...] = ()
     status: bool = False  # has a /status subresource
     crd: str | None = None  # the CustomResourceDefinition that added it
+    columns: tuple[dict[str, Any], ...] = ()  # the CRD version's additionalPrinterColumns
 
 
 def _b(
@@ -177,7 +178,10 @@ def crd_resources(crd: dict[str, Any]) -> list[Served]:
             continue
         subresources = version.get("subresources") or {}
         resource = Resource(group, str(version.get("name")), plural, kind, scope == "Namespaced", short)
-        served.append(Served(resource, categories, "status" in subresources, crd=str(name)))
+        columns = tuple(
+            c for c in version.get("additionalPrinterColumns") or () if isinstance(c, dict) and c.get("jsonPath")
+        )
+        served.append(Served(resource, categories, "status" in subresources, crd=str(name), columns=columns))
     return served
 
 

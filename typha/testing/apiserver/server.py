@@ -604,7 +604,7 @@ class KubeAPIEmulator:
             include = self._table_request(request)
             if include is not None:
                 meta = {"resourceVersion": stored.obj["metadata"]["resourceVersion"]}
-                return _json(orjson.dumps(k8s_tables.table(resource, [stored.obj], meta, include)))
+                return _json(orjson.dumps(self._table(resource, [stored.obj], meta, include)))
             return reply(stored.full)
         if method == "PUT":
             self._count("update")
@@ -818,7 +818,7 @@ class KubeAPIEmulator:
             if page.continue_token:
                 meta["continue"] = page.continue_token
             objs = [s.obj for s in page.items]
-            return _json(orjson.dumps(k8s_tables.table(flt.resource, objs, meta, include)))
+            return _json(orjson.dumps(self._table(flt.resource, objs, meta, include)))
         return _json(
             self._list_bytes(
                 flt.resource, page.resource_version, [s.item for s in page.items], page.continue_token, page.remaining
@@ -855,15 +855,20 @@ class KubeAPIEmulator:
                 self._watches_changed.notify_all()
         return response
 
-    @staticmethod
-    def _as_seen(watcher: _Watcher, pieces: tuple[bytes, bytes, bytes]) -> tuple[bytes, bytes, bytes]:
+    def _table(
+        self, resource: Resource, objs: builtins.list[dict[str, Any]], meta: dict[str, Any], include: str
+    ) -> dict[str, Any]:
+        served = self._registry.by_path(resource.api_version, resource.plural)
+        return k8s_tables.table(resource, objs, meta, include, served.columns if served is not None else ())
+
+    def _as_seen(self, watcher: _Watcher, pieces: tuple[bytes, bytes, bytes]) -> tuple[bytes, bytes, bytes]:
         """The event's pieces in the watcher's format: as stored, or as a one-row Table for kubectl."""
         if watcher.table is None:
             return pieces
         head, obj_bytes, tail = pieces
         obj = orjson.loads(obj_bytes)
         meta = {"resourceVersion": obj["metadata"]["resourceVersion"]}
-        return head, orjson.dumps(k8s_tables.table(watcher.filter.resource, [obj], meta, watcher.table)), tail
+        return head, orjson.dumps(self._table(watcher.filter.resource, [obj], meta, watcher.table)), tail
 
     def _bookmark(self, resource: Resource, rv: int, initial_events_end: bool = False) -> bytes:
         meta: dict[str, Any] = {"resourceVersion": str(rv)}
