@@ -78,6 +78,19 @@ def test_typed_generators_send_protobuf_and_succeed(cluster: Server) -> None:
         (("serviceaccount", "robot"), "serviceaccount/robot created"),
     ]:
         assert expected in cluster.kubectl("create", *args, "-n", "apps").stdout
+    for args in [("job", "once", "--image=busybox"), ("cronjob", "nightly", "--image=busybox", "--schedule=0 3 * * *"),
+                 ("role", "reader", "--verb=get", "--resource=pods"),
+                 ("rolebinding", "reader", "--role=reader", "--serviceaccount=apps:robot"),
+                 ("poddisruptionbudget", "web", "--selector=app=web", "--min-available=1"),
+                 ("ingress", "web", "--rule=example.com/=web:80"), ("quota", "small", "--hard=pods=10")]:
+        done = cluster.kubectl("create", *args, "-n", "apps")
+        assert " created" in done.stdout, done.stderr
+    cluster.kubectl("create", "clusterrole", "apps-reader", "--verb=list", "--resource=deployments")
+    cluster.kubectl("create", "clusterrolebinding", "apps-reader", "--clusterrole=apps-reader", "--group=devs")
+    job = json.loads(cluster.kubectl("get", "cronjob", "nightly", "-n", "apps", "-o", "json").stdout)
+    assert job["spec"]["schedule"] == "0 3 * * *"
+    pdb = json.loads(cluster.kubectl("get", "pdb", "web", "-n", "apps", "-o", "json").stdout)
+    assert pdb["spec"]["minAvailable"] == 1
     deployment = json.loads(cluster.kubectl("get", "deployment", "web", "-n", "apps", "-o", "json").stdout)
     assert deployment["spec"]["replicas"] == 2
     container = deployment["spec"]["template"]["spec"]["containers"][0]

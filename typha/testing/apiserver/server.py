@@ -23,8 +23,9 @@ tests can put in place objects a real cluster could still hold.
 Departures from a real API server are listed in `k8s_store` (storage semantics) and here:
 - No dry run (`dryRun` gets 400, so `kubectl diff` and `--dry-run=server` do not work).
 - Server-side apply merges maps and replaces lists whole, and tracks only Apply managers (see `apply`).
-- Protobuf bodies for the kinds of the vendored generated.proto (core, apps, rbac, policy,
-  networking, coordination); other kinds, lists and watches answer in JSON (see `k8sproto.codec`).
+- Protobuf bodies for the kinds of the vendored generated.proto (core, apps, batch, rbac, policy,
+  networking, coordination, discovery, autoscaling); other kinds (admissionregistration, CRDs,
+  custom resources), lists and watches are JSON only (see `k8sproto.codec`).
 - No defaulting and no schemas: CRDs' openAPIV3Schema is stored but not enforced or pruned, and
   the OpenAPI documents carry no schemas (enough for kubectl's probes, not for `kubectl explain`).
 - Tables for `kubectl get` have the real columns for pods, nodes and namespaces only (see k8s_tables).

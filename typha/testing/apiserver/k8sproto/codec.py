@@ -29,8 +29,12 @@ from google.protobuf.message_factory import GetMessageClass
 
 from typha.testing.apiserver.k8sproto import (
     apps_v1_pb2,
+    autoscaling_v1_pb2,
+    autoscaling_v2_pb2,
+    batch_v1_pb2,
     coordination_v1_pb2,
     core_v1_pb2,
+    discovery_v1_pb2,
     networking_v1_pb2,
     policy_v1_pb2,
     rbac_v1_pb2,
@@ -54,6 +58,10 @@ _GROUPS: dict[str, tuple[ModuleType, str]] = {
     "policy/v1": (policy_v1_pb2, "k8s.io.api.policy.v1"),
     "networking.k8s.io/v1": (networking_v1_pb2, "k8s.io.api.networking.v1"),
     "coordination.k8s.io/v1": (coordination_v1_pb2, "k8s.io.api.coordination.v1"),
+    "batch/v1": (batch_v1_pb2, "k8s.io.api.batch.v1"),
+    "discovery.k8s.io/v1": (discovery_v1_pb2, "k8s.io.api.discovery.v1"),
+    "autoscaling/v1": (autoscaling_v1_pb2, "k8s.io.api.autoscaling.v1"),
+    "autoscaling/v2": (autoscaling_v2_pb2, "k8s.io.api.autoscaling.v2"),
 }
 
 

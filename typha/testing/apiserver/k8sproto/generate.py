@@ -33,6 +33,11 @@ MODULES = {
     "k8s.io/api/policy/v1": "policy_v1_pb2",
     "k8s.io/api/networking/v1": "networking_v1_pb2",
     "k8s.io/api/coordination/v1": "coordination_v1_pb2",
+    "k8s.io/api/scheduling/v1alpha3": "scheduling_v1alpha3_pb2",  # imported by batch/v1
+    "k8s.io/api/batch/v1": "batch_v1_pb2",
+    "k8s.io/api/discovery/v1": "discovery_v1_pb2",
+    "k8s.io/api/autoscaling/v1": "autoscaling_v1_pb2",
+    "k8s.io/api/autoscaling/v2": "autoscaling_v2_pb2",
 }
 OUTPUTS = tuple(f"{m}.py" for m in MODULES.values())
 HEADER = (
