@@ -332,3 +332,16 @@ def test_server_side_apply_tracks_field_managers(cluster: Server, tmp_path: Path
     cluster.kubectl("apply", "--server-side", "--field-manager=other", "--force-conflicts", "-f", other)
     value = cluster.kubectl("get", "configmap", "owned", "-o", "jsonpath={.data.a}").stdout
     assert value == "9"
+
+
+def test_calico_manifest_by_server_side_apply_is_repeatable(cluster: Server) -> None:
+    # Calico's documented alternative to `kubectl create` for manifests whose CRDs are too big for
+    # client-side apply's annotation.
+    docs = documents(CALICO_TYPHA)
+    for _ in range(2):
+        out = cluster.kubectl("apply", "--server-side", "-f", str(CALICO_TYPHA)).stdout
+        assert out.count(" serverside-applied\n") == len(docs), out
+    node = json.loads(cluster.kubectl("get", "daemonset", "calico-node", "-n", "kube-system", "-o", "json",
+                                      "--show-managed-fields").stdout)
+    assert [(m["manager"], m["operation"]) for m in node["metadata"]["managedFields"]] == [("kubectl", "Apply")]
+    assert "kubectl.kubernetes.io/last-applied-configuration" not in (node["metadata"].get("annotations") or {})

@@ -359,10 +359,13 @@ class KubeAPIEmulator:
             log.warning("not serving CustomResourceDefinition %s: %s", obj["metadata"]["name"], err)
 
     def _drop_removed_kinds(self) -> None:
-        while self._dropped:
-            resource = self._dropped.pop()
+        while True:
+            try:
+                resource = self._dropped.pop()  # atomic: writers on other threads may drain it too
+            except IndexError:
+                return
             if self._registry.by_path(resource.api_version, resource.plural) is None:
-                self._store.drop_resource(resource)
+                self._store.drop_resource(resource)  # unless the CRD came back meanwhile
 
     def _discovery_now(self) -> Discovery:
         generation = self._registry.generation
