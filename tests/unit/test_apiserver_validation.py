@@ -104,3 +104,27 @@ def test_pod_ips() -> None:
     assert "may specify no more than one IP for each IP family" in dual.message
     ObjectStore().create(resource("v1", "Pod"), {"metadata": {"name": "ok"}, "status": {
         "podIP": "10.0.0.1", "podIPs": [{"ip": "10.0.0.1"}, {"ip": "fd00::1"}]}})
+
+
+def test_network_policy_selectors_and_peers() -> None:
+    spec = {"podSelector": {"matchLabels": {"app": "bad value"}},
+            "ingress": [{"from": [{}, {"podSelector": {}, "ipBlock": {"cidr": "10.0.0.0/8"}},
+                                  {"namespaceSelector": {"matchExpressions": [
+                                      {"key": "team", "operator": "In"},
+                                      {"key": "team", "operator": "Exists", "values": ["a"]},
+                                      {"key": "bad key", "operator": "Near", "values": ["a"]}]}}]}]}
+    err = refused("networking.k8s.io/v1", "NetworkPolicy", {"metadata": {"name": "np"}, "spec": spec})
+    assert err.details is not None
+    assert [(c["field"], c["message"].split(":")[0]) for c in err.details["causes"]] == [
+        ("spec.podSelector.matchLabels", "Invalid value"),
+        ("spec.ingress[0].from[0]", "Required value"),
+        ("spec.ingress[0].from[1]", "Forbidden"),
+        ("spec.ingress[0].from[2].namespaceSelector.matchExpressions[0].values", "Required value"),
+        ("spec.ingress[0].from[2].namespaceSelector.matchExpressions[1].values", "Forbidden"),
+        ("spec.ingress[0].from[2].namespaceSelector.matchExpressions[2].operator", "Invalid value"),
+        ("spec.ingress[0].from[2].namespaceSelector.matchExpressions[2].key", "Invalid value"),
+    ]
+    assert "spec.ingress[0].from[1]: Forbidden: may not specify both ipBlock and another peer" in err.message
+    ObjectStore().create(resource("networking.k8s.io/v1", "NetworkPolicy"), {
+        "metadata": {"name": "ok"}, "spec": {"podSelector": {}, "ingress": [{"from": [{"podSelector": {}}]}]}},
+        validate=True)

@@ -100,6 +100,8 @@ class FieldError:
             return f"Unsupported value: {_quote(self.value)}: {self.detail}"
         if self.kind == "FieldValueTooLong":
             return f"Too long: {self.detail}"
+        if self.kind == "FieldValueForbidden":
+            return f"Forbidden: {self.detail}"
         return f"Invalid value: {_quote(self.value)}: {self.detail}"
 
     def cause(self) -> dict[str, str]:
@@ -291,19 +293,56 @@ def _port_name_errors(field: str, name: str) -> list[FieldError]:
     return []
 
 
-def _peer_errors(field: str, peer: dict[str, Any]) -> list[FieldError]:
-    block = peer.get("ipBlock")
-    if not isinstance(block, dict):
+_SELECTOR_OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
+
+
+def label_selector_errors(field: str, selector: Any) -> list[FieldError]:
+    """apimachinery's ValidateLabelSelector: matchLabels as labels, matchExpressions' keys, operators
+    and values."""
+    if not isinstance(selector, dict):
         return []
-    errs = _cidr_errors(f"{field}.ipBlock.cidr", block.get("cidr"))
-    for i, cidr in enumerate(block.get("except") or []):
-        errs += _cidr_errors(f"{field}.ipBlock.except[{i}]", cidr)
+    errs: list[FieldError] = []
+    match_labels = selector.get("matchLabels")
+    if isinstance(match_labels, dict):
+        errs += label_errors(f"{field}.matchLabels", {k: str(v) for k, v in match_labels.items()})
+    for i, expr in enumerate(selector.get("matchExpressions") or []):
+        if not isinstance(expr, dict):
+            continue
+        path = f"{field}.matchExpressions[{i}]"
+        operator, values = expr.get("operator"), expr.get("values") or []
+        if operator in ("In", "NotIn") and not values:
+            detail = "must be specified when `operator` is 'In' or 'NotIn'"
+            errs.append(FieldError(f"{path}.values", "FieldValueRequired", detail))
+        elif operator in ("Exists", "DoesNotExist") and values:
+            detail = "may not be specified when `operator` is 'Exists' or 'DoesNotExist'"
+            errs.append(FieldError(f"{path}.values", "FieldValueForbidden", detail))
+        elif operator not in _SELECTOR_OPERATORS:
+            errs.append(_invalid(f"{path}.operator", operator, "not a valid selector operator"))
+        errs += qualified_name_errors(f"{path}.key", expr.get("key"))
+    return errs
+
+
+def _peer_errors(field: str, peer: dict[str, Any]) -> list[FieldError]:
+    """ValidateNetworkPolicyPeer: each part validated, then the count of parts (in that order)."""
+    selectors = [k for k in ("podSelector", "namespaceSelector") if peer.get(k) is not None]
+    errs: list[FieldError] = []
+    for key in selectors:
+        errs += label_selector_errors(f"{field}.{key}", peer[key])
+    block = peer.get("ipBlock")
+    if isinstance(block, dict):
+        errs += _cidr_errors(f"{field}.ipBlock.cidr", block.get("cidr"))
+        for i, cidr in enumerate(block.get("except") or []):
+            errs += _cidr_errors(f"{field}.ipBlock.except[{i}]", cidr)
+    if block is None and not selectors:
+        errs.append(FieldError(field, "FieldValueRequired", "must specify a peer"))
+    elif block is not None and selectors:
+        errs.append(FieldError(field, "FieldValueForbidden", "may not specify both ipBlock and another peer"))
     return errs
 
 
 def _network_policy_errors(obj: dict[str, Any]) -> list[FieldError]:
     spec = obj.get("spec") or {}
-    errs: list[FieldError] = []
+    errs = label_selector_errors("spec.podSelector", spec.get("podSelector"))
     for direction, peers_key in (("ingress", "from"), ("egress", "to")):
         for i, rule in enumerate(spec.get(direction) or []):
             if not isinstance(rule, dict):
