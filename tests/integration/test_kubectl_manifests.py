@@ -345,3 +345,13 @@ def test_calico_manifest_by_server_side_apply_is_repeatable(cluster: Server) -> 
                                       "--show-managed-fields").stdout)
     assert [(m["manager"], m["operation"]) for m in node["metadata"]["managedFields"]] == [("kubectl", "Apply")]
     assert "kubectl.kubernetes.io/last-applied-configuration" not in (node["metadata"].get("annotations") or {})
+
+
+def test_calico_upgrade_path_create_then_server_side_apply_with_force(cluster: Server) -> None:
+    # Calico's upgrade instructions re-apply the new manifest over a `kubectl create`d install with
+    # `kubectl apply --server-side --force-conflicts`.
+    docs = documents(CALICO_TYPHA)
+    cluster.kubectl("create", "-f", str(CALICO_TYPHA))
+    out = cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CALICO_TYPHA)).stdout
+    assert out.count(" serverside-applied\n") == len(docs), out
+    assert_every_object_gettable(cluster, docs)
