@@ -240,11 +240,8 @@ class Registry:
                 if existing is not None and existing.crd != name and existing not in CALICO_V1:
                     raise CrdError(f"{entry.resource.key} is already served by {existing.crd or 'the server'}")
             keep = {rkey(e.resource) for e in entries}
-            dropped = [
-                e.resource for k, e in self._served.items() if e.crd == name and k not in keep
-            ]
-            for k in [k for k, e in self._served.items() if e.crd == name and k not in keep]:
-                del self._served[k]
+            stale = [k for k, e in self._served.items() if e.crd == name and k not in keep]
+            dropped = [self._served.pop(k).resource for k in stale]  # e.g. a version no longer served
             self._add(entries)
             return dropped
 
