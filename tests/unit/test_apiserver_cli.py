@@ -37,3 +37,11 @@ def test_bad_listen_addresses_are_usage_errors(listen: str) -> None:
 def test_kubeconfig_out_is_required() -> None:
     with pytest.raises(SystemExit):
         build_parser().parse_args(["sim-apiserver"])
+
+
+def test_crds_preset() -> None:
+    assert parse().crds == "calico-v1", "today's behaviour stays the default: Calico's v1 kinds are served"
+    assert parse("--crds", "none").crds == "none"
+    with pytest.raises(SystemExit) as exc:
+        parse("--crds", "calico-v4")
+    assert exc.value.code == 2

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from typha.model.resources import by_key
 from typha.testing.apiserver.patch import PatchError, json_patch, merge_patch, strategic_merge_patch
+from typha.testing.apiserver.registry import Registry
 from typha.testing.apiserver.selectors import SelectorError, parse_field_selector, parse_label_selector
 
 PODS = by_key("pods")
@@ -154,3 +155,18 @@ def test_json_patch_operations() -> None:
 def test_json_patch_errors(ops: Any) -> None:
     with pytest.raises(PatchError):
         json_patch({"a": 1, "list": []}, ops)
+
+
+def test_field_selectors_of_the_generic_kinds() -> None:
+    registry = Registry("none")
+    events = registry.by_kind("v1", "Event")
+    jobs = registry.by_kind("batch/v1", "Job")
+    assert events is not None and jobs is not None
+    match = parse_field_selector("involvedObject.kind=Pod,involvedObject.name=web,type!=Normal", events)
+    assert match is not None
+    assert match({"metadata": {}, "involvedObject": {"kind": "Pod", "name": "web"}, "type": "Warning"})
+    assert not match({"metadata": {}, "involvedObject": {"kind": "Pod", "name": "web"}, "type": "Normal"})
+    done = parse_field_selector("status.successful=1", jobs)
+    assert done is not None and done({"metadata": {}, "status": {"successful": 1}})
+    with pytest.raises(SelectorError, match=r'field label not supported: "spec\.parallelism"'):
+        parse_field_selector("spec.parallelism=1", jobs)

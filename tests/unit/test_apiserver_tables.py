@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from typha.model.resources import by_key
+from typha.model.resources import Resource, by_key
 from typha.testing.apiserver.tables import human_duration, table, wants_table
 
 
@@ -64,3 +64,18 @@ def test_node_namespace_and_custom_resource_columns() -> None:
     assert [c["name"] for c in doc["columnDefinitions"]] == ["Name", "Created At"]
     assert doc["rows"][0]["cells"] == ["p", "2024-01-01T00:00:00Z"]
     assert table(by_key("services"), [pool], {})["rows"][0]["cells"][0] == "p"
+
+
+def test_crd_printer_columns() -> None:
+    tiers = Resource("projectcalico.org", "v3", "tiers", "Tier", False)
+    columns = (
+        {"name": "Order", "type": "integer", "jsonPath": ".spec.order"},
+        {"name": "Nets", "type": "string", "jsonPath": ".spec.nets"},
+        {"name": "Status", "type": "string", "jsonPath": ".status.conditions[?(@.type=='Ready')].reason"},
+    )
+    obj = {"metadata": {"name": "t"}, "spec": {"order": 100, "nets": ["10.0.0.0/8"]},
+           "status": {"conditions": [{"type": "Other", "reason": "x"}, {"type": "Ready", "reason": "Ready"}]}}
+    out = table(tiers, [obj, {"metadata": {"name": "bare"}}], {}, "None", columns)
+    assert [c["name"] for c in out["columnDefinitions"]] == ["Name", "Order", "Nets", "Status"]
+    assert [r["cells"] for r in out["rows"]] == [["t", 100, '["10.0.0.0/8"]', "Ready"], ["bare", None, None, None]]
+    assert [c["name"] for c in table(tiers, [], {})["columnDefinitions"]] == ["Name", "Created At"]

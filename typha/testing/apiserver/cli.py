@@ -6,6 +6,7 @@ import argparse
 import logging
 import signal
 
+from typha.testing.apiserver.registry import CRD_PRESETS
 from typha.testing.apiserver.server import KubeAPIEmulator
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FILE.yaml",
         help="apply the objects in this file at start (Kubernetes and projectcalico.org/v3); repeatable",
     )
+    parser.add_argument(
+        "--crds",
+        choices=CRD_PRESETS,
+        default="calico-v1",
+        help="custom resources served from the start: Calico's crd.projectcalico.org/v1 kinds (default), or "
+        "none (install CRDs yourself, e.g. Calico's manifests); CRDs created later are served either way",
+    )
     parser.add_argument("--token", help="require this bearer token (kubectl sends it only with --tls)")
     parser.add_argument("--tls", action="store_true", help="serve HTTPS with a generated CA")
     parser.add_argument(
@@ -61,6 +69,10 @@ def run(args: argparse.Namespace) -> int:
             bookmark_interval=args.bookmark_interval,
             token=args.token,
             tls=args.tls,
+            crds=args.crds,
+            # A process kubectl talks to starts like a cluster: the standard namespaces, and
+            # namespaced objects need one of them (or one created since).
+            cluster=True,
         )
         host, port = args.listen
         with emulator.start(host, port):

@@ -1,4 +1,4 @@
-"""Discovery and OpenAPI documents for the kinds in `RESOURCES`, built once and served as bytes.
+"""Discovery and OpenAPI documents for the served resources, built per registry state and served as bytes.
 
 What kubectl needs, found by running it with -v=8 against the emulator:
 - /version, then legacy discovery: /api, /apis, /api/v1 and /apis/<group>/<version>. kubectl first
@@ -23,7 +23,8 @@ from typing import Any
 
 import orjson
 
-from typha.model.resources import RESOURCES, Resource
+from typha.model.resources import Resource
+from typha.testing.apiserver.registry import Served
 
 KUBE_VERSION = {
     "major": "1",
@@ -38,26 +39,20 @@ KUBE_VERSION = {
 }
 
 VERBS = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
-# Kinds whose real API has a status subresource; the emulator serves /status for these.
-_STATUS_KINDS = frozenset({"Pod", "Node", "Namespace", "Service", "Deployment", "CalicoNodeStatus"})
-_CATEGORY_ALL = frozenset({"Pod", "Service", "Deployment"})
 
 
-def has_status_subresource(resource: Resource) -> bool:
-    return resource.kind in _STATUS_KINDS
-
-
-def _group_versions() -> dict[str, list[Resource]]:
+def _group_versions(served: list[Served]) -> dict[str, list[Served]]:
     """Resources by group-version ("v1", "apps/v1", ...), in table order."""
-    by_gv: dict[str, list[Resource]] = defaultdict(list)
-    for r in RESOURCES:
-        by_gv[r.api_version].append(r)
+    by_gv: dict[str, list[Served]] = defaultdict(list)
+    for s in served:
+        by_gv[s.resource.api_version].append(s)
     return dict(by_gv)
 
 
-def _resource_list(group_version: str, resources: list[Resource]) -> dict[str, Any]:
+def _resource_list(group_version: str, served: list[Served]) -> dict[str, Any]:
     entries: list[dict[str, Any]] = []
-    for r in resources:
+    for s in served:
+        r = s.resource
         entry: dict[str, Any] = {
             "name": r.plural,
             "singularName": r.kind.lower(),
@@ -67,10 +62,10 @@ def _resource_list(group_version: str, resources: list[Resource]) -> dict[str, A
         }
         if r.short_names:
             entry["shortNames"] = list(r.short_names)
-        if r.kind in _CATEGORY_ALL:
-            entry["categories"] = ["all"]
+        if s.categories:
+            entry["categories"] = list(s.categories)
         entries.append(entry)
-        if has_status_subresource(r):
+        if s.status:
             entries.append(
                 {
                     "name": f"{r.plural}/status",
@@ -94,6 +89,7 @@ def _api_group(group: str, versions: list[str]) -> dict[str, Any]:
 
 
 _PATCH_TYPES = [
+    "application/apply-patch+yaml",
     "application/json-patch+json",
     "application/merge-patch+json",
     "application/strategic-merge-patch+json",
@@ -162,17 +158,17 @@ OPENAPI_V2_CONTENT_TYPE = "application/com.github.proto-openapi.spec.v2.v1.0+pro
 class Discovery:
     """Every discovery document, pre-encoded; `document(path)` answers a GET for one of them."""
 
-    def __init__(self) -> None:
-        by_gv = _group_versions()
+    def __init__(self, served: list[Served]) -> None:
+        by_gv = _group_versions(served)
         docs: dict[str, Any] = {
             "/version": KUBE_VERSION,
             "/api": {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []},
         }
         groups: dict[str, list[str]] = defaultdict(list)
-        for gv, resources in by_gv.items():
+        for gv, entries in by_gv.items():
             group, _, version = gv.rpartition("/")
             prefix = f"/apis/{gv}" if group else f"/api/{gv}"
-            docs[prefix] = _resource_list(gv, resources)
+            docs[prefix] = _resource_list(gv, entries)
             if group:
                 groups[group].append(version)
         for group, versions in groups.items():
@@ -185,9 +181,9 @@ class Discovery:
         self._docs: dict[str, bytes] = {path: orjson.dumps(doc) for path, doc in docs.items()}
 
         v3_index: dict[str, Any] = {}
-        for gv, resources in by_gv.items():
+        for gv, entries in by_gv.items():
             rel = f"apis/{gv}" if "/" in gv else f"api/{gv}"
-            body = orjson.dumps(_openapi_v3_document(gv, resources))
+            body = orjson.dumps(_openapi_v3_document(gv, [e.resource for e in entries]))
             digest = hashlib.sha512(body).hexdigest()[:64].upper()
             self._docs[f"/openapi/v3/{rel}"] = body
             v3_index[rel] = {"serverRelativeURL": f"/openapi/v3/{rel}?hash={digest}"}

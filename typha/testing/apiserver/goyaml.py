@@ -21,7 +21,8 @@ import math
 import os
 import re
 import struct
-from typing import Any
+from collections.abc import Hashable
+from typing import Any, cast
 
 import yaml
 
@@ -117,11 +118,11 @@ class GoYamlLoader(yaml.SafeLoader):
             return _resolve_plain(value)
         return super().resolve(kind, value, implicit)
 
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[str, Any]:
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
         # Keys become strings while the mapping is built: afterwards `1` and `true` would already have
         # collided as Python dict keys (1 == True), whereas Go keeps "1" and "true" apart.
         self.flatten_mapping(node)
-        mapping: dict[str, Any] = {}
+        mapping: dict[Hashable, Any] = {}
         for key_node, value_node in node.value:
             key = self.construct_object(key_node, deep=True)
             mapping[_go_key(key)] = self.construct_object(value_node, deep=deep)
@@ -156,7 +157,11 @@ GoYamlLoader.add_constructor(_BOOL, GoYamlLoader.construct_go_bool)
 GoYamlLoader.add_constructor(_INT, GoYamlLoader.construct_go_int)
 GoYamlLoader.add_constructor(_FLOAT, GoYamlLoader.construct_go_float)
 # go-yaml v2 hands timestamp-looking scalars to an interface{} target as their text.
-GoYamlLoader.add_constructor("tag:yaml.org,2002:timestamp", yaml.SafeLoader.construct_yaml_str)
+def _timestamp_as_text(loader: GoYamlLoader, node: yaml.Node) -> str:
+    return str(loader.construct_scalar(cast(yaml.ScalarNode, node)))
+
+
+GoYamlLoader.add_constructor("tag:yaml.org,2002:timestamp", _timestamp_as_text)
 
 
 def format_go_float32(value: float) -> str:

@@ -114,6 +114,23 @@ _EXTRA_FIELDS: dict[tuple[str, str], frozenset[str]] = {
         }
     ),
     ("v1", "Secret"): frozenset({"type"}),
+    ("v1", "Event"): frozenset(
+        {
+            "involvedObject.kind",
+            "involvedObject.namespace",
+            "involvedObject.name",
+            "involvedObject.uid",
+            "involvedObject.apiVersion",
+            "involvedObject.resourceVersion",
+            "involvedObject.fieldPath",
+            "reason",
+            "reportingComponent",
+            "type",
+        }
+    ),
+    ("v1", "ReplicationController"): frozenset({"status.replicas"}),
+    ("apps/v1", "ReplicaSet"): frozenset({"status.replicas"}),
+    ("batch/v1", "Job"): frozenset({"status.successful"}),
     ("v1", "Node"): frozenset({"spec.unschedulable"}),
     ("v1", "Namespace"): frozenset({"status.phase"}),
 }

@@ -13,9 +13,21 @@ Typical use in a test:
         api.wait_for_watches(1)                          # the client under test is watching
         api.expire_watches()                             # ... and now gets an ERROR 410
 
+What it serves: the built-in kinds of `registry.BUILTIN` and the resources of the
+CustomResourceDefinitions present (`crds="calico-v1"` also serves Calico's v1 kinds from the start,
+without CRD objects); `cluster=True` (what `typha sim-apiserver` uses) adds the standard namespaces
+and the NamespaceLifecycle rules. Writes over HTTP are validated as the API server does
+(`validation`); the in-process helpers (`api.create`, ...) check names only and skip admission, so
+tests can put in place objects a real cluster could still hold.
+
 Departures from a real API server are listed in `k8s_store` (storage semantics) and here:
-- No server-side apply (`application/apply-patch+yaml` gets 415), no dry run (`dryRun` gets 400,
-  so `kubectl diff` and `--dry-run=server` do not work), no protobuf except the empty /openapi/v2.
+- No dry run (`dryRun` gets 400, so `kubectl diff` and `--dry-run=server` do not work).
+- Server-side apply merges maps and replaces lists whole, and tracks only Apply managers (see `apply`).
+- Protobuf bodies for the kinds of the vendored generated.proto (core, apps, batch, rbac, policy,
+  networking, coordination, discovery, autoscaling); other kinds (admissionregistration, CRDs,
+  custom resources), lists and watches are JSON only (see `k8sproto.codec`).
+- No defaulting and no schemas: CRDs' openAPIV3Schema is stored but not enforced or pruned, and
+  the OpenAPI documents carry no schemas (enough for kubectl's probes, not for `kubectl explain`).
 - Tables for `kubectl get` have the real columns for pods, nodes and namespaces only (see k8s_tables).
 - Strategic merge patch is a schema-less approximation (see `k8s_patch`).
 - `fieldValidation` is accepted and ignored: unknown fields are stored, not rejected.
@@ -23,13 +35,17 @@ Departures from a real API server are listed in `k8s_store` (storage semantics) 
   not); a real server would let anonymous requests through to authorization instead.
 - A watch from a resourceVersion older than the history is refused with HTTP 410 before the
   stream starts (the watch cache answers 200 and an ERROR event; clients handle both).
+- A deleted namespace is Terminating only while the DELETE request runs: its contents and then
+  the namespace itself are deleted before the response (no namespace controller lag, no finalizers).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import builtins
 import contextlib
+import functools
 import logging
 import socket
 import threading
@@ -42,29 +58,38 @@ import orjson
 import yaml
 from aiohttp import web
 
-from typha.model.resources import CALICO_CRD_GROUP, RESOURCES, Resource, for_object
+from typha.model.resources import Resource
+from typha.testing.apiserver import apply as ssa
 from typha.testing.apiserver import tables as k8s_tables
 from typha.testing.apiserver.discovery import (
     OPENAPI_V2_CONTENT_TYPE,
     OPENAPI_V2_PROTOBUF,
     Discovery,
-    has_status_subresource,
 )
+from typha.testing.apiserver.k8sproto import codec as k8sproto
 from typha.testing.apiserver.patch import PatchError, json_patch, merge_patch, strategic_merge_patch
+from typha.testing.apiserver.registry import CRD_API_VERSION, CrdError, Registry, crd_resources, is_custom, rkey
 from typha.testing.apiserver.selectors import SelectorError, parse_field_selector, parse_label_selector
 from typha.testing.apiserver.store import (
     EVENT_HEADS,
     EVENT_TAIL,
+    NAMESPACES,
     REASONS,
+    STANDARD_NAMESPACES,
     ApiError,
     Event,
     Filter,
     ObjectStore,
     Stored,
     bad_request,
+    invalid,
     status_object,
 )
+from typha.testing.apiserver.store import (
+    details_of as _details_of,
+)
 from typha.testing.apiserver.tls import ServerCredentials, generate
+from typha.testing.apiserver.validation import FieldError
 
 __all__ = ["ApiError", "KubeAPIEmulator"]
 
@@ -75,6 +100,8 @@ def _path_not_found() -> ApiError:
     return ApiError(404, "NotFound", "the server could not find the requested resource")
 
 
+APPLY_PATCH = "application/apply-patch+yaml"
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _HEALTH_PATHS = frozenset({"/healthz", "/livez", "/readyz"})
 _WATCH_BATCH = 1000  # events read from the history per wake-up, and initial ADDEDs per write
 _TRUE = frozenset({"1", "true"})
@@ -107,7 +134,7 @@ class _Watcher:
     def pieces(self, event: Event) -> tuple[bytes, bytes, bytes] | None:
         """The event as this watcher sees it, or None if its selection does not include it."""
         flt = self.filter
-        if event.resource is not flt.resource:
+        if event.resource is not flt.resource and rkey(event.resource) != rkey(flt.resource):
             return None
         if not flt.selective:
             return None if flt.namespace and event.namespace != flt.namespace else event.pieces()
@@ -134,14 +161,25 @@ class KubeAPIEmulator:
         bookmark_interval: float = 60.0,
         token: str | None = None,
         tls: bool = False,
+        crds: str = "calico-v1",
+        cluster: bool = False,
     ):
+        """`crds`: "calico-v1" serves Calico's v1 CRDs from the start, "none" only the built-in kinds
+        (CustomResourceDefinitions written later add theirs either way). `cluster`: start like a
+        real cluster - the four standard namespaces exist, objects written over HTTP need an active
+        namespace, and a namespace deleted over HTTP terminates with its contents. Off, test code
+        gets an empty store in which any namespace may be used."""
         self._store = ObjectStore(history_limit=history_limit)
+        self._registry = Registry(crds)
+        self._cluster = cluster
+        self._dropped: list[Resource] = []  # kinds whose CRD went away; their objects go next
+        self._store.add_recorder(self._record_crds)
         self._store.add_listener(self._on_write)
-        self._discovery = Discovery()
+        self._discovery = Discovery(self._registry.served())
+        self._discovery_generation = self._registry.generation
         self._bookmark_interval = bookmark_interval
         self._token = token
         self._credentials: ServerCredentials | None = generate() if tls else None
-        self._routes: dict[tuple[str, str], Resource] = {(r.api_version, r.plural): r for r in RESOURCES}
 
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -159,6 +197,10 @@ class KubeAPIEmulator:
         self._open_watches = 0
         self._injected = 0
         self.url = ""
+        if cluster:
+            namespaces = self._resource("v1", "Namespace")
+            for name in STANDARD_NAMESPACES:
+                self._store.create(namespaces, {"metadata": {"name": name}})
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -278,19 +320,66 @@ class KubeAPIEmulator:
     def resource_version(self) -> int:
         return self._store.resource_version
 
-    @staticmethod
-    def _resource(api_version: str, kind: str) -> Resource:
+    def _resource(self, api_version: str, kind: str) -> Resource:
+        resource = self._registry.by_kind(api_version, kind)
+        if resource is None:
+            raise ApiError(404, "NotFound", f"the server could not find the resource {kind} in {api_version}")
+        return resource
+
+    def resources(self) -> builtins.list[Resource]:
+        """Every resource served now: the built-in kinds and those of the CRDs present."""
+        return self._registry.resources()
+
+    # ---- CustomResourceDefinitions -----------------------------------------------------------
+
+    def _check_crd(self, resource: Resource, obj: dict[str, Any]) -> None:
+        """Refuse a CustomResourceDefinition the emulator could not serve, before it is stored."""
+        if resource.api_version != CRD_API_VERSION or resource.kind != "CustomResourceDefinition":
+            return
+        name = str((obj.get("metadata") or {}).get("name", ""))
         try:
-            return for_object(api_version, kind)
-        except KeyError:
-            raise ApiError(
-                404, "NotFound", f"the server could not find the resource {kind} in {api_version}"
-            ) from None
+            crd_resources(obj)
+        except CrdError as err:
+            field, _, detail = str(err).partition(": ")
+            raise invalid(resource, name, [FieldError(field, "FieldValueInvalid", detail, name)]) from None
+
+    def _record_crds(self, event: Event) -> None:
+        """Serve what a CRD defines as soon as it is stored; stop when it is deleted. Runs with the
+        store lock held, so the objects of a removed kind are deleted after the write (_on_write)."""
+        resource = event.resource
+        if resource.api_version != CRD_API_VERSION or resource.kind != "CustomResourceDefinition":
+            return
+        obj = event.stored.obj
+        if event.type == "DELETED":
+            self._dropped.extend(self._registry.unregister_crd(obj["metadata"]["name"]))
+            return
+        try:
+            self._dropped.extend(self._registry.register_crd(obj))
+        except CrdError as err:
+            log.warning("not serving CustomResourceDefinition %s: %s", obj["metadata"]["name"], err)
+
+    def _drop_removed_kinds(self) -> None:
+        while True:
+            try:
+                resource = self._dropped.pop()  # atomic: writers on other threads may drain it too
+            except IndexError:
+                return
+            if self._registry.by_path(resource.api_version, resource.plural) is None:
+                self._store.drop_resource(resource)  # unless the CRD came back meanwhile
+
+    def _discovery_now(self) -> Discovery:
+        generation = self._registry.generation
+        if generation != self._discovery_generation:
+            self._discovery = Discovery(self._registry.served())
+            self._discovery_generation = generation
+        return self._discovery
 
     def _resource_of(self, obj: dict[str, Any]) -> Resource:
         if not isinstance(obj, dict):
             raise bad_request("an object must be a dict")
-        return self._resource(str(obj.get("apiVersion", "")), str(obj.get("kind", "")))
+        resource = self._resource(str(obj.get("apiVersion", "")), str(obj.get("kind", "")))
+        self._check_crd(resource, obj)
+        return resource
 
     def create(self, obj: dict[str, Any]) -> dict[str, Any]:
         return self._store.create(self._resource_of(obj), obj).copy()
@@ -315,13 +404,13 @@ class KubeAPIEmulator:
     def get(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> dict[str, Any]:
         return self._store.get(self._resource(api_version, kind), namespace, name).copy()
 
-    def list(self, api_version: str, kind: str, namespace: str | None = None) -> list[dict[str, Any]]:
+    def list(self, api_version: str, kind: str, namespace: str | None = None) -> builtins.list[dict[str, Any]]:
         return [s.copy() for s in self._store.select(Filter(self._resource(api_version, kind), namespace))]
 
-    def objects(self) -> list[dict[str, Any]]:
+    def objects(self) -> builtins.list[dict[str, Any]]:
         return [s.copy() for s in self._store.all_objects()]
 
-    def record_commits(self, callback: Callable[[Event], None]) -> list[Stored]:
+    def record_commits(self, callback: Callable[[Event], None]) -> builtins.list[Stored]:
         """Have `callback(event)` called for every later write, in commit order (a test's record of what
         the API committed; see ObjectStore.add_recorder for the rules). Returns the objects stored now."""
         return self._store.add_recorder(callback)
@@ -412,6 +501,8 @@ class KubeAPIEmulator:
 
     def _on_write(self) -> None:
         """After any write, on any thread: wake the watches, once per burst of writes."""
+        if self._dropped:
+            self._drop_removed_kinds()
         loop = self._loop
         # With no watch open there is nobody to wake (a watch registers before it first reads the
         # history, so it cannot miss a write that skipped this), and bulk loads stay cheap.
@@ -469,7 +560,7 @@ class KubeAPIEmulator:
             if path.rstrip("/") == "/openapi/v2":
                 self._count("discovery")
                 return web.Response(body=OPENAPI_V2_PROTOBUF, content_type=OPENAPI_V2_CONTENT_TYPE)
-            doc = self._discovery.document(path)
+            doc = self._discovery_now().document(path)
             if doc is not None:
                 self._count("discovery")
                 return _json(doc)
@@ -479,13 +570,17 @@ class KubeAPIEmulator:
         if method != "GET" and "dryRun" in query:
             # Refused rather than ignored: ignoring it would write what the client meant only to try.
             raise bad_request("dryRun is not supported by the emulator")
+        reply = functools.partial(self._reply, request, resource)
         if name is None:
             if method == "POST":
                 self._count("create")
                 if resource.namespaced and namespace is None:
                     raise _path_not_found()
-                stored = self._store.create(resource, await self._body(request), namespace)
-                return _json(stored.full, 201)
+                body = await self._body(request)
+                if isinstance(body, dict):
+                    self._check_crd(resource, body)
+                stored = self._store.create(resource, body, namespace, admit=self._cluster, validate=True)
+                return reply(stored.full, 201)
             flt = Filter(
                 resource,
                 namespace,
@@ -513,26 +608,111 @@ class KubeAPIEmulator:
             include = self._table_request(request)
             if include is not None:
                 meta = {"resourceVersion": stored.obj["metadata"]["resourceVersion"]}
-                return _json(orjson.dumps(k8s_tables.table(resource, [stored.obj], meta, include)))
-            return _json(stored.full)
+                return _json(orjson.dumps(self._table(resource, [stored.obj], meta, include)))
+            return reply(stored.full)
         if method == "PUT":
             self._count("update")
             body = await self._body(request)
-            stored = self._store.replace(resource, body, namespace, name, status_only=status_only)
-            return _json(stored.full)
+            if isinstance(body, dict):
+                self._check_crd(resource, body)
+            stored = self._store.replace(resource, body, namespace, name, status_only=status_only, validate=True)
+            return reply(stored.full)
         if method == "PATCH":
             self._count("patch")
-            apply = self._patcher(resource, request.content_type, await self._body(request))
-            return _json(self._store.patch(resource, namespace, name, apply, status_only=status_only).full)
+            if request.content_type == APPLY_PATCH:
+                return await self._server_side_apply(request, resource, namespace, name, status_only)
+            patch_fn = self._patcher(resource, request.content_type, await self._body(request))
+
+            def patch_and_check(current: dict[str, Any]) -> Any:
+                patched = patch_fn(current)
+                if isinstance(patched, dict):
+                    self._check_crd(resource, patched)
+                return patched
+
+            stored = self._store.patch(
+                resource, namespace, name, patch_and_check, status_only=status_only, validate=True
+            )
+            return reply(stored.full)
         if method == "DELETE" and not status_only:
             self._count("delete")
             options = await self._body(request, optional=True)  # DeleteOptions, if any
             pre = (options.get("preconditions") or {}) if isinstance(options, dict) else {}
+            if self._cluster and rkey(resource) == NAMESPACES:
+                if name in ("default", "kube-system", "kube-public"):
+                    raise ApiError(
+                        403,
+                        "Forbidden",
+                        f'namespaces "{name}" is forbidden: this namespace may not be deleted',
+                        {"name": name, "kind": "namespaces"},
+                    )
+                return reply(self._store.delete_namespace(name, self._registry.resources()).full)
             stored = self._store.delete(
                 resource, namespace, name, resource_version=pre.get("resourceVersion"), uid=pre.get("uid")
             )
-            return _json(stored.full)
+            return reply(stored.full)
         raise ApiError(405, "MethodNotAllowed", f"{method} is not supported here")
+
+    async def _server_side_apply(
+        self, request: web.Request, resource: Resource, namespace: str | None, name: str, status_only: bool
+    ) -> web.StreamResponse:
+        """PATCH application/apply-patch+yaml: create or merge, with managedFields (see `apply`)."""
+        manager = request.query.get("fieldManager")
+        if not manager:
+            raise bad_request("PATCH request with apply-patch+yaml must specify fieldManager")
+        force = _flag(request.query, "force")
+        raw = await request.read()
+        try:
+            applied = yaml.load(raw, Loader=_YAML_LOADER)
+        except yaml.YAMLError as err:
+            raise bad_request(f"error decoding YAML: {err}") from None
+        if not isinstance(applied, dict):
+            raise bad_request("the applied configuration must be an object")
+        meta = applied.get("metadata")
+        if not isinstance(meta, dict) or meta.get("name") != name:
+            got = meta.get("name") if isinstance(meta, dict) else None
+            raise bad_request(f"the name of the object ({got}) does not match the name on the URL ({name})")
+        if (applied.get("apiVersion"), applied.get("kind")) != (resource.api_version, resource.kind):
+            raise bad_request(
+                f"the API version in the data ({applied.get('apiVersion')}) or kind ({applied.get('kind')}) "
+                f"does not match the expected {resource.api_version} {resource.kind}"
+            )
+        self._check_crd(resource, applied)
+
+        def merge(current: dict[str, Any] | None) -> dict[str, Any]:
+            try:
+                return ssa.apply(current, applied, manager, resource.api_version, force=force)
+            except ssa.ApplyConflict as err:
+                n = len(err.conflicts)
+                lines = "".join(f'\n- conflict with "{m}": {p}' for m, p in err.conflicts)
+                causes = [
+                    {"reason": "FieldManagerConflict", "message": f'conflict with "{m}"', "field": p}
+                    for m, p in err.conflicts
+                ]
+                raise ApiError(
+                    409,
+                    "Conflict",
+                    f"Apply failed with {n} conflict{'s' if n != 1 else ''}:{lines}",
+                    _details_of(resource, name) | {"causes": causes},
+                ) from None
+
+        try:
+            stored = self._store.patch(resource, namespace, name, merge, status_only=status_only, validate=True)
+            return self._reply(request, resource, stored.full)
+        except ApiError as err:
+            # Only "this object does not exist" turns the apply into a create.
+            if err.status != 404 or status_only or (err.details or {}).get("kind") != resource.plural:
+                raise
+        body = merge(None)
+        stored = self._store.create(resource, body, namespace, admit=self._cluster, validate=True)
+        return self._reply(request, resource, stored.full, 201)
+
+    def _reply(self, request: web.Request, resource: Resource, full: bytes, status: int = 200) -> web.Response:
+        """One object, as JSON or, when the client asks for it and the kind has a schema, protobuf."""
+        if k8sproto.wants_protobuf(request.headers.get("Accept", "")):
+            encoded = k8sproto.encode(orjson.loads(full))
+            if encoded is not None:
+                return web.Response(body=encoded, status=status, content_type=k8sproto.CONTENT_TYPE)
+        return _json(full, status)
 
     def _route(self, path: str) -> tuple[Resource, str | None, str | None, str | None]:
         """(resource, namespace, name, subresource) of a REST path; 404 for anything else."""
@@ -545,17 +725,18 @@ class KubeAPIEmulator:
             raise _path_not_found()
         namespace = None
         if len(rest) >= 3 and rest[0] == "namespaces":
-            candidate = self._routes.get((api_version, rest[2]))
-            if candidate is not None and candidate.namespaced:
+            candidate = self._registry.by_path(api_version, rest[2])
+            if candidate is not None and candidate.resource.namespaced:
                 namespace, rest = rest[1], rest[2:]
-        resource = self._routes.get((api_version, rest[0]))
-        if resource is None or len(rest) > 3:
+        served = self._registry.by_path(api_version, rest[0])
+        if served is None or len(rest) > 3:
             raise _path_not_found()
+        resource = served.resource
         if resource.namespaced and namespace is None and len(rest) > 1:
             raise _path_not_found()
         name = rest[1] if len(rest) > 1 else None
         subresource = rest[2] if len(rest) > 2 else None
-        if subresource is not None and not (subresource == "status" and has_status_subresource(resource)):
+        if subresource is not None and not (subresource == "status" and served.status):
             raise _path_not_found()
         return resource, namespace, name, subresource
 
@@ -566,6 +747,11 @@ class KubeAPIEmulator:
             if optional:
                 return None
             raise bad_request("the request body is empty")
+        if request.content_type == k8sproto.CONTENT_TYPE:
+            try:
+                return k8sproto.decode(raw)
+            except k8sproto.ProtoError as err:
+                raise ApiError(415, "UnsupportedMediaType", str(err)) from None
         try:
             return orjson.loads(raw)
         except orjson.JSONDecodeError as err:
@@ -576,7 +762,7 @@ class KubeAPIEmulator:
         if content_type == "application/merge-patch+json":
             fn: Callable[[Any, Any], Any] = merge_patch
         elif content_type == "application/strategic-merge-patch+json":
-            if resource.group == CALICO_CRD_GROUP:
+            if is_custom(resource):
                 # Custom resources have no Go types to take patch strategies from.
                 raise ApiError(
                     415,
@@ -602,7 +788,7 @@ class KubeAPIEmulator:
     def _list_bytes(
         resource: Resource,
         rv: int,
-        items: list[bytes],
+        items: builtins.list[bytes],
         continue_token: str | None = None,
         remaining: int | None = None,
     ) -> bytes:
@@ -636,7 +822,7 @@ class KubeAPIEmulator:
             if page.continue_token:
                 meta["continue"] = page.continue_token
             objs = [s.obj for s in page.items]
-            return _json(orjson.dumps(k8s_tables.table(flt.resource, objs, meta, include)))
+            return _json(orjson.dumps(self._table(flt.resource, objs, meta, include)))
         return _json(
             self._list_bytes(
                 flt.resource, page.resource_version, [s.item for s in page.items], page.continue_token, page.remaining
@@ -673,15 +859,20 @@ class KubeAPIEmulator:
                 self._watches_changed.notify_all()
         return response
 
-    @staticmethod
-    def _as_seen(watcher: _Watcher, pieces: tuple[bytes, bytes, bytes]) -> tuple[bytes, bytes, bytes]:
+    def _table(
+        self, resource: Resource, objs: builtins.list[dict[str, Any]], meta: dict[str, Any], include: str
+    ) -> dict[str, Any]:
+        served = self._registry.by_path(resource.api_version, resource.plural)
+        return k8s_tables.table(resource, objs, meta, include, served.columns if served is not None else ())
+
+    def _as_seen(self, watcher: _Watcher, pieces: tuple[bytes, bytes, bytes]) -> tuple[bytes, bytes, bytes]:
         """The event's pieces in the watcher's format: as stored, or as a one-row Table for kubectl."""
         if watcher.table is None:
             return pieces
         head, obj_bytes, tail = pieces
         obj = orjson.loads(obj_bytes)
         meta = {"resourceVersion": obj["metadata"]["resourceVersion"]}
-        return head, orjson.dumps(k8s_tables.table(watcher.filter.resource, [obj], meta, watcher.table)), tail
+        return head, orjson.dumps(self._table(watcher.filter.resource, [obj], meta, watcher.table)), tail
 
     def _bookmark(self, resource: Resource, rv: int, initial_events_end: bool = False) -> bytes:
         meta: dict[str, Any] = {"resourceVersion": str(rv)}
@@ -694,7 +885,7 @@ class KubeAPIEmulator:
         self,
         response: web.StreamResponse,
         watcher: _Watcher,
-        initial: list[Stored],
+        initial: builtins.list[Stored],
         timeout: float,
         bookmarks: bool,
         initial_events_end: bool,
@@ -704,8 +895,8 @@ class KubeAPIEmulator:
         for start in range(0, len(initial), _WATCH_BATCH):
             chunk = initial[start : start + _WATCH_BATCH]
             head = EVENT_HEADS["ADDED"]
-            out = [part for s in chunk for part in self._as_seen(watcher, (head, s.full, EVENT_TAIL))]
-            await response.write(b"".join(out))
+            first = [part for s in chunk for part in self._as_seen(watcher, (head, s.full, EVENT_TAIL))]
+            await response.write(b"".join(first))
         if initial_events_end and bookmarks:
             await response.write(self._bookmark(resource, watcher.cursor, initial_events_end=True))
         deadline = loop.time() + timeout if timeout > 0 else None
@@ -724,7 +915,7 @@ class KubeAPIEmulator:
                 await self._write_error(response, err)
                 return
             if events:
-                out: list[bytes] = []
+                out: builtins.list[bytes] = []
                 for event in events:
                     pieces = watcher.pieces(event)
                     if pieces is not None:

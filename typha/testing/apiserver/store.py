@@ -8,9 +8,10 @@ Objects are kept immutable once stored, together with their JSON bytes, so lists
 cached bytes instead of serializing again (a list of 50,000 pods is one `b",".join`).
 
 Deliberate simplifications, each a difference from a real API server:
-- No admission, defaulting or status reset: what is written is stored (status included), so test
-  fixtures can set pod IPs and phases directly. Pods are deleted at once (no graceful deletion).
-- Namespaces are not required to exist, and deleting one does not delete what is in it.
+- No defaulting or status reset: what is written is stored (status included), so test fixtures can
+  set pod IPs and phases directly. Pods are deleted at once (no graceful deletion). Admission is
+  NamespaceLifecycle only, and only when the caller asks (`create(admit=True)`, the HTTP layer in
+  cluster mode); otherwise any namespace may be written to.
 - Unconditional updates (PUT without metadata.resourceVersion) are allowed for every kind, custom
   resources included (the real server requires the resourceVersion on custom resources).
 - Every successful write takes a new resourceVersion and produces an event, even an update that
@@ -23,8 +24,8 @@ from __future__ import annotations
 
 import base64
 import bisect
+import contextlib
 import random
-import re
 import secrets
 import threading
 import time
@@ -36,7 +37,9 @@ from typing import Any
 
 import orjson
 
-from typha.model.resources import CALICO_CRD_GROUP, Resource
+from typha.model.resources import Resource
+from typha.testing.apiserver import validation
+from typha.testing.apiserver.registry import CRD_GROUP, is_custom, rkey
 from typha.testing.apiserver.selectors import Predicate
 
 REASONS: dict[int, str] = {
@@ -88,7 +91,7 @@ def status_object(
     return status
 
 
-def _details(resource: Resource, name: str) -> dict[str, Any]:
+def details_of(resource: Resource, name: str) -> dict[str, Any]:
     details: dict[str, Any] = {"name": name, "kind": resource.plural}
     if resource.group:
         details["group"] = resource.group
@@ -96,7 +99,7 @@ def _details(resource: Resource, name: str) -> dict[str, Any]:
 
 
 def not_found(resource: Resource, name: str) -> ApiError:
-    return ApiError(404, "NotFound", f'{resource.key} "{name}" not found', _details(resource, name))
+    return ApiError(404, "NotFound", f'{resource.key} "{name}" not found', details_of(resource, name))
 
 
 def gone(message: str) -> ApiError:
@@ -109,7 +112,7 @@ def bad_request(message: str) -> ApiError:
 
 def _invalid(resource: Resource, name: str, message: str) -> ApiError:
     return ApiError(
-        422, "Invalid", f'{resource.kind} "{name}" is invalid: {message}', _details(resource, name)
+        422, "Invalid", f'{resource.kind} "{name}" is invalid: {message}', details_of(resource, name)
     )
 
 
@@ -118,15 +121,47 @@ def _invalid(resource: Resource, name: str, message: str) -> ApiError:
 _GENERATION_KINDS = frozenset(
     {("apps", "Deployment"), ("networking.k8s.io", "NetworkPolicy"), ("discovery.k8s.io", "EndpointSlice")}
 )
-_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _GENERATE_CHARS = "bcdfghjklmnpqrstvwxz2456789"  # apimachinery's SimpleNameGenerator alphabet
-# Built-in kinds' list items carry no apiVersion/kind on the wire; custom resources' items do.
-_TYPED_LIST_ITEMS_GROUPS = frozenset({CALICO_CRD_GROUP})
+NAMESPACES = ("", "v1", "namespaces")
+STANDARD_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
+
+
+def invalid(resource: Resource, name: str, errs: list[validation.FieldError]) -> ApiError:
+    """422 Invalid with the real message and one cause per field error."""
+    # An Invalid Status names the kind (NotFound and Conflict name the resource).
+    details: dict[str, Any] = {"name": name, "kind": resource.kind}
+    if resource.group:
+        details["group"] = resource.group
+    details["causes"] = [e.cause() for e in errs]
+    return ApiError(422, "Invalid", validation.invalid_message(resource.kind, name, errs), details)
+
+
+def _crd_status(crd: dict[str, Any]) -> dict[str, Any]:
+    """What the apiextensions controllers write into a CRD's status once it is served: names accepted,
+    established, and the storage version recorded."""
+    spec = crd.get("spec") or {}
+    now = _now()
+    conditions = [
+        {"type": t, "status": "True", "lastTransitionTime": now, "reason": r, "message": m}
+        for t, r, m in (
+            ("NamesAccepted", "NoConflicts", "no conflicts found"),
+            ("Established", "InitialNamesAccepted", "the initial names have been accepted"),
+        )
+    ]
+    stored = [v.get("name") for v in spec.get("versions") or [] if isinstance(v, dict) and v.get("storage")]
+    return {"conditions": conditions, "acceptedNames": spec.get("names") or {}, "storedVersions": stored}
 
 
 def _keeps_generation(resource: Resource) -> bool:
-    return resource.group == CALICO_CRD_GROUP or (resource.group, resource.kind) in _GENERATION_KINDS
+    return is_custom(resource) or (resource.group, resource.kind) in _GENERATION_KINDS | {
+        ("apps", "DaemonSet"),
+        ("apps", "StatefulSet"),
+        ("apps", "ReplicaSet"),
+        ("batch", "Job"),
+        ("batch", "CronJob"),
+        ("policy", "PodDisruptionBudget"),
+        (CRD_GROUP, "CustomResourceDefinition"),
+    }
 
 
 def _now() -> str:
@@ -161,7 +196,8 @@ _TYPE_META_PREFIX: dict[Resource, bytes] = {}
 
 def _encode(resource: Resource, obj: dict[str, Any]) -> Stored:
     full = orjson.dumps(obj)
-    if resource.group in _TYPED_LIST_ITEMS_GROUPS:
+    if is_custom(resource):
+        # Built-in kinds' list items carry no apiVersion/kind on the wire; custom resources' items do.
         return Stored(obj, full, 0)
     prefix = _TYPE_META_PREFIX.get(resource)
     if prefix is None:
@@ -264,8 +300,8 @@ class ObjectStore:
         self._rv = 1
         self._history_limit = history_limit
         self._continue_ttl = continue_ttl
-        self._objects: dict[Resource, dict[tuple[str, str], Stored]] = {}
-        self._sorted_keys: dict[Resource, list[tuple[str, str]]] = {}
+        self._objects: dict[tuple[str, str, str], dict[tuple[str, str], Stored]] = {}
+        self._sorted_keys: dict[tuple[str, str, str], list[tuple[str, str]]] = {}
         # Events with rv > _floor are all in _history, consecutively (one event per rv), so the event
         # after rv r sits at index r + 1 - _history[0].rv. The list is trimmed in chunks.
         self._history: list[Event] = []
@@ -331,7 +367,7 @@ class ObjectStore:
 
     def get(self, resource: Resource, namespace: str | None, name: str) -> Stored:
         with self._lock:
-            stored = self._objects.get(resource, {}).get((self._namespace(resource, namespace), name))
+            stored = self._objects.get(rkey(resource), {}).get((self._namespace(resource, namespace), name))
         if stored is None:
             raise not_found(resource, name)
         return stored
@@ -347,13 +383,13 @@ class ObjectStore:
 
     def _matching(self, flt: Filter) -> list[Stored]:
         """Objects selected by `flt` in key order (namespace, name). Lock held."""
-        objs = self._objects.get(flt.resource)
+        objs = self._objects.get(rkey(flt.resource))
         if not objs:
             return []
-        keys = self._sorted_keys.get(flt.resource)
+        keys = self._sorted_keys.get(rkey(flt.resource))
         if keys is None:
             # Kept sorted from here on (insort/bisect on create/delete): churn does not re-sort 50k keys.
-            keys = self._sorted_keys[flt.resource] = sorted(objs)
+            keys = self._sorted_keys[rkey(flt.resource)] = sorted(objs)
         if flt.namespace:
             # Keys sort by namespace first, so one namespace is a contiguous slice.
             keys = keys[bisect.bisect_left(keys, (flt.namespace, "")) : bisect.bisect_left(
@@ -415,7 +451,7 @@ class ObjectStore:
             if resource_version in (None, "", "0"):
                 return self._matching(flt), self._rv
             try:
-                start = int(resource_version)  # type: ignore[arg-type]
+                start = int(resource_version or 0)
             except ValueError:
                 raise bad_request(f"invalid resourceVersion {resource_version!r}") from None
             if start < self._floor:
@@ -434,8 +470,11 @@ class ObjectStore:
 
     # ---- writes ------------------------------------------------------------------------------
 
-    def _prepare(self, resource: Resource, body: Any, namespace: str | None) -> dict[str, Any]:
-        """Validate and normalize a written object, as the REST handler does before storage."""
+    def _prepare(self, resource: Resource, body: Any, namespace: str | None, validate: bool = False) -> dict[str, Any]:
+        """Normalize a written object as the REST handler does before storage. Names are always
+        checked; `validate` adds the rest of the API server's validation (labels, annotations and
+        the kind's own rules), which the HTTP layer asks for and test fixtures may skip, to put in
+        place objects a real cluster could still hold (written before a rule existed, or by etcd)."""
         if not isinstance(body, dict):
             raise bad_request("the body of the request was not a JSON object")
         try:
@@ -474,11 +513,6 @@ class ObjectStore:
         name = meta.get("name")
         if not name or not isinstance(name, str):
             raise _invalid(resource, "", "metadata.name: Required value: name or generateName is required")
-        pattern, limit = (_DNS_LABEL, 63) if resource.kind == "Namespace" else (_DNS_SUBDOMAIN, 253)
-        if len(name) > limit or not pattern.match(name):
-            raise _invalid(
-                resource, name, f'metadata.name: Invalid value: "{name}": must be a lowercase RFC 1123 name'
-            )
         obj: dict[str, Any] = {"apiVersion": api_version, "kind": kind, "metadata": meta}
         obj.update((k, v) for k, v in body.items() if k not in ("apiVersion", "kind", "metadata"))
         if resource.api_version == "v1" and kind == "Secret" and "stringData" in obj:
@@ -489,6 +523,11 @@ class ObjectStore:
             obj["data"] = data
         if resource.api_version == "v1" and kind == "Namespace":
             obj.setdefault("status", {"phase": "Active"})
+        if resource.group == CRD_GROUP and kind == "CustomResourceDefinition":
+            obj["status"] = _crd_status(obj)
+        errs = validation.object_errors(resource, obj) if validate else validation.object_name_errors(resource, name)
+        if errs:
+            raise invalid(resource, name, errs)
         return obj
 
     def _store(self, resource: Resource, obj: dict[str, Any], event_type: str, prev: Stored | None) -> Stored:
@@ -517,24 +556,53 @@ class ObjectStore:
                 meta.pop("generation", None)
         stored = _encode(resource, obj)
         key = (meta.get("namespace", ""), meta["name"])
-        objs = self._objects.setdefault(resource, {})
-        if key not in objs and (keys := self._sorted_keys.get(resource)) is not None:
+        objs = self._objects.setdefault(rkey(resource), {})
+        if key not in objs and (keys := self._sorted_keys.get(rkey(resource))) is not None:
             bisect.insort(keys, key)
         objs[key] = stored
         self._record(resource, event_type, stored, prev.obj if prev else None)
         return stored
 
-    def create(self, resource: Resource, body: Any, namespace: str | None = None) -> Stored:
-        obj = self._prepare(resource, body, namespace)
+    def _admit_namespace(self, resource: Resource, obj: dict[str, Any]) -> None:
+        """The NamespaceLifecycle admission plugin: new namespaced objects need a live namespace. Lock held."""
+        if not resource.namespaced:
+            return
+        ns = obj["metadata"]["namespace"]
+        stored = self._objects.get(NAMESPACES, {}).get(("", ns))
+        if stored is None:
+            raise ApiError(404, "NotFound", f'namespaces "{ns}" not found', {"name": ns, "kind": "namespaces"})
+        if stored.obj["metadata"].get("deletionTimestamp"):
+            raise ApiError(
+                403,
+                "Forbidden",
+                f"{resource.kind} \"{obj['metadata']['name']}\" is forbidden: unable to create new content in "
+                f"namespace {ns} because it is being terminated",
+                details_of(resource, obj["metadata"]["name"]),
+            )
+
+    def create(
+        self,
+        resource: Resource,
+        body: Any,
+        namespace: str | None = None,
+        *,
+        admit: bool = False,
+        validate: bool = False,
+    ) -> Stored:
+        """Store a new object. With `admit`, a namespaced object's namespace must exist and be active;
+        `validate`: see _prepare."""
+        obj = self._prepare(resource, body, namespace, validate)
         if obj["metadata"].get("resourceVersion"):
             # The message and code of the real server (etcd3 storage refuses it as an internal error).
             raise ApiError(500, "InternalError", "resourceVersion should not be set on objects to be created")
         with self._lock:
+            if admit:
+                self._admit_namespace(resource, obj)
             key = (obj["metadata"].get("namespace", ""), obj["metadata"]["name"])
-            if key in self._objects.get(resource, {}):
+            if key in self._objects.get(rkey(resource), {}):
                 name = key[1]
                 raise ApiError(
-                    409, "AlreadyExists", f'{resource.key} "{name}" already exists', _details(resource, name)
+                    409, "AlreadyExists", f'{resource.key} "{name}" already exists', details_of(resource, name)
                 )
             stored = self._store(resource, obj, "ADDED", None)
         self._notify()
@@ -550,7 +618,7 @@ class ObjectStore:
                 "Conflict",
                 f'Operation cannot be fulfilled on {resource.key} "{name}": Precondition failed: '
                 f"UID in precondition: {uid}, UID in object meta: {current.obj['metadata']['uid']}",
-                _details(resource, name),
+                details_of(resource, name),
             )
         if rv and rv != current.obj["metadata"]["resourceVersion"]:
             raise ApiError(
@@ -558,7 +626,7 @@ class ObjectStore:
                 "Conflict",
                 f'Operation cannot be fulfilled on {resource.key} "{name}": the object has been modified; '
                 "please apply your changes to the latest version and try again",
-                _details(resource, name),
+                details_of(resource, name),
             )
 
     def replace(
@@ -569,9 +637,10 @@ class ObjectStore:
         name: str | None = None,
         *,
         status_only: bool = False,
+        validate: bool = False,
     ) -> Stored:
         """PUT: the object must exist; a carried resourceVersion must be current (409 otherwise)."""
-        obj = self._prepare(resource, body, namespace)
+        obj = self._prepare(resource, body, namespace, validate)
         meta = obj["metadata"]
         if name is not None and meta["name"] != name:
             raise bad_request(
@@ -579,7 +648,7 @@ class ObjectStore:
             )
         with self._lock:
             key = (meta.get("namespace", ""), meta["name"])
-            current = self._objects.get(resource, {}).get(key)
+            current = self._objects.get(rkey(resource), {}).get(key)
             if current is None:
                 raise not_found(resource, meta["name"])
             self._check_preconditions(resource, current, meta.get("resourceVersion"), meta.get("uid"))
@@ -595,7 +664,7 @@ class ObjectStore:
         obj["metadata"].pop("resourceVersion", None)
         with self._lock:
             key = (obj["metadata"].get("namespace", ""), obj["metadata"]["name"])
-            current = self._objects.get(resource, {}).get(key)
+            current = self._objects.get(rkey(resource), {}).get(key)
             stored = self._store(resource, obj, "MODIFIED" if current else "ADDED", current)
         self._notify()
         return stored
@@ -608,12 +677,13 @@ class ObjectStore:
         apply: Callable[[dict[str, Any]], Any],
         *,
         status_only: bool = False,
+        validate: bool = False,
     ) -> Stored:
         """Apply `apply(current_copy) -> new body` atomically; a resourceVersion the patch sets is a
         precondition (409 if stale), as on the real server; otherwise patches never conflict."""
         key = (self._namespace(resource, namespace), name)
         with self._lock:
-            current = self._objects.get(resource, {}).get(key)
+            current = self._objects.get(rkey(resource), {}).get(key)
             if current is None:
                 raise not_found(resource, name)
             patched = apply(orjson.loads(current.full))
@@ -629,7 +699,7 @@ class ObjectStore:
                 pmeta["namespace"] = key[0]
             if status_only:
                 patched = _with_status_of(current, patched)
-            obj = self._prepare(resource, patched, key[0] or None)
+            obj = self._prepare(resource, patched, key[0] or None, validate)
             stored = self._store(resource, obj, "MODIFIED", current)
         self._notify()
         return stored
@@ -646,13 +716,13 @@ class ObjectStore:
         """Delete now; the returned object (and the DELETED event) carry the deletion's resourceVersion."""
         key = (self._namespace(resource, namespace), name)
         with self._lock:
-            objs = self._objects.get(resource, {})
+            objs = self._objects.get(rkey(resource), {})
             current = objs.get(key)
             if current is None:
                 raise not_found(resource, name)
             self._check_preconditions(resource, current, resource_version, uid)
             del objs[key]
-            if (keys := self._sorted_keys.get(resource)) is not None:
+            if (keys := self._sorted_keys.get(rkey(resource))) is not None:
                 del keys[bisect.bisect_left(keys, key)]
             self._rv += 1
             obj = dict(current.obj, metadata=dict(current.obj["metadata"], resourceVersion=str(self._rv)))
@@ -670,3 +740,27 @@ class ObjectStore:
                 if err.status != 404:  # deleted meanwhile by someone else: fine
                     raise
         return deleted
+
+    def delete_namespace(self, name: str, resources: list[Resource]) -> Stored:
+        """Delete a namespace as the server and its namespace controller do: it goes Terminating (the
+        returned state), every object of `resources` in it is deleted, then the namespace itself."""
+        ns_resource = next(r for r in resources if rkey(r) == NAMESPACES)
+        with self._lock:
+            current = self._objects.get(NAMESPACES, {}).get(("", name))
+            if current is None:
+                raise not_found(ns_resource, name)
+            obj = current.copy()
+            obj["metadata"]["deletionTimestamp"] = obj["metadata"].get("deletionTimestamp") or _now()
+            obj["status"] = {"phase": "Terminating"}
+            terminating = self._store(ns_resource, obj, "MODIFIED", current)
+        self._notify()
+        for resource in resources:
+            if resource.namespaced:
+                self.delete_collection(Filter(resource, name))
+        with contextlib.suppress(ApiError):  # deleted meanwhile
+            self.delete(ns_resource, None, name)
+        return terminating
+
+    def drop_resource(self, resource: Resource) -> None:
+        """Delete every object of `resource` (its CustomResourceDefinition went away)."""
+        self.delete_collection(Filter(resource))

@@ -2,18 +2,21 @@
 
 Columns follow the real server's printers for the kinds people look at (pods, nodes, namespaces),
 a NAME/AGE table for other built-in kinds (the real server prints more columns for services and
-deployments), and NAME/CREATED AT for Calico's custom resources, as the server does for a CRD
-without additionalPrinterColumns.
+deployments), and for custom resources NAME plus their CRD's additionalPrinterColumns, or
+NAME/CREATED AT for a CRD without any, as the server does.
 """
 
 from __future__ import annotations
 
 import calendar
+import json
+import re
 import time
 from collections.abc import Callable
 from typing import Any
 
-from typha.model.resources import CALICO_CRD_GROUP, Resource
+from typha.model.resources import Resource
+from typha.testing.apiserver.registry import is_custom
 
 Column = dict[str, Any]
 Cells = Callable[[dict[str, Any]], list[Any]]
@@ -147,10 +150,58 @@ def _printer(resource: Resource) -> tuple[list[Column], Cells]:
     printer = _PRINTERS.get((resource.api_version, resource.kind))
     if printer is not None:
         return printer
-    if resource.group == CALICO_CRD_GROUP:
+    if is_custom(resource):
         created = _column("Created At", "", fmt="date-time", type_="date")
         return [_NAME, created], lambda obj: [obj["metadata"]["name"], obj["metadata"].get("creationTimestamp")]
     return [_NAME, _AGE], lambda obj: [obj["metadata"]["name"], _age(obj)]
+
+
+_JSONPATH_STEP = re.compile(r"\.([^.\[]+)|\[(\d+)\]|\[\?\(@\.(\w+)==['\"]([^'\"]*)['\"]\)\]")
+
+
+def _jsonpath(obj: Any, path: str) -> Any:
+    """The first value at a printer column's JSONPath (`.spec.a.b`, `.list[0].x`, `.list[?(@.k=='v')].x`),
+    or None where there is none, which kubectl prints as <none>."""
+    for match in _JSONPATH_STEP.finditer(path):
+        key, index, filter_key, filter_value = match.groups()
+        if key is not None:
+            obj = obj.get(key) if isinstance(obj, dict) else None
+        elif index is not None:
+            obj = obj[int(index)] if isinstance(obj, list) and int(index) < len(obj) else None
+        else:
+            items = obj if isinstance(obj, list) else []
+            obj = next((i for i in items if isinstance(i, dict) and str(i.get(filter_key)) == filter_value), None)
+        if obj is None:
+            return None
+    return obj
+
+
+def _cell(value: Any, type_: str) -> Any:
+    """A printer column's cell: scalars as they are; lists and maps as JSON, as the server prints them."""
+    if value is None or (type_ in ("integer", "number", "boolean", "date") and not isinstance(value, (dict, list))):
+        return value
+    return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+
+
+def _crd_printer(columns: tuple[dict[str, Any], ...]) -> tuple[list[Column], Cells]:
+    """A CRD version's additionalPrinterColumns, after the Name column, as apiextensions prints them."""
+    defs = [_NAME] + [
+        _column(
+            str(c.get("name", "")),
+            str(c.get("description", "")),
+            fmt=str(c.get("format", "")),
+            type_=str(c.get("type", "string")),
+            priority=int(c.get("priority", 0) or 0),
+        )
+        for c in columns
+    ]
+
+    def cells(obj: dict[str, Any]) -> list[Any]:
+        return [obj["metadata"]["name"]] + [
+            _cell(_jsonpath(obj, str(c["jsonPath"])), str(c.get("type", "string"))) for c in columns
+        ]
+
+    return defs, cells
 
 
 def _row_object(obj: dict[str, Any], include: str) -> dict[str, Any] | None:
@@ -166,9 +217,11 @@ def table(
     objs: list[dict[str, Any]],
     list_meta: dict[str, Any],
     include_object: str = "Metadata",
+    printer_columns: tuple[dict[str, Any], ...] = (),
 ) -> dict[str, Any]:
-    """A Table of `objs`, with `list_meta` (resourceVersion, continue, ...) as its metadata."""
-    columns, cells = _printer(resource)
+    """A Table of `objs`, with `list_meta` (resourceVersion, continue, ...) as its metadata.
+    `printer_columns`: a custom resource's additionalPrinterColumns, from its CRD."""
+    columns, cells = _crd_printer(printer_columns) if printer_columns else _printer(resource)
     rows = []
     for obj in objs:
         row: dict[str, Any] = {"cells": cells(obj)}
