@@ -9,6 +9,7 @@ server-side apply; after which typha serves the crd.projectcalico.org/v1 objects
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -131,6 +132,35 @@ def test_api_resources_lists_the_built_in_groups(cluster: Server) -> None:
     assert not [row for row in rows if "projectcalico.org" in row[-3]], "--crds none serves no Calico kind"
 
 
+def serve_and_dump(server: Server, *syncers: str) -> dict[str, Any]:
+    """Run `typha serve` against `server` (with no CALICO_API_GROUP: the group comes from discovery)
+    and return `typha dump --json` of each syncer, merged."""
+    port, health = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if k != "CALICO_API_GROUP"}
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "typha.cli", "serve", "--workers", "1", "--kubeconfig", str(server.kubeconfig),
+         "--server-host", "127.0.0.1", "--server-port", str(port), "--health-enabled", "true",
+         "--health-host", "127.0.0.1", "--health-port", str(health)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    dumped: dict[str, Any] = {}
+    try:
+        wait_ready(health, serve)
+        for syncer in syncers:
+            dump = subprocess.run(
+                [sys.executable, "-m", "typha.cli", "dump", "--server", f"127.0.0.1:{port}", "--syncer", syncer,
+                 "--json", "--timeout", "30"], capture_output=True, text=True, timeout=60)
+            assert dump.returncode == 0, dump.stderr
+            dumped.update(json.loads(dump.stdout))
+    finally:
+        serve.terminate()
+        try:
+            serve.wait(timeout=DEADLINE)
+        except subprocess.TimeoutExpired:
+            serve.kill()
+            serve.wait()
+    return dumped
+
+
 def test_calico_release_manifest_installs_and_typha_serves_its_crds(cluster: Server, tmp_path: Path) -> None:
     docs = documents(CALICO_TYPHA)
     out = cluster.kubectl("create", "-f", str(CALICO_TYPHA)).stdout
@@ -154,28 +184,9 @@ spec: {cidr: 10.244.0.0/16, blockSize: 26, ipipMode: Always, natOutgoing: true, 
     assert cluster.kubectl("get", "ippools", "-o", "name").stdout.split() == [
         "ippool.crd.projectcalico.org/default-ipv4-ippool"]
 
-    port, health = free_port(), free_port()
-    serve = subprocess.Popen(
-        [sys.executable, "-m", "typha.cli", "serve", "--workers", "1", "--kubeconfig", str(cluster.kubeconfig),
-         "--server-host", "127.0.0.1", "--server-port", str(port), "--health-enabled", "true",
-         "--health-host", "127.0.0.1", "--health-port", str(health)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        wait_ready(health, serve)
-        dump = subprocess.run(
-            [sys.executable, "-m", "typha.cli", "dump", "--server", f"127.0.0.1:{port}", "--syncer", "felix",
-             "--json", "--timeout", "30"], capture_output=True, text=True, timeout=60)
-        assert dump.returncode == 0, dump.stderr
-        dumped = json.loads(dump.stdout)
-        # Felix's IPAM pool key, from the v1 custom resource the CRD made servable.
-        assert dumped["/calico/v1/ipam/v4/pool/10.244.0.0-16"]["cidr"] == "10.244.0.0/16", sorted(dumped)
-    finally:
-        serve.terminate()
-        try:
-            serve.wait(timeout=DEADLINE)
-        except subprocess.TimeoutExpired:
-            serve.kill()
-            serve.wait()
+    dumped = serve_and_dump(cluster, "felix")
+    # Felix's IPAM pool key, from the v1 custom resource the CRD made servable.
+    assert dumped["/calico/v1/ipam/v4/pool/10.244.0.0-16"]["cidr"] == "10.244.0.0/16", sorted(dumped)
 
     # Deleting a CRD stops serving its resource, and its objects go with it.
     cluster.kubectl("delete", "crd", "ippools.crd.projectcalico.org")
@@ -250,6 +261,23 @@ spec: {cidr: 10.48.0.0/16, ipipMode: Never, vxlanMode: Always, natOutgoing: true
     table = [line.split() for line in cluster.kubectl("get", "ippools.projectcalico.org").stdout.splitlines()]
     assert table[0] == ["NAME", "CIDR", "VXLAN", "IPIP", "NAT", "ALLOCATABLE", "AGE"]
     assert table[1][:5] == ["pool-v4", "10.48.0.0/16", "Always", "Never", "true"]
+
+    # No API-group setting: typha finds projectcalico.org/v3 served and crd.projectcalico.org absent,
+    # reads the v3 kinds, and both syncers hold the objects.
+    dumped = serve_and_dump(cluster, "felix", "bgp")
+    expected = {
+        "/calico/v1/policy/tier/security/metadata",
+        "/calico/v1/policy/GlobalNetworkPolicy//security.deny-egress",
+        "/calico/v1/policy/NetworkPolicy/default/allow-web",
+        "/calico/v1/netset/outside",
+        "/calico/v1/netset/default%2fpartners",
+        "/calico/v1/host/node-1/endpoint/node-1-eth0",
+        "/calico/v1/ipam/v4/pool/10.48.0.0-16",
+        "/calico/resources/v3/projectcalico.org/bgppeers/tor",
+    }
+    assert expected <= set(dumped), sorted(expected - set(dumped))
+    assert dumped["/calico/v1/ipam/v4/pool/10.48.0.0-16"]["cidr"] == "10.48.0.0/16"
+    assert dumped["/calico/resources/v3/projectcalico.org/bgppeers/tor"]["spec"]["peerIP"] == "192.0.2.1"
 
 
 def test_namespace_lifecycle(cluster: Server, tmp_path: Path) -> None:
