@@ -9,18 +9,23 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import yaml
+
+from typha import logs
+
 if TYPE_CHECKING:
     from typha.client.tls import ClientTLS
 
 
 class ConfigError(ValueError):
-    pass
+    """A setting that cannot work; the message names the setting, the value and why (one line)."""
 
 
 def _setting(typha_name: str, default: Any, help_text: str, *, extension: bool = False,
@@ -158,11 +163,31 @@ class TyphaConfig:
         return [name.strip() for name in self.syncers.split(",") if name.strip()]
 
     def validate(self) -> None:
+        """The settings' own rules (choices, ranges, TLS all-or-nothing); check_files() looks at the disk."""
         for spec in dataclasses.fields(self):
             choices = spec.metadata["choices"]
             value = getattr(self, spec.name)
             if choices and value not in choices:
                 raise ConfigError(f"{spec.metadata['typha']}={value!r}: expected one of {', '.join(choices)}")
+        for spec in dataclasses.fields(self):
+            value = getattr(self, spec.name)
+            name = spec.metadata["typha"]
+            # Typha's ports are int(0,65535); beyond that the kernel would silently bind port % 65536.
+            if name.endswith("Port") and not 0 <= value <= MAX_PORT:
+                raise ConfigError(f"{name}={value!r}: a port is 1-{MAX_PORT} (0: Typha's default)")
+            if isinstance(value, float) and not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"{name}={value!r}: expected a non-negative number of seconds")
+        for name, value, floor in (("MaxConnectionsUpperLimit", self.max_connections_upper_limit, 1),
+                                   ("MaxConnectionsLowerLimit", self.max_connections_lower_limit, 1),
+                                   ("Workers", self.workers, 0), ("ResumeWindowBytes", self.resume_window_bytes, 0)):
+            if value < floor:
+                raise ConfigError(f"{name}={value!r}: must be at least {floor}")
+        from typha.source.datastore import SYNCER_TYPES
+
+        unknown = sorted(set(self.syncer_types) - set(SYNCER_TYPES))
+        if unknown or not self.syncer_types:
+            raise ConfigError(f"Syncers={self.syncers!r}: expected a comma-separated list of "
+                              f"{', '.join(SYNCER_TYPES)}")
         if self.requires_tls and not (
             self.server_key_file and self.server_cert_file and self.ca_file
             and (self.client_cn or self.client_uri_san)
@@ -172,6 +197,62 @@ class TyphaConfig:
                 "all must be, except that one of ClientCN and ClientURISAN may be left unset"
             )
         self.upstream_tls()
+
+    def check_files(self) -> None:
+        """Every file setting names a readable file of the right kind (Typha's file(must-exist)), so a typo
+        is one line at start rather than a traceback, or a bind failure, later."""
+        for name, path, kind in (("ServerCertFile", self.server_cert_file, "certificate"),
+                                 ("CAFile", self.ca_file, "certificate"),
+                                 ("ServerKeyFile", self.server_key_file, "key"),
+                                 ("UpstreamCertFile", self.upstream_cert_file, "certificate"),
+                                 ("UpstreamCAFile", self.upstream_ca_file, "certificate"),
+                                 ("UpstreamKeyFile", self.upstream_key_file, "key"),
+                                 ("Kubeconfig", self.kubeconfig, "kubeconfig")):
+            if path:
+                check_file(name, path, kind)
+
+
+def check_file(setting: str, path: str, kind: str) -> None:
+    """Raise ConfigError naming `setting` unless `path` is a readable PEM certificate, PEM key or kubeconfig."""
+    if kind != "kubeconfig":
+        try:
+            logs.check_pem(setting, path, kind)
+        except logs.SettingError as exc:
+            raise ConfigError(str(exc)) from None
+        return
+    try:
+        with open(path, "rb") as handle:
+            document = yaml.safe_load(handle)
+    except OSError as exc:
+        raise ConfigError(f"{setting}={path!r}: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{setting}={path!r}: not YAML: {' '.join(str(exc).split())[:200]}") from None
+    if not isinstance(document, dict) or not document.get("clusters"):
+        raise ConfigError(f"{setting}={path!r}: not a kubeconfig (no clusters in it)")
+
+
+MAX_PORT = 65535
+# Typha parameters this typha does not implement: accepted from Calico's manifests without a warning
+# about a typo, but said once to be ignored (typha/pkg/config/config_params.go).
+TYPHA_ONLY = ("EtcdAddr", "EtcdScheme", "EtcdKeyFile", "EtcdCertFile", "EtcdCaFile", "EtcdEndpoints",
+              "LogFilePath", "LogSeverityFile", "LogSeveritySys", "PrometheusGoMetricsEnabled",
+              "PrometheusProcessMetricsEnabled", "PrometheusMetricsCAFile", "PrometheusMetricsCertFile",
+              "PrometheusMetricsKeyFile", "PrometheusMetricsClientAuth", "SnapshotCacheMaxBatchSize",
+              "ServerMaxMessageSize", "ServerMinBatchingAgeThresholdSecs", "DebugMemoryProfilePath",
+              "DebugDisableLogDropping", "DebugHost", "DebugPort", "FIPSModeEnabled")
+# Environment variables with the TYPHA_ prefix that are not settings: the workers supervisor's to its children.
+INTERNAL_ENV = ("TYPHA_WORKER_LOADS_DIR", "TYPHA_WORKER_INDEX")
+
+
+def warn_unknown_environment(environ: Mapping[str, str], log: logging.Logger) -> None:
+    """Once per start: TYPHA_* names that are no setting (with the closest one), and Typha's own settings
+    that this typha ignores."""
+    known = [env_name(spec) for spec in dataclasses.fields(TyphaConfig)] + list(INTERNAL_ENV)
+    ignored = {"TYPHA_" + name.upper(): name for name in TYPHA_ONLY}
+    for name in sorted(set(environ) & set(ignored)):
+        if environ[name].strip().lower() not in ("", "none", "false"):
+            log.info("Typha setting %s is not implemented here; ignoring %s=%r", ignored[name], name, environ[name])
+    logs.warn_unknown_env({k: v for k, v in environ.items() if k not in ignored}, "TYPHA_", known, log)
 
 
 def usable_cpus() -> int:
@@ -197,9 +278,14 @@ def flag_name(spec: dataclasses.Field[Any]) -> str:
 
 
 def _parse(spec: dataclasses.Field[Any], raw: str) -> Any:
-    kind = type(spec.default)
-    if raw in spec.metadata["choices"]:
-        return raw  # "none" is a real value of ConnectionRebalancingMode, not Typha's zero-value escape
+    kind: type[Any] = type(spec.default)
+    # Typha's oneof() values are case-insensitive and stored in their canonical spelling (Calico's chart
+    # sets TYPHA_LOGSEVERITYSCREEN=info); the Go level names WARN and FATAL mean WARNING and CRITICAL.
+    canonical = {choice.lower(): choice for choice in spec.metadata["choices"]}
+    if spec.name == "log_severity_screen":
+        canonical |= {"warn": "WARNING", "fatal": "CRITICAL", "panic": "CRITICAL"}
+    if raw.strip().lower() in canonical:
+        return canonical[raw.strip().lower()]  # "none" is a real value of ConnectionRebalancingMode
     if raw.strip().lower() == "none":
         return kind()
     try:
