@@ -46,8 +46,8 @@ import trio
 from felix_client import rules
 from felix_client.calc import Calculator
 from felix_client.dataplane import Dataplane
-from felix_client.dataplane.dataplane import OwnVTEP
 from felix_client.dataplane import backend as iptables_backend
+from felix_client.dataplane.dataplane import OwnVTEP
 from felix_client.health import DEFAULT_HEALTH_PORT, serve_health
 from typha import logs
 from typha.client import ClientTLS, StatusChange, TLSConfigError, UpdateBatch, open_trio_sync_client
