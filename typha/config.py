@@ -22,6 +22,7 @@ from typha import logs
 
 if TYPE_CHECKING:
     from typha.client.tls import ClientTLS
+    from typha.kube.client import KubeClient
 
 
 class ConfigError(ValueError):
@@ -253,6 +254,25 @@ def warn_unknown_environment(environ: Mapping[str, str], log: logging.Logger) ->
         if environ[name].strip().lower() not in ("", "none", "false"):
             log.info("Typha setting %s is not implemented here; ignoring %s=%r", ignored[name], name, environ[name])
     logs.warn_unknown_env({k: v for k, v in environ.items() if k not in ignored}, "TYPHA_", known, log)
+
+
+def kube_client(kubeconfig: str = "") -> KubeClient:
+    """The API client from `kubeconfig`, else $KUBECONFIG, else in-cluster, else ~/.kube/config (the order
+    `--help` and the README give, and kubectl's); ConfigError naming the setting that could not be used."""
+    import kubernetes
+
+    from typha.kube.client import KubeClient
+
+    path = kubeconfig or os.environ.get("KUBECONFIG") or None
+    setting = "Kubeconfig" if kubeconfig else "KUBECONFIG" if path else "in-cluster config"
+    try:
+        return KubeClient.from_environment(path)
+    except (kubernetes.config.ConfigException, OSError, ValueError, TypeError, KeyError) as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        if path is None:
+            raise ConfigError(f"{setting}: not in a pod and no kubeconfig ({reason[:200]}); "
+                              "set Kubeconfig or $KUBECONFIG") from None
+        raise ConfigError(f"{setting}={path!r}: cannot load: {reason[:300]}") from None
 
 
 def usable_cpus() -> int:

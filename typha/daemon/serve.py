@@ -10,8 +10,6 @@ import os
 import signal
 from dataclasses import dataclass, field
 
-import kubernetes
-
 from typha import config as typha_config
 from typha import logs
 from typha.config import ConfigError, TyphaConfig
@@ -91,7 +89,7 @@ class TyphaDaemon:
         log.info("Serving syncers %s on port %d", ", ".join(self.caches), port)
         if not config.upstream:
             if self.kube is None:
-                self.kube = kube_client(config)
+                self.kube = typha_config.kube_client(config.kubeconfig)
             syncers = [Syncer(name, LoopFeeder(cache, loop)) for name, cache in self.caches.items()]
             self.datastore = Datastore(self.kube, syncers)
             self.datastore.start()
@@ -106,7 +104,7 @@ class TyphaDaemon:
         # Also for a replica that follows an upstream typha: Typha endpoints and nodes come from the API.
         assert self.server is not None
         if self.kube is None:
-            self.kube = kube_client(self.config)
+            self.kube = typha_config.kube_client(self.config.kubeconfig)
         self.rebalancer, self._rebalance_lookup = for_daemon(
             self.server, self.kube, self.config, host=self.config.server_host)
         self._rebalance_lookup.start()
@@ -185,26 +183,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     typha_config.add_arguments(parser)
 
 
-def kubeconfig_path(config: TyphaConfig) -> str | None:
-    """Kubeconfig, else $KUBECONFIG, else None (in-cluster, then ~/.kube/config): the order `--help` and the
-    README give, and kubectl's."""
-    return config.kubeconfig or os.environ.get("KUBECONFIG") or None
-
-
-def kube_client(config: TyphaConfig) -> KubeClient:
-    """The API client, or ConfigError naming the setting that could not be used."""
-    path = kubeconfig_path(config)
-    setting = "Kubeconfig" if config.kubeconfig else "KUBECONFIG" if path else "in-cluster config"
-    try:
-        return KubeClient.from_environment(path)
-    except (kubernetes.config.ConfigException, OSError, ValueError, TypeError, KeyError) as exc:
-        reason = " ".join(str(exc).split()) or type(exc).__name__
-        if path is None:
-            reason = f"not in a pod and no kubeconfig ({reason}); set Kubeconfig or $KUBECONFIG"
-        message = f"{setting}={path!r}: cannot load: {reason[:300]}" if path else f"{setting}: {reason}"
-        raise ConfigError(message) from None
-
-
 def load(args: argparse.Namespace) -> TyphaConfig:
     """Everything `serve` checks before it starts: settings, files, the kubeconfig, unknown variables."""
     config = typha_config.load(args)
@@ -213,7 +191,7 @@ def load(args: argparse.Namespace) -> TyphaConfig:
     typha_config.warn_unknown_environment(os.environ, log)
     config.check_files()
     if not config.upstream:
-        kube_client(config).close()
+        typha_config.kube_client(config.kubeconfig).close()
     return config
 
 

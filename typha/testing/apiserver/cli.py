@@ -6,6 +6,9 @@ import argparse
 import logging
 import signal
 
+import yaml
+
+from typha.logs import SettingError
 from typha.testing.apiserver.server import KubeAPIEmulator
 
 log = logging.getLogger(__name__)
@@ -13,8 +16,8 @@ log = logging.getLogger(__name__)
 
 def _listen(value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit():
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT with a port 0-65535, got {value!r}")
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
@@ -69,7 +72,10 @@ def run(args: argparse.Namespace) -> int:
                 from typha.testing.apiserver.calico_v3 import load_file
 
                 for path in args.load:
-                    load_file(emulator, path)
+                    try:
+                        load_file(emulator, path)
+                    except (ValueError, yaml.YAMLError) as exc:  # one line naming the file, not a traceback
+                        raise SettingError("--load", path, " ".join(str(exc).split())[:300]) from None
                     log.info("loaded %s", path)
             # The kubeconfig is written last: its appearance tells a waiting script the server is ready.
             emulator.write_kubeconfig(args.kubeconfig_out)
