@@ -8,6 +8,7 @@ marked `extension` and use the same naming scheme.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import math
@@ -275,18 +276,51 @@ def kube_client(kubeconfig: str = "") -> KubeClient:
         raise ConfigError(f"{setting}={path!r}: cannot load: {reason[:300]}") from None
 
 
-def usable_cpus() -> int:
-    """CPUs this process may run on: its affinity mask, capped by a cgroup v2 CPU quota (a container's
-    CPU limit), which os.cpu_count() ignores."""
+def usable_cpus(proc_cgroup: str = "/proc/self/cgroup", cgroup_root: str = "/sys/fs/cgroup") -> int:
+    """CPUs this process may use: its affinity mask, capped by the CPU quota of its cgroup and every
+    ancestor (a container's CPU limit, which os.cpu_count() ignores), rounded up. cgroup v2 `cpu.max`;
+    v1 `cpu.cfs_quota_us` / `cpu.cfs_period_us` where the host still mounts v1."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    try:
-        with open("/sys/fs/cgroup/cpu.max") as limits:
-            quota, period = limits.read().split()[:2]
-        if quota != "max":
-            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
-    except (OSError, ValueError):
-        pass
+    for quota in _cgroup_quotas(proc_cgroup, cgroup_root):
+        cpus = min(cpus, max(1, math.ceil(quota)))
     return max(cpus, 1)
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as handle:
+            return handle.read().strip()
+    except OSError:
+        return None
+
+
+def _cgroup_quotas(proc_cgroup: str, cgroup_root: str) -> list[float]:
+    """CPU quotas (in CPUs) on the path from this process's cgroup up to the root."""
+    quotas: list[float] = []
+    for line in (_read(proc_cgroup) or "").splitlines():
+        hierarchy, controllers, path = [*line.split(":", 2), "", ""][:3]
+        if hierarchy == "0" and controllers == "":  # v2; inside a cgroup namespace the path is "/"
+            base, parts = cgroup_root, path.strip("/").split("/") if path.strip("/") else []
+            for depth in range(len(parts), -1, -1):
+                limit = _read(os.path.join(base, *parts[:depth], "cpu.max"))
+                if limit:
+                    quota, _, period = limit.partition(" ")
+                    with contextlib.suppress(ValueError, ZeroDivisionError):
+                        if quota != "max":
+                            quotas.append(int(quota) / int(period or "100000"))
+        elif "cpu" in controllers.split(","):  # v1
+            directory = next((os.path.join(cgroup_root, name) for name in (controllers, "cpu,cpuacct", "cpu")
+                              if os.path.isdir(os.path.join(cgroup_root, name))), None)
+            if directory is None:
+                continue
+            for candidate in (os.path.join(directory, path.strip("/")), directory):
+                quota_text = _read(os.path.join(candidate, "cpu.cfs_quota_us"))
+                period_text = _read(os.path.join(candidate, "cpu.cfs_period_us"))
+                with contextlib.suppress(TypeError, ValueError, ZeroDivisionError):
+                    if quota_text is not None and int(quota_text) > 0:
+                        quotas.append(int(quota_text) / int(period_text or "100000"))
+                        break
+    return quotas
 
 
 def env_name(spec: dataclasses.Field[Any]) -> str:

@@ -154,3 +154,26 @@ def test_unknown_variables_are_warned_once_with_the_closest_name(caplog):
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert warnings == ["Ignoring unknown setting TYPHA_SERVERPORTT; did you mean TYPHA_SERVERPORT?"]
     assert any("LogFilePath is not implemented here" in r.getMessage() for r in caplog.records)
+
+
+def test_workers_default_follows_the_cgroup_cpu_quota(tmp_path):
+    """cgroup v2: the tightest cpu.max on the path from the pod's cgroup to the root, rounded up; v1: cfs quota."""
+    import os
+
+    affinity = len(os.sched_getaffinity(0))
+    v2 = tmp_path / "v2"
+    (v2 / "kubepods" / "pod1" / "c1").mkdir(parents=True)
+    (v2 / "kubepods" / "pod1" / "cpu.max").write_text("150000 100000\n")  # the pod's limit: 1.5 CPUs
+    (v2 / "kubepods" / "pod1" / "c1" / "cpu.max").write_text("max 100000\n")
+    proc = tmp_path / "cgroup"
+    proc.write_text("0::/kubepods/pod1/c1\n")
+    assert typha_config.usable_cpus(str(proc), str(v2)) == min(affinity, 2)
+    (v2 / "kubepods" / "pod1" / "cpu.max").write_text("max 100000\n")
+    assert typha_config.usable_cpus(str(proc), str(v2)) == affinity  # no quota: the affinity mask
+
+    v1 = tmp_path / "v1"
+    (v1 / "cpu,cpuacct" / "pod2").mkdir(parents=True)
+    (v1 / "cpu,cpuacct" / "pod2" / "cpu.cfs_quota_us").write_text("50000\n")
+    (v1 / "cpu,cpuacct" / "pod2" / "cpu.cfs_period_us").write_text("100000\n")
+    proc.write_text("4:cpu,cpuacct:/pod2\n0::/\n")
+    assert typha_config.usable_cpus(str(proc), str(v1)) == 1
