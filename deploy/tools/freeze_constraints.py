@@ -35,7 +35,7 @@ def project_requirements(pyproject: Path = ROOT / "pyproject.toml") -> list[str]
 
 
 def closure(project: str = "typha-py") -> dict[str, str]:
-    environment = default_environment()
+    environment: dict[str, str] = dict(default_environment())
     pinned: dict[str, str] = {}
     pending: list[tuple[Requirement, tuple[str, ...]]] = [
         (Requirement(raw), EXTRAS) for raw in project_requirements()]
