@@ -12,7 +12,6 @@ import tomllib
 from importlib import metadata
 from pathlib import Path
 
-from packaging.markers import default_environment
 from packaging.requirements import Requirement
 
 EXTRAS = ("", "test", "bench")
@@ -35,15 +34,15 @@ def project_requirements(pyproject: Path = ROOT / "pyproject.toml") -> list[str]
 
 
 def closure(project: str = "typha-py") -> dict[str, str]:
-    environment: dict[str, str] = dict(default_environment())
     pinned: dict[str, str] = {}
     pending: list[tuple[Requirement, tuple[str, ...]]] = [
         (Requirement(raw), EXTRAS) for raw in project_requirements()]
     visited_extras: dict[str, set[str]] = {}
     while pending:
         requirement, active_extras = pending.pop()
+        # evaluate() puts the given extra on top of this interpreter's own marker environment.
         if requirement.marker is not None and not any(
-                requirement.marker.evaluate({**environment, "extra": extra}) for extra in active_extras):
+                requirement.marker.evaluate({"extra": extra}) for extra in active_extras):
             continue
         key = _key(requirement.name)
         if key == _key(project):
