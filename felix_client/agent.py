@@ -394,10 +394,10 @@ KNOWN_ENV = ("FELIX_TYPHAADDR", "FELIX_TYPHAK8SSERVICENAME", "FELIX_TYPHAK8SNAME
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return logs.run_main("felix-client", lambda: _main(argv), expected=(TLSConfigError,))
+    return logs.run_main("felix-client", lambda: _run(argv), expected=(TLSConfigError,))
 
 
-def _main(argv: Sequence[str] | None) -> int:
+def _run(argv: Sequence[str] | None) -> int:
     options = parse_args(argv)
     following = options.discovery.describe() if options.discovery is not None else ",".join(options.typha)
     log.info("felix-client for node %s following %s, %s", options.hostname, following,

@@ -190,9 +190,16 @@ _handler: NonBlockingHandler | None = None
 
 
 def _close_handler() -> None:
+    """Flush and stop the writer. Threads still logging (at exit, a reflector's last retry) then write
+    synchronously in the same layout, rather than through logging's bare last-resort handler."""
     global _handler
     if _handler is not None:
-        logging.getLogger().removeHandler(_handler)
+        root = logging.getLogger()
+        fallback = logging.StreamHandler(sys.stderr)
+        fallback.setFormatter(_handler.formatter)
+        for log_filter in _handler.filters:
+            fallback.addFilter(log_filter)
+        root.handlers[:] = [fallback if h is _handler else h for h in root.handlers]
         _handler.close()
         _handler = None
 
@@ -220,7 +227,7 @@ def configure(level: str | int = "INFO", fmt: str = "text") -> None:
     """One handler on the root logger: Calico's text layout by default, JSON with fmt="json"."""
     global _handler
     _close_handler()
-    handler = NonBlockingHandler()
+    handler = NonBlockingHandler()  # replaces the fallback _close_handler left
     handler.setFormatter(JsonFormatter() if parse_format(fmt) == "json" else CalicoFormatter())
     handler.addFilter(CollapseRepeats())
     root = logging.getLogger()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import errno
 import socket
 
-from typha.config import ConfigError
+from typha.config import ConfigError, TyphaConfig
 
 
 def free_port() -> int:
@@ -45,3 +45,14 @@ def bind_error(setting: str, host: str, port: int, exc: BaseException) -> Config
     else:
         reason = " ".join(str(exc).split()) or type(exc).__name__
     return ConfigError(f"{setting}={port}: cannot listen on {host}:{port}: {reason}")
+
+
+def check_ports(config: TyphaConfig) -> None:
+    """Every port this typha will listen on is free, before anything starts (one line naming the port,
+    not a datastore torn down half-way)."""
+    if not config.server_reuse_port and not config.server_host.startswith("unix:"):
+        ensure_bindable("ServerPort", config.server_host or "0.0.0.0", config.effective_server_port)
+    if config.health_enabled:
+        ensure_bindable("HealthPort", config.health_host, config.health_port)
+    if config.prometheus_metrics_enabled:
+        ensure_bindable("PrometheusMetricsPort", config.prometheus_metrics_host, config.prometheus_metrics_port)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typha import config as typha_config
 from typha import logs
 from typha.config import ConfigError, TyphaConfig
+from typha.daemon import ports
 from typha.daemon.health import HealthEndpoints
 from typha.daemon.metrics_http import MetricsServer, register_log_counts
 from typha.daemon.ports import bind_error, ensure_bindable
@@ -197,6 +198,7 @@ def load(args: argparse.Namespace) -> TyphaConfig:
 
 def run(args: argparse.Namespace) -> int:
     config = load(args)
+    ports.check_ports(config)
     workers = config.effective_workers
     if workers > 1 and not config.upstream:
         from typha.daemon.workers import serve_workers

@@ -36,7 +36,7 @@ from prometheus_client import CollectorRegistry
 
 from typha.config import ConfigError, TyphaConfig, env_name
 from typha.daemon.metrics_http import MetricsServer
-from typha.daemon.ports import ensure_bindable, free_port
+from typha.daemon.ports import check_ports, free_port
 from typha.ops.rebalance import LOADS_DIR_ENV, WORKER_INDEX_ENV
 
 log = logging.getLogger(__name__)
@@ -193,6 +193,14 @@ class Supervisor:
         dead = [child.role for child in self.children if child.process is None or child.process.poll() is not None]
         return (not dead, "live" if not dead else f"restarting: {', '.join(dead)}")
 
+    def abandon(self) -> None:
+        """Giving up during start-up: SIGKILL every child. The pod is about to restart anyway, nothing is
+        drained to, and a child still importing would turn SIGINT into a KeyboardInterrupt traceback."""
+        self._stopping.set()
+        for child in self.children:
+            if child.process is not None and child.process.poll() is None:
+                child.process.kill()
+
     def stop(self, graceful: bool) -> None:
         """Workers first (they drain their clients to each other and to other replicas), then ingest."""
         self._stopping.set()
@@ -217,11 +225,7 @@ def serve_workers(config: TyphaConfig, workers: int, log_format: str = "text") -
 
     # Before any child starts: a busy port is one line here, not N children failing. Binding without
     # SO_REUSEPORT also fails where another supervisor's workers share the port, which ours would join.
-    ensure_bindable("ServerPort", config.server_host or "0.0.0.0", config.effective_server_port)
-    if config.health_enabled:
-        ensure_bindable("HealthPort", config.health_host, config.health_port)
-    if config.prometheus_metrics_enabled:
-        ensure_bindable("PrometheusMetricsPort", config.prometheus_metrics_host, config.prometheus_metrics_port)
+    check_ports(dataclasses.replace(config, server_reuse_port=False))
     supervisor = Supervisor(config, workers, log_format)
     supervisor.start()
     watcher = threading.Thread(target=supervisor.watch, name="typha-supervisor", daemon=True)
@@ -262,6 +266,8 @@ def serve_workers(config: TyphaConfig, workers: int, log_format: str = "text") -
     try:
         graceful = asyncio.run(run())
     finally:
+        if supervisor.failure is not None:
+            supervisor.abandon()
         supervisor.stop(graceful and supervisor.failure is None)
     if supervisor.failure is not None:
         raise ConfigError(supervisor.failure)
