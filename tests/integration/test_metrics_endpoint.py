@@ -72,13 +72,23 @@ def parse(text: str) -> tuple[dict[str, str], list[tuple[str, dict[str, str], st
 @pytest.fixture
 def serving(tmp_path) -> Iterator[tuple[int, int]]:
     """`typha serve` as a process with /metrics on loopback: (sync port, metrics port)."""
+    yield from _serve(tmp_path, workers=1)
+
+
+@pytest.fixture
+def serving_workers(tmp_path) -> Iterator[tuple[int, int]]:
+    """The same with `--workers 2`: the supervisor serves its children's merged metrics."""
+    yield from _serve(tmp_path, workers=2)
+
+
+def _serve(tmp_path, workers: int) -> Iterator[tuple[int, int]]:
     with KubeAPIEmulator().start() as api:
         api.create(objects.node("node-1", ipv4="192.168.56.11/24"))
         kubeconfig = tmp_path / "kubeconfig"
         api.write_kubeconfig(kubeconfig)
         port, health_port, metrics_port = free_port(), free_port(), free_port()
         process = subprocess.Popen(
-            [sys.executable, "-m", "typha.cli", "serve", "--workers", "1", "--kubeconfig", str(kubeconfig),
+            [sys.executable, "-m", "typha.cli", "serve", "--workers", str(workers), "--kubeconfig", str(kubeconfig),
              "--server-host", "127.0.0.1", "--server-port", str(port), "--health-enabled", "true",
              "--health-host", "127.0.0.1", "--health-port", str(health_port),
              "--prometheus-metrics-enabled", "true", "--prometheus-metrics-host", "127.0.0.1",
@@ -133,6 +143,38 @@ def test_metrics_are_typhas_names_types_labels_and_quantiles(serving):
     assert float(values["typha_client_snapshot_send_secs_count", "felix", None]) >= 1
     assert values["typha_client_snapshot_send_secs", "felix", "0.5"] != "NaN"
     assert float(values["typha_connections_accepted", None, None]) >= 1
+
+
+def test_workers_supervisor_exports_typhas_names_merged(serving_workers):
+    """Under --workers the children's values are merged: the same names, types and labels (no per-process
+    `pid` label, no `_total` twin of a plain counter). Quantiles cannot be merged across processes, so
+    summaries carry `_count` and `_sum` there (typha.snapcache.metrics.QuantileSummary)."""
+    port, metrics_port = serving_workers
+
+    def scrape() -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as response:
+            return str(response.read().decode())
+
+    async def with_a_client() -> str:
+        client = RawClient(port)
+        try:
+            await client.hello("felix")
+            await client.read_snapshot()
+            return await asyncio.to_thread(scrape)
+        finally:
+            await client.close()
+
+    types, samples = parse(asyncio.run(asyncio.wait_for(with_a_client(), 60)))
+    names = {name for name, _, _ in samples}
+    for name, (kind, labels) in TYPHA_METRICS.items():
+        assert types.get(name) == kind, f"{name}: TYPE {types.get(name)}, Typha's is {kind}"
+        series = [found for sample, found, _ in samples
+                  if sample == (f"{name}_count" if kind == "summary" else name)]
+        assert series, f"{name}: no series"
+        assert all(set(found) == set(labels) for found in series), f"{name}: {series}"
+        assert f"{name}_total" not in names or name == "typha_updates_total"
+    connections = [value for name, _, value in samples if name == "typha_connections_active"]
+    assert connections and float(connections[0]) >= 1  # the workers' connections added up
 
 
 def test_a_thousand_concurrent_scrapes_all_succeed():

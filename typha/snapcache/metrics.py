@@ -38,9 +38,10 @@ class PlainCounter(Counter):
     """A Counter exported as `name` (Typha's spelling), not `name_total`; multiprocess files too."""
 
     def _metric_init(self) -> None:
-        super()._metric_init()
+        # Not Counter's: it would create a `<name>_total` value first, which multiprocess mode persists.
         self._value = values.ValueClass(self._type, self._name, self._name, self._labelnames, self._labelvalues,
                                         self._documentation)
+        self._created = time.time()
 
     def _child_samples(self) -> Iterable[Sample]:
         return (Sample("", {}, self._value.get(), None, self._value.get_exemplar()),)
@@ -152,23 +153,29 @@ class QuantileSummary(Collector):
 
 
 _SYNCER = ["syncer"]
+# multiprocess_mode matters only under `--workers`, where the supervisor merges its children's values:
+# every replica holds the same cache, so the largest is the cache's; connection gauges add up.
 _UPDATES = Counter("typha_updates_total", "Total number of updates received from the Syncer.", _SYNCER)
 _SKIPPED = PlainCounter("typha_updates_skipped", "Total number of updates skipped as duplicates.", _SYNCER)
 _SEQ = Gauge("typha_breadcrumb_seq_number",
-             "Current (server-local) sequence number; number of snapshot deltas processed.", _SYNCER)
+             "Current (server-local) sequence number; number of snapshot deltas processed.", _SYNCER,
+             multiprocess_mode="max")
 _NON_BLOCK = PlainCounter("typha_breadcrumb_non_block",
                           "Count of the number of times Typha got the next Breadcrumb without blocking.", _SYNCER)
 _BLOCK = PlainCounter("typha_breadcrumb_block",
                       "Count of the number of times Typha got the next Breadcrumb after blocking.", _SYNCER)
 _SIZE = QuantileSummary("typha_breadcrumb_size", "Number of KVs recorded in each breadcrumb.", _SYNCER)
 _CACHE_SIZE = Gauge("typha_cache_size",
-                    "Current number of key/value pairs contained in the cache of the datastore.", _SYNCER)
+                    "Current number of key/value pairs contained in the cache of the datastore.", _SYNCER,
+                    multiprocess_mode="max")
 _GENERATED = PlainCounter("typha_snapshots_generated", "Number of binary snapshots generated.", _SYNCER)
 _REUSED = PlainCounter("typha_snapshots_reused", "Number of binary snapshots that were cached and reused.", _SYNCER)
 _RAW = Gauge("typha_snapshot_raw_bytes",
-             "Size of the most recently generated binary snapshot (before compression).", _SYNCER)
+             "Size of the most recently generated binary snapshot (before compression).", _SYNCER,
+             multiprocess_mode="max")
 _COMPRESSED = Gauge("typha_snapshot_compressed_bytes",
-                    "Size of the most recently generated binary snapshot (after compression).", _SYNCER)
+                    "Size of the most recently generated binary snapshot (after compression).", _SYNCER,
+                    multiprocess_mode="max")
 
 
 class CacheMetrics:

@@ -19,9 +19,11 @@ _SYNCER = ["syncer"]
 _ACCEPTED = PlainCounter("typha_connections_accepted", "Total number of connections accepted over time.")
 _DROPPED = PlainCounter("typha_connections_dropped", "Total number of connections dropped due to rebalancing.")
 _ACTIVE = Gauge("typha_connections_active",
-                "Number of open client connections, including connections that are still in the handshake.")
+                "Number of open client connections, including connections that are still in the handshake.",
+                multiprocess_mode="livesum")
 _STREAMING = Gauge("typha_connections_streaming",
-                   "Number of client connections that completed the handshake and are streaming data.", _SYNCER)
+                   "Number of client connections that completed the handshake and are streaming data.", _SYNCER,
+                   multiprocess_mode="livesum")
 _GRACE_USED = PlainCounter("typha_connections_grace_used",
                            "Total number of connections that made use of the grace period to catch up after sending "
                            "the initial snapshot.", _SYNCER)
@@ -40,7 +42,8 @@ _KVS_PER_MSG = QuantileSummary("typha_kvs_per_msg", "Number of KV pairs sent in 
 
 # Extensions: not in Typha, named in its style; counters are ordinary prometheus counters (`_total`).
 _AWAITING_HELLO = Gauge("typha_connections_awaiting_hello",
-                        "Streams accepted that have not completed the handshake (they count toward the limit).")
+                        "Streams accepted that have not completed the handshake (they count toward the limit).",
+                        multiprocess_mode="livesum")
 _SNAPSHOTS_SENT = Counter("typha_client_snapshots_sent", "Snapshots sent to clients.")
 _RESUMES = Counter("typha_client_resumes", "Clients that resumed from their sequence number.")
 _DIGEST_RESYNCS = Counter("typha_client_digest_resyncs",
