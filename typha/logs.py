@@ -4,7 +4,7 @@ for text a peer chose, before it goes into a log line.
 
 Typha writes logs from a bounded queue on a background goroutine and drops lines (counting them in
 `typha_logs_dropped`) rather than block the process on a stalled stderr; errors while writing count in
-`typha_log_errors` (docs/calico/typha.md §Metrics). The same here: a stalled log pipe must never stall
+`typha_log_errors` (docs/calico/typha.md §1). The same here: a stalled log pipe must never stall
 the Sync server's event loop.
 """
 

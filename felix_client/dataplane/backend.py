@@ -1,5 +1,5 @@
 """Which iptables backend to program: Felix's `IptablesBackend` (FELIX_IPTABLESBACKEND = Auto, Legacy or
-NFT, any case; docs/calico/felix.md §Dataplane) with Felix's detection for Auto.
+NFT, any case; docs/calico/felix.md §2) with Felix's detection for Auto.
 
 The image's own `iptables` says nothing about the host: rules written with the other backend than
 kube-proxy's and the host's tools are invisible to them and may be evaluated in a different order.

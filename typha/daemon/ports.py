@@ -1,6 +1,6 @@
 """Ports the daemon binds: a free loopback port for a child's private endpoint, and the checks that turn
 "address in use" into one line naming the setting and port instead of a traceback from deep inside gRPC
-or aiohttp (docs/calico/typha.md §Configuration)."""
+or aiohttp."""
 
 from __future__ import annotations
 

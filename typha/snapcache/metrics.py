@@ -1,5 +1,5 @@
 """The snapshot cache's Prometheus metrics under Typha's exact names, types and labels
-(typha/pkg/snapcache/cache.go and snap_precalc.go; docs/calico/typha.md §Metrics), and the two metric
+(typha/pkg/snapcache/cache.go and snap_precalc.go; docs/calico/typha.md §1), and the two metric
 types Typha's exposition needs that prometheus_client does not have:
 
 - `PlainCounter`: a counter whose series carries its declared name. prometheus_client appends `_total` to

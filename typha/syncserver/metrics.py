@@ -1,5 +1,5 @@
 """The Sync server's Prometheus metrics under Typha's exact names, types and labels
-(typha/pkg/syncserver/sync_server.go; docs/calico/typha.md §Metrics), plus extensions in Typha's style.
+(typha/pkg/syncserver/sync_server.go; docs/calico/typha.md §1), plus extensions in Typha's style.
 
 Typha's per-syncer summaries carry a constant `syncer` label; here they are one labelled summary each,
 which exports the same series. Counters Typha names without `_total` are PlainCounters, summaries are
