@@ -8,7 +8,10 @@ backend holds rules:
 
 1. kube-proxy's marker chains (KUBE-IPTABLES-HINT, KUBE-KUBELET-CANARY) in the nft mangle table → nft;
 2. else in the legacy mangle table → legacy;
-3. else whichever backend holds more rules, legacy on a tie.
+3. else whichever backend holds more rules, legacy on a tie;
+4. one departure: when neither holds any rule at all (a fresh node, or a fresh network namespace), Felix's
+   tie-break is arbitrary, and the host's own `iptables` (what kube-proxy and an operator's tools will use)
+   is the better hint: `nf_tables` in its `--version` means nft.
 
 The legacy backend is read only when its kernel modules are already loaded (/proc/net/ip_tables_names):
 running iptables-legacy-save would load them, putting legacy hooks on a node that runs nftables only.
@@ -67,6 +70,11 @@ def _count_rules(output: str) -> int:
     return sum(1 for line in output.splitlines() if line.startswith("-"))
 
 
+def host_default(run: Runner = _run_quietly) -> str:
+    """The backend of the host's plain `iptables` (an alternatives link on most distributions)."""
+    return NFT if "nf_tables" in run(["iptables", "--version"]) else LEGACY
+
+
 def detect(run: Runner = _run_quietly, *, which: Callable[[str], str | None] = shutil.which,
            legacy_loaded: Callable[[int], bool] = lambda version: os.path.exists(_LEGACY_LOADED[version])) -> str:
     """The backend that holds the host's rules, by Felix's rules (module docstring)."""
@@ -82,6 +90,8 @@ def detect(run: Runner = _run_quietly, *, which: Callable[[str], str | None] = s
         return LEGACY
     legacy_rules = _count_rules(save(LEGACY, 6)) + _count_rules(save(LEGACY, 4))
     nft_rules = _count_rules(save(NFT, 6)) + _count_rules(save(NFT, 4))
+    if legacy_rules == nft_rules == 0:
+        return host_default(run)
     return LEGACY if legacy_rules >= nft_rules else NFT
 
 

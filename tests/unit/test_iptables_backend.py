@@ -35,7 +35,15 @@ def test_kube_proxy_markers_in_legacy_pick_legacy():
 def test_otherwise_the_backend_with_more_rules_and_legacy_on_a_tie():
     run = host({"iptables-nft-save": "-A INPUT -j ACCEPT\n-A FORWARD -j ACCEPT\n", "iptables-legacy-save": "-A X\n"})
     assert backend.detect(run, which=which, legacy_loaded=lambda _: True) == "nft"
-    assert backend.detect(host({}), which=which, legacy_loaded=lambda _: True) == "legacy"
+    tie = host({"iptables-nft-save": "-A X\n", "iptables-legacy-save": "-A Y\n",
+                "iptables --version": "iptables v1.8.9 (nf_tables)"})
+    assert backend.detect(tie, which=which, legacy_loaded=lambda _: True) == "legacy"
+
+
+def test_no_rules_anywhere_follows_the_hosts_iptables():
+    for version, expected in (("iptables v1.8.9 (nf_tables)", "nft"), ("iptables v1.8.9 (legacy)", "legacy")):
+        run = host({"iptables --version": version})
+        assert backend.detect(run, which=which, legacy_loaded=lambda _: True) == expected
 
 
 def test_legacy_is_not_read_when_its_modules_are_not_loaded():
