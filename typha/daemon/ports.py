@@ -30,6 +30,9 @@ def ensure_bindable(setting: str, host: str, port: int) -> None:
     address = host or "0.0.0.0"
     try:
         with socket.socket(_family(address), socket.SOCK_STREAM) as sock:
+            # As the real listeners do (aiohttp, gRPC): a restarted child must not be refused for its
+            # predecessor's connections in TIME_WAIT. A socket listening on the port still refuses the bind.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((address, port))
     except OSError as exc:
         raise bind_error(setting, address, port, exc) from None
