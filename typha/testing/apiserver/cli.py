@@ -66,7 +66,11 @@ def run(args: argparse.Namespace) -> int:
             tls=args.tls,
         )
         host, port = args.listen
-        with emulator.start(host, port):
+        try:
+            emulator.start(host, port)
+        except OSError as exc:  # one line naming the address, not errno's text alone
+            raise SettingError("--listen", f"{host}:{port}", exc.strerror or str(exc)) from None
+        with emulator:
             if args.load:
                 # Imported here: the loader is only needed with --load, and it pulls in the Calico model.
                 from typha.testing.apiserver.calico_v3 import load_file
