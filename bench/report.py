@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -32,11 +33,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="directory for the PNG files (created)")
 
 
+class ReportError(Exception):
+    """A results file that cannot be read or plotted: one line naming the file."""
+
+
 def load(paths: list[str]) -> dict[str, list[Run]]:
     by_kind: dict[str, list[Run]] = {}
     for path in paths:
-        with open(path) as f:
-            results = json.load(f)
+        try:
+            with open(path) as f:
+                results = json.load(f)
+        except OSError as exc:
+            raise ReportError(f"{path}: {exc.strerror or exc}") from None
+        except ValueError as exc:  # json.JSONDecodeError, UnicodeDecodeError
+            raise ReportError(f"{path}: not a JSON results file: {exc}") from None
+        if not isinstance(results, dict):
+            raise ReportError(f"{path}: not a results file (expected a JSON object, got {type(results).__name__})")
         label = os.path.splitext(os.path.basename(path))[0]
         by_kind.setdefault(results.get("benchmark", "unknown"), []).append((label, results))
     return by_kind
@@ -133,17 +145,36 @@ PLOTS: dict[str, tuple[str, Callable[[Figure, list[Run]], None]]] = {
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except ReportError as exc:
+        print(f"bench report: {exc}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
     by_kind = load(args.results)
-    os.makedirs(args.out, exist_ok=True)
+    try:
+        os.makedirs(args.out, exist_ok=True)
+    except OSError as exc:
+        raise ReportError(f"--out {args.out}: {exc.strerror or exc}") from None
     rows = []
     for name, (kind, draw) in PLOTS.items():
         runs = by_kind.get(kind, [])
         if not runs:
             continue
         fig = Figure(figsize=(8, 5), layout="constrained")
-        draw(fig, runs)
+        try:
+            draw(fig, runs)
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            labels = ", ".join(label for label, _ in runs)
+            raise ReportError(f"{kind} results ({labels}) lack what the {name} plot needs: "
+                              f"{type(exc).__name__}: {exc}") from None
         path = os.path.join(args.out, name)
-        fig.savefig(path, dpi=110)
+        try:
+            fig.savefig(path, dpi=110)
+        except OSError as exc:
+            raise ReportError(f"{path}: {exc.strerror or exc}") from None
         rows.append((name, f"{len(runs)} {kind} run(s) → {path}"))
     plotted = {kind for kind, _ in PLOTS.values()}
     rows.extend((f"({kind})", f"{len(by_kind[kind])} file(s) not plotted: no plot for this benchmark")

@@ -37,6 +37,7 @@ from confd_client.bgp.store import BGPStore
 from confd_client.bgp.validate import Invalid, check_env
 from confd_client.render import FILES, render_all, write_if_changed
 from confd_client.sources import KubeSources
+from typha import logs
 from typha.client import ClientTLS, StatusChange, TLSConfigError, UpdateBatch, open_trio_sync_client
 from typha.client.discovery import TyphaDiscovery, discover_until_found
 from typha.model.kv import SyncStatus
@@ -89,6 +90,7 @@ class Settings:
         parser.add_argument("--bird6-socket", default="", help="birdc control socket for IPv6 BIRD")
         parser.add_argument("--check", action="store_true", help="bird -p -c the new config before installing it")
         parser.add_argument("--in-sync-timeout", type=float, default=60.0)
+        parser.add_argument("--version", action="version", version=logs.version_line("confd-client"))
         args = parser.parse_args(argv)
         nodename = env.get("NODENAME", "")
         if not nodename:
@@ -107,6 +109,7 @@ class Settings:
             check_env(render_env)  # these reach BIRD as they are: refuse them here, in one line
         except Invalid as exc:
             parser.error(str(exc))
+        logs.check_client_tls(tls.ca_file, tls.cert_file, tls.key_file)
         return cls(
             nodename=nodename,
             endpoints=list(discovery.static),
@@ -411,9 +414,14 @@ def _existing(directory: Path) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=os.environ.get("CONFD_LOGLEVEL", "INFO").upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return logs.run_main("confd-client", lambda: _main(argv), expected=(TLSConfigError,))
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    logs.configure(logs.parse_level(os.environ.get("CONFD_LOGLEVEL", "INFO"), "CONFD_LOGLEVEL"),
+                   os.environ.get("CONFD_LOGFORMAT", "text"))
     settings = Settings.from_env(os.environ, argv)
+    log.info("%s", logs.version_line("confd-client"))
     agent = ConfdAgent(settings)
     try:
         trio.run(agent.run)

@@ -46,8 +46,10 @@ import trio
 from felix_client import rules
 from felix_client.calc import Calculator
 from felix_client.dataplane import Dataplane
+from felix_client.dataplane import backend as iptables_backend
 from felix_client.dataplane.dataplane import OwnVTEP
 from felix_client.health import DEFAULT_HEALTH_PORT, serve_health
+from typha import logs
 from typha.client import ClientTLS, StatusChange, TLSConfigError, UpdateBatch, open_trio_sync_client
 from typha.client.discovery import TyphaDiscovery, discover_until_found, with_default_port
 from typha.model.kv import SyncStatus
@@ -107,7 +109,7 @@ class Agent:
         self._links_dirty = True  # routes, sysctls or VXLAN changed since they were last programmed
         self._last_full = -math.inf  # monotonic start of the last successful full apply
         if options.dry_run is None:
-            self.dataplane = Dataplane(options.netns)
+            self.dataplane = Dataplane(options.netns, backend=iptables_backend.select(netns=options.netns))
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         client_options: dict[str, Any] = {}
@@ -315,8 +317,13 @@ def parse_args(argv: Sequence[str] | None = None) -> AgentOptions:
                         f"{DEFAULT_HEALTH_PORT} when $FELIX_HEALTHENABLED is true, else off)")
     parser.add_argument("--health-host", default=os.environ.get("FELIX_HEALTHHOST", "0.0.0.0"))
     parser.add_argument("--log-level", default=os.environ.get("FELIX_LOGSEVERITYSCREEN", "INFO"))
+    parser.add_argument("--log-format", default="text", type=str.lower, choices=logs.FORMATS)
+    parser.add_argument("--version", action="version", version=logs.version_line("felix-client"))
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(logs.parse_level(args.log_level, "FELIX_LOGSEVERITYSCREEN"), args.log_format)
+    log.info("%s", logs.version_line("felix-client"))
+    logs.warn_unknown_env(os.environ, "FELIX_", KNOWN_ENV, log)
+    iptables_backend.parse_setting(os.environ.get(iptables_backend.SETTING))  # a bad value fails at start
     hostname = args.hostname or _default_hostname()
     discovery = TyphaDiscovery.from_env(os.environ, ("FELIX_",), node=hostname,
                                         override=[with_default_port(a) for a in args.typha or ()])
@@ -327,6 +334,7 @@ def parse_args(argv: Sequence[str] | None = None) -> AgentOptions:
         tls = ClientTLS.from_env()
     except TLSConfigError as exc:
         parser.error(str(exc))
+    logs.check_client_tls(tls.ca_file, tls.cert_file, tls.key_file)
     return AgentOptions(
         typha=list(discovery.static),
         discovery=discovery,
@@ -378,7 +386,18 @@ def _gave_up(exc: BaseException) -> ConnectionError | None:
     return exc if isinstance(exc, ConnectionError) else None
 
 
+# What felix-client reads (Felix's names); any other FELIX_* is warned about once.
+KNOWN_ENV = ("FELIX_TYPHAADDR", "FELIX_TYPHAK8SSERVICENAME", "FELIX_TYPHAK8SNAMESPACE", "FELIX_TYPHACAFILE",
+             "FELIX_TYPHACERTFILE", "FELIX_TYPHAKEYFILE", "FELIX_TYPHACN", "FELIX_TYPHAURISAN", "FELIX_FELIXHOSTNAME",
+             "FELIX_HEALTHENABLED", "FELIX_HEALTHHOST", "FELIX_HEALTHPORT", "FELIX_LOGSEVERITYSCREEN",
+             "FELIX_DEFAULTENDPOINTTOHOSTACTION", *iptables_backend.KNOWN_ENV)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    return logs.run_main("felix-client", lambda: _run(argv), expected=(TLSConfigError,))
+
+
+def _run(argv: Sequence[str] | None) -> int:
     options = parse_args(argv)
     following = options.discovery.describe() if options.discovery is not None else ",".join(options.typha)
     log.info("felix-client for node %s following %s, %s", options.hostname, following,

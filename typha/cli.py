@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
+from typing import NoReturn
 
 from typha import logs
+from typha.config import ConfigError
 
 # subcommand -> module exposing add_arguments(parser) and run(args) -> int
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -16,13 +19,24 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "autoscale": ("typha.ops.autoscale", "scale the Typha Deployment with the number of schedulable nodes"),
     "demo": ("typha.demo.command", "run a generated cluster, typha and per-node agents on this machine"),
 }
+# Commands whose stdout is their product: no version line in front of it.
+QUIET_START = ("dump",)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """A usage mistake is one line naming the flag (argparse prints the whole usage first)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="typha", description=__doc__)
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
-    parser.add_argument("--log-format", default="text", choices=("text", "json"),
-                        help="json: one object per line with time, level, logger, msg and fields")
+    parser = OneLineParser(prog="typha", description=__doc__)
+    parser.add_argument("--version", action="version", version=logs.version_line("typha"))
+    parser.add_argument("--log-level", default=None, type=str,
+                        help="DEBUG, INFO, WARNING or ERROR, any case (default: serve's LogSeverityScreen, else INFO)")
+    parser.add_argument("--log-format", default="text", type=str.lower, choices=logs.FORMATS,
+                        help="text: Calico's layout; json: one object per line with time, level, file, msg and fields")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (module_name, help_text) in SUBCOMMANDS.items():
         module = importlib.import_module(module_name)
@@ -34,8 +48,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logs.configure(args.log_level, args.log_format)
-    return int(args._module.run(args) or 0)
+
+    def body() -> int:
+        logs.configure(logs.parse_level(args.log_level or "INFO", "--log-level"), args.log_format)
+        if args.command not in QUIET_START:
+            logging.getLogger("typha").info("%s", logs.version_line("typha"))
+        return int(args._module.run(args) or 0)
+
+    return logs.run_main("typha", body, expected=(ConfigError,))
 
 
 if __name__ == "__main__":

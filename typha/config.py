@@ -8,19 +8,26 @@ marked `extension` and use the same naming scheme.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import logging
 import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import yaml
+
+from typha import logs
+
 if TYPE_CHECKING:
     from typha.client.tls import ClientTLS
+    from typha.kube.client import KubeClient
 
 
 class ConfigError(ValueError):
-    pass
+    """A setting that cannot work; the message names the setting, the value and why (one line)."""
 
 
 def _setting(typha_name: str, default: Any, help_text: str, *, extension: bool = False,
@@ -158,11 +165,31 @@ class TyphaConfig:
         return [name.strip() for name in self.syncers.split(",") if name.strip()]
 
     def validate(self) -> None:
+        """The settings' own rules (choices, ranges, TLS all-or-nothing); check_files() looks at the disk."""
         for spec in dataclasses.fields(self):
             choices = spec.metadata["choices"]
             value = getattr(self, spec.name)
             if choices and value not in choices:
                 raise ConfigError(f"{spec.metadata['typha']}={value!r}: expected one of {', '.join(choices)}")
+        for spec in dataclasses.fields(self):
+            value = getattr(self, spec.name)
+            name = spec.metadata["typha"]
+            # Typha's ports are int(0,65535); beyond that the kernel would silently bind port % 65536.
+            if name.endswith("Port") and not 0 <= value <= MAX_PORT:
+                raise ConfigError(f"{name}={value!r}: a port is 1-{MAX_PORT} (0: Typha's default)")
+            if isinstance(value, float) and not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"{name}={value!r}: expected a non-negative number of seconds")
+        for name, value, floor in (("MaxConnectionsUpperLimit", self.max_connections_upper_limit, 1),
+                                   ("MaxConnectionsLowerLimit", self.max_connections_lower_limit, 1),
+                                   ("Workers", self.workers, 0), ("ResumeWindowBytes", self.resume_window_bytes, 0)):
+            if value < floor:
+                raise ConfigError(f"{name}={value!r}: must be at least {floor}")
+        from typha.source.datastore import SYNCER_TYPES
+
+        unknown = sorted(set(self.syncer_types) - set(SYNCER_TYPES))
+        if unknown or not self.syncer_types:
+            raise ConfigError(f"Syncers={self.syncers!r}: expected a comma-separated list of "
+                              f"{', '.join(SYNCER_TYPES)}")
         if self.requires_tls and not (
             self.server_key_file and self.server_cert_file and self.ca_file
             and (self.client_cn or self.client_uri_san)
@@ -173,19 +200,127 @@ class TyphaConfig:
             )
         self.upstream_tls()
 
+    def check_files(self) -> None:
+        """Every file setting names a readable file of the right kind (Typha's file(must-exist)), so a typo
+        is one line at start rather than a traceback, or a bind failure, later."""
+        for name, path, kind in (("ServerCertFile", self.server_cert_file, "certificate"),
+                                 ("CAFile", self.ca_file, "certificate"),
+                                 ("ServerKeyFile", self.server_key_file, "key"),
+                                 ("UpstreamCertFile", self.upstream_cert_file, "certificate"),
+                                 ("UpstreamCAFile", self.upstream_ca_file, "certificate"),
+                                 ("UpstreamKeyFile", self.upstream_key_file, "key"),
+                                 ("Kubeconfig", self.kubeconfig, "kubeconfig")):
+            if path:
+                check_file(name, path, kind)
 
-def usable_cpus() -> int:
-    """CPUs this process may run on: its affinity mask, capped by a cgroup v2 CPU quota (a container's
-    CPU limit), which os.cpu_count() ignores."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+def check_file(setting: str, path: str, kind: str) -> None:
+    """Raise ConfigError naming `setting` unless `path` is a readable PEM certificate, PEM key or kubeconfig."""
+    if kind != "kubeconfig":
+        try:
+            logs.check_pem(setting, path, kind)
+        except logs.SettingError as exc:
+            raise ConfigError(str(exc)) from None
+        return
     try:
-        with open("/sys/fs/cgroup/cpu.max") as limits:
-            quota, period = limits.read().split()[:2]
-        if quota != "max":
-            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
-    except (OSError, ValueError):
-        pass
+        with open(path, "rb") as handle:
+            document = yaml.safe_load(handle)
+    except OSError as exc:
+        raise ConfigError(f"{setting}={path!r}: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{setting}={path!r}: not YAML: {' '.join(str(exc).split())[:200]}") from None
+    if not isinstance(document, dict) or not document.get("clusters"):
+        raise ConfigError(f"{setting}={path!r}: not a kubeconfig (no clusters in it)")
+
+
+MAX_PORT = 65535
+# Typha parameters this typha does not implement: accepted from Calico's manifests without a warning
+# about a typo, but said once to be ignored (typha/pkg/config/config_params.go).
+TYPHA_ONLY = ("EtcdAddr", "EtcdScheme", "EtcdKeyFile", "EtcdCertFile", "EtcdCaFile", "EtcdEndpoints",
+              "LogFilePath", "LogSeverityFile", "LogSeveritySys", "PrometheusGoMetricsEnabled",
+              "PrometheusProcessMetricsEnabled", "PrometheusMetricsCAFile", "PrometheusMetricsCertFile",
+              "PrometheusMetricsKeyFile", "PrometheusMetricsClientAuth", "SnapshotCacheMaxBatchSize",
+              "ServerMaxMessageSize", "ServerMinBatchingAgeThresholdSecs", "DebugMemoryProfilePath",
+              "DebugDisableLogDropping", "DebugHost", "DebugPort", "FIPSModeEnabled")
+# Environment variables with the TYPHA_ prefix that are not settings: the workers supervisor's to its children.
+INTERNAL_ENV = ("TYPHA_WORKER_LOADS_DIR", "TYPHA_WORKER_INDEX")
+
+
+def warn_unknown_environment(environ: Mapping[str, str], log: logging.Logger) -> None:
+    """Once per start: TYPHA_* names that are no setting (with the closest one), and Typha's own settings
+    that this typha ignores."""
+    known = [env_name(spec) for spec in dataclasses.fields(TyphaConfig)] + list(INTERNAL_ENV)
+    ignored = {"TYPHA_" + name.upper(): name for name in TYPHA_ONLY}
+    for name in sorted(set(environ) & set(ignored)):
+        if environ[name].strip().lower() not in ("", "none", "false"):
+            log.info("Typha setting %s is not implemented here; ignoring %s=%r", ignored[name], name, environ[name])
+    logs.warn_unknown_env({k: v for k, v in environ.items() if k not in ignored}, "TYPHA_", known, log)
+
+
+def kube_client(kubeconfig: str = "") -> KubeClient:
+    """The API client from `kubeconfig`, else $KUBECONFIG, else in-cluster, else ~/.kube/config (the order
+    `--help` and the README give, and kubectl's); ConfigError naming the setting that could not be used."""
+    import kubernetes
+
+    from typha.kube.client import KubeClient
+
+    path = kubeconfig or os.environ.get("KUBECONFIG") or None
+    setting = "Kubeconfig" if kubeconfig else "KUBECONFIG" if path else "in-cluster config"
+    try:
+        return KubeClient.from_environment(path)
+    except (kubernetes.config.ConfigException, OSError, ValueError, TypeError, KeyError) as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        if path is None:
+            raise ConfigError(f"{setting}: not in a pod and no kubeconfig ({reason[:200]}); "
+                              "set Kubeconfig or $KUBECONFIG") from None
+        raise ConfigError(f"{setting}={path!r}: cannot load: {reason[:300]}") from None
+
+
+def usable_cpus(proc_cgroup: str = "/proc/self/cgroup", cgroup_root: str = "/sys/fs/cgroup") -> int:
+    """CPUs this process may use: its affinity mask, capped by the CPU quota of its cgroup and every
+    ancestor (a container's CPU limit, which os.cpu_count() ignores), rounded up. cgroup v2 `cpu.max`;
+    v1 `cpu.cfs_quota_us` / `cpu.cfs_period_us` where the host still mounts v1."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    for quota in _cgroup_quotas(proc_cgroup, cgroup_root):
+        cpus = min(cpus, max(1, math.ceil(quota)))
     return max(cpus, 1)
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as handle:
+            return handle.read().strip()
+    except OSError:
+        return None
+
+
+def _cgroup_quotas(proc_cgroup: str, cgroup_root: str) -> list[float]:
+    """CPU quotas (in CPUs) on the path from this process's cgroup up to the root."""
+    quotas: list[float] = []
+    for line in (_read(proc_cgroup) or "").splitlines():
+        hierarchy, controllers, path = [*line.split(":", 2), "", ""][:3]
+        if hierarchy == "0" and controllers == "":  # v2; inside a cgroup namespace the path is "/"
+            base, parts = cgroup_root, path.strip("/").split("/") if path.strip("/") else []
+            for depth in range(len(parts), -1, -1):
+                limit = _read(os.path.join(base, *parts[:depth], "cpu.max"))
+                if limit:
+                    quota, _, period = limit.partition(" ")
+                    with contextlib.suppress(ValueError, ZeroDivisionError):
+                        if quota != "max":
+                            quotas.append(int(quota) / int(period or "100000"))
+        elif "cpu" in controllers.split(","):  # v1
+            directory = next((os.path.join(cgroup_root, name) for name in (controllers, "cpu,cpuacct", "cpu")
+                              if os.path.isdir(os.path.join(cgroup_root, name))), None)
+            if directory is None:
+                continue
+            for candidate in (os.path.join(directory, path.strip("/")), directory):
+                quota_text = _read(os.path.join(candidate, "cpu.cfs_quota_us"))
+                period_text = _read(os.path.join(candidate, "cpu.cfs_period_us"))
+                with contextlib.suppress(TypeError, ValueError, ZeroDivisionError):
+                    if quota_text is not None and int(quota_text) > 0:
+                        quotas.append(int(quota_text) / int(period_text or "100000"))
+                        break
+    return quotas
 
 
 def env_name(spec: dataclasses.Field[Any]) -> str:
@@ -197,9 +332,14 @@ def flag_name(spec: dataclasses.Field[Any]) -> str:
 
 
 def _parse(spec: dataclasses.Field[Any], raw: str) -> Any:
-    kind = type(spec.default)
-    if raw in spec.metadata["choices"]:
-        return raw  # "none" is a real value of ConnectionRebalancingMode, not Typha's zero-value escape
+    kind: type[Any] = type(spec.default)
+    # Typha's oneof() values are case-insensitive and stored in their canonical spelling (Calico's chart
+    # sets TYPHA_LOGSEVERITYSCREEN=info); the Go level names WARN and FATAL mean WARNING and CRITICAL.
+    canonical = {choice.lower(): choice for choice in spec.metadata["choices"]}
+    if spec.name == "log_severity_screen":
+        canonical |= {"warn": "WARNING", "fatal": "CRITICAL", "panic": "CRITICAL"}
+    if raw.strip().lower() in canonical:
+        return canonical[raw.strip().lower()]  # "none" is a real value of ConnectionRebalancingMode
     if raw.strip().lower() == "none":
         return kind()
     try:

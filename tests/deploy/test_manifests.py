@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import re
 import shlex
 import shutil
@@ -35,6 +36,33 @@ NAMESPACE = "typha-system"
 TYPHA_SA = "calico-typha"
 AGENT_SA = "typha-agent"
 READ_VERBS = {"get", "list", "watch"}
+CLUSTER_ROLE = "typha-py"  # this project's name: never one Calico or the Tigera operator creates
+# Ports of the Typha container: not Calico's Typha's 5473/9098/9093, which share the host network.
+SYNC_PORT, HEALTH_PORT, METRICS_PORT = 5475, 9096, 9095
+FELIX_CLIENT_HEALTH_PORT = 9097  # not calico-node Felix's 9099
+CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "PriorityClass", "APIService",
+                  "ValidatingWebhookConfiguration", "MutatingWebhookConfiguration", "CSIDriver", "StorageClass",
+                  "CustomResourceDefinition", "PodSecurityPolicy", "IngressClass", "RuntimeClass"}
+# Cluster-scoped names Calico creates, as facts: from projectcalico/calico's manifests/ (calico*.yaml,
+# canal*.yaml, apiserver.yaml, tigera-operator.yaml, calicoctl.yaml, csi-driver.yaml), plus the
+# ClusterRole and ClusterRoleBinding `calico-typha` the Tigera operator creates for its Typha.
+CALICO_CLUSTER_NAMES: dict[str, set[str]] = {
+    "Namespace": {"calico-system", "calico-apiserver", "tigera-operator"},
+    "ClusterRole": {"calico-cni-plugin", "calico-crds", "calico-extension-apiserver-auth-access",
+                    "calico-kube-controllers", "calico-node", "calico-tier-getter", "calico-webhook-reader",
+                    "calico-webhooks", "calicoctl", "canal", "flannel", "tigera-operator", "tigera-operator-secrets",
+                    "calico-typha"},
+    "ClusterRoleBinding": {"calico-apiserver-access-crds", "calico-apiserver-delegate-auth",
+                           "calico-apiserver-webhook-reader", "calico-cni-plugin",
+                           "calico-extension-apiserver-auth-access", "calico-kube-controllers", "calico-node",
+                           "calico-tier-getter", "calico-webhooks", "calicoctl", "canal", "canal-calico",
+                           "canal-flannel", "tigera-operator", "calico-typha"},
+    "APIService": {"v3.projectcalico.org"},
+    "ValidatingWebhookConfiguration": {"calico-webhooks"},
+    "CSIDriver": {"csi.tigera.io"},
+}
+# The names Calico's projects use as prefixes; ours start with "typha-" instead.
+CALICO_PREFIXES = ("calico", "tigera", "canal", "flannel")
 
 needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="kubectl (for kustomize) is not on PATH")
 
@@ -124,13 +152,14 @@ def test_the_expected_objects_are_there(rendered: tuple[str, list[dict[str, Any]
         ("Namespace", NAMESPACE),
         ("ServiceAccount", TYPHA_SA),
         ("ServiceAccount", AGENT_SA),
-        ("ClusterRole", "calico-typha"),
-        ("ClusterRoleBinding", "calico-typha"),
+        ("ClusterRole", CLUSTER_ROLE),
+        ("ClusterRoleBinding", CLUSTER_ROLE),
         ("Role", "calico-typha-autoscaler"),
         ("RoleBinding", "calico-typha-autoscaler"),
         ("Deployment", "calico-typha"),
         ("PodDisruptionBudget", "calico-typha"),
         ("Service", "calico-typha"),
+        ("Service", "typha-metrics"),
         ("DaemonSet", "typha-agents"),
     ])
     for obj in objects:
@@ -143,7 +172,7 @@ def test_the_expected_objects_are_there(rendered: tuple[str, list[dict[str, Any]
 
 def test_typha_cluster_role_is_exactly_what_the_syncers_watch(rendered: tuple[str, list[dict[str, Any]]]) -> None:
     _, objects = rendered
-    role = one(objects, "ClusterRole", "calico-typha")
+    role = one(objects, "ClusterRole", CLUSTER_ROLE)
     granted: dict[str, set[str]] = {}
     for rule in role["rules"]:
         assert "nonResourceURLs" not in rule and "resourceNames" not in rule, rule
@@ -164,7 +193,7 @@ def test_bindings_give_the_agents_nothing_and_typha_only_its_roles(
     subjects = {(s["kind"], s.get("namespace"), s["name"]) for b in bindings for s in b["subjects"]}
     assert subjects == {("ServiceAccount", NAMESPACE, TYPHA_SA)}
     roles = {(b["kind"], b["roleRef"]["kind"], b["roleRef"]["name"]) for b in bindings}
-    assert roles == {("ClusterRoleBinding", "ClusterRole", "calico-typha"),
+    assert roles == {("ClusterRoleBinding", "ClusterRole", CLUSTER_ROLE),
                      ("RoleBinding", "Role", "calico-typha-autoscaler")}
     agents = one(objects, "DaemonSet", "typha-agents")["spec"]["template"]["spec"]
     assert agents["serviceAccountName"] == AGENT_SA
@@ -209,9 +238,9 @@ def test_typha_deployment(rendered: tuple[str, list[dict[str, Any]]]) -> None:
     assert argv[0] == "typha"
     assert "serve" in argv
     build_parser().parse_args(argv[1:])  # the command line parses
-    assert {"name": "calico-typha", "containerPort": 5473, "protocol": "TCP"} in typha["ports"]
+    assert {"name": "calico-typha", "containerPort": SYNC_PORT, "protocol": "TCP"} in typha["ports"]
     for probe, path in (("readinessProbe", "/readiness"), ("livenessProbe", "/liveness")):
-        assert typha[probe]["httpGet"]["port"] == 9098
+        assert typha[probe]["httpGet"]["port"] == HEALTH_PORT
         assert typha[probe]["httpGet"]["path"] == path
 
     # Every TYPHA_* variable is a setting typha has, and together they form a valid configuration.
@@ -222,8 +251,10 @@ def test_typha_deployment(rendered: tuple[str, list[dict[str, Any]]]) -> None:
     env = plain_env(typha) | {"TYPHA_K8SNAMESPACE": NAMESPACE}
     config = typha_config.load(environ=env)
     assert config.health_enabled
-    assert config.health_port == 9098
-    assert config.effective_server_port == 5473
+    assert config.health_port == HEALTH_PORT
+    assert config.effective_server_port == SYNC_PORT
+    assert config.prometheus_metrics_enabled
+    assert {"name": "metrics", "containerPort": config.prometheus_metrics_port, "protocol": "TCP"} in typha["ports"]
     assert config.connection_rebalancing_mode == "kubernetes"
     assert config.shutdown_timeout_secs < pod["terminationGracePeriodSeconds"]
     assert config.requires_tls == (overlay == "tls")
@@ -335,3 +366,114 @@ def test_dockerfile_is_slim_non_root_and_matches_the_manifests() -> None:
     for source in copied:
         assert f"!{source}" in ignore or f"!{source}/**" in ignore, source
         assert (ROOT / source).exists(), source
+
+
+# -- beside Calico ---------------------------------------------------------------------------------
+
+
+def test_no_cluster_scoped_name_is_one_calico_creates(rendered: tuple[str, list[dict[str, Any]]]) -> None:
+    """Applying an object under a name the Tigera operator or Calico's manifests use (ClusterRole
+    `calico-typha`, …) would overwrite Calico's own."""
+    _, objects = rendered
+    cluster_scoped = [(o["kind"], o["metadata"]["name"]) for o in objects if o["kind"] in CLUSTER_SCOPED]
+    assert cluster_scoped, "the check must see the cluster-scoped objects"
+    for kind, name in cluster_scoped:
+        assert name not in CALICO_CLUSTER_NAMES.get(kind, set()), f"{kind} {name} is Calico's"
+        assert not name.startswith(CALICO_PREFIXES), f"{kind} {name} takes a Calico prefix"
+        assert name.startswith("typha-"), f"{kind} {name}: not named for this project"
+
+
+def test_host_ports_are_not_calicos(rendered: tuple[str, list[dict[str, Any]]]) -> None:
+    """Both run on the host network: a port calico-node or Calico's Typha holds would keep ours, or
+    theirs, from starting on that node."""
+    _, objects = rendered
+    calico_host_ports = {5473, 9098, 9093, 9099, 9091, 9094, 179}
+    typha = container(one(objects, "Deployment", "calico-typha"), "calico-typha")
+    config = typha_config.load(environ=plain_env(typha) | {"TYPHA_K8SNAMESPACE": NAMESPACE})
+    used = {config.effective_server_port, config.health_port, config.prometheus_metrics_port}
+    felix = plain_env(container(one(objects, "DaemonSet", "typha-agents"), "felix-client"))
+    used.add(int(felix["FELIX_HEALTHPORT"]))
+    assert not used & calico_host_ports, sorted(used & calico_host_ports)
+    assert felix["FELIX_HEALTHHOST"] == "127.0.0.1"
+
+
+def test_metrics_service_selects_typha_and_names_its_port(rendered: tuple[str, list[dict[str, Any]]]) -> None:
+    _, objects = rendered
+    labels = one(objects, "Deployment", "calico-typha")["spec"]["template"]["metadata"]["labels"]
+    service = one(objects, "Service", "typha-metrics")["spec"]
+    assert service["selector"].items() <= labels.items()
+    typha = container(one(objects, "Deployment", "calico-typha"), "calico-typha")
+    metrics_port = next(p["containerPort"] for p in typha["ports"] if p["name"] == "metrics")
+    assert service["ports"] == [{"name": "metrics", "port": metrics_port, "targetPort": "metrics",
+                                 "protocol": "TCP"}]
+
+
+def test_servicemonitor_component_renders_and_selects_the_metrics_service() -> None:
+    if KUBECTL is None:
+        pytest.skip("kubectl (for kustomize) is not on PATH")
+    component = DEPLOY / "components" / "servicemonitor"
+    docs = [d for d in yaml.safe_load_all((component / "servicemonitor.yaml").read_text()) if d]
+    assert [d["kind"] for d in docs] == ["ServiceMonitor"]
+    monitor = docs[0]
+    service = one(render("plain"), "Service", "typha-metrics")
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert [e["port"] for e in monitor["spec"]["endpoints"]] == [service["spec"]["ports"][0]["name"]]
+
+
+def test_both_agents_have_probes(rendered: tuple[str, list[dict[str, Any]]]) -> None:
+    _, objects = rendered
+    daemonset = one(objects, "DaemonSet", "typha-agents")
+    felix = container(daemonset, "felix-client")
+    env = plain_env(felix)
+    assert env["FELIX_HEALTHENABLED"] == "true"
+    for probe, path in (("readinessProbe", "/readiness"), ("livenessProbe", "/liveness")):
+        assert felix[probe]["httpGet"] == {"host": env["FELIX_HEALTHHOST"], "path": path,
+                                           "port": int(env["FELIX_HEALTHPORT"])}
+    confd = container(daemonset, "confd-client")
+    config_dir = confd["command"][confd["command"].index("--config-dir") + 1]
+    for probe in ("readinessProbe", "livenessProbe"):
+        command = confd[probe]["exec"]["command"]
+        assert command[:2] == ["test", "-s"]
+        assert command[2] == f"{config_dir}/bird.cfg"
+    assert env["FELIX_IPTABLESBACKEND"].lower() in ("auto", "legacy", "nft")
+
+
+def _quantity(text: str | int) -> float:
+    """A Kubernetes quantity as a number (CPUs, or bytes for memory)."""
+    units = {"m": 1e-3, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "k": 1e3, "M": 1e6, "G": 1e9}
+    match = re.fullmatch(r"([0-9.]+)([A-Za-z]*)", str(text))
+    assert match, text
+    return float(match[1]) * units.get(match[2], 1)
+
+
+def test_workers_cpu_and_memory_agree(rendered: tuple[str, list[dict[str, Any]]]) -> None:
+    """Workers follow the CPU limit (typha's default), memory follows the workers, at the per-worker figure
+    measured in deploy/README.md."""
+    _, objects = rendered
+    typha = container(one(objects, "Deployment", "calico-typha"), "calico-typha")
+    env = plain_env(typha)
+    resources = typha["resources"]
+    assert "cpu" in resources["limits"], "without a CPU limit the workers would follow the node's CPUs"
+    workers = math.ceil(_quantity(resources["limits"]["cpu"]))
+    if "TYPHA_WORKERS" in env:
+        assert int(env["TYPHA_WORKERS"]) <= workers
+        workers = int(env["TYPHA_WORKERS"])
+    sizing = re.search(r"memory-sizing.*?base_mib=(\d+) per_worker_mib=(\d+) headroom=([0-9.]+)",
+                       (DEPLOY / "README.md").read_text())
+    assert sizing, "deploy/README.md must record the measured memory figures"
+    base, per_worker, headroom = int(sizing[1]), int(sizing[2]), float(sizing[3])
+    needed = (base + workers * per_worker) * 2**20
+    assert _quantity(resources["requests"]["memory"]) >= needed
+    assert _quantity(resources["limits"]["memory"]) >= needed * headroom
+    assert _quantity(resources["requests"]["cpu"]) <= _quantity(resources["limits"]["cpu"])
+
+
+def test_usable_cpus_reads_the_quota_the_manifest_sets(tmp_path: Path) -> None:
+    """The worker count the test above assumes is what typha computes from that limit's cpu.max."""
+    deployment = yaml.safe_load((DEPLOY / "base" / "typha-deployment.yaml").read_text())
+    typha = next(c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "calico-typha")
+    cpus = _quantity(typha["resources"]["limits"]["cpu"])
+    (tmp_path / "cpu.max").write_text(f"{int(cpus * 100000)} 100000\n")
+    (tmp_path / "cgroup").write_text("0::/\n")
+    assert typha_config.usable_cpus(str(tmp_path / "cgroup"), str(tmp_path)) == min(
+        math.ceil(cpus), len(__import__("os").sched_getaffinity(0)))

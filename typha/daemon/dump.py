@@ -9,6 +9,7 @@ import socket
 import sys
 from typing import Any
 
+from typha import logs
 from typha.client import AsyncSyncClient
 from typha.client.tls import ClientTLS, TLSConfigError
 
@@ -34,6 +35,7 @@ def tls_from_args(args: argparse.Namespace) -> ClientTLS:
     tls = ClientTLS(ca_file=args.ca_file, cert_file=args.cert_file, key_file=args.key_file,
                     server_cn=args.server_cn, server_uri_san=args.server_uri_san)
     tls.validate()
+    logs.check_client_tls(tls.ca_file, tls.cert_file, tls.key_file)
     return tls
 
 
@@ -60,7 +62,7 @@ async def fetch(servers: list[str], syncer: str, timeout: float, tls: ClientTLS 
 def run(args: argparse.Namespace) -> int:
     try:
         kvs = asyncio.run(fetch(args.server, args.syncer, args.timeout, tls_from_args(args)))
-    except (ConnectionError, TimeoutError, OSError, TLSConfigError) as exc:
+    except (ConnectionError, TimeoutError, OSError, TLSConfigError, logs.SettingError) as exc:
         print(f"typha dump: {exc}", file=sys.stderr)
         return 1
     selected = {key: kvs[key] for key in sorted(kvs) if key.startswith(args.prefix)}

@@ -6,15 +6,17 @@ import argparse
 import asyncio
 import gc
 import logging
+import os
 import signal
 from dataclasses import dataclass, field
-from typing import Any
-
-import prometheus_client
 
 from typha import config as typha_config
-from typha.config import TyphaConfig
+from typha import logs
+from typha.config import ConfigError, TyphaConfig
+from typha.daemon import ports
 from typha.daemon.health import HealthEndpoints
+from typha.daemon.metrics_http import MetricsServer, register_log_counts
+from typha.daemon.ports import bind_error, ensure_bindable
 from typha.kube.client import KubeClient
 from typha.model.kv import SyncStatus
 from typha.ops.rebalance import KubeLookup, Rebalancer, for_daemon
@@ -37,7 +39,7 @@ class TyphaDaemon:
     server: SyncServer | None = None
     datastore: Datastore | None = None
     health: HealthEndpoints | None = None
-    metrics_server: Any = None
+    metrics_server: MetricsServer | None = None
     followers: list[UpstreamFollower] = field(default_factory=list)
     rebalancer: Rebalancer | None = None  # ConnectionRebalancingMode=kubernetes only
     _rebalance_lookup: KubeLookup | None = None
@@ -61,7 +63,10 @@ class TyphaDaemon:
         if config.health_enabled:
             # Before a replica waits for its upstream: probes get "live, not ready" meanwhile.
             self.health = HealthEndpoints(ready=self.readiness, live=self.liveness)
-            await self.health.start(config.health_host, config.health_port)
+            try:
+                await self.health.start(config.health_host, config.health_port)
+            except OSError as exc:
+                raise bind_error("HealthPort", config.health_host, config.health_port, exc) from None
         if config.upstream:
             tls = config.upstream_tls()
             self.followers = [UpstreamFollower(config.upstream, name, cache, tls=tls)
@@ -72,25 +77,35 @@ class TyphaDaemon:
             # connections to any listener on it: a restarted worker listening with empty caches would
             # answer the clients of a dead worker, resuming, with (empty) snapshots.
             await asyncio.gather(*(follower.first_replica.wait() for follower in self.followers))
-        port = await self.server.start(config.server_host or "0.0.0.0", config.effective_server_port, credentials)
+        host = config.server_host or "0.0.0.0"
+        if not config.server_reuse_port:
+            # gRPC's own error names no port ("Failed to bind"); and a port held with SO_REUSEPORT would be shared.
+            ensure_bindable("ServerPort", host, config.effective_server_port)
+        try:
+            port = await self.server.start(host, config.effective_server_port, credentials)
+        except (OSError, RuntimeError) as exc:
+            if host.startswith("unix:"):
+                raise ConfigError(f"ServerHost={host!r}: cannot listen: {exc}") from None
+            raise bind_error("ServerPort", host, config.effective_server_port, exc) from None
         log.info("Serving syncers %s on port %d", ", ".join(self.caches), port)
         if not config.upstream:
             if self.kube is None:
-                self.kube = KubeClient.from_environment(config.kubeconfig or None)
+                self.kube = typha_config.kube_client(config.kubeconfig)
             syncers = [Syncer(name, LoopFeeder(cache, loop)) for name, cache in self.caches.items()]
             self.datastore = Datastore(self.kube, syncers)
             self.datastore.start()
         if config.connection_rebalancing_mode == "kubernetes":
             await self._start_rebalancing()
         if config.prometheus_metrics_enabled:
-            self.metrics_server, _ = prometheus_client.start_http_server(
-                config.prometheus_metrics_port, config.prometheus_metrics_host or "0.0.0.0")
+            register_log_counts()
+            self.metrics_server = MetricsServer()
+            await self.metrics_server.start(config.prometheus_metrics_host, config.prometheus_metrics_port)
 
     async def _start_rebalancing(self) -> None:
         # Also for a replica that follows an upstream typha: Typha endpoints and nodes come from the API.
         assert self.server is not None
         if self.kube is None:
-            self.kube = KubeClient.from_environment(self.config.kubeconfig or None)
+            self.kube = typha_config.kube_client(self.config.kubeconfig)
         self.rebalancer, self._rebalance_lookup = for_daemon(
             self.server, self.kube, self.config, host=self.config.server_host)
         self._rebalance_lookup.start()
@@ -143,8 +158,7 @@ class TyphaDaemon:
         if self.health is not None:
             await self.health.stop()
         if self.metrics_server is not None:
-            self.metrics_server.shutdown()
-            self.metrics_server.server_close()
+            await self.metrics_server.stop()
 
 
 async def serve(config: TyphaConfig) -> None:
@@ -170,9 +184,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     typha_config.add_arguments(parser)
 
 
-def run(args: argparse.Namespace) -> int:
+def load(args: argparse.Namespace) -> TyphaConfig:
+    """Everything `serve` checks before it starts: settings, files, the kubeconfig, unknown variables."""
     config = typha_config.load(args)
-    logging.getLogger().setLevel(getattr(logging, config.log_severity_screen, logging.INFO))
+    if getattr(args, "log_level", None) is None:  # `typha --log-level` wins over LogSeverityScreen
+        logging.getLogger().setLevel(logs.parse_level(config.log_severity_screen))
+    typha_config.warn_unknown_environment(os.environ, log)
+    config.check_files()
+    if not config.upstream:
+        typha_config.kube_client(config.kubeconfig).close()
+    return config
+
+
+def run(args: argparse.Namespace) -> int:
+    config = load(args)
+    ports.check_ports(config)
     workers = config.effective_workers
     if workers > 1 and not config.upstream:
         from typha.daemon.workers import serve_workers

@@ -23,6 +23,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from typha.config import kube_client
 from typha.kube.client import KubeAPIError, KubeClient
 from typha.kube.leases import LeaderElector
 from typha.kube.objects import KubeObjects
@@ -208,7 +209,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--renew-deadline", type=float, default=defaults.renew_deadline)
     parser.add_argument("--retry-period", type=float, default=defaults.retry_period)
     parser.add_argument("--kubeconfig", default=env("TYPHA_KUBECONFIG") or "",
-                        help="kubeconfig; empty: in-cluster, then $KUBECONFIG/~/.kube/config")
+                        help="kubeconfig; empty: $KUBECONFIG, then in-cluster, then ~/.kube/config")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -217,7 +218,7 @@ def run(args: argparse.Namespace) -> int:
         interval=args.interval, debounce=args.debounce, lease_duration=args.lease_duration,
         renew_deadline=args.renew_deadline, retry_period=args.retry_period,
     )
-    kube = KubeClient.from_environment(args.kubeconfig or None)
+    kube = kube_client(args.kubeconfig)
     autoscaler = Autoscaler(kube, settings)
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())

@@ -45,7 +45,7 @@ from typha.syncproto.names import (
     METHOD_NAME,
     SERVICE_NAME,
 )
-from typha.syncserver.metrics import ServerMetrics
+from typha.syncserver.metrics import ServerMetrics, run_kv_count
 from typha.syncserver.resync import RepairDeclined, RepairPlanner
 
 log = logging.getLogger(__name__)
@@ -116,6 +116,7 @@ class Connection:
     features: frozenset[str] = frozenset()
     position: Breadcrumb | None = None
     grace_until: float = 0.0
+    grace_used: bool = False
     last_pong: float = field(default_factory=time.monotonic)
     reconnect: pb.Reconnect | None = None
     drop: _Drop | None = None
@@ -168,7 +169,7 @@ class SyncServer:
         self.connections: set[Connection] = set()
         # Streams accepted whose hello has not been handled yet: they count toward the connection limit.
         self.awaiting_hello = 0
-        self.metrics = ServerMetrics()
+        self.metrics = ServerMetrics(caches)
         self.health = health.aio.HealthServicer()
         self.draining = False
         self._feature_sets: dict[frozenset[str], frozenset[str]] = {}
@@ -278,11 +279,12 @@ class SyncServer:
             self.metrics.connections_active.set(len(self.connections))
             await self._send_start(conn, cache, hello, context)
             del hello  # a long-lived stream need not keep its hello alive
-            self.metrics.connections_streaming.inc()
+            streaming = self.metrics.connections_streaming.labels(conn.syncer_type)
+            streaming.inc()
             try:
                 await self._stream(conn, cache, context)
             finally:
-                self.metrics.connections_streaming.dec()
+                streaming.dec()
         except _Drop as drop:
             await self._end(conn, context, drop)
         except asyncio.CancelledError:
@@ -411,7 +413,7 @@ class SyncServer:
         await self._send_status(context, snapshot.crumb)
         conn.position = snapshot.crumb
         conn.grace_until = time.monotonic() + self.settings.new_client_grace_secs
-        self.metrics.snapshot_send_secs.observe(time.perf_counter() - started)
+        self.metrics.snapshot_send_secs.labels(conn.syncer_type).observe(time.perf_counter() - started)
         self.metrics.snapshots_sent.inc()
 
     @staticmethod
@@ -462,7 +464,8 @@ class SyncServer:
                 conn.last_pong = time.monotonic()
                 sent = message.pong.ping_timestamp_ns
                 if sent:
-                    self.metrics.ping_latency.observe(max(0.0, (time.monotonic_ns() - sent) / 1e9))
+                    self.metrics.ping_latency.labels(conn.syncer_type).observe(
+                        max(0.0, (time.monotonic_ns() - sent) / 1e9))
                 if not until_closed:
                     return
         except (asyncio.CancelledError, grpc.aio.AioRpcError):
@@ -480,9 +483,10 @@ class SyncServer:
 
     async def _write(self, conn: Connection, context: grpc.aio.ServicerContext, data: bytes) -> None:
         # The watchdog enforces the write timeout, so no timer is armed per write on the hot path.
-        conn.writing_since = time.monotonic()
+        conn.writing_since = started = time.monotonic()
         await context.write(data)
         conn.writing_since = 0.0
+        self.metrics.client_write_latency.labels(conn.syncer_type).observe(time.monotonic() - started)
 
     async def _stream(self, conn: Connection, cache: SnapshotCache, context: grpc.aio.ServicerContext) -> None:
         """Send the client every crumb after its position, plus pings and checksums, until it goes.
@@ -496,16 +500,21 @@ class SyncServer:
         next_checksum = 0.0  # first one as soon as the client is in sync
         send_checksums = conn.supports(FEATURE_CHECKSUM)
         exact = conn.supports(FEATURE_EXACT_CRUMBS) and not conn.supports(FEATURE_CRUMB_RUNS)
-        observe_latency = self.metrics.client_latency.observe
+        observe_latency = self.metrics.client_latency.labels(conn.syncer_type).observe
+        crumb_metrics, kvs_per_msg = cache.metrics, self.metrics.kvs_per_msg.labels(conn.syncer_type)
+        next_latency = self.metrics.next_breadcrumb_latency.labels(conn.syncer_type)
         monotonic = time.monotonic
         while True:
-            crumb = conn.position
+            crumb, behind = conn.position, False
             if crumb.next is None and not conn.client_closed and conn.reconnect is None:
                 now = monotonic()
                 due = now >= next_ping or (
                     send_checksums and crumb.status is SyncStatus.IN_SYNC and now >= next_checksum)
                 if not due:
+                    crumb_metrics.breadcrumb_block.inc()
                     await cache.new_crumb_event.wait()
+            elif behind := crumb.next is not None:
+                crumb_metrics.breadcrumb_non_block.inc()
             if conn.client_closed:
                 return
             if conn.reconnect is not None:
@@ -515,7 +524,11 @@ class SyncServer:
                 raise _Drop(grpc.StatusCode.UNAVAILABLE, "this server's upstream started over; resync")
             first = crumb.next
             if first is not None:
+                fetched = monotonic()
                 data, last = (first.frame, first) if exact else first.run_to_newest()
+                if behind:
+                    next_latency.observe(monotonic() - fetched)
+                kvs_per_msg.observe(run_kv_count(first, last))
                 await self._write(conn, context, data)
                 conn.position = crumb = last
                 observe_latency(monotonic() - last.timestamp)
@@ -582,7 +595,11 @@ class SyncServer:
                     self._drop_later(conn, grpc.StatusCode.RESOURCE_EXHAUSTED,
                                      f"client fell behind: it is at sequence {position.sequence} but the server "
                                      f"keeps only {cache.oldest.sequence}..{cache.newest.sequence}; resync")
-                elif now - behind.timestamp > settings.max_fall_behind_secs and now > conn.grace_until:
+                elif now - behind.timestamp > settings.max_fall_behind_secs and now <= conn.grace_until:
+                    if not conn.grace_used:  # once per connection, as Typha counts it
+                        conn.grace_used = True
+                        self.metrics.connections_grace_used.labels(conn.syncer_type).inc()
+                elif now - behind.timestamp > settings.max_fall_behind_secs:
                     self.metrics.fell_behind.inc()
                     self._drop_later(conn, grpc.StatusCode.RESOURCE_EXHAUSTED,
                                      f"client fell behind by {now - behind.timestamp:.0f} s "

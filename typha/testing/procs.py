@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 from typing import Any
 
+# One implementation: the workers supervisor needs it too, and production code never imports typha.testing.
+from typha.daemon.ports import free_port
 
-def free_port() -> int:
-    """A loopback TCP port nobody holds right now (the caller binds it soon after; a race is possible)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+__all__ = ["free_port", "stop_process"]
 
 
 def stop_process(proc: subprocess.Popen[Any], grace: float = 15.0, kill_wait: float = 5.0) -> int | None:

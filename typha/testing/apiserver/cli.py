@@ -6,6 +6,9 @@ import argparse
 import logging
 import signal
 
+import yaml
+
+from typha.logs import SettingError
 from typha.testing.apiserver.registry import CRD_PRESETS
 from typha.testing.apiserver.server import KubeAPIEmulator
 
@@ -14,8 +17,8 @@ log = logging.getLogger(__name__)
 
 def _listen(value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit():
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT with a port 0-65535, got {value!r}")
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
@@ -75,13 +78,20 @@ def run(args: argparse.Namespace) -> int:
             cluster=True,
         )
         host, port = args.listen
-        with emulator.start(host, port):
+        try:
+            emulator.start(host, port)
+        except OSError as exc:  # one line naming the address, not errno's text alone
+            raise SettingError("--listen", f"{host}:{port}", exc.strerror or str(exc)) from None
+        with emulator:
             if args.load:
                 # Imported here: the loader is only needed with --load, and it pulls in the Calico model.
                 from typha.testing.apiserver.calico_v3 import load_file
 
                 for path in args.load:
-                    load_file(emulator, path)
+                    try:
+                        load_file(emulator, path)
+                    except (ValueError, yaml.YAMLError) as exc:  # one line naming the file, not a traceback
+                        raise SettingError("--load", path, " ".join(str(exc).split())[:300]) from None
                     log.info("loaded %s", path)
             # The kubeconfig is written last: its appearance tells a waiting script the server is ready.
             emulator.write_kubeconfig(args.kubeconfig_out)
