@@ -16,37 +16,65 @@ Deliberate differences from Felix, all with the same packet semantics:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from felix_client import metrics, validate
 from felix_client.calc.graph import DesiredState, ResolvedEndpoint, TierPolicies
-from felix_client.calc.model import ParsedProfile, ParsedRule, Side, ipset_name, policy_chain_name, profile_chain_name
+from felix_client.calc.model import ParsedProfile, ParsedRule, Side
+from felix_client.names import (
+    CHAIN_FORWARD,
+    CHAIN_INPUT,
+    CHAIN_OUTPUT,
+    CHAIN_POSTROUTING,
+    CHAIN_PREROUTING,
+    CIDR_BLOCK,
+    FIP_DNAT,
+    FIP_SNAT,
+    FROM_HEP_FORWARD,
+    FROM_HOST_ENDPOINT,
+    FROM_WL_DISPATCH,
+    FROM_WORKLOAD_PREFIX,
+    HOSTS_SET,
+    IPIP_DEVICE,
+    IPSET_CREATE_OPTIONS,
+    MARK_ACCEPT,
+    MARK_ALL,
+    MARK_CLEAR_FORWARD,
+    MARK_PASS,
+    MARK_SCRATCH0,
+    MASQ_SET,
+    MULTIPORT_SLOTS,
+    NAT_OUTGOING,
+    POOLS_SET,
+    RPF_SKIP,
+    TO_HEP_FORWARD,
+    TO_HOST_ENDPOINT,
+    TO_WL_DISPATCH,
+    TO_WORKLOAD_PREFIX,
+    VXLAN_DEVICE,
+    VXLAN_HOSTS_SET,
+    VXLAN_PORT,
+    WL_TO_HOST,
+    WORKLOAD_IFACE_PREFIX,
+    endpoint_chain_name,
+    escape_comment,
+    policy_chain_name,
+    profile_chain_name,
+    temp_ipset_name,
+)
 
-# Mark bits (felix.md §2.1), allocated from IptablesMarkMask 0xffff0000.
-MARK_ACCEPT = 0x10000
-MARK_PASS = 0x20000
-MARK_SCRATCH0 = 0x80000
-MARK_ALL = 0x1B0000  # accept | pass | scratch0 | scratch1
-MARK_CLEAR_FORWARD = 0x1A0000  # everything but accept: an earlier hook may already have accepted
-
-VXLAN_PORT = 4789
-IPIP_DEVICE = "tunl0"
-VXLAN_DEVICE = "vxlan.calico"
-MULTIPORT_SLOTS = 15  # iptables' multiport limit; a range takes two slots
-
-MASQ_SET = ipset_name("masq-ipam-pools")
-POOLS_SET = ipset_name("network-ip-pools")
-HOSTS_SET = ipset_name("all-hosts-net")
-VXLAN_HOSTS_SET = ipset_name("all-vxlan-net")
-
-IPSET_CREATE_OPTIONS = "family inet hashsize 1024 maxelem 1048576"
+log = logging.getLogger("felix_client.rules")
 
 ACCEPTED = f"-m mark --mark {MARK_ACCEPT:#x}/{MARK_ACCEPT:#x}"
 NOT_PASSED = f"-m mark --mark 0x0/{MARK_PASS:#x}"
+# What a rule that fails the last grammar check becomes: it can only narrow what the chain allows.
+GUARD_DROP = '-m comment --comment "felix-client: rule failed validation" -j DROP'
 
 
 def _comment(text: str) -> str:
-    return f'-m comment --comment "{text}"'
+    return f'-m comment --comment "{escape_comment(text)}"'
 
 
 def _xmark(value: int, mask: int) -> str:
@@ -74,6 +102,28 @@ class Table:
             lines += [f"-A {chain} {rule}".rstrip() for rule in rules]
         lines.append("COMMIT")
         return "\n".join(lines) + "\n"
+
+    def guarded(self) -> Table:
+        """This table with every rule checked against iptables' line grammar (`validate.check_rule_line`)
+        and every chain name against Felix's: a failing rule becomes `GUARD_DROP` and a chain with a
+        bad name is left out, each logged and counted. The checks before rendering make this a no-op;
+        it is the last line of defence against text that would add or break `iptables-restore` lines."""
+        chains: dict[str, list[str]] = {}
+        for chain, rules_ in self.chains.items():
+            if not validate.chain_name(chain):
+                metrics.RENDER_GUARD_TRIPPED.labels("chain").inc()
+                log.error("left out chain with an invalid name %r", chain)
+                continue
+            checked: list[str] = []
+            for rule in rules_:
+                problem = validate.check_rule_line(chain, rule)
+                if problem is not None:
+                    metrics.RENDER_GUARD_TRIPPED.labels("rule").inc()
+                    log.error("replaced an invalid rule in %s with a DROP (%s): %r", chain, problem, rule)
+                    rule = GUARD_DROP
+                checked.append(rule)
+            chains[chain] = checked
+        return Table(self.name, self.builtins, chains)
 
 
 # --- policy and profile rules -------------------------------------------------------------------
@@ -121,10 +171,14 @@ def _side_variants(side: Side, direction: str) -> list[_Match]:
         negated.append(f"-m set ! --match-set {not_nets.name} {direction}")
     elif side.not_nets:
         head.append(f"! {flag} {side.not_nets[0]}")
+    if side.service_set is not None:
+        # rule_scanner.go: a destination service is an ip,port set matched on dst,dst (DstIPPortSetIDs);
+        # a source service an address set, one of the SrcIPSetIDs.
+        dims = f"{direction},{direction}" if side.service_set.kind == "service" else direction
+        common.append(f"-m set --match-set {side.service_set.name} {dims}")
     if side.not_selector_set is not None:
         negated.append(f"-m set ! --match-set {side.not_selector_set.name} {direction}")
-    for spec in side.not_named_port_sets:
-        negated.append(f"-m set ! --match-set {spec.name} {direction},{direction}")
+    negated += [f"-m set ! --match-set {spec.name} {direction},{direction}" for spec in side.not_named_port_sets]
     negated += [f"-m multiport ! {ports_flag} {group}" for group in _port_groups(side.not_ports)]
 
     variants: list[_Match] = []
@@ -167,7 +221,8 @@ def render_rule(rule: ParsedRule, comment: str) -> list[str]:
             # iptables-save order: -s, -d, then -p; then the matches as given.
             heads = sorted(src.head + dst.head, key=lambda h: h.lstrip("! ")[:2] != "-s")
             head = " ".join((*heads, *_protocol_head(rule)))
-            match = " ".join(x for x in (head, _comment(comment), *src.matches, *dst.matches, *icmp) if x)
+            notes = [_comment(comment), *(_comment(f"{k}={v}") for k, v in rule.annotations)]
+            match = " ".join(x for x in (head, *notes, *src.matches, *dst.matches, *icmp) if x)
             if rule.action == "allow":
                 out += [f"{match} {_xmark(MARK_ACCEPT, MARK_ACCEPT)}", f"{_comment(comment)} {ACCEPTED} -j RETURN"]
             elif rule.action == "next-tier":
@@ -265,64 +320,64 @@ def dispatch_chains(names: list[str], root: str, flag: str, target: str) -> dict
     return chains
 
 
-def render_filter(state: DesiredState, iface_prefix: str = "cali") -> Table:
+def render_filter(state: DesiredState, iface_prefix: str = WORKLOAD_IFACE_PREFIX) -> Table:
     wl = f"{iface_prefix}+"
     t = Table("filter", ["INPUT", "FORWARD", "OUTPUT"], {})
-    t.add("INPUT", "-j cali-INPUT")
-    t.add("FORWARD", "-j cali-FORWARD")
+    t.add("INPUT", f"-j {CHAIN_INPUT}")
+    t.add("FORWARD", f"-j {CHAIN_FORWARD}")
     t.add("FORWARD", f"{_comment('Policy explicitly accepted packet.')} {ACCEPTED} -j ACCEPT")
     t.add("FORWARD", _xmark(MARK_ACCEPT, MARK_ACCEPT))
-    t.add("OUTPUT", "-j cali-OUTPUT")
+    t.add("OUTPUT", f"-j {CHAIN_OUTPUT}")
 
-    t.add("cali-FORWARD", _xmark(0, MARK_CLEAR_FORWARD))
-    t.add("cali-FORWARD", f"-m mark --mark 0x0/{MARK_ACCEPT:#x} -j cali-from-hep-forward")
-    t.add("cali-FORWARD", f"-i {wl} -j cali-from-wl-dispatch")
-    t.add("cali-FORWARD", f"-o {wl} -j cali-to-wl-dispatch")
-    t.add("cali-FORWARD", "-j cali-to-hep-forward")
-    t.add("cali-FORWARD", "-j cali-cidr-block")
+    t.add(CHAIN_FORWARD, _xmark(0, MARK_CLEAR_FORWARD))
+    t.add(CHAIN_FORWARD, f"-m mark --mark 0x0/{MARK_ACCEPT:#x} -j {FROM_HEP_FORWARD}")
+    t.add(CHAIN_FORWARD, f"-i {wl} -j {FROM_WL_DISPATCH}")
+    t.add(CHAIN_FORWARD, f"-o {wl} -j {TO_WL_DISPATCH}")
+    t.add(CHAIN_FORWARD, f"-j {TO_HEP_FORWARD}")
+    t.add(CHAIN_FORWARD, f"-j {CIDR_BLOCK}")
 
     if state.ipip:
-        t.add("cali-INPUT", f"-p 4 {_comment('Allow IPIP packets from Calico hosts')} "
+        t.add(CHAIN_INPUT, f"-p 4 {_comment('Allow IPIP packets from Calico hosts')} "
               f"-m set --match-set {HOSTS_SET} src -m addrtype --dst-type LOCAL -j ACCEPT")
-        t.add("cali-INPUT", f"-p 4 {_comment('Drop IPIP packets from non-Calico hosts')} -j DROP")
+        t.add(CHAIN_INPUT, f"-p 4 {_comment('Drop IPIP packets from non-Calico hosts')} -j DROP")
     if state.vxlan:
-        t.add("cali-INPUT", f"-p udp {_comment('Allow IPv4 VXLAN packets from allowed hosts')} "
+        t.add(CHAIN_INPUT, f"-p udp {_comment('Allow IPv4 VXLAN packets from allowed hosts')} "
               f"-m multiport --dports {VXLAN_PORT} -m set --match-set {VXLAN_HOSTS_SET} src "
               "-m addrtype --dst-type LOCAL -j ACCEPT")
-        t.add("cali-INPUT", f"-p udp {_comment('Drop IPv4 VXLAN packets from non-allowed hosts')} "
+        t.add(CHAIN_INPUT, f"-p udp {_comment('Drop IPv4 VXLAN packets from non-allowed hosts')} "
               f"-m multiport --dports {VXLAN_PORT} -m addrtype --dst-type LOCAL -j DROP")
-    t.add("cali-INPUT", f"-i {wl} -g cali-wl-to-host")
-    t.add("cali-INPUT", f"{ACCEPTED} -j ACCEPT")
-    t.add("cali-INPUT", _xmark(0, MARK_ALL))
-    t.add("cali-INPUT", "-j cali-from-host-endpoint")
-    t.add("cali-INPUT", f"{_comment('Host endpoint policy accepted packet.')} {ACCEPTED} -j ACCEPT")
+    t.add(CHAIN_INPUT, f"-i {wl} -g {WL_TO_HOST}")
+    t.add(CHAIN_INPUT, f"{ACCEPTED} -j ACCEPT")
+    t.add(CHAIN_INPUT, _xmark(0, MARK_ALL))
+    t.add(CHAIN_INPUT, f"-j {FROM_HOST_ENDPOINT}")
+    t.add(CHAIN_INPUT, f"{_comment('Host endpoint policy accepted packet.')} {ACCEPTED} -j ACCEPT")
 
-    t.add("cali-OUTPUT", f"{ACCEPTED} -j ACCEPT")
-    t.add("cali-OUTPUT", f"-o {wl} -j RETURN")  # host → workload traffic is not policed
+    t.add(CHAIN_OUTPUT, f"{ACCEPTED} -j ACCEPT")
+    t.add(CHAIN_OUTPUT, f"-o {wl} -j RETURN")  # host → workload traffic is not policed
     if state.ipip:
-        t.add("cali-OUTPUT", f"-p 4 {_comment('Allow IPIP packets to other Calico hosts')} "
+        t.add(CHAIN_OUTPUT, f"-p 4 {_comment('Allow IPIP packets to other Calico hosts')} "
               f"-m set --match-set {HOSTS_SET} dst -m addrtype --src-type LOCAL -j ACCEPT")
     if state.vxlan:
-        t.add("cali-OUTPUT", f"-p udp {_comment('Allow IPv4 VXLAN packets to other allowed hosts')} "
+        t.add(CHAIN_OUTPUT, f"-p udp {_comment('Allow IPv4 VXLAN packets to other allowed hosts')} "
               f"-m multiport --dports {VXLAN_PORT} -m addrtype --src-type LOCAL "
               f"-m set --match-set {VXLAN_HOSTS_SET} dst -j ACCEPT")
-    t.add("cali-OUTPUT", _xmark(0, MARK_ALL))
-    t.add("cali-OUTPUT", "-m conntrack ! --ctstate DNAT -j cali-to-host-endpoint")
-    t.add("cali-OUTPUT", f"{_comment('Host endpoint policy accepted packet.')} {ACCEPTED} -j ACCEPT")
+    t.add(CHAIN_OUTPUT, _xmark(0, MARK_ALL))
+    t.add(CHAIN_OUTPUT, f"-m conntrack ! --ctstate DNAT -j {TO_HOST_ENDPOINT}")
+    t.add(CHAIN_OUTPUT, f"{_comment('Host endpoint policy accepted packet.')} {ACCEPTED} -j ACCEPT")
 
-    t.add("cali-wl-to-host", "-j cali-from-wl-dispatch")
-    t.add("cali-wl-to-host", f"{_comment('Configured DefaultEndpointToHostAction')} "
+    t.add(WL_TO_HOST, f"-j {FROM_WL_DISPATCH}")
+    t.add(WL_TO_HOST, f"{_comment('Configured DefaultEndpointToHostAction')} "
           f"-j {state.endpoint_to_host_action}")
 
     names = [ep.iface for ep in state.endpoints]
-    for chain, rules_ in dispatch_chains(names, "cali-from-wl-dispatch", "-i", "cali-fw-").items():
+    for chain, rules_ in dispatch_chains(names, FROM_WL_DISPATCH, "-i", FROM_WORKLOAD_PREFIX).items():
         t.chains[chain] = rules_
-    for chain, rules_ in dispatch_chains(names, "cali-to-wl-dispatch", "-o", "cali-tw-").items():
+    for chain, rules_ in dispatch_chains(names, TO_WL_DISPATCH, "-o", TO_WORKLOAD_PREFIX).items():
         t.chains[chain] = rules_
 
     for ep in state.endpoints:
-        t.chains[f"cali-tw-{ep.iface}"] = render_endpoint_chain(ep, inbound=True)
-        t.chains[f"cali-fw-{ep.iface}"] = render_endpoint_chain(ep, inbound=False)
+        t.chains[endpoint_chain_name(ep.iface, True)] = render_endpoint_chain(ep, inbound=True)
+        t.chains[endpoint_chain_name(ep.iface, False)] = render_endpoint_chain(ep, inbound=False)
 
     # Only chains some endpoint jumps to are programmed (Felix refcounts reachability): an
     # ingress-only policy gets no cali-po- chain.
@@ -341,60 +396,61 @@ def render_filter(state: DesiredState, iface_prefix: str = "cali") -> Table:
         t.chains[profile_chain_name(name, False)] = render_rules(profile.outbound, f"Profile {name} egress")
 
     # Hooks for features out of scope (host endpoints, CIDR blocking): empty, but they must exist.
-    for chain in ("cali-from-hep-forward", "cali-to-hep-forward", "cali-cidr-block",
-                  "cali-from-host-endpoint", "cali-to-host-endpoint"):
+    for chain in (FROM_HEP_FORWARD, TO_HEP_FORWARD, CIDR_BLOCK,
+                  FROM_HOST_ENDPOINT, TO_HOST_ENDPOINT):
         t.add(chain)
     return t
 
 
 def render_nat(state: DesiredState) -> Table:
     t = Table("nat", ["PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"], {})
-    t.add("PREROUTING", "-j cali-PREROUTING")
-    t.add("OUTPUT", "-j cali-OUTPUT")
-    t.add("POSTROUTING", "-j cali-POSTROUTING")
-    t.add("cali-PREROUTING", "-j cali-fip-dnat")
-    t.add("cali-OUTPUT", "-j cali-fip-dnat")
-    t.add("cali-POSTROUTING", "-j cali-fip-snat")
-    t.add("cali-POSTROUTING", "-j cali-nat-outgoing")
+    t.add("PREROUTING", f"-j {CHAIN_PREROUTING}")
+    t.add("OUTPUT", f"-j {CHAIN_OUTPUT}")
+    t.add("POSTROUTING", f"-j {CHAIN_POSTROUTING}")
+    t.add(CHAIN_PREROUTING, f"-j {FIP_DNAT}")
+    t.add(CHAIN_OUTPUT, f"-j {FIP_DNAT}")
+    t.add(CHAIN_POSTROUTING, f"-j {FIP_SNAT}")
+    t.add(CHAIN_POSTROUTING, f"-j {NAT_OUTGOING}")
     # Traffic the host itself sends into a tunnel leaves with the tunnel device's address.
     for enabled, device in ((state.ipip, IPIP_DEVICE), (state.vxlan, VXLAN_DEVICE)):
         if enabled:
-            t.add("cali-POSTROUTING", f"-o {device} -m addrtype ! --src-type LOCAL --limit-iface-out "
+            t.add(CHAIN_POSTROUTING, f"-o {device} -m addrtype ! --src-type LOCAL --limit-iface-out "
                   "-m addrtype --src-type LOCAL -j MASQUERADE --random-fully")
-    t.add("cali-nat-outgoing")
+    t.add(NAT_OUTGOING)
     if state.masq_pools:
-        t.add("cali-nat-outgoing", f"-m set --match-set {MASQ_SET} src -m set ! --match-set {POOLS_SET} dst "
+        t.add(NAT_OUTGOING, f"-m set --match-set {MASQ_SET} src -m set ! --match-set {POOLS_SET} dst "
               "-j MASQUERADE --random-fully")
-    t.add("cali-fip-dnat")
-    t.add("cali-fip-snat")
+    t.add(FIP_DNAT)
+    t.add(FIP_SNAT)
     return t
 
 
-def render_raw(state: DesiredState, iface_prefix: str = "cali") -> Table:
+def render_raw(state: DesiredState, iface_prefix: str = WORKLOAD_IFACE_PREFIX) -> Table:
     t = Table("raw", ["PREROUTING", "OUTPUT"], {})
-    t.add("PREROUTING", "-j cali-PREROUTING")
-    t.add("cali-PREROUTING", _xmark(0, MARK_ALL))
-    t.add("cali-PREROUTING", f"-i {iface_prefix}+ {_xmark(MARK_SCRATCH0, MARK_SCRATCH0)}")
+    t.add("PREROUTING", f"-j {CHAIN_PREROUTING}")
+    t.add(CHAIN_PREROUTING, _xmark(0, MARK_ALL))
+    t.add(CHAIN_PREROUTING, f"-i {iface_prefix}+ {_xmark(MARK_SCRATCH0, MARK_SCRATCH0)}")
     scratch = f"-m mark --mark {MARK_SCRATCH0:#x}/{MARK_SCRATCH0:#x}"
-    t.add("cali-PREROUTING", f"{scratch} -j cali-rpf-skip")
+    t.add(CHAIN_PREROUTING, f"{scratch} -j {RPF_SKIP}")
     # Anti-spoofing: a workload's packet must arrive on the interface its source's /32 route uses.
-    t.add("cali-PREROUTING", f"{scratch} -m rpfilter --validmark --invert -j DROP")
-    t.add("cali-PREROUTING", f"-m mark --mark 0x0/{MARK_SCRATCH0:#x} -j cali-from-host-endpoint")
-    t.add("cali-PREROUTING", f"{ACCEPTED} -j ACCEPT")
-    t.add("cali-rpf-skip")
-    t.add("cali-from-host-endpoint")
+    t.add(CHAIN_PREROUTING, f"{scratch} -m rpfilter --validmark --invert -j DROP")
+    t.add(CHAIN_PREROUTING, f"-m mark --mark 0x0/{MARK_SCRATCH0:#x} -j {FROM_HOST_ENDPOINT}")
+    t.add(CHAIN_PREROUTING, f"{ACCEPTED} -j ACCEPT")
+    t.add(RPF_SKIP)
+    t.add(FROM_HOST_ENDPOINT)
     return t
 
 
-def render_tables(state: DesiredState, iface_prefix: str = "cali") -> dict[str, Table]:
+def render_tables(state: DesiredState, iface_prefix: str = WORKLOAD_IFACE_PREFIX) -> dict[str, Table]:
+    """Every table, each through `Table.guarded`."""
     return {
-        "filter": render_filter(state, iface_prefix),
-        "nat": render_nat(state),
-        "raw": render_raw(state, iface_prefix),
+        "filter": render_filter(state, iface_prefix).guarded(),
+        "nat": render_nat(state).guarded(),
+        "raw": render_raw(state, iface_prefix).guarded(),
     }
 
 
-def render_iptables(state: DesiredState, iface_prefix: str = "cali") -> str:
+def render_iptables(state: DesiredState, iface_prefix: str = WORKLOAD_IFACE_PREFIX) -> str:
     """All tables as one `iptables-save`/`iptables-restore` document."""
     return "".join(t.render() for t in render_tables(state, iface_prefix).values())
 
@@ -410,7 +466,7 @@ class IPSet:
 
 
 def desired_ipsets(state: DesiredState) -> dict[str, IPSet]:
-    """Rule sets plus the pool/host sets the static chains use."""
+    """Rule sets plus the pool/host sets the static chains use, each checked by `_guarded_set`."""
     out = {name: IPSet(name, s.spec.ipset_type, s.members) for name, s in state.ipsets.items()}
     out[MASQ_SET] = IPSet(MASQ_SET, "hash:net", frozenset(state.masq_pools))
     out[POOLS_SET] = IPSet(POOLS_SET, "hash:net", frozenset(state.all_pools))
@@ -418,7 +474,23 @@ def desired_ipsets(state: DesiredState) -> dict[str, IPSet]:
         out[HOSTS_SET] = IPSet(HOSTS_SET, "hash:net", frozenset(state.all_hosts))
     if state.vxlan:
         out[VXLAN_HOSTS_SET] = IPSet(VXLAN_HOSTS_SET, "hash:net", frozenset(state.vxlan_hosts))
-    return dict(sorted(out.items()))
+    return {name: _guarded_set(out[name]) for name in sorted(out)}
+
+
+def _guarded_set(s: IPSet) -> IPSet:
+    """The last check before `ipset restore`: names, types and members against their grammar. The
+    calculation only produces valid ones; a member that is not is left out (a rule matching a set
+    matches less), logged and counted. A set with a bad name or type is a bug and stops the apply."""
+    problem = validate.check_ipset(s.name, s.type)
+    if problem is not None:
+        metrics.RENDER_GUARD_TRIPPED.labels("ipset").inc()
+        raise ValueError(f"refusing to program IP set {s.name!r}: {problem}")
+    bad = {m for m in s.members if not validate.ipset_member(s.type, m)}
+    if not bad:
+        return s
+    metrics.RENDER_GUARD_TRIPPED.labels("ipset-member").inc(len(bad))
+    log.error("left out %d invalid members of IP set %s: %r", len(bad), s.name, sorted(bad)[:5])
+    return IPSet(s.name, s.type, s.members - bad)
 
 
 def _sorted_members(members: Iterable[str]) -> list[str]:
@@ -449,7 +521,7 @@ def render_ipset_restore(sets: dict[str, IPSet], existing: Iterable[str] = ()) -
             lines.append(f"flush {s.name}")
             lines += [f"add {s.name} {m}" for m in _sorted_members(s.members)]
             continue
-        tmp = f"cali4t{temp}"
+        tmp = temp_ipset_name(temp)
         temp += 1
         lines.append(f"create {tmp} {s.type} {IPSET_CREATE_OPTIONS} -exist")
         lines.append(f"flush {tmp}")

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 from felix_harness import FelixCluster, Node, Pod, wait_for
 
-from felix_client.rules import MASQ_SET, POOLS_SET
+from felix_client.names import MASQ_SET, POOLS_SET
 from typha.model import selector
 from typha.testing import objects
 
