@@ -30,6 +30,7 @@ ENFORCED_KINDS = frozenset(KIND_SHORT)
 
 _PORT_PROTOCOLS = frozenset({"tcp", "udp", "sctp", "udplite", 6, 17, 132, 136})
 _NAMED_PORT_PROTOCOLS = {"tcp": "tcp", "udp": "udp", "sctp": "sctp", 6: "tcp", 17: "udp", 132: "sctp"}
+_PROTOCOL_NUMBERS: dict[str | int, int] = {"icmp": 1, "tcp": 6, "udp": 17, "icmpv6": 58, "sctp": 132, "udplite": 136}
 _ICMP_PROTOCOLS = frozenset({"icmp", 1})
 _ICMPV6_PROTOCOLS = frozenset({"icmpv6", 58})
 _ACTIONS = {"": "allow", "allow": "allow", "deny": "deny", "next-tier": "next-tier", "pass": "next-tier",
@@ -317,6 +318,11 @@ def parse_rule(rule: Any) -> ParsedRule:
         raise Invalid("other-ip-family", "ip_version 6")
     protocol = None if rule.get("protocol") is None else validate.protocol(rule["protocol"])
     not_protocol = None if rule.get("!protocol") is None else validate.protocol(rule["!protocol"])
+    if protocol is not None and not_protocol is not None:
+        # iptables takes one -p. "p and not q" is p when they differ and matches nothing when equal.
+        if _PROTOCOL_NUMBERS.get(protocol, protocol) == _PROTOCOL_NUMBERS.get(not_protocol, not_protocol):
+            raise Invalid("never-matches", f"protocol {protocol!r} and notProtocol {not_protocol!r}")
+        not_protocol = None
     if protocol in _ICMPV6_PROTOCOLS:
         raise Invalid("other-ip-family", "protocol ICMPv6")
     icmp_type, icmp_code = _icmp_fields(rule, "")

@@ -25,15 +25,21 @@ from pathlib import Path
 
 from felix_client import rules
 from felix_client.calc.graph import DesiredState
-from felix_client.calc.routes import FELIX_ROUTE_PROTO, VXLAN_DEVICE, Route
+from felix_client.calc.routes import Route
 from felix_client.dataplane import iptables, vxlan
 from felix_client.dataplane.iptables import HOOK_COMMENT  # noqa: F401  (the tests' import)
 from felix_client.dataplane.vxlan import OwnVTEP
+from felix_client.names import (
+    FELIX_ROUTE_PROTO,
+    IPSET_OWNED_PREFIX,
+    IPSET_TEMP_PREFIX,
+    RTPROT_BOOT,
+    VXLAN_DEVICE,
+    WORKLOAD_IFACE_PREFIX,
+)
 
 log = logging.getLogger("felix_client.dataplane")
 
-IPSET_PREFIX = "cali4"  # cali40<id> sets and cali4t<n> temporaries
-RTPROT_BOOT = 3  # Felix's DeviceRouteProtocol for local workload routes
 TABLES = ("raw", "nat", "filter")
 
 
@@ -69,7 +75,9 @@ class ApplyStats:
 
 
 class Dataplane:
-    def __init__(self, netns: str | None = None, *, iface_prefix: str = "cali", backend: str | None = None) -> None:
+    def __init__(
+        self, netns: str | None = None, *, iface_prefix: str = WORKLOAD_IFACE_PREFIX, backend: str | None = None
+    ) -> None:
         self.netns = netns
         self.iface_prefix = iface_prefix
         self.backend = backend or detect_backend()
@@ -114,7 +122,7 @@ class Dataplane:
         for name in TABLES:
             if name not in skip:
                 self.apply_table(name, tables[name], resync=resync)
-        stale = {s for s in existing_sets if s.startswith(IPSET_PREFIX) and s not in sets}
+        stale = {s for s in existing_sets if s.startswith(IPSET_OWNED_PREFIX) and s not in sets}
         self.destroy_ipsets(stale)
         if "links" in skip:
             return
@@ -168,7 +176,7 @@ class Dataplane:
 
     def write_ipsets(self, sets: dict[str, rules.IPSet], existing: set[str]) -> None:
         # Leftover temporaries (a crash mid-restore) may have another type than the one we need now.
-        temps = sorted(s for s in existing if s.startswith("cali4t"))
+        temps = sorted(s for s in existing if s.startswith(IPSET_TEMP_PREFIX))
         text = rules.render_ipset_destroy(temps)
         text += rules.render_ipset_restore(sets, existing=existing & set(sets))
         if text:
