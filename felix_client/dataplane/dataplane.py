@@ -1,11 +1,13 @@
 """Program one network namespace from a `DesiredState`.
 
-An apply compares with what the kernel holds (iptables-save, ipset list, a netlink route dump), so
-the same code path is both the incremental apply and the periodic resync that repairs drift. The
-one exception is iptables with `resync=False`: each table is then diffed against what the last
-successful restore left (chain hashes and hook rules, `felix_client.dataplane.iptables`), as Felix
-does between its refreshes, so a policy edit neither dumps the table nor restores unchanged chains.
-A failed or unfinished restore forgets that memory and the table is read again.
+The dataplane owns the rendering (`felix_client.rules`, once per apply) and the memory of what it
+last programmed, so data flows one way: calculation → rendering → kernel. A full apply
+(`resync=True`) compares with what the kernel holds (iptables-save, ipset list, a netlink route
+dump), repairing drift. In between (`resync=False`) it leaves alone the parts it would write
+unchanged, and diffs each table it does write against what the last successful restore left (chain
+hashes and hook rules, `felix_client.dataplane.iptables`), as Felix does between its refreshes, so
+a policy edit neither dumps the table nor restores unchanged chains. A failed or unfinished apply
+forgets that memory and the next one programs (and reads) everything.
 
 `netns=None` programs the namespace this process runs in (the agent is started with
 `ip netns exec NODE` in tests, or on the host in production); a name runs every command through
@@ -19,7 +21,7 @@ import logging
 import shlex
 import shutil
 import subprocess
-from collections.abc import Container, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,6 +89,9 @@ class Dataplane:
         self.missing_devices: set[str] = set()  # route devices absent at the last apply_routes
         # Per table, what the last successful restore left in the kernel; absent: read it first.
         self.programmed: dict[str, iptables.TableState] = {}
+        # What the last successful apply rendered (table -> text, "ipsets" -> sets), for `apply`'s skip.
+        self._last_applied: dict[str, object] = {}
+        self._links_dirty = True  # routes, sysctls or VXLAN changed since they were last programmed
 
     # --- helpers ------------------------------------------------------------------------------
 
@@ -105,20 +110,51 @@ class Dataplane:
 
     # --- whole apply --------------------------------------------------------------------------
 
-    def apply(self, state: DesiredState, own_vtep: OwnVTEP | None = None, *, skip: Container[str] = (),
-              tables: dict[str, rules.Table] | None = None, resync: bool = True) -> None:
-        """Bring the namespace to `state`. Order matters: sets before the rules that use them,
-        stale sets only after the rules stopped referencing them, routes last.
+    def apply(self, state: DesiredState, own_vtep: OwnVTEP | None = None, *, resync: bool = True,
+              routes_changed: bool = True) -> list[str]:
+        """Bring the namespace to `state`; returns the parts left alone as unchanged (sorted).
 
-        `skip` ("ipsets", "raw", "nat", "filter", "links": sysctls, VXLAN device and routes) names
-        parts the caller knows are unchanged since its last apply; a resync passes nothing. `tables`:
-        the state's tables if the caller rendered them already. `resync=False`: diff the tables against
-        what this object last programmed instead of reading them (`apply_table`)."""
+        The dataplane renders `state` (once: tables and IP sets) and remembers what its last
+        successful apply programmed, so data flows one way (calculation → rendering → kernel). With
+        `resync=False` it leaves alone the parts ("ipsets", "raw", "nat", "filter", and "links":
+        sysctls, VXLAN device and routes) that are unchanged since then (links: while no route
+        changed, `routes_changed`), and diffs the tables it does write against its memory instead of
+        reading them (`apply_table`). Re-reading and rewriting all of it took most of an apply;
+        drift there is repaired by the caller's periodic `resync=True`, as Felix's refresh does.
+
+        Order matters: sets before the rules that use them, stale sets only after the rules stopped
+        referencing them, routes last."""
+        tables = rules.render_tables(state, self.iface_prefix)
+        wanted: dict[str, object] = {name: table.render() for name, table in tables.items()}
         sets = rules.desired_ipsets(state)
+        wanted["ipsets"] = sets
+        self._links_dirty |= routes_changed
+        skip: set[str] = set()
+        if not resync:
+            skip = {name for name, value in wanted.items() if self._last_applied.get(name) == value}
+            if not self._links_dirty:
+                skip.add("links")
+        # Forgotten until this apply is known to have worked: a failure leaves the kernel in a state
+        # we did not see, so the next apply programs everything.
+        self._last_applied = {}
+        try:
+            self._apply(state, own_vtep, tables, sets, skip, resync)
+        except Exception:
+            self._links_dirty = True
+            raise
+        self._last_applied = wanted
+        if "links" not in skip:
+            # A workload interface the CNI has not created yet: its route and sysctls wait for it, so
+            # every apply tries again rather than only the next resync. (A missing tunnel device, say
+            # tunl0 without the ipip module, is not coming soon: the resync retries that.)
+            self._links_dirty = any(dev.startswith(self.iface_prefix) for dev in self.missing_devices)
+        return sorted(skip)
+
+    def _apply(self, state: DesiredState, own_vtep: OwnVTEP | None, tables: dict[str, rules.Table],
+               sets: dict[str, rules.IPSet], skip: set[str], resync: bool) -> None:
         existing_sets = set() if "ipsets" in skip else self.list_ipsets()
         if "ipsets" not in skip:
             self.write_ipsets(sets, existing_sets)
-        tables = tables or rules.render_tables(state, self.iface_prefix)
         for name in TABLES:
             if name not in skip:
                 self.apply_table(name, tables[name], resync=resync)
