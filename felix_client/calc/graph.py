@@ -103,8 +103,8 @@ class Calculator:
         self.profile_members: dict[str, set[str]] = {}  # profile -> endpoint/netset keys using it
         self.policies: dict[keys.PolicyKey, ParsedPolicy] = {}
         self.tiers: dict[str, tuple[float, bool]] = {}  # name -> (order, default action is Pass)
-        self.local_index = LabelIndex()  # items: local endpoint keys; selectors: PolicyKey
-        self.global_index = LabelIndex()  # items: all endpoint/netset keys; selectors: IPSetSpec
+        self.local_index: LabelIndex[str, keys.PolicyKey] = LabelIndex()  # local endpoints x policies
+        self.global_index: LabelIndex[str, IPSetSpec] = LabelIndex()  # all endpoints/netsets x IP sets
         self.active_policies: set[keys.PolicyKey] = set()
         self.active_profiles: dict[str, int] = {}  # profile -> local endpoints referencing it
         self.ipset_refs: dict[IPSetSpec, int] = {}
@@ -112,7 +112,7 @@ class Calculator:
         self._members: dict[IPSetSpec, dict[str, int]] = {}  # member -> contributors (IPs can repeat)
         self.services = ServiceIndex()  # EndpointSlices by service, for rules' service matches
         self.routing = RouteCalculator(hostname, uplink)
-        self.config: dict[str, Any] = {}
+        self.config: dict[tuple[str, str], Any] = {}  # ("host" | "global", name) -> value
         self._default_endpoint_to_host_action = endpoint_to_host_action
         self.dirty = Dirty()
 

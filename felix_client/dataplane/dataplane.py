@@ -24,6 +24,7 @@ import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from felix_client import rules
 from felix_client.calc.graph import DesiredState
@@ -103,7 +104,7 @@ class Dataplane:
                                  f"input:\n{stdin or ''}")
         return proc.stdout
 
-    def _ipr(self):  # type: ignore[no-untyped-def]
+    def _ipr(self) -> Any:  # pyroute2 has no type hints
         from pyroute2 import IPRoute, NetNS
 
         return NetNS(self.netns) if self.netns else IPRoute()
@@ -293,8 +294,8 @@ class Dataplane:
                     ipr.route("del", **spec)
                     self.stats.routes_deleted += 1
             for dst, route in desired.items():
-                have = owned.get((dst, route.metric))
-                if have is not None and self._matches(route, have):
+                current = owned.get((dst, route.metric))
+                if current is not None and self._matches(route, current):
                     continue
                 ipr.route("replace", **self._route_args(route, dst, index))
                 self.stats.routes_added += 1

@@ -279,9 +279,7 @@ def expectations(expect: list[dict[str, Any]], pods: dict[str, Pod]) -> list[Che
         if probe_spec["mode"] == "full-matrix":
             assert "allow" not in probe_spec, "full-matrix takes no allow list"
             for a in pods:
-                for b in pods:
-                    if a != b:
-                        checks.append(Check(protocol, port, (a, b), (a, b) not in deny))
+                checks += [Check(protocol, port, (a, b), (a, b) not in deny) for b in pods if a != b]
         elif probe_spec["mode"] == "listed-only":
             checks += [Check(protocol, port, tuple(p.split(">")), True) for p in probe_spec.get("allow") or []]
             checks += [Check(protocol, port, pair, False) for pair in sorted(deny)]
