@@ -10,6 +10,7 @@ could change the meaning of an `iptables-restore` line is always hashed (see `le
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import re
 from typing import Final
@@ -60,10 +61,10 @@ IPSET_OWNED_PREFIX: Final = "cali4"
 IPSET_PREFIX: Final = "cali40"
 IPSET_TEMP_PREFIX: Final = "cali4t"
 IPSET_CREATE_OPTIONS: Final = "family inet hashsize 1024 maxelem 1048576"
-# The static sets' IDs (rule_defs.go IPSetIDNATOutgoing… / IPSetIDAllHostNets / IPSetIDAllVXLANSourceNets).
+# The static sets' IDs (rule_defs.go IPSetIDNATOutgoingMasqPools, IPSetIDNetworkPools, IPSetIDAllHostNets,
+# IPSetIDAllVXLANSourceNets).
 IPSET_ID_MASQ_POOLS: Final = "masq-ipam-pools"
-IPSET_ID_ALL_POOLS: Final = "all-ipam-pools"
-IPSET_ID_ALL_POOLS_LEGACY: Final = "network-ip-pools"  # the name felix_client has always used
+IPSET_ID_ALL_POOLS: Final = "network-ip-pools"
 IPSET_ID_ALL_HOSTS: Final = "all-hosts-net"
 IPSET_ID_VXLAN_HOSTS: Final = "all-vxlan-net"
 # Set-ID prefixes of hash.MakeUniqueID (rule_scanner.go): selectors, named ports, services.
@@ -108,6 +109,7 @@ _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/@+=%,~-]*")
 _COMMENT_UNSAFE = re.compile(r"[^A-Za-z0-9_ @%+=:,./-]")
 
 
+@functools.lru_cache(maxsize=65536)  # the same names are asked for at every apply
 def length_limited_id(prefix: str, suffix: str, max_length: int = MAX_CHAIN_NAME_LENGTH) -> str:
     """hashutils.GetLengthLimitedID: prefix + suffix, or prefix + "_" + b64url(sha256(suffix)) cut to fit.
 
@@ -147,12 +149,13 @@ def temp_ipset_name(n: int) -> str:
     return f"{IPSET_TEMP_PREFIX}{n}"
 
 
+@functools.lru_cache(maxsize=65536)
 def escape_comment(text: str) -> str:
     """A rule comment as Felix writes it: unsafe characters replaced, cut at iptables' limit."""
     return _COMMENT_UNSAFE.sub("_", text)[:MAX_COMMENT_LENGTH]
 
 
 MASQ_SET: Final = ipset_name(IPSET_ID_MASQ_POOLS)
-POOLS_SET: Final = ipset_name(IPSET_ID_ALL_POOLS_LEGACY)
+POOLS_SET: Final = ipset_name(IPSET_ID_ALL_POOLS)
 HOSTS_SET: Final = ipset_name(IPSET_ID_ALL_HOSTS)
 VXLAN_HOSTS_SET: Final = ipset_name(IPSET_ID_VXLAN_HOSTS)

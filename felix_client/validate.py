@@ -234,6 +234,7 @@ _IPSET_TYPES = frozenset({"hash:net", "hash:ip", "hash:ip,port"})
 _IP_PORT = re.compile(r"([0-9a-fA-F.:]+),(tcp|udp|sctp):([0-9]{1,5})")
 
 
+@functools.lru_cache(maxsize=1 << 17)  # members persist from one apply to the next
 def ipset_member(set_type: str, member: str) -> bool:
     try:
         if set_type == "hash:ip,port":
