@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from felix_client import rules
+from felix_client import rules, validate
 from felix_client.calc.graph import DesiredState
 from felix_client.calc.routes import Route
 from felix_client.dataplane import iptables, vxlan
@@ -237,13 +237,15 @@ class Dataplane:
             if p.exists() and p.read_text().strip() != value:
                 p.write_text(value)
             return
-        self._run(["sh", "-c", f'[ ! -e {path} ] || [ "$(cat {path})" = {value} ] || echo {value} > {path}'],
+        # Path and value go in as arguments, never as script text: nothing in them can become shell.
+        self._run(["sh", "-c", '[ ! -e "$1" ] || [ "$(cat "$1")" = "$2" ] || echo "$2" > "$1"', "sh", path, value],
                   check=False)
 
     def apply_sysctls(self, state: DesiredState) -> None:
         self._write_proc("/proc/sys/net/ipv4/ip_forward", "1")
         for ep in state.endpoints:
-            iface = ep.iface
+            # Checked when the endpoint was parsed; again here because it becomes a path under /proc.
+            iface = validate.interface_name(ep.iface)
             for key, value in (("conf/{}/route_localnet", "1"), ("neigh/{}/proxy_delay", "0"),
                                ("conf/{}/proxy_arp", "1"), ("conf/{}/forwarding", "1")):
                 self._write_proc(f"/proc/sys/net/ipv4/{key.format(iface)}", value)
