@@ -123,8 +123,11 @@ def length_limited_id(prefix: str, suffix: str, max_length: int = MAX_CHAIN_NAME
 
 
 def policy_id(key: PolicyKey) -> str:
-    """types.PolicyID.ID(): `<kind short>/<namespace>/<name>` (the namespace is empty for global kinds)."""
-    return f"{KIND_SHORT.get(key.kind, key.kind.lower())}/{key.namespace}/{key.name}"
+    """felix/types/policy_id.go PolicyID.ID(): `<kind short>/<namespace>/<name>`, or `<kind short>/<name>`
+    for a global kind (felix_client wrote `gnp//<name>` before; Felix's form wins, and with it the
+    hashed chain names of global policies)."""
+    short = KIND_SHORT.get(key.kind, key.kind)
+    return f"{short}/{key.namespace}/{key.name}" if key.namespace else f"{short}/{key.name}"
 
 
 def policy_chain_name(key: PolicyKey, inbound: bool) -> str:

@@ -228,3 +228,15 @@ def test_protocol_and_not_protocol() -> None:
     assert rules.render_rule(tcp_not_udp, "c") == rules.render_rule(tcp, "c")
     # "tcp and not 6" never matches: the rule is skipped.
     assert parse_rules([{"action": "allow", "protocol": "tcp", "!protocol": 6}], "test") == ()
+
+
+def test_global_policy_chain_names_are_felixs() -> None:
+    """felix/types/policy_id.go: a global policy's ID has no empty namespace segment."""
+    from felix_client.names import policy_chain_name, policy_id
+    from typha.model.keys import PolicyKey
+
+    gnp = PolicyKey("GlobalNetworkPolicy", "", "deny-all")
+    assert policy_id(gnp) == "gnp/deny-all"
+    assert policy_chain_name(gnp, True) == "cali-pi-gnp/deny-all"
+    knp = PolicyKey("KubernetesNetworkPolicy", "demo", "allow-frontend")
+    assert policy_id(knp) == "knp/demo/allow-frontend"
