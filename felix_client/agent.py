@@ -8,7 +8,8 @@ Two trio tasks share one `Calculator`:
   waits `debounce` seconds so a burst of updates becomes one apply, and renders the whole state.
 
 With `--dry-run DIR` an apply writes `iptables.save`, `ipsets.save`, `routes.txt` and `status.json`
-into DIR, each atomically (temp file + rename), so a reader never sees half a file. Without it the
+into DIR, each atomically and durably (`felix_client.dataplane.files`), so a reader never sees half a
+file, nor a crash an empty one. Without it the
 agent programs the network namespace it runs in (`felix_client.dataplane`): iptables, IP sets,
 routes and sysctls. A full apply compares everything with the kernel, and one runs at least every
 `--resync-interval` seconds (also without updates), so drift (a rule deleted behind our back) is
@@ -43,11 +44,11 @@ from typing import Any
 
 import trio
 
-from felix_client import rules
 from felix_client.calc import Calculator
 from felix_client.dataplane import Dataplane
 from felix_client.dataplane import backend as iptables_backend
 from felix_client.dataplane.dataplane import OwnVTEP
+from felix_client.dataplane.files import write_durably, write_files
 from felix_client.health import DEFAULT_HEALTH_PORT, serve_health
 from typha import logs
 from typha.client import ClientTLS, StatusChange, TLSConfigError, UpdateBatch, open_trio_sync_client
@@ -88,12 +89,6 @@ class AgentStats:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 class Agent:
     def __init__(self, options: AgentOptions) -> None:
         self.options = options
@@ -104,9 +99,7 @@ class Agent:
         self._wake = trio.Event()
         self.dataplane: Dataplane | None = None
         self._changed_policies: dict[str, str] = {}  # policy key -> revision, since the last apply
-        # Kernel mode: what the last successful apply programmed, so the next may leave it alone.
-        self._programmed: dict[str, object] = {}  # table -> rendered text; "ipsets" -> desired sets
-        self._links_dirty = True  # routes, sysctls or VXLAN changed since they were last programmed
+        self._routes_changed = True  # the calculation marked routes dirty since the last kernel apply
         self._last_full = -math.inf  # monotonic start of the last successful full apply
         if options.dry_run is None:
             self.dataplane = Dataplane(options.netns, backend=iptables_backend.select(netns=options.netns))
@@ -167,7 +160,7 @@ class Agent:
                     skipped = await trio.to_thread.run_sync(self._program, state, vtep)
                     self._log_apply(started, len(state.endpoints), len(state.policies), changed, skipped)
             except Exception:
-                self._programmed, self._links_dirty = {}, True  # the retry programs everything
+                # The dataplane forgot its memory of the failed apply: the retry programs everything.
                 # Keep the agent alive and retry soon: a transient failure (xtables lock, an interface
                 # that vanished mid-apply) must not leave the node unprogrammed until the next update.
                 log.exception("apply failed; retrying")
@@ -194,7 +187,7 @@ class Agent:
             out.write(json.dumps(line) + "\n")
 
     def _take_state(self) -> tuple[Any, OwnVTEP | None]:
-        self._links_dirty |= self.calc.take_dirty().routes
+        self._routes_changed |= self.calc.take_dirty().routes
         state = self.calc.snapshot()
         routing = self.calc.routing
         me = self.options.hostname
@@ -203,35 +196,13 @@ class Agent:
             vtep = OwnVTEP(routing.vxlan_ips[me], routing.vxlan_macs[me], routing.host_ips[me])
         return state, vtep
 
-    def _skippable(self, wanted: dict[str, object], resync: bool) -> set[str]:
-        """Parts of the dataplane this apply may leave alone: tables and IP sets exactly as last
-        programmed, and links (routes, sysctls, VXLAN) while the calculation marked no route change.
-        Re-reading and rewriting all of it took most of an apply (netlink dumps, iptables-save and
-        -restore of tables a policy edit cannot change); drift there is repaired by the full apply
-        that runs at least every resync interval, as Felix's periodic refresh does."""
-        if resync:
-            return set()
-        skip = {name for name, value in wanted.items() if self._programmed.get(name) == value}
-        if not self._links_dirty:
-            skip.add("links")
-        return skip
-
     def _program(self, state: Any, vtep: OwnVTEP | None) -> list[str]:
+        """One kernel apply; the dataplane renders, decides what it may leave alone, and programs."""
         assert self.dataplane is not None
         started = time.monotonic()
-        tables = rules.render_tables(state, self.dataplane.iface_prefix)
-        wanted: dict[str, object] = {name: table.render() for name, table in tables.items()}
-        wanted["ipsets"] = rules.desired_ipsets(state)
         resync = started - self._last_full >= self.options.resync_interval
-        skip = self._skippable(wanted, resync)
-        self.dataplane.apply(state, vtep, skip=skip, tables=tables, resync=resync)
-        self._programmed = wanted
-        if "links" not in skip:
-            # A workload interface the CNI has not created yet: its route and sysctls wait for it, so
-            # every apply tries again rather than only the next resync. (A missing tunnel device, say
-            # tunl0 without the ipip module, is not coming soon: the resync retries that.)
-            prefix = self.dataplane.iface_prefix
-            self._links_dirty = any(dev.startswith(prefix) for dev in self.dataplane.missing_devices)
+        skipped = self.dataplane.apply(state, vtep, resync=resync, routes_changed=self._routes_changed)
+        self._routes_changed = False
         if resync:
             self._last_full = started
         self.stats.applies += 1
@@ -246,8 +217,8 @@ class Agent:
                 "backend": self.dataplane.backend,
                 "time": time.time(),
             }
-            write_atomic(self.options.status_file, json.dumps(status, indent=1) + "\n")
-        return sorted(skip)
+            write_durably(self.options.status_file, json.dumps(status, indent=1) + "\n")
+        return skipped
 
     @property
     def ready(self) -> bool:
@@ -255,6 +226,7 @@ class Agent:
         return self.stats.in_sync and self.stats.applies > 0
 
     def apply(self) -> None:
+        """One dry-run apply: the files `felix_client.dataplane.files` writes, then status.json."""
         started = time.perf_counter()
         self.calc.take_dirty()
         state = self.calc.snapshot()
@@ -263,10 +235,7 @@ class Agent:
         if self.options.dry_run is None:
             raise RuntimeError("kernel programming is not built yet: run with --dry-run DIR")
         out = self.options.dry_run
-        out.mkdir(parents=True, exist_ok=True)
-        write_atomic(out / "iptables.save", rules.render_iptables(state))
-        write_atomic(out / "ipsets.save", rules.render_ipset_save(rules.desired_ipsets(state)))
-        write_atomic(out / "routes.txt", rules.render_routes(state))
+        write_files(out, state)
         # Written last: a reader that sees this generation sees the files of it (or a later one).
         status = {
             "hostname": self.options.hostname,
@@ -279,7 +248,7 @@ class Agent:
             "ipsets": len(state.ipsets),
             "time": time.time(),
         }
-        write_atomic(out / "status.json", json.dumps(status, indent=1) + "\n")
+        write_durably(out / "status.json", json.dumps(status, indent=1) + "\n")
         self._log_apply(started, len(state.endpoints), len(state.policies), changed)
 
 

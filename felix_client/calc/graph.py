@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from felix_client import validate
 from felix_client.calc.labels import LabelIndex
 from felix_client.calc.model import (
     ENFORCED_KINDS,
@@ -31,6 +32,7 @@ from felix_client.calc.model import (
     parse_profile,
 )
 from felix_client.calc.routes import VTEP, Route, RouteCalculator
+from felix_client.calc.services import ServiceIndex
 from typha.model import keys
 
 log = logging.getLogger(__name__)
@@ -101,15 +103,16 @@ class Calculator:
         self.profile_members: dict[str, set[str]] = {}  # profile -> endpoint/netset keys using it
         self.policies: dict[keys.PolicyKey, ParsedPolicy] = {}
         self.tiers: dict[str, tuple[float, bool]] = {}  # name -> (order, default action is Pass)
-        self.local_index = LabelIndex()  # items: local endpoint keys; selectors: PolicyKey
-        self.global_index = LabelIndex()  # items: all endpoint/netset keys; selectors: IPSetSpec
+        self.local_index: LabelIndex[str, keys.PolicyKey] = LabelIndex()  # local endpoints x policies
+        self.global_index: LabelIndex[str, IPSetSpec] = LabelIndex()  # all endpoints/netsets x IP sets
         self.active_policies: set[keys.PolicyKey] = set()
         self.active_profiles: dict[str, int] = {}  # profile -> local endpoints referencing it
         self.ipset_refs: dict[IPSetSpec, int] = {}
         self._contrib: dict[IPSetSpec, dict[str, tuple[str, ...]]] = {}
         self._members: dict[IPSetSpec, dict[str, int]] = {}  # member -> contributors (IPs can repeat)
+        self.services = ServiceIndex()  # EndpointSlices by service, for rules' service matches
         self.routing = RouteCalculator(hostname, uplink)
-        self.config: dict[str, Any] = {}
+        self.config: dict[tuple[str, str], Any] = {}  # ("host" | "global", name) -> value
         self._default_endpoint_to_host_action = endpoint_to_host_action
         self.dirty = Dirty()
 
@@ -134,7 +137,7 @@ class Calculator:
             # A malformed value must not stop the agent, nor leave the previous value in force:
             # libcalico-go's validation filter turns an invalid value into a deletion, and so do we.
             # Values are parsed before any state changes, so the delete starts from a clean slate.
-            log.warning("treating unusable update %s as a deletion: %s", path, exc)
+            validate.reject_object(type(key).__name__, path, str(exc))
             self.update(path, None)
 
     def _dispatch(self, path: str, key: keys.Key, value: Any) -> None:
@@ -173,6 +176,13 @@ class Calculator:
         elif isinstance(key, keys.ResourceKey) and key.kind == "Node":
             self.routing.set_node(key.name, value)
             self.dirty.routes = True
+        elif isinstance(key, keys.ResourceKey) and key.kind == "KubernetesEndpointSlice":
+            if value is not None and not isinstance(value, dict):
+                raise TypeError(f"EndpointSlice value is not an object: {value!r}")
+            for spec in self.services.set_slice(path, value):
+                if spec in self._members:
+                    self._members[spec] = dict.fromkeys(self.services.members(spec), 1)
+                    self.dirty.ipsets.add(spec)
 
     def _routing_changed(self) -> None:
         # Pools and host IPs feed both routes and the static chains/sets (NAT, IPIP/VXLAN host sets).
@@ -371,6 +381,10 @@ class Calculator:
             if spec.kind == "nets":
                 self._members[spec] = {_member(n): 1 for n in spec.nets}
                 continue
+            if spec.kind in ("service", "service-noport"):
+                self.services.add_set(spec)
+                self._members[spec] = dict.fromkeys(self.services.members(spec), 1)
+                continue
             for path in self.global_index.add_selector(spec, spec.parsed_selector):
                 self._refresh_contribution(spec, path)
 
@@ -381,7 +395,10 @@ class Calculator:
                 self.ipset_refs[spec] = count
                 continue
             self.ipset_refs.pop(spec, None)
-            self.global_index.remove_selector(spec)
+            if spec.kind in ("service", "service-noport"):
+                self.services.remove_set(spec)
+            else:
+                self.global_index.remove_selector(spec)
             self._contrib.pop(spec, None)
             self._members.pop(spec, None)
             self.dirty.ipsets.add(spec)

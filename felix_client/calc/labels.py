@@ -12,14 +12,15 @@ quadratic in cluster size):
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping
+from typing import Generic, TypeVar
 
 from typha.model.selector import Selector
 
-ItemId = Hashable
-SelectorId = Hashable
+ItemId = TypeVar("ItemId", bound=Hashable)
+SelectorId = TypeVar("SelectorId", bound=Hashable)
 
 
-class LabelIndex:
+class LabelIndex(Generic[ItemId, SelectorId]):
     def __init__(self) -> None:
         self._items: dict[ItemId, Mapping[str, str]] = {}
         self._selectors: dict[SelectorId, Selector] = {}

@@ -6,58 +6,35 @@ once when the KV arrives and shared by the calculation and the renderer.
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
+from felix_client import validate
+from felix_client.names import (
+    KIND_SHORT,
+    SET_ID_NAMED_PORT,
+    SET_ID_NETS,
+    SET_ID_SELECTOR,
+    SET_ID_SERVICE,
+    SET_ID_SERVICE_NO_PORT,
+    ipset_name,
+)
+from felix_client.validate import Invalid
 from typha.model import selector as sel
 from typha.model.keys import PolicyKey
 
-# felix/rules/rule_defs.go: chain names are capped at 28 characters (iptables allows 28 + NUL).
-MAX_CHAIN_NAME_LENGTH = 28
-# ipset names are capped at 31 characters; Felix cuts "cali40" + the set ID there.
-MAX_IPSET_NAME_LENGTH = 31
-IPSET_PREFIX = "cali40"
 ANY_NET = "0.0.0.0/0"
 
-KIND_SHORT = {
-    "KubernetesNetworkPolicy": "knp",
-    "NetworkPolicy": "np",
-    "GlobalNetworkPolicy": "gnp",
-}
 # Staged policies are never enforced (they only feed flow logs); the rest are out of scope (docs/calico/felix.md §3).
 ENFORCED_KINDS = frozenset(KIND_SHORT)
 
 _PORT_PROTOCOLS = frozenset({"tcp", "udp", "sctp", "udplite", 6, 17, 132, 136})
 _NAMED_PORT_PROTOCOLS = {"tcp": "tcp", "udp": "udp", "sctp": "sctp", 6: "tcp", 17: "udp", 132: "sctp"}
-
-
-def length_limited_id(prefix: str, suffix: str, max_length: int = MAX_CHAIN_NAME_LENGTH) -> str:
-    """hashutils.GetLengthLimitedID: prefix + suffix, or prefix + "_" + b64url(sha256(suffix)) cut to fit."""
-    # A suffix that itself starts with the separator is hashed too, so it cannot pose as a hash.
-    if len(prefix) + len(suffix) <= max_length and not suffix.startswith("_"):
-        return prefix + suffix
-    digest = base64.urlsafe_b64encode(hashlib.sha256(suffix.encode()).digest()).rstrip(b"=").decode()
-    return prefix + "_" + digest[: max_length - len(prefix) - 1]
-
-
-def policy_id(key: PolicyKey) -> str:
-    """types.PolicyID.ID(): `<kind short>/<namespace>/<name>` (the namespace is empty for global kinds)."""
-    return f"{KIND_SHORT.get(key.kind, key.kind.lower())}/{key.namespace}/{key.name}"
-
-
-def policy_chain_name(key: PolicyKey, inbound: bool) -> str:
-    return length_limited_id("cali-pi-" if inbound else "cali-po-", policy_id(key))
-
-
-def profile_chain_name(profile: str, inbound: bool) -> str:
-    return length_limited_id("cali-pri-" if inbound else "cali-pro-", profile)
-
-
-def ipset_name(set_id: str) -> str:
-    return (IPSET_PREFIX + set_id)[:MAX_IPSET_NAME_LENGTH]
+_PROTOCOL_NUMBERS: dict[str | int, int] = {"icmp": 1, "tcp": 6, "udp": 17, "icmpv6": 58, "sctp": 132, "udplite": 136}
+_ICMP_PROTOCOLS = frozenset({"icmp", 1})
+_ICMPV6_PROTOCOLS = frozenset({"icmpv6", 58})
+_ACTIONS = {"": "allow", "allow": "allow", "deny": "deny", "next-tier": "next-tier", "pass": "next-tier",
+            "log": "log"}
 
 
 # --- IP sets ------------------------------------------------------------------------------------
@@ -71,6 +48,9 @@ class IPSetSpec:
     kind "named-port": `ip,proto:port` of matching endpoints that have a named port `port_name`/`protocol`.
     kind "nets": a literal CIDR list. Felix uses scratch-bit match blocks for several CIDRs or nets plus
     notNets; a hash:net set is the equivalent docs/calico/felix.md §3.8 allows, and keeps one rule per match.
+    kind "service": `ip,proto:port` of every address and port of the EndpointSlices of `service`
+    ("namespace/name"): a rule's destination service (rule_scanner.go, ServiceIncludePorts).
+    kind "service-noport": the addresses alone: a rule's source service.
     """
 
     kind: str
@@ -78,16 +58,21 @@ class IPSetSpec:
     protocol: str = ""
     port_name: str = ""
     nets: tuple[str, ...] = ()
+    service: str = ""
 
     @property
     def set_id(self) -> str:
         if self.kind == "selector":
-            return sel.make_unique_id("s", self.selector)
+            return sel.make_unique_id(SET_ID_SELECTOR, self.selector)
         if self.kind == "named-port":
             # labelindex IPSetData.UniqueID: the selector's ID, protocol and port name, hashed again.
-            selector_id = sel.make_unique_id("s", self.selector)
-            return sel.make_unique_id("n", f"{selector_id},{self.protocol},{self.port_name}")
-        return sel.make_unique_id("c", ",".join(self.nets))
+            selector_id = sel.make_unique_id(SET_ID_SELECTOR, self.selector)
+            return sel.make_unique_id(SET_ID_NAMED_PORT, f"{selector_id},{self.protocol},{self.port_name}")
+        if self.kind == "service":
+            return sel.make_unique_id(SET_ID_SERVICE, self.service)
+        if self.kind == "service-noport":
+            return sel.make_unique_id(SET_ID_SERVICE_NO_PORT, self.service)
+        return sel.make_unique_id(SET_ID_NETS, ",".join(self.nets))
 
     @property
     def name(self) -> str:
@@ -95,7 +80,7 @@ class IPSetSpec:
 
     @property
     def ipset_type(self) -> str:
-        return "hash:ip,port" if self.kind == "named-port" else "hash:net"
+        return "hash:ip,port" if self.kind in ("named-port", "service") else "hash:net"
 
     @property
     def parsed_selector(self) -> sel.Selector:
@@ -103,11 +88,15 @@ class IPSetSpec:
 
 
 def _v4_nets(values: Any) -> tuple[tuple[str, ...], bool]:
-    """(IPv4 CIDRs, whether any IPv6 ones were dropped) of a nets list."""
+    """(IPv4 CIDRs, whether any other-family ones were left out) of a nets list; Invalid for a bad one."""
+    if values is None:
+        return (), False
+    if not isinstance(values, list | tuple):
+        raise Invalid("bad-cidr", f"nets must be a list, not {values!r}")
     out: list[str] = []
     dropped = False
-    for text in values or ():
-        net = ipaddress.ip_network(text, strict=False)
+    for text in values:
+        net = validate.cidr(text)
         if net.version == 4:
             out.append(str(net))
         else:
@@ -116,6 +105,25 @@ def _v4_nets(values: Any) -> tuple[tuple[str, ...], bool]:
 
 
 # --- rules --------------------------------------------------------------------------------------
+
+# The v1 model rule's fields (libcalico-go lib/backend/model/rule.go), by what becomes of them. Each
+# one in _MATCH_FIELDS changes what the rule matches or does; _INFORMATIONAL_FIELDS are the v3
+# originals passed through for other consumers (the selectors above already carry their meaning,
+# and Felix's iptables renderer reads them no more than we do). Any other field (the deprecated
+# tags, or one newer than this code) makes the rule refused: a match we do not understand must not
+# be dropped while the action stays.
+_MATCH_FIELDS = frozenset(
+    {"action", "ip_version", "protocol", "!protocol", "icmp_type", "icmp_code", "!icmp_type", "!icmp_code",
+     "http", "metadata", "src_service", "src_service_ns", "dst_service", "dst_service_ns"}
+    | {f"{neg}{side}_{what}" for neg in ("", "!") for side in ("src", "dst")
+       for what in ("net", "nets", "selector", "ports")}
+)
+_INFORMATIONAL_FIELDS = frozenset(
+    {f"{neg}orig_{side}_selector" for neg in ("", "!") for side in ("src", "dst")}
+    | {f"orig_{side}_{what}" for side in ("src", "dst")
+       for what in ("namespace_selector", "service_acct_names", "service_acct_selector")}
+)
+RULE_FIELDS = _MATCH_FIELDS | _INFORMATIONAL_FIELDS
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +138,7 @@ class Side:
     not_ports: tuple[int | str, ...] = ()
     named_port_sets: tuple[IPSetSpec, ...] = ()
     not_named_port_sets: tuple[IPSetSpec, ...] = ()
+    service_set: IPSetSpec | None = None  # "service" (destination) or "service-noport" (source)
 
     def ipsets(self) -> list[IPSetSpec]:
         out: list[IPSetSpec] = []
@@ -140,9 +149,7 @@ class Side:
             out.append(self.not_selector_set)
         out.extend(self.named_port_sets)
         out.extend(self.not_named_port_sets)
-        for spec in (self.nets_set(), self.not_nets_set()):
-            if spec is not None:
-                out.append(spec)
+        out.extend(s for s in (self.nets_set(), self.not_nets_set(), self.service_set) if s is not None)
         return out
 
     def nets_set(self) -> IPSetSpec | None:
@@ -171,9 +178,21 @@ class ParsedRule:
     not_icmp_code: int | None = None
     src: Side = field(default_factory=Side)
     dst: Side = field(default_factory=Side)
+    # Rule metadata annotations, rendered as comments on each of the rule's iptables rules as Felix
+    # does (policy.go), sorted by key (Felix's map order is random).
+    annotations: tuple[tuple[str, str], ...] = ()
 
     def ipsets(self) -> list[IPSetSpec]:
         return self.src.ipsets() + self.dst.ipsets()
+
+
+def _canonical(text: Any, what: str) -> str:
+    if not isinstance(text, str):
+        raise Invalid("bad-selector", f"{what} is not a string: {text!r}")
+    try:
+        return sel.canonicalise(text)
+    except sel.SelectorError as exc:
+        raise Invalid("bad-selector", f"{what} {text!r}: {exc}") from None
 
 
 def _combined_selector(positive: str, negative: str) -> tuple[str, str]:
@@ -181,33 +200,65 @@ def _combined_selector(positive: str, negative: str) -> tuple[str, str]:
     selector as `(pos) && (!(neg))`; a notSelector alone stays a negated match (it must also match
     traffic from outside Calico, which a set of endpoints could not express)."""
     if positive and negative:
-        return sel.canonicalise(f"({positive}) && (!({negative}))"), ""
+        _canonical(positive, "selector"), _canonical(negative, "notSelector")  # each valid on its own
+        return _canonical(f"({positive}) && (!({negative}))", "selector"), ""
     if positive:
-        return sel.canonicalise(positive), ""
+        return _canonical(positive, "selector"), ""
     if negative:
-        return "", sel.canonicalise(negative)
+        return "", _canonical(negative, "notSelector")
     return "", ""
 
 
 def _split_ports(values: Any) -> tuple[tuple[int | str, ...], tuple[str, ...]]:
+    if values is None:
+        return (), ()
+    if not isinstance(values, list | tuple):
+        raise Invalid("bad-port", f"ports must be a list, not {values!r}")
     numeric: list[int | str] = []
     named: list[str] = []
-    for port in values or ():
-        if isinstance(port, int) or (isinstance(port, str) and port.replace(":", "").isdigit()):
+    for value in values:
+        port = validate.port(value)
+        if isinstance(port, int) or port[0].isdigit():
             numeric.append(port)
         else:
-            named.append(str(port))
+            named.append(port)
     return tuple(numeric), tuple(named)
 
 
-def _side(rule: dict[str, Any], side: str, protocol: str) -> tuple[Side, bool]:
-    """One side of a v1 rule; the flag is True when the side can never match IPv4 traffic."""
-    nets, dropped = _v4_nets(rule.get(f"{side}_nets"))
+def _nets_field(rule: dict[str, Any], name: str) -> list[Any] | None:
+    """`<name>_nets` plus the older single `<name>_net` (model.Rule.AllSrcNets and friends)."""
+    nets, single = rule.get(f"{name}_nets"), rule.get(f"{name}_net")
+    if single is None:
+        return nets
+    if nets is not None and not isinstance(nets, list):
+        raise Invalid("bad-cidr", f"{name}_nets must be a list, not {nets!r}")
+    return [*(nets or []), single]
+
+
+def _service(rule: dict[str, Any], side: str) -> IPSetSpec | None:
+    name, namespace = rule.get(f"{side}_service"), rule.get(f"{side}_service_ns")
+    if name is None and namespace is None:
+        return None
+    if not name:
+        # Felix would ignore a namespace without a name; that would drop a match the rule asked for.
+        raise Invalid("bad-service", f"{side} service namespace {namespace!r} without a service name")
+    service = f"{validate.k8s_name(namespace) if namespace else ''}/{validate.k8s_name(name)}"
+    return IPSetSpec("service" if side == "dst" else "service-noport", service=service)
+
+
+def _side(rule: dict[str, Any], side: str, protocol: str) -> Side:
+    """One side ("src" or "dst") of a v1 rule, with felix/rules/policy.go FilterRuleToIPVersion(4)
+    applied: other-family CIDRs are left out, and a nets or notNets list that held only such CIDRs
+    makes the rule skipped (Felix renders it for the other family only)."""
+    nets, dropped = _v4_nets(_nets_field(rule, side))
     if dropped and not nets:
-        return Side(), True  # only IPv6 CIDRs: the rule is IPv6-only
-    not_nets, _ = _v4_nets(rule.get(f"!{side}_nets"))
+        raise Invalid("other-ip-family", f"{side} nets hold only IPv6 CIDRs")
+    not_nets, not_dropped = _v4_nets(_nets_field(rule, f"!{side}"))
+    if not_dropped and not not_nets:
+        raise Invalid("other-ip-family", f"{side} notNets hold only IPv6 CIDRs")
     if ANY_NET in not_nets:
-        return Side(), True  # excludes every address: the rule can never match
+        # filterNets: a negated catch-all can never match; Felix drops the rule with a warning.
+        raise Invalid("negated-catch-all", f"{side} notNets hold {ANY_NET}")
     if ANY_NET in nets:
         nets = ()  # matches every address: no match needed (and hash:net cannot hold a /0)
     positive, negative = _combined_selector(rule.get(f"{side}_selector") or "", rule.get(f"!{side}_selector") or "")
@@ -223,41 +274,101 @@ def _side(rule: dict[str, Any], side: str, protocol: str) -> tuple[Side, bool]:
         not_ports=not_ports,
         named_port_sets=tuple(IPSetSpec("named-port", named_selector, protocol, n) for n in named),
         not_named_port_sets=tuple(IPSetSpec("named-port", named_selector, protocol, n) for n in not_named),
-    ), False
-
-
-def parse_rule(rule: dict[str, Any]) -> ParsedRule | None:
-    """A v1 model rule, or None when it can never match IPv4 traffic (IPv6-only)."""
-    if rule.get("ip_version") == 6:
-        return None
-    protocol = rule.get("protocol")
-    named_protocol = _NAMED_PORT_PROTOCOLS.get(protocol if protocol is not None else "tcp", "tcp")
-    src, src_never = _side(rule, "src", named_protocol)
-    dst, dst_never = _side(rule, "dst", named_protocol)
-    if src_never or dst_never:
-        return None
-    if protocol in ("icmpv6", 58):
-        return None
-    has_ports = any(rule.get(f"{neg}{side}_ports") for neg in ("", "!") for side in ("src", "dst"))
-    if has_ports and protocol not in _PORT_PROTOCOLS:
-        # Calico's validation refuses ports without a port protocol; iptables would refuse the
-        # multiport match and with it the whole table, so such a rule is dropped, not rendered.
-        return None
-    return ParsedRule(
-        action=rule.get("action") or "allow",
-        protocol=protocol,
-        not_protocol=rule.get("!protocol"),
-        icmp_type=rule.get("icmp_type"),
-        icmp_code=rule.get("icmp_code"),
-        not_icmp_type=rule.get("!icmp_type"),
-        not_icmp_code=rule.get("!icmp_code"),
-        src=src,
-        dst=dst,
+        service_set=_service(rule, side),
     )
 
 
-def parse_rules(rules: Any) -> tuple[ParsedRule, ...]:
-    return tuple(r for r in (parse_rule(rule) for rule in rules or ()) if r is not None)
+def _icmp_fields(rule: dict[str, Any], prefix: str) -> tuple[int | None, int | None]:
+    icmp_type, icmp_code = rule.get(f"{prefix}icmp_type"), rule.get(f"{prefix}icmp_code")
+    if icmp_code is not None and icmp_type is None:
+        # Calico's validation refuses a code without a type; Felix would render neither, dropping the match.
+        raise Invalid("bad-icmp", f"{prefix}icmp_code {icmp_code!r} without a type")
+    return (None if icmp_type is None else validate.icmp_type(icmp_type),
+            None if icmp_code is None else validate.icmp_code(icmp_code))
+
+
+def _annotations(value: Any) -> tuple[tuple[str, str], ...]:
+    if value is None:
+        return ()
+    annotations = value.get("annotations") if isinstance(value, dict) else None
+    if annotations is None and isinstance(value, dict):
+        return ()
+    if not isinstance(annotations, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in annotations.items()
+    ):
+        raise Invalid("bad-metadata", f"rule metadata is not a map of strings: {value!r}")
+    return tuple(sorted(annotations.items()))
+
+
+def parse_rule(rule: Any) -> ParsedRule:
+    """A v1 model rule as rendered for IPv4; `Invalid` when it is not rendered (see its reason)."""
+    if not isinstance(rule, dict):
+        raise Invalid("bad-rule", f"rule is not an object: {rule!r}")
+    unknown = sorted(set(rule) - RULE_FIELDS)
+    if unknown:
+        raise Invalid("unsupported-field", f"fields felix-client cannot render: {', '.join(unknown)}")
+    action = rule.get("action") or ""
+    if action not in _ACTIONS:
+        raise Invalid("bad-action", f"invalid action {action!r}")
+    action = _ACTIONS[action]
+    ip_version = rule.get("ip_version")
+    if ip_version not in (None, 4, 6) or isinstance(ip_version, bool):
+        raise Invalid("bad-ip-version", f"invalid ip_version {ip_version!r}")
+    if ip_version == 6:
+        raise Invalid("other-ip-family", "ip_version 6")
+    protocol = None if rule.get("protocol") is None else validate.protocol(rule["protocol"])
+    not_protocol = None if rule.get("!protocol") is None else validate.protocol(rule["!protocol"])
+    if protocol is not None and not_protocol is not None:
+        # iptables takes one -p. "p and not q" is p when they differ and matches nothing when equal.
+        if _PROTOCOL_NUMBERS.get(protocol, protocol) == _PROTOCOL_NUMBERS.get(not_protocol, not_protocol):
+            raise Invalid("never-matches", f"protocol {protocol!r} and notProtocol {not_protocol!r}")
+        not_protocol = None
+    if protocol in _ICMPV6_PROTOCOLS:
+        raise Invalid("other-ip-family", "protocol ICMPv6")
+    icmp_type, icmp_code = _icmp_fields(rule, "")
+    not_icmp_type, not_icmp_code = _icmp_fields(rule, "!")
+    if (icmp_type is not None or not_icmp_type is not None) and protocol not in _ICMP_PROTOCOLS:
+        # Calico's validation requires the ICMP protocol; iptables' icmp match would refuse the table.
+        raise Invalid("bad-icmp", f"ICMP match with protocol {protocol!r}")
+    if rule.get("http") is not None and action in ("allow", "next-tier"):
+        # Felix's iptables rules leave HTTP matches to Dikastes (the ALP sidecar); without it the
+        # rule would allow every request. A Deny or Log rule is kept: without the match it is stricter.
+        raise Invalid("http-match", f"HTTP match on an {action} rule (needs application layer policy)")
+    named_protocol = _NAMED_PORT_PROTOCOLS.get(protocol if protocol is not None else "tcp", "tcp")
+    src = _side(rule, "src", named_protocol)
+    dst = _side(rule, "dst", named_protocol)
+    has_ports = any(rule.get(f"{neg}{side}_ports") for neg in ("", "!") for side in ("src", "dst"))
+    if has_ports and protocol not in _PORT_PROTOCOLS:
+        # Calico's validation refuses ports without a port protocol; iptables would refuse the
+        # multiport match and with it the whole table.
+        raise Invalid("ports-without-protocol", f"ports with protocol {protocol!r}")
+    return ParsedRule(
+        action=action,
+        protocol=protocol,
+        not_protocol=not_protocol,
+        icmp_type=icmp_type,
+        icmp_code=icmp_code,
+        not_icmp_type=not_icmp_type,
+        not_icmp_code=not_icmp_code,
+        src=src,
+        dst=dst,
+        annotations=_annotations(rule.get("metadata")),
+    )
+
+
+def parse_rules(rules: Any, owner: str = "") -> tuple[ParsedRule, ...]:
+    """The rules that are rendered; each one left out is logged (once) and counted."""
+    if rules is None:
+        return ()
+    if not isinstance(rules, list | tuple):
+        raise Invalid("bad-rule", f"{owner}: rules are not a list")
+    out: list[ParsedRule] = []
+    for i, rule in enumerate(rules):
+        try:
+            out.append(parse_rule(rule))
+        except Invalid as exc:
+            validate.reject_rule(owner, exc.reason, f"rule {i}: {exc}")
+    return tuple(out)
 
 
 # --- policies and profiles ----------------------------------------------------------------------
@@ -306,15 +417,18 @@ def parse_policy(key: PolicyKey, value: dict[str, Any]) -> ParsedPolicy:
         egress = bool(outbound)
         ingress = bool(inbound) or not outbound
     order = value.get("order")
+    tier = value.get("tier") or "default"
+    if not isinstance(tier, str):
+        raise Invalid("bad-tier", f"tier is not a name: {tier!r}")
     return ParsedPolicy(
         key=key,
-        tier=value.get("tier") or "default",
+        tier=tier,
         order=None if order is None else float(order),
         selector=sel.parse(value.get("selector") or ""),
         ingress=ingress,
         egress=egress,
-        inbound=parse_rules(inbound),
-        outbound=parse_rules(outbound),
+        inbound=parse_rules(inbound, f"{key.kind} {key.namespace}/{key.name} inbound"),
+        outbound=parse_rules(outbound, f"{key.kind} {key.namespace}/{key.name} outbound"),
     )
 
 
@@ -330,7 +444,8 @@ class ParsedProfile:
 
 def parse_profile(name: str, value: dict[str, Any] | None) -> ParsedProfile:
     value = value or {}
-    return ParsedProfile(name, parse_rules(value.get("inbound_rules")), parse_rules(value.get("outbound_rules")))
+    return ParsedProfile(name, parse_rules(value.get("inbound_rules"), f"Profile {name} inbound"),
+                         parse_rules(value.get("outbound_rules"), f"Profile {name} outbound"))
 
 
 # --- endpoints ----------------------------------------------------------------------------------
@@ -362,21 +477,46 @@ class Endpoint:
         return tuple(n.split("/")[0] for n in self.nets)
 
 
+def _named_port(value: Any) -> NamedPort:
+    if not isinstance(value, dict):
+        raise Invalid("bad-port", f"endpoint port is not an object: {value!r}")
+    protocol = str(value.get("protocol") or "tcp").lower()
+    if protocol not in ("tcp", "udp", "sctp"):
+        # The protocol is written into `ip,proto:port` IP-set members.
+        raise Invalid("bad-protocol", f"invalid named-port protocol {value.get('protocol')!r}")
+    return NamedPort(validate.port_name(value.get("name")), protocol, validate.endpoint_port_number(value.get("port")))
+
+
+def _labels(value: Any) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise Invalid("bad-labels", f"labels are not a map of strings: {value!r}")
+    return dict(value)
+
+
+def _profile_ids(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(p, str) and p for p in value):
+        raise Invalid("bad-profile", f"profile_ids are not a list of names: {value!r}")
+    return tuple(value)
+
+
 def parse_endpoint(path: str, hostname: str, value: dict[str, Any]) -> Endpoint:
+    """A WorkloadEndpoint; `Invalid` (the update becomes a deletion, as in Felix's validation filter)
+    when a value that reaches the kernel is outside its grammar."""
     nets, _ = _v4_nets(value.get("ipv4_nets"))
-    ports = tuple(
-        NamedPort(p["name"], str(p.get("protocol") or "tcp").lower(), int(p["port"]))
-        for p in value.get("ports") or ()
-        if p.get("name") and p.get("port")
-    )
+    ports = tuple(_named_port(p) for p in value.get("ports") or ())
+    name = value.get("name") or ""
     return Endpoint(
         key=path,
         hostname=hostname,
-        iface=value.get("name") or "",
+        iface=validate.interface_name(name) if name else "",
         active=(value.get("state") or "active") == "active",
         nets=nets,
-        profile_ids=tuple(value.get("profile_ids") or ()),
-        labels=dict(value.get("labels") or {}),
+        profile_ids=_profile_ids(value.get("profile_ids")),
+        labels=_labels(value.get("labels")),
         ports=ports,
     )
 
@@ -389,7 +529,7 @@ def parse_network_set(path: str, value: dict[str, Any]) -> Endpoint:
         iface="",
         active=True,
         nets=nets,
-        profile_ids=tuple(value.get("profile_ids") or ()),
-        labels=dict(value.get("labels") or {}),
+        profile_ids=_profile_ids(value.get("profile_ids")),
+        labels=_labels(value.get("labels")),
         is_netset=True,
     )

@@ -14,10 +14,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-# Felix's route protocol for the routes it owns (RTPROT 80, shown as "proto 80").
-FELIX_ROUTE_PROTO = 80
-IPIP_DEVICE = "tunl0"
-VXLAN_DEVICE = "vxlan.calico"
+from felix_client import validate
+from felix_client.names import FELIX_ROUTE_PROTO, IPIP_DEVICE, VXLAN_DEVICE
+
 # Felix's kernel metric for workload routes (Calico's NormalRoutePriority). BIRD's calico_aggr() exports
 # a /32 inside a local block only when its krt_metric is below this (an "elevated" route, 512, used for
 # live migration), so a workload route with the kernel's default metric 0 would leak to every BGP peer.
@@ -230,7 +229,13 @@ class RouteCalculator:
         if target is None:
             return
         if value:
-            target[node] = str(value)
+            # Both reach netlink (the VXLAN device, neighbour and FDB entries): checked, not just copied.
+            if name == "IPv4VXLANTunnelAddr":
+                if validate.ip(value).version != 4:
+                    raise validate.Invalid("bad-ip", f"{name} {value!r} is not an IPv4 address")
+                target[node] = str(validate.ip(value))
+            else:
+                target[node] = validate.mac(value)
         else:
             target.pop(node, None)
         if name == "IPv4VXLANTunnelAddr":

@@ -1,11 +1,13 @@
 """Program one network namespace from a `DesiredState`.
 
-An apply compares with what the kernel holds (iptables-save, ipset list, a netlink route dump), so
-the same code path is both the incremental apply and the periodic resync that repairs drift. The
-one exception is iptables with `resync=False`: each table is then diffed against what the last
-successful restore left (chain hashes and hook rules, `felix_client.dataplane.iptables`), as Felix
-does between its refreshes, so a policy edit neither dumps the table nor restores unchanged chains.
-A failed or unfinished restore forgets that memory and the table is read again.
+The dataplane owns the rendering (`felix_client.rules`, once per apply) and the memory of what it
+last programmed, so data flows one way: calculation → rendering → kernel. A full apply
+(`resync=True`) compares with what the kernel holds (iptables-save, ipset list, a netlink route
+dump), repairing drift. In between (`resync=False`) it leaves alone the parts it would write
+unchanged, and diffs each table it does write against what the last successful restore left (chain
+hashes and hook rules, `felix_client.dataplane.iptables`), as Felix does between its refreshes, so
+a policy edit neither dumps the table nor restores unchanged chains. A failed or unfinished apply
+forgets that memory and the next one programs (and reads) everything.
 
 `netns=None` programs the namespace this process runs in (the agent is started with
 `ip netns exec NODE` in tests, or on the host in production); a name runs every command through
@@ -19,21 +21,28 @@ import logging
 import shlex
 import shutil
 import subprocess
-from collections.abc import Container, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from felix_client import rules
+from felix_client import rules, validate
 from felix_client.calc.graph import DesiredState
-from felix_client.calc.routes import FELIX_ROUTE_PROTO, VXLAN_DEVICE, Route
+from felix_client.calc.routes import Route
 from felix_client.dataplane import iptables, vxlan
 from felix_client.dataplane.iptables import HOOK_COMMENT  # noqa: F401  (the tests' import)
 from felix_client.dataplane.vxlan import OwnVTEP
+from felix_client.names import (
+    FELIX_ROUTE_PROTO,
+    IPSET_OWNED_PREFIX,
+    IPSET_TEMP_PREFIX,
+    RTPROT_BOOT,
+    VXLAN_DEVICE,
+    WORKLOAD_IFACE_PREFIX,
+)
 
 log = logging.getLogger("felix_client.dataplane")
 
-IPSET_PREFIX = "cali4"  # cali40<id> sets and cali4t<n> temporaries
-RTPROT_BOOT = 3  # Felix's DeviceRouteProtocol for local workload routes
 TABLES = ("raw", "nat", "filter")
 
 
@@ -69,7 +78,9 @@ class ApplyStats:
 
 
 class Dataplane:
-    def __init__(self, netns: str | None = None, *, iface_prefix: str = "cali", backend: str | None = None) -> None:
+    def __init__(
+        self, netns: str | None = None, *, iface_prefix: str = WORKLOAD_IFACE_PREFIX, backend: str | None = None
+    ) -> None:
         self.netns = netns
         self.iface_prefix = iface_prefix
         self.backend = backend or detect_backend()
@@ -79,6 +90,9 @@ class Dataplane:
         self.missing_devices: set[str] = set()  # route devices absent at the last apply_routes
         # Per table, what the last successful restore left in the kernel; absent: read it first.
         self.programmed: dict[str, iptables.TableState] = {}
+        # What the last successful apply rendered (table -> text, "ipsets" -> sets), for `apply`'s skip.
+        self._last_applied: dict[str, object] = {}
+        self._links_dirty = True  # routes, sysctls or VXLAN changed since they were last programmed
 
     # --- helpers ------------------------------------------------------------------------------
 
@@ -90,31 +104,62 @@ class Dataplane:
                                  f"input:\n{stdin or ''}")
         return proc.stdout
 
-    def _ipr(self):  # type: ignore[no-untyped-def]
+    def _ipr(self) -> Any:  # pyroute2 has no type hints
         from pyroute2 import IPRoute, NetNS
 
         return NetNS(self.netns) if self.netns else IPRoute()
 
     # --- whole apply --------------------------------------------------------------------------
 
-    def apply(self, state: DesiredState, own_vtep: OwnVTEP | None = None, *, skip: Container[str] = (),
-              tables: dict[str, rules.Table] | None = None, resync: bool = True) -> None:
-        """Bring the namespace to `state`. Order matters: sets before the rules that use them,
-        stale sets only after the rules stopped referencing them, routes last.
+    def apply(self, state: DesiredState, own_vtep: OwnVTEP | None = None, *, resync: bool = True,
+              routes_changed: bool = True) -> list[str]:
+        """Bring the namespace to `state`; returns the parts left alone as unchanged (sorted).
 
-        `skip` ("ipsets", "raw", "nat", "filter", "links": sysctls, VXLAN device and routes) names
-        parts the caller knows are unchanged since its last apply; a resync passes nothing. `tables`:
-        the state's tables if the caller rendered them already. `resync=False`: diff the tables against
-        what this object last programmed instead of reading them (`apply_table`)."""
+        The dataplane renders `state` (once: tables and IP sets) and remembers what its last
+        successful apply programmed, so data flows one way (calculation → rendering → kernel). With
+        `resync=False` it leaves alone the parts ("ipsets", "raw", "nat", "filter", and "links":
+        sysctls, VXLAN device and routes) that are unchanged since then (links: while no route
+        changed, `routes_changed`), and diffs the tables it does write against its memory instead of
+        reading them (`apply_table`). Re-reading and rewriting all of it took most of an apply;
+        drift there is repaired by the caller's periodic `resync=True`, as Felix's refresh does.
+
+        Order matters: sets before the rules that use them, stale sets only after the rules stopped
+        referencing them, routes last."""
+        tables = rules.render_tables(state, self.iface_prefix)
+        wanted: dict[str, object] = {name: table.render() for name, table in tables.items()}
         sets = rules.desired_ipsets(state)
+        wanted["ipsets"] = sets
+        self._links_dirty |= routes_changed
+        skip: set[str] = set()
+        if not resync:
+            skip = {name for name, value in wanted.items() if self._last_applied.get(name) == value}
+            if not self._links_dirty:
+                skip.add("links")
+        # Forgotten until this apply is known to have worked: a failure leaves the kernel in a state
+        # we did not see, so the next apply programs everything.
+        self._last_applied = {}
+        try:
+            self._apply(state, own_vtep, tables, sets, skip, resync)
+        except Exception:
+            self._links_dirty = True
+            raise
+        self._last_applied = wanted
+        if "links" not in skip:
+            # A workload interface the CNI has not created yet: its route and sysctls wait for it, so
+            # every apply tries again rather than only the next resync. (A missing tunnel device, say
+            # tunl0 without the ipip module, is not coming soon: the resync retries that.)
+            self._links_dirty = any(dev.startswith(self.iface_prefix) for dev in self.missing_devices)
+        return sorted(skip)
+
+    def _apply(self, state: DesiredState, own_vtep: OwnVTEP | None, tables: dict[str, rules.Table],
+               sets: dict[str, rules.IPSet], skip: set[str], resync: bool) -> None:
         existing_sets = set() if "ipsets" in skip else self.list_ipsets()
         if "ipsets" not in skip:
             self.write_ipsets(sets, existing_sets)
-        tables = tables or rules.render_tables(state, self.iface_prefix)
         for name in TABLES:
             if name not in skip:
                 self.apply_table(name, tables[name], resync=resync)
-        stale = {s for s in existing_sets if s.startswith(IPSET_PREFIX) and s not in sets}
+        stale = {s for s in existing_sets if s.startswith(IPSET_OWNED_PREFIX) and s not in sets}
         self.destroy_ipsets(stale)
         if "links" in skip:
             return
@@ -168,7 +213,7 @@ class Dataplane:
 
     def write_ipsets(self, sets: dict[str, rules.IPSet], existing: set[str]) -> None:
         # Leftover temporaries (a crash mid-restore) may have another type than the one we need now.
-        temps = sorted(s for s in existing if s.startswith("cali4t"))
+        temps = sorted(s for s in existing if s.startswith(IPSET_TEMP_PREFIX))
         text = rules.render_ipset_destroy(temps)
         text += rules.render_ipset_restore(sets, existing=existing & set(sets))
         if text:
@@ -192,13 +237,15 @@ class Dataplane:
             if p.exists() and p.read_text().strip() != value:
                 p.write_text(value)
             return
-        self._run(["sh", "-c", f'[ ! -e {path} ] || [ "$(cat {path})" = {value} ] || echo {value} > {path}'],
+        # Path and value go in as arguments, never as script text: nothing in them can become shell.
+        self._run(["sh", "-c", '[ ! -e "$1" ] || [ "$(cat "$1")" = "$2" ] || echo "$2" > "$1"', "sh", path, value],
                   check=False)
 
     def apply_sysctls(self, state: DesiredState) -> None:
         self._write_proc("/proc/sys/net/ipv4/ip_forward", "1")
         for ep in state.endpoints:
-            iface = ep.iface
+            # Checked when the endpoint was parsed; again here because it becomes a path under /proc.
+            iface = validate.interface_name(ep.iface)
             for key, value in (("conf/{}/route_localnet", "1"), ("neigh/{}/proxy_delay", "0"),
                                ("conf/{}/proxy_arp", "1"), ("conf/{}/forwarding", "1")):
                 self._write_proc(f"/proc/sys/net/ipv4/{key.format(iface)}", value)
@@ -249,8 +296,8 @@ class Dataplane:
                     ipr.route("del", **spec)
                     self.stats.routes_deleted += 1
             for dst, route in desired.items():
-                have = owned.get((dst, route.metric))
-                if have is not None and self._matches(route, have):
+                current = owned.get((dst, route.metric))
+                if current is not None and self._matches(route, current):
                     continue
                 ipr.route("replace", **self._route_args(route, dst, index))
                 self.stats.routes_added += 1

@@ -18,13 +18,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from felix_client.calc.routes import VTEP, VXLAN_DEVICE
+from felix_client.calc.routes import VTEP
+from felix_client.names import VXLAN_DEVICE, VXLAN_MTU, VXLAN_PORT, VXLAN_VNI
 
 log = logging.getLogger("felix_client.dataplane.vxlan")
 
-VXLAN_VNI = 4096
-VXLAN_PORT = 4789
-VXLAN_MTU = 1410
 NTF_SELF = 0x02  # neighbour flag: an FDB entry of the device itself (there is no bridge master)
 
 

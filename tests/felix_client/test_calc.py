@@ -9,7 +9,8 @@ import pytest
 
 from felix_client import rules
 from felix_client.calc import Calculator
-from felix_client.calc.model import IPSetSpec, length_limited_id
+from felix_client.calc.model import IPSetSpec
+from felix_client.names import length_limited_id
 from typha.model import keys
 from typha.model.convert.k8s import veth_name
 

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from felix_client import rules
+from felix_client import names, rules
 from felix_client.calc import Calculator
 
 from .worked_example import POLICY_KEY, kvs
@@ -72,7 +72,7 @@ def test_worked_example_restores(netns: str) -> None:
     assert restored.returncode == 0, restored.stderr
     # Rewriting existing sets goes through temporary sets and swap; a leftover temporary is reused.
     # (One with other options must be destroyed first, by listing cali4t* at start-up, as Felix does.)
-    leftover = run_in(netns, "ipset", "create", "cali4t0", "hash:net", *rules.IPSET_CREATE_OPTIONS.split(), text="")
+    leftover = run_in(netns, "ipset", "create", "cali4t0", "hash:net", *names.IPSET_CREATE_OPTIONS.split(), text="")
     assert leftover.returncode == 0, leftover.stderr
     again = run_in(netns, "ipset", "restore", text=rules.render_ipset_restore(sets, existing=sets))
     assert again.returncode == 0, again.stderr

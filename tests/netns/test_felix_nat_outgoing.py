@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from felix_harness import FelixCluster, Listener, Node, Pod, exchange_eventually
 
-from felix_client.rules import MASQ_SET, POOLS_SET
+from felix_client.names import MASQ_SET, POOLS_SET
 from typha.testing import objects
 from typha.testing.wait import wait_until
 

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from felix_harness import FelixCluster, Node, Pod
 
-from felix_client.rules import MASQ_SET, POOLS_SET
+from felix_client.names import MASQ_SET, POOLS_SET
 from typha.model import selector
 from typha.testing import objects
 from typha.testing.wait import wait_until
@@ -214,6 +214,16 @@ def check_structure(c: FelixCluster, node: str) -> tuple[set[str], set[str]]:
     return all_chains, sets
 
 
+def structure_when_settled(c: FelixCluster, node: str) -> tuple[set[str], set[str]] | None:
+    """`check_structure`, or None while an apply is half way: sets are created before the rules that
+    use them and destroyed after, as Felix orders it, so for a moment a set may be unreferenced. A
+    state that stays inconsistent fails where the wait times out and runs the check itself."""
+    try:
+        return check_structure(c, node)
+    except AssertionError:
+        return None
+
+
 def policy_chains(chains: set[str]) -> set[str]:
     return {c for c in chains if c.startswith(("cali-pi-", "cali-po-"))}
 
@@ -221,8 +231,11 @@ def policy_chains(chains: set[str]) -> set[str]:
 def apply_policies(c: FelixCluster) -> None:
     for policy in (ALLOW_FRONTEND, EGRESS_ONLY):
         c.api.create(policy)  # type: ignore[union-attr]
-    wait_until(lambda: policy_chains(check_structure(c, "node-1")[0]) == WANT_POLICY_CHAINS, timeout=15,
-               what=lambda: str(read_iptables(c, "node-1")[0]["filter"].keys()))
+    def applied() -> bool:
+        settled = structure_when_settled(c, "node-1")
+        return settled is not None and policy_chains(settled[0]) == WANT_POLICY_CHAINS
+
+    wait_until(applied, timeout=15, what=lambda: f"{check_structure(c, 'node-1')}")
 
 
 def test_chain_graph_names_and_sets(cluster: FelixCluster) -> None:
@@ -249,7 +262,10 @@ def test_chain_graph_names_and_sets(cluster: FelixCluster) -> None:
         c.api.delete("networking.k8s.io/v1", "NetworkPolicy", policy["metadata"]["name"], "demo")  # type: ignore[union-attr]
 
     def cleaned() -> bool:
-        chains, sets = check_structure(c, "node-1")
+        settled = structure_when_settled(c, "node-1")
+        if settled is None:
+            return False
+        chains, sets = settled
         return not policy_chains(chains) and not {s for s in sets if s.startswith("cali40s:")}
 
     wait_until(cleaned, timeout=15, what=lambda: f"{check_structure(c, 'node-1')}")

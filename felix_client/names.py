@@ -1,0 +1,164 @@
+"""Every name felix_client gives the kernel: chain and IP-set prefixes, mark bits, devices, ports.
+
+The role of Felix's `felix/rules/rule_defs.go` (docs/calico/felix.md §2): one home, so a prefix
+or a mark is spelled once and the renderer, the calculation and the dataplane cannot disagree.
+The helpers at the end turn Calico object names into kernel names the way Felix does
+(`hashutils.GetLengthLimitedID`), with one deliberate addition: a name holding characters that
+could change the meaning of an `iptables-restore` line is always hashed (see `length_limited_id`).
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import hashlib
+import re
+from typing import Final
+
+from typha.model.keys import PolicyKey
+
+# --- limits -------------------------------------------------------------------------------------
+
+# iptables allows 28 characters plus the NUL; ipset 31 (IPSET_MAXNAMELEN 32 with the NUL).
+MAX_CHAIN_NAME_LENGTH: Final = 28
+MAX_IPSET_NAME_LENGTH: Final = 31
+# iptables' comment match holds 256 bytes; Felix cuts comments there (iptables/renderer.go).
+MAX_COMMENT_LENGTH: Final = 256
+
+# --- chains -------------------------------------------------------------------------------------
+
+CHAIN_PREFIX: Final = "cali-"
+CHAIN_INPUT: Final = "cali-INPUT"
+CHAIN_FORWARD: Final = "cali-FORWARD"
+CHAIN_OUTPUT: Final = "cali-OUTPUT"
+CHAIN_PREROUTING: Final = "cali-PREROUTING"
+CHAIN_POSTROUTING: Final = "cali-POSTROUTING"
+POLICY_INBOUND_PREFIX: Final = "cali-pi-"
+POLICY_OUTBOUND_PREFIX: Final = "cali-po-"
+PROFILE_INBOUND_PREFIX: Final = "cali-pri-"
+PROFILE_OUTBOUND_PREFIX: Final = "cali-pro-"
+TO_WORKLOAD_PREFIX: Final = "cali-tw-"
+FROM_WORKLOAD_PREFIX: Final = "cali-fw-"
+FROM_WL_DISPATCH: Final = "cali-from-wl-dispatch"
+TO_WL_DISPATCH: Final = "cali-to-wl-dispatch"
+WL_TO_HOST: Final = "cali-wl-to-host"
+FROM_HOST_ENDPOINT: Final = "cali-from-host-endpoint"
+TO_HOST_ENDPOINT: Final = "cali-to-host-endpoint"
+FROM_HEP_FORWARD: Final = "cali-from-hep-forward"
+TO_HEP_FORWARD: Final = "cali-to-hep-forward"
+CIDR_BLOCK: Final = "cali-cidr-block"
+RPF_SKIP: Final = "cali-rpf-skip"
+FIP_DNAT: Final = "cali-fip-dnat"
+FIP_SNAT: Final = "cali-fip-snat"
+NAT_OUTGOING: Final = "cali-nat-outgoing"
+WORKLOAD_IFACE_PREFIX: Final = "cali"  # FELIX_INTERFACEPREFIX default
+
+# --- IP sets ------------------------------------------------------------------------------------
+
+# Felix's IPv4 sets are "cali40" + ID (main) and "cali4t<n>" temporaries; everything starting with
+# "cali4" in the kernel is ours (ipsets.IPVersionConfig).
+IPSET_OWNED_PREFIX: Final = "cali4"
+IPSET_PREFIX: Final = "cali40"
+IPSET_TEMP_PREFIX: Final = "cali4t"
+IPSET_CREATE_OPTIONS: Final = "family inet hashsize 1024 maxelem 1048576"
+# The static sets' IDs (rule_defs.go IPSetIDNATOutgoingMasqPools, IPSetIDNetworkPools, IPSetIDAllHostNets,
+# IPSetIDAllVXLANSourceNets).
+IPSET_ID_MASQ_POOLS: Final = "masq-ipam-pools"
+IPSET_ID_ALL_POOLS: Final = "network-ip-pools"
+IPSET_ID_ALL_HOSTS: Final = "all-hosts-net"
+IPSET_ID_VXLAN_HOSTS: Final = "all-vxlan-net"
+# Set-ID prefixes of hash.MakeUniqueID (rule_scanner.go): selectors, named ports, services.
+SET_ID_SELECTOR: Final = "s"
+SET_ID_NAMED_PORT: Final = "n"
+SET_ID_NETS: Final = "c"  # felix_client only: several CIDRs in one rule (docs/calico/felix.md §3.8 allows it)
+SET_ID_SERVICE: Final = "svc"  # destination service: hash:ip,port of the endpoints and ports
+SET_ID_SERVICE_NO_PORT: Final = "svcnoport"  # source service: hash:net of the endpoints
+
+# --- marks (felix/dataplane/driver.go allocates them in this order from IptablesMarkMask 0xffff0000)
+
+MARK_ACCEPT: Final = 0x10000
+MARK_PASS: Final = 0x20000
+MARK_DROP: Final = 0x40000  # Felix's deny mark; felix_client's Deny is a plain DROP (nothing reads it)
+MARK_SCRATCH0: Final = 0x80000
+MARK_SCRATCH1: Final = 0x100000
+MARK_ALL: Final = 0x1B0000  # accept | pass | scratch0 | scratch1, as felix_client has always cleared
+MARK_CLEAR_FORWARD: Final = 0x1A0000  # everything but accept: an earlier hook may already have accepted
+
+# --- devices, ports, routes ---------------------------------------------------------------------
+
+IPIP_DEVICE: Final = "tunl0"
+VXLAN_DEVICE: Final = "vxlan.calico"
+VXLAN_PORT: Final = 4789
+VXLAN_VNI: Final = 4096
+VXLAN_MTU: Final = 1410
+FELIX_ROUTE_PROTO: Final = 80  # RTPROT of the routes Felix owns ("proto 80")
+RTPROT_BOOT: Final = 3  # Felix's DeviceRouteProtocol for local workload routes
+MULTIPORT_SLOTS: Final = 15  # iptables' multiport limit; a range takes two slots
+
+KIND_SHORT: Final = {
+    "KubernetesNetworkPolicy": "knp",
+    "NetworkPolicy": "np",
+    "GlobalNetworkPolicy": "gnp",
+}
+
+# Characters that may appear in an unhashed chain name: those of Kubernetes/Calico names plus the
+# '/' and ':' Felix's IDs use. Anything else (whitespace, quotes, '!', '-' first, NUL, non-ASCII)
+# could split, quote or negate an iptables-restore argument.
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/@+=%,~-]*")
+# escapeComment in felix/iptables/renderer.go: everything outside `[\w @%+=:,./-]` becomes "_".
+_COMMENT_UNSAFE = re.compile(r"[^A-Za-z0-9_ @%+=:,./-]")
+
+
+@functools.lru_cache(maxsize=65536)  # the same names are asked for at every apply
+def length_limited_id(prefix: str, suffix: str, max_length: int = MAX_CHAIN_NAME_LENGTH) -> str:
+    """hashutils.GetLengthLimitedID: prefix + suffix, or prefix + "_" + b64url(sha256(suffix)) cut to fit.
+
+    A suffix that starts with the separator is hashed too (it cannot pose as a hash), and so is one
+    with a character outside `_SAFE_NAME`: Calico's validation never lets such a name reach Felix,
+    but a CRD written directly can reach us, and the hash keeps it from becoming iptables syntax."""
+    if len(prefix) + len(suffix) <= max_length and _SAFE_NAME.fullmatch(suffix):
+        return prefix + suffix
+    digest = base64.urlsafe_b64encode(hashlib.sha256(suffix.encode("utf-8", "surrogatepass")).digest())
+    return prefix + "_" + digest.rstrip(b"=").decode()[: max_length - len(prefix) - 1]
+
+
+def policy_id(key: PolicyKey) -> str:
+    """felix/types/policy_id.go PolicyID.ID(): `<kind short>/<namespace>/<name>`, or `<kind short>/<name>`
+    for a global kind (felix_client wrote `gnp//<name>` before; Felix's form wins, and with it the
+    hashed chain names of global policies)."""
+    short = KIND_SHORT.get(key.kind, key.kind)
+    return f"{short}/{key.namespace}/{key.name}" if key.namespace else f"{short}/{key.name}"
+
+
+def policy_chain_name(key: PolicyKey, inbound: bool) -> str:
+    return length_limited_id(POLICY_INBOUND_PREFIX if inbound else POLICY_OUTBOUND_PREFIX, policy_id(key))
+
+
+def profile_chain_name(profile: str, inbound: bool) -> str:
+    return length_limited_id(PROFILE_INBOUND_PREFIX if inbound else PROFILE_OUTBOUND_PREFIX, profile)
+
+
+def endpoint_chain_name(iface: str, inbound: bool) -> str:
+    # Interface names are validated (`felix_client.calc.validate.interface_name`) before they get here.
+    return (TO_WORKLOAD_PREFIX if inbound else FROM_WORKLOAD_PREFIX) + iface
+
+
+def ipset_name(set_id: str) -> str:
+    """NameForMainIPSet: the prefix and the ID, cut at ipset's limit."""
+    return (IPSET_PREFIX + set_id)[:MAX_IPSET_NAME_LENGTH]
+
+
+def temp_ipset_name(n: int) -> str:
+    return f"{IPSET_TEMP_PREFIX}{n}"
+
+
+@functools.lru_cache(maxsize=65536)
+def escape_comment(text: str) -> str:
+    """A rule comment as Felix writes it: unsafe characters replaced, cut at iptables' limit."""
+    return _COMMENT_UNSAFE.sub("_", text)[:MAX_COMMENT_LENGTH]
+
+
+MASQ_SET: Final = ipset_name(IPSET_ID_MASQ_POOLS)
+POOLS_SET: Final = ipset_name(IPSET_ID_ALL_POOLS)
+HOSTS_SET: Final = ipset_name(IPSET_ID_ALL_HOSTS)
+VXLAN_HOSTS_SET: Final = ipset_name(IPSET_ID_VXLAN_HOSTS)

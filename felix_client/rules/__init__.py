@@ -1,0 +1,47 @@
+"""Render the desired state as Felix-shaped iptables tables and ipset scripts (docs/calico/felix.md §2).
+
+One job per module: `table` (a table, its text, the last grammar check), `policy` (a Calico rule →
+iptables rules), `endpoints` (endpoint and dispatch chains), `static` (the filter, nat and raw
+tables around them), `ipsets` (the desired sets and their `ipset` text), `routes` (routes as text).
+The dataplane calls these once per apply; names come from `felix_client.names`.
+
+Deliberate differences from Felix, all with the same packet semantics:
+- no `cali:<hash>` rule comments (Felix uses them to diff rules in place; the dataplane hashes whole
+  chains and rewrites a chain that changed, `felix_client/dataplane/iptables.py`);
+- a Deny rule is a single `-j DROP` (Felix first sets the 0x40000 mark, which nothing here reads);
+- several CIDRs in one rule (or nets plus notNets) use a `hash:net` set instead of scratch-bit match
+  blocks (docs/calico/felix.md §3.8 allows either);
+- dispatch chains are a one-level tree keyed by the interface name's next character;
+- a rule with an HTTP match is rendered only when that cannot widen it (Deny, Log): Felix leaves the
+  match to the application-layer sidecar, which felix_client does not have.
+"""
+
+from felix_client.rules.ipsets import (
+    IPSet,
+    desired_ipsets,
+    render_ipset_destroy,
+    render_ipset_restore,
+    render_ipset_save,
+)
+from felix_client.rules.policy import render_rule, render_rules
+from felix_client.rules.routes import render_routes
+from felix_client.rules.static import render_filter, render_iptables, render_nat, render_raw, render_tables
+from felix_client.rules.table import GUARD_DROP, Table
+
+__all__ = [
+    "GUARD_DROP",
+    "IPSet",
+    "Table",
+    "desired_ipsets",
+    "render_filter",
+    "render_ipset_destroy",
+    "render_ipset_restore",
+    "render_ipset_save",
+    "render_iptables",
+    "render_nat",
+    "render_raw",
+    "render_routes",
+    "render_rule",
+    "render_rules",
+    "render_tables",
+]

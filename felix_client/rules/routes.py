@@ -1,0 +1,12 @@
+"""Routes, VXLAN neighbours and FDB entries as text (the dry run's routes.txt)."""
+
+from __future__ import annotations
+
+from felix_client.calc.graph import DesiredState
+
+
+def render_routes(state: DesiredState) -> str:
+    """Routes as `ip route` prints them, then VXLAN neighbour and FDB entries."""
+    lines = [r.render() for r in state.routes]
+    lines += [line for vtep in state.vteps for line in vtep.render()]
+    return "\n".join(lines) + ("\n" if lines else "")

@@ -1,0 +1,181 @@
+"""The tables as a whole: Felix's static chains in filter, nat and raw, with the endpoint,
+dispatch, policy and profile chains of the desired state (felix/rules/static.go)."""
+
+from __future__ import annotations
+
+from felix_client.calc.graph import DesiredState
+from felix_client.calc.model import ParsedProfile
+from felix_client.names import (
+    CHAIN_FORWARD,
+    CHAIN_INPUT,
+    CHAIN_OUTPUT,
+    CHAIN_POSTROUTING,
+    CHAIN_PREROUTING,
+    CIDR_BLOCK,
+    FIP_DNAT,
+    FIP_SNAT,
+    FROM_HEP_FORWARD,
+    FROM_HOST_ENDPOINT,
+    FROM_WL_DISPATCH,
+    FROM_WORKLOAD_PREFIX,
+    HOSTS_SET,
+    IPIP_DEVICE,
+    MARK_ACCEPT,
+    MARK_ALL,
+    MARK_CLEAR_FORWARD,
+    MARK_SCRATCH0,
+    MASQ_SET,
+    NAT_OUTGOING,
+    POOLS_SET,
+    RPF_SKIP,
+    TO_HEP_FORWARD,
+    TO_HOST_ENDPOINT,
+    TO_WL_DISPATCH,
+    TO_WORKLOAD_PREFIX,
+    VXLAN_DEVICE,
+    VXLAN_HOSTS_SET,
+    VXLAN_PORT,
+    WL_TO_HOST,
+    WORKLOAD_IFACE_PREFIX,
+    endpoint_chain_name,
+    policy_chain_name,
+    profile_chain_name,
+)
+from felix_client.rules.endpoints import dispatch_chains, render_endpoint_chain
+from felix_client.rules.policy import render_rules
+from felix_client.rules.table import ACCEPTED, Table, comment_match, xmark
+
+
+def render_filter(state: DesiredState, iface_prefix: str = WORKLOAD_IFACE_PREFIX) -> Table:
+    wl = f"{iface_prefix}+"
+    t = Table("filter", ["INPUT", "FORWARD", "OUTPUT"], {})
+    t.add("INPUT", f"-j {CHAIN_INPUT}")
+    t.add("FORWARD", f"-j {CHAIN_FORWARD}")
+    t.add("FORWARD", f"{comment_match('Policy explicitly accepted packet.')} {ACCEPTED} -j ACCEPT")
+    t.add("FORWARD", xmark(MARK_ACCEPT, MARK_ACCEPT))
+    t.add("OUTPUT", f"-j {CHAIN_OUTPUT}")
+
+    t.add(CHAIN_FORWARD, xmark(0, MARK_CLEAR_FORWARD))
+    t.add(CHAIN_FORWARD, f"-m mark --mark 0x0/{MARK_ACCEPT:#x} -j {FROM_HEP_FORWARD}")
+    t.add(CHAIN_FORWARD, f"-i {wl} -j {FROM_WL_DISPATCH}")
+    t.add(CHAIN_FORWARD, f"-o {wl} -j {TO_WL_DISPATCH}")
+    t.add(CHAIN_FORWARD, f"-j {TO_HEP_FORWARD}")
+    t.add(CHAIN_FORWARD, f"-j {CIDR_BLOCK}")
+
+    if state.ipip:
+        t.add(CHAIN_INPUT, f"-p 4 {comment_match('Allow IPIP packets from Calico hosts')} "
+              f"-m set --match-set {HOSTS_SET} src -m addrtype --dst-type LOCAL -j ACCEPT")
+        t.add(CHAIN_INPUT, f"-p 4 {comment_match('Drop IPIP packets from non-Calico hosts')} -j DROP")
+    if state.vxlan:
+        t.add(CHAIN_INPUT, f"-p udp {comment_match('Allow IPv4 VXLAN packets from allowed hosts')} "
+              f"-m multiport --dports {VXLAN_PORT} -m set --match-set {VXLAN_HOSTS_SET} src "
+              "-m addrtype --dst-type LOCAL -j ACCEPT")
+        t.add(CHAIN_INPUT, f"-p udp {comment_match('Drop IPv4 VXLAN packets from non-allowed hosts')} "
+              f"-m multiport --dports {VXLAN_PORT} -m addrtype --dst-type LOCAL -j DROP")
+    t.add(CHAIN_INPUT, f"-i {wl} -g {WL_TO_HOST}")
+    t.add(CHAIN_INPUT, f"{ACCEPTED} -j ACCEPT")
+    t.add(CHAIN_INPUT, xmark(0, MARK_ALL))
+    t.add(CHAIN_INPUT, f"-j {FROM_HOST_ENDPOINT}")
+    t.add(CHAIN_INPUT, f"{comment_match('Host endpoint policy accepted packet.')} {ACCEPTED} -j ACCEPT")
+
+    t.add(CHAIN_OUTPUT, f"{ACCEPTED} -j ACCEPT")
+    t.add(CHAIN_OUTPUT, f"-o {wl} -j RETURN")  # host → workload traffic is not policed
+    if state.ipip:
+        t.add(CHAIN_OUTPUT, f"-p 4 {comment_match('Allow IPIP packets to other Calico hosts')} "
+              f"-m set --match-set {HOSTS_SET} dst -m addrtype --src-type LOCAL -j ACCEPT")
+    if state.vxlan:
+        t.add(CHAIN_OUTPUT, f"-p udp {comment_match('Allow IPv4 VXLAN packets to other allowed hosts')} "
+              f"-m multiport --dports {VXLAN_PORT} -m addrtype --src-type LOCAL "
+              f"-m set --match-set {VXLAN_HOSTS_SET} dst -j ACCEPT")
+    t.add(CHAIN_OUTPUT, xmark(0, MARK_ALL))
+    t.add(CHAIN_OUTPUT, f"-m conntrack ! --ctstate DNAT -j {TO_HOST_ENDPOINT}")
+    t.add(CHAIN_OUTPUT, f"{comment_match('Host endpoint policy accepted packet.')} {ACCEPTED} -j ACCEPT")
+
+    t.add(WL_TO_HOST, f"-j {FROM_WL_DISPATCH}")
+    t.add(WL_TO_HOST, f"{comment_match('Configured DefaultEndpointToHostAction')} "
+          f"-j {state.endpoint_to_host_action}")
+
+    names = [ep.iface for ep in state.endpoints]
+    for chain, rules_ in dispatch_chains(names, FROM_WL_DISPATCH, "-i", FROM_WORKLOAD_PREFIX).items():
+        t.chains[chain] = rules_
+    for chain, rules_ in dispatch_chains(names, TO_WL_DISPATCH, "-o", TO_WORKLOAD_PREFIX).items():
+        t.chains[chain] = rules_
+
+    for ep in state.endpoints:
+        t.chains[endpoint_chain_name(ep.iface, True)] = render_endpoint_chain(ep, inbound=True)
+        t.chains[endpoint_chain_name(ep.iface, False)] = render_endpoint_chain(ep, inbound=False)
+
+    # Only chains some endpoint jumps to are programmed (Felix refcounts reachability): an
+    # ingress-only policy gets no cali-po- chain.
+    live = [ep for ep in state.endpoints if ep.active]  # an admin-down endpoint's chain is a bare DROP
+    wanted_in = {p.key for ep in live for tier in ep.ingress for p in tier.policies}
+    wanted_out = {p.key for ep in live for tier in ep.egress for p in tier.policies}
+    for key in sorted(state.policies, key=lambda k: (k.kind, k.namespace, k.name)):
+        policy = state.policies[key]
+        if key in wanted_in:
+            t.chains[policy_chain_name(key, True)] = render_rules(policy.inbound, f"{policy.description} ingress")
+        if key in wanted_out:
+            t.chains[policy_chain_name(key, False)] = render_rules(policy.outbound, f"{policy.description} egress")
+    for name in sorted({p for ep in live for p in ep.profile_ids}):
+        profile = state.profiles.get(name) or ParsedProfile(name, (), ())
+        t.chains[profile_chain_name(name, True)] = render_rules(profile.inbound, f"Profile {name} ingress")
+        t.chains[profile_chain_name(name, False)] = render_rules(profile.outbound, f"Profile {name} egress")
+
+    # Hooks for features out of scope (host endpoints, CIDR blocking): empty, but they must exist.
+    for chain in (FROM_HEP_FORWARD, TO_HEP_FORWARD, CIDR_BLOCK,
+                  FROM_HOST_ENDPOINT, TO_HOST_ENDPOINT):
+        t.add(chain)
+    return t
+
+
+def render_nat(state: DesiredState) -> Table:
+    t = Table("nat", ["PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"], {})
+    t.add("PREROUTING", f"-j {CHAIN_PREROUTING}")
+    t.add("OUTPUT", f"-j {CHAIN_OUTPUT}")
+    t.add("POSTROUTING", f"-j {CHAIN_POSTROUTING}")
+    t.add(CHAIN_PREROUTING, f"-j {FIP_DNAT}")
+    t.add(CHAIN_OUTPUT, f"-j {FIP_DNAT}")
+    t.add(CHAIN_POSTROUTING, f"-j {FIP_SNAT}")
+    t.add(CHAIN_POSTROUTING, f"-j {NAT_OUTGOING}")
+    # Traffic the host itself sends into a tunnel leaves with the tunnel device's address.
+    for enabled, device in ((state.ipip, IPIP_DEVICE), (state.vxlan, VXLAN_DEVICE)):
+        if enabled:
+            t.add(CHAIN_POSTROUTING, f"-o {device} -m addrtype ! --src-type LOCAL --limit-iface-out "
+                  "-m addrtype --src-type LOCAL -j MASQUERADE --random-fully")
+    t.add(NAT_OUTGOING)
+    if state.masq_pools:
+        t.add(NAT_OUTGOING, f"-m set --match-set {MASQ_SET} src -m set ! --match-set {POOLS_SET} dst "
+              "-j MASQUERADE --random-fully")
+    t.add(FIP_DNAT)
+    t.add(FIP_SNAT)
+    return t
+
+
+def render_raw(state: DesiredState, iface_prefix: str = WORKLOAD_IFACE_PREFIX) -> Table:
+    t = Table("raw", ["PREROUTING", "OUTPUT"], {})
+    t.add("PREROUTING", f"-j {CHAIN_PREROUTING}")
+    t.add(CHAIN_PREROUTING, xmark(0, MARK_ALL))
+    t.add(CHAIN_PREROUTING, f"-i {iface_prefix}+ {xmark(MARK_SCRATCH0, MARK_SCRATCH0)}")
+    scratch = f"-m mark --mark {MARK_SCRATCH0:#x}/{MARK_SCRATCH0:#x}"
+    t.add(CHAIN_PREROUTING, f"{scratch} -j {RPF_SKIP}")
+    # Anti-spoofing: a workload's packet must arrive on the interface its source's /32 route uses.
+    t.add(CHAIN_PREROUTING, f"{scratch} -m rpfilter --validmark --invert -j DROP")
+    t.add(CHAIN_PREROUTING, f"-m mark --mark 0x0/{MARK_SCRATCH0:#x} -j {FROM_HOST_ENDPOINT}")
+    t.add(CHAIN_PREROUTING, f"{ACCEPTED} -j ACCEPT")
+    t.add(RPF_SKIP)
+    t.add(FROM_HOST_ENDPOINT)
+    return t
+
+
+def render_tables(state: DesiredState, iface_prefix: str = WORKLOAD_IFACE_PREFIX) -> dict[str, Table]:
+    """Every table, each through `Table.guarded`."""
+    return {
+        "filter": render_filter(state, iface_prefix).guarded(),
+        "nat": render_nat(state).guarded(),
+        "raw": render_raw(state, iface_prefix).guarded(),
+    }
+
+
+def render_iptables(state: DesiredState, iface_prefix: str = WORKLOAD_IFACE_PREFIX) -> str:
+    """All tables as one `iptables-save`/`iptables-restore` document."""
+    return "".join(t.render() for t in render_tables(state, iface_prefix).values())
