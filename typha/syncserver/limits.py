@@ -1,0 +1,80 @@
+"""Per-peer bounds of the Sync server that gRPC core enforces before our handler runs, and the optional
+per-IP stream cap that we enforce ourselves.
+
+gRPC core sees every TCP connection from its accept on; our handler sees only streams. So:
+
+- a socket that never completes the HTTP/2 preface and SETTINGS is closed by gRPC core after
+  `grpc.server_handshake_timeout_ms` (default 120 s), which we set to ServerHandshakeTimeoutSecs, as
+  Typha closes a connection that sends no hello within it (docs/calico/typha.md §1);
+- a connection that speaks HTTP/2 but opens no stream is closed (GOAWAY) after
+  `grpc.max_connection_idle_ms`, the same timeout: a client between two streams just redials;
+- one connection may carry at most MAX_STREAMS_PER_CONNECTION concurrent streams (HTTP/2
+  SETTINGS_MAX_CONCURRENT_STREAMS; gRPC core refuses further ones with RST_STREAM REFUSED_STREAM before
+  any handler runs, so they never count toward MaxConnectionsUpperLimit).
+- The per-IP cap counts Sync streams per client address. There is no gRPC hook at accept time, so
+  raw sockets (the preface-less ones above) are bounded by the handshake timeout, not by this cap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+# Felix and confd hold one Sync stream per connection; a replica (downstream typha, fan-out worker)
+# follows each syncer type over one shared connection, and a health check may ride along. Far below
+# gRPC's default (unbounded), so one socket cannot hold thousands of slots of the connection limit.
+MAX_STREAMS_PER_CONNECTION = 8
+
+
+def grpc_server_options(handshake_timeout_secs: float) -> Sequence[tuple[str, Any]]:
+    """The gRPC core options that bound a peer before our handler sees it (module docstring)."""
+    timeout_ms = max(1, round(handshake_timeout_secs * 1000))
+    return [
+        ("grpc.server_handshake_timeout_ms", timeout_ms),
+        ("grpc.max_connection_idle_ms", timeout_ms),
+        ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION),
+    ]
+
+
+def peer_ip(peer: str) -> str:
+    """The address part of a gRPC peer string: `ipv4:10.0.0.1:5473` → `10.0.0.1`, `ipv6:[::1]:5473` → `::1`.
+    Unix-socket peers (`unix:…`) are all one local peer."""
+    kind, _, rest = peer.partition(":")
+    if kind == "ipv4":
+        return rest.rpartition(":")[0] or rest
+    if kind == "ipv6":
+        host = rest.rpartition(":")[0] or rest
+        return host.removeprefix("[").removesuffix("]")
+    return kind or peer
+
+
+class PeerCounts:
+    """Streams open per client IP, against an optional cap (0: no cap, and nothing is counted)."""
+
+    __slots__ = ("_counts", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._counts: dict[str, int] = {}
+
+    def acquire(self, ip: str) -> bool:
+        """Count one more stream from `ip`; False (and nothing counted) when that would pass the cap."""
+        if self.limit <= 0:
+            return True
+        count = self._counts.get(ip, 0)
+        if count >= self.limit:
+            return False
+        self._counts[ip] = count + 1
+        return True
+
+    def release(self, ip: str) -> None:
+        if self.limit <= 0:
+            return
+        count = self._counts.get(ip, 0) - 1
+        if count > 0:
+            self._counts[ip] = count
+        else:
+            self._counts.pop(ip, None)  # the table holds only addresses with open streams
+
+    def count(self, ip: str) -> int:
+        return self._counts.get(ip, 0)
