@@ -8,6 +8,10 @@ gRPC core sees every TCP connection from its accept on; our handler sees only st
   Typha closes a connection that sends no hello within it (docs/calico/typha.md §1);
 - a connection that speaks HTTP/2 but opens no stream is closed (GOAWAY) after
   `grpc.max_connection_idle_ms`, the same timeout: a client between two streams just redials;
+- a peer that stops reading its socket is found by gRPC's transport keepalive: a ping every
+  ServerPingIntervalSecs, and no acknowledgement within ServerPongTimeoutSecs closes the connection
+  (gRPC clients acknowledge in their transport; our pings and pongs ride inside the stream and so
+  cannot free what gRPC core still holds for a stream we ended: its unsent data and final status);
 - one connection may carry at most MAX_STREAMS_PER_CONNECTION concurrent streams (HTTP/2
   SETTINGS_MAX_CONCURRENT_STREAMS; gRPC core refuses further ones with RST_STREAM REFUSED_STREAM before
   any handler runs, so they never count toward MaxConnectionsUpperLimit).
@@ -26,12 +30,18 @@ from typing import Any
 MAX_STREAMS_PER_CONNECTION = 8
 
 
-def grpc_server_options(handshake_timeout_secs: float) -> Sequence[tuple[str, Any]]:
-    """The gRPC core options that bound a peer before our handler sees it (module docstring)."""
-    timeout_ms = max(1, round(handshake_timeout_secs * 1000))
+def _ms(secs: float) -> int:
+    return max(1, round(secs * 1000))
+
+
+def grpc_server_options(handshake_timeout_secs: float, ping_interval_secs: float, pong_timeout_secs: float
+                        ) -> Sequence[tuple[str, Any]]:
+    """The gRPC core options that bound a peer outside our handler's sight (module docstring)."""
     return [
-        ("grpc.server_handshake_timeout_ms", timeout_ms),
-        ("grpc.max_connection_idle_ms", timeout_ms),
+        ("grpc.server_handshake_timeout_ms", _ms(handshake_timeout_secs)),
+        ("grpc.max_connection_idle_ms", _ms(handshake_timeout_secs)),
+        ("grpc.keepalive_time_ms", _ms(ping_interval_secs)),
+        ("grpc.keepalive_timeout_ms", _ms(pong_timeout_secs)),
         ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION),
     ]
 
