@@ -37,7 +37,6 @@ from bench.h2sink import (
     request_headers,
 )
 
-REFUSED_STREAM = 0x7  # RFC 9113 §7
 STALLED_RECEIVE_BUFFER = 4096
 
 
@@ -74,18 +73,20 @@ async def open_stalled(host: str, port: int, index: int, syncer_type: str = "fel
 @dataclass
 class FloodResult:
     opened: int  # HEADERS frames sent, one per new stream
-    refused: int  # streams the server reset with REFUSED_STREAM (never reached a handler)
-    ended: int  # streams the server ended with trailers (a handler ran: it counted toward the limit)
-    reset_other: int  # streams reset with another code
+    refused: int  # streams reset before any response headers or trailers: no handler saw them
+    ended: int  # streams the server ended with trailers: a handler ran (it counted toward the limit)
+    reset_codes: dict[int, int]  # RST_STREAM error codes of the refused streams
     connection_closed: bool
 
 
 async def stream_flood(host: str, port: int, streams: int, *, settle_secs: float = 3.0) -> FloodResult:
     """Open `streams` Sync streams on one connection, none with a hello, then tally the server's answers
     for `settle_secs` (or until every stream has one). Accepted streams wait for a hello: they end with
-    trailers only at the handshake timeout, so `opened - refused - reset_other` is what the server took."""
+    trailers only at the handshake timeout, so `opened - refused` is what the server took."""
     reader, writer = await asyncio.open_connection(host, port)
-    refused = ended = reset_other = 0
+    refused = ended = 0
+    answered: set[int] = set()  # streams that got headers or trailers (a later RST_STREAM only closes them)
+    codes: dict[int, int] = {}
     closed = False
     try:
         writer.write(PREFACE + frame(SETTINGS, 0, 0, h2sink._SETTING.pack(SETTINGS_ENABLE_PUSH, 0)))
@@ -95,7 +96,7 @@ async def stream_flood(host: str, port: int, streams: int, *, settle_secs: float
         await writer.drain()
         buffer = b""
         deadline = time.monotonic() + settle_secs
-        while refused + ended + reset_other < streams and not closed:
+        while refused + ended < streams and not closed:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
@@ -112,63 +113,88 @@ async def stream_flood(host: str, port: int, streams: int, *, settle_secs: float
                 if len(buffer) < 9 + length:
                     break
                 kind, flags = buffer[3], buffer[4]
+                stream_id = int.from_bytes(buffer[5:9], "big") & 0x7FFFFFFF
                 payload, buffer = buffer[9:9 + length], buffer[9 + length:]
                 if kind == SETTINGS and not flags & FLAG_ACK:
                     writer.write(frame(SETTINGS, FLAG_ACK, 0))
-                elif kind == RST_STREAM:
-                    if int.from_bytes(payload[:4], "big") == REFUSED_STREAM:
-                        refused += 1
-                    else:
-                        reset_other += 1
-                elif kind == HEADERS and flags & FLAG_END_STREAM:
-                    ended += 1
+                elif kind == RST_STREAM and stream_id not in answered:
+                    answered.add(stream_id)
+                    code = int.from_bytes(payload[:4], "big")
+                    codes[code] = codes.get(code, 0) + 1
+                    refused += 1
+                elif kind == HEADERS:
+                    answered.add(stream_id)
+                    if flags & FLAG_END_STREAM:
+                        ended += 1
                 elif kind == GOAWAY:
                     closed = True
     except (ConnectionError, OSError):
         closed = True
     finally:
         writer.transport.abort()
-    return FloodResult(streams, refused, ended, reset_other, closed)
+    return FloodResult(streams, refused, ended, codes, closed)
 
 
-def silent_sockets(host: str, port: int, count: int) -> list[socket.socket]:
-    """`count` TCP connections that never send a byte (no HTTP/2 preface)."""
-    sockets: list[socket.socket] = []
+class SilentSocket:
+    """A TCP connection that never sends a byte (no HTTP/2 preface); keeps what the server sent it."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.received = b""
+        self.closed = False
+
+    def poll(self) -> bool:
+        """Whether the server still holds the connection: drain what it sent, look for EOF or a reset."""
+        while not self.closed:
+            try:
+                data = self.sock.recv(65536)
+            except BlockingIOError:
+                return True
+            except OSError as exc:
+                if exc.errno not in (errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN):
+                    raise
+                data = b""
+            if not data:
+                self.closed = True
+            self.received += data
+        return False
+
+    def goaway_debug(self) -> str:
+        """The debug text of the GOAWAY the server closed with (gRPC names its reason there), or ""."""
+        data = self.received
+        while len(data) >= 9:
+            length = int.from_bytes(data[:3], "big")
+            if data[3] == GOAWAY:
+                return data[9 + 8:9 + length].decode(errors="replace")
+            data = data[9 + length:]
+        return ""
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+
+def silent_sockets(host: str, port: int, count: int) -> list[SilentSocket]:
+    """`count` TCP connections that never send a byte."""
+    sockets: list[SilentSocket] = []
     try:
         for _ in range(count):
             sock = socket.create_connection((host, port), timeout=5)
             sock.setblocking(False)
-            sockets.append(sock)
+            sockets.append(SilentSocket(sock))
     except BaseException:
-        for sock in sockets:
-            sock.close()
+        close_all(sockets)
         raise
     return sockets
 
 
-def is_open(sock: socket.socket) -> bool:
-    """Whether the server still holds the connection: drain what it sent, look for EOF or a reset."""
-    while True:
-        try:
-            data = sock.recv(65536)
-        except BlockingIOError:
-            return True
-        except OSError as exc:
-            if exc.errno in (errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN):
-                return False
-            raise
-        if not data:
-            return False
+def still_open(sockets: list[SilentSocket]) -> int:
+    return sum(sock.poll() for sock in sockets)
 
 
-def still_open(sockets: list[socket.socket]) -> int:
-    return sum(is_open(sock) for sock in sockets)
-
-
-def close_all(sockets: list[socket.socket]) -> None:
+def close_all(sockets: list[SilentSocket]) -> None:
     for sock in sockets:
-        with contextlib.suppress(OSError):
-            sock.close()
+        sock.close()
 
 
 def rss_mb(pid: int) -> float:
