@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import socket
 import time
@@ -283,8 +284,10 @@ class SyncServer:
         for conn in victims:
             self.ask_to_reconnect(conn, "server is shutting down")
             await asyncio.sleep(interval * random.uniform(0.5, 1.0))
-        deadline = time.monotonic() + self.settings.drain_reconnect_grace_secs
-        while self.connections and time.monotonic() < deadline:
+        # Polled (bounded in count): the clients leave on their own time, after their Reconnect hint.
+        for _ in range(math.ceil(self.settings.drain_reconnect_grace_secs / 0.05)):
+            if not self.connections:
+                break
             await asyncio.sleep(0.05)
 
     def ask_to_reconnect(self, conn: Connection, reason: str, endpoint: str = "") -> None:
