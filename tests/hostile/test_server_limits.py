@@ -16,10 +16,11 @@ import grpc
 import msgpack
 from prometheus_client import REGISTRY
 
+from bench import h2sink
 from typha.model.kv import SyncStatus, Update
 from typha.proto import sync_pb2 as pb
 from typha.snapcache.cache import CacheLimits, SnapshotCache
-from typha.syncserver.limits import peer_ip
+from typha.syncserver.limits import max_incoming_connections, peer_ip
 from typha.syncserver.server import (
     MAX_CLIENT_MESSAGE_BYTES,
     MAX_EPOCH_BYTES,
@@ -29,7 +30,7 @@ from typha.syncserver.server import (
     SyncServer,
 )
 
-from ..faults.attacks import open_stalled
+from ..faults.attacks import close_all, open_stalled, silent_sockets, still_open
 from ..integration.sync_raw import RawClient
 
 CHURN_UPDATES = 60
@@ -415,3 +416,27 @@ def test_peer_ip_of_grpc_peer_strings():
     assert peer_ip("ipv6:[fd00::1]:5473") == "fd00::1"
     assert peer_ip("ipv6:%5B::1%5D:5473") != ""
     assert peer_ip("unix:/run/typha.sock") == "unix"
+
+
+def test_silent_sockets_beyond_the_tcp_quota_are_closed_at_once():
+    """gRPC core's connection quota bounds a flood of sockets that never start HTTP/2 in count (the
+    handshake timeout, set long here, bounds it in time)."""
+    quota = max_incoming_connections(10)
+    extra = 60
+    h2sink.raise_fd_limit()
+
+    async def scenario() -> int:
+        caches = {"felix": SnapshotCache("felix")}
+        caches["felix"].set_status(SyncStatus.IN_SYNC)
+        server = SyncServer(caches, ServerSettings(handshake_timeout_secs=120, max_connections=10))
+        await server.start("127.0.0.1", 0)
+        sockets = await asyncio.to_thread(silent_sockets, "127.0.0.1", server.port, quota + extra)
+        try:
+            await until(lambda: len(sockets) - still_open(sockets) >= extra, "the sockets beyond the quota to close")
+            return len(sockets) - still_open(sockets)
+        finally:
+            close_all(sockets)
+            await server.stop(0)
+
+    closed = asyncio.run(asyncio.wait_for(scenario(), 60))
+    assert extra <= closed < extra + 16, closed  # the quota's, not a timeout's (a few may be in flight)

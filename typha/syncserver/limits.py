@@ -12,6 +12,10 @@ gRPC core sees every TCP connection from its accept on; our handler sees only st
   ServerPingIntervalSecs, and no acknowledgement within ServerPongTimeoutSecs closes the connection
   (gRPC clients acknowledge in their transport; our pings and pongs ride inside the stream and so
   cannot free what gRPC core still holds for a stream we ended: its unsent data and final status);
+- at most `max_incoming_connections(limit)` TCP connections at once (`grpc.max_allowed_incoming_connections`:
+  gRPC core closes any beyond it at accept), so a flood of silent sockets is bounded in count as well
+  as in time; the headroom over MaxConnectionsUpperLimit lets clients beyond the limit connect to hear
+  their Reconnect hint, and keeps handshakes in flight from shutting out returning clients;
 - one connection may carry at most MAX_STREAMS_PER_CONNECTION concurrent streams (HTTP/2
   SETTINGS_MAX_CONCURRENT_STREAMS; gRPC core refuses further ones with RST_STREAM REFUSED_STREAM before
   any handler runs, so they never count toward MaxConnectionsUpperLimit).
@@ -28,16 +32,24 @@ from typing import Any
 # follows each syncer type over one shared connection, and a health check may ride along. Far below
 # gRPC's default (unbounded), so one socket cannot hold thousands of slots of the connection limit.
 MAX_STREAMS_PER_CONNECTION = 8
+# Floor of the TCP connection quota, so that a small connection limit (tests, a tiny cluster) does not
+# make the quota the first limit an honest client meets.
+MIN_INCOMING_CONNECTIONS = 1024
 
 
 def _ms(secs: float) -> int:
     return max(1, round(secs * 1000))
 
 
-def grpc_server_options(handshake_timeout_secs: float, ping_interval_secs: float, pong_timeout_secs: float
-                        ) -> Sequence[tuple[str, Any]]:
+def max_incoming_connections(max_connections: int) -> int:
+    return max(2 * max_connections, MIN_INCOMING_CONNECTIONS)
+
+
+def grpc_server_options(handshake_timeout_secs: float, ping_interval_secs: float, pong_timeout_secs: float,
+                        max_connections: int) -> Sequence[tuple[str, Any]]:
     """The gRPC core options that bound a peer outside our handler's sight (module docstring)."""
     return [
+        ("grpc.max_allowed_incoming_connections", max_incoming_connections(max_connections)),
         ("grpc.server_handshake_timeout_ms", _ms(handshake_timeout_secs)),
         ("grpc.max_connection_idle_ms", _ms(handshake_timeout_secs)),
         ("grpc.keepalive_time_ms", _ms(ping_interval_secs)),

@@ -242,7 +242,7 @@ class SyncServer:
             # Handshake timeout for sockets that never start HTTP/2, idle timeout for connections with no
             # stream, and a small MAX_CONCURRENT_STREAMS (typha.syncserver.limits).
             *grpc_server_options(self.settings.handshake_timeout_secs, self.settings.ping_interval_secs,
-                                 self.settings.pong_timeout_secs),
+                                 self.settings.pong_timeout_secs, self.settings.max_connections),
         ])
         handler = grpc.stream_stream_rpc_method_handler(
             self._handle, request_deserializer=None, response_serializer=None
