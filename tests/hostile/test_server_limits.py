@@ -384,11 +384,12 @@ def test_per_ip_cap_refuses_streams_beyond_it_and_frees_slots_as_clients_leave()
         server = SyncServer(caches, ServerSettings(handshake_timeout_secs=5, max_connections_per_ip=2))
         before = client_errors("per_ip_limit")
         await server.start("127.0.0.1", 0)
-        clients = [RawClient(server.port) for _ in range(3)]
+        clients = [RawClient(server.port) for _ in range(2)]  # a RawClient's stream starts when it is made
         try:
-            for client in clients[:2]:
+            for client in clients:
                 await client.hello("felix", features=())
                 await client.read_snapshot()
+            clients.append(RawClient(server.port))
             # Refused before its hello is read (no slot is held meanwhile): the hello may find the call over.
             with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
                 await clients[2].hello("felix", features=())
