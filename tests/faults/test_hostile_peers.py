@@ -6,9 +6,10 @@ of its baseline afterwards.
 - one socket that opens thousands of Sync streams;
 - thousands of sockets that never send the HTTP/2 preface.
 
-RSS: the baseline is taken after one small wave of the same peers, because the first wave of any
-peer raises high-water marks once (gRPC core's thread pool, allocator arenas) that later waves reuse;
-what must not happen is a wave leaving memory behind. A measurement is the lowest of a bounded number
+RSS: the baseline is taken after a warm-up wave of the same peers, because the first wave of any
+peer raises high-water marks once (gRPC core's thread pool, allocator arenas) that later waves reuse
+(measured: three waves of 4,000 silent sockets settled at 142.7, 143.4 and 143.5 MB); what must not
+happen is a wave leaving memory behind. A measurement is the lowest of a bounded number
 of samples (attacks.settled_rss_mb). Every wait is bounded in count and time; the assertions are on
 outcomes (drops logged, streams refused, sockets closed), never on how long something took.
 """
@@ -62,6 +63,7 @@ def hostile_case(tmp_path: Path, name: str, serve_flags: list[str],
             await churn(rig.api, rng, 20)
             await rig.judge(server_digests=False)
             after = await attacks.settled_rss_mb(pid, baseline * RSS_TOLERANCE, samples=40)
+            print(f"{name}: typha RSS baseline {baseline:.1f} MB, after the wave {after:.1f} MB")  # shown with -s
             assert after <= baseline * RSS_TOLERANCE, (
                 f"typha's RSS did not come back: {after:.1f} MB after the wave, baseline {baseline:.1f} MB")
         finally:
@@ -125,7 +127,7 @@ def test_sockets_that_never_start_http2_are_closed_after_the_handshake_timeout(t
     and idle timeouts (ServerHandshakeTimeoutSecs) do. Which one closed a socket is in its GOAWAY."""
 
     async def wave(rig: Rig, serve: ServeProcess, rng: random.Random, measured: bool) -> None:
-        count = SILENT_SOCKETS if measured else SILENT_SOCKETS // 4
+        count = SILENT_SOCKETS  # the warm-up too: gRPC core's high-water marks grow with a wave's size
         sockets = await asyncio.to_thread(attacks.silent_sockets, "127.0.0.1", serve.port, count)
         try:
             await churn(rig.api, rng, 10)  # honest traffic meanwhile
