@@ -3,11 +3,13 @@ per-IP stream cap that we enforce ourselves.
 
 gRPC core sees every TCP connection from its accept on; our handler sees only streams. So:
 
-- a socket that never completes the HTTP/2 preface and SETTINGS is closed by gRPC core after
-  `grpc.server_handshake_timeout_ms` (default 120 s), which we set to ServerHandshakeTimeoutSecs, as
-  Typha closes a connection that sends no hello within it (docs/calico/typha.md §1);
-- a connection that speaks HTTP/2 but opens no stream is closed (GOAWAY) after
-  `grpc.max_connection_idle_ms`, the same timeout: a client between two streams just redials;
+- a connection that opens no stream is closed (GOAWAY) after `grpc.max_connection_idle_ms`, which we
+  set to ServerHandshakeTimeoutSecs, as Typha closes a connection that sends no hello within it
+  (docs/calico/typha.md §1). That includes a socket that never sends the HTTP/2 preface: left to gRPC's
+  defaults it is closed only by the SETTINGS-acknowledgement timeout, after 60 s (GOAWAY
+  "settings_timeout"; issue 17 saw 4,000 still open after 40 s). A client between two streams just
+  redials. `grpc.server_handshake_timeout_ms` (default 120 s) gets the same value: it bounds a TLS
+  handshake that stalls;
 - a peer that stops reading its socket is found by gRPC's transport keepalive: a ping every
   ServerPingIntervalSecs, and no acknowledgement within ServerPongTimeoutSecs closes the connection
   (gRPC clients acknowledge in their transport; our pings and pongs ride inside the stream and so
@@ -17,10 +19,12 @@ gRPC core sees every TCP connection from its accept on; our handler sees only st
   as in time; the headroom over MaxConnectionsUpperLimit lets clients beyond the limit connect to hear
   their Reconnect hint, and keeps handshakes in flight from shutting out returning clients;
 - one connection may carry at most MAX_STREAMS_PER_CONNECTION concurrent streams (HTTP/2
-  SETTINGS_MAX_CONCURRENT_STREAMS; gRPC core refuses further ones with RST_STREAM REFUSED_STREAM before
-  any handler runs, so they never count toward MaxConnectionsUpperLimit).
-- The per-IP cap counts Sync streams per client address. There is no gRPC hook at accept time, so
-  raw sockets (the preface-less ones above) are bounded by the handshake timeout, not by this cap.
+  SETTINGS_MAX_CONCURRENT_STREAMS; gRPC core resets further ones, ENHANCE_YOUR_CALM even from a peer that
+  ignores the setting, before any handler runs, so they never count toward MaxConnectionsUpperLimit).
+- The per-IP cap counts Sync streams per client address. gRPC has no per-address hook at accept time,
+  so raw sockets (the preface-less ones above) are bounded by the idle timeout and the quota, not by
+  this cap; capping them per address would take a front before gRPC (a listening socket of our own, or
+  the node's firewall, e.g. iptables `connlimit`).
 """
 
 from __future__ import annotations
