@@ -117,6 +117,10 @@ class TyphaConfig:
                                 extension=True)
     upstream_uri_san: str = _setting("UpstreamURISAN", "", "Required URI SAN of the upstream typha's certificate.",
                                      extension=True)
+    server_max_connections_per_ip: int = _setting(
+        "ServerMaxConnectionsPerIP", 0,
+        "Refuse Sync streams from one client IP beyond this many (0: no cap). Typha has no such cap.",
+        extension=True)
     syncers: str = _setting("Syncers", "felix,bgp", "Comma-separated syncer types to serve.", extension=True)
     checksum_interval_secs: float = _setting("ChecksumIntervalSecs", 30.0,
                                              "Send each client a checksum of its KV set this often.",

@@ -28,6 +28,7 @@ from typha.kube.client import KubeClient
 from typha.model.kv import SyncStatus
 from typha.proto import sync_pb2 as pb
 from typha.source.datastore import convert_objects
+from typha.testing import objects
 from typha.testing.apiserver.server import KubeAPIEmulator
 from typha.testing.guarantees import ClientRecord, GuaranteeChecker, pack
 from typha.testing.procs import free_port
@@ -48,6 +49,16 @@ async def churn(api: KubeAPIEmulator, rng: random.Random, count: int, *, pause: 
         await asyncio.to_thread(apply, api, random_op(rng))
         if rng.random() < 0.3:
             await asyncio.sleep(pause)
+
+
+def seed_bulk(api: KubeAPIEmulator, rng: random.Random, pods: int = 300, labels: int = 100) -> None:
+    """Pods with many incompressible labels in a namespace of their own: a snapshot of some megabytes,
+    so that a client which stops reading blocks the server's writes inside its snapshot."""
+    api.upsert(objects.namespace("bulk", {}))
+    for i in range(pods):
+        values = {f"l{n:03d}": rng.randbytes(31).hex() for n in range(labels)}
+        api.upsert(objects.pod("bulk", f"bulk-{i}", node="node-1", ip=f"10.66.{i // 250}.{i % 250 + 1}",
+                               labels=values))
 
 
 def expected(api: KubeAPIEmulator) -> dict[str, dict[str, bytes]]:

@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import random
 
 import grpc
 import msgpack
 from prometheus_client import REGISTRY
 
+from bench import h2sink
 from typha.model.kv import SyncStatus, Update
 from typha.proto import sync_pb2 as pb
-from typha.snapcache.cache import SnapshotCache
+from typha.snapcache.cache import CacheLimits, SnapshotCache
+from typha.syncserver.limits import max_incoming_connections, peer_ip
 from typha.syncserver.server import (
     MAX_CLIENT_MESSAGE_BYTES,
     MAX_EPOCH_BYTES,
@@ -26,6 +30,7 @@ from typha.syncserver.server import (
 )
 from typha.testing.wait import wait_until_async
 
+from ..faults.attacks import close_all, open_stalled, silent_sockets, still_open
 from ..integration.sync_raw import RawClient
 
 CHURN_UPDATES = 60
@@ -169,7 +174,7 @@ def test_streams_without_a_hello_count_toward_the_connection_limit():
         try:
             silent = [asyncio.create_task(no_hello(server.port)) for _ in range(flood)]
             await wait_until_async(lambda: sum(task.done() for task in silent) >= flood - limit - 1,
-                                   "the silent connections beyond the limit to be dropped", interval=0.01)
+                                   "the silent connections beyond the limit to be dropped", timeout=10, interval=0.01)
             assert server.awaiting_hello == limit + 1
             refused = await hello_while_full(server.port)
             results = await asyncio.wait_for(asyncio.gather(*silent), 20)
@@ -271,3 +276,165 @@ def test_hello_strings_over_their_limits_are_refused_and_logs_stay_bounded(caplo
     assert caplog.records
     assert max(len(record.getMessage()) for record in caplog.records) < 1000
     assert not any("\n" in record.getMessage() for record in caplog.records)
+
+
+# -- issue 17: bounded per peer ----------------------------------------------------------------------
+
+
+def big_cache(keys: int = 400, value_bytes: int = 3000) -> SnapshotCache:
+    """A cache whose snapshot (incompressible values, ~1 MB) is far larger than HTTP/2's 64 KiB window."""
+    cache = SnapshotCache("felix", limits=CacheLimits(max_window_crumbs=5))
+    rng = random.Random("big")
+    cache.apply([Update(f"/calico/v1/config/K{n}", {"x": rng.randbytes(value_bytes // 2).hex()}, "1")
+                 for n in range(keys)])
+    cache.set_status(SyncStatus.IN_SYNC)
+    return cache
+
+
+async def until(predicate, what: str, timeout: float = 30.0) -> None:
+    """A bounded wait for an outcome (a hang fails the test; no timing is asserted)."""
+    await wait_until_async(predicate, what, timeout=timeout, interval=0.05)
+
+
+def test_a_client_that_stalls_before_its_snapshot_is_dropped_by_the_write_timeout(caplog):
+    """Before issue 17 the write timeout skipped clients without a position: this one was never dropped."""
+
+    async def scenario() -> None:
+        caches = {"felix": big_cache()}
+        server = SyncServer(caches, ServerSettings(handshake_timeout_secs=5, write_timeout_secs=0.5,
+                                                   watchdog_interval_secs=0.1))
+        await server.start("127.0.0.1", 0)
+        stalled = await open_stalled("127.0.0.1", server.port, 0)
+        try:
+            await until(lambda: any(c.hostname == "bench-0" for c in server.connections), "the stalled client")
+            conn = next(c for c in server.connections if c.hostname == "bench-0")
+            assert conn.position is None and conn.start is not None  # blocked inside its snapshot
+            await until(lambda: conn not in server.connections, "the stalled client to be dropped")
+            assert conn.start is None or conn.drop is not None
+        finally:
+            stalled.close()
+            await server.stop(0)
+
+    caplog.set_level("INFO", logger="typha.syncserver.server")
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+    assert any("client is not reading" in r.getMessage() for r in caplog.records)
+
+
+def test_a_client_whose_snapshot_crumb_leaves_the_window_is_dropped_mid_snapshot(caplog):
+    """With a long write timeout, the fall-behind limit (the resume window) still bounds what a client
+    in the middle of its snapshot pins: the chain from its snapshot's crumb on."""
+
+    async def scenario() -> None:
+        cache = big_cache()
+        server = SyncServer({"felix": cache}, ServerSettings(handshake_timeout_secs=5, write_timeout_secs=600,
+                                                             watchdog_interval_secs=0.1))
+        await server.start("127.0.0.1", 0)
+        stalled = await open_stalled("127.0.0.1", server.port, 0)
+        try:
+            await until(lambda: any(c.start is not None for c in server.connections), "a client mid-snapshot")
+            for n in range(20):  # the window keeps 5 crumbs
+                cache.apply([Update("/calico/v1/config/Churn", {"n": n}, str(n))])
+            await until(lambda: not server.connections, "the client to be dropped for falling behind")
+        finally:
+            stalled.close()
+            await server.stop(0)
+
+    caplog.set_level("INFO", logger="typha.syncserver.server")
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+    assert any("client fell behind" in r.getMessage() for r in caplog.records)
+
+
+def test_clients_leaving_mid_snapshot_log_no_error_and_are_counted(caplog):
+    """Before issue 17 each logged gRPC's ERROR traceback (ExecuteBatchError)."""
+    leavers = 10
+
+    async def scenario() -> float:
+        caches = {"felix": big_cache()}
+        server = SyncServer(caches, ServerSettings(handshake_timeout_secs=5, write_timeout_secs=600))
+        before = client_errors("disconnected")
+        await server.start("127.0.0.1", 0)
+        try:
+            for index in range(leavers):
+                stalled = await open_stalled("127.0.0.1", server.port, index)
+                await until(lambda: any(c.start is not None and c.writing_since for c in server.connections),
+                            "a write blocked mid-snapshot")
+                assert stalled.transport is not None
+                stalled.transport.abort()  # gone, with the server's write in flight
+                await until(lambda: not server.connections, "the server to notice")
+            # Every leaver's end is noticed: its blocked write fails, or its final status cannot be sent.
+            await until(lambda: client_errors("disconnected") - before >= leavers, "the disconnects to be counted")
+            return client_errors("disconnected") - before
+        finally:
+            await server.stop(0)
+
+    caplog.set_level("DEBUG")
+    counted = asyncio.run(asyncio.wait_for(scenario(), 60))
+    assert counted >= leavers
+    loud = [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info]
+    assert not loud, [f"{r.name} {r.levelname}: {r.getMessage()}" for r in loud]
+
+
+def test_per_ip_cap_refuses_streams_beyond_it_and_frees_slots_as_clients_leave():
+    async def scenario() -> None:
+        caches = {"felix": SnapshotCache("felix")}
+        caches["felix"].set_status(SyncStatus.IN_SYNC)
+        server = SyncServer(caches, ServerSettings(handshake_timeout_secs=5, max_connections_per_ip=2))
+        before = client_errors("per_ip_limit")
+        await server.start("127.0.0.1", 0)
+        clients = [RawClient(server.port) for _ in range(2)]  # a RawClient's stream starts when it is made
+        try:
+            for client in clients:
+                await client.hello("felix", features=())
+                await client.read_snapshot()
+            clients.append(RawClient(server.port))
+            # Refused before its hello is read (no slot is held meanwhile): the hello may find the call over.
+            with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
+                await clients[2].hello("felix", features=())
+            code, details = await clients[2].status()
+            assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, (code, details)
+            assert "too many connections from 127.0.0.1 (limit 2 per IP)" in details
+            assert client_errors("per_ip_limit") - before == 1
+            await clients[0].close()
+            await until(lambda: server.per_ip.count("127.0.0.1") == 1, "the slot to be freed")
+            late = RawClient(server.port)
+            clients.append(late)
+            await late.hello("felix", features=())
+            _, state = await late.read_snapshot()
+            assert state == {}
+        finally:
+            for client in clients:
+                await client.close()
+            await server.stop(0)
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_peer_ip_of_grpc_peer_strings():
+    assert peer_ip("ipv4:10.0.0.1:5473") == "10.0.0.1"
+    assert peer_ip("ipv6:[fd00::1]:5473") == "fd00::1"
+    assert peer_ip("ipv6:%5B::1%5D:5473") != ""
+    assert peer_ip("unix:/run/typha.sock") == "unix"
+
+
+def test_silent_sockets_beyond_the_tcp_quota_are_closed_at_once():
+    """gRPC core's connection quota bounds a flood of sockets that never start HTTP/2 in count (the
+    handshake timeout, set long here, bounds it in time)."""
+    quota = max_incoming_connections(10)
+    extra = 60
+    h2sink.raise_fd_limit()
+
+    async def scenario() -> int:
+        caches = {"felix": SnapshotCache("felix")}
+        caches["felix"].set_status(SyncStatus.IN_SYNC)
+        server = SyncServer(caches, ServerSettings(handshake_timeout_secs=120, max_connections=10))
+        await server.start("127.0.0.1", 0)
+        sockets = await asyncio.to_thread(silent_sockets, "127.0.0.1", server.port, quota + extra)
+        try:
+            await until(lambda: len(sockets) - still_open(sockets) >= extra, "the sockets beyond the quota to close")
+            return len(sockets) - still_open(sockets)
+        finally:
+            close_all(sockets)
+            await server.stop(0)
+
+    closed = asyncio.run(asyncio.wait_for(scenario(), 60))
+    assert extra <= closed < extra + 16, closed  # the quota's, not a timeout's (a few may be in flight)

@@ -18,7 +18,9 @@ TIMEOUT = 10.0
 
 class RawClient:
     def __init__(self, port: int, options: list[tuple[str, int]] | None = None) -> None:
-        self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options)
+        # A connection of its own, like a real client's: the server allows few streams per connection.
+        self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}",
+                                                 options=[("grpc.use_local_subchannel_pool", 1), *(options or [])])
         self.call = self.channel.stream_stream(
             "/typha.v1.Sync/Sync", request_serializer=None, response_deserializer=pb.ServerMessage.FromString
         )()

@@ -139,7 +139,10 @@ class AsyncSyncClient:
         if self._verifier is not None:
             self._credentials = self._verifier.channel_credentials()
         # A snapshot chunk is ~1 MiB compressed at most, but raise the 4 MiB default for headroom.
-        self._channel_options = [("grpc.max_receive_message_length", 64 * 1024 * 1024), *channel_options]
+        # One TCP connection per client, as Felix's: gRPC would otherwise share one among every client of a
+        # process dialling the same server, and the server allows few streams per connection.
+        self._channel_options = [("grpc.max_receive_message_length", 64 * 1024 * 1024),
+                                 ("grpc.use_local_subchannel_pool", 1), *channel_options]
         self._backoff = backoff or Backoff()
         self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import socket
 import time
@@ -45,6 +46,8 @@ from typha.syncproto.names import (
     METHOD_NAME,
     SERVICE_NAME,
 )
+from typha.syncserver import heap
+from typha.syncserver.limits import PeerCounts, grpc_server_options, peer_ip
 from typha.syncserver.metrics import ServerMetrics, run_kv_count
 from typha.syncserver.resync import RepairDeclined, RepairPlanner
 
@@ -70,6 +73,7 @@ class ServerSettings:
     new_client_grace_secs: float = 300.0
     write_timeout_secs: float = 120.0
     max_connections: int = 10000
+    max_connections_per_ip: int = 0  # Sync streams per client IP; 0: no cap (an extension, see limits.py)
     checksum_interval_secs: float = 30.0
     drain_reconnect_grace_secs: float = 10.0  # after a Reconnect hint, how long the client may take to move
     watchdog_interval_secs: float = 1.0
@@ -93,6 +97,7 @@ class ServerSettings:
             new_client_grace_secs=config.server_new_client_fall_behind_grace_period,
             write_timeout_secs=config.server_write_timeout_secs,
             max_connections=config.max_connections_upper_limit,
+            max_connections_per_ip=config.server_max_connections_per_ip,
             checksum_interval_secs=config.checksum_interval_secs,
             reuse_port=config.server_reuse_port,
         )
@@ -115,6 +120,9 @@ class Connection:
     syncer_type: str = ""
     features: frozenset[str] = frozenset()
     position: Breadcrumb | None = None
+    # While its snapshot (or digest repair) is being sent: the crumb it leads to. The client pins it as
+    # surely as a position, so the watchdog's fall-behind checks apply to it too.
+    start: Breadcrumb | None = None
     grace_until: float = 0.0
     grace_used: bool = False
     last_pong: float = field(default_factory=time.monotonic)
@@ -151,6 +159,27 @@ def _oversized(raw: bytes) -> str:
     return f"a ClientMessage of {len(raw)} bytes is over the limit of {MAX_CLIENT_MESSAGE_BYTES} bytes"
 
 
+class _QuietGoneClients(logging.Filter):
+    """gRPC's own ERROR line, with traceback, when it cannot send the final status of a stream whose
+    client has gone (issue 17: 41 in one run). That is routine for a proxy of thousands of nodes: it is
+    logged at debug, without the traceback, and counted with the other disconnects."""
+
+    def __init__(self, metrics: ServerMetrics) -> None:
+        super().__init__()
+        self.metrics = metrics
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if not isinstance(error, grpc.aio.InternalError) or "raised in core by servicer method" not in str(record.msg):
+            return True
+        log.debug("A client went away before its stream's final status could be sent: %s", clip(str(error)))
+        self.metrics.client_errors.labels("disconnected").inc()
+        return False
+
+
+_GRPC_SERVER_LOG = "grpc._cython.cygrpc"
+
+
 def _frame(**payload: Any) -> bytes:
     return pb.ServerMessage(**payload).SerializeToString()
 
@@ -169,6 +198,7 @@ class SyncServer:
         self.connections: set[Connection] = set()
         # Streams accepted whose hello has not been handled yet: they count toward the connection limit.
         self.awaiting_hello = 0
+        self.per_ip = PeerCounts(self.settings.max_connections_per_ip)
         self.metrics = ServerMetrics(caches)
         self.health = health.aio.HealthServicer()
         self.draining = False
@@ -186,6 +216,10 @@ class SyncServer:
     async def start(
         self, host: str = "127.0.0.1", port: int = 0, credentials: grpc.ServerCredentials | None = None
     ) -> int:
+        heap.fix_mmap_threshold()
+        grpc_log = logging.getLogger(_GRPC_SERVER_LOG)
+        if not any(isinstance(f, _QuietGoneClients) for f in grpc_log.filters):
+            grpc_log.addFilter(_QuietGoneClients(self.metrics))
         server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", MAX_INBOUND_MESSAGE_BYTES),
             ("grpc.max_send_message_length", -1),
@@ -200,6 +234,10 @@ class SyncServer:
             ("grpc.enable_channelz", 0),
             ("grpc.http2.bdp_probe", 0),
             ("grpc.keepalive_permit_without_calls", 1),
+            # Handshake timeout for sockets that never start HTTP/2, idle timeout for connections with no
+            # stream, and a small MAX_CONCURRENT_STREAMS (typha.syncserver.limits).
+            *grpc_server_options(self.settings.handshake_timeout_secs, self.settings.ping_interval_secs,
+                                 self.settings.pong_timeout_secs, self.settings.max_connections),
         ])
         handler = grpc.stream_stream_rpc_method_handler(
             self._handle, request_deserializer=None, response_serializer=None
@@ -241,8 +279,10 @@ class SyncServer:
         for conn in victims:
             self.ask_to_reconnect(conn, "server is shutting down")
             await asyncio.sleep(interval * random.uniform(0.5, 1.0))
-        deadline = time.monotonic() + self.settings.drain_reconnect_grace_secs
-        while self.connections and time.monotonic() < deadline:
+        # Polled (bounded in count): the clients leave on their own time, after their Reconnect hint.
+        for _ in range(math.ceil(self.settings.drain_reconnect_grace_secs / 0.05)):
+            if not self.connections:
+                break
             await asyncio.sleep(0.05)
 
     def ask_to_reconnect(self, conn: Connection, reason: str, endpoint: str = "") -> None:
@@ -270,7 +310,10 @@ class SyncServer:
         conn = Connection(peer=context.peer())
         conn.task = asyncio.current_task()
         self.metrics.connections_accepted.inc()
+        ip = peer_ip(conn.peer)
+        counted = False
         try:
+            counted = self._count_ip(conn, ip)
             hello = await self._admit(conn, context)
             if hello is None:
                 return
@@ -291,11 +334,28 @@ class SyncServer:
             if conn.drop is None:
                 raise  # the client went away, or the server is stopping
             await self._end(conn, context, conn.drop)
+        except grpc.aio.InternalError as exc:
+            # A write failed because the client went away (gRPC's ExecuteBatchError), typically in the
+            # middle of its snapshot. Routine for a proxy of thousands of nodes: no traceback, counted.
+            log.debug("%s (%s %s) went away during a write: %s", conn.peer, clip(conn.hostname),
+                      conn.syncer_type, clip(str(exc)))
+            self.metrics.client_errors.labels("disconnected").inc()
         finally:
+            if counted:
+                self.per_ip.release(ip)
             if conn.pong_reader is not None:
                 conn.pong_reader.cancel()
             self.connections.discard(conn)
             self.metrics.connections_active.set(len(self.connections))
+
+    def _count_ip(self, conn: Connection, ip: str) -> bool:
+        """Count the stream against its IP's cap (when one is set); refuse it when the cap is reached."""
+        if self.per_ip.limit <= 0:
+            return False
+        if not self.per_ip.acquire(ip):
+            raise _Drop(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        f"too many connections from {ip} (limit {self.per_ip.limit} per IP)", "per_ip_limit")
+        return True
 
     async def _end(self, conn: Connection, context: grpc.aio.ServicerContext, drop: _Drop) -> None:
         log.info("Dropping %s (%s %s): %s", conn.peer, clip(conn.hostname), conn.syncer_type, drop.details)
@@ -363,13 +423,20 @@ class SyncServer:
             reason = "server is shutting down" if self.draining else (
                 f"too many connections ({len(self.connections)} >= {self.settings.max_connections})")
             if conn.supports(FEATURE_RECONNECT):
-                await context.write(_frame(reconnect=pb.Reconnect(reason=reason, after_ms=1000)))
+                # Not yet watched by the watchdog, and holding a slot of the limit: bound the write here.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.settings.write_timeout_secs):
+                        await context.write(_frame(reconnect=pb.Reconnect(reason=reason, after_ms=1000)))
             raise _Drop(grpc.StatusCode.UNAVAILABLE, f"{reason}; reconnect to another typha")
         return hello
 
     async def _send_start(
         self, conn: Connection, cache: SnapshotCache, hello: pb.ClientHello, context: grpc.aio.ServicerContext
     ) -> None:
+        """Resume, repair by digest or send a snapshot. Every write goes through `_write`, so the write
+        timeout covers this phase too, and `conn.start` lets the watchdog apply the fall-behind checks to
+        the crumb a not-yet-positioned client pins (a client that stalls before its snapshot is read
+        would otherwise hold its own snapshot version forever)."""
         start: Breadcrumb | None = None
         if hello.HasField("resume") and hello.resume.epoch == cache.epoch:
             await self._catch_up(cache, hello.resume.sequence)
@@ -381,9 +448,11 @@ class SyncServer:
                 log.info("%s (%s) cannot resume: %s", conn.peer, clip(conn.hostname), exc)
         if start is not None:
             self.metrics.resumes.inc()
-            await context.write(_frame(hello=self._server_hello(cache, conn, resumed=True, sequence=start.sequence)))
-            await self._send_status(context, start)
-            conn.position = start
+            conn.start = start
+            await self._write(conn, context,
+                              _frame(hello=self._server_hello(cache, conn, resumed=True, sequence=start.sequence)))
+            await self._send_status(conn, context, start)
+            conn.position, conn.start = start, None  # `start` must not pin the crumb once the client moves on
             return
         if conn.supports(FEATURE_DIGEST_RESYNC) and hello.HasField("digests"):
             try:
@@ -394,33 +463,37 @@ class SyncServer:
             else:
                 hello_frame = self._server_hello(cache, conn, resumed=False, sequence=repair.crumb.sequence)
                 hello_frame.bucket_count = repair.bucket_count
-                await context.write(_frame(hello=hello_frame))
+                conn.start = repair.crumb
+                conn.grace_until = time.monotonic() + self.settings.new_client_grace_secs
+                await self._write(conn, context, _frame(hello=hello_frame))
                 for frame in repair.frames:
-                    await context.write(frame)
-                await self._send_status(context, repair.crumb)
-                conn.position = repair.crumb
+                    await self._write(conn, context, frame)
+                await self._send_status(conn, context, repair.crumb)
+                conn.position, conn.start = repair.crumb, None
                 conn.grace_until = time.monotonic() + self.settings.new_client_grace_secs
                 self.metrics.digest_resyncs.inc()
                 return
         started = time.perf_counter()
         snapshot = cache.snapshot()
         conn.generation = cache.generation
-        await context.write(
-            _frame(hello=self._server_hello(cache, conn, resumed=False, sequence=snapshot.sequence))
-        )
+        conn.start = snapshot.crumb
+        # The new-client grace covers the snapshot's own transfer too; the resume window still bounds it.
+        conn.grace_until = time.monotonic() + self.settings.new_client_grace_secs
+        await self._write(conn, context,
+                          _frame(hello=self._server_hello(cache, conn, resumed=False, sequence=snapshot.sequence)))
         for frame in snapshot.frames:
-            await context.write(frame)
-        await self._send_status(context, snapshot.crumb)
-        conn.position = snapshot.crumb
+            await self._write(conn, context, frame)
+        del snapshot  # from here on the client pins only its crumb, like every other client
+        conn.position, conn.start = conn.start, None
+        await self._send_status(conn, context, conn.position)
         conn.grace_until = time.monotonic() + self.settings.new_client_grace_secs
         self.metrics.snapshot_send_secs.labels(conn.syncer_type).observe(time.perf_counter() - started)
         self.metrics.snapshots_sent.inc()
 
-    @staticmethod
-    async def _send_status(context: grpc.aio.ServicerContext, crumb: Breadcrumb) -> None:
+    async def _send_status(self, conn: Connection, context: grpc.aio.ServicerContext, crumb: Breadcrumb) -> None:
         """The status as of the client's starting point: later changes reach it as crumbs."""
         status = pb.SyncStatus(status=STATUS_TO_PB[crumb.status], sequence=crumb.sequence)
-        await context.write(_frame(status=status))
+        await self._write(conn, context, _frame(status=status))
 
     async def _catch_up(self, cache: SnapshotCache, sequence: int) -> None:
         """Wait (bounded) until `cache` has reached `sequence`: replicas of one upstream (fan-out workers)
@@ -572,19 +645,28 @@ class SyncServer:
     async def _watch_connections(self) -> None:
         """Wake every stream on a tick, and drop clients that stalled or fell too far behind."""
         settings = self.settings
+        next_trim = time.monotonic() + heap.TRIM_INTERVAL_SECS
+        trimming: asyncio.Future[bool] | None = None
         while True:
             await asyncio.sleep(self.tick_secs)
             for cache in self.caches.values():
                 cache.wake_all()
             now = time.monotonic()
+            if now >= next_trim and (trimming is None or trimming.done()):
+                # Peers that came and went (dropped, timed out in their handshake) leave free pages behind.
+                trimming = asyncio.ensure_future(asyncio.to_thread(heap.trim))
+                next_trim = now + heap.TRIM_INTERVAL_SECS
             for conn in list(self.connections):
-                position = conn.position
-                if position is None or conn.drop is not None:
+                if conn.drop is not None:
                     continue
+                # Before and during its snapshot too: a client that stops reading there pins that snapshot.
                 if conn.writing_since and now - conn.writing_since > settings.write_timeout_secs:
                     self._drop_later(conn, grpc.StatusCode.RESOURCE_EXHAUSTED,
                                      f"a write blocked for {now - conn.writing_since:.0f} s "
                                      f"(limit {settings.write_timeout_secs:g} s): client is not reading")
+                    continue
+                position = conn.position or conn.start
+                if position is None:
                     continue
                 cache = self.caches[conn.syncer_type]
                 behind = position.next
