@@ -5,9 +5,9 @@ typha/kube (client.py, objects.py) goes below the generated API classes: it buil
 `ApiClient.call_api(method, url, header_params, body, post_params, _request_timeout)`, which is the
 API the client has since 37.0.0 (29.0.0-36.x have `call_api(resource_path, method, ...)` and no
 param_serialize). These tests fail when the installed client is outside the declared range or its
-API is not what the code calls; CI runs the suite with the newest release, and the floor was run
-by hand (37.0.0 in a venv: tests/unit/test_apiserver_kubernetes_pin.py, tests/integration/
-test_reflector.py and tests/integration/test_apiserver_http.py pass).
+API is not what the code calls. constraints.txt holds the client at the declared floor, so CI runs
+the whole suite with the oldest release the range admits (a newer one in range is what a fresh
+`pip install` without the constraints picks).
 """
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ from pathlib import Path
 import kubernetes
 from kubernetes.client import ApiClient
 
-PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
+ROOT = Path(__file__).resolve().parents[2]
+PYPROJECT = ROOT / "pyproject.toml"
+CONSTRAINTS = ROOT / "constraints.txt"
 
 
 def _declared_range() -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -33,7 +35,8 @@ def _declared_range() -> tuple[tuple[int, ...], tuple[int, ...]]:
 
 
 def _version(text: str) -> tuple[int, ...]:
-    return tuple(int(p) for p in re.findall(r"\d+", text)[:3])
+    parts = [int(p) for p in re.findall(r"\d+", text)[:3]]
+    return tuple(parts + [0] * (3 - len(parts)))  # "37" is 37.0.0
 
 
 def test_installed_client_is_inside_the_declared_range() -> None:
@@ -51,3 +54,10 @@ def test_declared_floor_has_the_request_api_typha_kube_calls() -> None:
     call = inspect.signature(ApiClient.call_api).parameters
     assert list(call)[1:3] == ["method", "url"]
     assert "_request_timeout" in call
+
+
+def test_ci_constraints_hold_the_client_at_the_declared_floor() -> None:
+    floor, _ = _declared_range()
+    pinned = re.search(r"^kubernetes==([0-9.]+)$", CONSTRAINTS.read_text(), re.M)
+    assert pinned, "constraints.txt must pin kubernetes"
+    assert _version(pinned.group(1)) == floor, "CI must test the bottom of the declared kubernetes range"
