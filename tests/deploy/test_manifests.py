@@ -8,6 +8,7 @@ needs `kubectl` (its built-in kustomize); without it the rendering tests are ski
 from __future__ import annotations
 
 import copy
+import itertools
 import dataclasses
 import math
 import re
@@ -22,7 +23,7 @@ import yaml
 
 from typha import config as typha_config
 from typha.cli import build_parser
-from typha.model.resources import by_key
+from typha.model.resources import CALICO_API_GROUPS, by_key
 from typha.ops.autoscale import AutoscaleSettings
 from typha.source.datastore import SYNCER_TYPES, converters_for
 
@@ -100,10 +101,11 @@ def plain_env(c: dict[str, Any]) -> dict[str, str]:
 
 
 def syncer_resources() -> dict[str, set[str]]:
-    """API group -> plurals: every kind any syncer lists and watches, from the code."""
+    """API group -> plurals: every kind any syncer lists and watches, from the code, for either Calico
+    API group typha may find (crd.projectcalico.org/v1 or projectcalico.org/v3)."""
     wanted: dict[str, set[str]] = {}
-    for syncer_type in SYNCER_TYPES:
-        for key in converters_for(syncer_type):
+    for syncer_type, api_group in itertools.product(SYNCER_TYPES, CALICO_API_GROUPS):
+        for key in converters_for(syncer_type, api_group):
             resource = by_key(key)
             wanted.setdefault(resource.group, set()).add(resource.plural)
     return wanted
