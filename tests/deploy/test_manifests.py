@@ -8,8 +8,8 @@ needs `kubectl` (its built-in kustomize); without it the rendering tests are ski
 from __future__ import annotations
 
 import copy
-import itertools
 import dataclasses
+import itertools
 import math
 import re
 import shlex
