@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=None,
                         help="where each node's rendered files go (default: a new directory under $TMPDIR)")
     parser.add_argument("--agent-processes", type=int, default=0,
-                        help="worker processes running the agents (default: one per 25 nodes, at most one per CPU)")
+                        help="worker processes running the agents (default: one per 8 nodes, at most four per CPU)")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="random seed of the churn")
     parser.add_argument("--netns", action="store_true",
                         help="as root: build real node and pod network namespaces, program them with the agents "

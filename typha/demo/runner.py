@@ -4,7 +4,7 @@ Layout:
 - this process: the Kubernetes API emulator (its own thread and loop), the churn generator and the
   live display;
 - a `typha serve` child process, reading the emulator through a kubeconfig, as in production;
-- agent worker processes (`typha.demo.workers`: one per 25 nodes, at most one per CPU, or
+- agent worker processes (`typha.demo.workers`: one per 8 nodes, at most four per CPU, or
   `--agent-processes`), running one felix-client (`--dry-run`) plus one confd-client per simulated
   node as trio tasks, every agent with its own Sync stream. Agents in their own interpreters, not
   sharing this one's GIL with the emulator and the churn, see the latency the system gives them.
@@ -58,7 +58,7 @@ class DemoOptions:
     confd_debounce: float = 0.2
     sync_timeout: float = 90.0
     settle_timeout: float = 30.0
-    agent_processes: int = 0  # 0: one per 25 nodes, at most one per CPU
+    agent_processes: int = 0  # 0: one per 8 nodes, at most four per CPU (typha.demo.workers.process_count)
 
 
 def _die_with_parent() -> None:
@@ -402,6 +402,9 @@ class Demo:
         samples = self.latency.samples
         felix_sync = [f.first_apply_at - f.started_at for f in self.felix if f.first_apply_at is not None]
         confd_sync = [c.first_render_at - c.started_at for c in self.confd if c.first_render_at is not None]
+        # In sync (the stream's snapshot received) vs. files written: the rest is the agent's own work.
+        felix_in_sync = [f.in_sync_at - f.started_at for f in self.felix if f.in_sync_at is not None]
+        confd_in_sync = [c.in_sync_at - c.started_at for c in self.confd if c.in_sync_at is not None]
         nodes = {}
         for f, c in zip(self.felix, self.confd, strict=True):
             nodes[f.node] = {
@@ -452,6 +455,8 @@ class Demo:
                     "felix_max": max(felix_sync) if felix_sync else None,
                     "confd_median": statistics.median(confd_sync) if confd_sync else None,
                     "confd_max": max(confd_sync) if confd_sync else None,
+                    "felix_in_sync_median": statistics.median(felix_in_sync) if felix_in_sync else None,
+                    "confd_in_sync_median": statistics.median(confd_in_sync) if confd_in_sync else None,
                 },
             },
             "churn": {
