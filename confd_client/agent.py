@@ -29,17 +29,19 @@ import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from confd_client.bgp.store import BGPStore
 from confd_client.bgp.validate import Invalid, check_env
 from confd_client.render import FILES, Renderer, write_if_changed
-from confd_client.sources import KubeSources
 from typha.client import ClientTLS, StatusChange, TLSConfigError, UpdateBatch, open_trio_sync_client
 from typha.client.discovery import TyphaDiscovery, discover_until_found
 from typha.model.kv import SyncStatus
+
+if TYPE_CHECKING:
+    from confd_client.sources import KubeSources
 
 log = logging.getLogger("confd_client")
 
@@ -170,6 +172,10 @@ class ConfdAgent:
         self.rendered = trio.Event()  # set after the first write after in-sync (tests wait on it)
         self.kube: KubeSources | None = None
         if settings.kube:
+            # Imported here: it pulls in the kubernetes client (about half an agent's start-up CPU),
+            # which an agent without side channels (no KUBECONFIG, not in a cluster) never uses.
+            from confd_client.sources import KubeSources
+
             self.kube = KubeSources(settings.kubeconfig or None, settings.namespace, self._kube_changed)
             self.store.secret_source = self.kube.secret
             self.store.services_source = self.kube.service_endpoints
