@@ -13,6 +13,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "workers": ("bench.workers", "fan-out deliveries/s of typha serve --workers N for several N in one run"),
     "workerkill": ("bench.workerkill", "SIGKILL a worker under churn: its clients' time back in sync, nothing lost"),
     "felix-routes": ("bench.felix_routes", "felix-client route calculation: cost of one block update, N blocks"),
+    "confd": ("bench.confd", "confd-client: CPU per KV update, rendering only what changed vs. all six files"),
     "converge": ("bench.converge", "felix-client: policy write → dataplane change latency; iptables cost vs. policies"),
     "storm": ("bench.storm", "N clients back in sync after a server restart (snapshot) and a network cut (resume)"),
     "resync": ("bench.resync", "digest-resync vs snapshot: bytes and CPU of a client moving to another replica"),

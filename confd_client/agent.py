@@ -29,18 +29,20 @@ import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from confd_client.bgp.store import BGPStore
 from confd_client.bgp.validate import Invalid, check_env
-from confd_client.render import FILES, render_all, write_if_changed
-from confd_client.sources import KubeSources
+from confd_client.render import FILES, Renderer, write_if_changed
 from typha import logs
 from typha.client import ClientTLS, StatusChange, TLSConfigError, UpdateBatch, open_trio_sync_client
 from typha.client.discovery import TyphaDiscovery, discover_until_found
 from typha.model.kv import SyncStatus
+
+if TYPE_CHECKING:
+    from confd_client.sources import KubeSources
 
 log = logging.getLogger("confd_client")
 
@@ -136,6 +138,7 @@ class Settings:
 @dataclass
 class AgentCounters:
     renders: int = 0
+    files_rendered: int = 0  # templates rendered: a render redoes only the files its changes reach
     writes: int = 0  # files written
     reloads: int = 0
     rejected: int = 0  # configs the parse check refused
@@ -160,7 +163,10 @@ class ConfdAgent:
     def __init__(self, settings: Settings, runner: Callable[[list[str]], tuple[bool, str]] = _run) -> None:
         self.settings = settings
         self.store = BGPStore()
+        self.renderer = Renderer(settings.nodename, settings.render_env)
         self.counters = AgentCounters()
+        # What each file held when this agent last wrote or read it: unchanged text is not re-read.
+        self._on_disk: dict[str, str] = {}
         self.in_sync = False
         self._runner = runner
         self._dirty = trio.Event()
@@ -169,6 +175,10 @@ class ConfdAgent:
         self.rendered = trio.Event()  # set after the first write after in-sync (tests wait on it)
         self.kube: KubeSources | None = None
         if settings.kube:
+            # Imported here: it pulls in the kubernetes client (about half an agent's start-up CPU),
+            # which an agent without side channels (no KUBECONFIG, not in a cluster) never uses.
+            from confd_client.sources import KubeSources
+
             self.kube = KubeSources(settings.kubeconfig or None, settings.namespace, self._kube_changed)
             self.store.secret_source = self.kube.secret
             self.store.services_source = self.kube.service_endpoints
@@ -213,19 +223,20 @@ class ConfdAgent:
             current = await trio.to_thread.run_sync(self._status_fingerprint)
             if current != seen:
                 seen = current
-                self._mark_dirty()
+                self._mark_dirty("status")
 
-    def _kube_changed(self) -> None:
+    def _kube_changed(self, what: str) -> None:
         """From the watcher's thread: re-render on the trio loop (passwords are read at render time)."""
         token = self._token
         if token is None:
             return
         try:
-            token.run_sync_soon(self._mark_dirty)
+            token.run_sync_soon(self._mark_dirty, what)
         except trio.RunFinishedError:
             pass
 
-    def _mark_dirty(self) -> None:
+    def _mark_dirty(self, what: str) -> None:
+        self.store.note((what,))
         if self.in_sync:
             self._dirty.set()
 
@@ -233,13 +244,13 @@ class ConfdAgent:
 
     def handle(self, event: Any) -> None:
         if isinstance(event, UpdateBatch):
-            changed = False
             for update in event.updates:
                 try:
-                    changed |= self.store.apply(update.key, update.value)
+                    self.store.apply(update.key, update.value)
                 except Exception:  # one bad value must not stop the agent; the rest still renders
                     log.exception("skipping update of %s", update.key)
-            if changed and self.in_sync:
+            # Only a change to something this node renders wakes the renderer (store.changes).
+            if self.store.changes and self.in_sync:
                 self._dirty.set()
         elif isinstance(event, StatusChange):
             self.in_sync = event.status == SyncStatus.IN_SYNC
@@ -259,8 +270,11 @@ class ConfdAgent:
             self.kube.start_services()
 
     def render(self) -> dict[str, str]:
+        """All six files' text; only those the store's changes since the last render reach are rendered."""
         self.counters.renders += 1
-        return render_all(self.store, self.settings.nodename, self.settings.render_env)
+        files = self.renderer.render(self.store, self.store.take_changes())
+        self.counters.files_rendered += len(self.renderer.rendered)
+        return files
 
     # -- writing and reloading ------------------------------------------------------------------------
 
@@ -283,11 +297,15 @@ class ConfdAgent:
         directory = self.settings.config_dir
         changed = []
         for name, content in files.items():
+            if self._on_disk.get(name) == content:
+                continue  # what this agent wrote (or found) there: the same text, not read again
             try:
                 same = (directory / name).read_text() == content
             except FileNotFoundError:
                 same = False
-            if not same:
+            if same:
+                self._on_disk[name] = content
+            else:
                 changed.append(name)
         if not changed:
             return []
@@ -303,6 +321,7 @@ class ConfdAgent:
         for name in changed:
             if write_if_changed(directory / name, files[name]):
                 self.counters.writes += 1
+            self._on_disk[name] = files[name]
         if not self.settings.oneshot:
             self._reload(families)
         return changed
@@ -389,6 +408,8 @@ class ConfdAgent:
             self._dirty = trio.Event()
             if not self.in_sync:
                 continue  # never write config from a partial snapshot
+            if not self.store.changes and self.rendered.is_set():
+                continue  # the updates moved nothing this node renders
             try:
                 changed = self.apply(self.render())
             except Exception:

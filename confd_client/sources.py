@@ -88,16 +88,17 @@ class KubeSources:
     service advertisement is configured (as upstream starts its route generator), since watching
     every Service in a large cluster is not free."""
 
-    def __init__(self, kubeconfig: str | None, namespace: str, on_change: Callable[[], None],
+    def __init__(self, kubeconfig: str | None, namespace: str, on_change: Callable[[str], None],
                  client: KubeClient | None = None) -> None:
         self.client = client or KubeClient.from_environment(kubeconfig)
         self.namespace = namespace
         secrets = by_key("secrets")
         scoped = NamespacedResource(secrets.group, secrets.version, secrets.plural, secrets.kind, True,
                                     namespace=namespace)
-        self.secrets = Follower(self.client, scoped, on_change)
-        self.services = Follower(self.client, by_key("services"), on_change)
-        self.slices = Follower(self.client, by_key("endpointslices.discovery.k8s.io"), on_change)
+        # on_change says which: a Secret reaches only passwords, a Service or slice only routes.
+        self.secrets = Follower(self.client, scoped, lambda: on_change("secrets"))
+        self.services = Follower(self.client, by_key("services"), lambda: on_change("services"))
+        self.slices = Follower(self.client, by_key("endpointslices.discovery.k8s.io"), lambda: on_change("services"))
         self.followers = (self.secrets, self.services, self.slices)
 
     def start(self) -> None:

@@ -120,8 +120,12 @@ def _uses(mode: object) -> bool:
     return str(mode or "").lower() in ("always", "cross-subnet", "crosssubnet")
 
 
-def _pools(store: BGPStore, cfg: BirdConfig, me: str) -> None:
-    """processIPPools: export rejects/accepts and the kernel programming filter, each string-sorted."""
+def pool_filters(store: BGPStore, cfg: BirdConfig, me: str) -> None:
+    """processIPPools: export rejects/accepts and the kernel programming filter, each string-sorted.
+
+    Sets these four fields of `cfg` afresh (nothing else reads the pools), so that a renderer may
+    redo them alone on a copy of an earlier config when only the pools changed."""
+    cfg.export_reject_disabled_pools, cfg.export_accept_pools, cfg.kernel_filter_pools = [], [], []
     bird_ipip, bird_noencap = _cluster_route_policy(store.global_config)
     cfg.ibgp_tunnel_patterns = ["*.cali", "*.calico"] + ([] if bird_ipip else ["tunl0"])
     node = store.nodes.get(me)
@@ -185,6 +189,13 @@ def _wireguard(store: BGPStore, cfg: BirdConfig, me: str) -> None:
     cfg.wireguard_kernel_filter.sort()
 
 
+def node_blocks(store: BGPStore, me: str, version: int) -> list[tuple[str, str]]:
+    """This node's affine blocks of one family as (cidr, state), in the v1 key order the templates keep.
+    Only `bird_aggr.cfg` prints them."""
+    blocks = store.affinities.get(me, {}).get(version, {})
+    return [(key.replace("-", "/"), blocks[key]) for key in sorted(blocks)]
+
+
 def bird_config(store: BGPStore, version: int, me: str, env: Mapping[str, str]) -> BirdConfig:
     """GetBirdBGPConfig for one IP family. Raises Invalid for a malformed CALICO_ROUTER_ID or
     CALICO_ADVERTISE_CLUSTER_IPS: the agent then keeps the config it has."""
@@ -244,12 +255,11 @@ def bird_config(store: BGPStore, version: int, me: str, env: Mapping[str, str]) 
     cfg.peers = sorted(peers, key=lambda p: p.name)
 
     cfg.communities = _communities(store, me, version)
-    _pools(store, cfg, me)
+    pool_filters(store, cfg, me)
     _wireguard(store, cfg, me)
     cfg.filter_functions = filter_functions(store, version)
 
-    blocks = store.affinities.get(me, {}).get(version, {})
-    cfg.blocks = [(key.replace("-", "/"), blocks[key]) for key in sorted(blocks)]
+    cfg.blocks = node_blocks(store, me, version)
 
     routes, rejects = service_routes(store, me, env)
     cfg.load_balancer_ips = service_cidrs(glob, "serviceLoadBalancerIPs")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from confd_client.bgp.filters import check_filter
@@ -85,6 +85,13 @@ def node_from_v3(name: str, value: Mapping[str, Any], rejections: Rejections | N
     return node
 
 
+# What changed since the renderer last looked, as tags it maps to the files that read them
+# (confd_client.render.Renderer): ("nodes",) a node's BGP fields or the set of nodes; ("labels", node)
+# only that node's labels; ("bgpconfig",), ("peers",), ("filters",); ("pools", version); ("blocks",
+# host, version); and the agent's side channels ("secrets",), ("services",), ("status",).
+Change = tuple[str | int, ...]
+
+
 def _cidr_version(cidr: str) -> int:
     """The family of a CIDR that typha.model.keys already parsed (and printed canonically)."""
     return 6 if ":" in cidr else 4
@@ -110,6 +117,32 @@ class BGPStore:
         self.services_source: Callable[[], list[tuple[dict[str, Any], list[dict[str, Any]]]]] | None = None
         # Local workloads that peer with their node: the parsed endpoint-status files.
         self.local_workloads_source: Callable[[], list[dict[str, Any]]] | None = None
+        # Only real changes are noted: an update that re-sends what is kept (typha re-sending a Node
+        # whose BGP fields did not move) or touches nothing this node renders costs no render.
+        self.changes: set[Change] = set()
+
+    def note(self, change: Change) -> None:
+        self.changes.add(change)
+
+    def take_changes(self) -> set[Change]:
+        changes, self.changes = self.changes, set()
+        return changes
+
+    def label_selectors_in_use(self) -> bool:
+        """Whether any BGPPeer selects nodes by label (so another node's labels can change peerings)."""
+        return any(
+            (value.get("spec") or {}).get(name) for value in self.peers.values()
+            for name in ("nodeSelector", "peerSelector")
+        )
+
+    def _keep(self, table: dict[Any, Any], name: Any, value: Any, keep: bool, change: Change) -> None:
+        """Put (or drop) one kept value, noting `change` only when the table's content moved."""
+        if keep:
+            if name not in table or table[name] != value:
+                table[name] = value
+                self.changes.add(change)
+        elif table.pop(name, None) is not None:
+            self.changes.add(change)
 
     def apply(self, key: str, value: Any) -> bool:
         """Apply one KV (value None = delete); returns whether the key is one this client uses.
@@ -124,11 +157,9 @@ class BGPStore:
         if isinstance(parsed, keys.ResourceKey):
             return self._apply_resource(parsed, value)
         if isinstance(parsed, keys.IPPoolKey):
-            pools = self.pools[_cidr_version(parsed.cidr)]
-            if self._valid("IPPool", parsed.cidr, value, lambda: check_pool(value)):
-                pools[parsed.cidr] = value
-            else:
-                pools.pop(parsed.cidr, None)
+            version = _cidr_version(parsed.cidr)
+            keep = self._valid("IPPool", parsed.cidr, value, lambda: check_pool(value))
+            self._keep(self.pools[version], parsed.cidr, value, keep, ("pools", version))
             return True
         if isinstance(parsed, keys.BlockAffinityKey):
             version = _cidr_version(parsed.cidr)
@@ -137,14 +168,12 @@ class BGPStore:
             state = str(value.get("state") or "") if isinstance(value, Mapping) else None
             name = f"{parsed.host}/{parsed.cidr}"
             # client.go updateCache: a pending affinity is not acted upon; treated as a delete.
-            if (
+            keep = not (
                 not self._valid("BlockAffinity", name, value, lambda: check_block_state(value))
                 or state == "pending"
                 or value.get("deleted")
-            ):
-                blocks.pop(block, None)
-            else:
-                blocks[block] = state or ""
+            )
+            self._keep(blocks, block, state or "", keep, ("blocks", parsed.host, version))
             return True
         return False
 
@@ -174,26 +203,31 @@ class BGPStore:
                 check_node(name, value)
                 converted.append(node_from_v3(name, value, self.rejections))
 
+            old = self.nodes.get(name)
             if self._valid("Node", name, value, check_and_convert):
-                self.nodes[name] = converted[0]
-            else:
-                self.nodes.pop(name, None)
+                new = self.nodes[name] = converted[0]
+                if old is None or replace(old, labels=new.labels) != new:
+                    self.changes.add(("nodes",))
+                elif old.labels != new.labels:
+                    self.changes.add(("labels", name))
+            elif self.nodes.pop(name, None) is not None:
+                self.changes.add(("nodes",))
             return True
-        tables: dict[str, tuple[dict[str, dict[str, Any]], Callable[[str, Any], None]]] = {
-            "BGPConfiguration": (self.bgp_configs, check_bgp_configuration),
-            "BGPPeer": (self.peers, check_bgp_peer),
-            "BGPFilter": (self.filters, check_filter),
+        tables: dict[str, tuple[dict[str, dict[str, Any]], Callable[[str, Any], None], Change]] = {
+            "BGPConfiguration": (self.bgp_configs, check_bgp_configuration, ("bgpconfig",)),
+            "BGPPeer": (self.peers, check_bgp_peer, ("peers",)),
+            "BGPFilter": (self.filters, check_filter, ("filters",)),
         }
         if key.kind not in tables:
             return False
-        table, check = tables[key.kind]
+        table, check, change = tables[key.kind]
         valid = self._valid(key.kind, name, value, lambda: check(name, value))
-        if valid:
-            table[name] = value
-        else:
-            table.pop(name, None)
+        self._keep(table, name, value, valid, change)
         if key.kind == "BGPFilter":
-            if value is not None and not valid:
+            rejected = value is not None and not valid
+            if rejected != (name in self.rejected_filters):
+                self.changes.add(change)  # a peer naming it is rejected (or no longer)
+            if rejected:
                 self.rejected_filters.add(name)
             else:
                 self.rejected_filters.discard(name)

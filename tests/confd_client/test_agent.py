@@ -132,8 +132,8 @@ def test_daemon_debounces_a_burst_and_skips_unchanged_input(tmp_path):
 
             agent.handle(UpdateBatch([node("node-2", "10.0.0.2/24")]))  # same value again
             await trio.sleep(0.5)
-            assert agent.counters.renders == 2
-            assert len(bird.reloads()) == 2  # nothing changed: no write, no reload
+            assert agent.counters.renders == 1  # nothing changed: no render, no write, no reload
+            assert len(bird.reloads()) == 2
 
             agent.handle(UpdateBatch([node("node-2", "10.0.0.22/24")]))
             await trio.sleep(0.5)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from typha.demo.cluster import NOENCAP_POOL, VXLAN_POOL, Cluster, ClusterSpec, block_cidr
+from typha.demo.workers import process_count
 
 SMALL = ["--nodes", "3", "--pods-per-node", "3", "--policies", "2", "--duration", "2", "--rate", "10"]
 
@@ -40,6 +41,7 @@ def test_small_demo_runs_to_completion_and_writes_every_nodes_files(tmp_path):
     assert summary["typha"]["kvs"]["bgp"] > 0
     agents = summary["agents"]
     assert (agents["felix_written"], agents["confd_written"]) == (3, 3)
+    assert agents["agent_processes"] == 1  # three nodes: one worker process is plenty
     churn = summary["churn"]
     assert churn["writes"]["policy"] >= 1
     assert churn["writes"]["create"] + churn["writes"]["delete"] + churn["writes"]["relabel"] > 0
@@ -94,6 +96,13 @@ def test_cluster_generation_is_consistent():
                                          "BGPConfiguration", "NetworkPolicy"}
 
 
+def test_agent_processes_are_spread_by_nodes_and_bounded_by_cpus(monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert [process_count(n) for n in (1, 3, 8, 9, 50, 64, 1000)] == [1, 1, 1, 2, 7, 8, 8]
+    assert process_count(50, requested=3) == 3
+    assert process_count(2, requested=5) == 2  # never more processes than nodes
+
+
 def test_bad_sizes_are_refused(tmp_path):
     result = subprocess.run([sys.executable, "-m", "typha.cli", "demo", "--nodes", "0", "--out", str(tmp_path)],
                             capture_output=True, text=True, timeout=60)
@@ -104,7 +113,8 @@ def test_bad_sizes_are_refused(tmp_path):
 def test_interrupt_stops_everything_and_still_summarises(tmp_path):
     out = tmp_path / "demo"
     process = subprocess.Popen(
-        [sys.executable, "-m", "typha.cli", "demo", *SMALL[:-4], "--duration", "60", "--out", str(out)],
+        [sys.executable, "-m", "typha.cli", "demo", *SMALL[:-4], "--duration", "60", "--out", str(out),
+         "--agent-processes", "2"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
     )
     try:
@@ -130,6 +140,9 @@ def test_interrupt_stops_everything_and_still_summarises(tmp_path):
         and _cmdline(pid).count(str(out / "kubeconfig"))
     ]
     assert typha_pids == []
+    # So were the agents' worker processes (their own sessions too).
+    worker_pids = [pid for pid in os.listdir("/proc") if pid.isdigit() and str(out / "nodes") in _cmdline(pid)]
+    assert worker_pids == []
 
 
 def _cmdline(pid: str) -> str:

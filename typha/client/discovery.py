@@ -14,12 +14,14 @@ import dataclasses
 import logging
 import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
-from typha.kube.client import KubeClient
 from typha.model.resources import Resource, by_key
+
+if TYPE_CHECKING:
+    from typha.kube.client import KubeClient
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +96,14 @@ class _Namespaced(Resource):
         return Resource.path(self, namespace or self.namespace, name)
 
 
+def _kube_from_environment(kubeconfig: str) -> KubeClient:
+    # Imported on use: the kubernetes package is about half an agent's start-up CPU, and an agent
+    # given Typha's address never needs it.
+    from typha.kube.client import KubeClient
+
+    return KubeClient.from_environment(kubeconfig)
+
+
 def list_typha_slices(kube: KubeClient, namespace: str, service_name: str) -> list[dict[str, Any]]:
     fields = {f.name: getattr(ENDPOINT_SLICES, f.name) for f in dataclasses.fields(ENDPOINT_SLICES)}
     resource = _Namespaced(**fields, namespace=namespace)
@@ -118,7 +128,7 @@ class TyphaDiscovery:
     node: str = ""
     kubeconfig: str = ""
     port_name: str = TYPHA_PORT_NAME
-    kube_factory: Callable[[str], KubeClient] = KubeClient.from_environment
+    kube_factory: Callable[[str], KubeClient] = _kube_from_environment
 
     @property
     def configured(self) -> bool:

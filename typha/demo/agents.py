@@ -1,8 +1,9 @@
 """The demo's node agents: the real felix-client and confd-client agents, instrumented.
 
-Many of them run as trio tasks in one process, each with its own Sync stream and output directory.
-The subclasses only observe (receipt latency, update counts, when each first reached in-sync and
-first wrote its files); the calculation and rendering are the agents' own.
+They run as trio tasks in worker processes (`typha.demo.workers`), some nodes' agents per process,
+each with its own Sync stream and output directory. The subclasses only observe (receipt latency,
+update counts, when each first reached in-sync and first wrote its files); the calculation and
+rendering are the agents' own.
 """
 
 from __future__ import annotations
@@ -20,15 +21,26 @@ from typha.model.kv import SyncStatus
 
 
 class LatencyLog:
-    """(receipt time, latency seconds) of stamped writes, shared by all agents of a run."""
+    """(receipt time, latency seconds) of stamped writes, shared by all agents of a process.
 
-    def __init__(self) -> None:
+    In a worker, `unsent` holds the samples not yet reported to the demo (which adds them to its
+    own log with their receipt times: monotonic times are comparable across processes)."""
+
+    def __init__(self, keep_unsent: bool = False) -> None:
         self.samples: list[float] = []
         self.recent: deque[tuple[float, float]] = deque(maxlen=20_000)
+        self.unsent: list[tuple[float, float]] | None = [] if keep_unsent else None
 
-    def add(self, latency: float) -> None:
+    def add(self, latency: float, at: float | None = None) -> None:
+        at = time.monotonic() if at is None else at
         self.samples.append(latency)
-        self.recent.append((time.monotonic(), latency))
+        self.recent.append((at, latency))
+        if self.unsent is not None:
+            self.unsent.append((at, latency))
+
+    def take_unsent(self) -> list[tuple[float, float]]:
+        unsent, self.unsent = self.unsent or [], [] if self.unsent is not None else None
+        return unsent
 
     def window(self, seconds: float) -> list[float]:
         cutoff = time.monotonic() - seconds

@@ -32,6 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         f"{small.rate:g} with --netns)")
     parser.add_argument("--out", type=Path, default=None,
                         help="where each node's rendered files go (default: a new directory under $TMPDIR)")
+    parser.add_argument("--agent-processes", type=int, default=0,
+                        help="worker processes running the agents (default: one per 8 nodes, at most four per CPU)")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="random seed of the churn")
     parser.add_argument("--netns", action="store_true",
                         help="as root: build real node and pod network namespaces, program them with the agents "
@@ -71,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     options = DemoOptions(nodes=int(_pick(args.nodes, d.nodes)), pods_per_node=int(_pick(args.pods_per_node,
                           d.pods_per_node)), policies=int(_pick(args.policies, d.policies)),
                           duration=_pick(args.duration, d.duration), rate=_pick(args.rate, d.rate), out=args.out,
-                          seed=args.seed)
+                          seed=args.seed, agent_processes=args.agent_processes)
     try:
         demo = Demo(options, display=None)
     except ValueError as error:

@@ -111,8 +111,10 @@ def summary(result: dict[str, Any], *, nodes_shown: int = 3) -> Group:
                                   f"(skipped as unchanged: felix {t['updates_skipped']['felix']}, "
                                   f"bgp {t['updates_skipped']['bgp']}) · RSS {_mib(t['rss_bytes'])}")
     table.add_row("clients", f"{a['felix_written']}/{a['felix_clients']} felix-client (dry run), "
-                             f"{a['confd_written']}/{a['confd_clients']} confd-client wrote their files")
-    table.add_row("time to in-sync", f"typha ready {_secs(timings.get('typha_ready'))}; agents' files written: "
+                             f"{a['confd_written']}/{a['confd_clients']} confd-client wrote their files "
+                             f"({a['agent_processes']} agent processes, {a['agent_processes_cpu_secs']:.1f} s CPU)")
+    table.add_row("time to in-sync", f"typha ready {_secs(timings.get('typha_ready'))}; all agents' files written "
+                                     f"{_secs(timings.get('agents_in_sync'))} after that; each agent's: "
                                      f"felix median {_secs(sync['felix_median'])}, max {_secs(sync['felix_max'])}; "
                                      f"confd median {_secs(sync['confd_median'])}, max {_secs(sync['confd_max'])}")
     table.add_row("churn", f"{ch['duration_secs']:.1f} s: {_writes(ch['writes'])}")

@@ -1,10 +1,13 @@
 """`typha demo`: the whole system on one machine, without root and without a cluster.
 
-Layout (two processes, one per core):
-- this process: the Kubernetes API emulator (its own thread and loop), the churn generator, the live
-  display, and one felix-client (`--dry-run`) plus one confd-client per simulated node, all as trio
-  tasks; every agent has its own Sync stream (a worker thread each, as the trio transport does);
-- a `typha serve` child process, reading the emulator through a kubeconfig, as in production.
+Layout:
+- this process: the Kubernetes API emulator (its own thread and loop), the churn generator and the
+  live display;
+- a `typha serve` child process, reading the emulator through a kubeconfig, as in production;
+- agent worker processes (`typha.demo.workers`: one per 8 nodes, at most four per CPU, or
+  `--agent-processes`), running one felix-client (`--dry-run`) plus one confd-client per simulated
+  node as trio tasks, every agent with its own Sync stream. Agents in their own interpreters, not
+  sharing this one's GIL with the emulator and the churn, see the latency the system gives them.
 
 Phases: populate the API → start typha and wait for readiness → start the agents and wait until every
 one has written its files → churn for `duration` seconds → write a final marker pod and wait until
@@ -32,8 +35,9 @@ from typing import Any
 
 import trio
 
-from typha.demo.agents import DemoConfdAgent, DemoFelixAgent, LatencyLog, percentile
+from typha.demo.agents import LatencyLog, percentile
 from typha.demo.cluster import Cluster, ClusterSpec, node_name
+from typha.demo.workers import AgentWorker, ConfdView, FelixView, WorkerFailed, process_count
 from typha.testing.procs import free_port
 from typha.testing.wait import WaitTimeout, wait_until_trio
 
@@ -54,6 +58,7 @@ class DemoOptions:
     confd_debounce: float = 0.2
     sync_timeout: float = 90.0
     settle_timeout: float = 30.0
+    agent_processes: int = 0  # 0: one per 8 nodes, at most four per CPU (typha.demo.workers.process_count)
 
 
 def _die_with_parent() -> None:
@@ -170,8 +175,10 @@ class Demo:
         self.out = options.out or Path(tempfile.mkdtemp(prefix="typha-demo-"))
         self.progress = Progress()
         self.latency = LatencyLog()
-        self.felix: list[DemoFelixAgent] = []
-        self.confd: list[DemoConfdAgent] = []
+        self.felix: list[FelixView] = []
+        self.confd: list[ConfdView] = []
+        self.workers: list[AgentWorker] = []
+        self.worker_failure: str | None = None
         self.writes: dict[str, int] = {"create": 0, "delete": 0, "relabel": 0, "policy": 0}
         self.api: Any = None
         self.typha: TyphaProcess | None = None
@@ -232,34 +239,45 @@ class Demo:
         self.progress.phase = "starting typha serve"
         t1 = time.monotonic()
         self.typha = TyphaProcess(kubeconfig, self.out / "typha.log")
-        with trio.move_on_after(opts.sync_timeout) as scope:
-            while not await trio.to_thread.run_sync(self.typha.ready):
-                if self.typha.process.poll() is not None:
-                    raise _Failed(f"typha serve exited with {self.typha.process.returncode}; see {self.typha.log_path}")
-                await trio.sleep(0.1)
-        if scope.cancelled_caught:
-            raise _Failed(f"typha serve was not ready after {opts.sync_timeout:.0f} s; see {self.typha.log_path}")
-        self.timings["typha_ready"] = time.monotonic() - t1
-
-        self.progress.phase = "agents syncing"
         async with trio.open_nursery() as agents:
-            t2 = time.monotonic()
+            # The agents' processes start (and import) while typha does, as a node's agents are
+            # already running when typha becomes ready; they connect once told to start.
             nodes_dir = self.out / "nodes"
-            for i in range(self.spec.nodes):
-                name = node_name(i)
-                self.felix.append(DemoFelixAgent(name, self.typha.address, nodes_dir / name / "felix",
-                                                 self.latency, opts.felix_debounce))
-                self.confd.append(DemoConfdAgent(name, self.typha.address, nodes_dir / name / "bird",
-                                                 opts.confd_debounce))
-            for felix, confd in zip(self.felix, self.confd, strict=True):
-                agents.start_soon(self._guard, felix.run, f"felix-client {felix.node}")
-                agents.start_soon(self._guard, confd.run, f"confd-client {confd.node}")
+            names = [node_name(i) for i in range(self.spec.nodes)]
+            count = process_count(len(names), opts.agent_processes)
+            for index in range(count):
+                # Every count-th node: neighbours (and their work) spread evenly over the processes.
+                self.workers.append(AgentWorker(index, names[index::count], self.typha.address, nodes_dir,
+                                                self.out / "demo.log", opts.felix_debounce, opts.confd_debounce,
+                                                self.latency))
+            self.felix = [w.felix[n] for n in names for w in self.workers if n in w.felix]
+            self.confd = [w.confd[n] for n in names for w in self.workers if n in w.confd]
+            self.timings["agent_processes"] = count
+            for worker in self.workers:
+                agents.start_soon(self._run_worker, worker, agents.cancel_scope)
+
+            with trio.move_on_after(opts.sync_timeout) as scope:
+                while not await trio.to_thread.run_sync(self.typha.ready):
+                    if self.typha.process.poll() is not None:
+                        raise _Failed(f"typha serve exited with {self.typha.process.returncode}; "
+                                      f"see {self.typha.log_path}")
+                    await trio.sleep(0.1)
+            if scope.cancelled_caught:
+                raise _Failed(f"typha serve was not ready after {opts.sync_timeout:.0f} s; see {self.typha.log_path}")
+            self.timings["typha_ready"] = time.monotonic() - t1
+
+            self.progress.phase = "agents syncing"
+            t2 = time.monotonic()
+            for worker in self.workers:
+                await worker.send({"start": True})
             try:
                 await wait_until_trio(self._all_written, "every agent's files", timeout=opts.sync_timeout,
                                       interval=0.05)
             except WaitTimeout:
                 raise _Failed(f"not every agent had written its files after {opts.sync_timeout:.0f} s") from None
-            self.timings["agents_in_sync"] = time.monotonic() - t2
+            # From the agents' own clocks (monotonic, shared by every process), not from when we heard.
+            last = max([f.first_apply_at or t2 for f in self.felix] + [c.first_render_at or t2 for c in self.confd])
+            self.timings["agents_in_sync"] = last - t2
 
             self.progress.phase = "churn"
             await self._churn()
@@ -271,14 +289,23 @@ class Demo:
             self.progress.phase = "done"
             if self.typha is not None:
                 self.final_metrics = await trio.to_thread.run_sync(self.typha.metrics)
+            # Stop the workers in order: each sends a last report (final counters) and exits.
+            with trio.move_on_after(15):
+                for worker in self.workers:
+                    await worker.request_stop()
+                for worker in self.workers:
+                    await worker.done.wait()
             agents.cancel_scope.cancel()
+        if self.worker_failure is not None:
+            raise _Failed(self.worker_failure)
 
-    async def _guard(self, run: Any, what: str) -> None:
+    async def _run_worker(self, worker: AgentWorker, scope: trio.CancelScope) -> None:
         try:
-            await run()
-        except Exception:
-            log.exception("%s failed", what)
-            raise
+            await worker.run()
+        except WorkerFailed as failed:
+            log.error("%s; see %s", failed, self.out / "demo.log")
+            self.worker_failure = f"{failed}; see {self.out / 'demo.log'}"
+            scope.cancel()
 
     def _all_written(self) -> bool:
         return (all(f.first_apply_at is not None for f in self.felix)
@@ -311,6 +338,8 @@ class Demo:
         """Write a stamped marker pod last; the stream is ordered, so an agent that received it has
         received every earlier write. Then wait until each has applied after receiving it."""
         marker = str(time.time_ns())
+        for worker in self.workers:
+            await worker.send({"marker": marker})
         op = self.cluster.marker_op(marker)
         self.cluster.apply(self.api, op)
         self.writes[op[0]] += 1
@@ -373,6 +402,9 @@ class Demo:
         samples = self.latency.samples
         felix_sync = [f.first_apply_at - f.started_at for f in self.felix if f.first_apply_at is not None]
         confd_sync = [c.first_render_at - c.started_at for c in self.confd if c.first_render_at is not None]
+        # In sync (the stream's snapshot received) vs. files written: the rest is the agent's own work.
+        felix_in_sync = [f.in_sync_at - f.started_at for f in self.felix if f.in_sync_at is not None]
+        confd_in_sync = [c.in_sync_at - c.started_at for c in self.confd if c.in_sync_at is not None]
         nodes = {}
         for f, c in zip(self.felix, self.confd, strict=True):
             nodes[f.node] = {
@@ -414,6 +446,8 @@ class Demo:
                 "confd_written": len(confd_sync),
                 "felix_applies": sum(f.stats.applies for f in self.felix),
                 "felix_applies_skipped": sum(f.skipped_applies for f in self.felix),
+                "agent_processes": len(self.workers),
+                "agent_processes_cpu_secs": sum(w.cpu_secs for w in self.workers),
                 "confd_renders": sum(c.counters.renders for c in self.confd),
                 "confd_files_written": sum(c.counters.writes for c in self.confd),
                 "time_to_files_secs": {
@@ -421,6 +455,8 @@ class Demo:
                     "felix_max": max(felix_sync) if felix_sync else None,
                     "confd_median": statistics.median(confd_sync) if confd_sync else None,
                     "confd_max": max(confd_sync) if confd_sync else None,
+                    "felix_in_sync_median": statistics.median(felix_in_sync) if felix_in_sync else None,
+                    "confd_in_sync_median": statistics.median(confd_in_sync) if confd_in_sync else None,
                 },
             },
             "churn": {
