@@ -381,7 +381,7 @@ def test_clients_that_cancel_their_stream_are_counted_once_but_not_when_the_serv
     """A client that goes away while its stream waits for updates ends it by cancellation (no write to
     fail): counted as a disconnect all the same, once. Streams the server's own stop cancels are not."""
 
-    async def scenario() -> tuple[float, float]:
+    async def scenario() -> float:
         caches = {"felix": SnapshotCache("felix")}
         caches["felix"].set_status(SyncStatus.IN_SYNC)
         server = SyncServer(caches, ServerSettings(handshake_timeout_secs=5))
