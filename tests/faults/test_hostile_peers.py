@@ -111,7 +111,9 @@ def test_one_socket_cannot_open_more_than_a_few_streams(tmp_path):
 
     async def wave(rig: Rig, serve: ServeProcess, rng: random.Random, measured: bool) -> None:
         streams = STREAM_FLOOD if measured else 50
-        result = await attacks.stream_flood("127.0.0.1", serve.port, streams, settle_secs=5.0)
+        result = await attacks.stream_flood("127.0.0.1", serve.port, streams)
+        # Else `refused` may be short (the accepted streams end at the handshake timeout, 10 s).
+        assert result.all_answered or result.connection_closed, result
         accepted = result.opened - result.refused
         assert accepted <= MAX_STREAMS_PER_CONNECTION, result
         if measured:

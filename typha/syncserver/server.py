@@ -21,6 +21,7 @@ import random
 import socket
 import time
 import uuid
+import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -159,10 +160,24 @@ def _oversized(raw: bytes) -> str:
     return f"a ClientMessage of {len(raw)} bytes is over the limit of {MAX_CLIENT_MESSAGE_BYTES} bytes"
 
 
+# The handler tasks whose stream's end the server has already recorded (as a drop, a disconnect or an end
+# before the hello). gRPC then logs its failure to send their final status from the same task: that is the
+# same end, not another one, so it must not be counted again (_QuietGoneClients).
+_ENDS_RECORDED: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
+
+
+def _current_task() -> asyncio.Task[Any] | None:
+    try:
+        return asyncio.current_task()
+    except RuntimeError:  # gRPC logged from a thread without an event loop
+        return None
+
+
 class _QuietGoneClients(logging.Filter):
     """gRPC's own ERROR line, with traceback, when it cannot send the final status of a stream whose
     client has gone (issue 17: 41 in one run). That is routine for a proxy of thousands of nodes: it is
-    logged at debug, without the traceback, and counted with the other disconnects."""
+    logged at debug, without the traceback, and counted with the other disconnects unless the handler
+    already recorded that stream's end (gRPC logs it from the handler's own task)."""
 
     def __init__(self, metrics: ServerMetrics) -> None:
         super().__init__()
@@ -172,6 +187,11 @@ class _QuietGoneClients(logging.Filter):
         error = record.exc_info[1] if record.exc_info else None
         if not isinstance(error, grpc.aio.InternalError) or "raised in core by servicer method" not in str(record.msg):
             return True
+        task = _current_task()
+        if task is not None and task in _ENDS_RECORDED:
+            log.debug("A client went away before the final status of its (already counted) stream: %s",
+                      clip(str(error)))
+            return False
         log.debug("A client went away before its stream's final status could be sent: %s", clip(str(error)))
         self.metrics.client_errors.labels("disconnected").inc()
         return False
@@ -207,6 +227,7 @@ class SyncServer:
                         for name, cache in self.caches.items()}
         self._server: grpc.aio.Server | None = None
         self._watchdog: asyncio.Task[None] | None = None
+        self.stopping = False  # streams cancelled from now on end because of the server, not their client
         self.port = 0
         # mTLS: awaited first on every stream; aborts the call to refuse the client (typha.syncserver.tls).
         self.authorizer: Callable[[grpc.aio.ServicerContext], Awaitable[None]] | None = None
@@ -263,6 +284,7 @@ class SyncServer:
         return bound
 
     async def stop(self, grace: float | None = 1.0) -> None:
+        self.stopping = True
         if self._watchdog is not None:
             self._watchdog.cancel()
         if self._server is not None:
@@ -332,14 +354,17 @@ class SyncServer:
             await self._end(conn, context, drop)
         except asyncio.CancelledError:
             if conn.drop is None:
-                raise  # the client went away, or the server is stopping
+                # When its peer goes away, gRPC cancels the handler's task as soon as it sees the stream
+                # end, which can come before the failure of a write in flight: the same end as below, so
+                # counted the same way. Or the server is stopping, which ends streams the same way.
+                if not self.stopping:
+                    self._client_left(conn, "its stream was cancelled")
+                raise
             await self._end(conn, context, conn.drop)
         except grpc.aio.InternalError as exc:
             # A write failed because the client went away (gRPC's ExecuteBatchError), typically in the
             # middle of its snapshot. Routine for a proxy of thousands of nodes: no traceback, counted.
-            log.debug("%s (%s %s) went away during a write: %s", conn.peer, clip(conn.hostname),
-                      conn.syncer_type, clip(str(exc)))
-            self.metrics.client_errors.labels("disconnected").inc()
+            self._client_left(conn, f"a write failed: {clip(str(exc))}")
         finally:
             if counted:
                 self.per_ip.release(ip)
@@ -357,7 +382,29 @@ class SyncServer:
                         f"too many connections from {ip} (limit {self.per_ip.limit} per IP)", "per_ip_limit")
         return True
 
+    def _client_left(self, conn: Connection, how: str) -> None:
+        """Record, once per stream, a client that went away on its own (whichever way gRPC reported it)."""
+        self._ended(conn)
+        if conn.reconnect is not None:
+            log.debug("%s (%s %s) left after its Reconnect hint (%s)", conn.peer, clip(conn.hostname),
+                      conn.syncer_type, how)
+            return  # it moved, as asked: not an error
+        if not conn.syncer_type:  # only set once its hello is read
+            log.info("%s ended its stream before a ClientHello (%s)", conn.peer, how)
+            self.metrics.client_errors.labels("ended_before_hello").inc()
+            return
+        # Routine for a proxy of thousands of nodes: no traceback, counted.
+        log.debug("%s (%s %s) went away: %s", conn.peer, clip(conn.hostname), conn.syncer_type, how)
+        self.metrics.client_errors.labels("disconnected").inc()
+
+    @staticmethod
+    def _ended(conn: Connection) -> None:
+        """This stream's end is recorded: gRPC's failure to send its final status is not another one."""
+        if conn.task is not None:
+            _ENDS_RECORDED.add(conn.task)
+
     async def _end(self, conn: Connection, context: grpc.aio.ServicerContext, drop: _Drop) -> None:
+        self._ended(conn)
         log.info("Dropping %s (%s %s): %s", conn.peer, clip(conn.hostname), conn.syncer_type, drop.details)
         self.metrics.connections_dropped.inc()
         if drop.error:
@@ -397,6 +444,7 @@ class SyncServer:
             log.info("%s ended its stream before a ClientHello (it went away, or sent a message over %d bytes)",
                      conn.peer, MAX_INBOUND_MESSAGE_BYTES)
             self.metrics.client_errors.labels("ended_before_hello").inc()
+            self._ended(conn)
             return None
         if len(raw) > MAX_CLIENT_MESSAGE_BYTES:
             raise _Drop(grpc.StatusCode.RESOURCE_EXHAUSTED, _oversized(raw), "oversized")
