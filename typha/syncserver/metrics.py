@@ -51,7 +51,7 @@ _DIGEST_RESYNCS = Counter("typha_client_digest_resyncs",
 # The reasons are fixed words chosen by the server, never client-supplied text. A PlainCounter: tests and
 # dashboards already read it under this name.
 _CLIENT_ERRORS = PlainCounter("typha_client_stream_errors",
-                              "Client streams that ended badly, by reason: a protocol error or limit (the drop reason), "
+                              "Client streams that ended badly by reason: a protocol error or limit (the drop reason), "
                               "ended_before_hello, or disconnected (the client went away mid-stream).",
                               ["reason"])
 _FELL_BEHIND = Counter("typha_client_fell_behind", "Clients dropped for falling behind.")
