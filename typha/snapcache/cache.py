@@ -124,6 +124,12 @@ class CacheLimits:
     max_window_crumbs: int = 100_000
     max_window_bytes: int = 256 * 1024 * 1024
     max_window_age_secs: float = 300.0
+    # A client resuming from further back than this fraction of the KV set's encoded size is better
+    # off with a snapshot: deltas travel uncompressed, and a zstd snapshot is ~17x smaller than the
+    # raw KV set (50,000 pods). Without this cap the window held the whole initial load (every KV a
+    # second time, ~0.4 KB each) for `max_window_age_secs` (docs/memory.md).
+    max_window_kv_fraction: float = 0.1
+    min_window_bytes: int = 4 * 1024 * 1024
     snapshot_chunk_bytes: int = 1024 * 1024
     snapshot_reuse_secs: float = 1.0  # Typha's BinarySnapshotTimeout
     # A joiner given a reused snapshot then receives every KV written since as deltas, uncompressed:
@@ -133,7 +139,9 @@ class CacheLimits:
     snapshot_reuse_max_lag_fraction: float = 0.1
     zstd_level: int = 3
     max_crumb_kvs: int = 1000  # keeps frames well under gRPC's message limit
-    segment_bytes: int = 4 * 1024 * 1024  # bounds one catch-up message for a lagging client
+    # Bounds one catch-up message for a lagging client, and what a trimmed window still pins: a segment
+    # lives while any crumb in it is in the window or on a stream (docs/memory.md).
+    segment_bytes: int = 1024 * 1024
 
 
 @dataclass(slots=True)
@@ -166,6 +174,7 @@ class SnapshotCache:
         self.epoch = uuid.uuid4().hex
         self._kvs: dict[str, _Entry] = {}
         self._digest = 0
+        self._kv_bytes = 0  # encoded keys and values, sizing the resume window
         # The checksum cut into buckets, for clients that resync by digest (typha.syncproto.digests).
         self.buckets = BucketDigests()
         self.status = SyncStatus.WAIT_FOR_READY
@@ -284,16 +293,19 @@ class SnapshotCache:
     def _added(self, key: str, value: bytes) -> None:
         value_hash = kv_hash(key, value)
         self._digest ^= value_hash
+        self._kv_bytes += len(key) + len(value)
         self.buckets.add(key, value_hash)
 
     def _removed(self, key: str, value: bytes) -> None:
         value_hash = kv_hash(key, value)
         self._digest ^= value_hash
+        self._kv_bytes -= len(key) + len(value)
         self.buckets.discard(key, value_hash)
 
     def _changed(self, key: str, old: bytes, new: bytes) -> None:
         old_hash, new_hash = kv_hash(key, old), kv_hash(key, new)
         self._digest ^= old_hash ^ new_hash
+        self._kv_bytes += len(new) - len(old)
         self.buckets.change(key, old_hash, new_hash)
 
     def set_status(self, status: SyncStatus) -> None:
@@ -343,9 +355,11 @@ class SnapshotCache:
         limits = self.limits
         window = self._window
         horizon = self._clock() - limits.max_window_age_secs
+        max_bytes = min(limits.max_window_bytes,
+                        max(limits.min_window_bytes, int(self._kv_bytes * limits.max_window_kv_fraction)))
         while len(window) > 1 and (
             len(window) > limits.max_window_crumbs
-            or self._window_bytes > limits.max_window_bytes
+            or self._window_bytes > max_bytes
             or window[0].timestamp < horizon
         ):
             self._window_bytes -= window.popleft().size
@@ -368,6 +382,7 @@ class SnapshotCache:
         self.epoch = epoch
         self._kvs = table
         self._digest = digest
+        self._kv_bytes = sum(len(key) + len(entry.value) for key, entry in table.items())
         self.buckets = BucketDigests.of(hashes)
         self.status = status
         root = Breadcrumb(sequence, self._clock(), None, 0, 0, 0, status, digest, len(table), is_deltas=False)
