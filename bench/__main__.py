@@ -19,6 +19,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "snapshot": ("bench.snapshot", "K keys to M clients joining at once: time to first in-sync, server CPU"),
     "soak": ("bench.soak", "steady churn plus periodic faults: RSS and fds over time, the guarantee checker's verdict"),
     "memory": ("bench.memory", "typha RSS in sync with K pods for several K, and tracemalloc of where it goes"),
+    "ceiling": ("bench.ceiling", "a bare grpc.aio server broadcasting pre-encoded messages: the floor for fanout CPU"),
     "report": ("bench.report", "plots (latency CDFs, deliveries/s and RSS vs clients, storm) from result JSON files"),
 }
 
