@@ -498,6 +498,7 @@ class SyncServer:
         exact = conn.supports(FEATURE_EXACT_CRUMBS) and not conn.supports(FEATURE_CRUMB_RUNS)
         observe_latency = self.metrics.client_latency.observe
         monotonic = time.monotonic
+        write = context.write
         while True:
             crumb = conn.position
             if crumb.next is None and not conn.client_closed and conn.reconnect is None:
@@ -516,10 +517,15 @@ class SyncServer:
             first = crumb.next
             if first is not None:
                 data, last = (first.frame, first) if exact else first.run_to_newest()
-                await self._write(conn, context, data)
+                # self._write inlined: a coroutine and a clock read less per delivery, for every client.
+                conn.writing_since = monotonic()
+                await write(data)
+                conn.writing_since = 0.0
                 conn.position = crumb = last
-                observe_latency(monotonic() - last.timestamp)
-            now = monotonic()
+                now = monotonic()
+                observe_latency(now - last.timestamp)
+            else:
+                now = monotonic()
             if now >= next_ping:
                 if now - conn.last_pong > settings.pong_timeout_secs:
                     raise _Drop(grpc.StatusCode.DEADLINE_EXCEEDED,
