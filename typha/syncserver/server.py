@@ -28,6 +28,7 @@ import grpc
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import Summary
 
 from typha import __version__
 from typha.config import TyphaConfig
@@ -154,6 +155,28 @@ def _frame(**payload: Any) -> bytes:
     return pb.ServerMessage(**payload).SerializeToString()
 
 
+class _LatencyTally:
+    """Ages of completed writes, summed on the hot path and folded into the latency Summary per tick.
+
+    `Summary.observe` takes two locks (about 4 µs, a tenth of a message's whole cost) per client per
+    message; two float additions do the same job, and the watchdog's tick adds them in at once.
+    """
+
+    __slots__ = ("count", "total")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.total = 0.0
+
+    def flush(self, summary: Summary) -> None:
+        count, total = self.count, self.total
+        if count:
+            self.count, self.total = 0, 0.0
+            # What observe() does per call (prometheus_client 0.2x), once for the whole tick.
+            summary._count.inc(count)
+            summary._sum.inc(total)
+
+
 class SyncServer:
     def __init__(
         self,
@@ -169,6 +192,7 @@ class SyncServer:
         # Streams accepted whose hello has not been handled yet: they count toward the connection limit.
         self.awaiting_hello = 0
         self.metrics = ServerMetrics()
+        self._latency = _LatencyTally()
         self.health = health.aio.HealthServicer()
         self.draining = False
         self._feature_sets: dict[frozenset[str], frozenset[str]] = {}
@@ -496,7 +520,7 @@ class SyncServer:
         next_checksum = 0.0  # first one as soon as the client is in sync
         send_checksums = conn.supports(FEATURE_CHECKSUM)
         exact = conn.supports(FEATURE_EXACT_CRUMBS) and not conn.supports(FEATURE_CRUMB_RUNS)
-        observe_latency = self.metrics.client_latency.observe
+        latency = self._latency
         monotonic = time.monotonic
         write = context.write
         while True:
@@ -523,7 +547,8 @@ class SyncServer:
                 conn.writing_since = 0.0
                 conn.position = crumb = last
                 now = monotonic()
-                observe_latency(now - last.timestamp)
+                latency.count += 1
+                latency.total += now - last.timestamp
             else:
                 now = monotonic()
             if now >= next_ping:
@@ -567,6 +592,7 @@ class SyncServer:
         settings = self.settings
         while True:
             await asyncio.sleep(self.tick_secs)
+            self._latency.flush(self.metrics.client_latency)
             for cache in self.caches.values():
                 cache.wake_all()
             now = time.monotonic()
