@@ -124,12 +124,14 @@ class CacheLimits:
     max_window_crumbs: int = 100_000
     max_window_bytes: int = 256 * 1024 * 1024
     max_window_age_secs: float = 300.0
-    # A client resuming from further back than this fraction of the KV set's encoded size is better
-    # off with a snapshot: deltas travel uncompressed, and a zstd snapshot is ~17x smaller than the
-    # raw KV set (50,000 pods). Without this cap the window held the whole initial load (every KV a
-    # second time, ~0.4 KB each) for `max_window_age_secs` (docs/memory.md).
+    # Crumbs minted before the cache was first in sync (the initial load: every KV once, as frames)
+    # serve only a client that joined mid-load and still lags; everyone else gets a snapshot. Keeping
+    # them all for `max_window_age_secs` held every KV a second time (~0.4 KB each, docs/memory.md), so
+    # they are kept only up to this fraction of the KV set's encoded size, never below
+    # `min_window_bytes`. Crumbs minted in sync stay under the limits above: a lagging stream is
+    # positioned on them, and leaving the window drops it.
     max_window_kv_fraction: float = 0.1
-    min_window_bytes: int = 4 * 1024 * 1024
+    min_window_bytes: int = 1024 * 1024
     snapshot_chunk_bytes: int = 1024 * 1024
     snapshot_reuse_secs: float = 1.0  # Typha's BinarySnapshotTimeout
     # A joiner given a reused snapshot then receives every KV written since as deltas, uncompressed:
@@ -355,12 +357,12 @@ class SnapshotCache:
         limits = self.limits
         window = self._window
         horizon = self._clock() - limits.max_window_age_secs
-        max_bytes = min(limits.max_window_bytes,
-                        max(limits.min_window_bytes, int(self._kv_bytes * limits.max_window_kv_fraction)))
+        load_bytes = max(limits.min_window_bytes, int(self._kv_bytes * limits.max_window_kv_fraction))
         while len(window) > 1 and (
             len(window) > limits.max_window_crumbs
-            or self._window_bytes > max_bytes
+            or self._window_bytes > limits.max_window_bytes
             or window[0].timestamp < horizon
+            or (window[0].status is not SyncStatus.IN_SYNC and self._window_bytes > load_bytes)
         ):
             self._window_bytes -= window.popleft().size
 
