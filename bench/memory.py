@@ -31,29 +31,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated pod counts; 0 measures the empty process")
     parser.add_argument("--nodes", type=int, default=50)
     parser.add_argument("--settle", type=float, default=2.0, help="seconds between ready and reading RSS")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="typha serve --workers N: above 1, RSS is reported per process (ingest, workers)")
     parser.add_argument("--tracemalloc", action="store_true",
                         help="also trace the largest size's live allocations (a separate, slower run)")
     parser.add_argument("--top", type=int, default=15, help="allocation sites listed with --tracemalloc")
     parser.add_argument("--json", metavar="OUT", help="write the results here as JSON")
 
 
-def measure_rss(keys: int, nodes: int, settle: float) -> dict[str, Any]:
+def measure_rss(keys: int, nodes: int, settle: float, workers: int = 1) -> dict[str, Any]:
     api = EmulatorProcess(keys, nodes)
     typha = None
     try:
         hello = api.start()
         port, health_port = free_port(), free_port()
-        typha = start_typha(hello["kubeconfig"], port, health_port, pin=False)
+        typha = start_typha(hello["kubeconfig"], port, health_port, pin=False, workers=workers)
         started = time.perf_counter()
         wait_ready(health_port, 900)
         sync_secs = time.perf_counter() - started
         time.sleep(settle)
-        rss = psutil.Process(typha.pid).memory_info().rss
+        process = psutil.Process(typha.pid)
+        rss = process.memory_info().rss
+        # Under --workers the first process supervises; the ingest and the workers are its children.
+        children = [child.memory_info().rss / 2**20 for child in process.children()]
     finally:
         if typha is not None:
             stop_process(typha, grace=10, kill_wait=10)
         api.stop()
-    return {"keys": keys, "rss_mb": rss / 2**20, "sync_secs": sync_secs}
+    return {"keys": keys, "rss_mb": rss / 2**20, "children_rss_mb": children,
+            "total_rss_mb": rss / 2**20 + sum(children), "sync_secs": sync_secs}
 
 
 def _traced_child(kubeconfig: str, top: int, conn: Any) -> None:
@@ -121,10 +127,10 @@ def measure_traced(keys: int, nodes: int, top: int) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     sizes = sorted({int(k) for k in args.keys.split(",") if k.strip()})
-    results: dict[str, Any] = {"benchmark": "memory", "sizes": []}
+    results: dict[str, Any] = {"benchmark": "memory", "workers": args.workers, "sizes": []}
     for keys in sizes:
-        results["sizes"].append(measure_rss(keys, args.nodes, args.settle))
-    empty = next((s["rss_mb"] for s in results["sizes"] if s["keys"] == 0), None)
+        results["sizes"].append(measure_rss(keys, args.nodes, args.settle, args.workers))
+    empty = next((s["total_rss_mb"] for s in results["sizes"] if s["keys"] == 0), None)
     results["empty_rss_mb"] = empty
     if args.tracemalloc and sizes:
         results["traced"] = measure_traced(max(sizes), args.nodes, args.top)
@@ -138,8 +144,11 @@ def table_rows(r: dict[str, Any]) -> list[tuple[str, str]]:
     for s in r["sizes"]:
         extra = ""
         if empty is not None and s["keys"]:
-            extra = f", {(s['rss_mb'] - empty) * 2**20 / s['keys']:,.0f} B per pod above the empty process"
+            extra = f", {(s['total_rss_mb'] - empty) * 2**20 / s['keys']:,.0f} B per pod above the empty process"
         rows.append((f"RSS, {s['keys']:,} pods", f"{s['rss_mb']:.1f} MB (in sync after {s['sync_secs']:.1f} s{extra})"))
+        if s.get("children_rss_mb"):
+            rows.append(("  its child processes", ", ".join(f"{mb:.1f} MB" for mb in s["children_rss_mb"])
+                         + f" (all processes: {s['total_rss_mb']:.1f} MB)"))
     traced = r.get("traced")
     if traced:
         rows.append((f"traced, {traced['keys']:,} pods",

@@ -18,7 +18,7 @@ def test_memory_reports_rss_per_size_and_traced_sites(tmp_path: Path, capsys) ->
     results = json.loads(out.read_text())
     assert [s["keys"] for s in results["sizes"]] == [0, 200]
     assert all(s["rss_mb"] > 0 for s in results["sizes"])
-    assert results["empty_rss_mb"] == results["sizes"][0]["rss_mb"]
+    assert results["empty_rss_mb"] == results["sizes"][0]["rss_mb"] == results["sizes"][0]["total_rss_mb"]
     traced = results["traced"]
     assert traced["keys"] == 200
     assert 0 < traced["traced_mb"] <= traced["traced_peak_mb"]
