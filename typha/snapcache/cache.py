@@ -376,16 +376,28 @@ class SnapshotCache:
         Keeping the upstream's epoch and sequence numbers is what lets a client resume on any replica
         that follows the same upstream (a fan-out worker that died, another Typha of the hierarchy).
         """
-        table = {key: _Entry(value, revision) for key, value, revision in kvs}
-        hashes = [(key, kv_hash(key, entry.value)) for key, entry in table.items()]
-        digest = 0
-        for _, value_hash in hashes:
+        # One pass, no list of (key, hash) beside the table: a worker builds this from a whole snapshot,
+        # and whatever is alive at that peak stays in its RSS (docs/memory.md).
+        table: dict[str, _Entry] = {}
+        buckets = BucketDigests()
+        digest = kv_bytes = 0
+        for key, value, revision in kvs:
+            old = table.get(key)
+            if old is not None:  # a repeated key: the last one wins, as the dict comprehension did
+                value_hash = kv_hash(key, old.value)
+                digest ^= value_hash
+                kv_bytes -= len(key) + len(old.value)
+                buckets.discard(key, value_hash)
+            table[key] = _Entry(value, revision)
+            value_hash = kv_hash(key, value)
             digest ^= value_hash
+            kv_bytes += len(key) + len(value)
+            buckets.add(key, value_hash)
         self.epoch = epoch
         self._kvs = table
         self._digest = digest
-        self._kv_bytes = sum(len(key) + len(entry.value) for key, entry in table.items())
-        self.buckets = BucketDigests.of(hashes)
+        self._kv_bytes = kv_bytes
+        self.buckets = buckets
         self.status = status
         root = Breadcrumb(sequence, self._clock(), None, 0, 0, 0, status, digest, len(table), is_deltas=False)
         self._newest = root
