@@ -21,6 +21,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "memory": ("bench.memory", "typha RSS in sync with K pods for several K, and tracemalloc of where it goes"),
     "ceiling": ("bench.ceiling", "a bare grpc.aio server broadcasting pre-encoded messages: the floor for fanout CPU"),
     "tree": ("bench.tree", "ingest typha, relays following it, clients spread over them: API watches, p99"),
+    "streamcost": ("bench.streamcost", "typha's own Python per client per message, gRPC taken out (CPU time)"),
     "report": ("bench.report", "plots (latency CDFs, deliveries/s and RSS vs clients, storm) from result JSON files"),
 }
 
