@@ -19,6 +19,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "resync": ("bench.resync", "digest-resync vs snapshot: bytes and CPU of a client moving to another replica"),
     "snapshot": ("bench.snapshot", "K keys to M clients joining at once: time to first in-sync, server CPU"),
     "soak": ("bench.soak", "steady churn plus periodic faults: RSS and fds over time, the guarantee checker's verdict"),
+    "memory": ("bench.memory", "typha RSS in sync with K pods for several K, and tracemalloc of where it goes"),
+    "ceiling": ("bench.ceiling", "a bare grpc.aio server broadcasting pre-encoded messages: the floor for fanout CPU"),
+    "tree": ("bench.tree", "ingest typha, relays following it, clients spread over them: API watches, p99"),
+    "streamcost": ("bench.streamcost", "typha's own Python per client per message, gRPC taken out (CPU time)"),
     "report": ("bench.report", "plots (latency CDFs, deliveries/s and RSS vs clients, storm) from result JSON files"),
 }
 

@@ -49,6 +49,8 @@ def _child(pods: int, nodes: int, cpus: set[int] | None, conn: Any) -> None:
         command, args = conn.recv()
         if command == "churn":
             conn.send(_churn(api, pods, **args))
+        elif command == "stats":
+            conn.send(api.stats())
         elif command == "stop":
             api.stop()
             conn.send({})
@@ -95,6 +97,14 @@ class EmulatorProcess:
         if not self._conn.poll(timeout):
             raise TimeoutError("churn did not finish")
         return self._conn.recv()
+
+    def stats(self, timeout: float = 60) -> dict[str, Any]:
+        """The emulator's request counters and open watches (not while a churn is running)."""
+        self._conn.send(("stats", {}))
+        if not self._conn.poll(timeout):
+            raise TimeoutError("the API emulator did not answer")
+        stats: dict[str, Any] = self._conn.recv()
+        return stats
 
     def stop(self) -> None:
         try:

@@ -24,6 +24,8 @@ import psutil
 
 from bench import h2sink, sink
 from bench.apiproc import EmulatorProcess
+from bench.ceiling import measure as measure_ceiling
+from bench.ceiling import table_rows as ceiling_table_rows
 from bench.output import report
 from typha.testing.procs import free_port
 
@@ -42,6 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--probe-every", type=int, default=50, help="every Nth client records latencies")
     parser.add_argument("--sink", choices=sorted(SINKS), default="h2", help="load client implementation")
     parser.add_argument("--no-pin", action="store_true", help="do not pin the server to core 0")
+    parser.add_argument("--ceiling", action="store_true",
+                        help="then run `bench ceiling` at this run's clients, message rate and size, and print "
+                             "typha's CPU per delivery as a ratio to it")
     parser.add_argument("--json", metavar="OUT", help="write the results here as JSON")
 
 
@@ -239,12 +244,28 @@ def run(args: argparse.Namespace) -> int:
         except subprocess.TimeoutExpired:
             typha.kill()
         api.stop()
+    if args.ceiling:
+        run_ceiling(results, args)
     report(table_rows(results), results, args.json)
     return 0
 
 
+def run_ceiling(results: dict[str, Any], args: argparse.Namespace) -> None:
+    """The same fan-out (clients, messages/s each, KVs and bytes per message) from a bare grpc.aio server."""
+    messages = results["messages_per_sec"] * results["elapsed_secs"]
+    ceiling = measure_ceiling(
+        args.clients, rate=results["messages_per_sec"] / max(args.clients, 1), duration=args.duration,
+        kvs_per_message=max(1, round(results["kvs_per_message"])),
+        message_bytes=int(results["mbytes_per_sec"] * results["elapsed_secs"] * 2**20 / max(messages, 1)),
+        client_processes=args.client_processes, pin=not args.no_pin)
+    results["ceiling"] = ceiling
+    results["ceiling_ratio"] = (results["server_cpu_usec_per_delivery"]
+                                / max(ceiling["server_cpu_usec_per_delivery"], 1e-9))
+
+
 def table_rows(r: dict[str, Any]) -> list[tuple[str, str]]:
     return [
+        *ceiling_rows(r),
         ("clients in sync", f"{r['clients_in_sync']}/{r['clients']} in {r['connect_all_secs']:.2f} s"),
         ("churn", f"{r['writes']} pod writes at {r['rate']:.0f}/s over {r['write_secs']:.2f} s, {r['keys']} pods"),
         ("deliveries", f"{r['deliveries']:,} of {r['deliveries_expected']:,}"),
@@ -262,3 +283,12 @@ def table_rows(r: dict[str, Any]) -> list[tuple[str, str]]:
                                  + ", ".join(f"{secs * 1000:.0f} ms" for secs in r["joiner_snapshot_secs"])
                                  + " (first builds the snapshot, later ones share it)"),
     ]
+
+
+def ceiling_rows(r: dict[str, Any]) -> list[tuple[str, str]]:
+    if "ceiling" not in r:
+        return []
+    c = r["ceiling"]
+    ratio = (f"{r['ceiling_ratio']:.2f} (typha {r['server_cpu_usec_per_delivery']:.3f} µs/delivery, "
+             f"bare grpc.aio {c['server_cpu_usec_per_delivery']:.3f} µs/delivery, same run)")
+    return [("typha / ceiling CPU per delivery", ratio), *ceiling_table_rows(c)]

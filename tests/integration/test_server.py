@@ -341,3 +341,36 @@ def test_drain_sends_reconnect_hints_then_closes():
             await late.close()
 
     run(scenario)
+
+
+def _summary_count(name: str, syncer: str) -> float:
+    return REGISTRY.get_sample_value(f"{name}_count", {"syncer": syncer}) or 0.0
+
+
+def test_per_delivery_summaries_are_observed_on_the_watchdogs_tick():
+    """Latency, write latency and KVs per message are batched per delivery and folded in per tick: every
+    delivery is still counted once, with Typha's syncer label."""
+    names = ("typha_client_latency_secs", "typha_client_write_latency_secs", "typha_kvs_per_msg")
+
+    async def scenario() -> None:
+        async with serving(ServerSettings(handshake_timeout_secs=2, watchdog_interval_secs=0.05)) as (server, caches):
+            felix = caches["felix"]
+            felix.apply([put("/a", 1)])
+            felix.set_status(SyncStatus.IN_SYNC)
+            before = {name: _summary_count(name, "felix") for name in names}
+            client = RawClient(server.port)
+            await client.hello(features=())
+            await client.read_snapshot()
+            deliveries = 5
+            for n in range(deliveries):
+                felix.apply([put(f"/d{n}", n, str(n + 2))])
+                await client.read_kind("deltas")
+            await asyncio.sleep(server.tick_secs * 3)
+            counted = {name: _summary_count(name, "felix") - before[name] for name in names}
+            assert counted["typha_client_latency_secs"] == deliveries
+            assert counted["typha_kvs_per_msg"] == deliveries
+            # Every write is timed: the deltas, and the hello, snapshot and status before them.
+            assert counted["typha_client_write_latency_secs"] >= deliveries + 3
+            await client.close()
+
+    run(scenario)

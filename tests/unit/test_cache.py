@@ -149,6 +149,25 @@ def test_resume_window_is_bounded_by_count_and_epoch():
         cache.crumb_after(cache.epoch, cache.newest.sequence + 1)
 
 
+def test_initial_load_crumbs_are_kept_only_up_to_a_fraction_of_the_kv_set_once_in_sync():
+    cache = new_cache(max_window_kv_fraction=0.1, min_window_bytes=500, max_crumb_kvs=1)
+    cache.set_status(SyncStatus.RESYNC)
+    cache.apply([Update(f"/load/{i}", {"v": "x" * 40}, str(i)) for i in range(200)])
+    loaded = cache.newest.sequence
+    kv_bytes = sum(len(key) + len(value) for key, value, _ in cache.items())
+    # Still loading: nothing beyond the floor or the fraction is kept either.
+    assert cache._window_bytes <= max(500, kv_bytes // 10)
+    assert cache.oldest.sequence > 10
+    cache.set_status(SyncStatus.IN_SYNC)
+    in_sync = cache.newest.sequence
+    # Crumbs minted in sync are bounded by the ordinary limits only: a lagging stream stands on them.
+    for i in range(200):
+        cache.apply([Update(f"/load/{i}", {"v": "y" * 40}, str(1000 + i))])
+    assert cache.oldest.sequence <= in_sync
+    assert cache.crumb_after(cache.epoch, in_sync).sequence == in_sync
+    assert cache.oldest.sequence > loaded - 200
+
+
 def test_resume_window_is_bounded_by_age():
     now = [100.0]
     cache = SnapshotCache("age", limits=CacheLimits(max_window_age_secs=10), clock=lambda: now[0])

@@ -124,6 +124,14 @@ class CacheLimits:
     max_window_crumbs: int = 100_000
     max_window_bytes: int = 256 * 1024 * 1024
     max_window_age_secs: float = 300.0
+    # Crumbs minted before the cache was first in sync (the initial load: every KV once, as frames)
+    # serve only a client that joined mid-load and still lags; everyone else gets a snapshot. Keeping
+    # them all for `max_window_age_secs` held every KV a second time (~0.4 KB each, docs/memory.md), so
+    # they are kept only up to this fraction of the KV set's encoded size, never below
+    # `min_window_bytes`. Crumbs minted in sync stay under the limits above: a lagging stream is
+    # positioned on them, and leaving the window drops it.
+    max_window_kv_fraction: float = 0.1
+    min_window_bytes: int = 1024 * 1024
     snapshot_chunk_bytes: int = 1024 * 1024
     snapshot_reuse_secs: float = 1.0  # Typha's BinarySnapshotTimeout
     # A joiner given a reused snapshot then receives every KV written since as deltas, uncompressed:
@@ -133,7 +141,9 @@ class CacheLimits:
     snapshot_reuse_max_lag_fraction: float = 0.1
     zstd_level: int = 3
     max_crumb_kvs: int = 1000  # keeps frames well under gRPC's message limit
-    segment_bytes: int = 4 * 1024 * 1024  # bounds one catch-up message for a lagging client
+    # Bounds one catch-up message for a lagging client, and what a trimmed window still pins: a segment
+    # lives while any crumb in it is in the window or on a stream (docs/memory.md).
+    segment_bytes: int = 1024 * 1024
 
 
 @dataclass(slots=True)
@@ -166,6 +176,7 @@ class SnapshotCache:
         self.epoch = uuid.uuid4().hex
         self._kvs: dict[str, _Entry] = {}
         self._digest = 0
+        self._kv_bytes = 0  # encoded keys and values, sizing the resume window
         # The checksum cut into buckets, for clients that resync by digest (typha.syncproto.digests).
         self.buckets = BucketDigests()
         self.status = SyncStatus.WAIT_FOR_READY
@@ -284,16 +295,19 @@ class SnapshotCache:
     def _added(self, key: str, value: bytes) -> None:
         value_hash = kv_hash(key, value)
         self._digest ^= value_hash
+        self._kv_bytes += len(key) + len(value)
         self.buckets.add(key, value_hash)
 
     def _removed(self, key: str, value: bytes) -> None:
         value_hash = kv_hash(key, value)
         self._digest ^= value_hash
+        self._kv_bytes -= len(key) + len(value)
         self.buckets.discard(key, value_hash)
 
     def _changed(self, key: str, old: bytes, new: bytes) -> None:
         old_hash, new_hash = kv_hash(key, old), kv_hash(key, new)
         self._digest ^= old_hash ^ new_hash
+        self._kv_bytes += len(new) - len(old)
         self.buckets.change(key, old_hash, new_hash)
 
     def set_status(self, status: SyncStatus) -> None:
@@ -343,10 +357,12 @@ class SnapshotCache:
         limits = self.limits
         window = self._window
         horizon = self._clock() - limits.max_window_age_secs
+        load_bytes = max(limits.min_window_bytes, int(self._kv_bytes * limits.max_window_kv_fraction))
         while len(window) > 1 and (
             len(window) > limits.max_window_crumbs
             or self._window_bytes > limits.max_window_bytes
             or window[0].timestamp < horizon
+            or (window[0].status is not SyncStatus.IN_SYNC and self._window_bytes > load_bytes)
         ):
             self._window_bytes -= window.popleft().size
 
@@ -360,15 +376,28 @@ class SnapshotCache:
         Keeping the upstream's epoch and sequence numbers is what lets a client resume on any replica
         that follows the same upstream (a fan-out worker that died, another Typha of the hierarchy).
         """
-        table = {key: _Entry(value, revision) for key, value, revision in kvs}
-        hashes = [(key, kv_hash(key, entry.value)) for key, entry in table.items()]
-        digest = 0
-        for _, value_hash in hashes:
+        # One pass, no list of (key, hash) beside the table: a worker builds this from a whole snapshot,
+        # and whatever is alive at that peak stays in its RSS (docs/memory.md).
+        table: dict[str, _Entry] = {}
+        buckets = BucketDigests()
+        digest = kv_bytes = 0
+        for key, value, revision in kvs:
+            old = table.get(key)
+            if old is not None:  # a repeated key: the last one wins, as the dict comprehension did
+                value_hash = kv_hash(key, old.value)
+                digest ^= value_hash
+                kv_bytes -= len(key) + len(old.value)
+                buckets.discard(key, value_hash)
+            table[key] = _Entry(value, revision)
+            value_hash = kv_hash(key, value)
             digest ^= value_hash
+            kv_bytes += len(key) + len(value)
+            buckets.add(key, value_hash)
         self.epoch = epoch
         self._kvs = table
         self._digest = digest
-        self.buckets = BucketDigests.of(hashes)
+        self._kv_bytes = kv_bytes
+        self.buckets = buckets
         self.status = status
         root = Breadcrumb(sequence, self._clock(), None, 0, 0, 0, status, digest, len(table), is_deltas=False)
         self._newest = root
@@ -493,31 +522,60 @@ class LoopFeeder:
 
     At most `max_in_flight` batches wait on the loop; beyond that the source's thread blocks, which
     back-pressures the reflectors instead of queueing without bound.
+
+    Batches that arrive while the loop is busy are applied together, in order, by one callback: one
+    crumb (and one wake-up of every waiting stream) for all of them instead of one each. Under churn
+    the loop is busy writing to clients, so a watch event at a time (1,000 writes/s) would otherwise
+    mint a crumb per write, wake every idle stream per write, and cross threads per write.
     """
 
     def __init__(self, cache: SnapshotCache, loop: asyncio.AbstractEventLoop, max_in_flight: int = 8) -> None:
         self.cache = cache
         self.loop = loop
         self._slots = threading.BoundedSemaphore(max_in_flight)
+        self._lock = threading.Lock()
+        self._pending: list[tuple[bool, Any]] = []  # (is_status, updates or status), in arrival order
+        self._scheduled = False
 
-    def _run(self, fn: Any, arg: Any) -> None:
+    def _drain(self) -> None:
+        with self._lock:
+            items, self._pending = self._pending, []
+            self._scheduled = False
         try:
-            fn(arg)
+            updates: list[Update] = []
+            for is_status, arg in items:
+                if not is_status:
+                    updates.extend(arg)
+                    continue
+                if updates:  # a status change comes after the updates that preceded it, never merged
+                    self.cache.apply(updates)
+                    updates = []
+                self.cache.set_status(arg)
+            if updates:
+                self.cache.apply(updates)
         finally:
-            self._slots.release()
+            self._slots.release(len(items))
 
-    def _submit(self, fn: Any, arg: Any) -> None:
+    def _submit(self, is_status: bool, arg: Any) -> None:
         # Wake now and then to notice a loop that closed under us (shutdown): drop, never hang.
         while not self._slots.acquire(timeout=1.0):
             if self.loop.is_closed():
                 return
+        with self._lock:
+            self._pending.append((is_status, arg))
+            if self._scheduled:
+                return
+            self._scheduled = True
         try:
-            self.loop.call_soon_threadsafe(self._run, fn, arg)
+            self.loop.call_soon_threadsafe(self._drain)
         except RuntimeError:  # loop closed
-            self._slots.release()
+            with self._lock:
+                self._slots.release(len(self._pending))
+                self._pending = []
+                self._scheduled = False
 
     def on_updates(self, updates: list[Update]) -> None:
-        self._submit(self.cache.apply, updates)
+        self._submit(False, updates)
 
     def on_status(self, status: SyncStatus) -> None:
-        self._submit(self.cache.set_status, status)
+        self._submit(True, status)

@@ -82,7 +82,7 @@ class _Window:
         return [(q, live[min(len(live) - 1, int(q * len(live)))]) for q in QUANTILES]
 
 
-class _Child:
+class SummaryChild:
     def __init__(self, parent: QuantileSummary, window: _Window, backing: Summary | None) -> None:
         self._parent = parent
         self._window = window
@@ -93,6 +93,16 @@ class _Child:
             self._window.observe(value, self._parent._clock())
         if self._backing is not None:
             self._backing.observe(value)
+
+    def observe_many(self, values: list[float]) -> None:
+        """Several observations at one moment, under one lock (the server batches its per-delivery ones)."""
+        with self._parent._lock:
+            now = self._parent._clock()
+            for value in values:
+                self._window.observe(value, now)
+        if self._backing is not None:
+            for value in values:
+                self._backing.observe(value)
 
 
 class QuantileSummary(Collector):
@@ -114,14 +124,14 @@ class QuantileSummary(Collector):
         self._lock = threading.Lock()
         self._clock = time.monotonic
         self._windows: dict[tuple[str, ...], _Window] = {}
-        self._children: dict[tuple[str, ...], _Child] = {}
+        self._children: dict[tuple[str, ...], SummaryChild] = {}
         self._backing: Summary | None = None
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             self._backing = Summary(name, documentation, self.labelnames, registry=registry)
         elif registry is not None:
             registry.register(self)
 
-    def labels(self, *values: str) -> _Child:
+    def labels(self, *values: str) -> SummaryChild:
         key = tuple(str(value) for value in values)
         if len(key) != len(self.labelnames):
             raise ValueError(f"{self.name}: expected labels {self.labelnames}, got {key}")
@@ -130,7 +140,7 @@ class QuantileSummary(Collector):
             with self._lock:
                 window = self._windows.setdefault(key, _Window(self.max_age_secs, self.age_buckets))
             backing = self._backing.labels(*key) if self._backing is not None and key else self._backing
-            child = self._children.setdefault(key, _Child(self, window, backing))
+            child = self._children.setdefault(key, SummaryChild(self, window, backing))
         return child
 
     def observe(self, value: float) -> None:

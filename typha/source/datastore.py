@@ -7,7 +7,9 @@ job (docs/architecture.md §5.2), which is where `typha_updates_skipped` counts 
 
 A `Datastore` runs one reflector per resource kind, shared by every syncer that needs the kind, and
 hands their output to the syncers on a single ingest thread through a bounded queue, so that a slow
-consumer back-pressures the reflectors instead of growing memory.
+consumer back-pressures the reflectors instead of growing memory. The queue is short on purpose: it
+holds parsed API objects (a few KB each, up to 500 per batch), which are the largest thing typha ever
+holds, and a long queue filled by an initial list set the process's peak (docs/memory.md).
 
 Calico's own kinds are read from `crd.projectcalico.org/v1` or `projectcalico.org/v3`, decided once
 at start as libcalico-go decides it (`calico_api_group`).
@@ -26,7 +28,7 @@ from prometheus_client import Counter
 
 from typha.client.events import SyncCallbacks
 from typha.kube.client import KubeClient
-from typha.kube.reflector import Event, EventType, Reflector, object_id
+from typha.kube.reflector import Event, EventType, ObjectId, Reflector, object_id
 from typha.model import convert
 from typha.model.convert.base import Converter
 from typha.model.kv import SyncStatus, Update
@@ -118,7 +120,9 @@ class Syncer:
         self._group_chosen = api_group is not None or self._fixed_converters
         self.converters = dict(converters if converters is not None else converters_for(syncer_type, self.api_group))
         self.resources: list[Resource] = [by_key(key) for key in self.converters]
-        self._owned: dict[OwnerId, tuple[str, ...]] = {}
+        # resource key -> object -> the key it produced, or the keys when several (usually one: a str
+        # saves a tuple per object). The key strings are the cache's own, so this costs a dict slot.
+        self._owned: dict[str, dict[ObjectId, str | tuple[str, ...]]] = {}
         self._claims: dict[str, dict[OwnerId, Any]] = {}  # key -> claimant -> value, CONTENT_KEYED kinds only
         self._synced: set[str] = set()
         self.status = SyncStatus.WAIT_FOR_READY
@@ -129,7 +133,7 @@ class Syncer:
 
     def use_api_group(self, api_group: str) -> None:
         """Read Calico's kinds from `api_group`; only before any event (the Datastore calls it)."""
-        if self._owned or self._synced:
+        if any(self._owned.values()) or self._synced:
             raise RuntimeError("the Calico API group cannot change once the syncer has seen objects")
         self.api_group = api_group
         self._group_chosen = True
@@ -153,25 +157,28 @@ class Syncer:
             self._set_status(SyncStatus.RESYNC)
         converter = self.converters[resource.key]
         shared_keys = resource.key in CONTENT_KEYED
+        owned = self._owned.setdefault(resource.key, {})
         updates: list[Update] = []
         for event in events:
-            namespace, name = object_id(event.obj)
-            owner = (resource.key, namespace, name)
+            oid = event.oid or object_id(event.obj)
             revision = str(event.obj["metadata"].get("resourceVersion") or "")
-            old_keys = self._owned.get(owner, ())
+            held = owned.get(oid, ())
+            old_keys = (held,) if isinstance(held, str) else held
             kvs = self._convert(converter, resource, event.obj) if event.type is EventType.SET else []
             new_keys = tuple(key for key, _ in kvs)
             if shared_keys:
-                updates.extend(self._claim(owner, old_keys, kvs, revision))
+                updates.extend(self._claim((resource.key, *oid), old_keys, kvs, revision))
             else:
                 updates.extend(Update(key, value, revision) for key, value in kvs)
                 if old_keys:
                     still = set(new_keys)
                     updates.extend(Update(key, None, revision) for key in old_keys if key not in still)
-            if new_keys:
-                self._owned[owner] = new_keys
+            if len(new_keys) == 1:
+                owned[oid] = new_keys[0]
+            elif new_keys:
+                owned[oid] = new_keys
             else:
-                self._owned.pop(owner, None)
+                owned.pop(oid, None)
         if updates:
             self.callbacks.on_updates(updates)
 
@@ -243,7 +250,7 @@ class Datastore:
         client: KubeClient,
         syncers: Iterable[Syncer],
         *,
-        queue_batches: int = 256,
+        queue_batches: int = 4,
         reflector_factory: Callable[..., Reflector] = Reflector,
         api_group: str | None = None,
         **reflector_options: Any,
