@@ -382,7 +382,7 @@ def parse_rules_by_family(rules: Any, owner: str = "",
     with FilterRuleToIPVersion). A rule left out is logged (once) and counted once per reason: a rule
     broken for both families the same way counts once, not twice."""
     if rules is None:
-        return {v: () for v in versions}
+        return dict.fromkeys(versions, ())
     if not isinstance(rules, list | tuple):
         raise Invalid("bad-rule", f"{owner}: rules are not a list")
     out: dict[int, list[ParsedRule]] = {v: [] for v in versions}

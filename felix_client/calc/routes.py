@@ -84,7 +84,8 @@ class Pool:
     vxlan: str
     masquerade: bool
     disabled: bool
-    network: ipaddress.IPv4Network | ipaddress.IPv6Network = field(compare=False)  # parsed once: every block lookup uses it
+    # Parsed once: every block lookup uses it.
+    network: ipaddress.IPv4Network | ipaddress.IPv6Network = field(compare=False)
 
 
 @functools.lru_cache(maxsize=1 << 16)

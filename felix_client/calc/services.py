@@ -6,7 +6,8 @@ is `<namespace>/<label kubernetes.io/service-name>`. A destination-service set (
 `ip,proto:port` for every address and every port of the service's slices; a source-service set
 ("service-noport") the addresses alone. As in Felix, an endpoint's readiness does not matter (the
 rule names the service's endpoints, not its ready ones), an address that is not an IP is skipped,
-and a port protocol other than UDP or SCTP counts as TCP. Each family's set holds that family's addresses (IPv4 in `cali40…`, IPv6 in `cali60…`).
+and a port protocol other than UDP or SCTP counts as TCP. Each family's set holds that family's
+addresses (IPv4 in `cali40…`, IPv6 in `cali60…`).
 """
 
 from __future__ import annotations
