@@ -61,7 +61,8 @@ def test_ipv6_routes_reachability_and_policy(cluster: FelixCluster) -> None:
 
     def routes_programmed() -> bool:
         text = c.run("node-1", "ip", "-6", "route", "show", "table", "main")
-        return (f"fd65::2 dev {veth_name('demo', 'a')} proto boot metric 1024" in text
+        # Felix's workload routes are protocol "boot", which `ip route` does not print.
+        return (f"fd65::2 dev {veth_name('demo', 'a')} metric 1024" in text
                 and "fd65::1:0/122 via fd20::2 dev eth0 proto 80" in text
                 and "blackhole fd65::/122 dev lo proto 80" in text)
 
