@@ -61,6 +61,12 @@ IPSET_OWNED_PREFIX: Final = "cali4"
 IPSET_PREFIX: Final = "cali40"
 IPSET_TEMP_PREFIX: Final = "cali4t"
 IPSET_CREATE_OPTIONS: Final = "family inet hashsize 1024 maxelem 1048576"
+# IPv6: the same IDs behind "cali60" (main) and "cali6t<n>" (temporaries), family inet6 (ipsets.NewIPVersionConfig
+# for IPFamilyV6); everything starting with "cali6" is ours.
+IPSET_V6_OWNED_PREFIX: Final = "cali6"
+IPSET_V6_PREFIX: Final = "cali60"
+IPSET_V6_TEMP_PREFIX: Final = "cali6t"
+IPSET_V6_CREATE_OPTIONS: Final = "family inet6 hashsize 1024 maxelem 1048576"
 # The static sets' IDs (rule_defs.go IPSetIDNATOutgoingMasqPools, IPSetIDNetworkPools, IPSetIDAllHostNets,
 # IPSetIDAllVXLANSourceNets).
 IPSET_ID_MASQ_POOLS: Final = "masq-ipam-pools"
@@ -88,6 +94,7 @@ MARK_CLEAR_FORWARD: Final = 0x1A0000  # everything but accept: an earlier hook m
 
 IPIP_DEVICE: Final = "tunl0"
 VXLAN_DEVICE: Final = "vxlan.calico"
+VXLAN_V6_DEVICE: Final = "vxlan-v6.calico"
 VXLAN_PORT: Final = 4789
 VXLAN_VNI: Final = 4096
 VXLAN_MTU: Final = 1410
@@ -143,13 +150,21 @@ def endpoint_chain_name(iface: str, inbound: bool) -> str:
     return (TO_WORKLOAD_PREFIX if inbound else FROM_WORKLOAD_PREFIX) + iface
 
 
-def ipset_name(set_id: str) -> str:
-    """NameForMainIPSet: the prefix and the ID, cut at ipset's limit."""
-    return (IPSET_PREFIX + set_id)[:MAX_IPSET_NAME_LENGTH]
+def ipset_name(set_id: str, version: int = 4) -> str:
+    """NameForMainIPSet: the family's prefix and the ID, cut at ipset's limit (the same ID names the
+    IPv4 and the IPv6 set of a selector)."""
+    return ((IPSET_V6_PREFIX if version == 6 else IPSET_PREFIX) + set_id)[:MAX_IPSET_NAME_LENGTH]
 
 
-def temp_ipset_name(n: int) -> str:
-    return f"{IPSET_TEMP_PREFIX}{n}"
+def temp_ipset_name(n: int, version: int = 4) -> str:
+    return f"{IPSET_V6_TEMP_PREFIX if version == 6 else IPSET_TEMP_PREFIX}{n}"
+
+
+def ipset_version(name: str) -> int:
+    """The family of one of our set names (4 or 6); 0 for a name that is not ours."""
+    if name.startswith(IPSET_V6_OWNED_PREFIX):
+        return 6
+    return 4 if name.startswith(IPSET_OWNED_PREFIX) else 0
 
 
 @functools.lru_cache(maxsize=65536)
@@ -162,3 +177,6 @@ MASQ_SET: Final = ipset_name(IPSET_ID_MASQ_POOLS)
 POOLS_SET: Final = ipset_name(IPSET_ID_ALL_POOLS)
 HOSTS_SET: Final = ipset_name(IPSET_ID_ALL_HOSTS)
 VXLAN_HOSTS_SET: Final = ipset_name(IPSET_ID_VXLAN_HOSTS)
+MASQ_SET_V6: Final = ipset_name(IPSET_ID_MASQ_POOLS, 6)
+POOLS_SET_V6: Final = ipset_name(IPSET_ID_ALL_POOLS, 6)
+VXLAN_HOSTS_SET_V6: Final = ipset_name(IPSET_ID_VXLAN_HOSTS, 6)

@@ -82,6 +82,13 @@ class DesiredState:
     ipip: bool
     vxlan: bool
     endpoint_to_host_action: str = "ACCEPT"
+    # IPv6 (docs/calico/felix.md §2: Felix renders and programs each family on its own, with the same
+    # chain names and `cali60` sets). `ipv6` says whether the node has any IPv6 to police or route: an
+    # IPv6 pool or block, or an endpoint with `ipv6_nets`; without one no ip6tables ruleset is programmed.
+    ipv6: bool = False
+    routes6: list[Route] = field(default_factory=list)
+    masq_pools6: list[str] = field(default_factory=list)
+    all_pools6: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -112,6 +119,8 @@ class Calculator:
         self._members: dict[IPSetSpec, dict[str, int]] = {}  # member -> contributors (IPs can repeat)
         self.services = ServiceIndex()  # EndpointSlices by service, for rules' service matches
         self.routing = RouteCalculator(hostname, uplink)
+        self.routing6 = RouteCalculator(hostname, uplink, version=6)
+        self._v6_endpoints: set[str] = set()  # endpoints and network sets (any node) with IPv6 nets
         self.config: dict[tuple[str, str], Any] = {}  # ("host" | "global", name) -> value
         self._default_endpoint_to_host_action = endpoint_to_host_action
         self.dirty = Dirty()
@@ -158,16 +167,18 @@ class Calculator:
         elif isinstance(key, keys.TierKey):
             self._set_tier(key.name, value)
         elif isinstance(key, keys.IPPoolKey):
-            self.routing.set_pool(key.cidr, value)
+            self._routing_for(key.cidr).set_pool(key.cidr, value)
             self._routing_changed()
         elif isinstance(key, keys.BlockKey):
-            self.routing.set_block(key.cidr, value)
+            self._routing_for(key.cidr).set_block(key.cidr, value)
             self.dirty.routes = True
+            self.dirty.filter = True  # the first IPv6 block switches the ip6tables ruleset on
         elif isinstance(key, keys.HostIPKey):
             self.routing.set_host_ip(key.hostname, value)
             self._routing_changed()
         elif isinstance(key, keys.HostConfigKey):
             self.routing.set_host_config(key.hostname, key.name, value)
+            self.routing6.set_host_config(key.hostname, key.name, value)
             if key.hostname == self.hostname:
                 self._set_config(key.name, value, host=True)
             self._routing_changed()
@@ -175,6 +186,7 @@ class Calculator:
             self._set_config(key.name, value, host=False)
         elif isinstance(key, keys.ResourceKey) and key.kind == "Node":
             self.routing.set_node(key.name, value)
+            self.routing6.set_node(key.name, value)
             self.dirty.routes = True
         elif isinstance(key, keys.ResourceKey) and key.kind == "KubernetesEndpointSlice":
             if value is not None and not isinstance(value, dict):
@@ -183,6 +195,9 @@ class Calculator:
                 if spec in self._members:
                     self._members[spec] = dict.fromkeys(self.services.members(spec), 1)
                     self.dirty.ipsets.add(spec)
+
+    def _routing_for(self, cidr: str) -> RouteCalculator:
+        return self.routing6 if ":" in cidr else self.routing
 
     def _routing_changed(self) -> None:
         # Pools and host IPs feed both routes and the static chains/sets (NAT, IPIP/VXLAN host sets).
@@ -199,6 +214,7 @@ class Calculator:
         self.dirty.filter = True
         if name == "ProgramClusterRoutes":
             self.routing.program_cluster_routes = str(self.config_value(name, "Enabled"))
+            self.routing6.program_cluster_routes = self.routing.program_cluster_routes
             self.dirty.routes = True
 
     def config_value(self, name: str, default: Any = None) -> Any:
@@ -235,6 +251,13 @@ class Calculator:
             del self.endpoints[path]
         else:
             self.endpoints[path] = ep
+        if ep is not None and ep.nets6:
+            if path not in self._v6_endpoints:
+                self._v6_endpoints.add(path)
+                self.dirty.filter = True
+        elif path in self._v6_endpoints:
+            self._v6_endpoints.discard(path)
+            self.dirty.filter = True
         self._reindex(path, old, ep)
 
     def _reindex(self, path: str, old: Endpoint | None, ep: Endpoint | None) -> None:
@@ -261,10 +284,12 @@ class Calculator:
             assert ep is not None
             started, stopped = self.local_index.update_item(path, labels)
             self.routing.set_local_endpoint(path, ep.iface, ep.nets)
+            self.routing6.set_local_endpoint(path, ep.iface, ep.nets6)
         else:
             started, stopped = set(), self.local_index.remove_item(path)
             self.routing.set_local_endpoint(path, "", ())
-        if old is None or ep is None or old.nets != ep.nets or old.iface != ep.iface:
+            self.routing6.set_local_endpoint(path, "", ())
+        if old is None or ep is None or old.nets != ep.nets or old.nets6 != ep.nets6 or old.iface != ep.iface:
             self.dirty.routes = True
         for pk in started | stopped:
             self._refresh_policy_activity(pk)
@@ -411,13 +436,13 @@ class Calculator:
         new: tuple[str, ...] = ()
         if ep is not None and path in self.global_index.matches(spec):
             if spec.kind == "selector":
-                new = tuple(_member(n) for n in ep.nets)
+                new = tuple(_member(n) for n in ep.family_nets(spec.version))
             elif spec.kind == "named-port":
                 new = tuple(
                     f"{ip},{p.protocol}:{p.port}"
                     for p in ep.ports
                     if p.name == spec.port_name and p.protocol == spec.protocol
-                    for ip in ep.ips
+                    for ip in ep.family_ips(spec.version)
                 )
         old = contrib.get(path, ())
         if old == new:
@@ -468,9 +493,11 @@ class Calculator:
         local.sort(key=lambda r: (r.iface, r.key))
         profiles = {name: self.profile_rules.get(name) or ParsedProfile(name, (), ()) for name in self.active_profiles}
         ipsets = {
-            spec.name: IPSetState(spec, frozenset(self._members.get(spec, {}))) for spec in self.ipset_refs
+            spec.name: IPSetState(spec, frozenset(self._members.get(spec, {})))
+            for spec in self.ipset_refs if spec.version == 4 or self.ipv6_in_use()
         }
-        routing = self.routing
+        routing, routing6 = self.routing, self.routing6
+        ipv6 = self.ipv6_in_use()
         action = str(self.config_value("DefaultEndpointToHostAction", self._default_endpoint_to_host_action)).upper()
         return DesiredState(
             hostname=self.hostname,
@@ -487,13 +514,29 @@ class Calculator:
             ipip=routing.ipip_enabled,
             vxlan=routing.vxlan_enabled,
             endpoint_to_host_action=action if action in ("ACCEPT", "DROP", "RETURN") else "ACCEPT",
+            ipv6=ipv6,
+            routes6=routing6.routes() if ipv6 else [],
+            masq_pools6=routing6.masq_pools(),
+            all_pools6=routing6.all_pools(),
         )
+
+    def ipv6_in_use(self) -> bool:
+        """Whether this node programs IPv6 (ip6tables, `cali60` sets, IPv6 routes): FelixConfiguration
+        Ipv6Support (default true) and any IPv6 in the cluster (a pool, a block, or an endpoint or
+        network set with IPv6 nets). Without any there is no IPv6 pod traffic to police, and a
+        v4-only node keeps exactly the v4 state it always had; the v6 sets are kept up to date in
+        the calculation all along, so turning IPv6 on needs no recalculation."""
+        if str(self.config_value("Ipv6Support", "true")).lower() == "false":
+            return False
+        return bool(self.routing6.pools or self.routing6.blocks or self._v6_endpoints)
 
     def take_dirty(self) -> Dirty:
         dirty, self.dirty = self.dirty, Dirty(filter=False, routes=False)
+        if not self.ipv6_in_use():
+            dirty.ipsets = {spec for spec in dirty.ipsets if spec.version == 4}
         return dirty
 
 
 def _member(net: str) -> str:
-    # ipset prints a /32 entry of a hash:net set as a bare address.
-    return net.removesuffix("/32")
+    # ipset prints a /32 (IPv6: /128) entry of a hash:net set as a bare address.
+    return net.removesuffix("/128") if ":" in net else net.removesuffix("/32")

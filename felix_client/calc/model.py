@@ -24,6 +24,7 @@ from typha.model import selector as sel
 from typha.model.keys import PolicyKey
 
 ANY_NET = "0.0.0.0/0"
+ANY_NETS = {4: ANY_NET, 6: "::/0"}  # the catch-all of each family
 
 # Staged policies are never enforced (they only feed flow logs); the rest are out of scope (docs/calico/felix.md §3).
 ENFORCED_KINDS = frozenset(KIND_SHORT)
@@ -59,6 +60,9 @@ class IPSetSpec:
     port_name: str = ""
     nets: tuple[str, ...] = ()
     service: str = ""
+    # The family: a rule rendered for IPv6 uses the IPv6 set of the same ID ("cali60" + ID), holding
+    # the IPv6 addresses of the same endpoints (Felix keeps one set per family and ID).
+    version: int = 4
 
     @property
     def set_id(self) -> str:
@@ -76,7 +80,7 @@ class IPSetSpec:
 
     @property
     def name(self) -> str:
-        return ipset_name(self.set_id)
+        return ipset_name(self.set_id, self.version)
 
     @property
     def ipset_type(self) -> str:
@@ -87,8 +91,9 @@ class IPSetSpec:
         return sel.parse(self.selector)
 
 
-def _v4_nets(values: Any) -> tuple[tuple[str, ...], bool]:
-    """(IPv4 CIDRs, whether any other-family ones were left out) of a nets list; Invalid for a bad one."""
+def _family_nets(values: Any, version: int = 4) -> tuple[tuple[str, ...], bool]:
+    """(the CIDRs of family `version`, whether any other-family ones were left out) of a nets list;
+    Invalid for a bad one."""
     if values is None:
         return (), False
     if not isinstance(values, list | tuple):
@@ -97,7 +102,7 @@ def _v4_nets(values: Any) -> tuple[tuple[str, ...], bool]:
     dropped = False
     for text in values:
         net = validate.cidr(text)
-        if net.version == 4:
+        if net.version == version:
             out.append(str(net))
         else:
             dropped = True
@@ -139,6 +144,7 @@ class Side:
     named_port_sets: tuple[IPSetSpec, ...] = ()
     not_named_port_sets: tuple[IPSetSpec, ...] = ()
     service_set: IPSetSpec | None = None  # "service" (destination) or "service-noport" (source)
+    version: int = 4
 
     def ipsets(self) -> list[IPSetSpec]:
         out: list[IPSetSpec] = []
@@ -154,17 +160,17 @@ class Side:
 
     def nets_set(self) -> IPSetSpec | None:
         """The set standing for `nets`, or None when one `-s`/`-d` does (zero or one CIDR)."""
-        return _cidr_set(self.nets) if len(self.nets) > 1 else None
+        return _cidr_set(self.nets, self.version) if len(self.nets) > 1 else None
 
     def not_nets_set(self) -> IPSetSpec | None:
         """The set for `notNets`; a single one is a `! -s` unless `nets` already took the -s."""
         if not self.not_nets or (len(self.not_nets) == 1 and not self.nets):
             return None
-        return _cidr_set(self.not_nets)
+        return _cidr_set(self.not_nets, self.version)
 
 
-def _cidr_set(nets: tuple[str, ...]) -> IPSetSpec:
-    return IPSetSpec("nets", nets=tuple(sorted(set(nets))))
+def _cidr_set(nets: tuple[str, ...], version: int = 4) -> IPSetSpec:
+    return IPSetSpec("nets", nets=tuple(sorted(set(nets))), version=version)
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +187,7 @@ class ParsedRule:
     # Rule metadata annotations, rendered as comments on each of the rule's iptables rules as Felix
     # does (policy.go), sorted by key (Felix's map order is random).
     annotations: tuple[tuple[str, str], ...] = ()
+    version: int = 4  # the family this rule was filtered and is rendered for
 
     def ipsets(self) -> list[IPSetSpec]:
         return self.src.ipsets() + self.dst.ipsets()
@@ -235,7 +242,7 @@ def _nets_field(rule: dict[str, Any], name: str) -> list[Any] | None:
     return [*(nets or []), single]
 
 
-def _service(rule: dict[str, Any], side: str) -> IPSetSpec | None:
+def _service(rule: dict[str, Any], side: str, version: int = 4) -> IPSetSpec | None:
     name, namespace = rule.get(f"{side}_service"), rule.get(f"{side}_service_ns")
     if name is None and namespace is None:
         return None
@@ -243,23 +250,25 @@ def _service(rule: dict[str, Any], side: str) -> IPSetSpec | None:
         # Felix would ignore a namespace without a name; that would drop a match the rule asked for.
         raise Invalid("bad-service", f"{side} service namespace {namespace!r} without a service name")
     service = f"{validate.k8s_name(namespace) if namespace else ''}/{validate.k8s_name(name)}"
-    return IPSetSpec("service" if side == "dst" else "service-noport", service=service)
+    return IPSetSpec("service" if side == "dst" else "service-noport", service=service, version=version)
 
 
-def _side(rule: dict[str, Any], side: str, protocol: str) -> Side:
-    """One side ("src" or "dst") of a v1 rule, with felix/rules/policy.go FilterRuleToIPVersion(4)
+def _side(rule: dict[str, Any], side: str, protocol: str, version: int = 4) -> Side:
+    """One side ("src" or "dst") of a v1 rule, with felix/rules/policy.go FilterRuleToIPVersion(version)
     applied: other-family CIDRs are left out, and a nets or notNets list that held only such CIDRs
     makes the rule skipped (Felix renders it for the other family only)."""
-    nets, dropped = _v4_nets(_nets_field(rule, side))
+    other = 6 if version == 4 else 4
+    nets, dropped = _family_nets(_nets_field(rule, side), version)
     if dropped and not nets:
-        raise Invalid("other-ip-family", f"{side} nets hold only IPv6 CIDRs")
-    not_nets, not_dropped = _v4_nets(_nets_field(rule, f"!{side}"))
+        raise Invalid("other-ip-family", f"{side} nets hold only IPv{other} CIDRs")
+    not_nets, not_dropped = _family_nets(_nets_field(rule, f"!{side}"), version)
     if not_dropped and not not_nets:
-        raise Invalid("other-ip-family", f"{side} notNets hold only IPv6 CIDRs")
-    if ANY_NET in not_nets:
+        raise Invalid("other-ip-family", f"{side} notNets hold only IPv{other} CIDRs")
+    any_net = ANY_NETS[version]
+    if any_net in not_nets:
         # filterNets: a negated catch-all can never match; Felix drops the rule with a warning.
-        raise Invalid("negated-catch-all", f"{side} notNets hold {ANY_NET}")
-    if ANY_NET in nets:
+        raise Invalid("negated-catch-all", f"{side} notNets hold {any_net}")
+    if any_net in nets:
         nets = ()  # matches every address: no match needed (and hash:net cannot hold a /0)
     positive, negative = _combined_selector(rule.get(f"{side}_selector") or "", rule.get(f"!{side}_selector") or "")
     ports, named = _split_ports(rule.get(f"{side}_ports"))
@@ -268,13 +277,15 @@ def _side(rule: dict[str, Any], side: str, protocol: str) -> Side:
     return Side(
         nets=nets,
         not_nets=not_nets,
-        selector_set=IPSetSpec("selector", selector=positive) if positive else None,
-        not_selector_set=IPSetSpec("selector", selector=negative) if negative else None,
+        selector_set=IPSetSpec("selector", selector=positive, version=version) if positive else None,
+        not_selector_set=IPSetSpec("selector", selector=negative, version=version) if negative else None,
         ports=ports,
         not_ports=not_ports,
-        named_port_sets=tuple(IPSetSpec("named-port", named_selector, protocol, n) for n in named),
-        not_named_port_sets=tuple(IPSetSpec("named-port", named_selector, protocol, n) for n in not_named),
-        service_set=_service(rule, side),
+        named_port_sets=tuple(IPSetSpec("named-port", named_selector, protocol, n, version=version) for n in named),
+        not_named_port_sets=tuple(IPSetSpec("named-port", named_selector, protocol, n, version=version)
+                                  for n in not_named),
+        service_set=_service(rule, side, version),
+        version=version,
     )
 
 
@@ -300,8 +311,9 @@ def _annotations(value: Any) -> tuple[tuple[str, str], ...]:
     return tuple(sorted(annotations.items()))
 
 
-def parse_rule(rule: Any) -> ParsedRule:
-    """A v1 model rule as rendered for IPv4; `Invalid` when it is not rendered (see its reason)."""
+def parse_rule(rule: Any, version: int = 4) -> ParsedRule:
+    """A v1 model rule as rendered for IP `version`; `Invalid` when it is not rendered for that family
+    (see its reason: "other-ip-family" when Felix renders it for the other family only)."""
     if not isinstance(rule, dict):
         raise Invalid("bad-rule", f"rule is not an object: {rule!r}")
     unknown = sorted(set(rule) - RULE_FIELDS)
@@ -314,8 +326,8 @@ def parse_rule(rule: Any) -> ParsedRule:
     ip_version = rule.get("ip_version")
     if ip_version not in (None, 4, 6) or isinstance(ip_version, bool):
         raise Invalid("bad-ip-version", f"invalid ip_version {ip_version!r}")
-    if ip_version == 6:
-        raise Invalid("other-ip-family", "ip_version 6")
+    if ip_version is not None and ip_version != version:
+        raise Invalid("other-ip-family", f"ip_version {ip_version}")
     protocol = None if rule.get("protocol") is None else validate.protocol(rule["protocol"])
     not_protocol = None if rule.get("!protocol") is None else validate.protocol(rule["!protocol"])
     if protocol is not None and not_protocol is not None:
@@ -323,11 +335,13 @@ def parse_rule(rule: Any) -> ParsedRule:
         if _PROTOCOL_NUMBERS.get(protocol, protocol) == _PROTOCOL_NUMBERS.get(not_protocol, not_protocol):
             raise Invalid("never-matches", f"protocol {protocol!r} and notProtocol {not_protocol!r}")
         not_protocol = None
-    if protocol in _ICMPV6_PROTOCOLS:
-        raise Invalid("other-ip-family", "protocol ICMPv6")
+    # ICMP belongs to IPv4 and ICMPv6 to IPv6: the rule is rendered for that family only.
+    if protocol in (_ICMPV6_PROTOCOLS if version == 4 else _ICMP_PROTOCOLS):
+        raise Invalid("other-ip-family", f"protocol {'ICMPv6' if version == 4 else 'ICMP'}")
     icmp_type, icmp_code = _icmp_fields(rule, "")
     not_icmp_type, not_icmp_code = _icmp_fields(rule, "!")
-    if (icmp_type is not None or not_icmp_type is not None) and protocol not in _ICMP_PROTOCOLS:
+    icmp_protocols = _ICMP_PROTOCOLS if version == 4 else _ICMPV6_PROTOCOLS
+    if (icmp_type is not None or not_icmp_type is not None) and protocol not in icmp_protocols:
         # Calico's validation requires the ICMP protocol; iptables' icmp match would refuse the table.
         raise Invalid("bad-icmp", f"ICMP match with protocol {protocol!r}")
     if rule.get("http") is not None and action in ("allow", "next-tier"):
@@ -335,8 +349,8 @@ def parse_rule(rule: Any) -> ParsedRule:
         # rule would allow every request. A Deny or Log rule is kept: without the match it is stricter.
         raise Invalid("http-match", f"HTTP match on an {action} rule (needs application layer policy)")
     named_protocol = _NAMED_PORT_PROTOCOLS.get(protocol if protocol is not None else "tcp", "tcp")
-    src = _side(rule, "src", named_protocol)
-    dst = _side(rule, "dst", named_protocol)
+    src = _side(rule, "src", named_protocol, version)
+    dst = _side(rule, "dst", named_protocol, version)
     has_ports = any(rule.get(f"{neg}{side}_ports") for neg in ("", "!") for side in ("src", "dst"))
     if has_ports and protocol not in _PORT_PROTOCOLS:
         # Calico's validation refuses ports without a port protocol; iptables would refuse the
@@ -353,22 +367,36 @@ def parse_rule(rule: Any) -> ParsedRule:
         src=src,
         dst=dst,
         annotations=_annotations(rule.get("metadata")),
+        version=version,
     )
 
 
-def parse_rules(rules: Any, owner: str = "") -> tuple[ParsedRule, ...]:
-    """The rules that are rendered; each one left out is logged (once) and counted."""
+def parse_rules(rules: Any, owner: str = "", version: int = 4) -> tuple[ParsedRule, ...]:
+    """The rules that are rendered for one family; each one left out is logged (once) and counted."""
+    return parse_rules_by_family(rules, owner, (version,))[version]
+
+
+def parse_rules_by_family(rules: Any, owner: str = "",
+                          versions: tuple[int, ...] = (4, 6)) -> dict[int, tuple[ParsedRule, ...]]:
+    """The rules rendered for each family (Felix renders a policy once per family, filtering each rule
+    with FilterRuleToIPVersion). A rule left out is logged (once) and counted once per reason: a rule
+    broken for both families the same way counts once, not twice."""
     if rules is None:
-        return ()
+        return dict.fromkeys(versions, ())
     if not isinstance(rules, list | tuple):
         raise Invalid("bad-rule", f"{owner}: rules are not a list")
-    out: list[ParsedRule] = []
+    out: dict[int, list[ParsedRule]] = {v: [] for v in versions}
     for i, rule in enumerate(rules):
-        try:
-            out.append(parse_rule(rule))
-        except Invalid as exc:
-            validate.reject_rule(owner, exc.reason, f"rule {i}: {exc}")
-    return tuple(out)
+        reported: set[str] = set()
+        for version in versions:
+            try:
+                out[version].append(parse_rule(rule, version))
+            except Invalid as exc:
+                if exc.reason not in reported or exc.reason == "other-ip-family":
+                    reported.add(exc.reason)
+                    where = f"{owner} (IPv6)" if version == 6 else owner
+                    validate.reject_rule(where, exc.reason, f"rule {i}: {exc}")
+    return {v: tuple(rules_) for v, rules_ in out.items()}
 
 
 # --- policies and profiles ----------------------------------------------------------------------
@@ -384,6 +412,13 @@ class ParsedPolicy:
     egress: bool
     inbound: tuple[ParsedRule, ...]
     outbound: tuple[ParsedRule, ...]
+    inbound6: tuple[ParsedRule, ...] = ()  # the same rules filtered and parsed for IPv6
+    outbound6: tuple[ParsedRule, ...] = ()
+
+    def rules(self, inbound: bool, version: int = 4) -> tuple[ParsedRule, ...]:
+        if version == 6:
+            return self.inbound6 if inbound else self.outbound6
+        return self.inbound if inbound else self.outbound
 
     @property
     def sort_key(self) -> tuple[float, str]:
@@ -400,8 +435,10 @@ class ParsedPolicy:
 
     def ipsets(self) -> list[IPSetSpec]:
         out: list[IPSetSpec] = []
-        for rule in (self.inbound if self.ingress else ()) + (self.outbound if self.egress else ()):
-            out.extend(rule.ipsets())
+        for version in (4, 6):
+            for rule in ((self.rules(True, version) if self.ingress else ())
+                         + (self.rules(False, version) if self.egress else ())):
+                out.extend(rule.ipsets())
         return out
 
 
@@ -420,6 +457,8 @@ def parse_policy(key: PolicyKey, value: dict[str, Any]) -> ParsedPolicy:
     tier = value.get("tier") or "default"
     if not isinstance(tier, str):
         raise Invalid("bad-tier", f"tier is not a name: {tier!r}")
+    inbound_rules = parse_rules_by_family(inbound, f"{key.kind} {key.namespace}/{key.name} inbound")
+    outbound_rules = parse_rules_by_family(outbound, f"{key.kind} {key.namespace}/{key.name} outbound")
     return ParsedPolicy(
         key=key,
         tier=tier,
@@ -427,8 +466,10 @@ def parse_policy(key: PolicyKey, value: dict[str, Any]) -> ParsedPolicy:
         selector=sel.parse(value.get("selector") or ""),
         ingress=ingress,
         egress=egress,
-        inbound=parse_rules(inbound, f"{key.kind} {key.namespace}/{key.name} inbound"),
-        outbound=parse_rules(outbound, f"{key.kind} {key.namespace}/{key.name} outbound"),
+        inbound=inbound_rules[4],
+        outbound=outbound_rules[4],
+        inbound6=inbound_rules[6],
+        outbound6=outbound_rules[6],
     )
 
 
@@ -437,15 +478,23 @@ class ParsedProfile:
     name: str
     inbound: tuple[ParsedRule, ...]
     outbound: tuple[ParsedRule, ...]
+    inbound6: tuple[ParsedRule, ...] = ()
+    outbound6: tuple[ParsedRule, ...] = ()
+
+    def rules(self, inbound: bool, version: int = 4) -> tuple[ParsedRule, ...]:
+        if version == 6:
+            return self.inbound6 if inbound else self.outbound6
+        return self.inbound if inbound else self.outbound
 
     def ipsets(self) -> list[IPSetSpec]:
-        return [s for rule in self.inbound + self.outbound for s in rule.ipsets()]
+        return [s for rule in self.inbound + self.outbound + self.inbound6 + self.outbound6 for s in rule.ipsets()]
 
 
 def parse_profile(name: str, value: dict[str, Any] | None) -> ParsedProfile:
     value = value or {}
-    return ParsedProfile(name, parse_rules(value.get("inbound_rules"), f"Profile {name} inbound"),
-                         parse_rules(value.get("outbound_rules"), f"Profile {name} outbound"))
+    inbound = parse_rules_by_family(value.get("inbound_rules"), f"Profile {name} inbound")
+    outbound = parse_rules_by_family(value.get("outbound_rules"), f"Profile {name} outbound")
+    return ParsedProfile(name, inbound[4], outbound[4], inbound[6], outbound[6])
 
 
 # --- endpoints ----------------------------------------------------------------------------------
@@ -471,10 +520,17 @@ class Endpoint:
     labels: dict[str, str]
     ports: tuple[NamedPort, ...] = ()
     is_netset: bool = False
+    nets6: tuple[str, ...] = ()  # IPv6 CIDRs (/128 for endpoints): `ipv6_nets`, or a network set's v6 nets
+
+    def family_nets(self, version: int = 4) -> tuple[str, ...]:
+        return self.nets6 if version == 6 else self.nets
 
     @property
     def ips(self) -> tuple[str, ...]:
-        return tuple(n.split("/")[0] for n in self.nets)
+        return self.family_ips(4)
+
+    def family_ips(self, version: int = 4) -> tuple[str, ...]:
+        return tuple(n.split("/")[0] for n in self.family_nets(version))
 
 
 def _named_port(value: Any) -> NamedPort:
@@ -506,7 +562,8 @@ def _profile_ids(value: Any) -> tuple[str, ...]:
 def parse_endpoint(path: str, hostname: str, value: dict[str, Any]) -> Endpoint:
     """A WorkloadEndpoint; `Invalid` (the update becomes a deletion, as in Felix's validation filter)
     when a value that reaches the kernel is outside its grammar."""
-    nets, _ = _v4_nets(value.get("ipv4_nets"))
+    nets, _ = _family_nets(value.get("ipv4_nets"))
+    nets6, _ = _family_nets(value.get("ipv6_nets"), 6)
     ports = tuple(_named_port(p) for p in value.get("ports") or ())
     name = value.get("name") or ""
     return Endpoint(
@@ -518,11 +575,13 @@ def parse_endpoint(path: str, hostname: str, value: dict[str, Any]) -> Endpoint:
         profile_ids=_profile_ids(value.get("profile_ids")),
         labels=_labels(value.get("labels")),
         ports=ports,
+        nets6=nets6,
     )
 
 
 def parse_network_set(path: str, value: dict[str, Any]) -> Endpoint:
-    nets, _ = _v4_nets(value.get("nets"))
+    nets, _ = _family_nets(value.get("nets"))
+    nets6, _ = _family_nets(value.get("nets"), 6)
     return Endpoint(
         key=path,
         hostname="",
@@ -532,4 +591,5 @@ def parse_network_set(path: str, value: dict[str, Any]) -> Endpoint:
         profile_ids=_profile_ids(value.get("profile_ids")),
         labels=_labels(value.get("labels")),
         is_netset=True,
+        nets6=nets6,
     )

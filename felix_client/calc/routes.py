@@ -15,12 +15,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from felix_client import validate
-from felix_client.names import FELIX_ROUTE_PROTO, IPIP_DEVICE, VXLAN_DEVICE
+from felix_client.names import FELIX_ROUTE_PROTO, IPIP_DEVICE, VXLAN_DEVICE, VXLAN_V6_DEVICE
 
 # Felix's kernel metric for workload routes (Calico's NormalRoutePriority). BIRD's calico_aggr() exports
 # a /32 inside a local block only when its krt_metric is below this (an "elevated" route, 512, used for
 # live migration), so a workload route with the kernel's default metric 0 would leak to every BGP peer.
 NORMAL_ROUTE_PRIORITY = 1024
+# The kernel gives an IPv6 route without a priority this metric (IP6_RT_PRIO_USER); Felix leaves it.
+IPV6_DEFAULT_METRIC = 1024
+_VXLAN_DEVICES = {4: VXLAN_DEVICE, 6: VXLAN_V6_DEVICE}
+# Per family: the host-config keys of a node's VTEP (Felix's vxlan_resolver: IPv4VXLANTunnelAddr with
+# VXLANTunnelMACAddr, IPv6VXLANTunnelAddr with VXLANTunnelMACAddrV6) and the Node's BGP address field.
+_VTEP_ADDR_KEYS = {4: "IPv4VXLANTunnelAddr", 6: "IPv6VXLANTunnelAddr"}
+_VTEP_MAC_KEYS = {4: "VXLANTunnelMACAddr", 6: "VXLANTunnelMACAddrV6"}
+_NODE_ADDRESS_FIELDS = {4: "ipv4Address", 6: "ipv6Address"}
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -31,15 +39,21 @@ class Route:
     via: str = ""
 
     @property
+    def version(self) -> int:
+        return 6 if ":" in self.dst else 4
+
+    @property
     def metric(self) -> int:
         """The kernel's route priority; the kernel keys a route by (destination, metric)."""
-        return NORMAL_ROUTE_PRIORITY if self.kind == "local" else 0
+        if self.kind == "local":
+            return NORMAL_ROUTE_PRIORITY
+        return IPV6_DEFAULT_METRIC if self.version == 6 else 0
 
     def render(self) -> str:
         """The route as `ip route` prints it."""
         if self.kind == "blackhole":
             return f"blackhole {self.dst} proto {FELIX_ROUTE_PROTO}"
-        dst = self.dst.removesuffix("/32")
+        dst = self.dst.removesuffix("/128") if self.version == 6 else self.dst.removesuffix("/32")
         if self.kind == "local":
             # Felix uses protocol "boot" (3) for workload routes, which `ip route` does not print.
             return f"{dst} dev {self.dev} scope link metric {self.metric}"
@@ -54,11 +68,12 @@ class VTEP:
     tunnel_ip: str
     mac: str
     parent_ip: str
+    dev: str = VXLAN_DEVICE  # vxlan-v6.calico for an IPv6 VTEP
 
     def render(self) -> list[str]:
         return [
-            f"neigh {self.tunnel_ip} dev {VXLAN_DEVICE} lladdr {self.mac} PERMANENT",
-            f"fdb {self.mac} dev {VXLAN_DEVICE} dst {self.parent_ip}",
+            f"neigh {self.tunnel_ip} dev {self.dev} lladdr {self.mac} PERMANENT",
+            f"fdb {self.mac} dev {self.dev} dst {self.parent_ip}",
         ]
 
 
@@ -69,7 +84,8 @@ class Pool:
     vxlan: str
     masquerade: bool
     disabled: bool
-    network: ipaddress.IPv4Network = field(compare=False)  # parsed once: every block lookup uses it
+    # Parsed once: every block lookup uses it.
+    network: ipaddress.IPv4Network | ipaddress.IPv6Network = field(compare=False)
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -79,12 +95,21 @@ def _net_key(text: str) -> tuple[int, int]:
     return (int(net.network_address), net.prefixlen)
 
 
+def _within(net: ipaddress.IPv4Network | ipaddress.IPv6Network,
+            outer: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
+    # One calculator holds one family, so both are of it; subnet_of raises on mixed families.
+    return net.version == outer.version and net.subnet_of(outer)  # type: ignore[arg-type]
+
+
 def _sort_key(route: Route) -> tuple[int, int, str, str, str]:
     return (*_net_key(route.dst), route.kind, route.dev, route.via)
 
 
 class RouteCalculator:
-    """Routes, VTEPs and pool lists for one node.
+    """Routes, VTEPs and pool lists for one node and one IP family (`version`; Felix keeps a route
+    resolver per family too). For IPv6 a node's address is its Node's `bgp.ipv6Address` (there is no
+    IPv6 host-IP KV), its VTEP `IPv6VXLANTunnelAddr`/`VXLANTunnelMACAddrV6` on `vxlan-v6.calico`; IPIP
+    has no IPv6 form, so an IPv6 pool routes with VXLAN or without encapsulation.
 
     Incremental: each block's route is computed once and cached; an update marks stale only the
     blocks whose route it can change (a block: itself; a pool: the blocks inside it; a node's IP or
@@ -92,21 +117,22 @@ class RouteCalculator:
     just those and moves only the routes that changed within a list kept sorted.
     """
 
-    def __init__(self, hostname: str, uplink: str = "eth0") -> None:
+    def __init__(self, hostname: str, uplink: str = "eth0", version: int = 4) -> None:
         self.hostname = hostname
+        self.version = version
         self.uplink = uplink  # the underlay interface; the calculation cannot see the host's devices
         self.pools: dict[str, Pool] = {}
         self.blocks: dict[str, str] = {}  # block CIDR -> affine node ("" when not affine to a host)
         self.host_ips: dict[str, str] = {}
-        self.host_subnets: dict[str, ipaddress.IPv4Network] = {}
+        self.host_subnets: dict[str, ipaddress.IPv4Network | ipaddress.IPv6Network] = {}
         self.vxlan_ips: dict[str, str] = {}
         self.vxlan_macs: dict[str, str] = {}
         self.local_routes: dict[str, tuple[Route, ...]] = {}  # endpoint key -> its /32 routes
         # FelixConfiguration ProgramClusterRoutes: whether we or BIRD program remote IPIP and no-encap
         # blocks (docs/calico/felix.md §2.3). VXLAN routes are always ours.
         self._program_cluster_routes = "Enabled"
-        self._block_nets: dict[str, ipaddress.IPv4Network] = {}
-        self._host_addrs: dict[str, ipaddress.IPv4Address] = {}
+        self._block_nets: dict[str, ipaddress.IPv4Network | ipaddress.IPv6Network] = {}
+        self._host_addrs: dict[str, ipaddress.IPv4Address | ipaddress.IPv6Address] = {}
         self._node_blocks: dict[str, set[str]] = {}  # node -> CIDRs of the blocks affine to it
         self._block_routes: dict[str, Route | None] = {}  # up to date except for the blocks in _stale
         self._stale: set[str] = set()
@@ -151,9 +177,8 @@ class RouteCalculator:
 
     def set_pool(self, cidr: str, value: dict[str, Any] | None) -> None:
         network = ipaddress.ip_network(cidr)
-        if network.version != 4:
+        if network.version != self.version:
             return
-        assert isinstance(network, ipaddress.IPv4Network)
         old = self.pools.get(cidr)
         if value is None:
             new = None
@@ -161,7 +186,8 @@ class RouteCalculator:
         else:
             new = self.pools[cidr] = Pool(
                 cidr=cidr,
-                ipip=value.get("ipip_mode") or "never",
+                # IPIP carries IPv4 only: an IPv6 pool never uses it (Calico's validation refuses it).
+                ipip=(value.get("ipip_mode") or "never") if self.version == 4 else "never",
                 vxlan=value.get("vxlan_mode") or "never",
                 masquerade=bool(value.get("masquerade")),
                 disabled=bool(value.get("disabled")),
@@ -169,13 +195,12 @@ class RouteCalculator:
             )
         if old != new:
             # Pools are few and rarely change; the blocks they contain are found by a scan of parsed nets.
-            self._invalidate(b for b, net in self._block_nets.items() if net.subnet_of(network))
+            self._invalidate(b for b, net in self._block_nets.items() if _within(net, network))
 
     def set_block(self, cidr: str, value: dict[str, Any] | None) -> None:
         network = self._block_nets.get(cidr) or ipaddress.ip_network(cidr)
-        if network.version != 4:
+        if network.version != self.version:
             return
-        assert isinstance(network, ipaddress.IPv4Network)
         old = self.blocks.get(cidr)
         if value is None or value.get("deleted"):
             new = None
@@ -199,21 +224,27 @@ class RouteCalculator:
         self._invalidate((cidr,))
 
     def set_host_ip(self, node: str, ip: str | None) -> None:
-        ip = ip if ip and ":" not in ip else None
+        ip = ip if ip and (":" in ip) == (self.version == 6) else None
         if self.host_ips.get(node) == ip:
             return
         if ip:
             self.host_ips[node] = ip
-            self._host_addrs[node] = ipaddress.IPv4Address(ip)
+            self._host_addrs[node] = ipaddress.ip_address(ip)
         else:
             self.host_ips.pop(node, None)
             self._host_addrs.pop(node, None)
         self._invalidate(self._node_blocks.get(node, ()))
 
     def set_node(self, node: str, value: dict[str, Any] | None) -> None:
-        """The v3 Node: only its BGP IPv4 address with prefix, for CrossSubnet's same-subnet test."""
-        address = (((value or {}).get("spec") or {}).get("bgp") or {}).get("ipv4Address")
-        subnet = ipaddress.IPv4Interface(address).network if address else None
+        """The v3 Node: its BGP address of this family with prefix, for CrossSubnet's same-subnet test;
+        for IPv6 also the node's address itself (the next hop of its blocks)."""
+        address = (((value or {}).get("spec") or {}).get("bgp") or {}).get(_NODE_ADDRESS_FIELDS[self.version])
+        interface = ipaddress.ip_interface(address) if isinstance(address, str) and address else None
+        if interface is not None and interface.version != self.version:
+            raise validate.Invalid("bad-ip", f"{_NODE_ADDRESS_FIELDS[self.version]} {address!r} is of the other family")
+        if self.version == 6:
+            self.set_host_ip(node, str(interface.ip) if interface is not None else None)
+        subnet = interface.network if interface is not None else None
         if self.host_subnets.get(node) == subnet:
             return
         if subnet is None:
@@ -225,20 +256,21 @@ class RouteCalculator:
             self._invalidate(self.blocks)
 
     def set_host_config(self, node: str, name: str, value: Any) -> None:
-        target = {"IPv4VXLANTunnelAddr": self.vxlan_ips, "VXLANTunnelMACAddr": self.vxlan_macs}.get(name)
+        addr_key = _VTEP_ADDR_KEYS[self.version]
+        target = {addr_key: self.vxlan_ips, _VTEP_MAC_KEYS[self.version]: self.vxlan_macs}.get(name)
         if target is None:
             return
         if value:
             # Both reach netlink (the VXLAN device, neighbour and FDB entries): checked, not just copied.
-            if name == "IPv4VXLANTunnelAddr":
-                if validate.ip(value).version != 4:
-                    raise validate.Invalid("bad-ip", f"{name} {value!r} is not an IPv4 address")
+            if name == addr_key:
+                if validate.ip(value).version != self.version:
+                    raise validate.Invalid("bad-ip", f"{name} {value!r} is not an IPv{self.version} address")
                 target[node] = str(validate.ip(value))
             else:
                 target[node] = validate.mac(value)
         else:
             target.pop(node, None)
-        if name == "IPv4VXLANTunnelAddr":
+        if name == addr_key:
             self._invalidate(self._node_blocks.get(node, ()))
 
     def set_local_endpoint(self, key: str, iface: str, nets: tuple[str, ...]) -> None:
@@ -258,10 +290,10 @@ class RouteCalculator:
     # -- outputs ----------------------------------------------------------------------------------
 
     def pool_of(self, cidr: str) -> Pool | None:
-        net = self._block_nets.get(cidr) or ipaddress.IPv4Network(cidr)
+        net = self._block_nets.get(cidr) or ipaddress.ip_network(cidr)
         best: Pool | None = None
         for pool in self.pools.values():
-            if net.subnet_of(pool.network) and (best is None or pool.network.prefixlen > best.network.prefixlen):
+            if _within(net, pool.network) and (best is None or pool.network.prefixlen > best.network.prefixlen):
                 best = pool
         return best
 
@@ -290,7 +322,7 @@ class RouteCalculator:
         cross = self._same_subnet(node)
         if pool.vxlan == "always" or (pool.vxlan == "cross-subnet" and not cross):
             vtep = self.vxlan_ips.get(node)
-            return Route(cidr, "vxlan", dev=VXLAN_DEVICE, via=vtep) if vtep else None
+            return Route(cidr, "vxlan", dev=_VXLAN_DEVICES[self.version], via=vtep) if vtep else None
         if pool.vxlan == "never" and not self._programs(pool):
             return None  # BIRD programs it from what it learns over BGP
         if pool.ipip == "always" or (pool.ipip == "cross-subnet" and not cross):
@@ -326,7 +358,7 @@ class RouteCalculator:
         for node, tunnel_ip in self.vxlan_ips.items():
             mac, parent = self.vxlan_macs.get(node), self.host_ips.get(node)
             if node != self.hostname and mac and parent:
-                out.append(VTEP(node, tunnel_ip, mac, parent))
+                out.append(VTEP(node, tunnel_ip, mac, parent, _VXLAN_DEVICES[self.version]))
         return sorted(out)
 
     def masq_pools(self) -> list[str]:

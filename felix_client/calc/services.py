@@ -6,7 +6,8 @@ is `<namespace>/<label kubernetes.io/service-name>`. A destination-service set (
 `ip,proto:port` for every address and every port of the service's slices; a source-service set
 ("service-noport") the addresses alone. As in Felix, an endpoint's readiness does not matter (the
 rule names the service's endpoints, not its ready ones), an address that is not an IP is skipped,
-and a port protocol other than UDP or SCTP counts as TCP. Only IPv4 addresses go into the IPv4 sets.
+and a port protocol other than UDP or SCTP counts as TCP. Each family's set holds that family's
+addresses (IPv4 in `cali40…`, IPv6 in `cali60…`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 @dataclass(frozen=True, slots=True)
 class _Slice:
     service: str  # "namespace/name"
-    addresses: tuple[str, ...]  # IPv4 only
+    addresses: tuple[str, ...]  # both families; `members` picks the set's
     ports: tuple[tuple[int, str], ...]  # (port, protocol)
 
 
@@ -41,8 +42,7 @@ def _parse_slice(value: dict[str, Any]) -> _Slice:
                 ip = validate.ip(addr)
             except Invalid:
                 continue  # serviceindex.go: "Skipping non-IP endpoint address" (an FQDN slice)
-            if ip.version == 4:
-                addresses.append(str(ip))
+            addresses.append(str(ip))
     ports: list[tuple[int, str]] = []
     for port in value.get("ports") or ():
         if not isinstance(port, dict) or port.get("port") is None:
@@ -88,8 +88,9 @@ class ServiceIndex:
         out: set[str] = set()
         for path in self._by_service.get(spec.service, ()):
             s = self._slices[path]
+            addresses = [a for a in s.addresses if (":" in a) == (spec.version == 6)]
             if spec.kind == "service":
-                out.update(f"{addr},{proto}:{port}" for addr in s.addresses for port, proto in s.ports)
+                out.update(f"{addr},{proto}:{port}" for addr in addresses for port, proto in s.ports)
             else:
-                out.update(s.addresses)
+                out.update(addresses)
         return out

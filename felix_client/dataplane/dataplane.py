@@ -9,6 +9,10 @@ hashes and hook rules, `felix_client.dataplane.iptables`), as Felix does between
 a policy edit neither dumps the table nor restores unchanged chains. A failed or unfinished apply
 forgets that memory and the next one programs (and reads) everything.
 
+Both families: the IPv4 tables with iptables-restore, and on a node that uses IPv6 (`state.ipv6`)
+the IPv6 tables with ip6tables-restore, each diffed against its own memory; the `cali40`/`cali60` sets
+in one `ipset restore`; the routes of both families over netlink.
+
 `netns=None` programs the namespace this process runs in (the agent is started with
 `ip netns exec NODE` in tests, or on the host in production); a name runs every command through
 `ip netns exec` and opens netlink in that namespace, which the tests use to inspect and disturb it.
@@ -20,6 +24,7 @@ import ipaddress
 import logging
 import shlex
 import shutil
+import socket
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,14 +41,18 @@ from felix_client.names import (
     FELIX_ROUTE_PROTO,
     IPSET_OWNED_PREFIX,
     IPSET_TEMP_PREFIX,
+    IPSET_V6_OWNED_PREFIX,
+    IPSET_V6_TEMP_PREFIX,
     RTPROT_BOOT,
     VXLAN_DEVICE,
+    VXLAN_V6_DEVICE,
     WORKLOAD_IFACE_PREFIX,
 )
 
 log = logging.getLogger("felix_client.dataplane")
 
 TABLES = ("raw", "nat", "filter")
+_FAMILIES = {4: socket.AF_INET, 6: socket.AF_INET6}
 
 
 class DataplaneError(RuntimeError):
@@ -61,7 +70,8 @@ def detect_backend(iptables: str = "iptables") -> str:
 
 def _tool(backend: str, name: str) -> str:
     # Use the variant matching the host's `iptables` so our rules land where the host's tools look.
-    specific = f"iptables-{backend}-{name.removeprefix('iptables-')}"
+    base, action = name.split("-", 1)  # "iptables" or "ip6tables", "restore" or "save"
+    specific = f"{base}-{backend}-{action}"
     return specific if shutil.which(specific) else name
 
 
@@ -69,7 +79,9 @@ def _tool(backend: str, name: str) -> str:
 class ApplyStats:
     iptables_tables: int = 0  # tables restored
     iptables_reads: int = 0  # iptables-save runs
-    chains_written: int = 0  # chains created or rewritten
+    ip6tables_tables: int = 0  # the same for IPv6 (ip6tables-restore, ip6tables-save)
+    ip6tables_reads: int = 0
+    chains_written: int = 0  # chains created or rewritten (both families)
     chains_deleted: int = 0
     ipsets_written: int = 0
     ipsets_destroyed: int = 0
@@ -86,10 +98,13 @@ class Dataplane:
         self.backend = backend or detect_backend()
         self.restore = _tool(self.backend, "iptables-restore")
         self.save = _tool(self.backend, "iptables-save")
+        self.restore6 = _tool(self.backend, "ip6tables-restore")
+        self.save6 = _tool(self.backend, "ip6tables-save")
         self.stats = ApplyStats()
         self.missing_devices: set[str] = set()  # route devices absent at the last apply_routes
         # Per table, what the last successful restore left in the kernel; absent: read it first.
         self.programmed: dict[str, iptables.TableState] = {}
+        self.programmed6: dict[str, iptables.TableState] = {}  # the same for the IPv6 tables
         # What the last successful apply rendered (table -> text, "ipsets" -> sets), for `apply`'s skip.
         self._last_applied: dict[str, object] = {}
         self._links_dirty = True  # routes, sysctls or VXLAN changed since they were last programmed
@@ -127,6 +142,9 @@ class Dataplane:
         referencing them, routes last."""
         tables = rules.render_tables(state, self.iface_prefix)
         wanted: dict[str, object] = {name: table.render() for name, table in tables.items()}
+        # IPv6 tables under "ip6-<table>" (only on a node that uses IPv6; see DesiredState.ipv6).
+        tables6 = rules.render_tables(state, self.iface_prefix, 6) if state.ipv6 else {}
+        wanted.update({f"ip6-{name}": table.render() for name, table in tables6.items()})
         sets = rules.desired_ipsets(state)
         wanted["ipsets"] = sets
         self._links_dirty |= routes_changed
@@ -139,7 +157,7 @@ class Dataplane:
         # we did not see, so the next apply programs everything.
         self._last_applied = {}
         try:
-            self._apply(state, own_vtep, tables, sets, skip, resync)
+            self._apply(state, own_vtep, tables, sets, skip, resync, tables6)
         except Exception:
             self._links_dirty = True
             raise
@@ -152,14 +170,19 @@ class Dataplane:
         return sorted(skip)
 
     def _apply(self, state: DesiredState, own_vtep: OwnVTEP | None, tables: dict[str, rules.Table],
-               sets: dict[str, rules.IPSet], skip: set[str], resync: bool) -> None:
+               sets: dict[str, rules.IPSet], skip: set[str], resync: bool,
+               tables6: dict[str, rules.Table] | None = None) -> None:
         existing_sets = set() if "ipsets" in skip else self.list_ipsets()
         if "ipsets" not in skip:
             self.write_ipsets(sets, existing_sets)
         for name in TABLES:
             if name not in skip:
                 self.apply_table(name, tables[name], resync=resync)
-        stale = {s for s in existing_sets if s.startswith(IPSET_OWNED_PREFIX) and s not in sets}
+        for name, table in (tables6 or {}).items():
+            if f"ip6-{name}" not in skip:
+                self.apply_table(name, table, resync=resync, version=6)
+        owned = (IPSET_OWNED_PREFIX, IPSET_V6_OWNED_PREFIX)
+        stale = {s for s in existing_sets if s.startswith(owned) and s not in sets}
         self.destroy_ipsets(stale)
         if "links" in skip:
             return
@@ -170,39 +193,48 @@ class Dataplane:
 
     # --- iptables -----------------------------------------------------------------------------
 
-    def apply_table(self, table: str, desired: rules.Table, *, resync: bool = True) -> None:
-        """One iptables-restore (one kernel transaction) of what differs. `resync` re-reads the table
-        with iptables-save first, repairing drift; otherwise the last restore's result is trusted."""
-        old = None if resync else self.programmed.get(table)
+    def apply_table(self, table: str, desired: rules.Table, *, resync: bool = True, version: int = 4) -> None:
+        """One iptables-restore (ip6tables-restore for `version` 6; one kernel transaction) of what
+        differs. `resync` re-reads the table with iptables-save first, repairing drift; otherwise the
+        last restore's result is trusted."""
+        programmed = self.programmed6 if version == 6 else self.programmed
+        old = None if resync else programmed.get(table)
         fresh = old is None
         if old is None:
-            old = self.read_table(table)
+            old = self.read_table(table, version)
         delta = iptables.table_delta(desired, old)
         # Forgotten until the restore is known to have worked: a failure or a timeout leaves the kernel
         # in a state we did not see, so the next apply must read it.
-        self.programmed.pop(table, None)
+        programmed.pop(table, None)
         try:
-            self._restore(delta)
+            self._restore(delta, version)
         except DataplaneError:
             if fresh:
                 raise
             # Memory disagreed with the kernel (a hook rule deleted behind our back makes its -D fail):
             # read the truth and try once more, still as one transaction.
-            log.warning("incremental restore of %s failed; re-reading the table", table)
-            delta = iptables.table_delta(desired, self.read_table(table))
-            self._restore(delta)
-        self.programmed[table] = delta.state
+            log.warning("incremental restore of %s (IPv%d) failed; re-reading the table", table, version)
+            delta = iptables.table_delta(desired, self.read_table(table, version))
+            self._restore(delta, version)
+        programmed[table] = delta.state
 
-    def read_table(self, table: str) -> iptables.TableState:
-        self.stats.iptables_reads += 1
-        return iptables.parse_save(self._run([self.save, "-t", table], check=False))
+    def read_table(self, table: str, version: int = 4) -> iptables.TableState:
+        if version == 6:
+            self.stats.ip6tables_reads += 1
+        else:
+            self.stats.iptables_reads += 1
+        return iptables.parse_save(self._run([self.save6 if version == 6 else self.save, "-t", table], check=False))
 
-    def _restore(self, delta: iptables.Delta) -> None:
+    def _restore(self, delta: iptables.Delta, version: int = 4) -> None:
         if delta.text is None:
             return
-        self._run([self.restore, "--noflush", "--wait"] if self.backend == "legacy" else [self.restore, "--noflush"],
+        restore = self.restore6 if version == 6 else self.restore
+        self._run([restore, "--noflush", "--wait"] if self.backend == "legacy" else [restore, "--noflush"],
                   delta.text)
-        self.stats.iptables_tables += 1
+        if version == 6:
+            self.stats.ip6tables_tables += 1
+        else:
+            self.stats.iptables_tables += 1
         self.stats.chains_written += len(delta.written)
         self.stats.chains_deleted += len(delta.deleted)
 
@@ -213,7 +245,7 @@ class Dataplane:
 
     def write_ipsets(self, sets: dict[str, rules.IPSet], existing: set[str]) -> None:
         # Leftover temporaries (a crash mid-restore) may have another type than the one we need now.
-        temps = sorted(s for s in existing if s.startswith(IPSET_TEMP_PREFIX))
+        temps = sorted(s for s in existing if s.startswith((IPSET_TEMP_PREFIX, IPSET_V6_TEMP_PREFIX)))
         text = rules.render_ipset_destroy(temps)
         text += rules.render_ipset_restore(sets, existing=existing & set(sets))
         if text:
@@ -249,6 +281,12 @@ class Dataplane:
             for key, value in (("conf/{}/route_localnet", "1"), ("neigh/{}/proxy_delay", "0"),
                                ("conf/{}/proxy_arp", "1"), ("conf/{}/forwarding", "1")):
                 self._write_proc(f"/proc/sys/net/ipv4/{key.format(iface)}", value)
+            if state.ipv6:
+                # Felix's endpoint manager for IPv6: proxy NDP (the counterpart of proxy ARP) and forwarding.
+                for key, value in (("conf/{}/proxy_ndp", "1"), ("conf/{}/forwarding", "1")):
+                    self._write_proc(f"/proc/sys/net/ipv6/{key.format(iface)}", value)
+        if state.ipv6:
+            self._write_proc("/proc/sys/net/ipv6/conf/all/forwarding", "1")
 
     # --- VXLAN --------------------------------------------------------------------------------
 
@@ -261,46 +299,54 @@ class Dataplane:
     def apply_routes(self, state: DesiredState) -> None:
         with self._ipr() as ipr:
             names = {int(link["index"]): link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
-            index = {name: i for i, name in names.items()}
             vxlan.apply_vteps(ipr, state.vteps)
-            desired: dict[str, Route] = {}
             self.missing_devices = set()
-            for route in state.routes:
-                if route.dev and route.dev not in index:
-                    # The CNI has not created the interface yet (or the tunnel is down): the next
-                    # apply or resync adds the route once it exists.
-                    log.debug("route %s: device %s missing", route.dst, route.dev)
-                    self.missing_devices.add(route.dev)
-                    continue
-                desired[str(ipaddress.ip_network(route.dst, strict=False))] = route
-            # Keyed as the kernel keys routes: one destination can hold a route per metric, and a
-            # `replace` with another metric adds a second route rather than changing the first.
-            owned: dict[tuple[str, int], dict] = {}
-            for msg in ipr.get_routes(family=2, table=254):
-                oif = msg.get_attr("RTA_OIF")
-                dev = names.get(oif, "") if oif is not None else ""
-                mine = msg["proto"] == FELIX_ROUTE_PROTO or dev.startswith(self.iface_prefix) or dev == VXLAN_DEVICE
-                if not mine or msg["proto"] == 2:  # never the kernel's own subnet routes
-                    continue
-                dst = f"{msg.get_attr('RTA_DST') or '0.0.0.0'}/{msg['dst_len']}"
-                metric = msg.get_attr("RTA_PRIORITY") or 0
-                owned[dst, metric] = {"dev": dev, "via": msg.get_attr("RTA_GATEWAY") or "", "type": msg["type"],
-                                      "proto": msg["proto"], "oif": oif, "scope": msg["scope"], "metric": metric}
-            for (dst, metric), have in owned.items():
-                want = desired.get(dst)
-                if want is None or not self._matches(want, have):
-                    spec = {"dst": dst, "table": 254, "proto": have["proto"], "type": have["type"],
-                            "scope": have["scope"], "priority": metric}
-                    if have["oif"] is not None:
-                        spec["oif"] = have["oif"]
-                    ipr.route("del", **spec)
-                    self.stats.routes_deleted += 1
-            for dst, route in desired.items():
-                current = owned.get((dst, route.metric))
-                if current is not None and self._matches(route, current):
-                    continue
-                ipr.route("replace", **self._route_args(route, dst, index))
-                self.stats.routes_added += 1
+            self._apply_family_routes(ipr, names, state.routes, 4)
+            # A node without IPv6 leaves IPv6 routes alone (it never programmed any).
+            if state.ipv6:
+                self._apply_family_routes(ipr, names, state.routes6, 6)
+
+    def _apply_family_routes(self, ipr: Any, names: dict[int, str], routes: list[Route], version: int) -> None:
+        index = {name: i for i, name in names.items()}
+        family = _FAMILIES[version]
+        tunnel = VXLAN_V6_DEVICE if version == 6 else VXLAN_DEVICE
+        desired: dict[str, Route] = {}
+        for route in routes:
+            if route.dev and route.dev not in index:
+                # The CNI has not created the interface yet (or the tunnel is down): the next
+                # apply or resync adds the route once it exists.
+                log.debug("route %s: device %s missing", route.dst, route.dev)
+                self.missing_devices.add(route.dev)
+                continue
+            desired[str(ipaddress.ip_network(route.dst, strict=False))] = route
+        # Keyed as the kernel keys routes: one destination can hold a route per metric, and a
+        # `replace` with another metric adds a second route rather than changing the first.
+        owned: dict[tuple[str, int], dict] = {}
+        for msg in ipr.get_routes(family=family, table=254):
+            oif = msg.get_attr("RTA_OIF")
+            dev = names.get(oif, "") if oif is not None else ""
+            mine = msg["proto"] == FELIX_ROUTE_PROTO or dev.startswith(self.iface_prefix) or dev == tunnel
+            if not mine or msg["proto"] == 2:  # never the kernel's own subnet (and link-local) routes
+                continue
+            dst = f"{msg.get_attr('RTA_DST') or ('::' if version == 6 else '0.0.0.0')}/{msg['dst_len']}"
+            metric = msg.get_attr("RTA_PRIORITY") or 0
+            owned[dst, metric] = {"dev": dev, "via": msg.get_attr("RTA_GATEWAY") or "", "type": msg["type"],
+                                  "proto": msg["proto"], "oif": oif, "scope": msg["scope"], "metric": metric}
+        for (dst, metric), have in owned.items():
+            want = desired.get(dst)
+            if want is None or not self._matches(want, have):
+                spec = {"dst": dst, "table": 254, "proto": have["proto"], "type": have["type"],
+                        "scope": have["scope"], "priority": metric, "family": family}
+                if have["oif"] is not None:
+                    spec["oif"] = have["oif"]
+                ipr.route("del", **spec)
+                self.stats.routes_deleted += 1
+        for dst, route in desired.items():
+            current = owned.get((dst, route.metric))
+            if current is not None and self._matches(route, current):
+                continue
+            ipr.route("replace", family=family, **self._route_args(route, dst, index))
+            self.stats.routes_added += 1
 
     @staticmethod
     def _matches(route: Route, have: dict) -> bool:
@@ -312,11 +358,15 @@ class Dataplane:
 
     @staticmethod
     def _route_args(route: Route, dst: str, index: dict[str, int]) -> dict:
+        # The metric only where it is not the kernel's default for the family (0 for IPv4, 1024 for
+        # IPv6): the route is then keyed exactly as before.
+        metric = {"priority": route.metric} if route.metric else {}
         if route.kind == "blackhole":
-            return {"dst": dst, "type": "blackhole", "proto": FELIX_ROUTE_PROTO, "table": 254}
+            return {"dst": dst, "type": "blackhole", "proto": FELIX_ROUTE_PROTO, "table": 254, **metric}
         if route.kind == "local":
-            return {"dst": dst, "oif": index[route.dev], "scope": 253, "proto": RTPROT_BOOT, "table": 254,
-                    "priority": route.metric}
+            # IPv6 routes have no scope of their own (the kernel reports universe for every one).
+            scope = {} if route.version == 6 else {"scope": 253}
+            return {"dst": dst, "oif": index[route.dev], **scope, "proto": RTPROT_BOOT, "table": 254, **metric}
         # Remote blocks: onlink, as Felix does, so the next hop need not be in a connected subnet.
         return {"dst": dst, "oif": index[route.dev], "gateway": route.via, "flags": 4,
-                "proto": FELIX_ROUTE_PROTO, "table": 254}
+                "proto": FELIX_ROUTE_PROTO, "table": 254, **metric}

@@ -39,13 +39,16 @@ def write_durably(path: Path, text: str) -> None:
 
 
 def write_files(out: Path, state: DesiredState) -> None:
-    """`routes.txt`, `ipsets.save` and `iptables.save` for `state`, rendered once, into `out`.
+    """`routes.txt` (both families), `ipsets.save` (both), `ip6tables.save` and `iptables.save` for
+    `state`, rendered once, into `out` (`ip6tables.save` is empty on a node without IPv6).
 
     In that order, the reverse of the order a reader takes them (status.json, which the caller writes
     last, then iptables.save, ipsets.save, routes.txt): a reader that sees one generation of a file
-    then sees that generation or a later one of every file it reads after it. It is also the kernel
+    then sees that generation or a later one of every file it reads after it (ip6tables.save sits
+    just before iptables.save). It is also the kernel
     apply's order: the sets exist before the rules that use them."""
     out.mkdir(parents=True, exist_ok=True)
     write_durably(out / "routes.txt", rules.render_routes(state))
     write_durably(out / "ipsets.save", rules.render_ipset_save(rules.desired_ipsets(state)))
+    write_durably(out / "ip6tables.save", rules.render_ip6tables(state))
     write_durably(out / "iptables.save", rules.render_iptables(state))

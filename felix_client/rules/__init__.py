@@ -2,7 +2,7 @@
 
 One job per module: `table` (a table, its text, the last grammar check), `policy` (a Calico rule →
 iptables rules), `endpoints` (endpoint and dispatch chains), `static` (the filter, nat and raw
-tables around them), `ipsets` (the desired sets and their `ipset` text), `routes` (routes as text).
+tables around them, per IP family), `ipsets` (the desired sets and their `ipset` text), `routes` (routes as text).
 The dataplane calls these once per apply; names come from `felix_client.names`.
 
 Deliberate differences from Felix, all with the same packet semantics:
@@ -25,7 +25,14 @@ from felix_client.rules.ipsets import (
 )
 from felix_client.rules.policy import render_rule, render_rules
 from felix_client.rules.routes import render_routes
-from felix_client.rules.static import render_filter, render_iptables, render_nat, render_raw, render_tables
+from felix_client.rules.static import (
+    render_filter,
+    render_ip6tables,
+    render_iptables,
+    render_nat,
+    render_raw,
+    render_tables,
+)
 from felix_client.rules.table import GUARD_DROP, Table
 
 __all__ = [
@@ -34,6 +41,7 @@ __all__ = [
     "Table",
     "desired_ipsets",
     "render_filter",
+    "render_ip6tables",
     "render_ipset_destroy",
     "render_ipset_restore",
     "render_ipset_save",

@@ -11,9 +11,13 @@ from felix_client.calc.graph import DesiredState
 from felix_client.names import (
     HOSTS_SET,
     IPSET_CREATE_OPTIONS,
+    IPSET_V6_CREATE_OPTIONS,
     MASQ_SET,
+    MASQ_SET_V6,
     POOLS_SET,
+    POOLS_SET_V6,
     VXLAN_HOSTS_SET,
+    ipset_version,
     temp_ipset_name,
 )
 
@@ -26,10 +30,23 @@ class IPSet:
     type: str
     members: frozenset[str]
 
+    @property
+    def version(self) -> int:
+        """The family, from the name's prefix (`cali4…` inet, `cali6…` inet6), as Felix names them."""
+        return ipset_version(self.name) or 4
+
+
+def _create_options(s: IPSet) -> str:
+    return IPSET_V6_CREATE_OPTIONS if s.version == 6 else IPSET_CREATE_OPTIONS
+
 
 def desired_ipsets(state: DesiredState) -> dict[str, IPSet]:
-    """Rule sets plus the pool/host sets the static chains use, each checked by `_guarded_set`."""
+    """Rule sets plus the pool/host sets the static chains use, each checked by `_guarded_set`.
+    IPv6 sets (rule sets of IPv6 rules, and the IPv6 pool sets) only on a node that uses IPv6."""
     out = {name: IPSet(name, s.spec.ipset_type, s.members) for name, s in state.ipsets.items()}
+    if state.ipv6:
+        out[MASQ_SET_V6] = IPSet(MASQ_SET_V6, "hash:net", frozenset(state.masq_pools6))
+        out[POOLS_SET_V6] = IPSet(POOLS_SET_V6, "hash:net", frozenset(state.all_pools6))
     out[MASQ_SET] = IPSet(MASQ_SET, "hash:net", frozenset(state.masq_pools))
     out[POOLS_SET] = IPSet(POOLS_SET, "hash:net", frozenset(state.all_pools))
     if state.ipip:
@@ -47,12 +64,18 @@ def _guarded_set(s: IPSet) -> IPSet:
     if problem is not None:
         metrics.RENDER_GUARD_TRIPPED.labels("ipset").inc()
         raise ValueError(f"refusing to program IP set {s.name!r}: {problem}")
-    bad = {m for m in s.members if not validate.ipset_member(s.type, m)}
+    # A member of the other family would make `ipset restore` refuse the whole batch.
+    bad = {m for m in s.members if not validate.ipset_member(s.type, m) or _member_version(m) != s.version}
     if not bad:
         return s
     metrics.RENDER_GUARD_TRIPPED.labels("ipset-member").inc(len(bad))
     log.error("left out %d invalid members of IP set %s: %r", len(bad), s.name, sorted(bad)[:5])
     return IPSet(s.name, s.type, s.members - bad)
+
+
+def _member_version(member: str) -> int:
+    # "ip,proto:port" members carry a colon of their own: only the address part tells the family.
+    return 6 if ":" in member.split(",", 1)[0] else 4
 
 
 def _sorted_members(members: Iterable[str]) -> list[str]:
@@ -63,7 +86,7 @@ def render_ipset_save(sets: dict[str, IPSet]) -> str:
     """The sets as `ipset save` prints them (the dry-run output)."""
     lines: list[str] = []
     for s in sets.values():
-        lines.append(f"create {s.name} {s.type} {IPSET_CREATE_OPTIONS}")
+        lines.append(f"create {s.name} {s.type} {_create_options(s)}")
         lines += [f"add {s.name} {m}" for m in _sorted_members(s.members)]
     return "\n".join(lines) + ("\n" if lines else "")
 
@@ -71,21 +94,22 @@ def render_ipset_save(sets: dict[str, IPSet]) -> str:
 def render_ipset_restore(sets: dict[str, IPSet], existing: Iterable[str] = ()) -> str:
     """`ipset restore` input writing `sets`: a new set is created and filled in place; an existing one
     is rebuilt in a temporary set and swapped in, so the kernel never sees it half-filled
-    (felix/ipsets/ipsets.go does the same with its `cali4t<n>` temporaries)."""
+    (felix/ipsets/ipsets.go does the same with its `cali4t<n>`/`cali6t<n>` temporaries: a swap needs
+    both sets of one family)."""
     present = set(existing)
     lines: list[str] = []
-    temp = 0
+    temps = {4: 0, 6: 0}
     for s in sets.values():
         # "-exist" plus flush: a set we believe absent, or a temporary left by a crashed run, may
         # already be there; either way it ends up holding exactly the members below.
         if s.name not in present:
-            lines.append(f"create {s.name} {s.type} {IPSET_CREATE_OPTIONS} -exist")
+            lines.append(f"create {s.name} {s.type} {_create_options(s)} -exist")
             lines.append(f"flush {s.name}")
             lines += [f"add {s.name} {m}" for m in _sorted_members(s.members)]
             continue
-        tmp = temp_ipset_name(temp)
-        temp += 1
-        lines.append(f"create {tmp} {s.type} {IPSET_CREATE_OPTIONS} -exist")
+        tmp = temp_ipset_name(temps[s.version], s.version)
+        temps[s.version] += 1
+        lines.append(f"create {tmp} {s.type} {_create_options(s)} -exist")
         lines.append(f"flush {tmp}")
         lines += [f"add {tmp} {m}" for m in _sorted_members(s.members)]
         lines.append(f"swap {tmp} {s.name}")

@@ -84,22 +84,29 @@ def _side_variants(side: Side, direction: str) -> list[_Match]:
     return variants
 
 
+def _protocol_name(protocol: str | int) -> str | int:
+    # ICMPv6 as ip6tables-save prints it (/etc/protocols' name), so written and dumped rules compare.
+    return "ipv6-icmp" if protocol == "icmpv6" else protocol
+
+
 def _protocol_head(rule: ParsedRule) -> tuple[str, ...]:
     if rule.protocol is not None:
-        return (f"-p {rule.protocol}",)
+        return (f"-p {_protocol_name(rule.protocol)}",)
     if rule.not_protocol is not None:
-        return (f"! -p {rule.not_protocol}",)
+        return (f"! -p {_protocol_name(rule.not_protocol)}",)
     return ()
 
 
 def _icmp(rule: ParsedRule) -> tuple[str, ...]:
+    # IPv6 rules match ICMPv6 types with the icmp6 match (Felix's ICMPV6Type/NotICMPV6Type).
+    match, flag = ("-m icmp6", "--icmpv6-type") if rule.version == 6 else ("-m icmp", "--icmp-type")
     out: list[str] = []
     if rule.icmp_type is not None:
         code = f"/{rule.icmp_code}" if rule.icmp_code is not None else ""
-        out.append(f"-m icmp --icmp-type {rule.icmp_type}{code}")
+        out.append(f"{match} {flag} {rule.icmp_type}{code}")
     if rule.not_icmp_type is not None:
         code = f"/{rule.not_icmp_code}" if rule.not_icmp_code is not None else ""
-        out.append(f"-m icmp ! --icmp-type {rule.not_icmp_type}{code}")
+        out.append(f"{match} ! {flag} {rule.not_icmp_type}{code}")
     return tuple(out)
 
 

@@ -6,7 +6,7 @@ from felix_client.calc.graph import DesiredState
 
 
 def render_routes(state: DesiredState) -> str:
-    """Routes as `ip route` prints them, then VXLAN neighbour and FDB entries."""
-    lines = [r.render() for r in state.routes]
+    """Routes as `ip route` prints them (IPv4, then IPv6), then VXLAN neighbour and FDB entries."""
+    lines = [r.render() for r in (*state.routes, *state.routes6)]
     lines += [line for vtep in state.vteps for line in vtep.render()]
     return "\n".join(lines) + ("\n" if lines else "")

@@ -1,5 +1,10 @@
 """The tables as a whole: Felix's static chains in filter, nat and raw, with the endpoint,
-dispatch, policy and profile chains of the desired state (felix/rules/static.go)."""
+dispatch, policy and profile chains of the desired state (felix/rules/static.go).
+
+Each function renders one family (`version` 4: iptables, 6: ip6tables). As in Felix the IPv6 tables
+have the same chain names; they use the `cali60` sets, the IPv6 rules of each policy, and differ in
+the static parts: no IPIP (IPv4 only), ICMPv6 neighbour discovery and MLD allowed from workloads to
+the host before policy (ICMPv6Filter), NAT-outgoing for the IPv6 pools with natOutgoing."""
 
 from __future__ import annotations
 
@@ -25,8 +30,10 @@ from felix_client.names import (
     MARK_CLEAR_FORWARD,
     MARK_SCRATCH0,
     MASQ_SET,
+    MASQ_SET_V6,
     NAT_OUTGOING,
     POOLS_SET,
+    POOLS_SET_V6,
     RPF_SKIP,
     TO_HEP_FORWARD,
     TO_HOST_ENDPOINT,
@@ -45,9 +52,15 @@ from felix_client.rules.endpoints import dispatch_chains, render_endpoint_chain
 from felix_client.rules.policy import render_rules
 from felix_client.rules.table import ACCEPTED, Table, comment_match, xmark
 
+# ICMPv6 types a workload may always send to its host (static.go ICMPv6Filter): multicast listener
+# query, report and done (130-132), router solicitation (133), neighbour solicitation/advertisement
+# (135, 136). Without them IPv6 stops working under a restrictive egress policy.
+ICMPV6_HOST_TYPES = (130, 131, 132, 133, 135, 136)
 
-def render_filter(state: DesiredState, iface_prefix: str = WORKLOAD_IFACE_PREFIX) -> Table:
+
+def render_filter(state: DesiredState, iface_prefix: str = WORKLOAD_IFACE_PREFIX, version: int = 4) -> Table:
     wl = f"{iface_prefix}+"
+    v4 = version == 4
     t = Table("filter", ["INPUT", "FORWARD", "OUTPUT"], {})
     t.add("INPUT", f"-j {CHAIN_INPUT}")
     t.add("FORWARD", f"-j {CHAIN_FORWARD}")
@@ -62,11 +75,11 @@ def render_filter(state: DesiredState, iface_prefix: str = WORKLOAD_IFACE_PREFIX
     t.add(CHAIN_FORWARD, f"-j {TO_HEP_FORWARD}")
     t.add(CHAIN_FORWARD, f"-j {CIDR_BLOCK}")
 
-    if state.ipip:
+    if state.ipip and v4:
         t.add(CHAIN_INPUT, f"-p 4 {comment_match('Allow IPIP packets from Calico hosts')} "
               f"-m set --match-set {HOSTS_SET} src -m addrtype --dst-type LOCAL -j ACCEPT")
         t.add(CHAIN_INPUT, f"-p 4 {comment_match('Drop IPIP packets from non-Calico hosts')} -j DROP")
-    if state.vxlan:
+    if state.vxlan and v4:
         t.add(CHAIN_INPUT, f"-p udp {comment_match('Allow IPv4 VXLAN packets from allowed hosts')} "
               f"-m multiport --dports {VXLAN_PORT} -m set --match-set {VXLAN_HOSTS_SET} src "
               "-m addrtype --dst-type LOCAL -j ACCEPT")
@@ -80,10 +93,10 @@ def render_filter(state: DesiredState, iface_prefix: str = WORKLOAD_IFACE_PREFIX
 
     t.add(CHAIN_OUTPUT, f"{ACCEPTED} -j ACCEPT")
     t.add(CHAIN_OUTPUT, f"-o {wl} -j RETURN")  # host → workload traffic is not policed
-    if state.ipip:
+    if state.ipip and v4:
         t.add(CHAIN_OUTPUT, f"-p 4 {comment_match('Allow IPIP packets to other Calico hosts')} "
               f"-m set --match-set {HOSTS_SET} dst -m addrtype --src-type LOCAL -j ACCEPT")
-    if state.vxlan:
+    if state.vxlan and v4:
         t.add(CHAIN_OUTPUT, f"-p udp {comment_match('Allow IPv4 VXLAN packets to other allowed hosts')} "
               f"-m multiport --dports {VXLAN_PORT} -m addrtype --src-type LOCAL "
               f"-m set --match-set {VXLAN_HOSTS_SET} dst -j ACCEPT")
@@ -91,6 +104,9 @@ def render_filter(state: DesiredState, iface_prefix: str = WORKLOAD_IFACE_PREFIX
     t.add(CHAIN_OUTPUT, f"-m conntrack ! --ctstate DNAT -j {TO_HOST_ENDPOINT}")
     t.add(CHAIN_OUTPUT, f"{comment_match('Host endpoint policy accepted packet.')} {ACCEPTED} -j ACCEPT")
 
+    if not v4:
+        for icmp_type in ICMPV6_HOST_TYPES:
+            t.add(WL_TO_HOST, f"-p ipv6-icmp -m icmp6 --icmpv6-type {icmp_type} -j ACCEPT")
     t.add(WL_TO_HOST, f"-j {FROM_WL_DISPATCH}")
     t.add(WL_TO_HOST, f"{comment_match('Configured DefaultEndpointToHostAction')} "
           f"-j {state.endpoint_to_host_action}")
@@ -113,13 +129,16 @@ def render_filter(state: DesiredState, iface_prefix: str = WORKLOAD_IFACE_PREFIX
     for key in sorted(state.policies, key=lambda k: (k.kind, k.namespace, k.name)):
         policy = state.policies[key]
         if key in wanted_in:
-            t.chains[policy_chain_name(key, True)] = render_rules(policy.inbound, f"{policy.description} ingress")
+            t.chains[policy_chain_name(key, True)] = render_rules(policy.rules(True, version),
+                                                                  f"{policy.description} ingress")
         if key in wanted_out:
-            t.chains[policy_chain_name(key, False)] = render_rules(policy.outbound, f"{policy.description} egress")
+            t.chains[policy_chain_name(key, False)] = render_rules(policy.rules(False, version),
+                                                                   f"{policy.description} egress")
     for name in sorted({p for ep in live for p in ep.profile_ids}):
         profile = state.profiles.get(name) or ParsedProfile(name, (), ())
-        t.chains[profile_chain_name(name, True)] = render_rules(profile.inbound, f"Profile {name} ingress")
-        t.chains[profile_chain_name(name, False)] = render_rules(profile.outbound, f"Profile {name} egress")
+        t.chains[profile_chain_name(name, True)] = render_rules(profile.rules(True, version), f"Profile {name} ingress")
+        t.chains[profile_chain_name(name, False)] = render_rules(profile.rules(False, version),
+                                                                 f"Profile {name} egress")
 
     # Hooks for features out of scope (host endpoints, CIDR blocking): empty, but they must exist.
     for chain in (FROM_HEP_FORWARD, TO_HEP_FORWARD, CIDR_BLOCK,
@@ -128,7 +147,7 @@ def render_filter(state: DesiredState, iface_prefix: str = WORKLOAD_IFACE_PREFIX
     return t
 
 
-def render_nat(state: DesiredState) -> Table:
+def render_nat(state: DesiredState, version: int = 4) -> Table:
     t = Table("nat", ["PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"], {})
     t.add("PREROUTING", f"-j {CHAIN_PREROUTING}")
     t.add("OUTPUT", f"-j {CHAIN_OUTPUT}")
@@ -139,12 +158,14 @@ def render_nat(state: DesiredState) -> Table:
     t.add(CHAIN_POSTROUTING, f"-j {NAT_OUTGOING}")
     # Traffic the host itself sends into a tunnel leaves with the tunnel device's address.
     for enabled, device in ((state.ipip, IPIP_DEVICE), (state.vxlan, VXLAN_DEVICE)):
-        if enabled:
+        if enabled and version == 4:
             t.add(CHAIN_POSTROUTING, f"-o {device} -m addrtype ! --src-type LOCAL --limit-iface-out "
                   "-m addrtype --src-type LOCAL -j MASQUERADE --random-fully")
     t.add(NAT_OUTGOING)
-    if state.masq_pools:
-        t.add(NAT_OUTGOING, f"-m set --match-set {MASQ_SET} src -m set ! --match-set {POOLS_SET} dst "
+    masq, pools, masq_pools = ((MASQ_SET, POOLS_SET, state.masq_pools) if version == 4
+                               else (MASQ_SET_V6, POOLS_SET_V6, state.masq_pools6))
+    if masq_pools:
+        t.add(NAT_OUTGOING, f"-m set --match-set {masq} src -m set ! --match-set {pools} dst "
               "-j MASQUERADE --random-fully")
     t.add(FIP_DNAT)
     t.add(FIP_SNAT)
@@ -167,15 +188,21 @@ def render_raw(state: DesiredState, iface_prefix: str = WORKLOAD_IFACE_PREFIX) -
     return t
 
 
-def render_tables(state: DesiredState, iface_prefix: str = WORKLOAD_IFACE_PREFIX) -> dict[str, Table]:
-    """Every table, each through `Table.guarded`."""
+def render_tables(state: DesiredState, iface_prefix: str = WORKLOAD_IFACE_PREFIX,
+                  version: int = 4) -> dict[str, Table]:
+    """Every table of one family, each through `Table.guarded`."""
     return {
-        "filter": render_filter(state, iface_prefix).guarded(),
-        "nat": render_nat(state).guarded(),
+        "filter": render_filter(state, iface_prefix, version).guarded(),
+        "nat": render_nat(state, version).guarded(),
         "raw": render_raw(state, iface_prefix).guarded(),
     }
 
 
-def render_iptables(state: DesiredState, iface_prefix: str = WORKLOAD_IFACE_PREFIX) -> str:
-    """All tables as one `iptables-save`/`iptables-restore` document."""
-    return "".join(t.render() for t in render_tables(state, iface_prefix).values())
+def render_iptables(state: DesiredState, iface_prefix: str = WORKLOAD_IFACE_PREFIX, version: int = 4) -> str:
+    """All tables of one family as one `iptables-save`/`iptables-restore` (or ip6tables) document."""
+    return "".join(t.render() for t in render_tables(state, iface_prefix, version).values())
+
+
+def render_ip6tables(state: DesiredState, iface_prefix: str = WORKLOAD_IFACE_PREFIX) -> str:
+    """The IPv6 tables (`ip6tables.save`); empty on a node that does not use IPv6."""
+    return render_iptables(state, iface_prefix, 6) if state.ipv6 else ""

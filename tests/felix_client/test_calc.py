@@ -116,9 +116,12 @@ def test_named_ports_and_network_sets():
                                                    {"action": "allow", "src_selector": "app == 'web'"}]),
     ])
     state = calc.snapshot()
-    by_kind = {s.spec.kind: sorted(s.members) for s in state.ipsets.values()}
+    by_kind = {s.spec.kind: sorted(s.members) for s in state.ipsets.values() if s.spec.version == 4}
     assert by_kind == {"named-port": ["10.0.0.1,tcp:8080", "10.0.0.2,tcp:8080"],
                        "selector": ["10.0.0.1", "10.0.0.2", "192.0.2.0/24"]}
+    # The network set's IPv6 CIDR makes the node dual-stack: the same IDs as cali60 sets, IPv6 members only.
+    by_kind6 = {s.spec.kind: sorted(s.members) for s in state.ipsets.values() if s.spec.version == 6}
+    assert by_kind6 == {"named-port": [], "selector": ["2001:db8::/32"]}
     named = next(s for s in state.ipsets.values() if s.spec.kind == "named-port")
     assert f"-m set --match-set {named.spec.name} dst,dst" in rules.render_iptables(state)
 

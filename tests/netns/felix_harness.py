@@ -35,9 +35,13 @@ from typha.testing.procs import stop_process
 from typha.testing.vcluster import cni_add, route_pod_gateway
 from typha.testing.wait import wait_until
 
-__all__ = ["DaemonThread", "FelixCluster", "Listener", "Node", "Pod", "exchange_eventually"]
+__all__ = ["DaemonThread", "FelixCluster", "Listener", "Node", "Pod", "add_ipv6", "exchange_eventually"]
 
 UNDERLAY_PREFIX = "10.201.0"
+UNDERLAY6_PREFIX = "fd20::"
+# The host side of every workload veth has MAC ee:ee:ee:ee:ee:ee, so this EUI-64 link-local address:
+# the IPv6 default gateway Calico's CNI gives pods.
+POD_GATEWAY6 = "fe80::ecee:eeff:feee:eeee"
 
 
 class DaemonThread:
@@ -76,10 +80,17 @@ class Pod:
     ip: str
     labels: dict[str, str] = field(default_factory=dict)
     netns: str = ""
+    ip6: str = ""  # dual stack: the pod's IPv6 address too
 
     @property
     def iface(self) -> str:
         return veth_name(self.ns, self.name)
+
+    def k8s_object(self) -> dict[str, Any]:
+        obj = objects.pod(self.ns, self.name, node=self.node, ip=self.ip, labels=self.labels)
+        if self.ip6:
+            obj["status"]["podIPs"] = [{"ip": self.ip}, {"ip": self.ip6}]  # IPv4 first, as Kubernetes lists them
+        return obj
 
 
 @dataclass
@@ -89,14 +100,23 @@ class Node:
     vxlan_ip: str | None = None
     vxlan_mac: str | None = None
     netns: str = ""
+    ipv6: bool = False  # an IPv6 underlay address too (fd20::<index>/64), announced on the Node
 
     @property
     def underlay_ip(self) -> str:
         return f"{UNDERLAY_PREFIX}.{self.index}"
 
+    @property
+    def underlay_ip6(self) -> str:
+        return f"{UNDERLAY6_PREFIX}{self.index}"
+
     def k8s_object(self) -> dict[str, Any]:
-        return objects.node(self.name, ipv4=f"{self.underlay_ip}/24", vxlan_tunnel_addr=self.vxlan_ip,
-                            vxlan_mac=self.vxlan_mac)
+        obj = objects.node(self.name, ipv4=f"{self.underlay_ip}/24", vxlan_tunnel_addr=self.vxlan_ip,
+                           vxlan_mac=self.vxlan_mac)
+        if self.ipv6:
+            # calico-node's annotation for the node's IPv6 address: the next hop of its IPv6 blocks.
+            obj["metadata"]["annotations"]["projectcalico.org/IPv6Address"] = f"{self.underlay_ip6}/64"
+        return obj
 
 
 class FelixCluster:
@@ -125,6 +145,9 @@ class FelixCluster:
                                 self.pods.values())
         for node in self.nodes.values():
             node.netns = names[node.name]
+        if any(n.ipv6 for n in self.nodes.values()):
+            add_ipv6(self.ns_tool, {n.name: n.netns for n in self.nodes.values()},
+                     {n.name: n.underlay_ip6 for n in self.nodes.values()}, [p for p in self.pods.values() if p.ip6])
 
     # --- datastore and agents -----------------------------------------------------------------
 
@@ -133,7 +156,7 @@ class FelixCluster:
         objs += [objects.ipam_block(cidr, node=node) for cidr, node in self.blocks.items()]
         for ns in sorted({p.ns for p in self.pods.values()}):
             objs += [objects.namespace(ns), objects.service_account(ns)]
-        objs += [objects.pod(p.ns, p.name, node=p.node, ip=p.ip, labels=p.labels) for p in self.pods.values()]
+        objs += [p.k8s_object() for p in self.pods.values()]
         return objs
 
     def start(self) -> None:
@@ -209,6 +232,24 @@ def build_two_nodes(ns_tool: Namespaces, underlay: dict[str, str], pods: Iterabl
     return names
 
 
+class NetnsPod6(Protocol):
+    netns: str
+    ip6: str
+
+
+def add_ipv6(ns_tool: Namespaces, node_ns: dict[str, str], underlay6: dict[str, str],
+             pods: Iterable[NetnsPod6]) -> None:
+    """The IPv6 half of the CNI's work, after `build_two_nodes`: each node's underlay IPv6 address
+    (`underlay6`: node -> address, /64), each pod's /128 and its default route via the host side's
+    link-local address. No DAD on these addresses, so nothing waits for it; the node's /128 route
+    to the pod is felix-client's to program."""
+    for node, netns in node_ns.items():
+        ns_tool.ip(netns, "-6", "addr", "add", f"{underlay6[node]}/64", "dev", "eth0", "nodad")
+    for pod in pods:
+        ns_tool.ip(pod.netns, "-6", "addr", "add", f"{pod.ip6}/128", "dev", "eth0", "nodad")
+        ns_tool.ip(pod.netns, "-6", "route", "add", "default", "via", POD_GATEWAY6, "dev", "eth0")
+
+
 def start_felix(netns: str, node: str, socket_path: Path, tmp: Path) -> subprocess.Popen[str]:
     """felix-client for `node` inside `netns`, reporting to tmp/<node>.json and logging to tmp/<node>.log."""
     status = tmp / f"{node}.json"
@@ -254,11 +295,13 @@ class Listener:
     """A TCP listener inside a namespace that accepts, records the peer's address, sends one line
     back and closes; a background thread serves it until `close()`."""
 
-    def __init__(self, ns_tool: Any, netns: str, port: int) -> None:
+    def __init__(self, ns_tool: Any, netns: str, port: int, *, ipv6: bool = False) -> None:
         with ns_tool.entered(netns):
-            self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            self.sock = socket.socket(socket.AF_INET6 if ipv6 else socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("0.0.0.0", port))
+        if ipv6:
+            self.sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        self.sock.bind(("::" if ipv6 else "0.0.0.0", port))
         self.sock.listen(16)
         self.sock.settimeout(0.2)
         self.peers: list[str] = []
@@ -289,7 +332,7 @@ def tcp_exchange(ns_tool: Any, netns: str, ip: str, port: int, timeout: float = 
     """Connect from `netns` (a new socket, so a new source port) and return the line the listener
     sent back (the source address it saw), or None on timeout or error."""
     with ns_tool.entered(netns):
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock = socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
         sock.connect((ip, port))

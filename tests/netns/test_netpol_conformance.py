@@ -16,6 +16,13 @@ Per case and placement (pods spread over two nodes as the file says, or all on n
   a TCP connect or a UDP echo within 1 s is "allowed", a timeout "denied", anything else is a
   harness error. Every probe is a new socket, so a new source port.
 
+Dual stack (docs/runner-contracts.md §1.6): every pod has an IPv4 and an IPv6 address, from a
+dual-stack pool pair, and servers listen on both. A case is run once per placement with every probe
+tried over both families and the same expected verdict ("dual"), unless its manifests hold a pod's
+address (`{{ip:…}}`/`{{cidr4:…}}`): then it runs once per family, the placeholders substituted with
+that family's address and only that family probed ("ipv4", "ipv6"); a case with a literal IPv4 CIDR
+runs over IPv4 only.
+
 Calico-flavor cases need Calico Profiles and WorkloadEndpoints with their own profile lists, which a
 KDD datastore cannot express; for those the harness writes the profile and endpoint KVs straight
 into typha's felix cache (as an etcd-mode datastore would deliver them), and only the policies go
@@ -42,7 +49,15 @@ from typing import Any
 
 import pytest
 import yaml
-from felix_harness import DaemonThread, agent_log, build_two_nodes, start_felix, stop_process, wait_felix_applied
+from felix_harness import (
+    DaemonThread,
+    add_ipv6,
+    agent_log,
+    build_two_nodes,
+    start_felix,
+    stop_process,
+    wait_felix_applied,
+)
 
 from tests.fixtures import netpol_cases
 from typha.kube.client import KubeClient
@@ -58,6 +73,10 @@ NODES = ("node-1", "node-2")
 UNDERLAY = {"node-1": "10.201.0.1", "node-2": "10.201.0.2"}
 POOL = "10.65.0.0/16"
 BLOCKS = {"node-1": "10.65.0.0/26", "node-2": "10.65.1.0/26"}
+POOL6 = "fd65::/48"
+BLOCKS6 = {"node-1": "fd65::/122", "node-2": "fd65::1:0/122"}
+UNDERLAY6 = {"node-1": "fd20::1", "node-2": "fd20::2"}
+
 PROBE_TIMEOUT = 1.0  # README §5.4
 STEP_DEADLINE = 10.0  # README §5.4, suggested
 BASELINE_DEADLINE = 30.0  # the first convergence also waits for the agents' first apply
@@ -79,9 +98,37 @@ def _load_cases() -> list[dict[str, Any]]:
 CASES = _load_cases()
 
 
+_PLACEHOLDER = re.compile(r"\{\{(ip|cidr4):([^}]+)\}\}")
+_LITERAL_V4_CIDR = re.compile(r"\b\d{1,3}(\.\d{1,3}){3}/\d{1,2}\b")
+
+
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v)
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _strings(v)
+
+
+def families(case: dict[str, Any]) -> tuple[str, ...]:
+    """How a case runs (docs/runner-contracts.md §1.6): "dual" (both families probed in one run, the
+    same verdicts), or once per family when a manifest holds a pod's address, or IPv4 only when one
+    holds a literal IPv4 CIDR."""
+    manifests = [m for step in case["steps"] for m in step.get("apply") or []]
+    texts = list(_strings(manifests))
+    if any(_LITERAL_V4_CIDR.search(_PLACEHOLDER.sub("", text).replace("/32", "")) for text in texts):
+        return ("ipv4",)
+    if any(_PLACEHOLDER.search(text) for text in texts):
+        return ("ipv4", "ipv6")
+    return ("dual",)
+
+
 def _params() -> list[Any]:
-    return [pytest.param(case, placement, id=f"{case['id']}-{placement}")
-            for case in CASES for placement in ("spread", "one-node")]
+    return [pytest.param(case, placement, family, id=f"{case['id']}-{placement}-{family}")
+            for case in CASES for placement in ("spread", "one-node") for family in families(case)]
 
 
 # --- the cluster as the datastore sees it -----------------------------------------------------------
@@ -97,6 +144,10 @@ class Pod:
     serves: list[dict[str, Any]]
     profiles: list[str] | None
     netns: str = ""
+    ip6: str = ""
+
+    def address(self, family: str) -> str:
+        return self.ip6 if family == "ipv6" else self.ip
 
     @property
     def ref(self) -> str:
@@ -111,7 +162,9 @@ class Pod:
 
     def k8s_object(self) -> dict[str, Any]:
         ports = [(s["name"], int(s["port"]), s["protocol"].upper()) for s in self.serves if s.get("name")]
-        return objects.pod(self.ns, self.name, node=self.node, ip=self.ip, labels=self.labels, ports=ports or None)
+        obj = objects.pod(self.ns, self.name, node=self.node, ip=self.ip, labels=self.labels, ports=ports or None)
+        obj["status"]["podIPs"] = [{"ip": self.ip}, {"ip": self.ip6}]  # dual stack, IPv4 first as in Kubernetes
+        return obj
 
 
 def _assign_pods(case: dict[str, Any], placement: str) -> list[Pod]:
@@ -122,26 +175,28 @@ def _assign_pods(case: dict[str, Any], placement: str) -> list[Pod]:
         assert node in NODES, f"unknown node {node}"
         block = ipaddress.ip_network(BLOCKS[node])
         ip = str(block.network_address + next_host[node])
+        ip6 = str(ipaddress.ip_network(BLOCKS6[node]).network_address + next_host[node])
         next_host[node] += 1
         pods.append(Pod(spec["namespace"], spec["name"], dict(spec.get("labels") or {}), node, ip,
-                        list(spec.get("serves") or []), spec.get("profiles")))
+                        list(spec.get("serves") or []), spec.get("profiles"), ip6=ip6))
     return pods
 
 
-def _substitute(value: Any, pods: dict[str, Pod]) -> Any:
-    """README §5.1: {{ip:NS/POD}} and {{cidr4:NS/POD}} inside any string value."""
+def _substitute(value: Any, pods: dict[str, Pod], family: str = "ipv4") -> Any:
+    """README §5.1: {{ip:NS/POD}} and {{cidr4:NS/POD}} inside any string value; for an IPv6 run the
+    pod's IPv6 address, a `/32` right after `{{ip:…}}` as `/128`, and the IPv6 address masked to 4 bits."""
     if isinstance(value, str):
         def repl(m: re.Match[str]) -> str:
-            ip = pods[m.group(2)].ip
+            ip = pods[m.group(2)].address(family)
             if m.group(1) == "ip":
-                return ip
-            return str(ipaddress.ip_network(f"{ip}/4", strict=False))
+                return ip + ("/128" if family == "ipv6" and m.group(3) else (m.group(3) or ""))
+            return str(ipaddress.ip_network(f"{ip}/4", strict=False)) + (m.group(3) or "")
 
-        return re.sub(r"\{\{(ip|cidr4):([^}]+)\}\}", repl, value)
+        return re.sub(r"\{\{(ip|cidr4):([^}]+)\}\}(/32\b)?", repl, value)
     if isinstance(value, list):
-        return [_substitute(v, pods) for v in value]
+        return [_substitute(v, pods, family) for v in value]
     if isinstance(value, dict):
-        return {k: _substitute(v, pods) for k, v in value.items()}
+        return {k: _substitute(v, pods, family) for k, v in value.items()}
     return value
 
 
@@ -168,9 +223,11 @@ class Servers:
     def listen(self, protocol: str, port: int) -> None:
         """Called while inside a pod's namespace."""
         kind = socket.SOCK_STREAM if protocol == "TCP" else socket.SOCK_DGRAM
-        sock = socket.socket(socket.AF_INET, kind)
+        # One socket for both families: IPv4 clients arrive as v4-mapped addresses.
+        sock = socket.socket(socket.AF_INET6, kind)
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("0.0.0.0", port))
+        sock.bind(("::", port))
         if protocol == "TCP":
             sock.listen(128)
         sock.setblocking(False)
@@ -207,8 +264,11 @@ class Servers:
 Pair = tuple[str, str]
 
 
-def probe(ns_tool: Any, pods: dict[str, Pod], protocol: str, port: int, pairs: list[Pair]) -> dict[Pair, str]:
-    """All pairs at once, each from a new socket in the source pod; 'allowed', 'denied' or an error."""
+def probe(ns_tool: Any, pods: dict[str, Pod], protocol: str, port: int, pairs: list[Pair],
+          family: str = "ipv4") -> dict[Pair, str]:
+    """All pairs at once, each from a new socket in the source pod to the target's address of `family`;
+    'allowed', 'denied' or an error."""
+    af = socket.AF_INET6 if family == "ipv6" else socket.AF_INET
     sel = selectors.DefaultSelector()
     outcome: dict[Pair, str] = {}
     open_socks: list[socket.socket] = []
@@ -216,17 +276,17 @@ def probe(ns_tool: Any, pods: dict[str, Pod], protocol: str, port: int, pairs: l
         for pair in pairs:
             src, dst = pods[pair[0]], pods[pair[1]]
             with ns_tool.entered(src.netns):
-                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM if protocol == "TCP" else socket.SOCK_DGRAM)
+                sock = socket.socket(af, socket.SOCK_STREAM if protocol == "TCP" else socket.SOCK_DGRAM)
             open_socks.append(sock)
             sock.setblocking(False)
             if protocol == "TCP":
-                code = sock.connect_ex((dst.ip, port))
+                code = sock.connect_ex((dst.address(family), port))
                 if code not in (0, errno.EINPROGRESS):
                     outcome[pair] = f"error:{errno.errorcode.get(code, code)}"
                     continue
                 sel.register(sock, selectors.EVENT_WRITE, pair)
             else:
-                sock.connect((dst.ip, port))  # connected: an ICMP error shows up as an error on recv
+                sock.connect((dst.address(family), port))  # connected: an ICMP error shows up as an error on recv
                 try:
                     sock.send(f"{pair[0]}>{pair[1]}".encode())
                 except OSError as error:
@@ -300,15 +360,19 @@ class Cluster:
     calico: bool = False
     namespaces: dict[str, dict[str, str]] = field(default_factory=dict)
     profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
+    probe_families: tuple[str, ...] = ("ipv4", "ipv6")
 
     def build_network(self) -> None:
         self.node_ns = build_two_nodes(self.ns_tool, UNDERLAY, self.pods.values())
+        add_ipv6(self.ns_tool, self.node_ns, UNDERLAY6, self.pods.values())
 
     def cluster_objects(self) -> list[dict[str, Any]]:
         objs: list[dict[str, Any]] = [
             objects.ip_pool("pool", POOL),
-            *(objects.node(n, ipv4=f"{UNDERLAY[n]}/24") for n in NODES),
+            objects.ip_pool("pool6", POOL6, block_size=122),
+            *(_dual_stack_node(n) for n in NODES),
             *(objects.ipam_block(BLOCKS[n], node=n) for n in NODES),
+            *(objects.ipam_block(BLOCKS6[n], node=n) for n in NODES),
         ]
         for ns, labels in self.namespaces.items():
             # Exactly the case's labels (README §3.1): no builder defaults.
@@ -364,11 +428,13 @@ class Cluster:
             for check in checks:
                 groups.setdefault((check.protocol, check.port), []).append(check)
             for (protocol, port), group in groups.items():
-                got = probe(self.ns_tool, self.pods, protocol, port, [c.pair for c in group])
-                for c in group:
-                    want = "allowed" if c.allowed else "denied"
-                    if got[c.pair] != want:
-                        wrong.append(f"{protocol}/{port} {c.pair[0]}>{c.pair[1]}: want {want}, got {got[c.pair]}")
+                for family in self.probe_families:
+                    got = probe(self.ns_tool, self.pods, protocol, port, [c.pair for c in group], family)
+                    for c in group:
+                        want = "allowed" if c.allowed else "denied"
+                        if got[c.pair] != want:
+                            wrong.append(f"{protocol}/{port} {family} {c.pair[0]}>{c.pair[1]}: want {want}, "
+                                         f"got {got[c.pair]}")
             if not wrong:
                 return rounds
             if time.monotonic() > deadline:
@@ -380,15 +446,26 @@ class Cluster:
         out = []
         for node, ns in self.node_ns.items():
             out.append(f"--- {node}: {agent_log(self.tmp, node)}")
-            out.append(self.ns_tool.run(ns, "iptables-save", "-t", "filter", check=False)[-6000:])
-            out.append(self.ns_tool.run(ns, "ip", "route", check=False))
+            for family in self.probe_families:
+                v6 = family == "ipv6"
+                out.append(self.ns_tool.run(ns, "ip6tables-save" if v6 else "iptables-save", "-t", "filter",
+                                            check=False)[-6000:])
+                out.append(self.ns_tool.run(ns, "ip", "-6" if v6 else "-4", "route", check=False))
         return "\n".join(out)
 
 
-@pytest.mark.parametrize(("case", "placement"), _params())
-def test_case(case: dict[str, Any], placement: str, netns: Any, tmp_path: Path) -> None:
+def _dual_stack_node(name: str) -> dict[str, Any]:
+    obj = objects.node(name, ipv4=f"{UNDERLAY[name]}/24")
+    # calico-node's annotation for the node's IPv6 address: the next hop of its IPv6 blocks.
+    obj["metadata"]["annotations"]["projectcalico.org/IPv6Address"] = f"{UNDERLAY6[name]}/64"
+    return obj
+
+
+@pytest.mark.parametrize(("case", "placement", "family"), _params())
+def test_case(case: dict[str, Any], placement: str, family: str, netns: Any, tmp_path: Path) -> None:
     started = time.monotonic()
     cluster = Cluster(case, placement, netns, tmp_path, calico=case["flavor"] == "calico")
+    cluster.probe_families = ("ipv4", "ipv6") if family == "dual" else (family,)
     assert case["flavor"] in ("kubernetes", "calico"), case["flavor"]
     cluster.namespaces = {ns["name"]: dict(ns.get("labels") or {}) for ns in case["namespaces"]}
     cluster.profiles = {p["name"]: p for p in case.get("profiles") or []}
@@ -424,11 +501,11 @@ def test_case(case: dict[str, Any], placement: str, netns: Any, tmp_path: Path) 
         probed = {(e["protocol"].upper(), int(e["port"])) for step in case["steps"] for e in step["expect"]}
         baseline = [Check(proto, port, (a, b), True) for proto, port in sorted(probed)
                     for a in pods for b in pods if a != b and pods[b].serves_on(proto, port)]
-        cluster.converge(baseline, BASELINE_DEADLINE, "baseline (no policies)")
+        cluster.converge(baseline, BASELINE_DEADLINE, f"baseline (no policies, {family})")
 
         for index, step in enumerate(case["steps"], 1):
             for manifest in step.get("apply") or []:
-                obj = copy.deepcopy(_substitute(manifest, pods))
+                obj = copy.deepcopy(_substitute(manifest, pods, family))
                 obj["apiVersion"] = _stored_api_version(obj["apiVersion"])
                 md = obj["metadata"]
                 applied[(obj["apiVersion"], obj["kind"], md.get("namespace", ""), md["name"])] = obj
@@ -438,7 +515,7 @@ def test_case(case: dict[str, Any], placement: str, netns: Any, tmp_path: Path) 
             for change in step.get("label") or []:
                 _relabel(cluster, api, daemon, change)
             checks = expectations(step["expect"], pods)
-            cluster.converge(checks, STEP_DEADLINE, f"{case['id']} ({placement}) step {index}")
+            cluster.converge(checks, STEP_DEADLINE, f"{case['id']} ({placement}, {family}) step {index}")
     finally:
         cluster.stop_agents()
         servers.stop()
@@ -447,7 +524,7 @@ def test_case(case: dict[str, Any], placement: str, netns: Any, tmp_path: Path) 
         if kube is not None:
             kube.close()
         api.stop()
-    print(f"{case['id']} {placement}: passed in {time.monotonic() - started:.1f}s")
+    print(f"{case['id']} {placement} {family}: passed in {time.monotonic() - started:.1f}s")
 
 
 def _relabel(cluster: Cluster, api: KubeAPIEmulator, daemon: DaemonThread, change: dict[str, Any]) -> None:
