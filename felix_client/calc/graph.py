@@ -14,7 +14,7 @@ records what became dirty; `snapshot()` then resolves the per-endpoint policy li
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +23,7 @@ from felix_client.calc.labels import LabelIndex
 from felix_client.calc.model import (
     ENFORCED_KINDS,
     Endpoint,
+    FelixSettings,
     IPSetSpec,
     ParsedPolicy,
     ParsedProfile,
@@ -81,7 +82,8 @@ class DesiredState:
     vxlan_hosts: list[str]
     ipip: bool
     vxlan: bool
-    endpoint_to_host_action: str = "ACCEPT"
+    endpoint_to_host_action: str = "DROP"
+    settings: FelixSettings = field(default_factory=FelixSettings)
 
 
 @dataclass
@@ -95,7 +97,8 @@ class Dirty:
 
 
 class Calculator:
-    def __init__(self, hostname: str, *, uplink: str = "eth0", endpoint_to_host_action: str = "ACCEPT") -> None:
+    def __init__(self, hostname: str, *, uplink: str = "eth0", endpoint_to_host_action: str | None = None,
+                 env: Mapping[str, str] | None = None) -> None:
         self.hostname = hostname
         self.endpoints: dict[str, Endpoint] = {}  # WEPs (all nodes) and network sets, by key path
         self.profile_labels: dict[str, dict[str, str]] = {}
@@ -113,7 +116,10 @@ class Calculator:
         self.services = ServiceIndex()  # EndpointSlices by service, for rules' service matches
         self.routing = RouteCalculator(hostname, uplink)
         self.config: dict[tuple[str, str], Any] = {}  # ("host" | "global", name) -> value
-        self._default_endpoint_to_host_action = endpoint_to_host_action
+        # FELIX_* settings, which beat the datastore's (FelixSettings.from_sources).
+        self._env = dict(env or {})
+        if endpoint_to_host_action:
+            self._env["FELIX_DEFAULTENDPOINTTOHOSTACTION"] = endpoint_to_host_action
         self.dirty = Dirty()
 
     # -- input ------------------------------------------------------------------------------------
@@ -471,7 +477,7 @@ class Calculator:
             spec.name: IPSetState(spec, frozenset(self._members.get(spec, {}))) for spec in self.ipset_refs
         }
         routing = self.routing
-        action = str(self.config_value("DefaultEndpointToHostAction", self._default_endpoint_to_host_action)).upper()
+        settings = FelixSettings.from_sources(self.config_value, self._env)
         return DesiredState(
             hostname=self.hostname,
             endpoints=local,
@@ -486,7 +492,8 @@ class Calculator:
             vxlan_hosts=routing.vxlan_hosts(),
             ipip=routing.ipip_enabled,
             vxlan=routing.vxlan_enabled,
-            endpoint_to_host_action=action if action in ("ACCEPT", "DROP", "RETURN") else "ACCEPT",
+            endpoint_to_host_action=settings.endpoint_to_host_action,
+            settings=settings,
         )
 
     def take_dirty(self) -> Dirty:

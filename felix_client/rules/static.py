@@ -4,7 +4,7 @@ dispatch, policy and profile chains of the desired state (felix/rules/static.go)
 from __future__ import annotations
 
 from felix_client.calc.graph import DesiredState
-from felix_client.calc.model import ParsedProfile
+from felix_client.calc.model import FelixSettings, ParsedProfile
 from felix_client.names import (
     CHAIN_FORWARD,
     CHAIN_INPUT,
@@ -20,6 +20,7 @@ from felix_client.names import (
     FROM_WORKLOAD_PREFIX,
     HOSTS_SET,
     IPIP_DEVICE,
+    KIND_SHORT,
     MARK_ACCEPT,
     MARK_ALL,
     MARK_CLEAR_FORWARD,
@@ -42,12 +43,14 @@ from felix_client.names import (
     profile_chain_name,
 )
 from felix_client.rules.endpoints import dispatch_chains, render_endpoint_chain
-from felix_client.rules.policy import render_rules
+from felix_client.rules.policy import RuleContext, deny_action, deny_word, render_rules
 from felix_client.rules.table import ACCEPTED, Table, comment_match, xmark
 
 
 def render_filter(state: DesiredState, iface_prefix: str = WORKLOAD_IFACE_PREFIX) -> Table:
     wl = f"{iface_prefix}+"
+    settings = state.settings
+    deny, word = deny_action(settings), deny_word(settings)
     t = Table("filter", ["INPUT", "FORWARD", "OUTPUT"], {})
     t.add("INPUT", f"-j {CHAIN_INPUT}")
     t.add("FORWARD", f"-j {CHAIN_FORWARD}")
@@ -65,13 +68,13 @@ def render_filter(state: DesiredState, iface_prefix: str = WORKLOAD_IFACE_PREFIX
     if state.ipip:
         t.add(CHAIN_INPUT, f"-p 4 {comment_match('Allow IPIP packets from Calico hosts')} "
               f"-m set --match-set {HOSTS_SET} src -m addrtype --dst-type LOCAL -j ACCEPT")
-        t.add(CHAIN_INPUT, f"-p 4 {comment_match('Drop IPIP packets from non-Calico hosts')} -j DROP")
+        t.add(CHAIN_INPUT, f"-p 4 {comment_match(f'{word} IPIP packets from non-Calico hosts')} {deny}")
     if state.vxlan:
         t.add(CHAIN_INPUT, f"-p udp {comment_match('Allow IPv4 VXLAN packets from allowed hosts')} "
               f"-m multiport --dports {VXLAN_PORT} -m set --match-set {VXLAN_HOSTS_SET} src "
               "-m addrtype --dst-type LOCAL -j ACCEPT")
-        t.add(CHAIN_INPUT, f"-p udp {comment_match('Drop IPv4 VXLAN packets from non-allowed hosts')} "
-              f"-m multiport --dports {VXLAN_PORT} -m addrtype --dst-type LOCAL -j DROP")
+        t.add(CHAIN_INPUT, f"-p udp {comment_match(f'{word} IPv4 VXLAN packets from non-allowed hosts')} "
+              f"-m multiport --dports {VXLAN_PORT} -m addrtype --dst-type LOCAL {deny}")
     t.add(CHAIN_INPUT, f"-i {wl} -g {WL_TO_HOST}")
     t.add(CHAIN_INPUT, f"{ACCEPTED} -j ACCEPT")
     t.add(CHAIN_INPUT, xmark(0, MARK_ALL))
@@ -102,8 +105,8 @@ def render_filter(state: DesiredState, iface_prefix: str = WORKLOAD_IFACE_PREFIX
         t.chains[chain] = rules_
 
     for ep in state.endpoints:
-        t.chains[endpoint_chain_name(ep.iface, True)] = render_endpoint_chain(ep, inbound=True)
-        t.chains[endpoint_chain_name(ep.iface, False)] = render_endpoint_chain(ep, inbound=False)
+        t.chains[endpoint_chain_name(ep.iface, True)] = render_endpoint_chain(ep, True, settings)
+        t.chains[endpoint_chain_name(ep.iface, False)] = render_endpoint_chain(ep, False, settings)
 
     # Only chains some endpoint jumps to are programmed (Felix refcounts reachability): an
     # ingress-only policy gets no cali-po- chain.
@@ -112,14 +115,18 @@ def render_filter(state: DesiredState, iface_prefix: str = WORKLOAD_IFACE_PREFIX
     wanted_out = {p.key for ep in live for tier in ep.egress for p in tier.policies}
     for key in sorted(state.policies, key=lambda k: (k.kind, k.namespace, k.name)):
         policy = state.policies[key]
+        context = RuleContext(settings, KIND_SHORT.get(key.kind, key.kind), key.name, key.namespace, policy.tier)
         if key in wanted_in:
-            t.chains[policy_chain_name(key, True)] = render_rules(policy.inbound, f"{policy.description} ingress")
+            t.chains[policy_chain_name(key, True)] = render_rules(policy.inbound, f"{policy.description} ingress",
+                                                                  context)
         if key in wanted_out:
-            t.chains[policy_chain_name(key, False)] = render_rules(policy.outbound, f"{policy.description} egress")
+            t.chains[policy_chain_name(key, False)] = render_rules(policy.outbound, f"{policy.description} egress",
+                                                                   context)
     for name in sorted({p for ep in live for p in ep.profile_ids}):
         profile = state.profiles.get(name) or ParsedProfile(name, (), ())
-        t.chains[profile_chain_name(name, True)] = render_rules(profile.inbound, f"Profile {name} ingress")
-        t.chains[profile_chain_name(name, False)] = render_rules(profile.outbound, f"Profile {name} egress")
+        context = RuleContext(settings, "pro", name)
+        t.chains[profile_chain_name(name, True)] = render_rules(profile.inbound, f"Profile {name} ingress", context)
+        t.chains[profile_chain_name(name, False)] = render_rules(profile.outbound, f"Profile {name} egress", context)
 
     # Hooks for features out of scope (host endpoints, CIDR blocking): empty, but they must exist.
     for chain in (FROM_HEP_FORWARD, TO_HEP_FORWARD, CIDR_BLOCK,
@@ -138,14 +145,20 @@ def render_nat(state: DesiredState) -> Table:
     t.add(CHAIN_POSTROUTING, f"-j {FIP_SNAT}")
     t.add(CHAIN_POSTROUTING, f"-j {NAT_OUTGOING}")
     # Traffic the host itself sends into a tunnel leaves with the tunnel device's address.
+    # With VXLAN on, UDP is masqueraded to source ports clear of the VXLAN port: a reply to the
+    # port itself would hit the "VXLAN packets from non-allowed hosts" drop (Calico issue 12244).
+    local = "-m addrtype ! --src-type LOCAL --limit-iface-out -m addrtype --src-type LOCAL"
+    udp_ports = masq_port_range_excluding(VXLAN_PORT) if state.vxlan else ""
     for enabled, device in ((state.ipip, IPIP_DEVICE), (state.vxlan, VXLAN_DEVICE)):
         if enabled:
-            t.add(CHAIN_POSTROUTING, f"-o {device} -m addrtype ! --src-type LOCAL --limit-iface-out "
-                  "-m addrtype --src-type LOCAL -j MASQUERADE --random-fully")
+            if udp_ports:
+                t.add(CHAIN_POSTROUTING, f"-o {device} -p udp {local} -j MASQUERADE --to-ports {udp_ports} "
+                      "--random-fully")
+            t.add(CHAIN_POSTROUTING, f"-o {device} {local} -j MASQUERADE --random-fully")
     t.add(NAT_OUTGOING)
     if state.masq_pools:
-        t.add(NAT_OUTGOING, f"-m set --match-set {MASQ_SET} src -m set ! --match-set {POOLS_SET} dst "
-              "-j MASQUERADE --random-fully")
+        for rule in nat_outgoing_rules(state.settings):
+            t.add(NAT_OUTGOING, rule)
     t.add(FIP_DNAT)
     t.add(FIP_SNAT)
     return t
@@ -155,6 +168,11 @@ def render_raw(state: DesiredState, iface_prefix: str = WORKLOAD_IFACE_PREFIX) -
     t = Table("raw", ["PREROUTING", "OUTPUT"], {})
     t.add("PREROUTING", f"-j {CHAIN_PREROUTING}")
     t.add(CHAIN_PREROUTING, xmark(0, MARK_ALL))
+    # VXLAN flows use different source ports each way: tracking them only fills conntrack with
+    # unreplied entries (StaticRawPreroutingChain / StaticRawOutputChain).
+    notrack = f"-p udp -m udp --dport {VXLAN_PORT} -j NOTRACK"
+    if state.vxlan:
+        t.add(CHAIN_PREROUTING, notrack)
     t.add(CHAIN_PREROUTING, f"-i {iface_prefix}+ {xmark(MARK_SCRATCH0, MARK_SCRATCH0)}")
     scratch = f"-m mark --mark {MARK_SCRATCH0:#x}/{MARK_SCRATCH0:#x}"
     t.add(CHAIN_PREROUTING, f"{scratch} -j {RPF_SKIP}")
@@ -164,7 +182,45 @@ def render_raw(state: DesiredState, iface_prefix: str = WORKLOAD_IFACE_PREFIX) -
     t.add(CHAIN_PREROUTING, f"{ACCEPTED} -j ACCEPT")
     t.add(RPF_SKIP)
     t.add(FROM_HOST_ENDPOINT)
+    if state.vxlan:
+        t.add("OUTPUT", f"-j {CHAIN_OUTPUT}")
+        t.add(CHAIN_OUTPUT, xmark(0, MARK_ALL))
+        t.add(CHAIN_OUTPUT, f"-j {TO_HOST_ENDPOINT}")
+        t.add(CHAIN_OUTPUT, notrack)
+        t.add(CHAIN_OUTPUT, f"{ACCEPTED} -j ACCEPT")
+        t.add(TO_HOST_ENDPOINT)
     return t
+
+
+def masq_port_range_excluding(port: int) -> str:
+    """masqPortRangeExcluding (felix/rules/static.go): the wider side of `port` within 1024-65535,
+    as one range (MASQUERADE takes one)."""
+    if not 0 < port <= 65535:
+        return ""
+    low, high = 1024, 65535
+    return f"{low}-{port - 1}" if port - low >= high - port else f"{port + 1}-{high}"
+
+
+def nat_outgoing_rules(settings: FelixSettings) -> list[str]:
+    """NATOutgoingChain (felix/rules/nat.go): pool traffic leaving the pools is masqueraded - or
+    SNATed to NATOutgoingAddress - with TCP and UDP first confined to NATPortRange when set."""
+    match = f"-m set --match-set {MASQ_SET} src -m set ! --match-set {POOLS_SET} dst"
+    if settings.nat_outgoing_exclusions == "IPPoolsAndHostIPs":
+        match += f" -m set ! --match-set {HOSTS_SET} dst"
+    address = settings.nat_outgoing_address
+
+    def action(ports: str) -> str:
+        if address:
+            return f"-j SNAT --to-source {address}{':' + ports if ports else ''} --random-fully"
+        return f"-j MASQUERADE{' --to-ports ' + ports if ports else ''} --random-fully"
+
+    rules: list[str] = []
+    if settings.nat_port_range is not None:
+        ports = "{}-{}".format(*settings.nat_port_range)
+        for protocol in ("tcp", "udp"):
+            rules += [f"-p {protocol} {match} {action(ports)}", f"-p {protocol} {match} -j RETURN"]
+    rules.append(f"{match} {action('')}")
+    return rules
 
 
 def render_tables(state: DesiredState, iface_prefix: str = WORKLOAD_IFACE_PREFIX) -> dict[str, Table]:
