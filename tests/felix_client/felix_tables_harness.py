@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from felix_client.calc.graph import ResolvedEndpoint, TierPolicies
+from felix_client.calc.graph import DesiredState, ResolvedEndpoint, TierPolicies
 from felix_client.calc.model import (
     SETTINGS_ENV,
     FelixSettings,
@@ -42,12 +42,13 @@ from felix_client.names import (
     MARK_SCRATCH1,
     TO_WL_DISPATCH,
     TO_WORKLOAD_PREFIX,
+    VXLAN_PORT,
     endpoint_chain_name,
     policy_chain_name,
 )
 from felix_client.rules.endpoints import dispatch_chains, render_endpoint_chain
 from felix_client.rules.policy import RuleContext, render_rule, render_rules
-from felix_client.rules.static import nat_outgoing_rules
+from felix_client.rules.static import nat_outgoing_rules, render_nat, render_raw
 from typha.model import selector
 from typha.model.keys import PolicyKey
 
@@ -119,6 +120,9 @@ def save_form(rule: str, marks: dict[int, int] | None = None, *, comments: bool 
             rest += [tok, _translate_mark(tokens[i + 1], {})]
             i += 2
             continue
+        if tok in ("--dport", "--sport") and rest[-2:-1] != ["-m"]:
+            protocol = heads.get("-p", ["-p", "?"])[-1]
+            rest += ["-m", protocol]  # iptables loads the protocol's match for a bare --dport
         if tok == "--limit":
             number, _, unit = tokens[i + 1].partition("/")
             rest += [tok, f"{number}/{_LIMIT_UNITS.get(unit, unit)}"]
@@ -382,5 +386,29 @@ def nat_rows() -> list[Row]:
     return rows
 
 
+def static_rows() -> list[Row]:
+    """felix/rules/static_test.go: the VXLAN rows of the IPIP-enabled configuration."""
+    data = load("static_test.json")
+    marks = mark_map(data["marks"])
+    rows: list[Row] = []
+    for index, entry in enumerate(data["vxlan"]):
+        def check(entry: dict[str, Any] = entry) -> tuple[list[str], list[str]]:
+            given = entry["state"]
+            if given["vxlan_port"] != VXLAN_PORT:
+                raise Unsupported(f"VXLANPort {given['vxlan_port']}: felix_client's VXLAN port is {VXLAN_PORT}")
+            if entry["table"] == "nat" and given["vxlan"] != given["vxlan_tunnel_address"]:
+                # Felix's tunnel masquerade needs the tunnel address, its NOTRACK rules only VXLAN.
+                raise Unsupported("VXLAN on without this host's tunnel address: felix_client has one VXLAN flag")
+            state = DesiredState(hostname="h", endpoints=[], policies={}, profiles={}, ipsets={}, routes=[], vteps=[],
+                                 masq_pools=[], all_pools=[], all_hosts=[], vxlan_hosts=[],
+                                 ipip=given["ipip_tunnel_address"], vxlan=given["vxlan"])
+            table = {"nat": render_nat, "raw": render_raw}[entry["table"]](state)
+            return ([save_form(rule, marks) for rule in entry["rules"]],
+                    [save_form(rule) for rule in table.chains.get(entry["chain"], ["<no such chain>"])])
+
+        rows.append(Row("Static (VXLAN)", index, entry["name"], check))
+    return rows
+
+
 def all_rows() -> list[Row]:
-    return policy_rows() + dispatch_rows() + endpoint_rows() + nat_rows()
+    return policy_rows() + dispatch_rows() + endpoint_rows() + nat_rows() + static_rows()
