@@ -47,7 +47,7 @@ from felix_client.names import (
     policy_chain_name,
 )
 from felix_client.rules.endpoints import dispatch_chains, render_endpoint_chain
-from felix_client.rules.policy import RuleContext, render_rule, render_rules
+from felix_client.rules.policy import RuleContext, _port_groups, render_rule, render_rules
 from felix_client.rules.static import nat_outgoing_rules, render_nat, render_raw
 from typha.model import selector
 from typha.model.keys import PolicyKey
@@ -312,6 +312,14 @@ def policy_rows() -> list[Row]:
                     [save_form(r) for r in render_rule(rule, "c")])
 
         rows.append(Row("CIDR split tests", index, entry["name"], check_cidr))
+
+    for index, entry in enumerate(data["port_split"]):
+        def check_split(entry: dict[str, Any] = entry) -> tuple[list[str], list[str]]:
+            # SplitPortList's groups, as the multiport arguments they become.
+            expected = [",".join(str(p) for p in _ports(split)) for split in entry["splits"]]
+            return expected, _port_groups(_ports(entry["ports"]))
+
+        rows.append(Row("Port split tests", index, entry["name"], check_split))
 
     for index, entry in enumerate(data["named_ports"]):
         def check_named(entry: dict[str, Any] = entry) -> tuple[list[str], list[str]]:
