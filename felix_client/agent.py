@@ -197,7 +197,8 @@ class Agent:
         me = self.options.hostname
         vtep = None
         if routing.vxlan_ips.get(me) and routing.vxlan_macs.get(me) and routing.host_ips.get(me):
-            vtep = OwnVTEP(routing.vxlan_ips[me], routing.vxlan_macs[me], routing.host_ips[me])
+            vtep = OwnVTEP(routing.vxlan_ips[me], routing.vxlan_macs[me], routing.host_ips[me],
+                           state.settings.vxlan_port)
         return state, vtep
 
     def _program(self, state: Any, vtep: OwnVTEP | None) -> list[str]:

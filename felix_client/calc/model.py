@@ -20,6 +20,7 @@ from felix_client.names import (
     SET_ID_SELECTOR,
     SET_ID_SERVICE,
     SET_ID_SERVICE_NO_PORT,
+    VXLAN_PORT,
     ipset_name,
 )
 from felix_client.validate import Invalid
@@ -565,7 +566,7 @@ def parse_network_set(path: str, value: dict[str, Any]) -> Endpoint:
 # The settings FelixSettings reads, as FELIX_* environment variables (Felix upper-cases the name).
 SETTINGS_ENV = tuple(f"FELIX_{name.upper()}" for name in (
     "DefaultEndpointToHostAction", "IptablesFilterDenyAction", "LogPrefix", "LogActionRateLimit",
-    "LogActionRateLimitBurst", "NATOutgoingExclusions", "NATOutgoingAddress", "NATPortRange"))
+    "LogActionRateLimitBurst", "NATOutgoingExclusions", "NATOutgoingAddress", "NATPortRange", "VXLANPort"))
 _LOG_RATE = re.compile(r"[1-9][0-9]{0,3}/(second|minute|hour|day)")
 # iptables-save prints a limit's unit shortened.
 _LOG_RATE_UNIT = {"second": "sec", "minute": "min", "hour": "hour", "day": "day"}
@@ -583,6 +584,7 @@ class FelixSettings:
     nat_outgoing_exclusions: str = "IPPoolsOnly"  # or IPPoolsAndHostIPs
     nat_outgoing_address: str = ""  # NATOutgoingAddress: SNAT to it instead of MASQUERADE
     nat_port_range: tuple[int, int] | None = None  # NATPortRange
+    vxlan_port: int = VXLAN_PORT  # VXLANPort: the device's UDP port and every rule about VXLAN packets
 
     @classmethod
     def from_sources(cls, lookup: Callable[[str], Any], env: Mapping[str, str] | None = None) -> FelixSettings:
@@ -616,6 +618,7 @@ class FelixSettings:
                                          default.nat_outgoing_exclusions),
             nat_outgoing_address=pick("NATOutgoingAddress", _ipv4, default.nat_outgoing_address),
             nat_port_range=pick("NATPortRange", _port_range, default.nat_port_range),
+            vxlan_port=pick("VXLANPort", _int_in(1, 65535), default.vxlan_port),
         )
 
 

@@ -8,7 +8,6 @@ from felix_client.calc.model import FelixSettings
 from felix_client.names import (
     MARK_ACCEPT,
     MARK_PASS,
-    VXLAN_PORT,
     policy_chain_name,
     profile_chain_name,
 )
@@ -43,7 +42,7 @@ def render_endpoint_chain(ep: ResolvedEndpoint, inbound: bool, settings: FelixSe
         # AllowVXLANPacketsFromWorkloads / AllowIPIPPacketsFromWorkloads default to false.
         out.append(
             f"-p udp {comment_match(f'{word} VXLAN encapped packets originating in workloads')} "
-            f"-m multiport --dports {VXLAN_PORT} {deny}"
+            f"-m multiport --dports {settings.vxlan_port} {deny}"
         )
         out.append(f"-p 4 {comment_match(f'{word} IPinIP encapped packets originating in workloads')} {deny}")
     out += _tier_rules(ep.ingress if inbound else ep.egress, inbound, settings)

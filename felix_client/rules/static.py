@@ -35,7 +35,6 @@ from felix_client.names import (
     TO_WORKLOAD_PREFIX,
     VXLAN_DEVICE,
     VXLAN_HOSTS_SET,
-    VXLAN_PORT,
     WL_TO_HOST,
     WORKLOAD_IFACE_PREFIX,
     endpoint_chain_name,
@@ -71,10 +70,10 @@ def render_filter(state: DesiredState, iface_prefix: str = WORKLOAD_IFACE_PREFIX
         t.add(CHAIN_INPUT, f"-p 4 {comment_match(f'{word} IPIP packets from non-Calico hosts')} {deny}")
     if state.vxlan:
         t.add(CHAIN_INPUT, f"-p udp {comment_match('Allow IPv4 VXLAN packets from allowed hosts')} "
-              f"-m multiport --dports {VXLAN_PORT} -m set --match-set {VXLAN_HOSTS_SET} src "
+              f"-m multiport --dports {settings.vxlan_port} -m set --match-set {VXLAN_HOSTS_SET} src "
               "-m addrtype --dst-type LOCAL -j ACCEPT")
         t.add(CHAIN_INPUT, f"-p udp {comment_match(f'{word} IPv4 VXLAN packets from non-allowed hosts')} "
-              f"-m multiport --dports {VXLAN_PORT} -m addrtype --dst-type LOCAL {deny}")
+              f"-m multiport --dports {settings.vxlan_port} -m addrtype --dst-type LOCAL {deny}")
     t.add(CHAIN_INPUT, f"-i {wl} -g {WL_TO_HOST}")
     t.add(CHAIN_INPUT, f"{ACCEPTED} -j ACCEPT")
     t.add(CHAIN_INPUT, xmark(0, MARK_ALL))
@@ -88,7 +87,7 @@ def render_filter(state: DesiredState, iface_prefix: str = WORKLOAD_IFACE_PREFIX
               f"-m set --match-set {HOSTS_SET} dst -m addrtype --src-type LOCAL -j ACCEPT")
     if state.vxlan:
         t.add(CHAIN_OUTPUT, f"-p udp {comment_match('Allow IPv4 VXLAN packets to other allowed hosts')} "
-              f"-m multiport --dports {VXLAN_PORT} -m addrtype --src-type LOCAL "
+              f"-m multiport --dports {settings.vxlan_port} -m addrtype --src-type LOCAL "
               f"-m set --match-set {VXLAN_HOSTS_SET} dst -j ACCEPT")
     t.add(CHAIN_OUTPUT, xmark(0, MARK_ALL))
     t.add(CHAIN_OUTPUT, f"-m conntrack ! --ctstate DNAT -j {TO_HOST_ENDPOINT}")
@@ -148,7 +147,7 @@ def render_nat(state: DesiredState) -> Table:
     # With VXLAN on, UDP is masqueraded to source ports clear of the VXLAN port: a reply to the
     # port itself would hit the "VXLAN packets from non-allowed hosts" drop (Calico issue 12244).
     local = "-m addrtype ! --src-type LOCAL --limit-iface-out -m addrtype --src-type LOCAL"
-    udp_ports = masq_port_range_excluding(VXLAN_PORT) if state.vxlan else ""
+    udp_ports = masq_port_range_excluding(state.settings.vxlan_port) if state.vxlan else ""
     for enabled, device in ((state.ipip, IPIP_DEVICE), (state.vxlan, VXLAN_DEVICE)):
         if enabled:
             if udp_ports:
@@ -170,7 +169,7 @@ def render_raw(state: DesiredState, iface_prefix: str = WORKLOAD_IFACE_PREFIX) -
     t.add(CHAIN_PREROUTING, xmark(0, MARK_ALL))
     # VXLAN flows use different source ports each way: tracking them only fills conntrack with
     # unreplied entries (StaticRawPreroutingChain / StaticRawOutputChain).
-    notrack = f"-p udp -m udp --dport {VXLAN_PORT} -j NOTRACK"
+    notrack = f"-p udp -m udp --dport {state.settings.vxlan_port} -j NOTRACK"
     if state.vxlan:
         t.add(CHAIN_PREROUTING, notrack)
     t.add(CHAIN_PREROUTING, f"-i {iface_prefix}+ {xmark(MARK_SCRATCH0, MARK_SCRATCH0)}")

@@ -42,7 +42,6 @@ from felix_client.names import (
     MARK_SCRATCH1,
     TO_WL_DISPATCH,
     TO_WORKLOAD_PREFIX,
-    VXLAN_PORT,
     endpoint_chain_name,
     policy_chain_name,
 )
@@ -402,14 +401,13 @@ def static_rows() -> list[Row]:
     for index, entry in enumerate(data["vxlan"]):
         def check(entry: dict[str, Any] = entry) -> tuple[list[str], list[str]]:
             given = entry["state"]
-            if given["vxlan_port"] != VXLAN_PORT:
-                raise Unsupported(f"VXLANPort {given['vxlan_port']}: felix_client's VXLAN port is {VXLAN_PORT}")
             if entry["table"] == "nat" and given["vxlan"] != given["vxlan_tunnel_address"]:
                 # Felix's tunnel masquerade needs the tunnel address, its NOTRACK rules only VXLAN.
                 raise Unsupported("VXLAN on without this host's tunnel address: felix_client has one VXLAN flag")
             state = DesiredState(hostname="h", endpoints=[], policies={}, profiles={}, ipsets={}, routes=[], vteps=[],
                                  masq_pools=[], all_pools=[], all_hosts=[], vxlan_hosts=[],
-                                 ipip=given["ipip_tunnel_address"], vxlan=given["vxlan"])
+                                 ipip=given["ipip_tunnel_address"], vxlan=given["vxlan"],
+                                 settings=settings({"VXLANPort": given["vxlan_port"]}))
             table = {"nat": render_nat, "raw": render_raw}[entry["table"]](state)
             return ([save_form(rule, marks) for rule in entry["rules"]],
                     [save_form(rule) for rule in table.chains.get(entry["chain"], ["<no such chain>"])])

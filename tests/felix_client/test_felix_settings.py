@@ -182,3 +182,16 @@ def test_vxlan_notrack_and_udp_masquerade_clear_of_the_vxlan_port() -> None:
     without = rules.render_tables(_routing_calc({}).snapshot())
     assert not any("NOTRACK" in rule for chain in without["raw"].chains.values() for rule in chain)
     assert "cali-OUTPUT" not in without["raw"].chains
+
+
+def test_vxlan_port_reaches_every_vxlan_rule() -> None:
+    calc = _routing_calc({"vxlan_mode": "always"}, vxlan=True)
+    calc.apply([wep(NODE, "demo", "web", "10.65.0.2", {"app": "web"}),
+                (keys.global_config_path("VXLANPort"), "8472")])
+    state = calc.snapshot()
+    assert state.settings.vxlan_port == 8472
+    text = rules.render_iptables(state)
+    assert "4789" not in text
+    assert "-p udp -m udp --dport 8472 -j NOTRACK" in text
+    assert text.count("--dports 8472") == 4  # INPUT allow and drop, OUTPUT allow, the workload's drop
+    assert "-j MASQUERADE --to-ports 8473-65535 --random-fully" in text
