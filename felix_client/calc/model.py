@@ -566,7 +566,8 @@ def parse_network_set(path: str, value: dict[str, Any]) -> Endpoint:
 # The settings FelixSettings reads, as FELIX_* environment variables (Felix upper-cases the name).
 SETTINGS_ENV = tuple(f"FELIX_{name.upper()}" for name in (
     "DefaultEndpointToHostAction", "IptablesFilterDenyAction", "LogPrefix", "LogActionRateLimit",
-    "LogActionRateLimitBurst", "NATOutgoingExclusions", "NATOutgoingAddress", "NATPortRange", "VXLANPort"))
+    "LogActionRateLimitBurst", "NATOutgoingExclusions", "NATOutgoingAddress", "NATPortRange", "VXLANPort",
+    "IptablesNATOutgoingInterfaceFilter"))
 _LOG_RATE = re.compile(r"[1-9][0-9]{0,3}/(second|minute|hour|day)")
 # iptables-save prints a limit's unit shortened.
 _LOG_RATE_UNIT = {"second": "sec", "minute": "min", "hour": "hour", "day": "day"}
@@ -585,6 +586,7 @@ class FelixSettings:
     nat_outgoing_address: str = ""  # NATOutgoingAddress: SNAT to it instead of MASQUERADE
     nat_port_range: tuple[int, int] | None = None  # NATPortRange
     vxlan_port: int = VXLAN_PORT  # VXLANPort: the device's UDP port and every rule about VXLAN packets
+    nat_outgoing_interface: str = ""  # IptablesNATOutgoingInterfaceFilter: NAT outgoing only out of it
 
     @classmethod
     def from_sources(cls, lookup: Callable[[str], Any], env: Mapping[str, str] | None = None) -> FelixSettings:
@@ -619,6 +621,8 @@ class FelixSettings:
             nat_outgoing_address=pick("NATOutgoingAddress", _ipv4, default.nat_outgoing_address),
             nat_port_range=pick("NATPortRange", _port_range, default.nat_port_range),
             vxlan_port=pick("VXLANPort", _int_in(1, 65535), default.vxlan_port),
+            nat_outgoing_interface=pick("IptablesNATOutgoingInterfaceFilter", _iface_param,
+                                        default.nat_outgoing_interface),
         )
 
 
@@ -654,6 +658,14 @@ def _log_rate(value: Any) -> str:
         raise ValueError("not <1-9999>/<second|minute|hour|day>")
     number = str(value).split("/", 1)[0]
     return f"{number}/{_LOG_RATE_UNIT[match.group(1)]}"
+
+
+def _iface_param(value: Any) -> str:
+    # Felix's "iface-param": an interface name, or a prefix with iptables' trailing "+".
+    text = str(value)
+    if not re.fullmatch(r"[a-zA-Z0-9:._+-]{1,15}", text):
+        raise ValueError("not an interface name")
+    return text
 
 
 def _ipv4(value: Any) -> str:

@@ -202,11 +202,13 @@ def masq_port_range_excluding(port: int) -> str:
 
 def nat_outgoing_rules(settings: FelixSettings) -> list[str]:
     """NATOutgoingChain (felix/rules/nat.go): pool traffic leaving the pools is masqueraded - or
-    SNATed to NATOutgoingAddress - with TCP and UDP first confined to NATPortRange when set."""
+    SNATed to NATOutgoingAddress - with TCP and UDP first confined to NATPortRange when set, and
+    all of it only out of IptablesNATOutgoingInterfaceFilter when set."""
     match = f"-m set --match-set {MASQ_SET} src -m set ! --match-set {POOLS_SET} dst"
     if settings.nat_outgoing_exclusions == "IPPoolsAndHostIPs":
         match += f" -m set ! --match-set {HOSTS_SET} dst"
     address = settings.nat_outgoing_address
+    out = f"-o {settings.nat_outgoing_interface} " if settings.nat_outgoing_interface else ""
 
     def action(ports: str) -> str:
         if address:
@@ -217,8 +219,8 @@ def nat_outgoing_rules(settings: FelixSettings) -> list[str]:
     if settings.nat_port_range is not None:
         ports = "{}-{}".format(*settings.nat_port_range)
         for protocol in ("tcp", "udp"):
-            rules += [f"-p {protocol} {match} {action(ports)}", f"-p {protocol} {match} -j RETURN"]
-    rules.append(f"{match} {action('')}")
+            rules += [f"{out}-p {protocol} {match} {action(ports)}", f"{out}-p {protocol} {match} -j RETURN"]
+    rules.append(f"{out}{match} {action('')}")
     return rules
 
 

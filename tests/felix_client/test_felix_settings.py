@@ -195,3 +195,13 @@ def test_vxlan_port_reaches_every_vxlan_rule() -> None:
     assert "-p udp -m udp --dport 8472 -j NOTRACK" in text
     assert text.count("--dports 8472") == 4  # INPUT allow and drop, OUTPUT allow, the workload's drop
     assert "-j MASQUERADE --to-ports 8473-65535 --random-fully" in text
+
+
+def test_nat_outgoing_interface_filter() -> None:
+    calc = _routing_calc({"masquerade": True})
+    calc.update(keys.global_config_path("IptablesNATOutgoingInterfaceFilter"), "eth+")
+    assert rules.render_tables(calc.snapshot())["nat"].chains["cali-nat-outgoing"] == [
+        "-o eth+ -m set --match-set cali40masq-ipam-pools src -m set ! --match-set cali40network-ip-pools dst "
+        "-j MASQUERADE --random-fully"]
+    calc.update(keys.global_config_path("IptablesNATOutgoingInterfaceFilter"), "eth0 -j ACCEPT")  # refused
+    assert rules.render_tables(calc.snapshot())["nat"].chains["cali-nat-outgoing"][0].startswith("-m set")
