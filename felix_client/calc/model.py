@@ -567,7 +567,7 @@ def parse_network_set(path: str, value: dict[str, Any]) -> Endpoint:
 SETTINGS_ENV = tuple(f"FELIX_{name.upper()}" for name in (
     "DefaultEndpointToHostAction", "IptablesFilterDenyAction", "LogPrefix", "LogActionRateLimit",
     "LogActionRateLimitBurst", "NATOutgoingExclusions", "NATOutgoingAddress", "NATPortRange", "VXLANPort",
-    "IptablesNATOutgoingInterfaceFilter"))
+    "IptablesNATOutgoingInterfaceFilter", "AllowVXLANPacketsFromWorkloads", "AllowIPIPPacketsFromWorkloads"))
 _LOG_RATE = re.compile(r"[1-9][0-9]{0,3}/(second|minute|hour|day)")
 # iptables-save prints a limit's unit shortened.
 _LOG_RATE_UNIT = {"second": "sec", "minute": "min", "hour": "hour", "day": "day"}
@@ -587,6 +587,8 @@ class FelixSettings:
     nat_port_range: tuple[int, int] | None = None  # NATPortRange
     vxlan_port: int = VXLAN_PORT  # VXLANPort: the device's UDP port and every rule about VXLAN packets
     nat_outgoing_interface: str = ""  # IptablesNATOutgoingInterfaceFilter: NAT outgoing only out of it
+    allow_vxlan_from_workloads: bool = False  # AllowVXLANPacketsFromWorkloads
+    allow_ipip_from_workloads: bool = False  # AllowIPIPPacketsFromWorkloads
 
     @classmethod
     def from_sources(cls, lookup: Callable[[str], Any], env: Mapping[str, str] | None = None) -> FelixSettings:
@@ -623,6 +625,9 @@ class FelixSettings:
             vxlan_port=pick("VXLANPort", _int_in(1, 65535), default.vxlan_port),
             nat_outgoing_interface=pick("IptablesNATOutgoingInterfaceFilter", _iface_param,
                                         default.nat_outgoing_interface),
+            allow_vxlan_from_workloads=pick("AllowVXLANPacketsFromWorkloads", _bool,
+                                            default.allow_vxlan_from_workloads),
+            allow_ipip_from_workloads=pick("AllowIPIPPacketsFromWorkloads", _bool, default.allow_ipip_from_workloads),
         )
 
 
@@ -658,6 +663,15 @@ def _log_rate(value: Any) -> str:
         raise ValueError("not <1-9999>/<second|minute|hour|day>")
     number = str(value).split("/", 1)[0]
     return f"{number}/{_LOG_RATE_UNIT[match.group(1)]}"
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).lower()
+    if text not in ("true", "false"):
+        raise ValueError("not true or false")
+    return text == "true"
 
 
 def _iface_param(value: Any) -> str:

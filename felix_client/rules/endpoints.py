@@ -38,12 +38,13 @@ def render_endpoint_chain(ep: ResolvedEndpoint, inbound: bool, settings: FelixSe
         f"-m conntrack --ctstate INVALID {deny}",
         xmark(0, MARK_ACCEPT | MARK_PASS),
     ]
-    if not inbound:
-        # AllowVXLANPacketsFromWorkloads / AllowIPIPPacketsFromWorkloads default to false.
+    # Unless AllowVXLANPacketsFromWorkloads / AllowIPIPPacketsFromWorkloads (both false by default).
+    if not inbound and not settings.allow_vxlan_from_workloads:
         out.append(
             f"-p udp {comment_match(f'{word} VXLAN encapped packets originating in workloads')} "
             f"-m multiport --dports {settings.vxlan_port} {deny}"
         )
+    if not inbound and not settings.allow_ipip_from_workloads:
         out.append(f"-p 4 {comment_match(f'{word} IPinIP encapped packets originating in workloads')} {deny}")
     out += _tier_rules(ep.ingress if inbound else ep.egress, inbound, settings)
     for profile in ep.profile_ids:

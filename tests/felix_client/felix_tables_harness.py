@@ -367,8 +367,9 @@ def endpoint_rows() -> list[Row]:
                 key=f"/calico/v1/host/h/workload/k8s/w/endpoint/{entry['iface']}", iface=entry["iface"],
                 active=entry["admin_up"], ingress=tuple(_tier(t, True) for t in entry["tiers"]),
                 egress=tuple(_tier(t, False) for t in entry["tiers"]), profile_ids=tuple(entry["profiles"]))
-            chains = {endpoint_chain_name(ep.iface, True): render_endpoint_chain(ep, True),
-                      endpoint_chain_name(ep.iface, False): render_endpoint_chain(ep, False)}
+            config = settings(entry.get("config", {}))
+            chains = {endpoint_chain_name(ep.iface, True): render_endpoint_chain(ep, True, config),
+                      endpoint_chain_name(ep.iface, False): render_endpoint_chain(ep, False, config)}
             expected = [f"{chain}: {save_form(rule, marks, comments=True)}"
                         for chain in sorted(entry["chains"]) for rule in entry["chains"][chain]]
             got = [f"{chain}: {save_form(rule, comments=True)}" for chain in sorted(chains) for rule in chains[chain]]

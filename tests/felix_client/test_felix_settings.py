@@ -205,3 +205,12 @@ def test_nat_outgoing_interface_filter() -> None:
         "-j MASQUERADE --random-fully"]
     calc.update(keys.global_config_path("IptablesNATOutgoingInterfaceFilter"), "eth0 -j ACCEPT")  # refused
     assert rules.render_tables(calc.snapshot())["nat"].chains["cali-nat-outgoing"][0].startswith("-m set")
+
+
+def test_encap_from_workloads_settings() -> None:
+    calc = Calculator(NODE)
+    calc.apply([wep(NODE, "demo", "web", "10.65.0.2", {"app": "web"}),
+                (keys.global_config_path("AllowIPIPPacketsFromWorkloads"), "true")])
+    text = rules.render_iptables(calc.snapshot())
+    assert "IPinIP encapped packets originating in workloads" not in text
+    assert "Drop VXLAN encapped packets originating in workloads" in text
