@@ -14,7 +14,11 @@ Deliberate differences from Felix, all with the same packet semantics:
   blocks (docs/calico/felix.md §3.8 allows either);
 - dispatch chains are a one-level tree keyed by the interface name's next character;
 - a rule with an HTTP match is rendered only when that cannot widen it (Deny, Log): Felix leaves the
-  match to the application-layer sidecar, which felix_client does not have.
+  match to the application-layer sidecar, which felix_client does not have (an Allow with one is
+  left out, a Pass with one fails closed as a deny, `calc.model.fail_closed`);
+- several port alternatives on one side (named ports, port lists past one multiport) are one rule
+  each, where Felix ORs them through a scratch-mark block; the LOG prefix is cut to the 29 bytes
+  the kernel keeps.
 """
 
 from felix_client.rules.ipsets import (
