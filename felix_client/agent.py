@@ -44,7 +44,9 @@ from typing import Any
 
 import trio
 
+from felix_client import render
 from felix_client.calc import Calculator
+from felix_client.calc.model import SETTINGS_ENV
 from felix_client.dataplane import Dataplane
 from felix_client.dataplane import backend as iptables_backend
 from felix_client.dataplane.dataplane import OwnVTEP
@@ -65,7 +67,8 @@ class AgentOptions:
     dry_run: Path | None = None
     debounce: float = 0.05
     uplink: str = "eth0"
-    endpoint_to_host_action: str = "ACCEPT"
+    endpoint_to_host_action: str | None = None  # --endpoint-to-host-action; None: FelixConfiguration/Felix's DROP
+    env: dict[str, str] = field(default_factory=dict)  # FELIX_* settings, above FelixConfiguration
     max_consecutive_failures: int | None = None
     health_host: str = "0.0.0.0"
     health_port: int | None = None  # None: no health endpoint
@@ -93,7 +96,8 @@ class Agent:
     def __init__(self, options: AgentOptions) -> None:
         self.options = options
         self.calc = Calculator(
-            options.hostname, uplink=options.uplink, endpoint_to_host_action=options.endpoint_to_host_action
+            options.hostname, uplink=options.uplink, endpoint_to_host_action=options.endpoint_to_host_action,
+            env=options.env,
         )
         self.stats = AgentStats()
         self._wake = trio.Event()
@@ -193,7 +197,8 @@ class Agent:
         me = self.options.hostname
         vtep = None
         if routing.vxlan_ips.get(me) and routing.vxlan_macs.get(me) and routing.host_ips.get(me):
-            vtep = OwnVTEP(routing.vxlan_ips[me], routing.vxlan_macs[me], routing.host_ips[me])
+            vtep = OwnVTEP(routing.vxlan_ips[me], routing.vxlan_macs[me], routing.host_ips[me],
+                           state.settings.vxlan_port)
         return state, vtep
 
     def _program(self, state: Any, vtep: OwnVTEP | None) -> list[str]:
@@ -276,9 +281,9 @@ def parse_args(argv: Sequence[str] | None = None) -> AgentOptions:
                         help="append a JSON line per completed apply (monotonic time, policy revisions) to FILE")
     parser.add_argument("--debounce", type=float, default=0.05, help="seconds to coalesce updates before an apply")
     parser.add_argument("--uplink", default="eth0", help="underlay interface for no-encap routes")
-    parser.add_argument("--endpoint-to-host-action", default=os.environ.get("FELIX_DEFAULTENDPOINTTOHOSTACTION",
-                                                                            "ACCEPT"),
-                        choices=["ACCEPT", "DROP", "RETURN"], type=str.upper)
+    parser.add_argument("--endpoint-to-host-action", default=None, choices=["ACCEPT", "DROP", "RETURN"], type=str.upper,
+                        help="DefaultEndpointToHostAction (default: $FELIX_DEFAULTENDPOINTTOHOSTACTION, then "
+                        "FelixConfiguration, then Felix's DROP)")
     parser.add_argument("--max-consecutive-failures", type=int, default=None,
                         help="exit after this many failed connection attempts in a row")
     parser.add_argument("--health-port", type=int, default=_env_health_port(),
@@ -315,6 +320,7 @@ def parse_args(argv: Sequence[str] | None = None) -> AgentOptions:
         apply_log=args.apply_log,
         uplink=args.uplink,
         endpoint_to_host_action=args.endpoint_to_host_action,
+        env={name: os.environ[name] for name in SETTINGS_ENV if name in os.environ},
         max_consecutive_failures=args.max_consecutive_failures,
         health_host=args.health_host,
         health_port=args.health_port,
@@ -359,10 +365,13 @@ def _gave_up(exc: BaseException) -> ConnectionError | None:
 KNOWN_ENV = ("FELIX_TYPHAADDR", "FELIX_TYPHAK8SSERVICENAME", "FELIX_TYPHAK8SNAMESPACE", "FELIX_TYPHACAFILE",
              "FELIX_TYPHACERTFILE", "FELIX_TYPHAKEYFILE", "FELIX_TYPHACN", "FELIX_TYPHAURISAN", "FELIX_FELIXHOSTNAME",
              "FELIX_HEALTHENABLED", "FELIX_HEALTHHOST", "FELIX_HEALTHPORT", "FELIX_LOGSEVERITYSCREEN",
-             "FELIX_DEFAULTENDPOINTTOHOSTACTION", *iptables_backend.KNOWN_ENV)
+             *SETTINGS_ENV, *iptables_backend.KNOWN_ENV)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["render"]:  # `felix-client render`: the files for one node from a KV snapshot, offline
+        return logs.run_main("felix-client render", lambda: render.main(args[1:]))
     return logs.run_main("felix-client", lambda: _run(argv), expected=(TLSConfigError,))
 
 

@@ -24,6 +24,8 @@ MAX_CHAIN_NAME_LENGTH: Final = 28
 MAX_IPSET_NAME_LENGTH: Final = 31
 # iptables' comment match holds 256 bytes; Felix cuts comments there (iptables/renderer.go).
 MAX_COMMENT_LENGTH: Final = 256
+# The LOG target's --log-prefix holds 29 characters (Felix appends ": " to LogPrefix).
+MAX_LOG_PREFIX_LENGTH: Final = 29
 
 # --- chains -------------------------------------------------------------------------------------
 
@@ -84,7 +86,7 @@ SET_ID_SERVICE_NO_PORT: Final = "svcnoport"  # source service: hash:net of the e
 
 MARK_ACCEPT: Final = 0x10000
 MARK_PASS: Final = 0x20000
-MARK_DROP: Final = 0x40000  # Felix's deny mark; felix_client's Deny is a plain DROP (nothing reads it)
+MARK_DROP: Final = 0x40000  # Felix's deny mark: a Deny rule sets it, then drops on it (policy.go)
 MARK_SCRATCH0: Final = 0x80000
 MARK_SCRATCH1: Final = 0x100000
 MARK_ALL: Final = 0x1B0000  # accept | pass | scratch0 | scratch1, as felix_client has always cleared

@@ -14,7 +14,7 @@ records what became dirty; `snapshot()` then resolves the per-endpoint policy li
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +23,7 @@ from felix_client.calc.labels import LabelIndex
 from felix_client.calc.model import (
     ENFORCED_KINDS,
     Endpoint,
+    FelixSettings,
     IPSetSpec,
     ParsedPolicy,
     ParsedProfile,
@@ -81,7 +82,8 @@ class DesiredState:
     vxlan_hosts: list[str]
     ipip: bool
     vxlan: bool
-    endpoint_to_host_action: str = "ACCEPT"
+    endpoint_to_host_action: str = "DROP"
+    settings: FelixSettings = field(default_factory=FelixSettings)
     # IPv6 (docs/calico/felix.md §2: Felix renders and programs each family on its own, with the same
     # chain names and `cali60` sets). `ipv6` says whether the node has any IPv6 to police or route: an
     # IPv6 pool or block, or an endpoint with `ipv6_nets`; without one no ip6tables ruleset is programmed.
@@ -102,7 +104,8 @@ class Dirty:
 
 
 class Calculator:
-    def __init__(self, hostname: str, *, uplink: str = "eth0", endpoint_to_host_action: str = "ACCEPT") -> None:
+    def __init__(self, hostname: str, *, uplink: str = "eth0", endpoint_to_host_action: str | None = None,
+                 env: Mapping[str, str] | None = None) -> None:
         self.hostname = hostname
         self.endpoints: dict[str, Endpoint] = {}  # WEPs (all nodes) and network sets, by key path
         self.profile_labels: dict[str, dict[str, str]] = {}
@@ -122,7 +125,10 @@ class Calculator:
         self.routing6 = RouteCalculator(hostname, uplink, version=6)
         self._v6_endpoints: set[str] = set()  # endpoints and network sets (any node) with IPv6 nets
         self.config: dict[tuple[str, str], Any] = {}  # ("host" | "global", name) -> value
-        self._default_endpoint_to_host_action = endpoint_to_host_action
+        # FELIX_* settings, which beat the datastore's (FelixSettings.from_sources).
+        self._env = dict(env or {})
+        if endpoint_to_host_action:
+            self._env["FELIX_DEFAULTENDPOINTTOHOSTACTION"] = endpoint_to_host_action
         self.dirty = Dirty()
 
     # -- input ------------------------------------------------------------------------------------
@@ -498,7 +504,7 @@ class Calculator:
         }
         routing, routing6 = self.routing, self.routing6
         ipv6 = self.ipv6_in_use()
-        action = str(self.config_value("DefaultEndpointToHostAction", self._default_endpoint_to_host_action)).upper()
+        settings = FelixSettings.from_sources(self.config_value, self._env)
         return DesiredState(
             hostname=self.hostname,
             endpoints=local,
@@ -513,7 +519,8 @@ class Calculator:
             vxlan_hosts=routing.vxlan_hosts(),
             ipip=routing.ipip_enabled,
             vxlan=routing.vxlan_enabled,
-            endpoint_to_host_action=action if action in ("ACCEPT", "DROP", "RETURN") else "ACCEPT",
+            endpoint_to_host_action=settings.endpoint_to_host_action,
+            settings=settings,
             ipv6=ipv6,
             routes6=routing6.routes() if ipv6 else [],
             masq_pools6=routing6.masq_pools(),

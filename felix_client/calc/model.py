@@ -6,6 +6,9 @@ once when the KV arrives and shared by the calculation and the renderer.
 
 from __future__ import annotations
 
+import ipaddress
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +20,7 @@ from felix_client.names import (
     SET_ID_SELECTOR,
     SET_ID_SERVICE,
     SET_ID_SERVICE_NO_PORT,
+    VXLAN_PORT,
     ipset_name,
 )
 from felix_client.validate import Invalid
@@ -188,6 +192,8 @@ class ParsedRule:
     # does (policy.go), sorted by key (Felix's map order is random).
     annotations: tuple[tuple[str, str], ...] = ()
     version: int = 4  # the family this rule was filtered and is rendered for
+    # An invalid Deny/Pass rule standing in as an unconditional deny (`fail_closed`).
+    fail_closed: bool = False
 
     def ipsets(self) -> list[IPSetSpec]:
         return self.src.ipsets() + self.dst.ipsets()
@@ -392,11 +398,32 @@ def parse_rules_by_family(rules: Any, owner: str = "",
             try:
                 out[version].append(parse_rule(rule, version))
             except Invalid as exc:
+                closed = fail_closed(rule, exc.reason, version)
                 if exc.reason not in reported or exc.reason == "other-ip-family":
                     reported.add(exc.reason)
                     where = f"{owner} (IPv6)" if version == 6 else owner
-                    validate.reject_rule(where, exc.reason, f"rule {i}: {exc}")
+                    validate.reject_rule(where, exc.reason,
+                                         f"rule {i}: {exc}" + ("; rendered as a drop" if closed else ""))
+                if closed is not None:
+                    out[version].append(closed)
     return {v: tuple(rules_) for v, rules_ in out.items()}
+
+
+# Reasons for which Felix itself renders nothing for this family (the rule cannot match an IPv4
+# packet), so skipping the rule is exactly Felix's behaviour whatever its action.
+_SKIP_IS_EXACT = frozenset({"other-ip-family", "negated-catch-all", "never-matches"})
+
+
+def fail_closed(rule: Any, reason: str, version: int = 4) -> ParsedRule | None:
+    """What an unrenderable rule becomes. Leaving out an Allow only narrows what the chain allows,
+    but leaving out a Deny or a Pass lets its packets reach later rules that may allow them: those
+    (and a rule whose action cannot be read) become an unconditional deny of the same direction,
+    which can only narrow too. None: leave the rule out."""
+    if reason in _SKIP_IS_EXACT:
+        return None
+    if isinstance(rule, dict) and rule.get("action") in (None, "", "allow", "log"):
+        return None
+    return ParsedRule(action="deny", fail_closed=True, version=version)
 
 
 # --- policies and profiles ----------------------------------------------------------------------
@@ -593,3 +620,139 @@ def parse_network_set(path: str, value: dict[str, Any]) -> Endpoint:
         is_netset=True,
         nets6=nets6,
     )
+
+
+# --- FelixConfiguration -------------------------------------------------------------------------
+
+# The settings FelixSettings reads, as FELIX_* environment variables (Felix upper-cases the name).
+SETTINGS_ENV = tuple(f"FELIX_{name.upper()}" for name in (
+    "DefaultEndpointToHostAction", "IptablesFilterDenyAction", "LogPrefix", "LogActionRateLimit",
+    "LogActionRateLimitBurst", "NATOutgoingExclusions", "NATOutgoingAddress", "NATPortRange", "VXLANPort",
+    "IptablesNATOutgoingInterfaceFilter", "AllowVXLANPacketsFromWorkloads", "AllowIPIPPacketsFromWorkloads"))
+_LOG_RATE = re.compile(r"[1-9][0-9]{0,3}/(second|minute|hour|day)")
+# iptables-save prints a limit's unit shortened.
+_LOG_RATE_UNIT = {"second": "sec", "minute": "min", "hour": "hour", "day": "day"}
+
+
+@dataclass(frozen=True, slots=True)
+class FelixSettings:
+    """The FelixConfiguration fields the renderer reads, with Felix's defaults (felix/config/config_params.go)."""
+
+    endpoint_to_host_action: str = "DROP"  # DefaultEndpointToHostAction: DROP | RETURN | ACCEPT
+    filter_deny_action: str = "DROP"  # IptablesFilterDenyAction: DROP | REJECT
+    log_prefix: str = "calico-packet"  # LogPrefix, with %t %k %n %p specifiers
+    log_rate_limit: str = ""  # LogActionRateLimit, in iptables-save's spelling ("10/min"); "" = none
+    log_rate_limit_burst: int = 5  # LogActionRateLimitBurst
+    nat_outgoing_exclusions: str = "IPPoolsOnly"  # or IPPoolsAndHostIPs
+    nat_outgoing_address: str = ""  # NATOutgoingAddress: SNAT to it instead of MASQUERADE
+    nat_port_range: tuple[int, int] | None = None  # NATPortRange
+    vxlan_port: int = VXLAN_PORT  # VXLANPort: the device's UDP port and every rule about VXLAN packets
+    nat_outgoing_interface: str = ""  # IptablesNATOutgoingInterfaceFilter: NAT outgoing only out of it
+    allow_vxlan_from_workloads: bool = False  # AllowVXLANPacketsFromWorkloads
+    allow_ipip_from_workloads: bool = False  # AllowIPIPPacketsFromWorkloads
+
+    @classmethod
+    def from_sources(cls, lookup: Callable[[str], Any], env: Mapping[str, str] | None = None) -> FelixSettings:
+        """Felix's precedence (config.SourcesInDescendingOrder): a `FELIX_<NAME>` environment variable,
+        then the per-host FelixConfiguration (`node.<name>`), then the global one (`default`) - `lookup`
+        gives the datastore value, host before global. An invalid value is logged once and the next
+        source (in the end Felix's default) is used, as Felix does for parameters that are not
+        die-on-fail; for the die-on-fail ones Felix would exit, and its default is the safe reading."""
+        env = env if env is not None else {}
+        default = cls()
+
+        def pick(name: str, parse: Callable[[Any], Any], fallback: Any) -> Any:
+            for source, value in (("environment", env.get(f"FELIX_{name.upper()}")), ("datastore", lookup(name))):
+                if value is None or value == "":
+                    continue
+                try:
+                    return parse(value)
+                except (ValueError, TypeError) as exc:
+                    # Counted and logged once like any unusable KV: the value is treated as absent.
+                    validate.reject_object("FelixConfiguration", f"{source} {name}", f"{value!r}: {exc}")
+            return fallback
+
+        return cls(
+            endpoint_to_host_action=pick("DefaultEndpointToHostAction", _one_of("DROP", "RETURN", "ACCEPT"),
+                                         default.endpoint_to_host_action),
+            filter_deny_action=pick("IptablesFilterDenyAction", _one_of("DROP", "REJECT"), default.filter_deny_action),
+            log_prefix=pick("LogPrefix", _log_prefix, default.log_prefix),
+            log_rate_limit=pick("LogActionRateLimit", _log_rate, default.log_rate_limit),
+            log_rate_limit_burst=pick("LogActionRateLimitBurst", _int_in(0, 9999), default.log_rate_limit_burst),
+            nat_outgoing_exclusions=pick("NATOutgoingExclusions", _one_of("IPPoolsOnly", "IPPoolsAndHostIPs"),
+                                         default.nat_outgoing_exclusions),
+            nat_outgoing_address=pick("NATOutgoingAddress", _ipv4, default.nat_outgoing_address),
+            nat_port_range=pick("NATPortRange", _port_range, default.nat_port_range),
+            vxlan_port=pick("VXLANPort", _int_in(1, 65535), default.vxlan_port),
+            nat_outgoing_interface=pick("IptablesNATOutgoingInterfaceFilter", _iface_param,
+                                        default.nat_outgoing_interface),
+            allow_vxlan_from_workloads=pick("AllowVXLANPacketsFromWorkloads", _bool,
+                                            default.allow_vxlan_from_workloads),
+            allow_ipip_from_workloads=pick("AllowIPIPPacketsFromWorkloads", _bool, default.allow_ipip_from_workloads),
+        )
+
+
+def _one_of(*choices: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        for choice in choices:  # Felix's oneof() is case-insensitive and yields the canonical spelling
+            if str(value).lower() == choice.lower():
+                return choice
+        raise ValueError(f"not one of {', '.join(choices)}")
+    return parse
+
+
+def _int_in(low: int, high: int) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        number = int(str(value), 0)
+        if not low <= number <= high:
+            raise ValueError(f"not in {low}..{high}")
+        return number
+    return parse
+
+
+def _log_prefix(value: Any) -> str:
+    # The prefix lands inside a quoted iptables argument; Felix's validation allows only these.
+    text = str(value)
+    if not re.fullmatch(r"[-a-zA-Z0-9 ._:%/]{1,64}", text):
+        raise ValueError("not a valid log prefix")
+    return text
+
+
+def _log_rate(value: Any) -> str:
+    match = _LOG_RATE.fullmatch(str(value))
+    if not match:
+        raise ValueError("not <1-9999>/<second|minute|hour|day>")
+    number = str(value).split("/", 1)[0]
+    return f"{number}/{_LOG_RATE_UNIT[match.group(1)]}"
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).lower()
+    if text not in ("true", "false"):
+        raise ValueError("not true or false")
+    return text == "true"
+
+
+def _iface_param(value: Any) -> str:
+    # Felix's "iface-param": an interface name, or a prefix with iptables' trailing "+".
+    text = str(value)
+    if not re.fullmatch(r"[a-zA-Z0-9:._+-]{1,15}", text):
+        raise ValueError("not an interface name")
+    return text
+
+
+def _ipv4(value: Any) -> str:
+    address = ipaddress.ip_address(str(value))
+    if address.version != 4:
+        raise ValueError("not an IPv4 address")
+    return str(address)
+
+
+def _port_range(value: Any) -> tuple[int, int]:
+    low, _, high = str(value).partition(":")
+    first, last = int(low), int(high or low)
+    if not 0 < first <= last <= 65535:
+        raise ValueError("not a port range within 1..65535")
+    return first, last

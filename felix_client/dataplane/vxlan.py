@@ -33,6 +33,7 @@ class OwnVTEP:
     tunnel_ip: str
     mac: str
     parent_ip: str
+    port: int = VXLAN_PORT  # FelixConfiguration VXLANPort
 
 
 def _iface_with_address(ipr: Any, ip: str) -> int | None:
@@ -49,7 +50,7 @@ def _incompatible(link: Any, vtep: OwnVTEP) -> str | None:
         return "not a VXLAN device"
     data = info.get_attr("IFLA_INFO_DATA")
     have = (data.get_attr("IFLA_VXLAN_ID"), data.get_attr("IFLA_VXLAN_PORT"), data.get_attr("IFLA_VXLAN_LOCAL"))
-    want = (VXLAN_VNI, VXLAN_PORT, vtep.parent_ip)
+    want = (VXLAN_VNI, vtep.port, vtep.parent_ip)
     return None if have == want else f"(vni, port, local) {have} != {want}"
 
 
@@ -64,7 +65,7 @@ def ensure_device(ipr: Any, vtep: OwnVTEP) -> None:
             found = []
     if not found:
         parent = _iface_with_address(ipr, vtep.parent_ip)
-        ipr.link("add", ifname=VXLAN_DEVICE, kind="vxlan", vxlan_id=VXLAN_VNI, vxlan_port=VXLAN_PORT,
+        ipr.link("add", ifname=VXLAN_DEVICE, kind="vxlan", vxlan_id=VXLAN_VNI, vxlan_port=vtep.port,
                  vxlan_local=vtep.parent_ip, vxlan_learning=0, address=vtep.mac,
                  **({"vxlan_link": parent} if parent else {}))
         found = ipr.link_lookup(ifname=VXLAN_DEVICE)

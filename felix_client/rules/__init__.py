@@ -3,17 +3,22 @@
 One job per module: `table` (a table, its text, the last grammar check), `policy` (a Calico rule →
 iptables rules), `endpoints` (endpoint and dispatch chains), `static` (the filter, nat and raw
 tables around them, per IP family), `ipsets` (the desired sets and their `ipset` text), `routes` (routes as text).
-The dataplane calls these once per apply; names come from `felix_client.names`.
+The dataplane calls these once per apply; names come from `felix_client.names`, the FelixConfiguration
+fields that shape the rules (deny action, log prefix and rate, NAT outgoing) from `FelixSettings`.
+Felix's own rules tests run against these renderers as data: tests/felix_client/felix_tables/.
 
 Deliberate differences from Felix, all with the same packet semantics:
 - no `cali:<hash>` rule comments (Felix uses them to diff rules in place; the dataplane hashes whole
   chains and rewrites a chain that changed, `felix_client/dataplane/iptables.py`);
-- a Deny rule is a single `-j DROP` (Felix first sets the 0x40000 mark, which nothing here reads);
 - several CIDRs in one rule (or nets plus notNets) use a `hash:net` set instead of scratch-bit match
   blocks (docs/calico/felix.md §3.8 allows either);
 - dispatch chains are a one-level tree keyed by the interface name's next character;
 - a rule with an HTTP match is rendered only when that cannot widen it (Deny, Log): Felix leaves the
-  match to the application-layer sidecar, which felix_client does not have.
+  match to the application-layer sidecar, which felix_client does not have (an Allow with one is
+  left out, a Pass with one fails closed as a deny, `calc.model.fail_closed`);
+- several port alternatives on one side (named ports, port lists past one multiport) are one rule
+  each, where Felix ORs them through a scratch-mark block; the LOG prefix is cut to the 29 bytes
+  the kernel keeps.
 """
 
 from felix_client.rules.ipsets import (

@@ -4,17 +4,18 @@
 from __future__ import annotations
 
 from felix_client.calc.graph import ResolvedEndpoint, TierPolicies
+from felix_client.calc.model import FelixSettings
 from felix_client.names import (
     MARK_ACCEPT,
     MARK_PASS,
-    VXLAN_PORT,
     policy_chain_name,
     profile_chain_name,
 )
+from felix_client.rules.policy import deny_action, deny_word
 from felix_client.rules.table import ACCEPTED, NOT_PASSED, comment_match, xmark
 
 
-def _tier_rules(tiers: tuple[TierPolicies, ...], inbound: bool) -> list[str]:
+def _tier_rules(tiers: tuple[TierPolicies, ...], inbound: bool, settings: FelixSettings) -> list[str]:
     out: list[str] = []
     for tier in tiers:
         out.append(f"{comment_match(f'Start of tier {tier.name}')} {xmark(0, MARK_PASS)}")
@@ -22,31 +23,34 @@ def _tier_rules(tiers: tuple[TierPolicies, ...], inbound: bool) -> list[str]:
             out.append(f"{NOT_PASSED} -j {policy_chain_name(policy.key, inbound)}")
             out.append(f"{comment_match('Return if policy accepted')} {ACCEPTED} -j RETURN")
         if not tier.default_pass:
-            drop = f"End of tier {tier.name}. Drop if no policies passed packet"
-            out.append(f"{comment_match(drop)} {NOT_PASSED} -j DROP")
+            drop = f"End of tier {tier.name}. {deny_word(settings)} if no policies passed packet"
+            out.append(f"{comment_match(drop)} {NOT_PASSED} {deny_action(settings)}")
     return out
 
 
-def render_endpoint_chain(ep: ResolvedEndpoint, inbound: bool) -> list[str]:
+def render_endpoint_chain(ep: ResolvedEndpoint, inbound: bool, settings: FelixSettings | None = None) -> list[str]:
+    settings = settings or FelixSettings()
+    deny, word = deny_action(settings), deny_word(settings)
     if not ep.active:
-        return [f"{comment_match('Endpoint admin disabled')} -j DROP"]
+        return [f"{comment_match('Endpoint admin disabled')} {deny}"]
     out = [
         "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
-        "-m conntrack --ctstate INVALID -j DROP",
+        f"-m conntrack --ctstate INVALID {deny}",
         xmark(0, MARK_ACCEPT | MARK_PASS),
     ]
-    if not inbound:
-        # AllowVXLANPacketsFromWorkloads / AllowIPIPPacketsFromWorkloads default to false.
+    # Unless AllowVXLANPacketsFromWorkloads / AllowIPIPPacketsFromWorkloads (both false by default).
+    if not inbound and not settings.allow_vxlan_from_workloads:
         out.append(
-            f"-p udp {comment_match('Drop VXLAN encapped packets originating in workloads')} "
-            f"-m multiport --dports {VXLAN_PORT} -j DROP"
+            f"-p udp {comment_match(f'{word} VXLAN encapped packets originating in workloads')} "
+            f"-m multiport --dports {settings.vxlan_port} {deny}"
         )
-        out.append(f"-p 4 {comment_match('Drop IPinIP encapped packets originating in workloads')} -j DROP")
-    out += _tier_rules(ep.ingress if inbound else ep.egress, inbound)
+    if not inbound and not settings.allow_ipip_from_workloads:
+        out.append(f"-p 4 {comment_match(f'{word} IPinIP encapped packets originating in workloads')} {deny}")
+    out += _tier_rules(ep.ingress if inbound else ep.egress, inbound, settings)
     for profile in ep.profile_ids:
         out.append(f"-j {profile_chain_name(profile, inbound)}")
         out.append(f"{comment_match('Return if profile accepted')} {ACCEPTED} -j RETURN")
-    out.append(f"{comment_match('Drop if no profiles matched')} -j DROP")
+    out.append(f"{comment_match(f'{word} if no profiles matched')} {deny}")
     return out
 
 

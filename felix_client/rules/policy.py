@@ -7,16 +7,20 @@ then matches in the order given), so the rendered text and a real dump compare l
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from felix_client.calc.model import ParsedRule, Side
+from felix_client.calc.model import FelixSettings, ParsedRule, Side
 from felix_client.names import (
     MARK_ACCEPT,
+    MARK_DROP,
     MARK_PASS,
+    MAX_LOG_PREFIX_LENGTH,
     MULTIPORT_SLOTS,
+    escape_comment,
 )
-from felix_client.rules.table import ACCEPTED, comment_match, xmark
+from felix_client.rules.table import comment_match, xmark
 
 
 def _port_groups(ports: Iterable[int | str]) -> list[str]:
@@ -43,6 +47,7 @@ class _Match:
 
     head: tuple[str, ...] = ()  # -s / -d / -p
     matches: tuple[str, ...] = ()
+    negated: tuple[str, ...] = ()  # after every positive match of the rule, as Felix orders them
 
 
 def _side_variants(side: Side, direction: str) -> list[_Match]:
@@ -68,8 +73,8 @@ def _side_variants(side: Side, direction: str) -> list[_Match]:
         common.append(f"-m set --match-set {side.service_set.name} {dims}")
     if side.not_selector_set is not None:
         negated.append(f"-m set ! --match-set {side.not_selector_set.name} {direction}")
-    negated += [f"-m set ! --match-set {spec.name} {direction},{direction}" for spec in side.not_named_port_sets]
     negated += [f"-m multiport ! {ports_flag} {group}" for group in _port_groups(side.not_ports)]
+    negated += [f"-m set ! --match-set {spec.name} {direction},{direction}" for spec in side.not_named_port_sets]
 
     variants: list[_Match] = []
     if side.ports or not side.named_port_sets:
@@ -77,10 +82,10 @@ def _side_variants(side: Side, direction: str) -> list[_Match]:
         groups: list[str | None] = [*_port_groups(side.ports)] or [None]
         for group in groups:
             ports = [f"-m multiport {ports_flag} {group}"] if group else []
-            variants.append(_Match(tuple(head), (*common, *selector, *ports, *negated)))
+            variants.append(_Match(tuple(head), (*common, *selector, *ports), tuple(negated)))
     for spec in side.named_port_sets:
         named = f"-m set --match-set {spec.name} {direction},{direction}"
-        variants.append(_Match(tuple(head), (*common, named, *negated)))
+        variants.append(_Match(tuple(head), (*common, named), tuple(negated)))
     return variants
 
 
@@ -97,44 +102,101 @@ def _protocol_head(rule: ParsedRule) -> tuple[str, ...]:
     return ()
 
 
-def _icmp(rule: ParsedRule) -> tuple[str, ...]:
-    # IPv6 rules match ICMPv6 types with the icmp6 match (Felix's ICMPV6Type/NotICMPV6Type).
+def _icmp(rule: ParsedRule) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(the ICMP match, the negated one). IPv6 rules match ICMPv6 types with the icmp6 match (Felix's
+    ICMPV6Type/NotICMPV6Type)."""
     match, flag = ("-m icmp6", "--icmpv6-type") if rule.version == 6 else ("-m icmp", "--icmp-type")
-    out: list[str] = []
+    positive: tuple[str, ...] = ()
+    negative: tuple[str, ...] = ()
     if rule.icmp_type is not None:
         code = f"/{rule.icmp_code}" if rule.icmp_code is not None else ""
-        out.append(f"{match} {flag} {rule.icmp_type}{code}")
+        positive = (f"{match} {flag} {rule.icmp_type}{code}",)
     if rule.not_icmp_type is not None:
         code = f"/{rule.not_icmp_code}" if rule.not_icmp_code is not None else ""
-        out.append(f"{match} ! {flag} {rule.not_icmp_type}{code}")
-    return tuple(out)
+        negative = (f"{match} ! {flag} {rule.not_icmp_type}{code}",)
+    return positive, negative
 
 
-def render_rule(rule: ParsedRule, comment: str) -> list[str]:
+@dataclass(frozen=True, slots=True)
+class RuleContext:
+    """What a rule's rendering needs beyond the rule: the settings, and the owner for the
+    LogPrefix specifiers (`%k` kind short name, `%n` name, `%p` namespace/name, `%t` tier)."""
+
+    settings: FelixSettings = field(default_factory=FelixSettings)
+    kind: str = "unknown"
+    name: str = "unknown"
+    namespace: str = ""
+    tier: str = ""
+
+    def log_prefix(self) -> str:
+        """generateLogPrefix in felix/rules/policy.go with the ": " Felix's LOG action appends, cut to
+        the 29 bytes --log-prefix holds: what iptables-nft stores of a longer one (iptables-legacy
+        refuses it, and with it the whole table)."""
+        prefix = self.settings.log_prefix
+        if "%" in prefix:
+            values = {"%k": self.kind, "%n": self.name, "%t": self.tier,
+                      "%p": f"{self.namespace}/{self.name}" if self.namespace else self.name}
+            prefix = _LOG_SPECIFIER.sub(lambda m: values[m.group(0)], prefix)
+        return f"{escape_comment(prefix)}: "[:MAX_LOG_PREFIX_LENGTH]
+
+    def deny(self) -> str:
+        return deny_action(self.settings)
+
+
+_LOG_SPECIFIER = re.compile("%[tknp]")
+DEFAULT_CONTEXT = RuleContext()
+
+
+def deny_action(settings: FelixSettings) -> str:
+    """IptablesFilterDenyAction in iptables-save form (the kernel adds REJECT's default reason)."""
+    return "-j REJECT --reject-with icmp-port-unreachable" if settings.filter_deny_action == "REJECT" else "-j DROP"
+
+
+def deny_word(settings: FelixSettings) -> str:
+    """The action's name as Felix's comments spell it ("Drop if no profiles matched")."""
+    return "Reject" if settings.filter_deny_action == "REJECT" else "Drop"
+
+
+def _marked(match: str, mark: int, comment: str, action: str) -> list[str]:
+    """CombineMatchAndActionsForProtoRule: the match sets the action's mark bit, then a rule on the
+    mark takes the action (for Deny Felix's MarkDrop, then the configured deny action)."""
+    return [f"{match} {xmark(mark, mark)}", f"{comment_match(comment)} -m mark --mark {mark:#x}/{mark:#x} {action}"]
+
+
+def render_rule(rule: ParsedRule, comment: str, context: RuleContext = DEFAULT_CONTEXT) -> list[str]:
     """The iptables rules (without `-A chain`) for one policy or profile rule."""
     out: list[str] = []
-    icmp = _icmp(rule)
+    icmp, not_icmp = _icmp(rule)
+    notes = [comment_match(comment), *(comment_match(f"{k}={v}") for k, v in rule.annotations)]
+    if rule.fail_closed:
+        notes.append(comment_match("felix-client: invalid rule fails closed"))
+    settings = context.settings
+    if rule.action == "log" and settings.log_rate_limit:
+        burst = settings.log_rate_limit_burst
+        # iptables-save leaves out the default burst of 5.
+        notes.append(f"-m limit --limit {settings.log_rate_limit}" + (f" --limit-burst {burst}" if burst != 5 else ""))
     for src in _side_variants(rule.src, "src"):
         for dst in _side_variants(rule.dst, "dst"):
             # iptables-save order: -s, -d, then -p; then the matches as given.
             heads = sorted(src.head + dst.head, key=lambda h: h.lstrip("! ")[:2] != "-s")
             head = " ".join((*heads, *_protocol_head(rule)))
-            notes = [comment_match(comment), *(comment_match(f"{k}={v}") for k, v in rule.annotations)]
-            match = " ".join(x for x in (head, *notes, *src.matches, *dst.matches, *icmp) if x)
+            # CalculateRuleMatch's order: every positive match (source, destination, ICMP), then
+            # every negated one in the same order.
+            match = " ".join(x for x in (head, *notes, *src.matches, *dst.matches, *icmp, *src.negated,
+                                         *dst.negated, *not_icmp) if x)
             if rule.action == "allow":
-                out += [f"{match} {xmark(MARK_ACCEPT, MARK_ACCEPT)}", f"{comment_match(comment)} {ACCEPTED} -j RETURN"]
+                out += _marked(match, MARK_ACCEPT, comment, "-j RETURN")
             elif rule.action == "next-tier":
-                passed = f"-m mark --mark {MARK_PASS:#x}/{MARK_PASS:#x}"
-                out += [f"{match} {xmark(MARK_PASS, MARK_PASS)}", f"{comment_match(comment)} {passed} -j RETURN"]
+                out += _marked(match, MARK_PASS, comment, "-j RETURN")
             elif rule.action == "deny":
-                out.append(f"{match} -j DROP")
+                out += _marked(match, MARK_DROP, comment, context.deny())
             elif rule.action == "log":
-                out.append(f'{match} -j LOG --log-prefix "calico-packet: " --log-level 5')
+                out.append(f'{match} -j LOG --log-prefix "{context.log_prefix()}" --log-level 5')
     return out
 
 
-def render_rules(rules: Iterable[ParsedRule], comment: str) -> list[str]:
-    out = [r for rule in rules for r in render_rule(rule, comment)]
+def render_rules(rules: Iterable[ParsedRule], comment: str, context: RuleContext = DEFAULT_CONTEXT) -> list[str]:
+    out = [r for rule in rules for r in render_rule(rule, comment, context)]
     # Felix strips a trailing RETURN: the chain ends there anyway.
     if out and out[-1].endswith("-j RETURN"):
         out.pop()

@@ -9,7 +9,7 @@ the host before policy (ICMPv6Filter), NAT-outgoing for the IPv6 pools with natO
 from __future__ import annotations
 
 from felix_client.calc.graph import DesiredState
-from felix_client.calc.model import ParsedProfile
+from felix_client.calc.model import FelixSettings, ParsedProfile
 from felix_client.names import (
     CHAIN_FORWARD,
     CHAIN_INPUT,
@@ -25,6 +25,7 @@ from felix_client.names import (
     FROM_WORKLOAD_PREFIX,
     HOSTS_SET,
     IPIP_DEVICE,
+    KIND_SHORT,
     MARK_ACCEPT,
     MARK_ALL,
     MARK_CLEAR_FORWARD,
@@ -41,7 +42,6 @@ from felix_client.names import (
     TO_WORKLOAD_PREFIX,
     VXLAN_DEVICE,
     VXLAN_HOSTS_SET,
-    VXLAN_PORT,
     WL_TO_HOST,
     WORKLOAD_IFACE_PREFIX,
     endpoint_chain_name,
@@ -49,7 +49,7 @@ from felix_client.names import (
     profile_chain_name,
 )
 from felix_client.rules.endpoints import dispatch_chains, render_endpoint_chain
-from felix_client.rules.policy import render_rules
+from felix_client.rules.policy import RuleContext, deny_action, deny_word, render_rules
 from felix_client.rules.table import ACCEPTED, Table, comment_match, xmark
 
 # ICMPv6 types a workload may always send to its host (static.go ICMPv6Filter): multicast listener
@@ -61,6 +61,8 @@ ICMPV6_HOST_TYPES = (130, 131, 132, 133, 135, 136)
 def render_filter(state: DesiredState, iface_prefix: str = WORKLOAD_IFACE_PREFIX, version: int = 4) -> Table:
     wl = f"{iface_prefix}+"
     v4 = version == 4
+    settings = state.settings
+    deny, word = deny_action(settings), deny_word(settings)
     t = Table("filter", ["INPUT", "FORWARD", "OUTPUT"], {})
     t.add("INPUT", f"-j {CHAIN_INPUT}")
     t.add("FORWARD", f"-j {CHAIN_FORWARD}")
@@ -78,13 +80,13 @@ def render_filter(state: DesiredState, iface_prefix: str = WORKLOAD_IFACE_PREFIX
     if state.ipip and v4:
         t.add(CHAIN_INPUT, f"-p 4 {comment_match('Allow IPIP packets from Calico hosts')} "
               f"-m set --match-set {HOSTS_SET} src -m addrtype --dst-type LOCAL -j ACCEPT")
-        t.add(CHAIN_INPUT, f"-p 4 {comment_match('Drop IPIP packets from non-Calico hosts')} -j DROP")
+        t.add(CHAIN_INPUT, f"-p 4 {comment_match(f'{word} IPIP packets from non-Calico hosts')} {deny}")
     if state.vxlan and v4:
         t.add(CHAIN_INPUT, f"-p udp {comment_match('Allow IPv4 VXLAN packets from allowed hosts')} "
-              f"-m multiport --dports {VXLAN_PORT} -m set --match-set {VXLAN_HOSTS_SET} src "
+              f"-m multiport --dports {settings.vxlan_port} -m set --match-set {VXLAN_HOSTS_SET} src "
               "-m addrtype --dst-type LOCAL -j ACCEPT")
-        t.add(CHAIN_INPUT, f"-p udp {comment_match('Drop IPv4 VXLAN packets from non-allowed hosts')} "
-              f"-m multiport --dports {VXLAN_PORT} -m addrtype --dst-type LOCAL -j DROP")
+        t.add(CHAIN_INPUT, f"-p udp {comment_match(f'{word} IPv4 VXLAN packets from non-allowed hosts')} "
+              f"-m multiport --dports {settings.vxlan_port} -m addrtype --dst-type LOCAL {deny}")
     t.add(CHAIN_INPUT, f"-i {wl} -g {WL_TO_HOST}")
     t.add(CHAIN_INPUT, f"{ACCEPTED} -j ACCEPT")
     t.add(CHAIN_INPUT, xmark(0, MARK_ALL))
@@ -98,7 +100,7 @@ def render_filter(state: DesiredState, iface_prefix: str = WORKLOAD_IFACE_PREFIX
               f"-m set --match-set {HOSTS_SET} dst -m addrtype --src-type LOCAL -j ACCEPT")
     if state.vxlan and v4:
         t.add(CHAIN_OUTPUT, f"-p udp {comment_match('Allow IPv4 VXLAN packets to other allowed hosts')} "
-              f"-m multiport --dports {VXLAN_PORT} -m addrtype --src-type LOCAL "
+              f"-m multiport --dports {settings.vxlan_port} -m addrtype --src-type LOCAL "
               f"-m set --match-set {VXLAN_HOSTS_SET} dst -j ACCEPT")
     t.add(CHAIN_OUTPUT, xmark(0, MARK_ALL))
     t.add(CHAIN_OUTPUT, f"-m conntrack ! --ctstate DNAT -j {TO_HOST_ENDPOINT}")
@@ -118,8 +120,8 @@ def render_filter(state: DesiredState, iface_prefix: str = WORKLOAD_IFACE_PREFIX
         t.chains[chain] = rules_
 
     for ep in state.endpoints:
-        t.chains[endpoint_chain_name(ep.iface, True)] = render_endpoint_chain(ep, inbound=True)
-        t.chains[endpoint_chain_name(ep.iface, False)] = render_endpoint_chain(ep, inbound=False)
+        t.chains[endpoint_chain_name(ep.iface, True)] = render_endpoint_chain(ep, True, settings)
+        t.chains[endpoint_chain_name(ep.iface, False)] = render_endpoint_chain(ep, False, settings)
 
     # Only chains some endpoint jumps to are programmed (Felix refcounts reachability): an
     # ingress-only policy gets no cali-po- chain.
@@ -128,17 +130,20 @@ def render_filter(state: DesiredState, iface_prefix: str = WORKLOAD_IFACE_PREFIX
     wanted_out = {p.key for ep in live for tier in ep.egress for p in tier.policies}
     for key in sorted(state.policies, key=lambda k: (k.kind, k.namespace, k.name)):
         policy = state.policies[key]
+        context = RuleContext(settings, KIND_SHORT.get(key.kind, key.kind), key.name, key.namespace, policy.tier)
         if key in wanted_in:
             t.chains[policy_chain_name(key, True)] = render_rules(policy.rules(True, version),
-                                                                  f"{policy.description} ingress")
+                                                                  f"{policy.description} ingress", context)
         if key in wanted_out:
             t.chains[policy_chain_name(key, False)] = render_rules(policy.rules(False, version),
-                                                                   f"{policy.description} egress")
+                                                                   f"{policy.description} egress", context)
     for name in sorted({p for ep in live for p in ep.profile_ids}):
         profile = state.profiles.get(name) or ParsedProfile(name, (), ())
-        t.chains[profile_chain_name(name, True)] = render_rules(profile.rules(True, version), f"Profile {name} ingress")
+        context = RuleContext(settings, "pro", name)
+        t.chains[profile_chain_name(name, True)] = render_rules(profile.rules(True, version),
+                                                                f"Profile {name} ingress", context)
         t.chains[profile_chain_name(name, False)] = render_rules(profile.rules(False, version),
-                                                                 f"Profile {name} egress")
+                                                                 f"Profile {name} egress", context)
 
     # Hooks for features out of scope (host endpoints, CIDR blocking): empty, but they must exist.
     for chain in (FROM_HEP_FORWARD, TO_HEP_FORWARD, CIDR_BLOCK,
@@ -157,16 +162,20 @@ def render_nat(state: DesiredState, version: int = 4) -> Table:
     t.add(CHAIN_POSTROUTING, f"-j {FIP_SNAT}")
     t.add(CHAIN_POSTROUTING, f"-j {NAT_OUTGOING}")
     # Traffic the host itself sends into a tunnel leaves with the tunnel device's address.
+    # With VXLAN on, UDP is masqueraded to source ports clear of the VXLAN port: a reply to the
+    # port itself would hit the "VXLAN packets from non-allowed hosts" drop (Calico issue 12244).
+    local = "-m addrtype ! --src-type LOCAL --limit-iface-out -m addrtype --src-type LOCAL"
+    udp_ports = masq_port_range_excluding(state.settings.vxlan_port) if state.vxlan else ""
     for enabled, device in ((state.ipip, IPIP_DEVICE), (state.vxlan, VXLAN_DEVICE)):
         if enabled and version == 4:
-            t.add(CHAIN_POSTROUTING, f"-o {device} -m addrtype ! --src-type LOCAL --limit-iface-out "
-                  "-m addrtype --src-type LOCAL -j MASQUERADE --random-fully")
+            if udp_ports:
+                t.add(CHAIN_POSTROUTING, f"-o {device} -p udp {local} -j MASQUERADE --to-ports {udp_ports} "
+                      "--random-fully")
+            t.add(CHAIN_POSTROUTING, f"-o {device} {local} -j MASQUERADE --random-fully")
     t.add(NAT_OUTGOING)
-    masq, pools, masq_pools = ((MASQ_SET, POOLS_SET, state.masq_pools) if version == 4
-                               else (MASQ_SET_V6, POOLS_SET_V6, state.masq_pools6))
-    if masq_pools:
-        t.add(NAT_OUTGOING, f"-m set --match-set {masq} src -m set ! --match-set {pools} dst "
-              "-j MASQUERADE --random-fully")
+    if state.masq_pools if version == 4 else state.masq_pools6:
+        for rule in nat_outgoing_rules(state.settings, version):
+            t.add(NAT_OUTGOING, rule)
     t.add(FIP_DNAT)
     t.add(FIP_SNAT)
     return t
@@ -176,6 +185,11 @@ def render_raw(state: DesiredState, iface_prefix: str = WORKLOAD_IFACE_PREFIX) -
     t = Table("raw", ["PREROUTING", "OUTPUT"], {})
     t.add("PREROUTING", f"-j {CHAIN_PREROUTING}")
     t.add(CHAIN_PREROUTING, xmark(0, MARK_ALL))
+    # VXLAN flows use different source ports each way: tracking them only fills conntrack with
+    # unreplied entries (StaticRawPreroutingChain / StaticRawOutputChain).
+    notrack = f"-p udp -m udp --dport {state.settings.vxlan_port} -j NOTRACK"
+    if state.vxlan:
+        t.add(CHAIN_PREROUTING, notrack)
     t.add(CHAIN_PREROUTING, f"-i {iface_prefix}+ {xmark(MARK_SCRATCH0, MARK_SCRATCH0)}")
     scratch = f"-m mark --mark {MARK_SCRATCH0:#x}/{MARK_SCRATCH0:#x}"
     t.add(CHAIN_PREROUTING, f"{scratch} -j {RPF_SKIP}")
@@ -185,7 +199,50 @@ def render_raw(state: DesiredState, iface_prefix: str = WORKLOAD_IFACE_PREFIX) -
     t.add(CHAIN_PREROUTING, f"{ACCEPTED} -j ACCEPT")
     t.add(RPF_SKIP)
     t.add(FROM_HOST_ENDPOINT)
+    if state.vxlan:
+        t.add("OUTPUT", f"-j {CHAIN_OUTPUT}")
+        t.add(CHAIN_OUTPUT, xmark(0, MARK_ALL))
+        t.add(CHAIN_OUTPUT, f"-j {TO_HOST_ENDPOINT}")
+        t.add(CHAIN_OUTPUT, notrack)
+        t.add(CHAIN_OUTPUT, f"{ACCEPTED} -j ACCEPT")
+        t.add(TO_HOST_ENDPOINT)
     return t
+
+
+def masq_port_range_excluding(port: int) -> str:
+    """masqPortRangeExcluding (felix/rules/static.go): the wider side of `port` within 1024-65535,
+    as one range (MASQUERADE takes one)."""
+    if not 0 < port <= 65535:
+        return ""
+    low, high = 1024, 65535
+    return f"{low}-{port - 1}" if port - low >= high - port else f"{port + 1}-{high}"
+
+
+def nat_outgoing_rules(settings: FelixSettings, version: int = 4) -> list[str]:
+    """NATOutgoingChain (felix/rules/nat.go): pool traffic leaving the pools is masqueraded - or
+    SNATed to NATOutgoingAddress - with TCP and UDP first confined to NATPortRange when set, and
+    all of it only out of IptablesNATOutgoingInterfaceFilter when set. For IPv6 the family's own
+    sets; NATOutgoingAddress is an IPv4 address and there is no IPv6 hosts set yet, so IPv6 always
+    masquerades and excludes only the pools."""
+    masq, pools = (MASQ_SET, POOLS_SET) if version == 4 else (MASQ_SET_V6, POOLS_SET_V6)
+    match = f"-m set --match-set {masq} src -m set ! --match-set {pools} dst"
+    if settings.nat_outgoing_exclusions == "IPPoolsAndHostIPs" and version == 4:
+        match += f" -m set ! --match-set {HOSTS_SET} dst"
+    address = settings.nat_outgoing_address if version == 4 else ""
+    out = f"-o {settings.nat_outgoing_interface} " if settings.nat_outgoing_interface else ""
+
+    def action(ports: str) -> str:
+        if address:
+            return f"-j SNAT --to-source {address}{':' + ports if ports else ''} --random-fully"
+        return f"-j MASQUERADE{' --to-ports ' + ports if ports else ''} --random-fully"
+
+    rules: list[str] = []
+    if settings.nat_port_range is not None:
+        ports = "{}-{}".format(*settings.nat_port_range)
+        for protocol in ("tcp", "udp"):
+            rules += [f"{out}-p {protocol} {match} {action(ports)}", f"{out}-p {protocol} {match} -j RETURN"]
+    rules.append(f"{out}{match} {action('')}")
+    return rules
 
 
 def render_tables(state: DesiredState, iface_prefix: str = WORKLOAD_IFACE_PREFIX,

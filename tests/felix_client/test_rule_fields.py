@@ -15,7 +15,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from felix_client import rules, validate
-from felix_client.calc.model import RULE_FIELDS, parse_rules
+from felix_client.calc.model import RULE_FIELDS, ParsedRule, parse_rules
 from typha.model.convert.base import ConversionError, rule_v1
 
 V3_FIELDS = {
@@ -192,7 +192,8 @@ def test_negated_catch_all_skips_the_rule() -> None:
 def test_http_match_keeps_deny_rules_and_skips_allow_rules() -> None:
     http = {"methods": ["GET"]}
     assert parse_rules([{"action": "allow", "http": http}]) == ()
-    assert parse_rules([{"action": "next-tier", "http": http}]) == ()
+    # A Pass it cannot render fails closed: left out, its packets would reach later rules that may allow them.
+    assert parse_rules([{"action": "next-tier", "http": http}]) == (ParsedRule("deny", fail_closed=True),)
     (deny,) = parse_rules([{"action": "deny", "http": http}])
     assert rules.render_rule(deny, "c")[-1].endswith("-j DROP")
 

@@ -22,7 +22,9 @@ from .worked_example import (
 
 
 def calculator(node: str, with_policy: bool = True) -> Calculator:
-    calc = Calculator(node)
+    # The worked example is a standard install: Calico's manifest sets FELIX_DEFAULTENDPOINTTOHOSTACTION
+    # to ACCEPT (Felix's own default is DROP).
+    calc = Calculator(node, env={"FELIX_DEFAULTENDPOINTTOHOSTACTION": "ACCEPT"})
     calc.apply(sorted(kvs(with_policy).items()))
     return calc
 

@@ -1,0 +1,421 @@
+"""Felix's own rules tests as data (tests/felix_client/felix_tables/): inputs, what Felix renders, and
+felix_client's renderer run on the same inputs, both brought to `iptables-save` form and compared.
+
+Felix's tests feed `proto.Rule`s (the calculation graph's output: IP-set IDs, CIDRs, port ranges)
+to its renderer with test marks (accept 0x80, pass 0x100, ...). The harness builds the same rule as
+felix_client's renderer input (`ParsedRule`, IP sets named by the given IDs) and translates Felix's
+test marks into felix_client's bits, since the mark allocation is not what is being compared.
+
+`iptables-save` form: short options (`-s`, `-d`, `--sports`, `-j`), the address/interface/protocol
+options first in `-s -d -i -o -p` order, marks in hex, MARK's `--set-mark` as the `--set-xmark`
+the kernel reports, REJECT with its default reason, a limit's unit shortened and its default burst
+left out, a LOG prefix cut to the 29 bytes the kernel keeps. Rule comments are dropped unless a row
+checks them (Felix's tests compare a rule's match and action, not the `cali:` hash comments).
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from felix_client.calc.graph import DesiredState, ResolvedEndpoint, TierPolicies
+from felix_client.calc.model import (
+    SETTINGS_ENV,
+    FelixSettings,
+    ParsedPolicy,
+    ParsedRule,
+    Side,
+    parse_rule,
+    parse_rules,
+)
+from felix_client.names import (
+    FROM_WL_DISPATCH,
+    FROM_WORKLOAD_PREFIX,
+    MARK_ACCEPT,
+    MARK_DROP,
+    MARK_PASS,
+    MARK_SCRATCH0,
+    MARK_SCRATCH1,
+    TO_WL_DISPATCH,
+    TO_WORKLOAD_PREFIX,
+    endpoint_chain_name,
+    policy_chain_name,
+)
+from felix_client.rules.endpoints import dispatch_chains, render_endpoint_chain
+from felix_client.rules.policy import RuleContext, _port_groups, render_rule, render_rules
+from felix_client.rules.static import nat_outgoing_rules, render_nat, render_raw
+from typha.model import selector
+from typha.model.keys import PolicyKey
+
+DATA = Path(__file__).parent / "felix_tables"
+
+_LONG = {"--source": "-s", "--destination": "-d", "--in-interface": "-i", "--out-interface": "-o",
+         "--protocol": "-p", "--source-ports": "--sports", "--destination-ports": "--dports", "--jump": "-j",
+         "--goto": "-g", "--set-mark": "--set-xmark"}
+_HEAD_ORDER = ("-s", "-d", "-i", "-o", "-p")
+_LIMIT_UNITS = {"second": "sec", "minute": "min"}
+# iptables-save prints these protocols by name (xtables' built-in list), others by number.
+_PROTOCOL_NAMES = {"1": "icmp", "6": "tcp", "17": "udp", "58": "icmpv6", "132": "sctp", "136": "udplite"}
+_FELIX_MARK_ROLES = ("accept", "pass", "scratch0", "scratch1", "drop")
+_OUR_MARKS = {"accept": MARK_ACCEPT, "pass": MARK_PASS, "scratch0": MARK_SCRATCH0, "scratch1": MARK_SCRATCH1,
+              "drop": MARK_DROP}
+
+
+class Unsupported(Exception):
+    """The row's input cannot be expressed as felix_client renderer input (the reason says why)."""
+
+
+def load(name: str) -> Any:
+    return json.loads((DATA / name).read_text())
+
+
+def mark_map(felix_marks: dict[str, int]) -> dict[int, int]:
+    return {felix_marks[role]: _OUR_MARKS[role] for role in _FELIX_MARK_ROLES if role in felix_marks}
+
+
+def _translate_mark(text: str, marks: dict[int, int]) -> str:
+    value_text, _, mask_text = text.partition("/")
+
+    def bits(number: int) -> int:
+        out = 0
+        for felix_bit, ours in marks.items():
+            if number & felix_bit:
+                out |= ours
+                number &= ~felix_bit
+        return out | number
+
+    value, mask = bits(int(value_text, 0)), bits(int(mask_text or "0xffffffff", 0))
+    return f"{value:#x}/{mask:#x}"
+
+
+def save_form(rule: str, marks: dict[int, int] | None = None, *, comments: bool = False) -> str:
+    """One rule (without `-A chain`) in iptables-save form; `marks` translates Felix's test marks."""
+    tokens = shlex.split(rule)
+    heads: dict[str, list[str]] = {}
+    rest: list[str] = []
+    i = 0
+    while i < len(tokens):
+        tok = _LONG.get(tokens[i], tokens[i])
+        negated = tok == "!" and i + 1 < len(tokens) and _LONG.get(tokens[i + 1], tokens[i + 1]) in _HEAD_ORDER
+        if negated or tok in _HEAD_ORDER:
+            option = _LONG.get(tokens[i + 1], tokens[i + 1]) if negated else tok
+            value = tokens[i + 2] if negated else tokens[i + 1]
+            value = _PROTOCOL_NAMES.get(value, value) if option == "-p" else value
+            heads[option] = ["!", option, value] if negated else [option, value]
+            i += 3 if negated else 2
+            continue
+        if tok == "-m" and tokens[i + 1] == "comment" and not comments:
+            i += 4  # -m comment --comment TEXT
+            continue
+        if tok in ("--mark", "--set-xmark") and marks is not None:
+            rest += [tok, _translate_mark(tokens[i + 1], marks)]
+            i += 2
+            continue
+        if tok in ("--mark", "--set-xmark"):
+            rest += [tok, _translate_mark(tokens[i + 1], {})]
+            i += 2
+            continue
+        if tok in ("--dport", "--sport") and rest[-2:-1] != ["-m"]:
+            protocol = heads.get("-p", ["-p", "?"])[-1]
+            rest += ["-m", protocol]  # iptables loads the protocol's match for a bare --dport
+        if tok == "--limit":
+            number, _, unit = tokens[i + 1].partition("/")
+            rest += [tok, f"{number}/{_LIMIT_UNITS.get(unit, unit)}"]
+            i += 2
+            continue
+        if tok == "--limit-burst" and tokens[i + 1] == "5":
+            i += 2
+            continue
+        if tok == "--log-prefix":
+            rest += [tok, '"' + tokens[i + 1][:29] + '"']
+            i += 2
+            continue
+        if tok == "--comment":
+            rest += [tok, f'"{tokens[i + 1]}"']
+            i += 2
+            continue
+        rest.append(tok)
+        i += 1
+    if rest[-2:] == ["-j", "REJECT"]:
+        rest += ["--reject-with", "icmp-port-unreachable"]
+    words = [w for option in _HEAD_ORDER if option in heads for w in heads[option]] + rest
+    return " ".join(words)
+
+
+# --- proto.Rule → felix_client's renderer input ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GivenSet:
+    """An IP set the row names by its ID (Felix's tests give IDs, not selectors)."""
+
+    set_id: str
+    kind: str = "selector"
+
+    @property
+    def name(self) -> str:
+        return f"cali40{self.set_id}"
+
+
+def _ports(ranges: list[list[int]]) -> tuple[int | str, ...]:
+    return tuple(first if first == last else f"{first}:{last}" for first, last in ranges)
+
+
+def _one_set(ids: list[str], what: str) -> GivenSet | None:
+    if len(ids) > 1:
+        raise Unsupported(f"{what}: felix_client folds a side's selectors into one IP set (one --match-set)")
+    return GivenSet(ids[0]) if ids else None
+
+
+def _side(rule: dict[str, Any], prefix: str) -> Side:
+    return Side(
+        nets=tuple(rule.get(f"{prefix}Net", ())),
+        not_nets=tuple(rule.get(f"Not{prefix}Net", ())),
+        selector_set=_one_set(rule.get(f"{prefix}IpSetIds", []), f"{prefix}IpSetIds"),  # type: ignore[arg-type]
+        not_selector_set=_one_set(rule.get(f"Not{prefix}IpSetIds", []), f"Not{prefix}IpSetIds"),  # type: ignore[arg-type]
+        ports=_ports(rule.get(f"{prefix}Ports", [])),
+        not_ports=_ports(rule.get(f"Not{prefix}Ports", [])),
+        named_port_sets=tuple(GivenSet(i, "named-port") for i in rule.get(f"{prefix}NamedPortIpSetIds", [])),  # type: ignore[misc]
+        not_named_port_sets=tuple(GivenSet(i, "named-port") for i in rule.get(f"Not{prefix}NamedPortIpSetIds", [])),  # type: ignore[misc]
+    )
+
+
+def parsed_rule(rule: dict[str, Any], action: str, ip_version: int) -> ParsedRule:
+    if ip_version == 6:
+        raise Unsupported("needs IPv6 (ip6tables rendering is the IPv6 work, issue 14 item 1)")
+    icmp, not_icmp = rule.get("Icmp") or {}, rule.get("NotIcmp") or {}
+    return ParsedRule(
+        action=parse_rule({"action": action}).action,
+        protocol=rule.get("Protocol"),
+        not_protocol=rule.get("NotProtocol"),
+        icmp_type=icmp.get("type"),
+        icmp_code=icmp.get("code"),
+        not_icmp_type=not_icmp.get("type"),
+        not_icmp_code=not_icmp.get("code"),
+        src=_side(rule, "Src"),
+        dst=_side(rule, "Dst"),
+    )
+
+
+def v1_rule(rule: dict[str, Any]) -> dict[str, Any]:
+    """The datastore (v1 model) form of a rule holding only nets, for rows that go through the parser."""
+    names = {"SrcNet": "src_nets", "DstNet": "dst_nets", "NotSrcNet": "!src_nets", "NotDstNet": "!dst_nets"}
+    unknown = set(rule) - set(names)
+    if unknown:
+        raise Unsupported(f"fields {sorted(unknown)} have no datastore form here")
+    return {"action": "allow", **{names[k]: v for k, v in rule.items()}}
+
+
+def settings(config: dict[str, Any]) -> FelixSettings:
+    return FelixSettings.from_sources(config.get)
+
+
+@dataclass
+class Row:
+    table: str
+    index: int
+    name: str
+    check: Callable[[], tuple[list[str], list[str]]] = field(repr=False)  # (expected, got)
+
+    @property
+    def id(self) -> str:
+        return f"{self.table} #{self.index}: {self.name}"
+
+    def run(self) -> tuple[bool, str]:
+        try:
+            expected, got = self.check()
+        except Unsupported as exc:
+            return False, f"unsupported: {exc}"
+        if expected == got:
+            return True, ""
+        return False, "expected:\n  " + "\n  ".join(expected) + "\ngot:\n  " + "\n  ".join(got)
+
+
+def _context(owner: dict[str, Any], config: dict[str, Any]) -> RuleContext:
+    kind = owner["kind"]
+    short = {"GlobalNetworkPolicy": "gnp", "NetworkPolicy": "np", "Profile": "pro"}[kind]
+    return RuleContext(settings(config), short, owner["name"], owner.get("namespace", ""), owner.get("tier", ""))
+
+
+def _action_check(table: dict[str, Any], entry: dict[str, Any], owner: dict[str, Any],
+                  marks: dict[int, int]) -> tuple[list[str], list[str]]:
+    """One rule of `rule_matches` rendered with each of the table's actions, against the table's
+    expected rules with the row's match put in."""
+    expected: list[str] = []
+    got: list[str] = []
+    context = _context(owner, table.get("config", {}))
+    for action in table["actions"]:
+        rule = parsed_rule(entry["rule"], action, entry["ip_version"])
+        if "policy" in table:
+            key = PolicyKey(kind="GlobalNetworkPolicy", namespace="", name=owner["name"])
+            inbound = table["policy"]["direction"] == "inbound"
+            desc = f"GlobalNetworkPolicy {owner['name']}"
+            chains = {policy_chain_name(key, True): render_rules([rule] if inbound else [], f"{desc} ingress", context),
+                      policy_chain_name(key, False): render_rules([] if inbound else [rule], f"{desc} egress", context)}
+            for chain, want in table["policy"]["chains"].items():
+                keep = len(want) == 1 and want[0].startswith("-m comment")  # Felix checks the empty chain's comment
+                expected += [f"{chain}: " + save_form(r.replace("{match}", entry["match"]), marks, comments=keep)
+                             for r in want]
+                got += [f"{chain}: " + save_form(r, comments=keep) for r in chains.get(chain, ["<no such chain>"])]
+            continue
+        expected += [save_form(r.replace("{match}", entry["match"]), marks) for r in table["expected"]]
+        got += [save_form(r) for r in render_rule(rule, "c", context)]
+    return expected, got
+
+
+def policy_rows() -> list[Row]:
+    """felix/rules/policy_test.go."""
+    data = load("policy_test.json")
+    marks = mark_map(data["marks"])
+    rows: list[Row] = []
+
+    # A Felix table that checks several configurations per row is several entries here, joined
+    # back into one row (it passes when every check does).
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for table in data["action_tables"]:
+        groups.setdefault(table.get("felix_table", table["name"]), []).append(table)
+    for felix_table, tables in groups.items():
+        for index, entry in enumerate(data["rule_matches"]):
+            def check(tables: list[dict[str, Any]] = tables,
+                      entry: dict[str, Any] = entry) -> tuple[list[str], list[str]]:
+                expected: list[str] = []
+                got: list[str] = []
+                for table in tables:
+                    want, have = _action_check(table, entry, table.get("owner", data["owner"]), marks)
+                    expected += want
+                    got += have
+                return expected, got
+
+            rows.append(Row(felix_table, index, f"{entry['name']} (IPv{entry['ip_version']})", check))
+
+    for index, entry in enumerate(data["filtered"]):
+        def check_filtered(entry: dict[str, Any] = entry) -> tuple[list[str], list[str]]:
+            if entry["ip_version"] == 6:
+                raise Unsupported("needs IPv6 (ip6tables rendering is the IPv6 work, issue 14 item 1)")
+            parsed = parse_rules([v1_rule(entry["rule"])], "felix-tables")
+            return [], [save_form(r) for rule in parsed for r in render_rule(rule, "c")]
+
+        rows.append(Row("Rules with catch-all negated CIDRs should be filtered out", index,
+                        f"{entry['name']} (IPv{entry['ip_version']})", check_filtered))
+
+    nets = data["cidr_split_nets"]
+    for index, entry in enumerate(data["cidr_split"]):
+        def check_cidr(entry: dict[str, Any] = entry) -> tuple[list[str], list[str]]:
+            counts = dict(zip(("SrcNet", "NotSrcNet", "DstNet", "NotDstNet"), entry["counts"], strict=True))
+            rule = parsed_rule({k: nets[k][:n] for k, n in counts.items() if n}, "allow", 4)
+            return ([save_form(r.removeprefix("-A test "), marks) for r in entry["expected"]],
+                    [save_form(r) for r in render_rule(rule, "c")])
+
+        rows.append(Row("CIDR split tests", index, entry["name"], check_cidr))
+
+    for index, entry in enumerate(data["port_split"]):
+        def check_split(entry: dict[str, Any] = entry) -> tuple[list[str], list[str]]:
+            # SplitPortList's groups, as the multiport arguments they become.
+            expected = [",".join(str(p) for p in _ports(split)) for split in entry["splits"]]
+            return expected, _port_groups(_ports(entry["ports"]))
+
+        rows.append(Row("Port split tests", index, entry["name"], check_split))
+
+    for index, entry in enumerate(data["named_ports"]):
+        def check_named(entry: dict[str, Any] = entry) -> tuple[list[str], list[str]]:
+            rule = parsed_rule(entry["rule"], "allow", 4)
+            return ([save_form(r.removeprefix("-A test "), marks) for r in entry["expected"]],
+                    [save_form(r) for r in render_rule(rule, "c")])
+
+        rows.append(Row("Named port tests", index, entry["name"], check_named))
+    return rows
+
+
+def dispatch_rows() -> list[Row]:
+    """felix/rules/dispatch_test.go: workload dispatch chains (KubeIPVSSupportEnabled false)."""
+    data = load("dispatch_test.json")
+    rows: list[Row] = []
+    for index, entry in enumerate(data["workload_dispatch"]):
+        def check(entry: dict[str, Any] = entry) -> tuple[list[str], list[str]]:
+            names = entry["interfaces"] or []
+            chains = {**dispatch_chains(names, FROM_WL_DISPATCH, "-i", FROM_WORKLOAD_PREFIX),
+                      **dispatch_chains(names, TO_WL_DISPATCH, "-o", TO_WORKLOAD_PREFIX)}
+            expected = [f"{chain}: {save_form(rule, comments=True)}"
+                        for chain in sorted(entry["chains"]) for rule in entry["chains"][chain]]
+            got = [f"{chain}: {save_form(rule, comments=True)}" for chain in sorted(chains) for rule in chains[chain]]
+            return expected, got
+
+        rows.append(Row("workload rendering tests", index, entry["name"], check))
+    return rows
+
+
+def _tier(spec: dict[str, Any], inbound: bool) -> TierPolicies:
+    policies = tuple(
+        ParsedPolicy(key=PolicyKey("GlobalNetworkPolicy", "", name), tier=spec["name"], order=None,
+                     selector=selector.parse("all()"), ingress=inbound, egress=not inbound, inbound=(), outbound=())
+        for name in spec["ingress" if inbound else "egress"])
+    return TierPolicies(spec["name"], spec["default_action"] == "Pass", policies)
+
+
+def endpoint_rows() -> list[Row]:
+    """felix/rules/endpoints_test.go: workload endpoint chains (DROP, no IPVS, no flow logs)."""
+    data = load("endpoints_test.json")
+    marks = mark_map(data["marks"])
+    rows: list[Row] = []
+    for index, entry in enumerate(data["workload_endpoints"]):
+        def check(entry: dict[str, Any] = entry) -> tuple[list[str], list[str]]:
+            ep = ResolvedEndpoint(
+                key=f"/calico/v1/host/h/workload/k8s/w/endpoint/{entry['iface']}", iface=entry["iface"],
+                active=entry["admin_up"], ingress=tuple(_tier(t, True) for t in entry["tiers"]),
+                egress=tuple(_tier(t, False) for t in entry["tiers"]), profile_ids=tuple(entry["profiles"]))
+            config = settings(entry.get("config", {}))
+            chains = {endpoint_chain_name(ep.iface, True): render_endpoint_chain(ep, True, config),
+                      endpoint_chain_name(ep.iface, False): render_endpoint_chain(ep, False, config)}
+            expected = [f"{chain}: {save_form(rule, marks, comments=True)}"
+                        for chain in sorted(entry["chains"]) for rule in entry["chains"][chain]]
+            got = [f"{chain}: {save_form(rule, comments=True)}" for chain in sorted(chains) for rule in chains[chain]]
+            return expected, got
+
+        rows.append(Row("workload endpoint chains", index, entry["name"], check))
+    return rows
+
+
+def nat_rows() -> list[Row]:
+    """felix/rules/nat_test.go: the cali-nat-outgoing chain."""
+    rows: list[Row] = []
+    for index, entry in enumerate(load("nat_test.json")["nat_outgoing"]):
+        def check(entry: dict[str, Any] = entry) -> tuple[list[str], list[str]]:
+            unread = sorted(name for name in entry["config"] if f"FELIX_{name.upper()}" not in SETTINGS_ENV)
+            if unread:
+                raise Unsupported(f"FelixConfiguration {', '.join(unread)} is not read")
+            got = nat_outgoing_rules(settings(entry["config"])) if entry["active"] else []
+            return [save_form(r) for r in entry["rules"]], [save_form(r) for r in got]
+
+        rows.append(Row("NAT", index, entry["name"], check))
+    return rows
+
+
+def static_rows() -> list[Row]:
+    """felix/rules/static_test.go: the VXLAN rows of the IPIP-enabled configuration."""
+    data = load("static_test.json")
+    marks = mark_map(data["marks"])
+    rows: list[Row] = []
+    for index, entry in enumerate(data["vxlan"]):
+        def check(entry: dict[str, Any] = entry) -> tuple[list[str], list[str]]:
+            given = entry["state"]
+            if entry["table"] == "nat" and given["vxlan"] != given["vxlan_tunnel_address"]:
+                # Felix's tunnel masquerade needs the tunnel address, its NOTRACK rules only VXLAN.
+                raise Unsupported("VXLAN on without this host's tunnel address: felix_client has one VXLAN flag")
+            state = DesiredState(hostname="h", endpoints=[], policies={}, profiles={}, ipsets={}, routes=[], vteps=[],
+                                 masq_pools=[], all_pools=[], all_hosts=[], vxlan_hosts=[],
+                                 ipip=given["ipip_tunnel_address"], vxlan=given["vxlan"],
+                                 settings=settings({"VXLANPort": given["vxlan_port"]}))
+            table = {"nat": render_nat, "raw": render_raw}[entry["table"]](state)
+            return ([save_form(rule, marks) for rule in entry["rules"]],
+                    [save_form(rule) for rule in table.chains.get(entry["chain"], ["<no such chain>"])])
+
+        rows.append(Row("Static (VXLAN)", index, entry["name"], check))
+    return rows
+
+
+def all_rows() -> list[Row]:
+    return policy_rows() + dispatch_rows() + endpoint_rows() + nat_rows() + static_rows()
