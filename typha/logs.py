@@ -155,6 +155,8 @@ class _Writer(threading.Thread):
                 self.stream.flush()  # type: ignore[attr-defined]
             except Exception:  # a closed or broken stderr: nothing to report it on
                 LogCounts.errors += 1
+            finally:
+                self.lines.task_done()  # only now is the line out: flush() waits for this, not for get()
 
 
 class NonBlockingHandler(logging.Handler):
@@ -240,7 +242,8 @@ def flush() -> None:
     """Write out queued lines now (before printing a fatal line, so the order on stderr is kept)."""
     if _handler is not None:
         deadline = time.monotonic() + 2.0
-        while not _handler._lines.empty() and time.monotonic() < deadline:
+        # unfinished_tasks counts lines queued or being written (the writer marks each done after writing).
+        while _handler._lines.unfinished_tasks and time.monotonic() < deadline:
             time.sleep(0.005)
 
 

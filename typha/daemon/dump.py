@@ -63,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         kvs = asyncio.run(fetch(args.server, args.syncer, args.timeout, tls_from_args(args)))
     except (ConnectionError, TimeoutError, OSError, TLSConfigError, logs.SettingError) as exc:
-        print(f"typha dump: {exc}", file=sys.stderr)
+        logs.flush()  # the client's last log lines first: the reason is the last line on stderr
+        print(f"typha dump: {exc}", file=sys.stderr, flush=True)
         return 1
     selected = {key: kvs[key] for key in sorted(kvs) if key.startswith(args.prefix)}
     if args.json:
