@@ -71,6 +71,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", metavar="OUT", help="write the results here as JSON")
     parser.add_argument("--plot", metavar="PNG", help="draw RSS and open fds over time here (matplotlib)")
+    parser.add_argument("--tracemalloc", metavar="DIR",
+                        help="run typha under tracemalloc and dump a snapshot into DIR every --tracemalloc-interval "
+                        "seconds (compare them with tracemalloc.Snapshot.load(...).compare_to)")
+    parser.add_argument("--tracemalloc-interval", type=float, default=60.0)
 
 
 # -- process sampling -----------------------------------------------------------------------------
@@ -119,9 +123,44 @@ class Watched:
     restarts: int = 0
 
 
-def start_typha(kubeconfig: str, port: int, health_port: int, log: Path) -> subprocess.Popen[bytes]:
+def traced_typha() -> None:
+    """`python -c 'from bench.soak import traced_typha; traced_typha()' DIR INTERVAL serve …`: typha under
+    tracemalloc, dumping a snapshot (and a line of traced bytes vs RSS) into DIR every INTERVAL seconds,
+    so that growth inside typha can be attributed by traceback (`python -m bench.soak` itself runs the
+    emulator and clients, whose allocations must not be mixed in)."""
+    import threading
+    import tracemalloc
+
+    from typha.cli import main
+
+    out, interval, argv = Path(sys.argv[1]), float(sys.argv[2]), sys.argv[3:]
+    tracemalloc.start(25)
+
+    def dump() -> None:
+        index = 0
+        while True:
+            time.sleep(interval)
+            snapshot = tracemalloc.take_snapshot()
+            snapshot.dump(str(out / f"typha-{index:03d}.snap"))
+            traced, peak = tracemalloc.get_traced_memory()
+            rss = psutil.Process().memory_info().rss
+            with (out / "typha-traced.txt").open("a") as f:
+                f.write(f"{index} {time.time():.0f} traced {traced} peak {peak} rss {rss}\n")
+            index += 1
+
+    threading.Thread(target=dump, name="tracemalloc-dump", daemon=True).start()
+    sys.exit(main(argv))
+
+
+def start_typha(kubeconfig: str, port: int, health_port: int, log: Path,
+                tracemalloc_dir: str | None = None, tracemalloc_interval: float = 60.0) -> subprocess.Popen[bytes]:
+    prefix = [sys.executable, "-m", "typha.cli"]
+    if tracemalloc_dir:
+        Path(tracemalloc_dir).mkdir(parents=True, exist_ok=True)
+        prefix = [sys.executable, "-c", "from bench.soak import traced_typha; traced_typha()", tracemalloc_dir,
+                  str(tracemalloc_interval)]
     command = [
-        sys.executable, "-m", "typha.cli", "serve", "--workers", "1", "--log-severity-screen", "WARNING",
+        *prefix, "serve", "--workers", "1", "--log-severity-screen", "WARNING",
         "--kubeconfig", kubeconfig, "--server-host", "127.0.0.1", "--server-port", str(port),
         "--health-enabled", "true", "--health-host", "127.0.0.1", "--health-port", str(health_port),
         "--checksum-interval-secs", "5", "--resume-window-secs", str(RESUME_WINDOW_SECS),
@@ -192,7 +231,8 @@ async def soak(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     api.write_kubeconfig(kubeconfig)
 
     port, health_port = free_port(), free_port()
-    typha = Watched("typha", start_typha(str(kubeconfig), port, health_port, workdir / "typha.log"),
+    typha = Watched("typha", start_typha(str(kubeconfig), port, health_port, workdir / "typha.log",
+                                             args.tracemalloc, args.tracemalloc_interval),
                     workdir / "typha.log")
     proxy = CutProxy(port)
     clients: list[tuple[AsyncSyncClient, ClientRecord]] = []

@@ -21,6 +21,7 @@ import asyncio
 import threading
 import time
 import uuid
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -48,20 +49,34 @@ class Segment:
     status and deltas must not be merged into one message.
     """
 
-    __slots__ = ("data", "is_deltas", "last", "open", "run")
+    __slots__ = ("_last", "data", "is_deltas", "open", "run")
 
     def __init__(self, is_deltas: bool) -> None:
         self.data = bytearray()
         self.is_deltas = is_deltas
-        self.last: Breadcrumb | None = None  # newest crumb stored in this segment
+        self._last: weakref.ref[Breadcrumb] | None = None
         self.open = is_deltas  # frames may still be appended
         # The last run handed out, (start, end, bytes): the streams woken by one crumb mostly stand at the
         # same position, and without it each would copy the same slice (most of a worker's CPU under churn).
         # Only the open segment keeps one, so the memo costs at most one segment's bytes per cache.
         self.run: tuple[int, int, bytes] | None = None
 
+    # The newest crumb stored in this segment, held weakly: every crumb points at its segment, so a strong
+    # reference back would make a cycle that only the cyclic collector frees, and the cycle's crumb holds,
+    # through `next`, the whole chain after it. A cycle that gc.freeze() caught (the daemon freezes the heap
+    # once in sync, docs/architecture.md §8) is never freed: the chain then grew for the life of the
+    # process (issue 17, item 9). Whenever an older crumb of this segment is alive, its `next` chain keeps
+    # this one alive too, so the weak reference never dangles for a reader positioned in the segment.
+    @property
+    def last(self) -> Breadcrumb | None:
+        return None if self._last is None else self._last()
 
-@dataclass(slots=True, eq=False)
+    @last.setter
+    def last(self, crumb: Breadcrumb) -> None:
+        self._last = weakref.ref(crumb)
+
+
+@dataclass(slots=True, eq=False, weakref_slot=True)
 class Breadcrumb:
     """One step of the cache's history. Immutable once linked, except for `next`."""
 
