@@ -23,7 +23,6 @@ import yaml
 
 from typha.kube.reflector import Event, EventType
 from typha.model import keys
-from typha.model.kv import SyncStatus, Update
 from typha.model.resources import CALICO_API_V1, CALICO_API_V3, by_key, calico_resource
 from typha.source.datastore import Datastore, Syncer, calico_api_group, convert_objects
 from typha.testing.apiserver.calico_v3 import (
@@ -36,6 +35,7 @@ from typha.testing.apiserver.calico_v3 import (
     stored_identity,
     to_kubernetes,
 )
+from typha.testing.mirror import KVMirror
 
 from ..fixtures import confd_pack
 
@@ -210,21 +210,6 @@ def test_calico_api_group_decides_as_libcalico_go(configured: str | None, groups
     assert client.calls == (0 if configured else 1)
 
 
-class _Collect:
-    def __init__(self) -> None:
-        self.kvs: dict[str, Any] = {}
-
-    def on_updates(self, updates: list[Update]) -> None:
-        for u in updates:
-            if u.value is None:
-                self.kvs.pop(u.key, None)
-            else:
-                self.kvs[u.key] = u.value
-
-    def on_status(self, status: SyncStatus) -> None:
-        pass
-
-
 class _NoReflector:
     def __init__(self, client: Any, resource: Any, sink: Any, **options: Any) -> None:
         self.resource = resource
@@ -233,7 +218,7 @@ class _NoReflector:
 def test_datastore_chooses_the_group_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CALICO_API_GROUP", raising=False)
     client = FakeDiscovery(["projectcalico.org", "discovery.k8s.io"])
-    syncer = Syncer("bgp", _Collect())
+    syncer = Syncer("bgp", KVMirror())
     datastore = Datastore(client, [syncer], reflector_factory=_NoReflector)  # type: ignore[arg-type]
     assert datastore.api_group == CALICO_API_V3
     watched = {r.resource.key for r in datastore.reflectors}
@@ -248,7 +233,7 @@ def test_datastore_chooses_the_group_at_start(monkeypatch: pytest.MonkeyPatch) -
 def test_datastore_honours_calico_api_group(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CALICO_API_GROUP", "crd.projectcalico.org/v1")
     client = FakeDiscovery(["projectcalico.org"])
-    datastore = Datastore(client, [Syncer("felix", _Collect())], reflector_factory=_NoReflector)  # type: ignore[arg-type]
+    datastore = Datastore(client, [Syncer("felix", KVMirror())], reflector_factory=_NoReflector)  # type: ignore[arg-type]
     assert datastore.api_group == CALICO_API_V1
     assert client.calls == 0
 

@@ -18,10 +18,10 @@ from typha.kube.reflector import Event, EventType
 from typha.model import selector
 from typha.model.convert import BGP_CONVERTERS, FELIX_CONVERTERS, ConversionError
 from typha.model.convert.base import port_v1, protocol_v1
-from typha.model.kv import SyncStatus, Update
 from typha.model.resources import by_key
 from typha.source.datastore import Syncer
 from typha.testing import objects as o
+from typha.testing.mirror import KVMirror
 
 INJECTED_LINE = "TCP\n--append cali-fw-x --jump cali-pro-kns.demo"
 QUOTE_BREAK = 'ICMP" -j ACCEPT'
@@ -43,29 +43,14 @@ def gnp(rule: dict[str, Any], name: str = "probe") -> dict[str, Any]:
     }
 
 
-class Collect:
-    def __init__(self) -> None:
-        self.kvs: dict[str, Any] = {}
-
-    def on_updates(self, updates: list[Update]) -> None:
-        for u in updates:
-            if u.value is None:
-                self.kvs.pop(u.key, None)
-            else:
-                self.kvs[u.key] = u.value
-
-    def on_status(self, status: SyncStatus) -> None:
-        pass
-
-
 def errors(resource: str) -> float:
     sample = REGISTRY.get_sample_value("typha_conversion_errors_total", {"syncer": "felix", "resource": resource})
     return sample or 0.0
 
 
-def through_syncer(resource_key: str, good: dict[str, Any], bad: dict[str, Any], caplog: Any) -> Collect:
+def through_syncer(resource_key: str, good: dict[str, Any], bad: dict[str, Any], caplog: Any) -> KVMirror:
     """Send `good`, then `bad` (the same object, changed): the keys must go, with one line and one count."""
-    sink = Collect()
+    sink = KVMirror()
     syncer = Syncer("felix", sink)
     resource = by_key(resource_key)
     syncer.on_events(resource, [Event(EventType.SET, good)])
