@@ -43,7 +43,7 @@ from typing import Any
 
 from rich.progress import Progress
 
-from bench.fanout import free_port, percentile, wait_ready
+from bench.fanout import free_port, percentile
 from bench.output import report
 from felix_client import rules
 from felix_client.calc import Calculator
@@ -53,7 +53,7 @@ from typha.model.convert import FELIX_CONVERTERS, veth_name
 from typha.model.resources import for_object
 from typha.testing import objects
 from typha.testing.apiserver.server import KubeAPIEmulator
-from typha.testing.procs import stop_process
+from typha.testing.procs import stop_process, wait_ready
 
 NODE = gen.node_name(0)
 FIRST_PORT = 20000  # change k sets port FIRST_PORT + k: distinct per change, never a default port
@@ -231,7 +231,7 @@ def measure_convergence(args: argparse.Namespace, spec: gen.ClusterSpec, work: P
         health_port = free_port()
         typha = start_typha(work / "kubeconfig", socket_path, health_port, work / "typha.log")
         stack.callback(stop_process, typha)
-        wait_ready(health_port, max(1.0, deadline - time.monotonic()))
+        wait_ready(health_port, timeout=max(1.0, deadline - time.monotonic()))
         agent_started = time.monotonic()
         agent = start_agent(socket_path, apply_log, args.debounce, netns, dry_run, work / "agent.log")
         stack.callback(stop_process, agent)

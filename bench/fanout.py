@@ -16,7 +16,6 @@ import statistics
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable
 from typing import Any
 
@@ -27,7 +26,7 @@ from bench.apiproc import EmulatorProcess
 from bench.ceiling import measure as measure_ceiling
 from bench.ceiling import table_rows as ceiling_table_rows
 from bench.output import report
-from typha.testing.procs import free_port
+from typha.testing.procs import free_port, wait_ready
 
 # --sink: which load client runs the streams. h2 (raw HTTP/2) costs a fraction of grpc.aio per message, so
 # the load side stops being the bottleneck; grpc stays for comparison and as an interop check.
@@ -50,17 +49,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", metavar="OUT", help="write the results here as JSON")
 
 
-def wait_ready(health_port: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{health_port}/readiness", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError("typha did not become ready")
 
 
 def start_typha(kubeconfig: str, port: int, health_port: int, pin: bool, workers: int = 1) -> subprocess.Popen[bytes]:
@@ -168,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
     typha = start_typha(hello["kubeconfig"], port, health_port, bool(pin))
     clients: Clients | None = None
     try:
-        wait_ready(health_port, 300)
+        wait_ready(health_port, timeout=300)
         server = psutil.Process(typha.pid)
         rss_before = server.memory_info().rss
         started = time.perf_counter()

@@ -21,9 +21,9 @@ from typing import Any
 import psutil
 
 from bench.apiproc import EmulatorProcess
-from bench.fanout import free_port, start_typha, wait_ready
+from bench.fanout import free_port, start_typha
 from bench.output import report
-from typha.testing.procs import stop_process
+from typha.testing.procs import stop_process, wait_ready
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,7 +47,7 @@ def measure_rss(keys: int, nodes: int, settle: float, workers: int = 1) -> dict[
         port, health_port = free_port(), free_port()
         typha = start_typha(hello["kubeconfig"], port, health_port, pin=False, workers=workers)
         started = time.perf_counter()
-        wait_ready(health_port, 900)
+        wait_ready(health_port, timeout=900)
         sync_secs = time.perf_counter() - started
         time.sleep(settle)
         process = psutil.Process(typha.pid)

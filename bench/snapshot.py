@@ -18,10 +18,10 @@ from typing import Any
 import psutil
 
 from bench.apiproc import EmulatorProcess
-from bench.fanout import free_port, percentile, quantiles, start_typha, wait_ready
+from bench.fanout import free_port, percentile, quantiles, start_typha
 from bench.output import report
 from bench.storm import StormClients, wait_initial
-from typha.testing.procs import stop_process
+from typha.testing.procs import stop_process, wait_ready
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         port, health_port = free_port(), free_port()
         typha = start_typha(hello["kubeconfig"], port, health_port, pin)
         started = time.perf_counter()
-        wait_ready(health_port, 600)
+        wait_ready(health_port, timeout=600)
         results["server_initial_sync_secs"] = time.perf_counter() - started  # includes its start-up
         server = psutil.Process(typha.pid)
         results["server_rss_mb"] = server.memory_info().rss / 2**20

@@ -30,7 +30,6 @@ from typing import Any
 import psutil
 
 from bench.cutproxy import CutProxy
-from bench.fanout import wait_ready
 from bench.output import report
 from typha.client import AsyncSyncClient, Backoff
 from typha.demo.cluster import Cluster, ClusterSpec, node_name
@@ -38,7 +37,7 @@ from typha.model.kv import SyncStatus
 from typha.source.datastore import convert_objects
 from typha.testing.apiserver.server import KubeAPIEmulator
 from typha.testing.guarantees import ClientRecord, GuaranteeChecker, pack
-from typha.testing.procs import free_port, stop_process
+from typha.testing.procs import free_port, stop_process, wait_ready
 
 FAULTS = ("watch-drop", "compaction", "api-500-burst", "api-429-burst", "connection-cut")
 CONVERGE_SECS = 120.0
@@ -241,7 +240,7 @@ async def soak(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     writes = 0
     started = time.monotonic()
     try:
-        await asyncio.to_thread(wait_ready, health_port, 120)
+        await asyncio.to_thread(wait_ready, health_port, None, 120)
         proxy_address = f"127.0.0.1:{await asyncio.to_thread(proxy.start)}"
         agents = start_agents(proxy_address, node_name(0), workdir)
         for syncer_type in ("felix", "bgp"):

@@ -31,9 +31,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from bench import resume_sink
 from bench.apiproc import EmulatorProcess
 from bench.cutproxy import CUT_MODES, CutProxy
-from bench.fanout import Clients, free_port, percentile, quantiles, start_typha, wait_ready
+from bench.fanout import Clients, free_port, percentile, quantiles, start_typha
 from bench.output import report
-from typha.testing.procs import stop_process
+from typha.testing.procs import stop_process, wait_ready
 
 PHASES = ("restart", "cut")
 
@@ -180,7 +180,7 @@ def restart_phase(args: argparse.Namespace, api: EmulatorProcess, kubeconfig: st
     typha = start_typha(kubeconfig, port, health_port, pin)
     clients: StormClients | None = None
     try:
-        wait_ready(health_port, 300)
+        wait_ready(health_port, timeout=300)
         clients = StormClients(f"127.0.0.1:{port}", args.clients, args.client_processes, others)
         initial = wait_initial(clients, args.clients, args.timeout, "restart: initial sync", not args.no_progress)
         clients.mark()
@@ -193,7 +193,7 @@ def restart_phase(args: argparse.Namespace, api: EmulatorProcess, kubeconfig: st
             # Readiness polled beside the clients (every 0.1 s): splits the total into the server's
             # start-up and initial list, and the clients' resync.
             def ready_time() -> float:
-                wait_ready(health_port, args.timeout)
+                wait_ready(health_port, timeout=args.timeout)
                 return time.monotonic()
 
             ready = pool.submit(ready_time)
@@ -223,7 +223,7 @@ def cut_phase(args: argparse.Namespace, api: EmulatorProcess, kubeconfig: str, p
     clients: StormClients | None = None
     try:
         proxy_port = proxy.start()
-        wait_ready(health_port, 300)
+        wait_ready(health_port, timeout=300)
         clients = StormClients(f"127.0.0.1:{proxy_port}", args.clients, args.client_processes, others)
         initial = wait_initial(clients, args.clients, args.timeout, "cut: initial sync", not args.no_progress)
         clients.mark()

@@ -15,10 +15,10 @@ import time
 from typing import Any
 
 from bench.apiproc import EmulatorProcess
-from bench.fanout import Clients, percentile, quantiles, start_typha, wait_ready
+from bench.fanout import Clients, percentile, quantiles, start_typha
 from bench.output import report
 from typha.source.datastore import converters_for
-from typha.testing.procs import free_port, stop_process
+from typha.testing.procs import free_port, stop_process, wait_ready
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,14 +52,14 @@ def run(args: argparse.Namespace) -> int:
         hello = api.start()
         port, health_port = free_port(), free_port()
         processes.append(start_typha(hello["kubeconfig"], port, health_port, pin=False))
-        wait_ready(health_port, 300)
+        wait_ready(health_port, timeout=300)
         relay_ports = []
         for _ in range(args.relays):
             relay_port, relay_health = free_port(), free_port()
             processes.append(start_relay(f"127.0.0.1:{port}", relay_port, relay_health))
             relay_ports.append((relay_port, relay_health))
         for _, relay_health in relay_ports:
-            wait_ready(relay_health, 300)
+            wait_ready(relay_health, timeout=300)
         started = time.perf_counter()
         relays = max(args.relays, 1)
         for index, (relay_port, _) in enumerate(relay_ports):

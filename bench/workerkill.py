@@ -21,9 +21,10 @@ from typing import Any
 import psutil
 
 from bench.apiproc import EmulatorProcess
-from bench.fanout import free_port, start_typha, wait_ready
+from bench.fanout import free_port, start_typha
 from bench.output import report
 from bench.storm import StormClients, summarise, wait_initial
+from typha.testing.procs import wait_ready
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -91,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         hello = api.start()
         port, health_port = free_port(), free_port()
         typha = start_typha(hello["kubeconfig"], port, health_port, pin=False, workers=args.workers)
-        wait_ready(health_port, 300)
+        wait_ready(health_port, timeout=300)
         supervisor = psutil.Process(typha.pid)
         clients = StormClients(f"127.0.0.1:{port}", args.clients, args.client_processes, None)
         results["initial"] = wait_initial(clients, args.clients, args.timeout, "initial sync", False)

@@ -19,8 +19,9 @@ from typing import Any
 import psutil
 
 from bench.apiproc import EmulatorProcess
-from bench.fanout import SINKS, Clients, churn_until_delivered, free_port, percentile, start_typha, wait_ready
+from bench.fanout import SINKS, Clients, churn_until_delivered, free_port, percentile, start_typha
 from bench.output import report
+from typha.testing.procs import wait_ready
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -84,7 +85,7 @@ def measure(args: argparse.Namespace, api: EmulatorProcess, kubeconfig: str, wor
     clients: Clients | None = None
     result: dict[str, Any] = {"workers": workers}
     try:
-        wait_ready(health_port, 300)
+        wait_ready(health_port, timeout=300)
         supervisor = psutil.Process(typha.pid)
         tree = [supervisor, *supervisor.children(recursive=True)]
         result["server_processes"] = len(tree)

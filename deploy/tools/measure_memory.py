@@ -15,7 +15,6 @@ import json
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import psutil
@@ -23,24 +22,7 @@ import psutil
 from typha.client import AsyncSyncClient
 from typha.demo.cluster import Cluster, ClusterSpec
 from typha.testing.apiserver.server import KubeAPIEmulator
-from typha.testing.procs import free_port, stop_process
-
-
-def wait_ready(health_port: int, process: subprocess.Popen[bytes], timeout: float) -> None:
-    import urllib.request
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"typha exited with {process.returncode}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{health_port}/readiness", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError("typha never became ready")
+from typha.testing.procs import free_port, stop_process, wait_ready
 
 
 async def connect(port: int, clients: int) -> list[AsyncSyncClient]:
@@ -62,7 +44,7 @@ def measure(kubeconfig: Path, workers: int, clients: int) -> dict[str, object]:
          "--health-host", "127.0.0.1", "--health-port", str(health_port), "--shutdown-timeout-secs", "0"],
         stderr=subprocess.DEVNULL)
     try:
-        wait_ready(health_port, process, 300)
+        wait_ready(health_port, process, timeout=300)
 
         async def with_clients() -> dict[str, int]:
             started = await connect(port, clients)

@@ -20,9 +20,10 @@ from typing import Any
 import pytest
 import yaml
 
+from typha.testing.procs import wait_ready
+
 from .test_daemon import free_port
 from .test_kubectl import DEADLINE, KUBECTL, Server, write
-from .test_serve_process import wait_ready
 
 pytestmark = pytest.mark.skipif(KUBECTL is None, reason="kubectl is not on PATH")
 

@@ -16,10 +16,9 @@ import pytest
 from typha.daemon.metrics_http import MetricsServer
 from typha.testing import objects
 from typha.testing.apiserver.server import KubeAPIEmulator
-from typha.testing.procs import free_port, stop_process
+from typha.testing.procs import free_port, stop_process, wait_ready
 
 from .sync_raw import RawClient
-from .test_serve_process import wait_ready
 
 # Typha's metrics, as facts from its source (typha/pkg/syncserver/sync_server.go, snap_precalc.go,
 # typha/pkg/snapcache/cache.go, typha/pkg/logging/logutils.go): name -> (type, labels besides quantile).

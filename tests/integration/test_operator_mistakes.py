@@ -25,9 +25,8 @@ import pytest
 
 from typha.testing import objects
 from typha.testing.apiserver.server import KubeAPIEmulator
-from typha.testing.procs import free_port, stop_process
+from typha.testing.procs import free_port, stop_process, wait_ready
 
-from .test_serve_process import wait_ready
 from .tls_pki import CA
 
 pytestmark = pytest.mark.slow

@@ -7,29 +7,13 @@ import json
 import signal
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 
 from typha.testing import objects
 from typha.testing.apiserver.server import KubeAPIEmulator
+from typha.testing.procs import wait_ready
 
 from .sync_raw import RawClient
 from .test_daemon import free_port
-
-
-def wait_ready(port: int, process: subprocess.Popen[str], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert process.poll() is None, "typha serve exited early"
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readiness", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.1)
-    raise AssertionError("typha serve never became ready")
 
 
 def test_sigterm_drains_clients_then_exits(tmp_path):

@@ -450,8 +450,7 @@ def test_typha_serve_process_with_typha_tls_env_serves_mtls_only(pki: PKI, tmp_p
 
     from typha.source.datastore import convert_objects
     from typha.testing.apiserver.server import KubeAPIEmulator
-
-    from .test_serve_process import wait_ready
+    from typha.testing.procs import wait_ready
 
     with KubeAPIEmulator(bookmark_interval=0.2).start() as api:
         api.create(objects.namespace("demo"))

@@ -19,12 +19,12 @@ import psutil
 from typha.client import AsyncSyncClient, Backoff
 from typha.source.datastore import convert_objects
 from typha.testing.apiserver.server import KubeAPIEmulator
+from typha.testing.procs import wait_ready
 from typha.testing.wait import wait_until_async
 
 from .churn import apply, random_op
 from .test_daemon import free_port
 from .test_fanout_e2e import Ignore
-from .test_serve_process import wait_ready
 
 CLIENTS = 12
 
