@@ -78,7 +78,6 @@ IPSET_ID_VXLAN_HOSTS: Final = "all-vxlan-net"
 # Set-ID prefixes of hash.MakeUniqueID (rule_scanner.go): selectors, named ports, services.
 SET_ID_SELECTOR: Final = "s"
 SET_ID_NAMED_PORT: Final = "n"
-SET_ID_NETS: Final = "c"  # felix_client only: several CIDRs in one rule (docs/calico/felix.md §3.8 allows it)
 SET_ID_SERVICE: Final = "svc"  # destination service: hash:ip,port of the endpoints and ports
 SET_ID_SERVICE_NO_PORT: Final = "svcnoport"  # source service: hash:net of the endpoints
 

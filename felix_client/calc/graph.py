@@ -409,9 +409,6 @@ class Calculator:
             self.dirty.ipsets.add(spec)
             self._contrib[spec] = {}
             self._members[spec] = {}
-            if spec.kind == "nets":
-                self._members[spec] = {_member(n): 1 for n in spec.nets}
-                continue
             if spec.kind in ("service", "service-noport"):
                 self.services.add_set(spec)
                 self._members[spec] = dict.fromkeys(self.services.members(spec), 1)

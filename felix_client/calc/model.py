@@ -16,7 +16,6 @@ from felix_client import validate
 from felix_client.names import (
     KIND_SHORT,
     SET_ID_NAMED_PORT,
-    SET_ID_NETS,
     SET_ID_SELECTOR,
     SET_ID_SERVICE,
     SET_ID_SERVICE_NO_PORT,
@@ -51,8 +50,6 @@ class IPSetSpec:
 
     kind "selector": IPs of every endpoint (any node) and network-set CIDRs matching `selector`.
     kind "named-port": `ip,proto:port` of matching endpoints that have a named port `port_name`/`protocol`.
-    kind "nets": a literal CIDR list. Felix uses scratch-bit match blocks for several CIDRs or nets plus
-    notNets; a hash:net set is the equivalent docs/calico/felix.md §3.8 allows, and keeps one rule per match.
     kind "service": `ip,proto:port` of every address and port of the EndpointSlices of `service`
     ("namespace/name"): a rule's destination service (rule_scanner.go, ServiceIncludePorts).
     kind "service-noport": the addresses alone: a rule's source service.
@@ -62,7 +59,6 @@ class IPSetSpec:
     selector: str = ""  # canonical form
     protocol: str = ""
     port_name: str = ""
-    nets: tuple[str, ...] = ()
     service: str = ""
     # The family: a rule rendered for IPv6 uses the IPv6 set of the same ID ("cali60" + ID), holding
     # the IPv6 addresses of the same endpoints (Felix keeps one set per family and ID).
@@ -80,7 +76,7 @@ class IPSetSpec:
             return sel.make_unique_id(SET_ID_SERVICE, self.service)
         if self.kind == "service-noport":
             return sel.make_unique_id(SET_ID_SERVICE_NO_PORT, self.service)
-        return sel.make_unique_id(SET_ID_NETS, ",".join(self.nets))
+        raise ValueError(f"unknown IP set kind {self.kind!r}")
 
     @property
     def name(self) -> str:
@@ -137,44 +133,27 @@ RULE_FIELDS = _MATCH_FIELDS | _INFORMATIONAL_FIELDS
 
 @dataclass(frozen=True, slots=True)
 class Side:
-    """The source or destination half of a rule, with selectors already turned into IP sets."""
+    """The source or destination half of a rule as Felix's renderer input (proto.Rule) holds it, with
+    selectors already turned into IP sets. Each set list is rendered in order, one `--match-set` per
+    set, all ANDed; nets and ports alternatives are ORed (policy.py renders scratch-mark blocks for
+    them where one rule cannot hold them)."""
 
-    nets: tuple[str, ...] = ()
+    nets: tuple[str, ...] = ()  # SrcNet/DstNet, in the rule's order
     not_nets: tuple[str, ...] = ()
-    selector_set: IPSetSpec | None = None  # positive selector (negation folded in)
-    not_selector_set: IPSetSpec | None = None  # only a notSelector: `! --match-set`
+    # SrcIpSetIds/DstIpSetIds: the selector (negation folded in; left out when named ports already
+    # carry it, as rule_scanner does), then a source service's address set.
+    ip_sets: tuple[IPSetSpec, ...] = ()
+    not_ip_sets: tuple[IPSetSpec, ...] = ()  # NotSrcIpSetIds/NotDstIpSetIds: `! --match-set`
+    ip_port_sets: tuple[IPSetSpec, ...] = ()  # DstIpPortSetIds: a destination service, matched dst,dst
     ports: tuple[int | str, ...] = ()  # numbers and "lo:hi" ranges
     not_ports: tuple[int | str, ...] = ()
     named_port_sets: tuple[IPSetSpec, ...] = ()
     not_named_port_sets: tuple[IPSetSpec, ...] = ()
-    service_set: IPSetSpec | None = None  # "service" (destination) or "service-noport" (source)
     version: int = 4
 
     def ipsets(self) -> list[IPSetSpec]:
-        out: list[IPSetSpec] = []
-        # With only named ports the named-port sets already carry the selector: no selector set needed.
-        if self.selector_set is not None and (self.ports or not self.named_port_sets):
-            out.append(self.selector_set)
-        if self.not_selector_set is not None:
-            out.append(self.not_selector_set)
-        out.extend(self.named_port_sets)
-        out.extend(self.not_named_port_sets)
-        out.extend(s for s in (self.nets_set(), self.not_nets_set(), self.service_set) if s is not None)
-        return out
-
-    def nets_set(self) -> IPSetSpec | None:
-        """The set standing for `nets`, or None when one `-s`/`-d` does (zero or one CIDR)."""
-        return _cidr_set(self.nets, self.version) if len(self.nets) > 1 else None
-
-    def not_nets_set(self) -> IPSetSpec | None:
-        """The set for `notNets`; a single one is a `! -s` unless `nets` already took the -s."""
-        if not self.not_nets or (len(self.not_nets) == 1 and not self.nets):
-            return None
-        return _cidr_set(self.not_nets, self.version)
-
-
-def _cidr_set(nets: tuple[str, ...], version: int = 4) -> IPSetSpec:
-    return IPSetSpec("nets", nets=tuple(sorted(set(nets))), version=version)
+        return [*self.ip_sets, *self.not_ip_sets, *self.ip_port_sets, *self.named_port_sets,
+                *self.not_named_port_sets]
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,23 +253,28 @@ def _side(rule: dict[str, Any], side: str, protocol: str, version: int = 4) -> S
     if any_net in not_nets:
         # filterNets: a negated catch-all can never match; Felix drops the rule with a warning.
         raise Invalid("negated-catch-all", f"{side} notNets hold {any_net}")
-    if any_net in nets:
-        nets = ()  # matches every address: no match needed (and hash:net cannot hold a /0)
     positive, negative = _combined_selector(rule.get(f"{side}_selector") or "", rule.get(f"!{side}_selector") or "")
     ports, named = _split_ports(rule.get(f"{side}_ports"))
     not_ports, not_named = _split_ports(rule.get(f"!{side}_ports"))
     named_selector = positive or "all()"
+    ip_sets: list[IPSetSpec] = []
+    # rule_scanner.go: with only named ports the named-port sets already carry the selector.
+    if positive and (ports or not named):
+        ip_sets.append(IPSetSpec("selector", selector=positive, version=version))
+    service = _service(rule, side, version)
+    if service is not None and side == "src":
+        ip_sets.append(service)  # a source service is one more of SrcIpSetIds, after the selector
     return Side(
         nets=nets,
         not_nets=not_nets,
-        selector_set=IPSetSpec("selector", selector=positive, version=version) if positive else None,
-        not_selector_set=IPSetSpec("selector", selector=negative, version=version) if negative else None,
+        ip_sets=tuple(ip_sets),
+        not_ip_sets=(IPSetSpec("selector", selector=negative, version=version),) if negative else (),
+        ip_port_sets=(service,) if service is not None and side == "dst" else (),
         ports=ports,
         not_ports=not_ports,
         named_port_sets=tuple(IPSetSpec("named-port", named_selector, protocol, n, version=version) for n in named),
         not_named_port_sets=tuple(IPSetSpec("named-port", named_selector, protocol, n, version=version)
                                   for n in not_named),
-        service_set=_service(rule, side, version),
         version=version,
     )
 

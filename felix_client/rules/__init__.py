@@ -10,15 +10,16 @@ Felix's own rules tests run against these renderers as data: tests/felix_client/
 Deliberate differences from Felix, all with the same packet semantics:
 - no `cali:<hash>` rule comments (Felix uses them to diff rules in place; the dataplane hashes whole
   chains and rewrites a chain that changed, `felix_client/dataplane/iptables.py`);
-- several CIDRs in one rule (or nets plus notNets) use a `hash:net` set instead of scratch-bit match
-  blocks (docs/calico/felix.md §3.8 allows either);
+- each rule of a policy or profile chain carries the owner's comment (Felix puts it on the chain's
+  first rule only);
 - dispatch chains are a one-level tree keyed by the interface name's next character;
 - a rule with an HTTP match is rendered only when that cannot widen it (Deny, Log): Felix leaves the
   match to the application-layer sidecar, which felix_client does not have (an Allow with one is
   left out, a Pass with one fails closed as a deny, `calc.model.fail_closed`);
-- several port alternatives on one side (named ports, port lists past one multiport) are one rule
-  each, where Felix ORs them through a scratch-mark block; the LOG prefix is cut to the 29 bytes
-  the kernel keeps.
+- the LOG prefix is cut to the 29 bytes the kernel keeps.
+Several CIDRs on a side, CIDRs with notNets, and several port alternatives (named ports, port lists
+past one multiport) are Felix's scratch-mark match blocks (`policy._MatchBlocks`), on felix_client's
+scratch mark bits.
 """
 
 from felix_client.rules.ipsets import (

@@ -11,11 +11,13 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from felix_client.calc.model import FelixSettings, ParsedRule, Side
+from felix_client.calc.model import ANY_NETS, FelixSettings, IPSetSpec, ParsedRule, Side
 from felix_client.names import (
     MARK_ACCEPT,
     MARK_DROP,
     MARK_PASS,
+    MARK_SCRATCH0,
+    MARK_SCRATCH1,
     MAX_LOG_PREFIX_LENGTH,
     MULTIPORT_SLOTS,
     escape_comment,
@@ -41,52 +43,118 @@ def _port_groups(ports: Iterable[int | str]) -> list[str]:
     return groups
 
 
-@dataclass(frozen=True, slots=True)
-class _Match:
-    """The parts of one rendered rule, kept apart so they can be emitted in iptables-save order."""
-
-    head: tuple[str, ...] = ()  # -s / -d / -p
-    matches: tuple[str, ...] = ()
-    negated: tuple[str, ...] = ()  # after every positive match of the rule, as Felix orders them
+_HEAD_ORDER = ("-s", "-d", "-p")
 
 
-def _side_variants(side: Side, direction: str) -> list[_Match]:
-    """The alternatives (ORed rules) one side of a rule expands to; `direction` is "src" or "dst"."""
-    flag = "-s" if direction == "src" else "-d"
-    ports_flag = "--sports" if direction == "src" else "--dports"
-    head: list[str] = []
-    common: list[str] = []
-    negated: list[str] = []
-    nets, not_nets = side.nets_set(), side.not_nets_set()
-    if nets is not None:
-        common.append(f"-m set --match-set {nets.name} {direction}")
-    elif side.nets:
-        head.append(f"{flag} {side.nets[0]}")
-    if not_nets is not None:
-        negated.append(f"-m set ! --match-set {not_nets.name} {direction}")
-    elif side.not_nets:
-        head.append(f"! {flag} {side.not_nets[0]}")
-    if side.service_set is not None:
-        # rule_scanner.go: a destination service is an ip,port set matched on dst,dst (DstIPPortSetIDs);
-        # a source service an address set, one of the SrcIPSetIDs.
-        dims = f"{direction},{direction}" if side.service_set.kind == "service" else direction
-        common.append(f"-m set --match-set {side.service_set.name} {dims}")
-    if side.not_selector_set is not None:
-        negated.append(f"-m set ! --match-set {side.not_selector_set.name} {direction}")
-    negated += [f"-m multiport ! {ports_flag} {group}" for group in _port_groups(side.not_ports)]
-    negated += [f"-m set ! --match-set {spec.name} {direction},{direction}" for spec in side.not_named_port_sets]
+def _save_order(parts: Iterable[str], notes: Iterable[str] = ()) -> str:
+    """One rule's parts in iptables-save order: `-s`, `-d`, `-p` (negated or not) first, then the
+    comments (`notes`), then the other matches and the action in the order given."""
+    parts = [p for p in parts if p]
+    heads = sorted((p for p in parts if p.lstrip("! ")[:2] in _HEAD_ORDER),
+                   key=lambda p: _HEAD_ORDER.index(p.lstrip("! ")[:2]))
+    return " ".join((*heads, *notes, *(p for p in parts if p.lstrip("! ")[:2] not in _HEAD_ORDER)))
 
-    variants: list[_Match] = []
-    if side.ports or not side.named_port_sets:
-        selector = [f"-m set --match-set {side.selector_set.name} {direction}"] if side.selector_set else []
-        groups: list[str | None] = [*_port_groups(side.ports)] or [None]
+
+def _net(flag: str, net: str, version: int) -> str:
+    """A `-s`/`-d` match (`flag` may carry a leading "! "), as iptables-save prints it: the family's
+    catch-all matches every address and is left out, as it is of a Felix rule `-s 0.0.0.0/0`."""
+    return "" if net == ANY_NETS[version] else f"{flag} {net}"
+
+
+class _MatchBlocks:
+    """Felix's matchBlockBuilder (felix/rules/policy.go): the scratch-mark blocks that OR the
+    alternatives one iptables rule cannot hold - several port groups or named ports on a side,
+    several CIDRs, CIDRs plus negated CIDRs. Scratch0 ends up set when every block matched (the
+    first positive block writes it directly, later ones write scratch1 and AND it in); a negated
+    block starts from scratch0 set and clears it on any match. The rule proper then also matches
+    scratch0."""
+
+    def __init__(self, notes: list[str]) -> None:
+        self.notes = notes  # the comments each of the rule's iptables rules carries
+        self.rules: list[str] = []
+        self.used = False
+        self._done_first_positive = False
+
+    def _rule(self, *parts: str) -> None:
+        self.rules.append(_save_order(parts, self.notes))
+
+    def _start(self, initial: int) -> None:
+        if not self.used:
+            self._rule(xmark(initial, MARK_SCRATCH0 | MARK_SCRATCH1))
+            self.used = True
+
+    def _positive_mark(self) -> int:
+        self._start(0)
+        return MARK_SCRATCH1 if self._done_first_positive else MARK_SCRATCH0
+
+    def _finish_positive(self) -> None:
+        if self._done_first_positive:
+            # scratch0 &&= scratch1
+            self._rule(f"-m mark --mark 0x0/{MARK_SCRATCH1:#x}", xmark(0, MARK_SCRATCH0))
+        self._done_first_positive = True
+
+    def ports(self, protocol: str, groups: list[str], named: tuple[IPSetSpec, ...], direction: str) -> None:
+        mark = self._positive_mark()
+        ports_flag = "--sports" if direction == "src" else "--dports"
         for group in groups:
-            ports = [f"-m multiport {ports_flag} {group}"] if group else []
-            variants.append(_Match(tuple(head), (*common, *selector, *ports), tuple(negated)))
-    for spec in side.named_port_sets:
-        named = f"-m set --match-set {spec.name} {direction},{direction}"
-        variants.append(_Match(tuple(head), (*common, named), tuple(negated)))
-    return variants
+            self._rule(protocol, f"-m multiport {ports_flag} {group}", xmark(mark, mark))
+        for spec in named:
+            self._rule(f"-m set --match-set {spec.name} {direction},{direction}", xmark(mark, mark))
+        self._finish_positive()
+
+    def nets(self, nets: tuple[str, ...], direction: str, version: int) -> None:
+        mark = self._positive_mark()
+        flag = "-s" if direction == "src" else "-d"
+        for net in nets:
+            self._rule(_net(flag, net, version), xmark(mark, mark))
+        self._finish_positive()
+
+    def not_nets(self, nets: tuple[str, ...], direction: str, version: int) -> None:
+        self._start(MARK_SCRATCH0)
+        flag = "-s" if direction == "src" else "-d"
+        for net in nets:
+            self._rule(_net(flag, net, version), xmark(0, MARK_SCRATCH0))
+
+
+@dataclass(frozen=True, slots=True)
+class _SideMatch:
+    """What of one side is left for the rule proper once the blocks took theirs."""
+
+    nets: tuple[str, ...]
+    not_nets: tuple[str, ...]
+    port_groups: list[str]
+    named_port_sets: tuple[IPSetSpec, ...]
+
+
+def _side_blocks(side: Side, direction: str, protocol: str, blocks: _MatchBlocks) -> _SideMatch:
+    """ProtoRuleToIptablesRules' port blocks for one side: several port groups or named ports."""
+    groups = _port_groups(side.ports)
+    if len(groups) + len(side.named_port_sets) > 1:
+        blocks.ports(protocol, groups, side.named_port_sets, direction)
+        return _SideMatch(side.nets, side.not_nets, [], ())
+    return _SideMatch(side.nets, side.not_nets, groups, side.named_port_sets)
+
+
+def _positive(side: Side, left: _SideMatch, direction: str, version: int) -> list[str]:
+    """CalculateRuleMatch's positive matches of one side, in its order: net, IP sets, (destination
+    service,) ports, named port."""
+    out = [_net("-s" if direction == "src" else "-d", net, version) for net in left.nets]
+    out += [f"-m set --match-set {spec.name} {direction}" for spec in side.ip_sets]
+    out += [f"-m set --match-set {spec.name} {direction},{direction}" for spec in side.ip_port_sets]
+    ports_flag = "--sports" if direction == "src" else "--dports"
+    out += [f"-m multiport {ports_flag} {group}" for group in left.port_groups]
+    out += [f"-m set --match-set {spec.name} {direction},{direction}" for spec in left.named_port_sets]
+    return out
+
+
+def _negated(side: Side, left: _SideMatch, direction: str, version: int) -> list[str]:
+    """CalculateRuleMatch's negated matches of one side: net, IP sets, port groups, named ports."""
+    out = [_net("! -s" if direction == "src" else "! -d", net, version) for net in left.not_nets]
+    out += [f"-m set ! --match-set {spec.name} {direction}" for spec in side.not_ip_sets]
+    ports_flag = "--sports" if direction == "src" else "--dports"
+    out += [f"-m multiport ! {ports_flag} {group}" for group in _port_groups(side.not_ports)]
+    out += [f"-m set ! --match-set {spec.name} {direction},{direction}" for spec in side.not_named_port_sets]
+    return out
 
 
 def _protocol_name(protocol: str | int) -> str | int:
@@ -164,34 +232,57 @@ def _marked(match: str, mark: int, comment: str, action: str) -> list[str]:
 
 
 def render_rule(rule: ParsedRule, comment: str, context: RuleContext = DEFAULT_CONTEXT) -> list[str]:
-    """The iptables rules (without `-A chain`) for one policy or profile rule."""
-    out: list[str] = []
+    """The iptables rules (without `-A chain`) for one policy or profile rule: ProtoRuleToIptablesRules
+    with CombineMatchAndActionsForProtoRule, in iptables-save form."""
     icmp, not_icmp = _icmp(rule)
     notes = [comment_match(comment), *(comment_match(f"{k}={v}") for k, v in rule.annotations)]
     if rule.fail_closed:
         notes.append(comment_match("felix-client: invalid rule fails closed"))
+    protocol = _protocol_head(rule)
+    blocks = _MatchBlocks(notes)
+    # The order Felix builds its blocks in: source ports, destination ports, source CIDRs,
+    # destination CIDRs, then the negated CIDR blocks (positive blocks first, see _MatchBlocks).
+    positive_protocol = protocol[0] if rule.protocol is not None else ""
+    src = _side_blocks(rule.src, "src", positive_protocol, blocks)
+    dst = _side_blocks(rule.dst, "dst", positive_protocol, blocks)
+    if len(src.nets) > 1:
+        blocks.nets(src.nets, "src", rule.version)
+        src = _SideMatch((), src.not_nets, src.port_groups, src.named_port_sets)
+    if len(dst.nets) > 1:
+        blocks.nets(dst.nets, "dst", rule.version)
+        dst = _SideMatch((), dst.not_nets, dst.port_groups, dst.named_port_sets)
+    # One -s (or ! -s) fits in the rule; more than one between nets and notNets needs a block.
+    if len(src.nets) + len(src.not_nets) > 1:
+        blocks.not_nets(src.not_nets, "src", rule.version)
+        src = _SideMatch(src.nets, (), src.port_groups, src.named_port_sets)
+    if len(dst.nets) + len(dst.not_nets) > 1:
+        blocks.not_nets(dst.not_nets, "dst", rule.version)
+        dst = _SideMatch(dst.nets, (), dst.port_groups, dst.named_port_sets)
+
+    # CalculateRuleMatch's order: every positive match (source, destination, ICMP), then every negated
+    # one in the same order; iptables-save prints -s, -d and -p (negated or not) first.
+    matches = [*_positive(rule.src, src, "src", rule.version), *_positive(rule.dst, dst, "dst", rule.version),
+               *icmp, *_negated(rule.src, src, "src", rule.version),
+               *_negated(rule.dst, dst, "dst", rule.version), *not_icmp]
+    if blocks.used:
+        matches.append(f"-m mark --mark {MARK_SCRATCH0:#x}/{MARK_SCRATCH0:#x}")
     settings = context.settings
+    limit: list[str] = []
     if rule.action == "log" and settings.log_rate_limit:
         burst = settings.log_rate_limit_burst
         # iptables-save leaves out the default burst of 5.
-        notes.append(f"-m limit --limit {settings.log_rate_limit}" + (f" --limit-burst {burst}" if burst != 5 else ""))
-    for src in _side_variants(rule.src, "src"):
-        for dst in _side_variants(rule.dst, "dst"):
-            # iptables-save order: -s, -d, then -p; then the matches as given.
-            heads = sorted(src.head + dst.head, key=lambda h: h.lstrip("! ")[:2] != "-s")
-            head = " ".join((*heads, *_protocol_head(rule)))
-            # CalculateRuleMatch's order: every positive match (source, destination, ICMP), then
-            # every negated one in the same order.
-            match = " ".join(x for x in (head, *notes, *src.matches, *dst.matches, *icmp, *src.negated,
-                                         *dst.negated, *not_icmp) if x)
-            if rule.action == "allow":
-                out += _marked(match, MARK_ACCEPT, comment, "-j RETURN")
-            elif rule.action == "next-tier":
-                out += _marked(match, MARK_PASS, comment, "-j RETURN")
-            elif rule.action == "deny":
-                out += _marked(match, MARK_DROP, comment, context.deny())
-            elif rule.action == "log":
-                out.append(f'{match} -j LOG --log-prefix "{context.log_prefix()}" --log-level 5')
+        limit.append(f"-m limit --limit {settings.log_rate_limit}" + (f" --limit-burst {burst}" if burst != 5 else ""))
+    # Felix's LOG rule is its limit match combined with the rule's match.
+    match = _save_order((*protocol, *limit, *matches), notes)
+    out = blocks.rules
+    if rule.action == "allow":
+        out += _marked(match, MARK_ACCEPT, comment, "-j RETURN")
+    elif rule.action == "next-tier":
+        out += _marked(match, MARK_PASS, comment, "-j RETURN")
+    elif rule.action == "deny":
+        out += _marked(match, MARK_DROP, comment, context.deny())
+    elif rule.action == "log":
+        out.append(f'{match} -j LOG --log-prefix "{context.log_prefix()}" --log-level 5')
     return out
 
 

@@ -3,8 +3,9 @@ felix_client's renderer run on the same inputs, both brought to `iptables-save` 
 
 Felix's tests feed `proto.Rule`s (the calculation graph's output: IP-set IDs, CIDRs, port ranges)
 to its renderer with test marks (accept 0x80, pass 0x100, ...). The harness builds the same rule as
-felix_client's renderer input (`ParsedRule`, IP sets named by the given IDs) and translates Felix's
-test marks into felix_client's bits, since the mark allocation is not what is being compared.
+felix_client's renderer input (`ParsedRule` for the row's IP version, each side's lists of IP-set IDs
+as `cali40`/`cali60` sets) and translates Felix's test marks into felix_client's bits, since the mark
+allocation is not what is being compared.
 
 `iptables-save` form: short options (`-s`, `-d`, `--sports`, `-j`), the address/interface/protocol
 options first in `-s -d -i -o -p` order, marks in hex, MARK's `--set-mark` as the `--set-xmark`
@@ -43,6 +44,7 @@ from felix_client.names import (
     TO_WL_DISPATCH,
     TO_WORKLOAD_PREFIX,
     endpoint_chain_name,
+    ipset_name,
     policy_chain_name,
 )
 from felix_client.rules.endpoints import dispatch_chains, render_endpoint_chain
@@ -155,38 +157,49 @@ class GivenSet:
 
     set_id: str
     kind: str = "selector"
+    version: int = 4
 
     @property
     def name(self) -> str:
-        return f"cali40{self.set_id}"
+        return ipset_name(self.set_id, self.version)
 
 
 def _ports(ranges: list[list[int]]) -> tuple[int | str, ...]:
     return tuple(first if first == last else f"{first}:{last}" for first, last in ranges)
 
 
-def _one_set(ids: list[str], what: str) -> GivenSet | None:
-    if len(ids) > 1:
-        raise Unsupported(f"{what}: felix_client folds a side's selectors into one IP set (one --match-set)")
-    return GivenSet(ids[0]) if ids else None
+_KNOWN_FIELDS = frozenset(
+    {"Protocol", "NotProtocol", "Icmp", "NotIcmp", "DstIpPortSetIds"}
+    | {f"{neg}{side}{what}" for neg in ("", "Not") for side in ("Src", "Dst")
+       for what in ("Net", "IpSetIds", "Ports", "NamedPortIpSetIds")}
+)
 
 
-def _side(rule: dict[str, Any], prefix: str) -> Side:
+def _sets(ids: list[str], kind: str, version: int) -> Any:
+    # GivenSet stands in for IPSetSpec: the renderer reads only a set's name.
+    return tuple(GivenSet(i, kind, version) for i in ids)
+
+
+def _side(rule: dict[str, Any], prefix: str, version: int) -> Side:
     return Side(
         nets=tuple(rule.get(f"{prefix}Net", ())),
         not_nets=tuple(rule.get(f"Not{prefix}Net", ())),
-        selector_set=_one_set(rule.get(f"{prefix}IpSetIds", []), f"{prefix}IpSetIds"),  # type: ignore[arg-type]
-        not_selector_set=_one_set(rule.get(f"Not{prefix}IpSetIds", []), f"Not{prefix}IpSetIds"),  # type: ignore[arg-type]
+        ip_sets=_sets(rule.get(f"{prefix}IpSetIds", []), "selector", version),
+        not_ip_sets=_sets(rule.get(f"Not{prefix}IpSetIds", []), "selector", version),
+        ip_port_sets=_sets(rule.get(f"{prefix}IpPortSetIds", []), "service", version),
         ports=_ports(rule.get(f"{prefix}Ports", [])),
         not_ports=_ports(rule.get(f"Not{prefix}Ports", [])),
-        named_port_sets=tuple(GivenSet(i, "named-port") for i in rule.get(f"{prefix}NamedPortIpSetIds", [])),  # type: ignore[misc]
-        not_named_port_sets=tuple(GivenSet(i, "named-port") for i in rule.get(f"Not{prefix}NamedPortIpSetIds", [])),  # type: ignore[misc]
+        named_port_sets=_sets(rule.get(f"{prefix}NamedPortIpSetIds", []), "named-port", version),
+        not_named_port_sets=_sets(rule.get(f"Not{prefix}NamedPortIpSetIds", []), "named-port", version),
+        version=version,
     )
 
 
 def parsed_rule(rule: dict[str, Any], action: str, ip_version: int) -> ParsedRule:
-    if ip_version == 6:
-        raise Unsupported("needs IPv6 (ip6tables rendering is the IPv6 work, issue 14 item 1)")
+    """Felix's renderer input (proto.Rule, already filtered to `ip_version`) as felix_client's."""
+    unknown = sorted(set(rule) - _KNOWN_FIELDS)
+    if unknown:
+        raise Unsupported(f"proto.Rule fields {unknown} are not translated")
     icmp, not_icmp = rule.get("Icmp") or {}, rule.get("NotIcmp") or {}
     return ParsedRule(
         action=parse_rule({"action": action}).action,
@@ -196,8 +209,9 @@ def parsed_rule(rule: dict[str, Any], action: str, ip_version: int) -> ParsedRul
         icmp_code=icmp.get("code"),
         not_icmp_type=not_icmp.get("type"),
         not_icmp_code=not_icmp.get("code"),
-        src=_side(rule, "Src"),
-        dst=_side(rule, "Dst"),
+        src=_side(rule, "Src", ip_version),
+        dst=_side(rule, "Dst", ip_version),
+        version=ip_version,
     )
 
 
@@ -294,9 +308,7 @@ def policy_rows() -> list[Row]:
 
     for index, entry in enumerate(data["filtered"]):
         def check_filtered(entry: dict[str, Any] = entry) -> tuple[list[str], list[str]]:
-            if entry["ip_version"] == 6:
-                raise Unsupported("needs IPv6 (ip6tables rendering is the IPv6 work, issue 14 item 1)")
-            parsed = parse_rules([v1_rule(entry["rule"])], "felix-tables")
+            parsed = parse_rules([v1_rule(entry["rule"])], "felix-tables", entry["ip_version"])
             return [], [save_form(r) for rule in parsed for r in render_rule(rule, "c")]
 
         rows.append(Row("Rules with catch-all negated CIDRs should be filtered out", index,
@@ -409,7 +421,7 @@ def static_rows() -> list[Row]:
                                  masq_pools=[], all_pools=[], all_hosts=[], vxlan_hosts=[],
                                  ipip=given["ipip_tunnel_address"], vxlan=given["vxlan"],
                                  settings=settings({"VXLANPort": given["vxlan_port"]}))
-            table = {"nat": render_nat, "raw": render_raw}[entry["table"]](state)
+            table = render_nat(state) if entry["table"] == "nat" else render_raw(state)
             return ([save_form(rule, marks) for rule in entry["rules"]],
                     [save_form(rule) for rule in table.chains.get(entry["chain"], ["<no such chain>"])])
 
