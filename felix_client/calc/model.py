@@ -629,7 +629,8 @@ SETTINGS_ENV = tuple(f"FELIX_{name.upper()}" for name in (
     "DefaultEndpointToHostAction", "IptablesFilterDenyAction", "LogPrefix", "LogActionRateLimit",
     "LogActionRateLimitBurst", "NATOutgoingExclusions", "NATOutgoingAddress", "NATPortRange", "VXLANPort",
     "IptablesNATOutgoingInterfaceFilter", "AllowVXLANPacketsFromWorkloads", "AllowIPIPPacketsFromWorkloads",
-    "FailsafeInboundHostPorts", "FailsafeOutboundHostPorts", "IptablesFilterAllowAction", "IptablesMangleAllowAction"))
+    "FailsafeInboundHostPorts", "FailsafeOutboundHostPorts", "IptablesFilterAllowAction", "IptablesMangleAllowAction",
+    "ClusterType", "MetadataAddr", "MetadataPort"))
 _LOG_RATE = re.compile(r"[1-9][0-9]{0,3}/(second|minute|hour|day)")
 # iptables-save prints a limit's unit shortened.
 _LOG_RATE_UNIT = {"second": "sec", "minute": "min", "hour": "hour", "day": "day"}
@@ -706,6 +707,18 @@ class FelixSettings:
     failsafe_outbound_host_ports: tuple[ProtoPort, ...] = FAILSAFE_OUTBOUND_DEFAULT
     filter_allow_action: str = "ACCEPT"
     mangle_allow_action: str = "ACCEPT"
+    # OpenStack's special cases (metadata service, DHCP, DNS from workloads): on when openstack_active.
+    cluster_type: str = ""  # ClusterType, e.g. "k8s,bgp" or "openstack"
+    metadata_addr: str = "127.0.0.1"  # MetadataAddr: a hostname or IP; rules only for an IPv4 address
+    metadata_port: int = 8775  # MetadataPort
+
+    def openstack_active(self, iface_prefix: str) -> bool:
+        """Config.OpenstackActive: ClusterType says OpenStack, or the metadata address or port is not
+        the default, or the workload interfaces are OpenStack's `tap` ones."""
+        return ("openstack" in self.cluster_type.lower()
+                or self.metadata_addr not in ("", "127.0.0.1")
+                or self.metadata_port not in (0, 8775)
+                or iface_prefix == "tap")
 
     @classmethod
     def from_sources(cls, lookup: Callable[[str], Any], env: Mapping[str, str] | None = None) -> FelixSettings:
@@ -753,6 +766,9 @@ class FelixSettings:
                                      default.filter_allow_action),
             mangle_allow_action=pick("IptablesMangleAllowAction", _one_of("ACCEPT", "RETURN"),
                                      default.mangle_allow_action),
+            cluster_type=pick("ClusterType", _cluster_type, default.cluster_type),
+            metadata_addr=pick("MetadataAddr", _hostname, default.metadata_addr),
+            metadata_port=pick("MetadataPort", _int_in(0, 65535), default.metadata_port),
         )
 
 
@@ -804,6 +820,25 @@ def _iface_param(value: Any) -> str:
     text = str(value)
     if not re.fullmatch(r"[a-zA-Z0-9:._+-]{1,15}", text):
         raise ValueError("not an interface name")
+    return text
+
+
+def _cluster_type(value: Any) -> str:
+    text = str(value)
+    if not re.fullmatch(r"[a-zA-Z0-9,_.-]{1,256}", text):
+        raise ValueError("not a cluster type list")
+    return text
+
+
+def _hostname(value: Any) -> str:
+    # Felix's "hostname" parameter: a DNS name or an IP address.
+    text = str(value)
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        pass
+    if not re.fullmatch(r"[a-zA-Z0-9]([a-zA-Z0-9.-]{0,251}[a-zA-Z0-9])?", text):
+        raise ValueError("not a hostname or IP address")
     return text
 
 

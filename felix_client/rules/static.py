@@ -1,7 +1,7 @@
 """The tables as a whole: Felix's static chains in filter, nat, raw and mangle (felix/rules/static.go),
 with the host-endpoint chains and the workload dispatch, endpoint, policy and profile chains of the
-desired state. The static chains are Felix's for the standard iptables configurations (no BPF, no
-IPVS, no OpenStack special cases, no WireGuard, no QoS DSCP); tests/felix_client/felix_tables/
+desired state. The static chains are Felix's for the iptables configurations without BPF, IPVS,
+WireGuard, IPv6 VXLAN or QoS DSCP (OpenStack's special cases included); tests/felix_client/felix_tables/
 holds Felix's own expectations for them.
 
 Each function renders one family (`version` 4: iptables, 6: ip6tables). As in Felix the IPv6 tables
@@ -162,6 +162,14 @@ def _filter_static(state: DesiredState, wl: str, version: int) -> dict[str, list
     to_host: list[str] = []
     if not v4:
         to_host += [f"-p ipv6-icmp -m icmp6 --icmpv6-type {t} {allow}" for t in ICMPV6_HOST_TYPES]
+    if settings.openstack_active(wl[:-1]):
+        # OpenStack's workloads reach the metadata service, DHCP and DNS on the host before policy.
+        metadata = _metadata_ip(settings)
+        if v4 and metadata:
+            to_host.append(f"-d {metadata}/32 -p tcp -m multiport --dports {settings.metadata_port} {allow}")
+        client, server = (68, 67) if v4 else (546, 547)
+        to_host += [f"-p udp -m multiport --sports {client} -m multiport --dports {server} {allow}",
+                    f"-p udp -m multiport --dports 53 {allow}"]
     to_host += [f"-j {FROM_WL_DISPATCH}",
                 f"{comment_match('Configured DefaultEndpointToHostAction')} -j {state.endpoint_to_host_action}"]
 
@@ -182,8 +190,24 @@ def _filter_static(state: DesiredState, wl: str, version: int) -> dict[str, list
             CHAIN_OUTPUT: out, FAILSAFE_OUT: failsafe[FAILSAFE_OUT]}
 
 
-def _nat_static(state: DesiredState, version: int) -> dict[str, list[str]]:
+def _metadata_ip(settings: FelixSettings) -> str:
+    """OpenStack's metadata server as an IPv4 address ("" for a hostname: Felix's ParseIP gives nil)."""
+    try:
+        address = ipaddress.ip_address(settings.metadata_addr)
+    except ValueError:
+        return ""
+    return str(address) if address.version == 4 else ""
+
+
+def _nat_static(state: DesiredState, wl: str, version: int) -> dict[str, list[str]]:
     """StaticNATTableChains: cali-PREROUTING, cali-POSTROUTING, cali-OUTPUT."""
+    settings = state.settings
+    pre = [f"-j {FIP_DNAT}"]
+    metadata = _metadata_ip(settings)
+    if version == 4 and settings.openstack_active(wl[:-1]) and metadata:
+        # OpenStack: the well-known metadata address is the metadata server's.
+        pre.append(f"-d 169.254.169.254/32 -p tcp -m multiport --dports 80 "
+                   f"-j DNAT --to-destination {metadata}:{settings.metadata_port}")
     post = [f"-j {FIP_SNAT}", f"-j {NAT_OUTGOING}"]
     # Traffic the host itself sends into a tunnel leaves with the tunnel device's address.
     # With VXLAN on, UDP is masqueraded to source ports clear of the VXLAN port: a reply to the
@@ -195,7 +219,7 @@ def _nat_static(state: DesiredState, version: int) -> dict[str, list[str]]:
             if udp_ports:
                 post.append(f"-o {device} -p udp {local} -j MASQUERADE --to-ports {udp_ports} --random-fully")
             post.append(f"-o {device} {local} -j MASQUERADE --random-fully")
-    return {CHAIN_PREROUTING: [f"-j {FIP_DNAT}"], CHAIN_POSTROUTING: post, CHAIN_OUTPUT: [f"-j {FIP_DNAT}"]}
+    return {CHAIN_PREROUTING: pre, CHAIN_POSTROUTING: post, CHAIN_OUTPUT: [f"-j {FIP_DNAT}"]}
 
 
 def _raw_static(state: DesiredState, wl: str, version: int) -> dict[str, list[str]]:
@@ -205,11 +229,16 @@ def _raw_static(state: DesiredState, wl: str, version: int) -> dict[str, list[st
     # unreplied entries.
     notrack = [f"-p udp -m udp --dport {state.settings.vxlan_port} -j NOTRACK"] if state.vxlan and version == 4 else []
     scratch = f"-m mark --mark {MARK_SCRATCH0:#x}/{MARK_SCRATCH0:#x}"
+    # OpenStack: a DHCPv4 request from 0.0.0.0 passes before the RPF check, which some kernels'
+    # rpfilter match fails for it (accepted in raw only: policy still sees it).
+    dhcp = (["-s 0.0.0.0/32 -p udp -m multiport --sports 68 -m multiport --dports 67 -j ACCEPT"]
+            if version == 4 and state.settings.openstack_active(wl[:-1]) else [])
     pre = [
         xmark(0, MARK_ALL),
         *notrack,
         f"-i {wl} {xmark(MARK_SCRATCH0, MARK_SCRATCH0)}",
         f"{scratch} -j {RPF_SKIP}",
+        *dhcp,
         # Anti-spoofing: a workload's packet must arrive on the interface its source's route uses.
         # Always DROP: the kernel refuses REJECT outside INPUT, FORWARD and OUTPUT.
         f"{scratch} -m rpfilter --validmark --invert -j DROP",
@@ -250,7 +279,7 @@ def static_chains(state: DesiredState, table_name: str, version: int = 4,
     if table_name == "filter":
         return _filter_static(state, wl, version)
     if table_name == "nat":
-        return _nat_static(state, version)
+        return _nat_static(state, wl, version)
     if table_name == "raw":
         return _raw_static(state, wl, version)
     if table_name == "mangle":
@@ -322,7 +351,7 @@ def render_filter(state: DesiredState, iface_prefix: str = WORKLOAD_IFACE_PREFIX
     return _assemble(t, state, version, static_chains(state, "filter", version, iface_prefix), chains)
 
 
-def render_nat(state: DesiredState, version: int = 4) -> Table:
+def render_nat(state: DesiredState, version: int = 4, iface_prefix: str = WORKLOAD_IFACE_PREFIX) -> Table:
     t = Table("nat", ["PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"], {})
     t.add("PREROUTING", f"-j {CHAIN_PREROUTING}")
     t.add("OUTPUT", f"-j {CHAIN_OUTPUT}")
@@ -330,7 +359,7 @@ def render_nat(state: DesiredState, version: int = 4) -> Table:
     masq = state.masq_pools if version == 4 else state.masq_pools6
     # Floating IPs (OpenStack) are not rendered: their chains are empty, but jumped to.
     rest = {NAT_OUTGOING: nat_outgoing_rules(state.settings, version) if masq else [], FIP_DNAT: [], FIP_SNAT: []}
-    return _assemble(t, state, version, static_chains(state, "nat", version), rest)
+    return _assemble(t, state, version, static_chains(state, "nat", version, iface_prefix), rest)
 
 
 def render_raw(state: DesiredState, iface_prefix: str = WORKLOAD_IFACE_PREFIX, version: int = 4) -> Table:
@@ -389,7 +418,7 @@ def render_tables(state: DesiredState, iface_prefix: str = WORKLOAD_IFACE_PREFIX
     """Every table of one family, each through `Table.guarded`."""
     return {
         "filter": render_filter(state, iface_prefix, version).guarded(),
-        "nat": render_nat(state, version).guarded(),
+        "nat": render_nat(state, version, iface_prefix).guarded(),
         "raw": render_raw(state, iface_prefix, version).guarded(),
         "mangle": render_mangle(state, version).guarded(),
     }
