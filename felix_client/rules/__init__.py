@@ -2,7 +2,8 @@
 
 One job per module: `table` (a table, its text, the last grammar check), `policy` (a Calico rule →
 iptables rules), `endpoints` (endpoint and dispatch chains), `static` (the filter, nat, raw and
-mangle tables around them, per IP family), `ipsets` (the desired sets and their `ipset` text), `routes` (routes as text).
+mangle tables around them, per IP family), `ipsets` (the desired sets and their `ipset` text),
+`routes` (routes as text).
 The dataplane calls these once per apply; names come from `felix_client.names`, the FelixConfiguration
 fields that shape the rules (deny action, log prefix and rate, NAT outgoing) from `FelixSettings`.
 Felix's own rules tests run against these renderers as data: tests/felix_client/felix_tables/.

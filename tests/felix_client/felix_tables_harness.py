@@ -410,7 +410,7 @@ def static_rows() -> list[Row]:
                                  masq_pools=[], all_pools=[], all_hosts=[], vxlan_hosts=[],
                                  ipip=given["ipip_tunnel_address"], vxlan=given["vxlan"],
                                  settings=settings({"VXLANPort": given["vxlan_port"]}))
-            table = {"nat": render_nat, "raw": render_raw}[entry["table"]](state)
+            table = render_nat(state) if entry["table"] == "nat" else render_raw(state)
             return ([save_form(rule, marks) for rule in entry["rules"]],
                     [save_form(rule) for rule in table.chains.get(entry["chain"], ["<no such chain>"])])
 
@@ -464,11 +464,13 @@ def static_chain_rows() -> list[Row]:
                 return sorted(entry["chain_names"]), sorted(chains)
             if "chains" in entry:
                 return ([f"{c}: {_static_form(r, marks)}" for c, want in entry["chains"].items() for r in want],
-                        [f"{c}: {_static_form(r)}" for c in entry["chains"] for r in chains.get(c, ["<no such chain>"])])
+                        [f"{c}: {_static_form(r)}" for c in entry["chains"]
+                         for r in chains.get(c, ["<no such chain>"])])
             chain = entry["chain"]
             have = [_static_form(r) for r in chains[chain]] if chain in chains else ["<no such chain>"]
             if "no_action" in entry:
-                return [], [r for r in have if r.endswith(f"-j {entry['no_action']}") or f"-j {entry['no_action']} " in r]
+                target = f"-j {entry['no_action']}"
+                return [], [r for r in have if r.endswith(target) or f"{target} " in r]
             if "contains" in entry:
                 want = [_static_form(r, marks) for r in entry["contains"]]
                 return want, [r for r in want if r in have] if set(want) <= set(have) else have
