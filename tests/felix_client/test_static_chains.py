@@ -5,6 +5,9 @@ gets in one place, and OpenStack's special cases. Felix's own expectations for e
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import uuid
 from typing import Any
 
 import pytest
@@ -13,6 +16,7 @@ from prometheus_client import REGISTRY
 from felix_client import rules, validate
 from felix_client.calc import Calculator
 from felix_client.calc.model import FelixSettings, ProtoPort
+from felix_client.dataplane import iptables
 from felix_client.rules import static
 from typha.model import keys
 from typha.model.convert.calico import felix_configuration
@@ -200,3 +204,52 @@ def test_openstack_special_cases_only_when_openstack_is_active() -> None:
     # The tap interface prefix alone turns them on, as Felix's OpenstackActive does.
     assert FelixSettings().openstack_active("tap") and not FelixSettings().openstack_active("cali")
     assert FelixSettings(cluster_type="k8s,OpenStack").openstack_active("cali")
+
+
+# --- the kernel's reading -----------------------------------------------------------------------
+
+
+@pytest.mark.root
+@pytest.mark.skipif(not all(shutil.which(t) for t in ("ip", "iptables-restore", "ip6tables-restore", "ipset")),
+                    reason="needs ip, iptables, ip6tables and ipset")
+def test_the_kernel_reads_back_every_static_chain_as_rendered(monkeypatch: pytest.MonkeyPatch) -> None:
+    """All four tables of both families, with failsafe chains in use, OpenStack's cases and VXLAN, restored
+    into a namespace this test creates: iptables-save gives back exactly what was rendered (a chain
+    the kernel prints differently would be rewritten at every resync)."""
+
+    original = static._host_endpoint_chains
+
+    def with_a_host_endpoint(state: Any, table_name: str, version: int) -> dict[str, list[str]]:
+        chains = original(state, table_name, version)
+        if table_name != "nat":
+            chains.update({"cali-from-host-endpoint": ["-j cali-failsafe-in"],
+                           "cali-to-host-endpoint": ["-j cali-failsafe-out"]})
+        return chains
+
+    monkeypatch.setattr(static, "_host_endpoint_chains", with_a_host_endpoint)
+    calc = _routing_calc({"vxlan_mode": "always", "masquerade": True}, vxlan=True)
+    for name, value in (("MetadataAddr", "10.0.0.1"),
+                        ("FailsafeInboundHostPorts", "tcp:22,udp:10.0.0.0/8:68,tcp:[fd00::/64]:179"),
+                        ("FailsafeOutboundHostPorts", "udp:0.0.0.0/0:53,tcp:[::/0]:443")):
+        calc.update(keys.global_config_path(name), value)
+    state = calc.snapshot()
+    ns = f"felixstatic-{uuid.uuid4().hex[:8]}"
+    subprocess.run(["ip", "netns", "add", ns], check=True, capture_output=True)
+    try:
+        def run(*argv: str, text: str = "") -> str:
+            done = subprocess.run(["ip", "netns", "exec", ns, *argv], input=text, capture_output=True, text=True,
+                                  timeout=30)
+            assert done.returncode == 0, done.stderr
+            return done.stdout
+
+        run("ipset", "restore", text=rules.render_ipset_restore(rules.desired_ipsets(state)))
+        for version, (restore, save) in ((4, ("iptables-restore", "iptables-save")),
+                                         (6, ("ip6tables-restore", "ip6tables-save"))):
+            tables = rules.render_tables(state, version=version)
+            assert "cali-failsafe-in" in tables["raw"].chains
+            for name, table in tables.items():
+                run(restore, text=table.render())
+                kernel = iptables.parse_save(run(save, "-t", name))
+                assert iptables.table_delta(table, kernel).written == (), (version, name)
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True)
