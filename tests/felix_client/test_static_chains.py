@@ -214,8 +214,9 @@ def test_openstack_special_cases_only_when_openstack_is_active() -> None:
                     reason="needs ip, iptables, ip6tables and ipset")
 def test_the_kernel_reads_back_every_static_chain_as_rendered(monkeypatch: pytest.MonkeyPatch) -> None:
     """All four tables of both families, with failsafe chains in use, OpenStack's cases and VXLAN, restored
-    into a namespace this test creates: iptables-save gives back exactly what was rendered (a chain
-    the kernel prints differently would be rewritten at every resync)."""
+    into a namespace this test creates: iptables-save gives back every cali- chain exactly as rendered
+    (a chain the kernel prints differently would be rewritten at every resync). The kernel chains'
+    hook rules are the dataplane's: it tags them when it programs them."""
 
     original = static._host_endpoint_chains
 
