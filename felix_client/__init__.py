@@ -6,8 +6,8 @@ Data flows one way: calculation → rendering → dataplane.
   stream order; `Calculator.snapshot()` gives the node's `DesiredState` (local endpoints with their
   ordered ingress/egress policies per tier, active policies and profiles, IP sets with members,
   service sets from EndpointSlices, routes, VXLAN neighbours, NAT pools).
-- `felix_client.rules`: `DesiredState` → Felix-shaped `iptables-save` text for the filter, nat and raw
-  tables, `ipset save`/`ipset restore` text, and `ip route`-style routes.
+- `felix_client.rules`: `DesiredState` → Felix-shaped `iptables-save` text for the filter, nat, raw
+  and mangle tables, `ipset save`/`ipset restore` text, and `ip route`-style routes.
 - `felix_client.dataplane`: renders a state once per apply and programs a network namespace
   (iptables, IP sets, routes, sysctls, VXLAN), or, for a dry run, writes the files (`files`).
 - `felix_client.names`: every chain/set prefix, mark bit, device and port (Felix's rule_defs.go).

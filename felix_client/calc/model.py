@@ -612,10 +612,61 @@ def parse_network_set(path: str, value: dict[str, Any]) -> Endpoint:
 SETTINGS_ENV = tuple(f"FELIX_{name.upper()}" for name in (
     "DefaultEndpointToHostAction", "IptablesFilterDenyAction", "LogPrefix", "LogActionRateLimit",
     "LogActionRateLimitBurst", "NATOutgoingExclusions", "NATOutgoingAddress", "NATPortRange", "VXLANPort",
-    "IptablesNATOutgoingInterfaceFilter", "AllowVXLANPacketsFromWorkloads", "AllowIPIPPacketsFromWorkloads"))
+    "IptablesNATOutgoingInterfaceFilter", "AllowVXLANPacketsFromWorkloads", "AllowIPIPPacketsFromWorkloads",
+    "FailsafeInboundHostPorts", "FailsafeOutboundHostPorts", "IptablesFilterAllowAction", "IptablesMangleAllowAction",
+    "ClusterType", "MetadataAddr", "MetadataPort"))
 _LOG_RATE = re.compile(r"[1-9][0-9]{0,3}/(second|minute|hour|day)")
 # iptables-save prints a limit's unit shortened.
 _LOG_RATE_UNIT = {"second": "sec", "minute": "min", "hour": "hour", "day": "day"}
+
+
+@dataclass(frozen=True, slots=True)
+class ProtoPort:
+    """One failsafe port (config.ProtoPort): protocol, port and an optional CIDR (`net`, "" = any)."""
+
+    protocol: str
+    port: int
+    net: str = ""
+
+
+def _port_list(value: Any) -> tuple[ProtoPort, ...]:
+    """Felix's port-list parameter (PortListParam.Parse): comma-separated `<port>`, `<proto>:<port>` or
+    `<proto>:<net>:<port>`, an IPv6 net in brackets (`tcp:[fd00::/64]:22`); "none" is the empty list
+    (config_params.go). The datastore sends FelixConfiguration's list in this form (protoPortSliceToString)."""
+    text = str(value).strip()
+    if text.lower() == "none":
+        return ()
+    out: list[ProtoPort] = []
+    for raw in text.split(","):
+        item = raw.strip()
+        if not item:
+            continue
+        net = ""
+        if "[" in item and "]:" in item:
+            start, end = item.index("["), item.index("]:")
+            net, item = item[start + 1:end], item[:start] + item[end + 2:]
+        parts = item.split(":")
+        if len(parts) > 3:
+            raise ValueError("ports should be <protocol>:<net>:<number>, <protocol>:<number> or <number>")
+        protocol = parts[0].lower() if len(parts) > 1 else "tcp"
+        if len(parts) == 3:
+            net = parts[1]
+        if protocol not in ("tcp", "udp"):
+            raise ValueError(f"unknown protocol: {protocol}")
+        port = int(parts[-1])
+        if not 0 <= port <= 65535:
+            raise ValueError("ports must be in range 0-65535")
+        if net:
+            # cnet.ParseCIDROrIP, then the network's String(): a bare IP is its /32 or /128.
+            net = str(ipaddress.ip_network(net, strict=False))
+        out.append(ProtoPort(protocol, port, net))
+    return tuple(out)
+
+
+# config_params.go FailsafeInboundHostPorts / FailsafeOutboundHostPorts defaults: SSH, DHCP, BGP, etcd,
+# Typha, the Kubernetes API server and kube-proxy's ports (and DNS outbound).
+FAILSAFE_INBOUND_DEFAULT = _port_list("tcp:22,udp:68,tcp:179,tcp:2379,tcp:2380,tcp:5473,tcp:6443,tcp:6666,tcp:6667")
+FAILSAFE_OUTBOUND_DEFAULT = _port_list("udp:53,udp:67,tcp:179,tcp:2379,tcp:2380,tcp:5473,tcp:6443,tcp:6666,tcp:6667")
 
 
 @dataclass(frozen=True, slots=True)
@@ -634,6 +685,24 @@ class FelixSettings:
     nat_outgoing_interface: str = ""  # IptablesNATOutgoingInterfaceFilter: NAT outgoing only out of it
     allow_vxlan_from_workloads: bool = False  # AllowVXLANPacketsFromWorkloads
     allow_ipip_from_workloads: bool = False  # AllowIPIPPacketsFromWorkloads
+    # The host-endpoint failsafe ports (cali-failsafe-in/-out, rules.static) and the actions the static
+    # chains use for an allowed packet (IptablesFilterAllowAction, IptablesMangleAllowAction: ACCEPT | RETURN).
+    failsafe_inbound_host_ports: tuple[ProtoPort, ...] = FAILSAFE_INBOUND_DEFAULT
+    failsafe_outbound_host_ports: tuple[ProtoPort, ...] = FAILSAFE_OUTBOUND_DEFAULT
+    filter_allow_action: str = "ACCEPT"
+    mangle_allow_action: str = "ACCEPT"
+    # OpenStack's special cases (metadata service, DHCP, DNS from workloads): on when openstack_active.
+    cluster_type: str = ""  # ClusterType, e.g. "k8s,bgp" or "openstack"
+    metadata_addr: str = "127.0.0.1"  # MetadataAddr: a hostname or IP; rules only for an IPv4 address
+    metadata_port: int = 8775  # MetadataPort
+
+    def openstack_active(self, iface_prefix: str) -> bool:
+        """Config.OpenstackActive: ClusterType says OpenStack, or the metadata address or port is not
+        the default, or the workload interfaces are OpenStack's `tap` ones."""
+        return ("openstack" in self.cluster_type.lower()
+                or self.metadata_addr not in ("", "127.0.0.1")
+                or self.metadata_port not in (0, 8775)
+                or iface_prefix == "tap")
 
     @classmethod
     def from_sources(cls, lookup: Callable[[str], Any], env: Mapping[str, str] | None = None) -> FelixSettings:
@@ -673,6 +742,17 @@ class FelixSettings:
             allow_vxlan_from_workloads=pick("AllowVXLANPacketsFromWorkloads", _bool,
                                             default.allow_vxlan_from_workloads),
             allow_ipip_from_workloads=pick("AllowIPIPPacketsFromWorkloads", _bool, default.allow_ipip_from_workloads),
+            failsafe_inbound_host_ports=pick("FailsafeInboundHostPorts", _port_list,
+                                             default.failsafe_inbound_host_ports),
+            failsafe_outbound_host_ports=pick("FailsafeOutboundHostPorts", _port_list,
+                                              default.failsafe_outbound_host_ports),
+            filter_allow_action=pick("IptablesFilterAllowAction", _one_of("ACCEPT", "RETURN"),
+                                     default.filter_allow_action),
+            mangle_allow_action=pick("IptablesMangleAllowAction", _one_of("ACCEPT", "RETURN"),
+                                     default.mangle_allow_action),
+            cluster_type=pick("ClusterType", _cluster_type, default.cluster_type),
+            metadata_addr=pick("MetadataAddr", _hostname, default.metadata_addr),
+            metadata_port=pick("MetadataPort", _int_in(0, 65535), default.metadata_port),
         )
 
 
@@ -724,6 +804,25 @@ def _iface_param(value: Any) -> str:
     text = str(value)
     if not re.fullmatch(r"[a-zA-Z0-9:._+-]{1,15}", text):
         raise ValueError("not an interface name")
+    return text
+
+
+def _cluster_type(value: Any) -> str:
+    text = str(value)
+    if not re.fullmatch(r"[a-zA-Z0-9,_.-]{1,256}", text):
+        raise ValueError("not a cluster type list")
+    return text
+
+
+def _hostname(value: Any) -> str:
+    # Felix's "hostname" parameter: a DNS name or an IP address.
+    text = str(value)
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        pass
+    if not re.fullmatch(r"[a-zA-Z0-9]([a-zA-Z0-9.-]{0,251}[a-zA-Z0-9])?", text):
+        raise ValueError("not a hostname or IP address")
     return text
 
 

@@ -51,7 +51,7 @@ from felix_client.names import (
 
 log = logging.getLogger("felix_client.dataplane")
 
-TABLES = ("raw", "nat", "filter")
+TABLES = ("raw", "mangle", "nat", "filter")
 _FAMILIES = {4: socket.AF_INET, 6: socket.AF_INET6}
 
 

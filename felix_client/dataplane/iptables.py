@@ -23,8 +23,9 @@ from felix_client import rules
 # its own rules, leaving everyone else's (kube-proxy, docker, the host's firewall) untouched.
 HOOK_COMMENT = "cali:hook"
 CHAIN_PREFIX = "cali-"
-# Kernel chains whose Calico jump Felix appends rather than inserts (after kube-proxy's rules).
-APPEND_HOOK_CHAINS = {"POSTROUTING"}
+# Kernel chains whose Calico jump Felix appends rather than inserts (after kube-proxy's rules): nat
+# POSTROUTING only (mangle POSTROUTING's is inserted, int_dataplane.go).
+APPEND_HOOK_CHAINS = {("nat", "POSTROUTING")}
 _JUMP_TO_OURS = re.compile(r" -[jg] cali-")
 _PROTOCOL = re.compile(r"-p ([A-Za-z][\w-]*)")
 
@@ -93,7 +94,7 @@ def _tagged_hooks(desired: rules.Table, chain: str) -> tuple[list[str], list[str
     appended at the end."""
     tagged = [f'-A {chain} -m comment --comment "{HOOK_COMMENT}" {rule}'.rstrip()
               for rule in desired.chains.get(chain, [])]
-    if chain in APPEND_HOOK_CHAINS:
+    if (desired.name, chain) in APPEND_HOOK_CHAINS:
         return [], tagged
     # The jump(s) up to the first one into a cali- chain go to the top; the rest (FORWARD's
     # accept-mark rules) are appended, as Felix does.

@@ -1,8 +1,9 @@
 """Render the desired state as Felix-shaped iptables tables and ipset scripts (docs/calico/felix.md §2).
 
 One job per module: `table` (a table, its text, the last grammar check), `policy` (a Calico rule →
-iptables rules), `endpoints` (endpoint and dispatch chains), `static` (the filter, nat and raw
-tables around them, per IP family), `ipsets` (the desired sets and their `ipset` text), `routes` (routes as text).
+iptables rules), `endpoints` (endpoint and dispatch chains), `static` (the filter, nat, raw and
+mangle tables around them, per IP family), `ipsets` (the desired sets and their `ipset` text),
+`routes` (routes as text).
 The dataplane calls these once per apply; names come from `felix_client.names`, the FelixConfiguration
 fields that shape the rules (deny action, log prefix and rate, NAT outgoing) from `FelixSettings`.
 Felix's own rules tests run against these renderers as data: tests/felix_client/felix_tables/.
@@ -35,6 +36,7 @@ from felix_client.rules.static import (
     render_filter,
     render_ip6tables,
     render_iptables,
+    render_mangle,
     render_nat,
     render_raw,
     render_tables,
@@ -52,6 +54,7 @@ __all__ = [
     "render_ipset_restore",
     "render_ipset_save",
     "render_iptables",
+    "render_mangle",
     "render_nat",
     "render_raw",
     "render_routes",

@@ -17,6 +17,7 @@ checks them (Felix's tests compare a rule's match and action, not the `cali:` ha
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -49,7 +50,7 @@ from felix_client.names import (
 )
 from felix_client.rules.endpoints import dispatch_chains, render_endpoint_chain
 from felix_client.rules.policy import RuleContext, _port_groups, render_rule, render_rules
-from felix_client.rules.static import nat_outgoing_rules, render_nat, render_raw
+from felix_client.rules.static import nat_outgoing_rules, render_nat, render_raw, static_chains
 from typha.model import selector
 from typha.model.keys import PolicyKey
 
@@ -429,5 +430,69 @@ def static_rows() -> list[Row]:
     return rows
 
 
+# --- static chains (static_test.go) ------------------------------------------------------------
+
+_STATIC_STATE = {"ipip", "vxlan", "iface_prefix"}
+# iptables-save leaves out a match on the whole address space; the two names of ICMPv6 are one protocol.
+_ANY_NET = {"-s 0.0.0.0/0", "-d 0.0.0.0/0", "-s ::/0", "-d ::/0"}
+# iptables-save prints a bare address as a /32 (/128) network.
+_BARE_ADDRESS = re.compile(r"(-[sd]) ([0-9.]+|[0-9a-fA-F:]*:[0-9a-fA-F:]*)(?= )")
+
+
+def _static_form(rule: str, marks: dict[int, int] | None = None) -> str:
+    text = save_form(rule, marks, comments=True)
+    for any_net in _ANY_NET:
+        text = text.replace(any_net + " ", "")
+    text = _BARE_ADDRESS.sub(lambda m: f"{m[1]} {m[2]}/{128 if ':' in m[2] else 32}", text)
+    return text.replace("-p ipv6-icmp ", "-p icmpv6 ")
+
+
+def _static_state(entry: dict[str, Any]) -> tuple[DesiredState, str]:
+    given, config = entry["state"], entry["config"]
+    unknown = sorted(set(given) - _STATIC_STATE)
+    if unknown:
+        raise Unsupported(f"state {unknown}: felix_client's desired state has no such input")
+    unread = sorted(name for name in config if f"FELIX_{name.upper()}" not in SETTINGS_ENV)
+    if unread:
+        raise Unsupported(f"FelixConfiguration {', '.join(unread)} is not read")
+    config_settings = settings(config)
+    state = DesiredState(hostname="h", endpoints=[], policies={}, profiles={}, ipsets={}, routes=[], vteps=[],
+                         masq_pools=[], all_pools=[], all_hosts=[], vxlan_hosts=[], ipip=given.get("ipip", False),
+                         vxlan=given.get("vxlan", False), settings=config_settings,
+                         endpoint_to_host_action=config_settings.endpoint_to_host_action)
+    return state, given.get("iface_prefix", "cali")
+
+
+def static_chain_rows() -> list[Row]:
+    """felix/rules/static_test.go: Felix's static chains of each table, per configuration."""
+    data = load("static_test.json")
+    marks = mark_map(data["marks"])
+    rows: list[Row] = []
+    for index, entry in enumerate(data["chains"]):
+        def check(entry: dict[str, Any] = entry) -> tuple[list[str], list[str]]:
+            state, prefix = _static_state(entry)
+            chains = static_chains(state, entry["table"], entry["version"], prefix)
+            if "chain_names" in entry:
+                return sorted(entry["chain_names"]), sorted(chains)
+            if "chains" in entry:
+                return ([f"{c}: {_static_form(r, marks)}" for c, want in entry["chains"].items() for r in want],
+                        [f"{c}: {_static_form(r)}" for c in entry["chains"]
+                         for r in chains.get(c, ["<no such chain>"])])
+            chain = entry["chain"]
+            have = [_static_form(r) for r in chains[chain]] if chain in chains else ["<no such chain>"]
+            if "no_action" in entry:
+                target = f"-j {entry['no_action']}"
+                return [], [r for r in have if r.endswith(target) or f"{target} " in r]
+            if "contains" in entry:
+                want = [_static_form(r, marks) for r in entry["contains"]]
+                return want, [r for r in want if r in have] if set(want) <= set(have) else have
+            if entry["rules"] is None:
+                return ["<no such chain>"], have
+            return [_static_form(r, marks) for r in entry["rules"]], have
+
+        rows.append(Row("Static chains", index, entry["name"], check))
+    return rows
+
+
 def all_rows() -> list[Row]:
-    return policy_rows() + dispatch_rows() + endpoint_rows() + nat_rows() + static_rows()
+    return policy_rows() + dispatch_rows() + endpoint_rows() + nat_rows() + static_rows() + static_chain_rows()

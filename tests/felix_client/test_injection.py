@@ -103,7 +103,8 @@ def well_formed(iptables: str, ipsets: str) -> None:
             chain, _, rule = line[3:].partition(" ")
             assert validate.check_rule_line(chain, rule) is None, line
         else:
-            assert re.fullmatch(r"\*(filter|nat|raw)|:[A-Za-z0-9_.:/@+=%,~-]+ (ACCEPT|-) \[0:0\]|COMMIT", line), line
+            assert re.fullmatch(r"\*(filter|nat|raw|mangle)|:[A-Za-z0-9_.:/@+=%,~-]+ (ACCEPT|-) \[0:0\]|COMMIT",
+                                line), line
     for line in ipsets.splitlines():
         assert re.fullmatch(
             r"create [A-Za-z0-9_.:-]{1,31} hash:(net|ip,port|ip) family inet hashsize 1024 maxelem 1048576"
