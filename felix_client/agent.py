@@ -51,6 +51,7 @@ from felix_client.dataplane import Dataplane
 from felix_client.dataplane import backend as iptables_backend
 from felix_client.dataplane.dataplane import OwnVTEP
 from felix_client.dataplane.files import write_durably, write_files
+from felix_client.dataplane.vxlan import own_vteps
 from felix_client.health import DEFAULT_HEALTH_PORT, serve_health
 from typha import logs
 from typha.client import ClientTLS, StatusChange, TLSConfigError, UpdateBatch, open_trio_sync_client
@@ -157,11 +158,11 @@ class Agent:
                 if self.dataplane is None:
                     self.apply()
                 else:
-                    state, vtep = self._take_state()
+                    state, vteps = self._take_state()
                     changed = self._take_changed()
                     # Blocking tools (iptables-restore, ipset, netlink) run in a thread so the reader
                     # keeps draining the sync stream; the snapshot is a separate object.
-                    skipped = await trio.to_thread.run_sync(self._program, state, vtep)
+                    skipped = await trio.to_thread.run_sync(self._program, state, vteps)
                     self._log_apply(started, len(state.endpoints), len(state.policies), changed, skipped)
             except Exception:
                 # The dataplane forgot its memory of the failed apply: the retry programs everything.
@@ -190,23 +191,17 @@ class Agent:
         with open(self.options.apply_log, "a") as out:
             out.write(json.dumps(line) + "\n")
 
-    def _take_state(self) -> tuple[Any, OwnVTEP | None]:
+    def _take_state(self) -> tuple[Any, list[OwnVTEP]]:
         self._routes_changed |= self.calc.take_dirty().routes
         state = self.calc.snapshot()
-        routing = self.calc.routing
-        me = self.options.hostname
-        vtep = None
-        if routing.vxlan_ips.get(me) and routing.vxlan_macs.get(me) and routing.host_ips.get(me):
-            vtep = OwnVTEP(routing.vxlan_ips[me], routing.vxlan_macs[me], routing.host_ips[me],
-                           state.settings.vxlan_port)
-        return state, vtep
+        return state, own_vteps((self.calc.routing, self.calc.routing6), state.settings)
 
-    def _program(self, state: Any, vtep: OwnVTEP | None) -> list[str]:
+    def _program(self, state: Any, vteps: list[OwnVTEP]) -> list[str]:
         """One kernel apply; the dataplane renders, decides what it may leave alone, and programs."""
         assert self.dataplane is not None
         started = time.monotonic()
         resync = started - self._last_full >= self.options.resync_interval
-        skipped = self.dataplane.apply(state, vtep, resync=resync, routes_changed=self._routes_changed)
+        skipped = self.dataplane.apply(state, vteps, resync=resync, routes_changed=self._routes_changed)
         self._routes_changed = False
         if resync:
             self._last_full = started

@@ -91,6 +91,11 @@ class DesiredState:
     routes6: list[Route] = field(default_factory=list)
     masq_pools6: list[str] = field(default_factory=list)
     all_pools6: list[str] = field(default_factory=list)
+    # IPv6 VXLAN (vxlan-v6.calico): on while an IPv6 pool uses VXLAN; the other nodes' IPv6 VTEPs and
+    # the underlay addresses VXLAN may come from.
+    vxlan6: bool = False
+    vteps6: list[VTEP] = field(default_factory=list)
+    vxlan_hosts6: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -525,6 +530,9 @@ class Calculator:
             routes6=routing6.routes() if ipv6 else [],
             masq_pools6=routing6.masq_pools(),
             all_pools6=routing6.all_pools(),
+            vxlan6=ipv6 and routing6.vxlan_enabled,
+            vteps6=routing6.vteps() if ipv6 else [],
+            vxlan_hosts6=routing6.vxlan_hosts() if ipv6 else [],
         )
 
     def ipv6_in_use(self) -> bool:

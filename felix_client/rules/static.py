@@ -42,6 +42,8 @@ from felix_client.names import (
     TO_WORKLOAD_PREFIX,
     VXLAN_DEVICE,
     VXLAN_HOSTS_SET,
+    VXLAN_HOSTS_SET_V6,
+    VXLAN_V6_DEVICE,
     WL_TO_HOST,
     WORKLOAD_IFACE_PREFIX,
     endpoint_chain_name,
@@ -87,6 +89,12 @@ def render_filter(state: DesiredState, iface_prefix: str = WORKLOAD_IFACE_PREFIX
               "-m addrtype --dst-type LOCAL -j ACCEPT")
         t.add(CHAIN_INPUT, f"-p udp {comment_match(f'{word} IPv4 VXLAN packets from non-allowed hosts')} "
               f"-m multiport --dports {settings.vxlan_port} -m addrtype --dst-type LOCAL {deny}")
+    if state.vxlan6 and not v4:
+        t.add(CHAIN_INPUT, f"-p udp {comment_match('Allow IPv6 VXLAN packets from allowed hosts')} "
+              f"-m multiport --dports {settings.vxlan_port} -m set --match-set {VXLAN_HOSTS_SET_V6} src "
+              "-m addrtype --dst-type LOCAL -j ACCEPT")
+        t.add(CHAIN_INPUT, f"-p udp {comment_match(f'{word} IPv6 VXLAN packets from non-allowed hosts')} "
+              f"-m multiport --dports {settings.vxlan_port} -m addrtype --dst-type LOCAL {deny}")
     t.add(CHAIN_INPUT, f"-i {wl} -g {WL_TO_HOST}")
     t.add(CHAIN_INPUT, f"{ACCEPTED} -j ACCEPT")
     t.add(CHAIN_INPUT, xmark(0, MARK_ALL))
@@ -102,6 +110,10 @@ def render_filter(state: DesiredState, iface_prefix: str = WORKLOAD_IFACE_PREFIX
         t.add(CHAIN_OUTPUT, f"-p udp {comment_match('Allow IPv4 VXLAN packets to other allowed hosts')} "
               f"-m multiport --dports {settings.vxlan_port} -m addrtype --src-type LOCAL "
               f"-m set --match-set {VXLAN_HOSTS_SET} dst -j ACCEPT")
+    if state.vxlan6 and not v4:
+        t.add(CHAIN_OUTPUT, f"-p udp {comment_match('Allow IPv6 VXLAN packets to other allowed hosts')} "
+              f"-m multiport --dports {settings.vxlan_port} -m addrtype --src-type LOCAL "
+              f"-m set --match-set {VXLAN_HOSTS_SET_V6} dst -j ACCEPT")
     t.add(CHAIN_OUTPUT, xmark(0, MARK_ALL))
     t.add(CHAIN_OUTPUT, f"-m conntrack ! --ctstate DNAT -j {TO_HOST_ENDPOINT}")
     t.add(CHAIN_OUTPUT, f"{comment_match('Host endpoint policy accepted packet.')} {ACCEPTED} -j ACCEPT")
@@ -165,9 +177,11 @@ def render_nat(state: DesiredState, version: int = 4) -> Table:
     # With VXLAN on, UDP is masqueraded to source ports clear of the VXLAN port: a reply to the
     # port itself would hit the "VXLAN packets from non-allowed hosts" drop (Calico issue 12244).
     local = "-m addrtype ! --src-type LOCAL --limit-iface-out -m addrtype --src-type LOCAL"
-    udp_ports = masq_port_range_excluding(state.settings.vxlan_port) if state.vxlan else ""
-    for enabled, device in ((state.ipip, IPIP_DEVICE), (state.vxlan, VXLAN_DEVICE)):
-        if enabled and version == 4:
+    vxlan = state.vxlan if version == 4 else state.vxlan6
+    udp_ports = masq_port_range_excluding(state.settings.vxlan_port) if vxlan else ""
+    for enabled, device in ((state.ipip and version == 4, IPIP_DEVICE),
+                            (vxlan, VXLAN_DEVICE if version == 4 else VXLAN_V6_DEVICE)):
+        if enabled:
             if udp_ports:
                 t.add(CHAIN_POSTROUTING, f"-o {device} -p udp {local} -j MASQUERADE --to-ports {udp_ports} "
                       "--random-fully")
@@ -181,14 +195,15 @@ def render_nat(state: DesiredState, version: int = 4) -> Table:
     return t
 
 
-def render_raw(state: DesiredState, iface_prefix: str = WORKLOAD_IFACE_PREFIX) -> Table:
+def render_raw(state: DesiredState, iface_prefix: str = WORKLOAD_IFACE_PREFIX, version: int = 4) -> Table:
     t = Table("raw", ["PREROUTING", "OUTPUT"], {})
     t.add("PREROUTING", f"-j {CHAIN_PREROUTING}")
     t.add(CHAIN_PREROUTING, xmark(0, MARK_ALL))
     # VXLAN flows use different source ports each way: tracking them only fills conntrack with
     # unreplied entries (StaticRawPreroutingChain / StaticRawOutputChain).
     notrack = f"-p udp -m udp --dport {state.settings.vxlan_port} -j NOTRACK"
-    if state.vxlan:
+    vxlan = state.vxlan if version == 4 else state.vxlan6
+    if vxlan:
         t.add(CHAIN_PREROUTING, notrack)
     t.add(CHAIN_PREROUTING, f"-i {iface_prefix}+ {xmark(MARK_SCRATCH0, MARK_SCRATCH0)}")
     scratch = f"-m mark --mark {MARK_SCRATCH0:#x}/{MARK_SCRATCH0:#x}"
@@ -199,7 +214,7 @@ def render_raw(state: DesiredState, iface_prefix: str = WORKLOAD_IFACE_PREFIX) -
     t.add(CHAIN_PREROUTING, f"{ACCEPTED} -j ACCEPT")
     t.add(RPF_SKIP)
     t.add(FROM_HOST_ENDPOINT)
-    if state.vxlan:
+    if vxlan:
         t.add("OUTPUT", f"-j {CHAIN_OUTPUT}")
         t.add(CHAIN_OUTPUT, xmark(0, MARK_ALL))
         t.add(CHAIN_OUTPUT, f"-j {TO_HOST_ENDPOINT}")
@@ -251,7 +266,7 @@ def render_tables(state: DesiredState, iface_prefix: str = WORKLOAD_IFACE_PREFIX
     return {
         "filter": render_filter(state, iface_prefix, version).guarded(),
         "nat": render_nat(state, version).guarded(),
-        "raw": render_raw(state, iface_prefix).guarded(),
+        "raw": render_raw(state, iface_prefix, version).guarded(),
     }
 
 
