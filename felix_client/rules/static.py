@@ -262,11 +262,13 @@ def nat_outgoing_rules(settings: FelixSettings, version: int = 4) -> list[str]:
 
 def render_tables(state: DesiredState, iface_prefix: str = WORKLOAD_IFACE_PREFIX,
                   version: int = 4) -> dict[str, Table]:
-    """Every table of one family, each through `Table.guarded`."""
+    """Every table of one family, its marks where IptablesMarkMask puts them (`Table.remarked`),
+    each through `Table.guarded`."""
+    marks = state.settings.marks
     return {
-        "filter": render_filter(state, iface_prefix, version).guarded(),
-        "nat": render_nat(state, version).guarded(),
-        "raw": render_raw(state, iface_prefix, version).guarded(),
+        "filter": render_filter(state, iface_prefix, version).remarked(marks).guarded(),
+        "nat": render_nat(state, version).remarked(marks).guarded(),
+        "raw": render_raw(state, iface_prefix, version).remarked(marks).guarded(),
     }
 
 
