@@ -44,7 +44,7 @@ from typing import Any
 
 import trio
 
-from felix_client import render
+from felix_client import metrics, render
 from felix_client.calc import Calculator
 from felix_client.calc.model import SETTINGS_ENV
 from felix_client.dataplane import Dataplane
@@ -73,6 +73,8 @@ class AgentOptions:
     max_consecutive_failures: int | None = None
     health_host: str = "0.0.0.0"
     health_port: int | None = None  # None: no health endpoint
+    metrics_host: str = ""  # FELIX_PROMETHEUSMETRICSHOST ("": every address)
+    metrics_port: int | None = None  # FELIX_PROMETHEUSMETRICSPORT when PrometheusMetricsEnabled; None: off
     resync_interval: float = 10.0
     status_file: Path | None = None  # kernel mode: status.json written after each successful apply
     netns: str | None = None  # kernel mode: program this named namespace instead of our own (tests)
@@ -135,6 +137,7 @@ class Agent:
                     self.stats.updates += len(event.updates)
                 elif isinstance(event, StatusChange):
                     self.stats.status = event.status.value
+                    metrics.set_resync_state(event.status)
                     if event.status is SyncStatus.IN_SYNC:
                         self.stats.in_sync = True
                 self._wake.set()
@@ -170,10 +173,12 @@ class Agent:
                 # that vanished mid-apply) must not leave the node unprogrammed until the next update.
                 log.exception("apply failed; retrying")
                 self.stats.extra["failures"] = self.stats.extra.get("failures", 0) + 1
+                metrics.DATAPLANE_FAILURES.inc()
                 await trio.sleep(min(1.0, self.options.resync_interval))
                 self._wake.set()
                 continue
             self.stats.last_apply_secs = time.perf_counter() - started
+            metrics.DATAPLANE_APPLY_TIME.observe(self.stats.last_apply_secs)
 
     def _take_changed(self) -> dict[str, str]:
         changed, self._changed_policies = self._changed_policies, {}
@@ -206,6 +211,8 @@ class Agent:
         if resync:
             self._last_full = started
         self.stats.applies += 1
+        metrics.ACTIVE_LOCAL_ENDPOINTS.set(len(state.endpoints))
+        metrics.ACTIVE_LOCAL_POLICIES.set(len(state.policies))
         if self.options.status_file is not None:
             status = {
                 "hostname": self.options.hostname,
@@ -232,6 +239,8 @@ class Agent:
         state = self.calc.snapshot()
         changed = self._take_changed()
         self.stats.applies += 1
+        metrics.ACTIVE_LOCAL_ENDPOINTS.set(len(state.endpoints))
+        metrics.ACTIVE_LOCAL_POLICIES.set(len(state.policies))
         if self.options.dry_run is None:
             raise RuntimeError("kernel programming is not built yet: run with --dry-run DIR")
         out = self.options.dry_run
@@ -285,6 +294,9 @@ def parse_args(argv: Sequence[str] | None = None) -> AgentOptions:
                         help=f"serve /liveness and /readiness here (default: $FELIX_HEALTHPORT or "
                         f"{DEFAULT_HEALTH_PORT} when $FELIX_HEALTHENABLED is true, else off)")
     parser.add_argument("--health-host", default=os.environ.get("FELIX_HEALTHHOST", "0.0.0.0"))
+    parser.add_argument("--metrics-port", type=int, default=_env_metrics_port(),
+                        help=f"serve Prometheus /metrics here (default: $FELIX_PROMETHEUSMETRICSPORT or "
+                        f"{metrics.DEFAULT_METRICS_PORT} when $FELIX_PROMETHEUSMETRICSENABLED is true, else off)")
     parser.add_argument("--log-level", default=os.environ.get("FELIX_LOGSEVERITYSCREEN", "INFO"))
     parser.add_argument("--log-format", default="text", type=str.lower, choices=logs.FORMATS)
     parser.add_argument("--version", action="version", version=logs.version_line("felix-client"))
@@ -319,8 +331,20 @@ def parse_args(argv: Sequence[str] | None = None) -> AgentOptions:
         max_consecutive_failures=args.max_consecutive_failures,
         health_host=args.health_host,
         health_port=args.health_port,
+        metrics_host=os.environ.get("FELIX_PROMETHEUSMETRICSHOST", ""),
+        metrics_port=args.metrics_port,
         tls=tls,
     )
+
+
+def _env_metrics_port() -> int | None:
+    # Felix's PrometheusMetricsEnabled (a bool, default false) and PrometheusMetricsPort (default 9091).
+    if os.environ.get("FELIX_PROMETHEUSMETRICSENABLED", "").lower() not in ("true", "1", "yes"):
+        return None
+    text = os.environ.get("FELIX_PROMETHEUSMETRICSPORT") or str(metrics.DEFAULT_METRICS_PORT)
+    if not text.isdigit() or int(text) > 65535:
+        raise logs.SettingError("FELIX_PROMETHEUSMETRICSPORT", text, "expected a port number 0-65535")
+    return int(text)
 
 
 def _env_health_port() -> int | None:
@@ -344,6 +368,9 @@ async def _main(options: AgentOptions) -> None:
         if options.health_port is not None:
             port = await nursery.start(serve_health, options.health_host, options.health_port, lambda: agent.ready)
             log.info("health endpoints on port %d", port)
+        if options.metrics_port is not None:
+            port = await nursery.start(metrics.serve_metrics, options.metrics_host, options.metrics_port)
+            log.info("Prometheus metrics on port %d", port)
         await agent.run()
         nursery.cancel_scope.cancel()
 
@@ -360,6 +387,7 @@ def _gave_up(exc: BaseException) -> ConnectionError | None:
 KNOWN_ENV = ("FELIX_TYPHAADDR", "FELIX_TYPHAK8SSERVICENAME", "FELIX_TYPHAK8SNAMESPACE", "FELIX_TYPHACAFILE",
              "FELIX_TYPHACERTFILE", "FELIX_TYPHAKEYFILE", "FELIX_TYPHACN", "FELIX_TYPHAURISAN", "FELIX_FELIXHOSTNAME",
              "FELIX_HEALTHENABLED", "FELIX_HEALTHHOST", "FELIX_HEALTHPORT", "FELIX_LOGSEVERITYSCREEN",
+             "FELIX_PROMETHEUSMETRICSENABLED", "FELIX_PROMETHEUSMETRICSHOST", "FELIX_PROMETHEUSMETRICSPORT",
              *SETTINGS_ENV, *iptables_backend.KNOWN_ENV)
 
 
