@@ -190,6 +190,10 @@ class Dataplane:
         for vtep in own_vteps:  # a family's device only while a pool of that family uses VXLAN
             if state.vxlan if vtep.version == 4 else state.vxlan6:
                 self.ensure_vxlan_device(vtep)
+        with self._ipr() as ipr:
+            for version, enabled in ((4, state.vxlan), (6, state.vxlan6)):
+                if not enabled:
+                    vxlan.remove_device(ipr, version)
         self.apply_routes(state)
 
     # --- iptables -----------------------------------------------------------------------------

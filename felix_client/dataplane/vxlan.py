@@ -150,6 +150,17 @@ def ensure_device(ipr: Any, vtep: OwnVTEP) -> None:
     ipr.link("set", index=index, state="up", mtu=_mtu(ipr, vtep, parent))
 
 
+def remove_device(ipr: Any, version: int) -> bool:
+    """Delete the family's device, if present, as Felix's cleanUpVXLANDevice does when no pool of the
+    family uses VXLAN (its routes and entries go with it). Whether there was one."""
+    found = ipr.link_lookup(ifname=_DEVICES[version])
+    if not found:
+        return False
+    log.info("VXLAN (IPv%d) is not in use: deleting %s", version, _DEVICES[version])
+    ipr.link("del", index=found[0])
+    return True
+
+
 def apply_vteps(ipr: Any, vteps: Sequence[VTEP], version: int = 4) -> None:
     """Exactly `vteps` (the other nodes' VTEPs of family `version`) in the neighbour and FDB tables of
     that family's device."""

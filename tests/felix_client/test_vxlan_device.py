@@ -151,3 +151,18 @@ def test_ipv6_device_beside_the_ipv4_one(node: str) -> None:
     assert [(n["dst"], n["lladdr"], n["state"]) for n in neigh] == [("fd65::1:1", two.mac, ["PERMANENT"])]
     fdb = [f for f in json.loads(run(node, "bridge", "-j", "fdb", "show", "dev", "vxlan-v6.calico")) if f.get("dst")]
     assert [(f["mac"], f["dst"]) for f in fdb] == [(two.mac, "fd20::2")]
+
+
+def test_remove_device_deletes_only_that_family(node: str) -> None:
+    from pyroute2 import NetNS
+
+    from felix_client.dataplane.vxlan import remove_device
+
+    run(node, "ip", "-6", "addr", "add", "fd20::1/64", "dev", "eth0", "nodad")
+    ensure(node, ME)
+    ensure(node, ME6)
+    with NetNS(node) as ipr:
+        assert remove_device(ipr, 6)
+        assert not remove_device(ipr, 6)  # already gone
+    links = run(node, "ip", "link", "show")
+    assert "vxlan-v6.calico" not in links and "vxlan.calico" in links

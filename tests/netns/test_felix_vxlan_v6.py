@@ -122,3 +122,27 @@ def test_ipv6_pods_exchange_traffic_over_vxlan_v6(cluster: FelixCluster) -> None
     finally:
         for listener in listeners:
             listener.close()
+
+
+def test_vxlan_v6_device_goes_when_the_pool_stops_using_vxlan(cluster: FelixCluster) -> None:
+    """vxlanMode Never on the IPv6 pool: the device is deleted (Felix's cleanUpVXLANDevice), the peer's
+    block is routed over the underlay instead (ProgramClusterRoutes Enabled), and traffic follows."""
+    c = cluster
+    wait_until(lambda: DEVICE in c.run("node-1", "ip", "link", "show"), timeout=15,
+               what=lambda: c.agent_log("node-1"))
+    assert c.api is not None
+    c.api.patch(objects.CRD, "IPPool", "v6", {"spec": {"vxlanMode": "Never"}})
+
+    def moved() -> bool:
+        routes = c.run("node-1", "ip", "-6", "route", "show")
+        return (DEVICE not in c.run("node-1", "ip", "link", "show")
+                and "fd66::1:0/122 via fd20::2 dev eth0" in routes)
+
+    wait_until(moved, timeout=15, what=lambda: c.run("node-1", "ip", "-6", "route") + c.agent_log("node-1"))
+    assert "NOTRACK" not in c.run("node-1", "ip6tables-save", "-t", "raw")
+    a, b = c.pods["demo/a"], c.pods["demo/b"]
+    listener = Listener(c.ns_tool, b.netns, PORT, ipv6=True)
+    try:
+        assert exchange_eventually(c.ns_tool, a.netns, b.ip6, PORT) == a.ip6
+    finally:
+        listener.close()
