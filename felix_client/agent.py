@@ -44,13 +44,14 @@ from typing import Any
 
 import trio
 
-from felix_client import render
+from felix_client import metrics, render
 from felix_client.calc import Calculator
 from felix_client.calc.model import SETTINGS_ENV
 from felix_client.dataplane import Dataplane
 from felix_client.dataplane import backend as iptables_backend
 from felix_client.dataplane.dataplane import OwnVTEP
 from felix_client.dataplane.files import write_durably, write_files
+from felix_client.dataplane.vxlan import own_vteps
 from felix_client.health import DEFAULT_HEALTH_PORT, serve_health
 from typha import logs
 from typha.client import ClientTLS, StatusChange, TLSConfigError, UpdateBatch, open_trio_sync_client
@@ -72,6 +73,8 @@ class AgentOptions:
     max_consecutive_failures: int | None = None
     health_host: str = "0.0.0.0"
     health_port: int | None = None  # None: no health endpoint
+    metrics_host: str = ""  # FELIX_PROMETHEUSMETRICSHOST ("": every address)
+    metrics_port: int | None = None  # FELIX_PROMETHEUSMETRICSPORT when PrometheusMetricsEnabled; None: off
     resync_interval: float = 10.0
     status_file: Path | None = None  # kernel mode: status.json written after each successful apply
     netns: str | None = None  # kernel mode: program this named namespace instead of our own (tests)
@@ -134,6 +137,7 @@ class Agent:
                     self.stats.updates += len(event.updates)
                 elif isinstance(event, StatusChange):
                     self.stats.status = event.status.value
+                    metrics.set_resync_state(event.status)
                     if event.status is SyncStatus.IN_SYNC:
                         self.stats.in_sync = True
                 self._wake.set()
@@ -157,11 +161,11 @@ class Agent:
                 if self.dataplane is None:
                     self.apply()
                 else:
-                    state, vtep = self._take_state()
+                    state, vteps = self._take_state()
                     changed = self._take_changed()
                     # Blocking tools (iptables-restore, ipset, netlink) run in a thread so the reader
                     # keeps draining the sync stream; the snapshot is a separate object.
-                    skipped = await trio.to_thread.run_sync(self._program, state, vtep)
+                    skipped = await trio.to_thread.run_sync(self._program, state, vteps)
                     self._log_apply(started, len(state.endpoints), len(state.policies), changed, skipped)
             except Exception:
                 # The dataplane forgot its memory of the failed apply: the retry programs everything.
@@ -169,10 +173,12 @@ class Agent:
                 # that vanished mid-apply) must not leave the node unprogrammed until the next update.
                 log.exception("apply failed; retrying")
                 self.stats.extra["failures"] = self.stats.extra.get("failures", 0) + 1
+                metrics.DATAPLANE_FAILURES.inc()
                 await trio.sleep(min(1.0, self.options.resync_interval))
                 self._wake.set()
                 continue
             self.stats.last_apply_secs = time.perf_counter() - started
+            metrics.DATAPLANE_APPLY_TIME.observe(self.stats.last_apply_secs)
 
     def _take_changed(self) -> dict[str, str]:
         changed, self._changed_policies = self._changed_policies, {}
@@ -190,27 +196,23 @@ class Agent:
         with open(self.options.apply_log, "a") as out:
             out.write(json.dumps(line) + "\n")
 
-    def _take_state(self) -> tuple[Any, OwnVTEP | None]:
+    def _take_state(self) -> tuple[Any, list[OwnVTEP]]:
         self._routes_changed |= self.calc.take_dirty().routes
         state = self.calc.snapshot()
-        routing = self.calc.routing
-        me = self.options.hostname
-        vtep = None
-        if routing.vxlan_ips.get(me) and routing.vxlan_macs.get(me) and routing.host_ips.get(me):
-            vtep = OwnVTEP(routing.vxlan_ips[me], routing.vxlan_macs[me], routing.host_ips[me],
-                           state.settings.vxlan_port)
-        return state, vtep
+        return state, own_vteps((self.calc.routing, self.calc.routing6), state.settings)
 
-    def _program(self, state: Any, vtep: OwnVTEP | None) -> list[str]:
+    def _program(self, state: Any, vteps: list[OwnVTEP]) -> list[str]:
         """One kernel apply; the dataplane renders, decides what it may leave alone, and programs."""
         assert self.dataplane is not None
         started = time.monotonic()
         resync = started - self._last_full >= self.options.resync_interval
-        skipped = self.dataplane.apply(state, vtep, resync=resync, routes_changed=self._routes_changed)
+        skipped = self.dataplane.apply(state, vteps, resync=resync, routes_changed=self._routes_changed)
         self._routes_changed = False
         if resync:
             self._last_full = started
         self.stats.applies += 1
+        metrics.ACTIVE_LOCAL_ENDPOINTS.set(len(state.endpoints))
+        metrics.ACTIVE_LOCAL_POLICIES.set(len(state.policies))
         if self.options.status_file is not None:
             status = {
                 "hostname": self.options.hostname,
@@ -237,6 +239,8 @@ class Agent:
         state = self.calc.snapshot()
         changed = self._take_changed()
         self.stats.applies += 1
+        metrics.ACTIVE_LOCAL_ENDPOINTS.set(len(state.endpoints))
+        metrics.ACTIVE_LOCAL_POLICIES.set(len(state.policies))
         if self.options.dry_run is None:
             raise RuntimeError("kernel programming is not built yet: run with --dry-run DIR")
         out = self.options.dry_run
@@ -290,6 +294,9 @@ def parse_args(argv: Sequence[str] | None = None) -> AgentOptions:
                         help=f"serve /liveness and /readiness here (default: $FELIX_HEALTHPORT or "
                         f"{DEFAULT_HEALTH_PORT} when $FELIX_HEALTHENABLED is true, else off)")
     parser.add_argument("--health-host", default=os.environ.get("FELIX_HEALTHHOST", "0.0.0.0"))
+    parser.add_argument("--metrics-port", type=int, default=_env_metrics_port(),
+                        help=f"serve Prometheus /metrics here (default: $FELIX_PROMETHEUSMETRICSPORT or "
+                        f"{metrics.DEFAULT_METRICS_PORT} when $FELIX_PROMETHEUSMETRICSENABLED is true, else off)")
     parser.add_argument("--log-level", default=os.environ.get("FELIX_LOGSEVERITYSCREEN", "INFO"))
     parser.add_argument("--log-format", default="text", type=str.lower, choices=logs.FORMATS)
     parser.add_argument("--version", action="version", version=logs.version_line("felix-client"))
@@ -324,8 +331,20 @@ def parse_args(argv: Sequence[str] | None = None) -> AgentOptions:
         max_consecutive_failures=args.max_consecutive_failures,
         health_host=args.health_host,
         health_port=args.health_port,
+        metrics_host=os.environ.get("FELIX_PROMETHEUSMETRICSHOST", ""),
+        metrics_port=args.metrics_port,
         tls=tls,
     )
+
+
+def _env_metrics_port() -> int | None:
+    # Felix's PrometheusMetricsEnabled (a bool, default false) and PrometheusMetricsPort (default 9091).
+    if os.environ.get("FELIX_PROMETHEUSMETRICSENABLED", "").lower() not in ("true", "1", "yes"):
+        return None
+    text = os.environ.get("FELIX_PROMETHEUSMETRICSPORT") or str(metrics.DEFAULT_METRICS_PORT)
+    if not text.isdigit() or int(text) > 65535:
+        raise logs.SettingError("FELIX_PROMETHEUSMETRICSPORT", text, "expected a port number 0-65535")
+    return int(text)
 
 
 def _env_health_port() -> int | None:
@@ -349,6 +368,9 @@ async def _main(options: AgentOptions) -> None:
         if options.health_port is not None:
             port = await nursery.start(serve_health, options.health_host, options.health_port, lambda: agent.ready)
             log.info("health endpoints on port %d", port)
+        if options.metrics_port is not None:
+            port = await nursery.start(metrics.serve_metrics, options.metrics_host, options.metrics_port)
+            log.info("Prometheus metrics on port %d", port)
         await agent.run()
         nursery.cancel_scope.cancel()
 
@@ -365,6 +387,7 @@ def _gave_up(exc: BaseException) -> ConnectionError | None:
 KNOWN_ENV = ("FELIX_TYPHAADDR", "FELIX_TYPHAK8SSERVICENAME", "FELIX_TYPHAK8SNAMESPACE", "FELIX_TYPHACAFILE",
              "FELIX_TYPHACERTFILE", "FELIX_TYPHAKEYFILE", "FELIX_TYPHACN", "FELIX_TYPHAURISAN", "FELIX_FELIXHOSTNAME",
              "FELIX_HEALTHENABLED", "FELIX_HEALTHHOST", "FELIX_HEALTHPORT", "FELIX_LOGSEVERITYSCREEN",
+             "FELIX_PROMETHEUSMETRICSENABLED", "FELIX_PROMETHEUSMETRICSHOST", "FELIX_PROMETHEUSMETRICSPORT",
              *SETTINGS_ENV, *iptables_backend.KNOWN_ENV)
 
 

@@ -1,12 +1,25 @@
-"""felix-client's own counters: what it refused to program, and why.
+"""felix-client's metrics, and Felix's Prometheus endpoint that serves them.
 
-Felix logs and skips what it cannot render; so does felix_client, and these count it so an operator
-sees a refused rule without reading logs. They live in prometheus_client's default registry.
+felix-client's own counters say what it refused to program, and why: Felix logs and skips what it
+cannot render; so does felix_client, and these count it so an operator sees a refused rule without
+reading logs. Beside them, a few of Felix's own metrics under Felix's names (felix/calc and
+felix/dataplane/linux), so dashboards built for Felix read felix-client too. prometheus_client
+appends `_total` to a counter's samples where Felix's Go client does not
+(`felix_int_dataplane_failures_total`). They live in prometheus_client's default registry.
+
+`serve_metrics` serves that registry on `GET /metrics`, as Felix does on PrometheusMetricsPort (9091)
+when PrometheusMetricsEnabled is true (off by default in both).
 """
 
 from __future__ import annotations
 
-from prometheus_client import Counter
+import trio
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Summary, generate_latest
+
+from typha.model.kv import SyncStatus
+
+DEFAULT_METRICS_PORT = 9091  # FELIX_PROMETHEUSMETRICSPORT's default
+_MAX_REQUEST = 8192
 
 RULES_REJECTED = Counter(
     "felix_client_rules_rejected",
@@ -23,3 +36,53 @@ RENDER_GUARD_TRIPPED = Counter(
     "Rendered iptables rules or IP-set lines that failed the last grammar check before the kernel",
     ["what"],
 )
+
+# Felix's names and help texts.
+RESYNC_STATE = Gauge("felix_resync_state", "Current datastore state.")
+ACTIVE_LOCAL_ENDPOINTS = Gauge("felix_active_local_endpoints", "Number of active endpoints on this host.")
+ACTIVE_LOCAL_POLICIES = Gauge("felix_active_local_policies", "Number of active policies on this host.")
+DATAPLANE_APPLY_TIME = Summary(
+    "felix_int_dataplane_apply_time_seconds",
+    "Time in seconds for each incremental update to the dataplane (after the initial resync).",
+)
+DATAPLANE_FAILURES = Counter("felix_int_dataplane_failures",
+                             "Number of times dataplane updates failed and will be retried.")
+# async_calc_graph.go statusToGaugeValue.
+_RESYNC_STATE_VALUES = {SyncStatus.WAIT_FOR_READY: 1, SyncStatus.RESYNC: 2, SyncStatus.IN_SYNC: 3}
+
+
+def set_resync_state(status: SyncStatus) -> None:
+    RESYNC_STATE.set(_RESYNC_STATE_VALUES[status])
+
+
+async def _handle(stream: trio.SocketStream) -> None:
+    with trio.move_on_after(5):  # a client that never finishes its request must not pin a task
+        data = b""
+        while b"\r\n\r\n" not in data and b"\n\n" not in data and len(data) < _MAX_REQUEST:
+            chunk = await stream.receive_some(4096)
+            if not chunk:
+                break
+            data += chunk
+        parts = data.split(b"\r\n", 1)[0].split()
+        method = parts[0] if parts else b""
+        path = parts[1].split(b"?", 1)[0] if len(parts) > 1 else b""
+        if method == b"GET" and path == b"/metrics":
+            status, content_type, body = "200 OK", CONTENT_TYPE_LATEST, generate_latest(REGISTRY)
+        else:
+            status, content_type, body = "404 Not Found", "text/plain", b"not found\n"
+        head = (f"HTTP/1.0 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
+                "Connection: close\r\n\r\n")
+        try:
+            await stream.send_all(head.encode() + body)
+        except trio.BrokenResourceError:
+            pass
+    await stream.aclose()
+
+
+async def serve_metrics(host: str, port: int, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+    """Serve `/metrics` until cancelled; `task_status.started` gets the bound port (useful with port 0)."""
+    listeners = await trio.open_tcp_listeners(port, host=host or None)
+    bound = listeners[0].socket.getsockname()[1]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.serve_listeners, _handle, listeners)
+        task_status.started(bound)

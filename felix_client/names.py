@@ -13,6 +13,7 @@ import base64
 import functools
 import hashlib
 import re
+from dataclasses import dataclass
 from typing import Final
 
 from typha.model.keys import PolicyKey
@@ -83,15 +84,86 @@ SET_ID_NAMED_PORT: Final = "n"
 SET_ID_SERVICE: Final = "svc"  # destination service: hash:ip,port of the endpoints and ports
 SET_ID_SERVICE_NO_PORT: Final = "svcnoport"  # source service: hash:net of the endpoints
 
-# --- marks (felix/dataplane/driver.go allocates them in this order from IptablesMarkMask 0xffff0000)
+# --- marks -------------------------------------------------------------------------------------
 
-MARK_ACCEPT: Final = 0x10000
-MARK_PASS: Final = 0x20000
-MARK_DROP: Final = 0x40000  # Felix's deny mark: a Deny rule sets it, then drops on it (policy.go)
-MARK_SCRATCH0: Final = 0x80000
-MARK_SCRATCH1: Final = 0x100000
-MARK_ALL: Final = 0x1B0000  # accept | pass | scratch0 | scratch1, as felix_client has always cleared
-MARK_CLEAR_FORWARD: Final = 0x1A0000  # everything but accept: an earlier hook may already have accepted
+# FelixConfiguration IptablesMarkMask's default: the bits Felix may use in the packet mark.
+DEFAULT_MARK_MASK: Final = 0xFFFF0000
+# felix/dataplane/driver.go allocates these before the endpoint mark; fewer bits in the mask and
+# Felix stops ("Not enough mark bits available").
+MIN_MARK_BITS: Final = 5
+
+
+def _mask_bits(mask: int) -> list[int]:
+    return [1 << shift for shift in range(32) if mask & (1 << shift)]
+
+
+@dataclass(frozen=True, slots=True)
+class Marks:
+    """Felix's mark bits, allocated from IptablesMarkMask as felix/dataplane/driver.go does with
+    markbits.MarkBitsManager: the mask's set bits from the lowest up, one each to accept, pass, drop,
+    scratch0 and scratch1, and every remaining bit to the endpoint mark."""
+
+    mask: int
+    accept: int
+    pass_: int
+    drop: int
+    scratch0: int
+    scratch1: int
+    endpoint: int
+
+    @classmethod
+    def from_mask(cls, mask: int) -> Marks:
+        """ValueError for a mask Felix could not allocate from (outside 32 bits, or too few bits)."""
+        return _marks_from_mask(mask)
+
+    @property
+    def all(self) -> int:
+        """allCalicoMarkBits (felix/rules/static.go): what the static chains clear first."""
+        return self.accept | self.pass_ | self.scratch0 | self.scratch1
+
+    @property
+    def clear_forward(self) -> int:
+        """What cali-FORWARD clears: everything but accept (an earlier hook may already have accepted)."""
+        return self.all & ~self.accept
+
+    def translate(self, value: int) -> int:
+        """A mark value written in the default allocation (`DEFAULT_MARKS`, the `MARK_*` constants), as
+        this allocation spells it: the n-th bit of the default mask becomes the n-th bit of this mask
+        (markbits MapMarkToNumber, then MapNumberToMark). Felix's marks are exactly such n-th bits, so
+        a renderer can keep writing the constants. Bits outside the default mask are kept."""
+        if self.mask == DEFAULT_MARK_MASK:
+            return value
+        out = value & ~DEFAULT_MARK_MASK
+        for default_bit, bit in zip(_mask_bits(DEFAULT_MARK_MASK), _mask_bits(self.mask), strict=False):
+            if value & default_bit:
+                out |= bit
+        return out
+
+
+@functools.lru_cache(maxsize=16)  # the settings are re-read at every snapshot; masks are few
+def _marks_from_mask(mask: int) -> Marks:
+    if not 0 < mask <= 0xFFFFFFFF:
+        raise ValueError(f"{mask:#x} is not a non-zero 32-bit mask")
+    bits = _mask_bits(mask)
+    if len(bits) < MIN_MARK_BITS:
+        raise ValueError(f"{mask:#x} has {len(bits)} bits set; Felix needs at least {MIN_MARK_BITS} "
+                         "(accept, pass, drop, scratch0, scratch1)")
+    accept, pass_, drop, scratch0, scratch1 = bits[:MIN_MARK_BITS]
+    endpoint = 0
+    for bit in bits[MIN_MARK_BITS:]:
+        endpoint |= bit
+    return Marks(mask, accept, pass_, drop, scratch0, scratch1, endpoint)
+
+
+DEFAULT_MARKS: Final = Marks.from_mask(DEFAULT_MARK_MASK)
+# The default allocation by name: what the renderers write (`Marks.translate` moves it to another mask).
+MARK_ACCEPT: Final = DEFAULT_MARKS.accept  # 0x10000
+MARK_PASS: Final = DEFAULT_MARKS.pass_  # 0x20000
+MARK_DROP: Final = DEFAULT_MARKS.drop  # 0x40000: Felix's deny mark, a Deny rule sets it, then drops on it (policy.go)
+MARK_SCRATCH0: Final = DEFAULT_MARKS.scratch0  # 0x80000
+MARK_SCRATCH1: Final = DEFAULT_MARKS.scratch1  # 0x100000
+MARK_ALL: Final = DEFAULT_MARKS.all  # 0x1B0000: accept | pass | scratch0 | scratch1
+MARK_CLEAR_FORWARD: Final = DEFAULT_MARKS.clear_forward  # 0x1A0000
 
 # --- devices, ports, routes ---------------------------------------------------------------------
 
@@ -100,7 +172,9 @@ VXLAN_DEVICE: Final = "vxlan.calico"
 VXLAN_V6_DEVICE: Final = "vxlan-v6.calico"
 VXLAN_PORT: Final = 4789
 VXLAN_VNI: Final = 4096
-VXLAN_MTU: Final = 1410
+VXLAN_MTU: Final = 1410  # VXLANMTU when FelixConfiguration leaves it 0
+# VXLANMTUV6 0 means the parent interface's MTU less this (int_dataplane.go vxlanV6MTUOverhead).
+VXLAN_V6_MTU_OVERHEAD: Final = 70
 FELIX_ROUTE_PROTO: Final = 80  # RTPROT of the routes Felix owns ("proto 80")
 RTPROT_BOOT: Final = 3  # Felix's DeviceRouteProtocol for local workload routes
 MULTIPORT_SLOTS: Final = 15  # iptables' multiport limit; a range takes two slots

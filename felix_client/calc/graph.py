@@ -91,6 +91,23 @@ class DesiredState:
     routes6: list[Route] = field(default_factory=list)
     masq_pools6: list[str] = field(default_factory=list)
     all_pools6: list[str] = field(default_factory=list)
+    # IPv6 VXLAN (vxlan-v6.calico): on while an IPv6 pool uses VXLAN; the other nodes' IPv6 VTEPs and
+    # the underlay addresses VXLAN may come from.
+    vxlan6: bool = False
+    vteps6: list[VTEP] = field(default_factory=list)
+    vxlan_hosts6: list[str] = field(default_factory=list)
+    # Whether this host has a VXLAN tunnel address of the family (None: whenever VXLAN is on). Felix
+    # masquerades host traffic into a VXLAN device only then, while its NOTRACK rules and the UDP
+    # masquerade's port exclusion need only VXLAN on.
+    vxlan_tunnel_address: bool | None = None
+    vxlan6_tunnel_address: bool | None = None
+
+    def vxlan_on(self, version: int) -> bool:
+        return self.vxlan if version == 4 else self.vxlan6
+
+    def vxlan_tunnel(self, version: int) -> bool:
+        given = self.vxlan_tunnel_address if version == 4 else self.vxlan6_tunnel_address
+        return self.vxlan_on(version) and (given if given is not None else True)
 
 
 @dataclass
@@ -522,6 +539,11 @@ class Calculator:
             routes6=routing6.routes() if ipv6 else [],
             masq_pools6=routing6.masq_pools(),
             all_pools6=routing6.all_pools(),
+            vxlan6=ipv6 and routing6.vxlan_enabled,
+            vteps6=routing6.vteps() if ipv6 else [],
+            vxlan_hosts6=routing6.vxlan_hosts() if ipv6 else [],
+            vxlan_tunnel_address=bool(routing.vxlan_ips.get(self.hostname)),
+            vxlan6_tunnel_address=ipv6 and bool(routing6.vxlan_ips.get(self.hostname)),
         )
 
     def ipv6_in_use(self) -> bool:

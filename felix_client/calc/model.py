@@ -14,12 +14,15 @@ from typing import Any
 
 from felix_client import validate
 from felix_client.names import (
+    DEFAULT_MARK_MASK,
     KIND_SHORT,
     SET_ID_NAMED_PORT,
     SET_ID_SELECTOR,
     SET_ID_SERVICE,
     SET_ID_SERVICE_NO_PORT,
     VXLAN_PORT,
+    VXLAN_VNI,
+    Marks,
     ipset_name,
 )
 from felix_client.validate import Invalid
@@ -614,7 +617,8 @@ SETTINGS_ENV = tuple(f"FELIX_{name.upper()}" for name in (
     "LogActionRateLimitBurst", "NATOutgoingExclusions", "NATOutgoingAddress", "NATPortRange", "VXLANPort",
     "IptablesNATOutgoingInterfaceFilter", "AllowVXLANPacketsFromWorkloads", "AllowIPIPPacketsFromWorkloads",
     "FailsafeInboundHostPorts", "FailsafeOutboundHostPorts", "IptablesFilterAllowAction", "IptablesMangleAllowAction",
-    "ClusterType", "MetadataAddr", "MetadataPort"))
+    "ClusterType", "MetadataAddr", "MetadataPort",
+    "VXLANVNI", "VXLANMTU", "VXLANMTUV6", "IptablesMarkMask"))
 _LOG_RATE = re.compile(r"[1-9][0-9]{0,3}/(second|minute|hour|day)")
 # iptables-save prints a limit's unit shortened.
 _LOG_RATE_UNIT = {"second": "sec", "minute": "min", "hour": "hour", "day": "day"}
@@ -703,6 +707,15 @@ class FelixSettings:
                 or self.metadata_addr not in ("", "127.0.0.1")
                 or self.metadata_port not in (0, 8775)
                 or iface_prefix == "tap")
+    vxlan_vni: int = VXLAN_VNI  # VXLANVNI: both families' devices
+    vxlan_mtu: int = 0  # VXLANMTU; 0: felix_client's VXLAN_MTU
+    vxlan_mtu_v6: int = 0  # VXLANMTUV6; 0: the parent interface's MTU less VXLAN_V6_MTU_OVERHEAD, as Felix
+    iptables_mark_mask: int = DEFAULT_MARK_MASK  # IptablesMarkMask: where `marks` are allocated from
+
+    @property
+    def marks(self) -> Marks:
+        """The mark bits Felix allocates from IptablesMarkMask (a bad mask never gets this far)."""
+        return Marks.from_mask(self.iptables_mark_mask)
 
     @classmethod
     def from_sources(cls, lookup: Callable[[str], Any], env: Mapping[str, str] | None = None) -> FelixSettings:
@@ -753,7 +766,26 @@ class FelixSettings:
             cluster_type=pick("ClusterType", _cluster_type, default.cluster_type),
             metadata_addr=pick("MetadataAddr", _hostname, default.metadata_addr),
             metadata_port=pick("MetadataPort", _int_in(0, 65535), default.metadata_port),
+            vxlan_vni=pick("VXLANVNI", _int_in(1, 0xFFFFFF), default.vxlan_vni),  # the kernel's 24-bit VNI
+            # At least IPv6's minimum link MTU; a VXLAN device refuses more than 65535 less its overhead.
+            vxlan_mtu=pick("VXLANMTU", _int_in(0, 65485), default.vxlan_mtu),
+            vxlan_mtu_v6=pick("VXLANMTUV6", _mtu_v6, default.vxlan_mtu_v6),
+            iptables_mark_mask=pick("IptablesMarkMask", _mark_mask, default.iptables_mark_mask),
         )
+
+
+def _mtu_v6(value: Any) -> int:
+    number = _int_in(0, 65465)(value)
+    if 0 < number < 1280:
+        raise ValueError("below IPv6's minimum MTU of 1280")
+    return number
+
+
+def _mark_mask(value: Any) -> int:
+    # Felix's mark-bitmask parameter (a 32-bit number, hex or decimal) that its mark allocation can use.
+    mask = int(str(value), 0)
+    Marks.from_mask(mask)  # ValueError: outside 32 bits, or too few bits for Felix's marks
+    return mask
 
 
 def _one_of(*choices: str) -> Callable[[Any], str]:

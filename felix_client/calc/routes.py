@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import bisect
 import functools
+import hashlib
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -351,15 +352,32 @@ class RouteCalculator:
             return mode in ("Enabled", "EnabledIPIPOnly")
         return mode in ("Enabled", "EnabledNoEncapOnly")
 
+    def vtep_mac(self, node: str) -> str:
+        """The node's VTEP MAC of this family: from its host config, else the one Felix derives
+        (vxlan_resolver.go vtepMACForHost: "f" then the first 5 bytes of SHA-1 of the node name, with
+        "-v6" appended for IPv6), which is also what that node's Felix puts on its device."""
+        mac = self.vxlan_macs.get(node)
+        if mac:
+            return mac
+        digest = hashlib.sha1((node + ("-v6" if self.version == 6 else "")).encode()).digest()
+        return ":".join(f"{b:02x}" for b in b"f" + digest[:5])
+
+    def _vtep(self, node: str) -> VTEP | None:
+        # vxlan_resolver.go hasVTEPInfo: a tunnel address and a node address of this family.
+        tunnel_ip, parent = self.vxlan_ips.get(node), self.host_ips.get(node)
+        if not tunnel_ip or not parent:
+            return None
+        return VTEP(node, tunnel_ip, self.vtep_mac(node), parent, _VXLAN_DEVICES[self.version])
+
     def vteps(self) -> list[VTEP]:
+        """The other nodes' VTEPs of this family (none while no pool of it uses VXLAN)."""
         if not self.vxlan_enabled:
             return []
-        out = []
-        for node, tunnel_ip in self.vxlan_ips.items():
-            mac, parent = self.vxlan_macs.get(node), self.host_ips.get(node)
-            if node != self.hostname and mac and parent:
-                out.append(VTEP(node, tunnel_ip, mac, parent, _VXLAN_DEVICES[self.version]))
-        return sorted(out)
+        return sorted(v for node in self.vxlan_ips if node != self.hostname and (v := self._vtep(node)))
+
+    def own_vtep(self) -> VTEP | None:
+        """This node's VTEP of this family: what its `vxlan.calico` / `vxlan-v6.calico` device carries."""
+        return self._vtep(self.hostname) if self.vxlan_enabled else None
 
     def masq_pools(self) -> list[str]:
         return sorted((p.cidr for p in self.pools.values() if p.masquerade and not p.disabled), key=_net_key)

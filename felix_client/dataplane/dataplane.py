@@ -126,7 +126,7 @@ class Dataplane:
 
     # --- whole apply --------------------------------------------------------------------------
 
-    def apply(self, state: DesiredState, own_vtep: OwnVTEP | None = None, *, resync: bool = True,
+    def apply(self, state: DesiredState, own_vteps: Sequence[OwnVTEP] = (), *, resync: bool = True,
               routes_changed: bool = True) -> list[str]:
         """Bring the namespace to `state`; returns the parts left alone as unchanged (sorted).
 
@@ -157,7 +157,7 @@ class Dataplane:
         # we did not see, so the next apply programs everything.
         self._last_applied = {}
         try:
-            self._apply(state, own_vtep, tables, sets, skip, resync, tables6)
+            self._apply(state, own_vteps, tables, sets, skip, resync, tables6)
         except Exception:
             self._links_dirty = True
             raise
@@ -169,7 +169,7 @@ class Dataplane:
             self._links_dirty = any(dev.startswith(self.iface_prefix) for dev in self.missing_devices)
         return sorted(skip)
 
-    def _apply(self, state: DesiredState, own_vtep: OwnVTEP | None, tables: dict[str, rules.Table],
+    def _apply(self, state: DesiredState, own_vteps: Sequence[OwnVTEP], tables: dict[str, rules.Table],
                sets: dict[str, rules.IPSet], skip: set[str], resync: bool,
                tables6: dict[str, rules.Table] | None = None) -> None:
         existing_sets = set() if "ipsets" in skip else self.list_ipsets()
@@ -187,8 +187,13 @@ class Dataplane:
         if "links" in skip:
             return
         self.apply_sysctls(state)
-        if state.vxlan and own_vtep is not None:
-            self.ensure_vxlan_device(own_vtep)
+        for vtep in own_vteps:  # a family's device only while a pool of that family uses VXLAN
+            if state.vxlan if vtep.version == 4 else state.vxlan6:
+                self.ensure_vxlan_device(vtep)
+        with self._ipr() as ipr:
+            for version, enabled in ((4, state.vxlan), (6, state.vxlan6)):
+                if not enabled:
+                    vxlan.remove_device(ipr, version)
         self.apply_routes(state)
 
     # --- iptables -----------------------------------------------------------------------------
@@ -300,6 +305,7 @@ class Dataplane:
         with self._ipr() as ipr:
             names = {int(link["index"]): link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
             vxlan.apply_vteps(ipr, state.vteps)
+            vxlan.apply_vteps(ipr, state.vteps6, 6)
             self.missing_devices = set()
             self._apply_family_routes(ipr, names, state.routes, 4)
             # A node without IPv6 leaves IPv6 routes alone (it never programmed any).

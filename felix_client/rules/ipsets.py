@@ -17,6 +17,7 @@ from felix_client.names import (
     POOLS_SET,
     POOLS_SET_V6,
     VXLAN_HOSTS_SET,
+    VXLAN_HOSTS_SET_V6,
     ipset_version,
     temp_ipset_name,
 )
@@ -47,6 +48,8 @@ def desired_ipsets(state: DesiredState) -> dict[str, IPSet]:
     if state.ipv6:
         out[MASQ_SET_V6] = IPSet(MASQ_SET_V6, "hash:net", frozenset(state.masq_pools6))
         out[POOLS_SET_V6] = IPSet(POOLS_SET_V6, "hash:net", frozenset(state.all_pools6))
+    if state.vxlan6:
+        out[VXLAN_HOSTS_SET_V6] = IPSet(VXLAN_HOSTS_SET_V6, "hash:net", frozenset(state.vxlan_hosts6))
     out[MASQ_SET] = IPSet(MASQ_SET, "hash:net", frozenset(state.masq_pools))
     out[POOLS_SET] = IPSet(POOLS_SET, "hash:net", frozenset(state.all_pools))
     if state.ipip:

@@ -49,6 +49,8 @@ from felix_client.names import (
     TO_WORKLOAD_PREFIX,
     VXLAN_DEVICE,
     VXLAN_HOSTS_SET,
+    VXLAN_HOSTS_SET_V6,
+    VXLAN_V6_DEVICE,
     WL_TO_HOST,
     WORKLOAD_IFACE_PREFIX,
     endpoint_chain_name,
@@ -151,6 +153,12 @@ def _filter_static(state: DesiredState, wl: str, version: int) -> dict[str, list
                 f"-m addrtype --dst-type LOCAL {allow}",
                 f"-p udp {comment_match('Drop IPv4 VXLAN packets from non-allowed hosts')} "
                 f"-m multiport --dports {settings.vxlan_port} -m addrtype --dst-type LOCAL -j DROP"]
+    if state.vxlan6 and not v4:
+        inp += [f"-p udp {comment_match('Allow IPv6 VXLAN packets from allowed hosts')} "
+                f"-m multiport --dports {settings.vxlan_port} -m set --match-set {VXLAN_HOSTS_SET_V6} src "
+                f"-m addrtype --dst-type LOCAL {allow}",
+                f"-p udp {comment_match('Drop IPv6 VXLAN packets from non-allowed hosts')} "
+                f"-m multiport --dports {settings.vxlan_port} -m addrtype --dst-type LOCAL -j DROP"]
     inp += [
         f"-i {wl} -g {WL_TO_HOST}",
         f"{ACCEPTED} {allow}",  # already accepted by untracked (raw) or preDNAT (mangle) policy
@@ -181,6 +189,10 @@ def _filter_static(state: DesiredState, wl: str, version: int) -> dict[str, list
         out.append(f"-p udp {comment_match('Allow IPv4 VXLAN packets to other allowed hosts')} "
                    f"-m multiport --dports {settings.vxlan_port} -m addrtype --src-type LOCAL "
                    f"-m set --match-set {VXLAN_HOSTS_SET} dst {allow}")
+    if state.vxlan6 and not v4:
+        out.append(f"-p udp {comment_match('Allow IPv6 VXLAN packets to other allowed hosts')} "
+                   f"-m multiport --dports {settings.vxlan_port} -m addrtype --src-type LOCAL "
+                   f"-m set --match-set {VXLAN_HOSTS_SET_V6} dst {allow}")
     # DNAT'd host traffic gets its host endpoint policy in mangle POSTROUTING, where the output
     # interface is known.
     out += [xmark(0, MARK_ALL), f"-m conntrack ! --ctstate DNAT -j {TO_HOST_ENDPOINT}",
@@ -213,9 +225,13 @@ def _nat_static(state: DesiredState, wl: str, version: int) -> dict[str, list[st
     # With VXLAN on, UDP is masqueraded to source ports clear of the VXLAN port: a reply to the
     # port itself would hit the "VXLAN packets from non-allowed hosts" drop (Calico issue 12244).
     local = "-m addrtype ! --src-type LOCAL --limit-iface-out -m addrtype --src-type LOCAL"
-    udp_ports = masq_port_range_excluding(state.settings.vxlan_port) if state.vxlan else ""
-    for enabled, device in ((state.ipip, IPIP_DEVICE), (state.vxlan, VXLAN_DEVICE)):
-        if enabled and version == 4:
+    # The port exclusion follows VXLAN being on; the vxlan device's masquerade needs this host's
+    # tunnel address too (Felix keys the two on different facts).
+    udp_ports = masq_port_range_excluding(state.settings.vxlan_port) if state.vxlan_on(version) else ""
+    tunnels = ((state.ipip, IPIP_DEVICE), (state.vxlan_tunnel(4), VXLAN_DEVICE)) if version == 4 else (
+        (state.vxlan_tunnel(6), VXLAN_V6_DEVICE),)
+    for enabled, device in tunnels:
+        if enabled:
             if udp_ports:
                 post.append(f"-o {device} -p udp {local} -j MASQUERADE --to-ports {udp_ports} --random-fully")
             post.append(f"-o {device} {local} -j MASQUERADE --random-fully")
@@ -227,7 +243,7 @@ def _raw_static(state: DesiredState, wl: str, version: int) -> dict[str, list[st
     the failsafe chains, cali-PREROUTING and cali-OUTPUT."""
     # VXLAN flows use different source ports each way: tracking them only fills conntrack with
     # unreplied entries.
-    notrack = [f"-p udp -m udp --dport {state.settings.vxlan_port} -j NOTRACK"] if state.vxlan and version == 4 else []
+    notrack = [f"-p udp -m udp --dport {state.settings.vxlan_port} -j NOTRACK"] if state.vxlan_on(version) else []
     scratch = f"-m mark --mark {MARK_SCRATCH0:#x}/{MARK_SCRATCH0:#x}"
     # OpenStack: a DHCPv4 request from 0.0.0.0 passes before the RPF check, which some kernels'
     # rpfilter match fails for it (accepted in raw only: policy still sees it).
@@ -415,12 +431,14 @@ def nat_outgoing_rules(settings: FelixSettings, version: int = 4) -> list[str]:
 
 def render_tables(state: DesiredState, iface_prefix: str = WORKLOAD_IFACE_PREFIX,
                   version: int = 4) -> dict[str, Table]:
-    """Every table of one family, each through `Table.guarded`."""
+    """Every table of one family, its marks where IptablesMarkMask puts them (`Table.remarked`),
+    each through `Table.guarded`."""
+    marks = state.settings.marks
     return {
-        "filter": render_filter(state, iface_prefix, version).guarded(),
-        "nat": render_nat(state, version, iface_prefix).guarded(),
-        "raw": render_raw(state, iface_prefix, version).guarded(),
-        "mangle": render_mangle(state, version).guarded(),
+        "filter": render_filter(state, iface_prefix, version).remarked(marks).guarded(),
+        "nat": render_nat(state, version, iface_prefix).remarked(marks).guarded(),
+        "raw": render_raw(state, iface_prefix, version).remarked(marks).guarded(),
+        "mangle": render_mangle(state, version).remarked(marks).guarded(),
     }
 
 

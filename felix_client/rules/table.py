@@ -8,12 +8,15 @@ that fill tables.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 
 from felix_client import metrics, validate
 from felix_client.names import (
+    DEFAULT_MARKS,
     MARK_ACCEPT,
     MARK_PASS,
+    Marks,
     escape_comment,
 )
 
@@ -21,6 +24,8 @@ log = logging.getLogger("felix_client.rules")
 
 ACCEPTED = f"-m mark --mark {MARK_ACCEPT:#x}/{MARK_ACCEPT:#x}"
 NOT_PASSED = f"-m mark --mark 0x0/{MARK_PASS:#x}"
+# A mark value and mask as `xmark` and the mark matches write them.
+_MARK = re.compile(r"(--set-xmark|--mark) (0x[0-9a-f]+)/(0x[0-9a-f]+)")
 # What a rule that fails the last grammar check becomes: it can only narrow what the chain allows.
 GUARD_DROP = '-m comment --comment "felix-client: rule failed validation" -j DROP'
 
@@ -54,6 +59,30 @@ class Table:
             lines += [f"-A {chain} {rule}".rstrip() for rule in rules]
         lines.append("COMMIT")
         return "\n".join(lines) + "\n"
+
+    def remarked(self, marks: Marks) -> Table:
+        """This table with its marks moved to the allocation of another IptablesMarkMask.
+
+        The renderers write Felix's default allocation (the `MARK_*` constants); Felix allocates
+        every mark as the n-th bit of the mask, so `Marks.translate` moves each value and mask to the
+        same role under `marks`. Only `--set-xmark`/`--mark` arguments outside quoted text change (a
+        comment may spell anything)."""
+        if marks == DEFAULT_MARKS:
+            return self
+
+        def move(match: re.Match[str]) -> str:
+            value, mask = (marks.translate(int(text, 16)) for text in match.group(2, 3))
+            return f"{match.group(1)} {value:#x}/{mask:#x}"
+
+        def rule(text: str) -> str:
+            # Comments and log prefixes are the only quoted parts, and `escape_comment` keeps quotes
+            # out of them: the even pieces of a split on quotes are the rule's own words.
+            pieces = text.split('"')
+            pieces[::2] = [_MARK.sub(move, piece) for piece in pieces[::2]]
+            return '"'.join(pieces)
+
+        chains = {chain: [rule(r) for r in rules_] for chain, rules_ in self.chains.items()}
+        return Table(self.name, self.builtins, chains)
 
     def guarded(self) -> Table:
         """This table with every rule checked against iptables' line grammar (`validate.check_rule_line`)

@@ -415,12 +415,10 @@ def static_rows() -> list[Row]:
     for index, entry in enumerate(data["vxlan"]):
         def check(entry: dict[str, Any] = entry) -> tuple[list[str], list[str]]:
             given = entry["state"]
-            if entry["table"] == "nat" and given["vxlan"] != given["vxlan_tunnel_address"]:
-                # Felix's tunnel masquerade needs the tunnel address, its NOTRACK rules only VXLAN.
-                raise Unsupported("VXLAN on without this host's tunnel address: felix_client has one VXLAN flag")
             state = DesiredState(hostname="h", endpoints=[], policies={}, profiles={}, ipsets={}, routes=[], vteps=[],
                                  masq_pools=[], all_pools=[], all_hosts=[], vxlan_hosts=[],
                                  ipip=given["ipip_tunnel_address"], vxlan=given["vxlan"],
+                                 vxlan_tunnel_address=given["vxlan_tunnel_address"],
                                  settings=settings({"VXLANPort": given["vxlan_port"]}))
             table = render_nat(state) if entry["table"] == "nat" else render_raw(state)
             return ([save_form(rule, marks) for rule in entry["rules"]],
@@ -432,7 +430,7 @@ def static_rows() -> list[Row]:
 
 # --- static chains (static_test.go) ------------------------------------------------------------
 
-_STATIC_STATE = {"ipip", "vxlan", "iface_prefix"}
+_STATIC_STATE = {"ipip", "vxlan", "vxlan6", "vxlan6_tunnel_address", "iface_prefix"}
 # iptables-save leaves out a match on the whole address space; the two names of ICMPv6 are one protocol.
 _ANY_NET = {"-s 0.0.0.0/0", "-d 0.0.0.0/0", "-s ::/0", "-d ::/0"}
 # iptables-save prints a bare address as a /32 (/128) network.
@@ -458,7 +456,8 @@ def _static_state(entry: dict[str, Any]) -> tuple[DesiredState, str]:
     config_settings = settings(config)
     state = DesiredState(hostname="h", endpoints=[], policies={}, profiles={}, ipsets={}, routes=[], vteps=[],
                          masq_pools=[], all_pools=[], all_hosts=[], vxlan_hosts=[], ipip=given.get("ipip", False),
-                         vxlan=given.get("vxlan", False), settings=config_settings,
+                         vxlan=given.get("vxlan", False), vxlan6=given.get("vxlan6", False),
+                         vxlan6_tunnel_address=given.get("vxlan6_tunnel_address", False), settings=config_settings,
                          endpoint_to_host_action=config_settings.endpoint_to_host_action)
     return state, given.get("iface_prefix", "cali")
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -181,3 +182,54 @@ def test_two_agents_in_one_trio_process(typha, tmp_path):
     assert (tmp_path / "node-2" / "routes.txt").read_text().splitlines()[0] == (
         "10.65.0.0/26 via 192.168.56.11 dev tunl0 proto 80 onlink")
     assert json.loads((tmp_path / "node-2" / "status.json").read_text())["endpoints"] == 1
+
+
+def test_prometheus_metrics_endpoint_off_by_default_and_on_felix_port(monkeypatch):
+    from felix_client.agent import parse_args
+    from typha.logs import SettingError
+
+    monkeypatch.setenv("FELIX_TYPHAADDR", "10.0.0.1")
+    for name in ("FELIX_PROMETHEUSMETRICSENABLED", "FELIX_PROMETHEUSMETRICSPORT", "FELIX_PROMETHEUSMETRICSHOST"):
+        monkeypatch.delenv(name, raising=False)
+    assert parse_args(["--dry-run", "out"]).metrics_port is None  # Felix: PrometheusMetricsEnabled false
+    monkeypatch.setenv("FELIX_PROMETHEUSMETRICSENABLED", "true")
+    assert parse_args(["--dry-run", "out"]).metrics_port == 9091
+    monkeypatch.setenv("FELIX_PROMETHEUSMETRICSPORT", "9191")
+    monkeypatch.setenv("FELIX_PROMETHEUSMETRICSHOST", "127.0.0.1")
+    options = parse_args(["--dry-run", "out"])
+    assert (options.metrics_host, options.metrics_port) == ("127.0.0.1", 9191)
+    monkeypatch.setenv("FELIX_PROMETHEUSMETRICSPORT", "91x")
+    with pytest.raises(SettingError, match="FELIX_PROMETHEUSMETRICSPORT"):
+        parse_args(["--dry-run", "out"])
+
+
+def test_agent_serves_felix_metrics(typha, tmp_path):
+    _api, port = typha
+    metrics_port = free_port()
+    env = {**os.environ, "FELIX_PROMETHEUSMETRICSENABLED": "true", "FELIX_PROMETHEUSMETRICSPORT": str(metrics_port),
+           "FELIX_PROMETHEUSMETRICSHOST": "127.0.0.1"}
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "felix_client.agent", "--typha", f"127.0.0.1:{port}", "--hostname", "node-1",
+         "--dry-run", str(tmp_path / "node-1"), "--debounce", "0.02", "--log-level", "warning"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    url = f"http://127.0.0.1:{metrics_port}/metrics"
+
+    def scrape() -> str:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return response.read().decode()
+        except OSError:
+            return ""
+
+    try:
+        # In sync (felix_resync_state 3, as Felix's InSync) with node-1's two endpoints applied.
+        wait_until(lambda: "felix_resync_state 3.0" in (text := scrape())
+                   and "felix_active_local_endpoints 2.0" in text, lambda: scrape() or "no answer", timeout=30)
+        text = scrape()
+        assert "felix_int_dataplane_apply_time_seconds_count" in text
+        assert "felix_int_dataplane_failures_total 0.0" in text
+        assert "# TYPE felix_client_objects_rejected_total counter" in text
+        assert http_status(f"http://127.0.0.1:{metrics_port}/other") == 404
+    finally:
+        stop_agent(agent)

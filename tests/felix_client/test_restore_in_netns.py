@@ -16,6 +16,7 @@ import pytest
 
 from felix_client import names, rules
 from felix_client.calc import Calculator
+from typha.model import keys
 
 from .worked_example import POLICY_KEY, kvs
 
@@ -104,3 +105,27 @@ def test_vxlan_and_nat_tables_restore(netns: str) -> None:
     assert restored.returncode == 0, restored.stderr
     checked = run_in(netns, "iptables-restore", "--test", text=text)
     assert checked.returncode == 0, checked.stderr
+
+
+def test_moved_marks_and_ipv6_vxlan_restore(netns: str) -> None:
+    """A non-default IptablesMarkMask and an IPv6 VXLAN pool: both families' tables pass the real tools."""
+    from .test_mark_mask import _rich_calc
+
+    calc = _rich_calc("0x0000fff0")
+    calc.apply([(keys.ip_pool_path("fd65::/48"), {"cidr": "fd65::/48", "ipip_mode": "never", "vxlan_mode": "always",
+                                                  "masquerade": True}),
+                (keys.host_config_path("node-1", "IPv6VXLANTunnelAddr"), "fd65::1"),
+                (keys.host_config_path("node-2", "IPv6VXLANTunnelAddr"), "fd65::1:1")])
+    calc.apply([(keys.resource_path("Node", n),
+                 {"spec": {"bgp": {"ipv4Address": f"192.168.56.1{i}/24", "ipv6Address": f"fd20::{i}/64"}}})
+                for i, n in ((1, "node-1"), (2, "node-2"))])
+    state = calc.snapshot()
+    assert state.vxlan6 and state.settings.marks.accept == 0x10
+    v4, v6 = rules.render_iptables(state), rules.render_ip6tables(state)
+    assert "--set-xmark 0x10/0x10" in v4 and "0x10000/" not in v4 and "0x10000/" not in v6
+    assert "cali60all-vxlan-net" in v6
+    restored = run_in(netns, "ipset", "restore", text=rules.render_ipset_restore(rules.desired_ipsets(state)))
+    assert restored.returncode == 0, restored.stderr
+    for tool, text in (("iptables-restore", v4), ("ip6tables-restore", v6)):
+        checked = run_in(netns, tool, "--test", text=text)
+        assert checked.returncode == 0, f"{tool}: {checked.stderr}"

@@ -106,3 +106,63 @@ def test_vtep_entries_are_exactly_the_desired_ones(node: str) -> None:
     assert [(n["dst"], n["lladdr"], n["state"]) for n in neigh] == [("10.70.1.1", two_new.mac, ["PERMANENT"])]
     fdb = [f for f in json.loads(run(node, "bridge", "-j", "fdb", "show", "dev", "vxlan.calico")) if f.get("dst")]
     assert [(f["mac"], f["dst"], f.get("state")) for f in fdb] == [(two_new.mac, "10.201.0.2", "permanent")]
+
+
+ME6 = OwnVTEP("fd65::1", "66:a6:00:00:00:01", "fd20::1")
+
+
+def link6(ns: str) -> dict[str, Any]:
+    (out,) = json.loads(run(ns, "ip", "-j", "-d", "addr", "show", "dev", "vxlan-v6.calico"))
+    return out
+
+
+def test_ipv6_device_beside_the_ipv4_one(node: str) -> None:
+    """vxlan-v6.calico: the same VNI and port as vxlan.calico (the kernel tells them apart by family),
+    the IPv6 underlay address as local address, the tunnel address as a /128, and Felix's default MTU
+    for it: the parent's MTU less 70."""
+    run(node, "ip", "-6", "addr", "add", "fd20::1/64", "dev", "eth0", "nodad")
+    run(node, "ip", "link", "set", "eth0", "mtu", "1480")
+    ensure(node, ME)
+    ensure(node, ME6)
+    dev = link6(node)
+    info = dev["linkinfo"]["info_data"]
+    assert (info["id"], info["port"], info["local6"], info["learning"]) == (4096, 4789, "fd20::1", False)
+    assert (dev["address"], dev["mtu"]) == (ME6.mac, 1480 - 70)
+    assert [(a["local"], a["prefixlen"]) for a in dev["addr_info"]
+            if a["family"] == "inet6" and a.get("scope") != "link"] == [("fd65::1", 128)]
+    assert link(node)["linkinfo"]["info_data"]["local"] == "10.201.0.1"  # the IPv4 device is untouched
+
+    # A stray IPv6 address goes; the kernel's link-local one stays; VXLANMTUV6 wins over the default.
+    run(node, "ip", "-6", "addr", "add", "2001:db8::7/64", "dev", "vxlan-v6.calico", "nodad")
+    link_local = [a["local"] for a in link6(node)["addr_info"] if a.get("scope") == "link"]
+    ensure(node, OwnVTEP(ME6.tunnel_ip, ME6.mac, ME6.parent_ip, mtu=1300))
+    dev = link6(node)
+    assert dev["mtu"] == 1300
+    assert [a["local"] for a in dev["addr_info"] if a.get("scope") != "link"] == ["fd65::1"]
+    assert [a["local"] for a in dev["addr_info"] if a.get("scope") == "link"] == link_local
+
+    from pyroute2 import NetNS
+
+    two = VTEP("node-2", "fd65::1:1", "66:a6:00:00:00:02", "fd20::2", "vxlan-v6.calico")
+    with NetNS(node) as ipr:
+        apply_vteps(ipr, [two], 6)
+        apply_vteps(ipr, [], 4)  # the IPv4 device's (empty) entries do not touch the IPv6 ones
+    neigh = json.loads(run(node, "ip", "-j", "-6", "neigh", "show", "dev", "vxlan-v6.calico"))
+    assert [(n["dst"], n["lladdr"], n["state"]) for n in neigh] == [("fd65::1:1", two.mac, ["PERMANENT"])]
+    fdb = [f for f in json.loads(run(node, "bridge", "-j", "fdb", "show", "dev", "vxlan-v6.calico")) if f.get("dst")]
+    assert [(f["mac"], f["dst"]) for f in fdb] == [(two.mac, "fd20::2")]
+
+
+def test_remove_device_deletes_only_that_family(node: str) -> None:
+    from pyroute2 import NetNS
+
+    from felix_client.dataplane.vxlan import remove_device
+
+    run(node, "ip", "-6", "addr", "add", "fd20::1/64", "dev", "eth0", "nodad")
+    ensure(node, ME)
+    ensure(node, ME6)
+    with NetNS(node) as ipr:
+        assert remove_device(ipr, 6)
+        assert not remove_device(ipr, 6)  # already gone
+    links = run(node, "ip", "link", "show")
+    assert "vxlan-v6.calico" not in links and "vxlan.calico" in links

@@ -101,6 +101,8 @@ class Node:
     vxlan_mac: str | None = None
     netns: str = ""
     ipv6: bool = False  # an IPv6 underlay address too (fd20::<index>/64), announced on the Node
+    vxlan_ip6: str | None = None  # IPv6 VXLAN: the node's IPv6VXLANTunnelAddr and VXLANTunnelMACAddrV6
+    vxlan_mac6: str | None = None
 
     @property
     def underlay_ip(self) -> str:
@@ -116,6 +118,10 @@ class Node:
         if self.ipv6:
             # calico-node's annotation for the node's IPv6 address: the next hop of its IPv6 blocks.
             obj["metadata"]["annotations"]["projectcalico.org/IPv6Address"] = f"{self.underlay_ip6}/64"
+        # calico-node's annotations for the IPv6 VTEP (typha's Node conversion reads them).
+        for annotation, value in (("IPv6VXLANTunnelAddr", self.vxlan_ip6), ("VXLANTunnelMACAddrV6", self.vxlan_mac6)):
+            if value:
+                obj["metadata"]["annotations"][f"projectcalico.org/{annotation}"] = value
         return obj
 
 

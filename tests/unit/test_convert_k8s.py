@@ -276,6 +276,24 @@ def test_felix_node_keys_and_values() -> None:
     }
 
 
+def test_felix_node_carries_the_ipv6_vtep() -> None:
+    """What Felix's IPv6 vxlan manager needs from a node (felixnodeprocessor.go, vxlan_resolver.go): the
+    IPv6 tunnel address (as cnet.ParseIP(...).String() spells it) and MAC as host config, and the node's
+    IPv6 address on the v3 Node's bgp spec (the VTEP's parent address)."""
+    node = o.node("n6", ipv4="192.168.56.16/24")
+    node["metadata"]["annotations"].update({
+        "projectcalico.org/IPv6Address": "fd20::6/64",
+        "projectcalico.org/IPv6VXLANTunnelAddr": "FD66:0::6",
+        "projectcalico.org/VXLANTunnelMACAddrV6": "66:a6:00:00:00:06",
+    })
+    kvs = as_dict(FELIX_CONVERTERS["nodes"](node))
+    assert kvs["/calico/v1/host/n6/config/IPv6VXLANTunnelAddr"] == "fd66::6"
+    assert kvs["/calico/v1/host/n6/config/VXLANTunnelMACAddrV6"] == "66:a6:00:00:00:06"
+    spec = kvs["/calico/resources/v3/projectcalico.org/nodes/n6"]["spec"]
+    assert spec["bgp"]["ipv6Address"] == "fd20::6/64"
+    assert (spec["ipv6VXLANTunnelAddr"], spec["vxlanTunnelMACAddrV6"]) == ("FD66:0::6", "66:a6:00:00:00:06")
+
+
 def test_node_heartbeat_does_not_change_the_values() -> None:
     # Typha keeps resourceVersion out of the value so that kubelet heartbeats dedupe in the cache.
     node = _node()
