@@ -49,6 +49,7 @@ from felix_client.names import (
     profile_chain_name,
 )
 from felix_client.rules.endpoints import dispatch_chains, render_endpoint_chain
+from felix_client.rules.hostendpoints import host_endpoint_chains
 from felix_client.rules.policy import RuleContext, deny_action, deny_word, render_rules
 from felix_client.rules.table import ACCEPTED, Table, comment_match, xmark
 
@@ -145,11 +146,16 @@ def render_filter(state: DesiredState, iface_prefix: str = WORKLOAD_IFACE_PREFIX
         t.chains[profile_chain_name(name, False)] = render_rules(profile.rules(False, version),
                                                                  f"Profile {name} egress", context)
 
-    # Hooks for features out of scope (host endpoints, CIDR blocking): empty, but they must exist.
-    for chain in (FROM_HEP_FORWARD, TO_HEP_FORWARD, CIDR_BLOCK,
-                  FROM_HOST_ENDPOINT, TO_HOST_ENDPOINT):
-        t.add(chain)
+    # Hooks for features out of scope (CIDR blocking): empty, but they must exist.
+    t.add(CIDR_BLOCK)
+    t.chains.update(_host_endpoint_chains(state, "filter", version))
     return t
+
+
+def _host_endpoint_chains(state: DesiredState, table_name: str, version: int) -> dict[str, list[str]]:
+    """The table's host-endpoint dispatch chains (empty without host endpoints), with the chains
+    of each host endpoint and the policy/profile chains they jump to (rules/hostendpoints.py)."""
+    return host_endpoint_chains(state, table_name, version)
 
 
 def render_nat(state: DesiredState, version: int = 4) -> Table:
@@ -181,7 +187,7 @@ def render_nat(state: DesiredState, version: int = 4) -> Table:
     return t
 
 
-def render_raw(state: DesiredState, iface_prefix: str = WORKLOAD_IFACE_PREFIX) -> Table:
+def render_raw(state: DesiredState, iface_prefix: str = WORKLOAD_IFACE_PREFIX, version: int = 4) -> Table:
     t = Table("raw", ["PREROUTING", "OUTPUT"], {})
     t.add("PREROUTING", f"-j {CHAIN_PREROUTING}")
     t.add(CHAIN_PREROUTING, xmark(0, MARK_ALL))
@@ -198,14 +204,13 @@ def render_raw(state: DesiredState, iface_prefix: str = WORKLOAD_IFACE_PREFIX) -
     t.add(CHAIN_PREROUTING, f"-m mark --mark 0x0/{MARK_SCRATCH0:#x} -j {FROM_HOST_ENDPOINT}")
     t.add(CHAIN_PREROUTING, f"{ACCEPTED} -j ACCEPT")
     t.add(RPF_SKIP)
-    t.add(FROM_HOST_ENDPOINT)
     if state.vxlan:
         t.add("OUTPUT", f"-j {CHAIN_OUTPUT}")
         t.add(CHAIN_OUTPUT, xmark(0, MARK_ALL))
         t.add(CHAIN_OUTPUT, f"-j {TO_HOST_ENDPOINT}")
         t.add(CHAIN_OUTPUT, notrack)
         t.add(CHAIN_OUTPUT, f"{ACCEPTED} -j ACCEPT")
-        t.add(TO_HOST_ENDPOINT)
+    t.chains.update(_host_endpoint_chains(state, "raw", version))
     return t
 
 
@@ -251,7 +256,7 @@ def render_tables(state: DesiredState, iface_prefix: str = WORKLOAD_IFACE_PREFIX
     return {
         "filter": render_filter(state, iface_prefix, version).guarded(),
         "nat": render_nat(state, version).guarded(),
-        "raw": render_raw(state, iface_prefix).guarded(),
+        "raw": render_raw(state, iface_prefix, version).guarded(),
     }
 
 
