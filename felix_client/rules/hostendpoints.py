@@ -201,9 +201,11 @@ def host_dispatch_chains(names: Iterable[str], default_iface: str, directions: s
         to_end.append(f"-g {host_endpoint_chain_name(TO_HOST_ENDPOINT_PREFIX, default_iface)}")
         to_fwd_end = [f"-g {host_endpoint_chain_name(TO_HOST_ENDPOINT_FORWARD_PREFIX, default_iface)}"]
     chains: dict[str, list[str]] = {}
-    if "from" in directions:
+    if directions not in ("from", "to", "to+from"):
+        raise ValueError(f"bad dispatch directions {directions!r}")
+    if directions in ("from", "to+from"):
         chains.update(dispatch_tree(names, FROM_HOST_ENDPOINT, "-i", FROM_HOST_ENDPOINT_PREFIX, from_end))
-    if "to" in directions:
+    if directions in ("to", "to+from"):
         chains.update(dispatch_tree(names, TO_HOST_ENDPOINT, "-o", TO_HOST_ENDPOINT_PREFIX, to_end))
     if directions == "to+from" and apply_on_forward:
         chains.update(dispatch_tree(names, FROM_HEP_FORWARD, "-i", FROM_HOST_ENDPOINT_FORWARD_PREFIX, from_fwd_end))

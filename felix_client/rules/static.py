@@ -149,6 +149,8 @@ def render_filter(state: DesiredState, iface_prefix: str = WORKLOAD_IFACE_PREFIX
     # Hooks for features out of scope (CIDR blocking): empty, but they must exist.
     t.add(CIDR_BLOCK)
     t.chains.update(_host_endpoint_chains(state, "filter", version))
+    if state.host_endpoints:
+        t.chains.update(_minimal_failsafe_chains("filter"))
     return t
 
 
@@ -211,7 +213,29 @@ def render_raw(state: DesiredState, iface_prefix: str = WORKLOAD_IFACE_PREFIX, v
         t.add(CHAIN_OUTPUT, notrack)
         t.add(CHAIN_OUTPUT, f"{ACCEPTED} -j ACCEPT")
     t.chains.update(_host_endpoint_chains(state, "raw", version))
+    if any(hep.has_untracked for hep in state.host_endpoints):
+        t.chains.update(_minimal_failsafe_chains("raw"))
     return t
+
+
+# Stand-in until the static chains' own rendering lands (another branch owns it): Felix's default
+# FailsafeInboundHostPorts/FailsafeOutboundHostPorts, so the host endpoint chains' jumps have targets.
+_FAILSAFE_IN = (("tcp", 22), ("udp", 68), ("tcp", 179), ("tcp", 2379), ("tcp", 2380), ("tcp", 5473),
+                ("tcp", 6443), ("tcp", 6666), ("tcp", 6667))
+_FAILSAFE_OUT = (("udp", 53), ("udp", 67), ("tcp", 179), ("tcp", 2379), ("tcp", 2380), ("tcp", 5473),
+                 ("tcp", 6443), ("tcp", 6666), ("tcp", 6667))
+
+
+def _minimal_failsafe_chains(table_name: str) -> dict[str, list[str]]:
+    """failsafeInChain/failsafeOutChain (static.go): in raw also the replies (source ports)."""
+    def rules(ports: tuple[tuple[str, int], ...], flag: str) -> list[str]:
+        return [f"-p {proto} -m multiport --{flag} {port} -j ACCEPT" for proto, port in ports]
+
+    chain_in, chain_out = rules(_FAILSAFE_IN, "dports"), rules(_FAILSAFE_OUT, "dports")
+    if table_name == "raw":
+        chain_in += rules(_FAILSAFE_OUT, "sports")
+        chain_out += rules(_FAILSAFE_IN, "sports")
+    return {"cali-failsafe-in": chain_in, "cali-failsafe-out": chain_out}
 
 
 def masq_port_range_excluding(port: int) -> str:
