@@ -132,6 +132,7 @@ class Calculator:
         # The node's interfaces and their addresses, when known (`set_host_interfaces`).
         self.host_ifaces: dict[str, frozenset[str]] | None = None
         self._unbound_logged: set[str] = set()
+        self._local_heps: set[str] = set()  # key paths of this node's host endpoints
         self.global_index: LabelIndex[str, IPSetSpec] = LabelIndex()  # all endpoints/netsets x IP sets
         self.active_policies: set[keys.PolicyKey] = set()
         self.active_profiles: dict[str, int] = {}  # profile -> local endpoints referencing it
@@ -341,6 +342,10 @@ class Calculator:
         """A host endpoint of this node: which policies select it, and its profiles' references."""
         self.dirty.filter = True
         was_local, is_local = self._is_local_hep(old), self._is_local_hep(ep)
+        if is_local:
+            self._local_heps.add(path)
+        else:
+            self._local_heps.discard(path)
         if is_local and labels is not None:
             started, stopped = self.hep_index.update_item(path, labels)
         else:
@@ -644,12 +649,13 @@ class Calculator:
     def ipv6_in_use(self) -> bool:
         """Whether this node programs IPv6 (ip6tables, `cali60` sets, IPv6 routes): FelixConfiguration
         Ipv6Support (default true) and any IPv6 in the cluster (a pool, a block, or an endpoint or
-        network set with IPv6 nets). Without any there is no IPv6 pod traffic to police, and a
-        v4-only node keeps exactly the v4 state it always had; the v6 sets are kept up to date in
-        the calculation all along, so turning IPv6 on needs no recalculation."""
+        network set with IPv6 nets), or a host endpoint on this node (its policy governs the node's
+        own IPv6 traffic too, as Felix's ip6tables would). Without any there is no IPv6 traffic to
+        police, and a v4-only node keeps exactly the v4 state it always had; the v6 sets are kept up
+        to date in the calculation all along, so turning IPv6 on needs no recalculation."""
         if str(self.config_value("Ipv6Support", "true")).lower() == "false":
             return False
-        return bool(self.routing6.pools or self.routing6.blocks or self._v6_endpoints)
+        return bool(self.routing6.pools or self.routing6.blocks or self._v6_endpoints or self._local_heps)
 
     def take_dirty(self) -> Dirty:
         dirty, self.dirty = self.dirty, Dirty(filter=False, routes=False)

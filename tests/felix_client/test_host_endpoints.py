@@ -202,3 +202,17 @@ def test_no_host_endpoints_leaves_empty_dispatch_chains() -> None:
         "cali-to-hep-forward": []}
     assert host_endpoint_chains(state, "mangle") == {"cali-from-host-endpoint": [], "cali-to-host-endpoint": []}
     assert host_endpoint_chains(state, "raw") == {"cali-from-host-endpoint": [], "cali-to-host-endpoint": []}
+
+
+def test_a_host_endpoint_polices_the_nodes_ipv6_too() -> None:
+    """Felix programs ip6tables whenever IPv6 is supported; felix_client only on a node with IPv6 to
+    police - and a host endpoint's policy covers the node's own IPv6 traffic."""
+    calc = Calculator(NODE)
+    calc.apply([hep("eth0", name="eth0"), gnp("normal")])
+    state = calc.snapshot()
+    assert state.ipv6
+    text = rules.render_ip6tables(state)
+    assert "-A cali-from-host-endpoint -i eth0 -g cali-fh-eth0" in text
+    assert "-A cali-pi-gnp/normal -p tcp" in text
+    calc.update(keys.host_endpoint_path(NODE, "eth0"), None)
+    assert not calc.snapshot().ipv6
