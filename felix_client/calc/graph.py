@@ -365,6 +365,9 @@ class Calculator:
             self.host_ifaces = new
             self.dirty.filter = True
 
+    def has_local_host_endpoints(self) -> bool:
+        return bool(self._local_heps)
+
     def _set_profile_labels(self, name: str, value: dict[str, str] | None) -> None:
         labels = dict(value or {})
         if self.profile_labels.get(name, {}) == labels:

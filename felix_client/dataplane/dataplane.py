@@ -301,6 +301,22 @@ class Dataplane:
         with self._ipr() as ipr:
             vxlan.ensure_device(ipr, vtep)
 
+    # --- host interfaces ----------------------------------------------------------------------
+
+    def host_interfaces(self) -> dict[str, set[str]]:
+        """The namespace's non-workload interfaces and their addresses: what Felix's interface
+        monitor gives endpoint_mgr.go to bind host endpoints by name or expected IP."""
+        with self._ipr() as ipr:
+            names = {int(link["index"]): link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+            out: dict[str, set[str]] = {name: set() for name in names.values()
+                                        if name and not name.startswith(self.iface_prefix)}
+            for addr in ipr.get_addr():
+                name = names.get(int(addr["index"]))
+                address = addr.get_attr("IFA_LOCAL") or addr.get_attr("IFA_ADDRESS")
+                if name in out and address:
+                    out[name].add(address)
+        return out
+
     # --- routes -------------------------------------------------------------------------------
 
     def apply_routes(self, state: DesiredState) -> None:

@@ -147,3 +147,22 @@ def test_all_interfaces_host_endpoint_and_profile_allow(node: tuple[Any, str, st
                  {"inbound_rules": [{"action": "allow"}], "outbound_rules": [{"action": "allow"}]})])
     dp.apply(calc.snapshot())
     expect_open(netns, peer, ALL_PORTS)
+
+
+def test_host_endpoint_bound_by_expected_ip(node: tuple[Any, str, str]) -> None:
+    """A host endpoint without an interface name governs the interface holding one of its expected
+    IPs, found from the namespace's own interfaces (as the agent does before each apply)."""
+    netns, node_ns, peer = node
+    calc = Calculator(NODE)
+    dp = Dataplane(node_ns)
+    obj = {"metadata": {"name": "by-address", "labels": {"host-endpoint": "node-1"}},
+           "spec": {"node": NODE, "expectedIPs": [NODE_IP]}}
+    calc.apply(calico.host_endpoint(obj, v3=True) + policy([ALLOWED_PORT]))
+    assert calc.snapshot().host_endpoints == []  # the node's addresses not known yet: nothing bound
+    interfaces = dp.host_interfaces()
+    assert NODE_IP in interfaces["eth0"]
+    calc.set_host_interfaces(interfaces)
+    state = calc.snapshot()
+    assert [(h.iface, h.endpoint_id) for h in state.host_endpoints] == [("eth0", "by-address")]
+    dp.apply(state)
+    expect_open(netns, peer, {FAILSAFE_PORT, ALLOWED_PORT})
