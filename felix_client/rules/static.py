@@ -206,13 +206,19 @@ def render_raw(state: DesiredState, iface_prefix: str = WORKLOAD_IFACE_PREFIX, v
     t.add(CHAIN_PREROUTING, f"-m mark --mark 0x0/{MARK_SCRATCH0:#x} -j {FROM_HOST_ENDPOINT}")
     t.add(CHAIN_PREROUTING, f"{ACCEPTED} -j ACCEPT")
     t.add(RPF_SKIP)
-    if state.vxlan:
+    # The OUTPUT hook also runs untracked host endpoint egress policy (cali-to-host-endpoint).
+    output_hook = state.vxlan or any(hep.has_untracked for hep in state.host_endpoints)
+    if output_hook:
         t.add("OUTPUT", f"-j {CHAIN_OUTPUT}")
         t.add(CHAIN_OUTPUT, xmark(0, MARK_ALL))
         t.add(CHAIN_OUTPUT, f"-j {TO_HOST_ENDPOINT}")
-        t.add(CHAIN_OUTPUT, notrack)
+        if state.vxlan:
+            t.add(CHAIN_OUTPUT, notrack)
         t.add(CHAIN_OUTPUT, f"{ACCEPTED} -j ACCEPT")
-    t.chains.update(_host_endpoint_chains(state, "raw", version))
+    hep_chains = _host_endpoint_chains(state, "raw", version)
+    if not output_hook:
+        del hep_chains[TO_HOST_ENDPOINT]  # nothing would reach it
+    t.chains.update(hep_chains)
     if any(hep.has_untracked for hep in state.host_endpoints):
         t.chains.update(_minimal_failsafe_chains("raw"))
     return t

@@ -188,6 +188,11 @@ def test_tables_with_host_endpoints() -> None:
     assert raw["cali-from-host-endpoint"] == ["-i eth0 -g cali-fh-eth0"]
     assert "cali-fh-any-interface-at-all" not in raw
     assert "-m mark --mark 0x10000/0x10000 -j NOTRACK" in raw["cali-fh-eth0"]
+    # The raw table's OUTPUT hook reaches the untracked egress chains.
+    tables = rules.render_tables(state)
+    assert tables["raw"].chains["OUTPUT"] == ["-j cali-OUTPUT"]
+    assert "-j cali-to-host-endpoint" in tables["raw"].chains["cali-OUTPUT"]
+    assert tables["raw"].chains["cali-to-host-endpoint"] == ["-o eth0 -g cali-th-eth0"]
     # The whole ruleset renders and passes the last grammar check (no guard tripped).
     text = rules.render_iptables(state)
     assert rules.GUARD_DROP not in text
