@@ -166,3 +166,26 @@ def test_host_endpoint_bound_by_expected_ip(node: tuple[Any, str, str]) -> None:
     assert [(h.iface, h.endpoint_id) for h in state.host_endpoints] == [("eth0", "by-address")]
     dp.apply(state)
     expect_open(netns, peer, {FAILSAFE_PORT, ALLOWED_PORT})
+
+
+def test_untracked_policy_allows_in_the_raw_table(node: tuple[Any, str, str]) -> None:
+    """A doNotTrack policy is enforced in the raw table, before conntrack: its allow marks the packet
+    accepted (and untracked) both ways, which the filter table then honours, so a port the normal
+    policy does not allow answers."""
+    netns, node_ns, peer = node
+    calc = Calculator(NODE)
+    dp = Dataplane(node_ns)
+    untracked = {"metadata": {"name": "untracked"},
+                 "spec": {"selector": "has(host-endpoint)", "types": ["Ingress", "Egress"], "doNotTrack": True,
+                          "applyOnForward": True,
+                          "ingress": [{"action": "Allow", "protocol": "TCP", "destination": {"ports": [OTHER_PORT]}}],
+                          "egress": [{"action": "Allow", "protocol": "TCP", "source": {"ports": [OTHER_PORT]}}]}}
+    calc.apply(host_endpoint() + policy([ALLOWED_PORT]))
+    dp.apply(calc.snapshot())
+    expect_open(netns, peer, {FAILSAFE_PORT, ALLOWED_PORT})
+    calc.apply(calico.global_network_policy(untracked, v3=True))
+    calc.apply(policy([7]))
+    state = calc.snapshot()
+    assert [h.iface for h in state.host_endpoints if h.has_untracked] == ["eth0"]
+    dp.apply(state)
+    expect_open(netns, peer, {FAILSAFE_PORT, OTHER_PORT})
