@@ -221,3 +221,15 @@ def test_a_host_endpoint_polices_the_nodes_ipv6_too() -> None:
     assert "-A cali-pi-gnp/normal -p tcp" in text
     calc.update(keys.host_endpoint_path(NODE, "eth0"), None)
     assert not calc.snapshot().ipv6
+
+
+def test_named_ports_of_host_endpoints_fill_named_port_sets() -> None:
+    calc = Calculator(NODE)
+    calc.apply([
+        hep("eth0", name="eth0", expected_ipv4_addrs=["10.0.0.1"], ports=[{"name": "api", "protocol": "tcp",
+                                                                            "port": 6443}]),
+        gnp("to-api", inbound_rules=[{"action": "allow", "protocol": "tcp", "dst_ports": ["api"],
+                                      "dst_selector": "role == 'node'"}]),
+    ])
+    spec = IPSetSpec("named-port", canonicalise("role == 'node'"), "tcp", "api")
+    assert calc.ipset_members(spec) == frozenset({"10.0.0.1,tcp:6443"})
