@@ -197,6 +197,9 @@ class Agent:
             out.write(json.dumps(line) + "\n")
 
     def _take_state(self) -> tuple[Any, list[OwnVTEP]]:
+        if self.dataplane is not None and self.calc.has_local_host_endpoints():
+            # Host endpoints bind to the node's interfaces by name or address (calc/hostendpoints.py).
+            self.calc.set_host_interfaces(self.dataplane.host_interfaces())
         self._routes_changed |= self.calc.take_dirty().routes
         state = self.calc.snapshot()
         return state, own_vteps((self.calc.routing, self.calc.routing6), state.settings)

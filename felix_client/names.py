@@ -50,6 +50,16 @@ TO_HOST_ENDPOINT: Final = "cali-to-host-endpoint"
 FROM_HEP_FORWARD: Final = "cali-from-hep-forward"
 TO_HEP_FORWARD: Final = "cali-to-hep-forward"
 CIDR_BLOCK: Final = "cali-cidr-block"
+# Host endpoints (rule_defs.go): per-interface chains and the failsafe chains they jump to first.
+TO_HOST_ENDPOINT_PREFIX: Final = "cali-th-"
+FROM_HOST_ENDPOINT_PREFIX: Final = "cali-fh-"
+TO_HOST_ENDPOINT_FORWARD_PREFIX: Final = "cali-thfw-"
+FROM_HOST_ENDPOINT_FORWARD_PREFIX: Final = "cali-fhfw-"
+FAILSAFE_IN: Final = "cali-failsafe-in"
+FAILSAFE_OUT: Final = "cali-failsafe-out"
+# The interface name a `*` host endpoint is bound to (endpoint_mgr.go allInterfaces): longer than
+# IFNAMSIZ, so no real interface can have it.
+ALL_INTERFACES: Final = "any-interface-at-all"
 RPF_SKIP: Final = "cali-rpf-skip"
 FAILSAFE_IN: Final = "cali-failsafe-in"  # host endpoint chains jump here first (FailsafeInboundHostPorts)
 FAILSAFE_OUT: Final = "cali-failsafe-out"
@@ -225,6 +235,12 @@ def profile_chain_name(profile: str, inbound: bool) -> str:
 def endpoint_chain_name(iface: str, inbound: bool) -> str:
     # Interface names are validated (`felix_client.calc.validate.interface_name`) before they get here.
     return (TO_WORKLOAD_PREFIX if inbound else FROM_WORKLOAD_PREFIX) + iface
+
+
+def host_endpoint_chain_name(prefix: str, iface: str) -> str:
+    """EndpointChainName: prefix + interface, hashed past 28 characters (`cali-thfw-any-interface-at-all`
+    is one such)."""
+    return length_limited_id(prefix, iface)
 
 
 def ipset_name(set_id: str, version: int = 4) -> str:

@@ -19,6 +19,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from felix_client import validate
+from felix_client.calc.hostendpoints import (
+    NORMAL_POLICY,
+    HostPolicyFlags,
+    ResolvedHostEndpoint,
+    parse_host_endpoint,
+    policy_flags,
+    resolve_interfaces,
+    unbound_by_address,
+)
 from felix_client.calc.labels import LabelIndex
 from felix_client.calc.model import (
     ENFORCED_KINDS,
@@ -108,6 +117,8 @@ class DesiredState:
     def vxlan_tunnel(self, version: int) -> bool:
         given = self.vxlan_tunnel_address if version == 4 else self.vxlan6_tunnel_address
         return self.vxlan_on(version) and (given if given is not None else True)
+    # This node's host endpoints in force, one per interface, sorted (calc/hostendpoints.py).
+    host_endpoints: list[ResolvedHostEndpoint] = field(default_factory=list)
 
 
 @dataclass
@@ -129,8 +140,16 @@ class Calculator:
         self.profile_rules: dict[str, ParsedProfile] = {}
         self.profile_members: dict[str, set[str]] = {}  # profile -> endpoint/netset keys using it
         self.policies: dict[keys.PolicyKey, ParsedPolicy] = {}
+        self.policy_flags: dict[keys.PolicyKey, HostPolicyFlags] = {}  # doNotTrack/preDNAT/applyOnForward
         self.tiers: dict[str, tuple[float, bool]] = {}  # name -> (order, default action is Pass)
         self.local_index: LabelIndex[str, keys.PolicyKey] = LabelIndex()  # local endpoints x policies
+        # This node's host endpoints x every policy (host-only ones included).
+        self.hep_index: LabelIndex[str, keys.PolicyKey] = LabelIndex()
+        self.hep_ids: dict[str, str] = {}  # host endpoint key path -> endpoint ID (resolution order)
+        # The node's interfaces and their addresses, when known (`set_host_interfaces`).
+        self.host_ifaces: dict[str, frozenset[str]] | None = None
+        self._unbound_logged: set[str] = set()
+        self._local_heps: set[str] = set()  # key paths of this node's host endpoints
         self.global_index: LabelIndex[str, IPSetSpec] = LabelIndex()  # all endpoints/netsets x IP sets
         self.active_policies: set[keys.PolicyKey] = set()
         self.active_profiles: dict[str, int] = {}  # profile -> local endpoints referencing it
@@ -175,14 +194,20 @@ class Calculator:
     def _dispatch(self, path: str, key: keys.Key, value: Any) -> None:
         if isinstance(key, keys.WorkloadEndpointKey):
             self._set_endpoint(path, None if value is None else parse_endpoint(path, key.hostname, value))
+        elif isinstance(key, keys.HostEndpointKey):
+            hep = None if value is None else parse_host_endpoint(path, key.hostname, value)
+            if hep is None:
+                self.hep_ids.pop(path, None)
+            else:
+                self.hep_ids[path] = key.endpoint_id
+            self._set_endpoint(path, hep)
         elif isinstance(key, keys.NetworkSetKey):
             self._set_endpoint(path, None if value is None else parse_network_set(path, value))
         elif isinstance(key, keys.PolicyKey):
             if key.kind in ENFORCED_KINDS:
-                # doNotTrack and preDNAT policies apply to host endpoints only (out of scope), never
-                # to workloads: to us they are as good as absent.
-                host_only = value is not None and (value.get("untracked") or value.get("pre_dnat"))
-                self._set_policy(key, None if value is None or host_only else parse_policy(key, value))
+                # doNotTrack and preDNAT policies apply to host endpoints only, never to workloads.
+                flags = NORMAL_POLICY if value is None else policy_flags(value)
+                self._set_policy(key, None if value is None else parse_policy(key, value), flags)
         elif isinstance(key, keys.ProfileLabelsKey):
             self._set_profile_labels(key.name, value)
         elif isinstance(key, keys.ProfileRulesKey):
@@ -246,7 +271,11 @@ class Calculator:
     # -- endpoints and labels ---------------------------------------------------------------------
 
     def _is_local(self, ep: Endpoint) -> bool:
-        return not ep.is_netset and ep.hostname == self.hostname
+        """A workload endpoint of this node (host endpoints have their own index, `hep_index`)."""
+        return not ep.is_netset and not ep.is_hep and ep.hostname == self.hostname
+
+    def _is_local_hep(self, ep: Endpoint | None) -> bool:
+        return ep is not None and ep.is_hep and ep.hostname == self.hostname
 
     def _effective_labels(self, ep: Endpoint) -> dict[str, str]:
         labels: dict[str, str] = {}
@@ -296,6 +325,9 @@ class Calculator:
             after = set(self.global_index.selectors_matching(path))
         for spec in before | after:
             self._refresh_contribution(spec, path)
+        if self._is_local_hep(old) or self._is_local_hep(ep):
+            self._reindex_hep(path, old, ep, labels)
+            return
         # Policies and profiles (this node only).
         was_local = old is not None and self._is_local(old)
         is_local = ep is not None and self._is_local(ep)
@@ -321,6 +353,37 @@ class Calculator:
             self._ref_profile(profile)
         for profile in old.profile_ids if was_local and old else ():
             self._unref_profile(profile)
+
+    def _reindex_hep(self, path: str, old: Endpoint | None, ep: Endpoint | None,
+                     labels: dict[str, str] | None) -> None:
+        """A host endpoint of this node: which policies select it, and its profiles' references."""
+        self.dirty.filter = True
+        was_local, is_local = self._is_local_hep(old), self._is_local_hep(ep)
+        if is_local:
+            self._local_heps.add(path)
+        else:
+            self._local_heps.discard(path)
+        if is_local and labels is not None:
+            started, stopped = self.hep_index.update_item(path, labels)
+        else:
+            started, stopped = set(), self.hep_index.remove_item(path)
+        for pk in started | stopped:
+            self._refresh_policy_activity(pk)
+        for profile in ep.profile_ids if is_local and ep else ():
+            self._ref_profile(profile)
+        for profile in old.profile_ids if was_local and old else ():
+            self._unref_profile(profile)
+
+    def set_host_interfaces(self, interfaces: Mapping[str, Iterable[str]] | None) -> None:
+        """The node's interfaces and their addresses, which bind host endpoints to interfaces (Felix
+        learns them from its interface monitor). None: unknown, see `resolve_interfaces`."""
+        new = None if interfaces is None else {name: frozenset(addrs) for name, addrs in interfaces.items()}
+        if new != self.host_ifaces:
+            self.host_ifaces = new
+            self.dirty.filter = True
+
+    def has_local_host_endpoints(self) -> bool:
+        return bool(self._local_heps)
 
     def _set_profile_labels(self, name: str, value: dict[str, str] | None) -> None:
         labels = dict(value or {})
@@ -380,18 +443,26 @@ class Calculator:
             return self.tiers[name]
         return (DEFAULT_TIER_ORDER if name == "default" else float("inf"), False)
 
-    def _set_policy(self, key: keys.PolicyKey, policy: ParsedPolicy | None) -> None:
+    def _set_policy(self, key: keys.PolicyKey, policy: ParsedPolicy | None,
+                    flags: HostPolicyFlags = NORMAL_POLICY) -> None:
         old = self.policies.get(key)
-        if old == policy:
+        if old == policy and self.policy_flags.get(key, NORMAL_POLICY) == flags:
             return
         was_active = key in self.active_policies
         if policy is None:
-            del self.policies[key]
+            self.policies.pop(key, None)
+            self.policy_flags.pop(key, None)
             self.local_index.remove_selector(key)
+            self.hep_index.remove_selector(key)
         else:
             self.policies[key] = policy
-            self.local_index.add_selector(key, policy.selector)
-        if was_active and policy is not None and bool(self.local_index.matches(key)):
+            self.policy_flags[key] = flags
+            if flags.host_only:
+                self.local_index.remove_selector(key)
+            else:
+                self.local_index.add_selector(key, policy.selector)
+            self.hep_index.add_selector(key, policy.selector)
+        if was_active and policy is not None and self._policy_in_use(key):
             # Still active with a new value: swap its IP-set references (new first, see above).
             self._ref_ipsets(policy.ipsets())
             self._unref_ipsets(old.ipsets() if old else [])
@@ -399,9 +470,12 @@ class Calculator:
         else:
             self._refresh_policy_activity(key, old_value=old)
 
+    def _policy_in_use(self, key: keys.PolicyKey) -> bool:
+        return bool(self.local_index.matches(key)) or bool(self.hep_index.matches(key))
+
     def _refresh_policy_activity(self, key: keys.PolicyKey, old_value: ParsedPolicy | None = None) -> None:
         policy = self.policies.get(key)
-        active = policy is not None and bool(self.local_index.matches(key))
+        active = policy is not None and self._policy_in_use(key)
         was_active = key in self.active_policies
         # An endpoint starting or stopping to match changes its chains even if activity does not.
         self.dirty.filter = True
@@ -486,16 +560,19 @@ class Calculator:
 
     # -- output -----------------------------------------------------------------------------------
 
-    def _resolve(self, path: str, ep: Endpoint) -> ResolvedEndpoint:
+    def _ordered_tiers(self, matching: Iterable[keys.PolicyKey]) -> list[tuple[str, bool, list[ParsedPolicy]]]:
+        """(tier, default action is Pass, its policies in order) of the given policies, tiers in order."""
         by_tier: dict[str, list[ParsedPolicy]] = {}
-        for pk in self.local_index.selectors_matching(path):
+        for pk in matching:
             policy = self.policies[pk]
             by_tier.setdefault(policy.tier, []).append(policy)
+        return [(tier, self._tier_info(tier)[1], sorted(by_tier[tier], key=lambda p: p.sort_key))
+                for tier in sorted(by_tier, key=lambda t: (self._tier_info(t)[0], t))]
+
+    def _resolve(self, path: str, ep: Endpoint) -> ResolvedEndpoint:
         ingress: list[TierPolicies] = []
         egress: list[TierPolicies] = []
-        for tier in sorted(by_tier, key=lambda t: (self._tier_info(t)[0], t)):
-            ordered = sorted(by_tier[tier], key=lambda p: p.sort_key)
-            default_pass = self._tier_info(tier)[1]
+        for tier, default_pass, ordered in self._ordered_tiers(self.local_index.selectors_matching(path)):
             inbound = tuple(p for p in ordered if p.ingress)
             outbound = tuple(p for p in ordered if p.egress)
             if inbound:
@@ -503,6 +580,50 @@ class Calculator:
             if outbound:
                 egress.append(TierPolicies(tier, default_pass, outbound))
         return ResolvedEndpoint(path, ep.iface, ep.active, tuple(ingress), tuple(egress), ep.profile_ids)
+
+    def _resolve_hep(self, iface: str, hep_id: str, path: str, ep: Endpoint) -> ResolvedHostEndpoint:
+        """The policies of one host endpoint, split as event_sequencer.go tierInfoToProtoTierInfo does:
+        doNotTrack ones (either direction) and preDNAT ones (ingress only) in tiers whose default is
+        Pass, the rest as normal policy and, with applyOnForward, forward policy too."""
+        groups: dict[str, list[TierPolicies]] = {name: [] for name in (
+            "ingress", "egress", "forward_ingress", "forward_egress", "prednat_ingress", "untracked_ingress",
+            "untracked_egress")}
+        for tier, default_pass, ordered in self._ordered_tiers(self.hep_index.selectors_matching(path)):
+            members: dict[str, list[ParsedPolicy]] = {name: [] for name in groups}
+            for policy in ordered:
+                flags = self.policy_flags.get(policy.key, NORMAL_POLICY)
+                if flags.untracked:
+                    targets = [("untracked_ingress", policy.ingress), ("untracked_egress", policy.egress)]
+                elif flags.pre_dnat:
+                    targets = [("prednat_ingress", policy.ingress)]  # Felix never applies preDNAT egress
+                else:
+                    targets = [("ingress", policy.ingress), ("egress", policy.egress)]
+                    if flags.apply_on_forward:
+                        targets += [("forward_ingress", policy.ingress), ("forward_egress", policy.egress)]
+                for name, governs in targets:
+                    if governs:
+                        members[name].append(policy)
+            for name, policies in members.items():
+                if policies:
+                    passes = default_pass or name.startswith(("prednat", "untracked"))
+                    groups[name].append(TierPolicies(tier, passes, tuple(policies)))
+        return ResolvedHostEndpoint(
+            iface=iface, endpoint_id=hep_id, profile_ids=ep.profile_ids,
+            **{name: tuple(tiers) for name, tiers in groups.items()},
+        )
+
+    def host_endpoints(self) -> list[ResolvedHostEndpoint]:
+        """This node's host endpoints in force, by interface (`resolve_interfaces`)."""
+        paths = {self.hep_ids[path]: path for path, ep in self.endpoints.items() if self._is_local_hep(ep)}
+        heps = {hep_id: self.endpoints[path] for hep_id, path in paths.items()}
+        for hep_id in unbound_by_address(heps, self.host_ifaces):
+            if hep_id not in self._unbound_logged:
+                self._unbound_logged.add(hep_id)
+                log.warning("HostEndpoint %s has no interfaceName and this node's addresses are unknown: "
+                            "not bound to any interface", hep_id)
+        bound = resolve_interfaces(heps, self.host_ifaces)
+        return [self._resolve_hep(iface, hep_id, paths[hep_id], heps[hep_id])
+                for iface, hep_id in sorted(bound.items())]
 
     def snapshot(self) -> DesiredState:
         local = [
@@ -544,17 +665,19 @@ class Calculator:
             vxlan_hosts6=routing6.vxlan_hosts() if ipv6 else [],
             vxlan_tunnel_address=bool(routing.vxlan_ips.get(self.hostname)),
             vxlan6_tunnel_address=ipv6 and bool(routing6.vxlan_ips.get(self.hostname)),
+            host_endpoints=self.host_endpoints(),
         )
 
     def ipv6_in_use(self) -> bool:
         """Whether this node programs IPv6 (ip6tables, `cali60` sets, IPv6 routes): FelixConfiguration
         Ipv6Support (default true) and any IPv6 in the cluster (a pool, a block, or an endpoint or
-        network set with IPv6 nets). Without any there is no IPv6 pod traffic to police, and a
-        v4-only node keeps exactly the v4 state it always had; the v6 sets are kept up to date in
-        the calculation all along, so turning IPv6 on needs no recalculation."""
+        network set with IPv6 nets), or a host endpoint on this node (its policy governs the node's
+        own IPv6 traffic too, as Felix's ip6tables would). Without any there is no IPv6 traffic to
+        police, and a v4-only node keeps exactly the v4 state it always had; the v6 sets are kept up
+        to date in the calculation all along, so turning IPv6 on needs no recalculation."""
         if str(self.config_value("Ipv6Support", "true")).lower() == "false":
             return False
-        return bool(self.routing6.pools or self.routing6.blocks or self._v6_endpoints)
+        return bool(self.routing6.pools or self.routing6.blocks or self._v6_endpoints or self._local_heps)
 
     def take_dirty(self) -> Dirty:
         dirty, self.dirty = self.dirty, Dirty(filter=False, routes=False)

@@ -523,7 +523,8 @@ class NamedPort:
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
-    """A WorkloadEndpoint (or, with `is_netset`, a NetworkSet: labels and CIDRs only)."""
+    """A WorkloadEndpoint (or, with `is_netset`, a NetworkSet: labels and CIDRs only; with `is_hep`, a
+    HostEndpoint)."""
 
     key: str
     hostname: str
@@ -535,6 +536,7 @@ class Endpoint:
     ports: tuple[NamedPort, ...] = ()
     is_netset: bool = False
     nets6: tuple[str, ...] = ()  # IPv6 CIDRs (/128 for endpoints): `ipv6_nets`, or a network set's v6 nets
+    is_hep: bool = False  # a HostEndpoint: nets are its expected IPs (calc/hostendpoints.py)
 
     def family_nets(self, version: int = 4) -> tuple[str, ...]:
         return self.nets6 if version == 6 else self.nets

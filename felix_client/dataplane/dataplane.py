@@ -144,6 +144,11 @@ class Dataplane:
         wanted: dict[str, object] = {name: table.render() for name, table in tables.items()}
         # IPv6 tables under "ip6-<table>" (only on a node that uses IPv6; see DesiredState.ipv6).
         tables6 = rules.render_tables(state, self.iface_prefix, 6) if state.ipv6 else {}
+        # IPv6 switched off (its last pool, block or host endpoint gone): take our IPv6 chains out
+        # rather than leave the last IPv6 policy - a host endpoint's drops, say - in force.
+        retire6 = not state.ipv6 and bool(self.programmed6)
+        if retire6:
+            tables6 = {name: rules.Table(name, table.builtins, {}) for name, table in tables.items()}
         wanted.update({f"ip6-{name}": table.render() for name, table in tables6.items()})
         sets = rules.desired_ipsets(state)
         wanted["ipsets"] = sets
@@ -162,6 +167,8 @@ class Dataplane:
             self._links_dirty = True
             raise
         self._last_applied = wanted
+        if retire6:
+            self.programmed6.clear()
         if "links" not in skip:
             # A workload interface the CNI has not created yet: its route and sysctls wait for it, so
             # every apply tries again rather than only the next resync. (A missing tunnel device, say
@@ -298,6 +305,22 @@ class Dataplane:
     def ensure_vxlan_device(self, vtep: OwnVTEP) -> None:
         with self._ipr() as ipr:
             vxlan.ensure_device(ipr, vtep)
+
+    # --- host interfaces ----------------------------------------------------------------------
+
+    def host_interfaces(self) -> dict[str, set[str]]:
+        """The namespace's non-workload interfaces and their addresses: what Felix's interface
+        monitor gives endpoint_mgr.go to bind host endpoints by name or expected IP."""
+        with self._ipr() as ipr:
+            names = {int(link["index"]): link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+            out: dict[str, set[str]] = {name: set() for name in names.values()
+                                        if name and not name.startswith(self.iface_prefix)}
+            for addr in ipr.get_addr():
+                name = names.get(int(addr["index"]))
+                address = addr.get_attr("IFA_LOCAL") or addr.get_attr("IFA_ADDRESS")
+                if name in out and address:
+                    out[name].add(address)
+        return out
 
     # --- routes -------------------------------------------------------------------------------
 

@@ -58,6 +58,7 @@ from felix_client.names import (
     profile_chain_name,
 )
 from felix_client.rules.endpoints import dispatch_chains, render_endpoint_chain
+from felix_client.rules.hostendpoints import host_endpoint_chains
 from felix_client.rules.policy import RuleContext, deny_action, deny_word, render_rules
 from felix_client.rules.table import ACCEPTED, Table, comment_match, xmark
 
@@ -88,13 +89,19 @@ _HEP_DISPATCH = {
 }
 
 
-def _host_endpoint_chains(state: DesiredState, table_name: str, version: int) -> dict[str, list[str]]:
-    """The host-endpoint dispatch chains of `table_name` (and, once host endpoints are rendered, their
-    endpoint chains), the one place each table gets them. Without host endpoints every dispatch
-    chain is empty, as Felix's are: the packet returns to the static chain, which lets it through
-    (the host is not policed)."""
-    del state, version  # the host-endpoint renderer will read them
-    return {chain: [] for chain in _HEP_DISPATCH[table_name]}
+def _host_endpoint_chains(state: DesiredState, table_name: str, version: int,
+                          iface_prefix: str = WORKLOAD_IFACE_PREFIX) -> dict[str, list[str]]:
+    """The host-endpoint dispatch chains of `table_name` with each host endpoint's chains and the
+    policy/profile chains they jump to (rules/hostendpoints.py), the one place each table gets them.
+    Without host endpoints every dispatch chain is empty, as Felix's are: the packet returns to the
+    static chain, which lets it through (the host is not policed)."""
+    if not _HEP_DISPATCH[table_name]:
+        return {}
+    chains = host_endpoint_chains(state, table_name, version, iface_prefix=iface_prefix,
+                                  mangle_allow=state.settings.mangle_allow_action)
+    for chain in _HEP_DISPATCH[table_name]:  # the static chains jump to every one of them
+        chains.setdefault(chain, [])
+    return chains
 
 
 def _failsafe(ports: tuple[ProtoPort, ...], port_option: str, net_option: str, version: int) -> list[str]:
@@ -309,12 +316,12 @@ def _targets(chains: dict[str, list[str]]) -> set[str]:
 
 
 def _assemble(t: Table, state: DesiredState, version: int, static: dict[str, list[str]],
-              rest: dict[str, list[str]] | None = None) -> Table:
+              rest: dict[str, list[str]] | None = None, iface_prefix: str = WORKLOAD_IFACE_PREFIX) -> Table:
     """After the kernel chains' hooks: the static chains, the table's host-endpoint chains, then
     `rest`. The failsafe chains are programmed only while a host endpoint chain jumps to them:
     Felix programs only the chains something refers to."""
     t.chains.update(static)
-    t.chains.update(_host_endpoint_chains(state, t.name, version))
+    t.chains.update(_host_endpoint_chains(state, t.name, version, iface_prefix))
     t.chains.update(rest or {})
     used = _targets(t.chains)
     for chain in (FAILSAFE_IN, FAILSAFE_OUT):
@@ -364,7 +371,8 @@ def render_filter(state: DesiredState, iface_prefix: str = WORKLOAD_IFACE_PREFIX
                                                               f"Profile {name} ingress", context)
         chains[profile_chain_name(name, False)] = render_rules(profile.rules(False, version),
                                                                f"Profile {name} egress", context)
-    return _assemble(t, state, version, static_chains(state, "filter", version, iface_prefix), chains)
+    return _assemble(t, state, version, static_chains(state, "filter", version, iface_prefix), chains,
+                     iface_prefix)
 
 
 def render_nat(state: DesiredState, version: int = 4, iface_prefix: str = WORKLOAD_IFACE_PREFIX) -> Table:
@@ -383,14 +391,15 @@ def render_raw(state: DesiredState, iface_prefix: str = WORKLOAD_IFACE_PREFIX, v
     t.add("PREROUTING", f"-j {CHAIN_PREROUTING}")
     t.add("OUTPUT", f"-j {CHAIN_OUTPUT}")
     # Workloads allowed to skip the RPF check (allowSpoofedSourcePrefixes) are not rendered: empty chain.
-    return _assemble(t, state, version, static_chains(state, "raw", version, iface_prefix), {RPF_SKIP: []})
+    return _assemble(t, state, version, static_chains(state, "raw", version, iface_prefix), {RPF_SKIP: []},
+                     iface_prefix)
 
 
-def render_mangle(state: DesiredState, version: int = 4) -> Table:
+def render_mangle(state: DesiredState, version: int = 4, iface_prefix: str = WORKLOAD_IFACE_PREFIX) -> Table:
     t = Table("mangle", ["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"], {})
     t.add("PREROUTING", f"-j {CHAIN_PREROUTING}")
     t.add("POSTROUTING", f"-j {CHAIN_POSTROUTING}")
-    return _assemble(t, state, version, static_chains(state, "mangle", version))
+    return _assemble(t, state, version, static_chains(state, "mangle", version), iface_prefix=iface_prefix)
 
 
 def masq_port_range_excluding(port: int) -> str:
@@ -438,7 +447,7 @@ def render_tables(state: DesiredState, iface_prefix: str = WORKLOAD_IFACE_PREFIX
         "filter": render_filter(state, iface_prefix, version).remarked(marks).guarded(),
         "nat": render_nat(state, version, iface_prefix).remarked(marks).guarded(),
         "raw": render_raw(state, iface_prefix, version).remarked(marks).guarded(),
-        "mangle": render_mangle(state, version).remarked(marks).guarded(),
+        "mangle": render_mangle(state, version, iface_prefix).remarked(marks).guarded(),
     }
 
 

@@ -20,11 +20,12 @@ import json
 import re
 import shlex
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from felix_client.calc.graph import DesiredState, ResolvedEndpoint, TierPolicies
+from felix_client.calc.hostendpoints import ResolvedHostEndpoint
 from felix_client.calc.model import (
     SETTINGS_ENV,
     FelixSettings,
@@ -49,6 +50,7 @@ from felix_client.names import (
     policy_chain_name,
 )
 from felix_client.rules.endpoints import dispatch_chains, render_endpoint_chain
+from felix_client.rules.hostendpoints import endpoint_chain_specs, host_dispatch_chains, render_host_endpoint_chain
 from felix_client.rules.policy import RuleContext, _port_groups, render_rule, render_rules
 from felix_client.rules.static import nat_outgoing_rules, render_nat, render_raw, static_chains
 from typha.model import selector
@@ -392,6 +394,70 @@ def endpoint_rows() -> list[Row]:
     return rows
 
 
+def host_dispatch_rows() -> list[Row]:
+    """felix/rules/dispatch_test.go: the host endpoint dispatch tables (FromHostDispatchChains for
+    preDNAT, HostDispatchChains without and with applyOnForward, and with a default interface)."""
+    rows: list[Row] = []
+    for table in load("dispatch_test.json")["host_dispatch"]:
+        directions = "from" if table["call"] == "FromHostDispatchChains" else "to+from"
+        for index, entry in enumerate(table["entries"]):
+            def check(table: dict[str, Any] = table, entry: dict[str, Any] = entry,
+                      directions: str = directions) -> tuple[list[str], list[str]]:
+                chains = host_dispatch_chains(entry["interfaces"] or [], table["default_iface"], directions,
+                                              bool(table["apply_on_forward"]))
+                expected = [f"{chain}: {save_form(rule, comments=True)}"
+                            for chain in sorted(entry["chains"]) for rule in entry["chains"][chain] or ["<empty>"]]
+                got = [f"{chain}: {save_form(rule, comments=True)}"
+                       for chain in sorted(chains) for rule in chains[chain] or ["<empty>"]]
+                return expected, got
+
+            rows.append(Row(table["table"], index, entry["name"], check))
+    return rows
+
+
+# The FelixConfiguration fields a host endpoint row may set that reach the renderer.
+_HEP_CONFIG = {"IptablesMangleAllowAction"}
+
+
+def host_endpoint_rows() -> list[Row]:
+    """felix/rules/endpoints_test.go: host endpoint chains (HostEndpointToFilterChains,
+    HostEndpointToRawChains, HostEndpointToMangleIngressChains), each row's chains by name."""
+    data = load("endpoints_test.json")
+    marks = mark_map(data["marks"])
+    rows: list[Row] = []
+    for index, entry in enumerate(data["host_endpoints"]):
+        def check(entry: dict[str, Any] = entry) -> tuple[list[str], list[str]]:
+            config = dict(entry.get("config", {}))
+            unread = sorted(name for name in config
+                            if f"FELIX_{name.upper()}" not in SETTINGS_ENV and name not in _HEP_CONFIG)
+            if unread:
+                raise Unsupported(f"FelixConfiguration {', '.join(unread)} is not read")
+            mangle_allow = config.pop("IptablesMangleAllowAction", "ACCEPT")
+            tiers = entry["tiers"]
+
+            def side(role: str, inbound: bool) -> tuple[TierPolicies, ...]:
+                # preDNAT and untracked tiers pass by default, as the calculation makes them.
+                return tuple(replace(t, default_pass=t.default_pass or role in ("prednat", "untracked"))
+                             for t in (_tier(spec, inbound) for spec in tiers.get(role, [])) if t.policies)
+
+            hep = ResolvedHostEndpoint(
+                iface=entry["iface"], endpoint_id="hep", profile_ids=tuple(entry["profiles"]),
+                ingress=side("normal", True), egress=side("normal", False),
+                forward_ingress=side("forward", True), forward_egress=side("forward", False),
+                prednat_ingress=side("prednat", True),
+                untracked_ingress=side("untracked", True), untracked_egress=side("untracked", False))
+            specs = endpoint_chain_specs(hep, entry["table"], mangle_allow)
+            expected = [f"{chain}: {save_form(rule, marks, comments=True)}"
+                        for chain in sorted(entry["chains"]) for rule in entry["chains"][chain]]
+            got = [f"{chain}: {save_form(rule, comments=True)}" for chain in sorted(entry["chains"])
+                   for rule in (render_host_endpoint_chain(specs[chain], settings(config)) if chain in specs
+                                else ["<no such chain>"])]
+            return expected, got
+
+        rows.append(Row("host endpoint chains", index, entry["name"], check))
+    return rows
+
+
 def nat_rows() -> list[Row]:
     """felix/rules/nat_test.go: the cali-nat-outgoing chain."""
     rows: list[Row] = []
@@ -494,4 +560,5 @@ def static_chain_rows() -> list[Row]:
 
 
 def all_rows() -> list[Row]:
-    return policy_rows() + dispatch_rows() + endpoint_rows() + nat_rows() + static_rows() + static_chain_rows()
+    return (policy_rows() + dispatch_rows() + endpoint_rows() + nat_rows() + static_rows() + static_chain_rows()
+            + host_dispatch_rows() + host_endpoint_rows())
