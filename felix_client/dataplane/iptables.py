@@ -159,3 +159,24 @@ def table_delta(desired: rules.Table, old: TableState) -> Delta:
     lines += [f"-X {c}" for c in stale]
     lines.append("COMMIT")
     return Delta("\n".join(lines) + "\n", state, tuple(written), tuple(stale), tuple(replaced))
+
+
+def chains_delta(desired: rules.Table, chains: Iterable[str], old: TableState) -> Delta:
+    """`table_delta` for a change known to touch only `chains` (existing chains of ours, in `desired`)
+    and no hook rule: hashes just those chains, so a one-policy edit costs one chain, not the table's
+    7,000 rules (felix_client.dataplane.incremental decides when this holds)."""
+    written = []
+    hashes = dict(old.chains)
+    for chain in chains:
+        digest = chain_hash(chain_lines(chain, desired.chains[chain]))
+        if hashes.get(chain) != digest:
+            hashes[chain] = digest
+            written.append(chain)
+    state = TableState(hashes, old.hooks)
+    if not written:
+        return Delta(None, state)
+    lines = [f"*{desired.name}", *(f":{c} - [0:0]" for c in written)]
+    for chain in written:
+        lines += chain_lines(chain, desired.chains[chain])
+    lines.append("COMMIT")
+    return Delta("\n".join(lines) + "\n", state, tuple(written))
