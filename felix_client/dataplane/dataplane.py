@@ -243,11 +243,7 @@ class Dataplane:
                 written[prefix + "filter"] = (version, table, sorted(names & table.chains.keys()))
                 parts[prefix + "filter"] = table
         programmed_sets = previous.sets()
-        changed_sets: dict[str, rules.IPSet] = {}
-        if change.ipsets:
-            cut = dataclasses.replace(state, ipsets={name: state.ipsets[name] for name in change.ipsets})
-            guarded = rules.desired_ipsets(cut)  # the static sets come along; they are unchanged
-            changed_sets = {name: guarded[name] for name in sorted(change.ipsets)}
+        changed_sets = self._changed_sets(state, change, programmed_sets)
         sets = {name: s for name, s in programmed_sets.items() if name not in change.removed_ipsets}
         sets.update(changed_sets)
         parts["ipsets"] = sets
@@ -273,6 +269,31 @@ class Dataplane:
         if not self._links_dirty:
             skip.add("links")
         return _Rendered(state, parts), skip
+
+    @staticmethod
+    def _changed_sets(state: DesiredState, change: incremental.Change,
+                      programmed: dict[str, rules.IPSet]) -> dict[str, rules.IPSet]:
+        """The changed sets as `rules.desired_ipsets` would give them, checking only the members that
+        are new since the last apply (the others passed the same per-member check then): with sets of
+        10,000 pods, checking every member again cost more than the rest of an edit."""
+        if not change.ipsets:
+            return {}
+        news: dict[str, frozenset[str]] = {}
+        for name in change.ipsets:
+            have = programmed.get(name)
+            wanted = state.ipsets[name].members
+            news[name] = wanted if have is None else wanted - have.members
+        cut = dataclasses.replace(state, ipsets={name: dataclasses.replace(state.ipsets[name], members=news[name])
+                                                 for name in change.ipsets})
+        checked = rules.desired_ipsets(cut)  # the static sets come along; they are unchanged
+        out: dict[str, rules.IPSet] = {}
+        for name in sorted(change.ipsets):
+            have = programmed.get(name)
+            members = checked[name].members
+            if have is not None:
+                members |= have.members & state.ipsets[name].members
+            out[name] = dataclasses.replace(checked[name], members=members)
+        return out
 
     def _apply_links(self, state: DesiredState, own_vtep: OwnVTEP | None) -> None:
         self.apply_sysctls(state)

@@ -15,7 +15,7 @@ from typing import Any
 from felix_client import rules
 from felix_client.calc import Calculator
 from felix_client.calc.graph import DesiredState
-from felix_client.dataplane import incremental, iptables
+from felix_client.dataplane import Dataplane, incremental, iptables
 from felix_client.names import WORKLOAD_IFACE_PREFIX, policy_chain_name
 from typha.demo import cluster as gen
 from typha.model.convert import FELIX_CONVERTERS
@@ -105,6 +105,8 @@ def test_contents_changes_render_what_a_whole_render_does() -> None:
             assert list(spliced["filter"].chains) == list(new_tables["filter"].chains)  # same order
             assert {n for n in new_sets if sets.get(n) != new_sets[n]} <= change.ipsets
             assert change.removed_ipsets == sets.keys() - new_sets.keys()
+            # The changed sets, checking only their new members, are what the whole render checks.
+            assert Dataplane._changed_sets(new, change, sets) == {n: new_sets[n] for n in change.ipsets}
             seen["contents"] += 1
             seen["sets"] += bool(change.ipsets)
         state, tables, sets = new, new_tables, new_sets
