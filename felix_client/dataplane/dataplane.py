@@ -15,6 +15,14 @@ some IP sets, with every endpoint's chains and the static parts unchanged) is no
 just the changed chains, and the apply restores just those (one iptables-restore) and writes just
 the changed set members (one ipset restore), as Felix's table and IP set managers do.
 
+With `make_before_break` (the agent's choice on the nft backend) such a chain is not flushed and
+refilled but gets its new rules inserted at the top, closed by a `-j RETURN` (so what follows, the
+old rules, is never reached: the chain means exactly its new rules from that commit on), and
+`tidy()` rewrites it clean afterwards. On nft, a transaction that deletes rules makes
+iptables-restore wait for the kernel to free them (about 10 ms here, whatever the table's size),
+while one that only adds rules does not; so the edit takes effect without that wait, and the
+deletion is paid once the apply is done. Legacy rewrites the whole table blob either way.
+
 Both families: the IPv4 tables with iptables-restore, and on a node that uses IPv6 (`state.ipv6`)
 the IPv6 tables with ip6tables-restore, each diffed against its own memory; the `cali40`/`cali60` sets
 in one `ipset restore`; the routes of both families over netlink.
@@ -118,7 +126,8 @@ class _Rendered:
 
 class Dataplane:
     def __init__(
-        self, netns: str | None = None, *, iface_prefix: str = WORKLOAD_IFACE_PREFIX, backend: str | None = None
+        self, netns: str | None = None, *, iface_prefix: str = WORKLOAD_IFACE_PREFIX, backend: str | None = None,
+        make_before_break: bool = False,
     ) -> None:
         self.netns = netns
         self.iface_prefix = iface_prefix
@@ -136,6 +145,10 @@ class Dataplane:
         self._rendered: _Rendered | None = None
         self._links_dirty = True  # routes, sysctls or VXLAN changed since they were last programmed
         self.phases: dict[str, float] = {}  # the last apply's seconds: render, ipsets, iptables, links
+        # Insert-then-tidy for contents-only chain rewrites (module docstring); nft only.
+        self.make_before_break = make_before_break and self.backend == "nft"
+        # (IP version, table) -> chains holding dead rules below a RETURN, until `tidy`.
+        self.untidy: dict[tuple[int, str], set[str]] = {}
 
     # --- helpers ------------------------------------------------------------------------------
 
@@ -351,14 +364,48 @@ class Dataplane:
         """One iptables-restore of just `chains` of `table` (a contents-only change: no hook rule and no
         other chain differs), from memory; if the kernel disagrees, read it and restore what differs."""
         programmed = self.programmed6 if version == 6 else self.programmed
-        delta = iptables.chains_delta(desired, chains, programmed.pop(table))
+        untidy = self.untidy.setdefault((version, table), set())
+        old = programmed.pop(table)
+        delta = iptables.chains_delta(desired, chains, old)
+        # A chain already untidy is rewritten whole: stacking versions would only grow it.
+        insert = [c for c in delta.written if c in old.chains and c not in untidy] if self.make_before_break else []
         try:
-            self._restore(delta, version)
+            if insert:
+                self._restore(iptables.insert_delta(desired, insert, delta), version)
+            else:
+                self._restore(delta, version)
         except DataplaneError:
             log.warning("incremental restore of %s (IPv%d) failed; re-reading the table", table, version)
             delta = iptables.table_delta(desired, self.read_table(table, version))
             self._restore(delta, version)
+            insert = []
+        untidy.difference_update(delta.written)
+        if insert:
+            untidy.update(insert)
+            # The kernel holds more than the rendered chain: a hash nothing renders, so any later
+            # delta (or `tidy`) rewrites it.
+            delta = dataclasses.replace(delta, state=iptables.TableState(
+                {**delta.state.chains, **dict.fromkeys(insert, iptables.UNTIDY)}, delta.state.hooks))
         programmed[table] = delta.state
+
+    def tidy(self) -> None:
+        """Rewrite the chains a make-before-break edit left with dead rules (one restore per table).
+        After a failure the memory is forgotten and the next apply reads and repairs the table."""
+        pending, self.untidy = self.untidy, {}
+        rendered = self._rendered
+        for (version, table), chains in pending.items():
+            programmed = self.programmed6 if version == 6 else self.programmed
+            desired = rendered.parts.get(("ip6-" if version == 6 else "") + table) if rendered else None
+            if not chains or not isinstance(desired, rules.Table) or table not in programmed:
+                continue
+            delta = iptables.chains_delta(desired, sorted(chains & desired.chains.keys()), programmed.pop(table))
+            try:
+                self._restore(delta, version)
+            except DataplaneError as error:
+                log.warning("tidying %s (IPv%d) failed; the next apply re-reads it: %s", table, version, error)
+                self._rendered = None
+                continue
+            programmed[table] = delta.state
 
     def read_table(self, table: str, version: int = 4) -> iptables.TableState:
         if version == 6:

@@ -26,6 +26,7 @@ CHAIN_PREFIX = "cali-"
 # Kernel chains whose Calico jump Felix appends rather than inserts (after kube-proxy's rules).
 APPEND_HOOK_CHAINS = {"POSTROUTING"}
 _JUMP_TO_OURS = re.compile(r" -[jg] cali-")
+UNTIDY = "untidy"  # the remembered hash of a chain holding dead rules below a RETURN (insert_delta)
 _PROTOCOL = re.compile(r"-p ([A-Za-z][\w-]*)")
 
 
@@ -180,3 +181,20 @@ def chains_delta(desired: rules.Table, chains: Iterable[str], old: TableState) -
         lines += chain_lines(chain, desired.chains[chain])
     lines.append("COMMIT")
     return Delta("\n".join(lines) + "\n", state, tuple(written))
+
+
+def insert_delta(desired: rules.Table, chains: Iterable[str], delta: Delta) -> Delta:
+    """`delta` (from `chains_delta`) with `chains` not flushed and refilled but given their new rules at
+    the top, closed by `-j RETURN`: the old rules below are never reached, so each chain means its new
+    rules from this commit on, and the transaction deletes nothing (the dataplane's make-before-break;
+    the chains are rewritten clean later). The other written chains are rewritten as in `delta`."""
+    inserted = set(chains)
+    rewritten = [c for c in delta.written if c not in inserted]
+    lines = [f"*{desired.name}", *(f":{c} - [0:0]" for c in rewritten)]
+    for chain in rewritten:
+        lines += chain_lines(chain, desired.chains[chain])
+    for chain in sorted(inserted):
+        new = [*desired.chains[chain], "-j RETURN"]
+        lines += [f"-I {chain} {i} {rule}".rstrip() for i, rule in enumerate(new, 1)]
+    lines.append("COMMIT")
+    return Delta("\n".join(lines) + "\n", delta.state, delta.written, delta.deleted, delta.hooks)
