@@ -505,6 +505,8 @@ def run(args: argparse.Namespace) -> int:
         "benchmark": "converge", "mode": "netns" if use_netns else "dry-run", "local_endpoints": spec.pods_per_node,
         "remote_endpoints": spec.pods - spec.pods_per_node, "nodes": spec.nodes, "policies": spec.policies,
         "debounce": args.debounce, "commit": _commit(),
+        # 2 shared cores: the load says how quiet the machine was (at the start; "loadavg_end" at the end).
+        "loadavg": os.getloadavg(),
     }
     rows: list[tuple[str, str]] = []
     ok = True
@@ -541,6 +543,8 @@ def run(args: argparse.Namespace) -> int:
         p = measure_programming(scale_spec, count, netns_ok, backends, args.edits)
         results["programming"].append(p)
         rows += _programming_rows(p)
+    results["loadavg_end"] = os.getloadavg()
+    rows.append(("load average (1, 5, 15 min)", f"start {results['loadavg']}, end {results['loadavg_end']}"))
     report(rows, results, args.json)
     return 0 if ok else 1
 
