@@ -13,21 +13,32 @@ at a time, each moving a port of a policy that selects local pods (so the change
 the resourceVersions of the policies it carried; latency = that time minus the monotonic time just
 before the API write. The final rules are then checked in `iptables-save` (or `iptables.save`).
 
-Part 2 (programming cost): for each `--scale` N, N policies each selecting a local pod are fed to a
-`Calculator` in this process; the rendering (rules + IP set scripts) is timed, then, as root, the
-first full programming of a fresh namespace (`ipset restore`, then `iptables-restore --noflush` of
-raw, nat and filter, as the agent does), a re-apply of the same state (the resync: iptables-save of
-each table, restoring only what differs) and a one-policy edit applied from memory as the agent does
-between resyncs (no iptables-save; only the edited chain restored).
+Part 2 (programming cost; `--scale-only` runs just this part): for each `--scale` N, N policies
+each selecting a local pod are fed to a `Calculator` in this process, in a cluster of
+`--scale-remote` remote endpoints (default `--remote-endpoints`); every tenth policy admits every
+pod (an IP set of all of them), the next tenth one tier cluster-wide. The whole rendering (rules +
+IP set scripts) is timed; then, as root and per iptables backend (`--backends`: `auto` is what
+Felix's Auto detection picks in the node's namespace; `nft`, `legacy`), this thread joins a fresh
+node namespace (as the agent runs inside its node's, so no tool pays an `ip netns exec`) and applies
+as the agent's applier does (take the dirty marks, snapshot, `Dataplane.apply`): the first full
+programming, a resync (iptables-save of each table, restoring only what differs), then `--edits`
+one-policy edits (a port moves: one `cali-pi-` chain) and as many remote pod relabels (IP set
+members move), each applied from memory as between the agent's resyncs. Each edit's cost is broken
+down: calc (the incremental update), snapshot, render (what changed), ipset, iptables-restore,
+links; the tidy-up of a make-before-break chain (nft; the agent runs it after the apply) is timed
+apart. iptables-restore alone is timed too: a no-op (the process's fixed cost), a chain added, a
+chain rewritten (rules deleted).
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import dataclasses
 import json
 import math
 import os
+import random
 import re
 import shutil
 import statistics
@@ -47,7 +58,8 @@ from bench.fanout import free_port, percentile
 from bench.output import report
 from felix_client import rules
 from felix_client.calc import Calculator
-from felix_client.dataplane.dataplane import TABLES, Dataplane
+from felix_client.dataplane import backend as iptables_backend
+from felix_client.dataplane.dataplane import Dataplane
 from typha.demo import cluster as gen
 from typha.model.convert import FELIX_CONVERTERS, veth_name
 from typha.model.resources import for_object
@@ -57,6 +69,7 @@ from typha.testing.procs import stop_process, wait_ready
 
 NODE = gen.node_name(0)
 FIRST_PORT = 20000  # change k sets port FIRST_PORT + k: distinct per change, never a default port
+CLONE_NEWNET = 0x40000000  # setns(2): join a network namespace
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -68,6 +81,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debounce", type=float, default=0.05, help="the agent's --debounce (seconds)")
     parser.add_argument("--scale", default="100,1000",
                         help="policy counts for the programming-cost part, comma-separated ('' to skip)")
+    parser.add_argument("--scale-remote", type=int, default=None, metavar="N",
+                        help="remote endpoints for the programming-cost part (default: --remote-endpoints)")
+    parser.add_argument("--scale-only", action="store_true", help="only the programming-cost part (no agent, no typha)")
+    parser.add_argument("--edits", type=int, default=20,
+                        help="one-policy edits (and remote pod relabels) measured per scale and backend")
+    parser.add_argument("--backends", default="auto,nft,legacy",
+                        help="iptables backends for the programming-cost part: auto (what Felix's Auto picks "
+                        "in the node's namespace), nft, legacy (those missing on the host are left out)")
     parser.add_argument("--dry-run", type=Path, default=None, metavar="DIR",
                         help="run the agent with --dry-run DIR instead of in a namespace (default when not root)")
     parser.add_argument("--timeout", type=float, default=600.0, help="bound on the whole run (seconds)")
@@ -271,38 +292,127 @@ def measure_convergence(args: argparse.Namespace, spec: gen.ClusterSpec, work: P
 
 def scale_policies(spec: gen.ClusterSpec, count: int) -> list[dict[str, Any]]:
     """`count` policies, policy i selecting local pod i % local (by app label in its namespace) and
-    admitting one tier on its own port: every one is active on the node, each with its own chain."""
+    admitting, on its own port: every tenth, every pod in the cluster (one IP set with all of them);
+    the next tenth, one tier in every namespace (a set per tier, a third of the pods each); the rest,
+    one tier of their own namespace. Every policy is active on the node, each with its own chain."""
     pods = local_pods(spec)
     out = []
     for i in range(count):
         namespace, _, labels = pods[i % len(pods)]
-        out.append(objects.network_policy(namespace, f"scale-{i:05d}", pod_selector={"app": labels["app"]},
-                                          from_labels={"tier": gen.TIERS[i % len(gen.TIERS)]},
-                                          port=1024 + i % 60000))
+        tier = gen.TIERS[i % len(gen.TIERS)]
+        policy = objects.network_policy(namespace, f"scale-{i:05d}", pod_selector={"app": labels["app"]},
+                                        from_labels={"tier": tier}, port=1024 + i % 60000)
+        peer: dict[str, Any] = {"namespaceSelector": {}}
+        if i % 10 == 1:
+            peer["podSelector"] = {"matchLabels": {"tier": tier}}
+        if i % 10 in (0, 1):
+            policy["spec"]["ingress"][0]["from"] = [peer]
+        out.append(policy)
     return out
 
 
-def calculator_for(spec: gen.ClusterSpec, policies: list[dict[str, Any]]) -> Calculator:
-    # The same conversion typha applies, on the objects as the API server stores them.
+def to_kvs(store: KubeAPIEmulator, obj: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The felix syncer's KVs for `obj`, converted as typha converts it (on the object as stored)."""
+    stored = store.upsert(obj)
+    converter = FELIX_CONVERTERS.get(for_object(stored["apiVersion"], stored["kind"]).key)
+    return [] if converter is None else list(converter(stored))
+
+
+def calculator_for(spec: gen.ClusterSpec, policies: list[dict[str, Any]]) -> tuple[Calculator, KubeAPIEmulator]:
     store = KubeAPIEmulator()
     calc = Calculator(NODE)
     for obj in [*gen.Cluster(spec).initial_objects(), *policies]:
-        feed(calc, store, obj)
-    return calc
+        calc.apply(to_kvs(store, obj))
+    return calc, store
 
 
-def feed(calc: Calculator, store: KubeAPIEmulator, obj: dict[str, Any]) -> None:
-    stored = store.create(obj)
-    converter = FELIX_CONVERTERS.get(for_object(stored["apiVersion"], stored["kind"]).key)
-    if converter is not None:
-        calc.apply(converter(stored))
+@contextmanager
+def inside(netns: str) -> Iterator[None]:
+    """Run this thread (and what it starts) in `netns`, as the agent runs in its node's namespace: the
+    dataplane's tools then start without an `ip netns exec` in front (2 ms each here)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    with open("/proc/self/ns/net") as home, open(f"/run/netns/{netns}") as target:
+        if libc.setns(target.fileno(), CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), f"setns into {netns}")
+        try:
+            yield
+        finally:
+            if libc.setns(home.fileno(), CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "setns back")
 
 
-def measure_programming(spec: gen.ClusterSpec, count: int, netns_ok: bool) -> dict[str, Any]:
+def _median_ms(samples: list[float]) -> float:
+    return statistics.median(samples) * 1000 if samples else math.nan
+
+
+def restore_costs(dataplane: Dataplane, runs: int) -> dict[str, float]:
+    """Median seconds of three `iptables-restore --noflush` runs of the filter table, to split an
+    edit's restore into the process's fixed cost and the kernel's: one that changes nothing, one that
+    adds a chain with one rule (nothing deleted), one that rewrites that chain (its old rule deleted,
+    as any in-place edit deletes rules). The probe chains are removed afterwards."""
+    argv = [dataplane.restore, "--noflush", *(["--wait"] if dataplane.backend == "legacy" else [])]
+
+    def timed(text: str) -> float:
+        started = time.perf_counter()
+        subprocess.run(argv, input=text, text=True, check=True, capture_output=True, timeout=60)
+        return time.perf_counter() - started
+
+    probes = [f"cali-zz-probe-{i}" for i in range(runs)]
+    out = {
+        "noop": statistics.median(timed("*filter\nCOMMIT\n") for _ in range(runs)),
+        "add_chain": statistics.median(timed(f"*filter\n:{c} - [0:0]\n-A {c} -j RETURN\nCOMMIT\n") for c in probes),
+        "rewrite_chain": statistics.median(timed(f"*filter\n:{c} - [0:0]\n-A {c} -j ACCEPT\nCOMMIT\n")
+                                           for c in probes),
+    }
+    timed("*filter\n" + "".join(f":{c} - [0:0]\n" for c in probes) + "".join(f"-X {c}\n" for c in probes)
+          + "COMMIT\n")
+    return out
+
+
+def agent_apply(calc: Calculator, dataplane: Dataplane, resync: bool) -> dict[str, float]:
+    """One apply as the agent's applier makes it (felix_client.agent: take the dirty marks, snapshot,
+    dataplane.apply), with the seconds of each phase."""
+    started = time.perf_counter()
+    dirty = calc.take_dirty()
+    state = calc.snapshot()
+    snapshot_done = time.perf_counter()
+    dataplane.apply(state, resync=resync, routes_changed=dirty.routes)
+    done = time.perf_counter()
+    phases = {"snapshot": snapshot_done - started, **dataplane.phases, "apply": done - started}
+    # The agent tidies make-before-break chains once the apply is done (and logged).
+    dataplane.tidy()
+    phases["tidy"] = time.perf_counter() - done
+    return phases
+
+
+def measure_edits(calc: Calculator, store: KubeAPIEmulator, dataplane: Dataplane,
+                  edits: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each object written, then applied from memory (resync=False) as between the agent's resyncs."""
+    samples: dict[str, list[float]] = {}
+    contents = written = 0
+    for obj in edits:
+        kvs = to_kvs(store, obj)  # typha's conversion: not the agent's work
+        chains_before, before = dataplane.stats.chains_written, dataplane.stats.contents_applies
+        started = time.perf_counter()
+        calc.apply(kvs)
+        calc_secs = time.perf_counter() - started
+        phases = agent_apply(calc, dataplane, resync=False)
+        contents += dataplane.stats.contents_applies - before
+        written += dataplane.stats.chains_written - chains_before
+        for name, value in {"calc": calc_secs, **phases, "total": calc_secs + phases["apply"]}.items():
+            samples.setdefault(name, []).append(value)
+    return {"count": len(edits), "contents_only_applies": contents, "chains_written": written,
+            "median_secs": {name: statistics.median(v) for name, v in samples.items()},
+            "max_secs": {name: max(v) for name, v in samples.items()}, "samples_secs": samples}
+
+
+def measure_programming(spec: gen.ClusterSpec, count: int, netns_ok: bool, backends: list[str],
+                        edits: int) -> dict[str, Any]:
     # Only the scale policies: the cluster's own would blur the count.
     spec = dataclasses.replace(spec, policies=0)
     policies = scale_policies(spec, count)
-    calc = calculator_for(spec, policies)
+    calc, store = calculator_for(spec, policies)
+    calc.take_dirty()
     started = time.perf_counter()
     state = calc.snapshot()
     snapshot_secs = time.perf_counter() - started
@@ -312,34 +422,44 @@ def measure_programming(spec: gen.ClusterSpec, count: int, netns_ok: bool) -> di
     ipset_script = rules.render_ipset_restore(sets)
     render_secs = time.perf_counter() - started
     out: dict[str, Any] = {
-        "policies": count, "active_policies": len(state.policies), "endpoints": len(state.endpoints),
-        "rules": sum(len(r) for t in tables.values() for r in t.chains.values()), "ipsets": len(sets),
-        "ipset_script_bytes": len(ipset_script), "snapshot_secs": snapshot_secs, "render_secs": render_secs,
+        "policies": count, "remote_endpoints": spec.pods - spec.pods_per_node, "active_policies": len(state.policies),
+        "endpoints": len(state.endpoints), "rules": sum(len(r) for t in tables.values() for r in t.chains.values()),
+        "ipsets": len(sets), "largest_ipset": max((len(s.members) for s in sets.values()), default=0),
+        "ipset_members": sum(len(s.members) for s in sets.values()), "ipset_script_bytes": len(ipset_script),
+        "snapshot_secs": snapshot_secs, "render_secs": render_secs, "backends": {},
     }
     if not netns_ok:
         return out
-    with node_namespace(spec) as ns:
-        dataplane = Dataplane(ns)
-        for attempt in ("first", "again"):
-            started = time.perf_counter()
-            dataplane.write_ipsets(sets, dataplane.list_ipsets())
-            ipsets_done = time.perf_counter()
-            for name in TABLES:
-                dataplane.apply_table(name, tables[name])
-            out[f"{attempt}_ipset_secs"] = ipsets_done - started
-            out[f"{attempt}_iptables_secs"] = time.perf_counter() - ipsets_done
-        # One policy's port moves (a rule in its cali-pi- chain), as in part 1.
-        edited = json.loads(json.dumps(policies[0]))
-        edited["spec"]["ingress"][0]["ports"][0]["port"] = FIRST_PORT
-        feed(calc, KubeAPIEmulator(), edited)
-        edited_tables = rules.render_tables(calc.snapshot())
-        written = dataplane.stats.chains_written
-        started = time.perf_counter()
-        for name in TABLES:
-            dataplane.apply_table(name, edited_tables[name], resync=False)
-        out["edit_iptables_secs"] = time.perf_counter() - started
-        out["edit_chains_written"] = dataplane.stats.chains_written - written
-        out["backend"] = dataplane.backend
+    rng = random.Random(16)
+    remote = {p["metadata"]["name"]: p for p in gen.Cluster(spec).initial_objects()
+              if p["kind"] == "Pod" and p["spec"]["nodeName"] != NODE}
+    for backend in backends:
+        with node_namespace(spec) as ns, inside(ns):
+            chosen = iptables_backend.select(environ={}) if backend == "auto" else backend
+            dataplane = Dataplane(backend=chosen, make_before_break=True)  # as the agent makes it
+            result: dict[str, Any] = {"backend": chosen, "restore_binary": dataplane.restore}
+            # A fresh calculation per backend: the agent's first apply follows its first snapshot.
+            calc, store = calculator_for(spec, policies)
+            for attempt, resync in (("first", True), ("again", True)):
+                result[attempt] = agent_apply(calc, dataplane, resync)
+            result["restore_secs"] = restore_costs(dataplane, 15)
+            # One policy's port moves (a rule in its cali-pi- chain), as in part 1; each edit another policy.
+            port_edits = []
+            for k in range(edits):
+                edited = json.loads(json.dumps(policies[(k * 7) % count]))
+                edited["spec"]["ingress"][0]["ports"][0]["port"] = FIRST_PORT + k
+                port_edits.append(edited)
+            result["policy_edit"] = measure_edits(calc, store, dataplane, port_edits)
+            # A remote pod changes tier: its address leaves one tier's sets and joins another's.
+            relabels = []
+            for _ in range(edits):
+                pod = json.loads(json.dumps(remote[rng.choice(sorted(remote))]))
+                labels = pod["metadata"]["labels"]
+                labels["tier"] = rng.choice([t for t in gen.TIERS if t != labels["tier"]])
+                remote[pod["metadata"]["name"]] = pod
+                relabels.append(pod)
+            result["remote_relabel"] = measure_edits(calc, store, dataplane, relabels)
+            out["backends"][backend] = result
     return out
 
 
@@ -350,6 +470,32 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1000:.1f}"
 
 
+def _programming_rows(p: dict[str, Any]) -> list[tuple[str, str]]:
+    title = f"{p['policies']} policies, {p['remote_endpoints']} remote"
+    rows = [(title, f"{p['active_policies']} active, {p['rules']} rules, {p['ipsets']} IP sets "
+                    f"({p['ipset_members']} members, largest {p['largest_ipset']}): whole render "
+                    f"{_ms(p['render_secs'])} ms")]
+    for name, b in p["backends"].items():
+        label = f"  {name} ({b['backend']})" if name == "auto" else f"  {name}"
+        rows.append((label, f"first apply {_ms(b['first']['apply'])} ms (iptables {_ms(b['first']['iptables'])}, "
+                            f"ipset {_ms(b['first']['ipsets'])}); resync {_ms(b['again']['apply'])} ms; "
+                            f"iptables-restore alone: no-op {_ms(b['restore_secs']['noop'])}, add a chain "
+                            f"{_ms(b['restore_secs']['add_chain'])}, rewrite a chain "
+                            f"{_ms(b['restore_secs']['rewrite_chain'])}"
+                            " ms"))
+        for kind in ("policy_edit", "remote_relabel"):
+            e = b[kind]
+            m = e["median_secs"]
+            rows.append((f"    {kind.replace('_', ' ')} (median of {e['count']})",
+                         f"total {_ms(m['total'])} ms = calc {_ms(m['calc'])} + snapshot {_ms(m['snapshot'])} + "
+                         f"render {_ms(m.get('render', 0.0))} + ipset {_ms(m.get('ipsets', 0.0))} + "
+                         f"iptables-restore {_ms(m.get('iptables', 0.0))} (+ links {_ms(m.get('links', 0.0))}); "
+                         f"then tidy {_ms(m['tidy'])}; "
+                         f"max total {_ms(e['max_secs']['total'])} ms; {e['contents_only_applies']} contents-only, "
+                         f"{e['chains_written']} chains written"))
+    return rows
+
+
 def run(args: argparse.Namespace) -> int:
     deadline = time.monotonic() + args.timeout
     spec = cluster_spec(args.local_endpoints, args.remote_endpoints, args.policies)
@@ -358,41 +504,59 @@ def run(args: argparse.Namespace) -> int:
     results: dict[str, Any] = {
         "benchmark": "converge", "mode": "netns" if use_netns else "dry-run", "local_endpoints": spec.pods_per_node,
         "remote_endpoints": spec.pods - spec.pods_per_node, "nodes": spec.nodes, "policies": spec.policies,
-        "debounce": args.debounce,
+        "debounce": args.debounce, "commit": _commit(),
+        # 2 shared cores: the load says how quiet the machine was (at the start; "loadavg_end" at the end).
+        "loadavg": os.getloadavg(),
     }
-    with tempfile.TemporaryDirectory(prefix="bench-converge-") as tmp, ExitStack() as stack:
-        work = Path(tmp)
-        netns = stack.enter_context(node_namespace(spec)) if use_netns else None
-        dry_run = None if use_netns else (args.dry_run or work / "dry-run")
-        results["convergence"] = measure_convergence(args, spec, work, netns, dry_run, deadline)
+    rows: list[tuple[str, str]] = []
+    ok = True
+    if not args.scale_only:
+        with tempfile.TemporaryDirectory(prefix="bench-converge-") as tmp, ExitStack() as stack:
+            work = Path(tmp)
+            netns = stack.enter_context(node_namespace(spec)) if use_netns else None
+            dry_run = None if use_netns else (args.dry_run or work / "dry-run")
+            results["convergence"] = measure_convergence(args, spec, work, netns, dry_run, deadline)
+        conv = results["convergence"]
+        lat = conv["latencies_secs"]
+        ok = conv["final_state_ok"]
+        rows += [
+            ("mode", f"{results['mode']} ({conv['programmed_endpoints']} local endpoints programmed, "
+                     f"{results['remote_endpoints']} remote, {conv['active_policies']} of {spec.policies} policies "
+                     f"active, debounce {_ms(args.debounce)} ms)"),
+            ("first apply after agent start", f"{conv['first_apply_secs']:.2f} s (apply itself "
+                                              f"{conv['first_apply_duration_secs']:.2f} s)"),
+            ("policy write → dataplane", f"{len(lat)} changes: p50 {_ms(percentile(lat, 0.5))} / p99 "
+                                         f"{_ms(percentile(lat, 0.99))} / max {_ms(max(lat, default=math.nan))} ms"),
+            ("  of which the apply", f"median {_ms(statistics.median(conv['apply_secs']) if lat else math.nan)} ms"),
+            ("final rules in iptables-save", "all present" if ok
+             else f"MISSING for {', '.join(conv['final_state_missing'])}"),
+        ]
     scales = [int(n) for n in args.scale.split(",") if n.strip()]
+    scale_spec = cluster_spec(args.local_endpoints, args.remote_endpoints if args.scale_remote is None
+                              else args.scale_remote, args.policies)
+    backends = [b for b in args.backends.split(",") if b.strip() in ("auto", "nft", "legacy")
+                and (b == "auto" or shutil.which(f"iptables-{b}-restore"))]
     results["programming"] = []
     for count in scales:
         if time.monotonic() > deadline:
             break
-        results["programming"].append(measure_programming(spec, count, netns_ok))
-
-    conv = results["convergence"]
-    lat = conv["latencies_secs"]
-    rows = [
-        ("mode", f"{results['mode']} ({conv['programmed_endpoints']} local endpoints programmed, "
-                 f"{results['remote_endpoints']} remote, {conv['active_policies']} of {spec.policies} policies "
-                 f"active, debounce {_ms(args.debounce)} ms)"),
-        ("first apply after agent start", f"{conv['first_apply_secs']:.2f} s (apply itself "
-                                          f"{conv['first_apply_duration_secs']:.2f} s)"),
-        ("policy write → dataplane", f"{len(lat)} changes: p50 {_ms(percentile(lat, 0.5))} / p99 "
-                                     f"{_ms(percentile(lat, 0.99))} / max {_ms(max(lat, default=math.nan))} ms"),
-        ("  of which the apply", f"median {_ms(statistics.median(conv['apply_secs']) if lat else math.nan)} ms"),
-        ("final rules in iptables-save", "all present" if conv["final_state_ok"]
-         else f"MISSING for {', '.join(conv['final_state_missing'])}"),
-    ]
-    for p in results["programming"]:
-        text = (f"{p['active_policies']} active, {p['rules']} rules, {p['ipsets']} IP sets: render "
-                f"{_ms(p['render_secs'])} ms")
-        if "first_iptables_secs" in p:
-            text += (f"; program first: ipset {_ms(p['first_ipset_secs'])} + iptables {_ms(p['first_iptables_secs'])}"
-                     f" ms; again: {_ms(p['again_ipset_secs'])} + {_ms(p['again_iptables_secs'])} ms; one-policy "
-                     f"edit: iptables {_ms(p['edit_iptables_secs'])} ms, chains written {p['edit_chains_written']}")
-        rows.append((f"{p['policies']} policies", text))
+        p = measure_programming(scale_spec, count, netns_ok, backends, args.edits)
+        results["programming"].append(p)
+        rows += _programming_rows(p)
+    results["loadavg_end"] = os.getloadavg()
+    rows.append(("load average (1, 5, 15 min)", f"start {results['loadavg']}, end {results['loadavg_end']}"))
     report(rows, results, args.json)
-    return 0 if conv["final_state_ok"] else 1
+    return 0 if ok else 1
+
+
+def _commit() -> str | None:
+    """The commit measured (with "-dirty" when the tree has changes), so a result names its code."""
+    here = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "-C", str(here), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("-dirty" if dirty else "")

@@ -55,14 +55,12 @@ TO_HOST_ENDPOINT_PREFIX: Final = "cali-th-"
 FROM_HOST_ENDPOINT_PREFIX: Final = "cali-fh-"
 TO_HOST_ENDPOINT_FORWARD_PREFIX: Final = "cali-thfw-"
 FROM_HOST_ENDPOINT_FORWARD_PREFIX: Final = "cali-fhfw-"
-FAILSAFE_IN: Final = "cali-failsafe-in"
+FAILSAFE_IN: Final = "cali-failsafe-in"  # host endpoint chains jump here first (FailsafeInboundHostPorts)
 FAILSAFE_OUT: Final = "cali-failsafe-out"
 # The interface name a `*` host endpoint is bound to (endpoint_mgr.go allInterfaces): longer than
 # IFNAMSIZ, so no real interface can have it.
 ALL_INTERFACES: Final = "any-interface-at-all"
 RPF_SKIP: Final = "cali-rpf-skip"
-FAILSAFE_IN: Final = "cali-failsafe-in"  # host endpoint chains jump here first (FailsafeInboundHostPorts)
-FAILSAFE_OUT: Final = "cali-failsafe-out"
 FIP_DNAT: Final = "cali-fip-dnat"
 FIP_SNAT: Final = "cali-fip-snat"
 NAT_OUTGOING: Final = "cali-nat-outgoing"

@@ -9,6 +9,20 @@ hashes and hook rules, `felix_client.dataplane.iptables`), as Felix does between
 a policy edit neither dumps the table nor restores unchanged chains. A failed or unfinished apply
 forgets that memory and the next one programs (and reads) everything.
 
+Between resyncs a change of contents only (the rules of some policies or profiles, the members of
+some IP sets, with every endpoint's chains and the static parts unchanged) is not rendered whole:
+`felix_client.dataplane.incremental` finds it by identity against the last apply's state, renders
+just the changed chains, and the apply restores just those (one iptables-restore) and writes just
+the changed set members (one ipset restore), as Felix's table and IP set managers do.
+
+With `make_before_break` (the agent's choice on the nft backend) such a chain is not flushed and
+refilled but gets its new rules inserted at the top, closed by a `-j RETURN` (so what follows, the
+old rules, is never reached: the chain means exactly its new rules from that commit on), and
+`tidy()` rewrites it clean afterwards. On nft, a transaction that deletes rules makes
+iptables-restore wait for the kernel to free them (about 10 ms here, whatever the table's size),
+while one that only adds rules does not; so the edit takes effect without that wait, and the
+deletion is paid once the apply is done. Legacy rewrites the whole table blob either way.
+
 Both families: the IPv4 tables with iptables-restore, and on a node that uses IPv6 (`state.ipv6`)
 the IPv6 tables with ip6tables-restore, each diffed against its own memory; the `cali40`/`cali60` sets
 in one `ipset restore`; the routes of both families over netlink.
@@ -20,21 +34,23 @@ in one `ipset restore`; the routes of both families over netlink.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import logging
 import shlex
 import shutil
 import socket
 import subprocess
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from felix_client import rules, validate
 from felix_client.calc.graph import DesiredState
 from felix_client.calc.routes import Route
-from felix_client.dataplane import iptables, vxlan
+from felix_client.dataplane import incremental, iptables, vxlan
 from felix_client.dataplane.iptables import HOOK_COMMENT  # noqa: F401  (the tests' import)
 from felix_client.dataplane.vxlan import OwnVTEP
 from felix_client.names import (
@@ -87,11 +103,31 @@ class ApplyStats:
     ipsets_destroyed: int = 0
     routes_added: int = 0
     routes_deleted: int = 0
+    contents_applies: int = 0  # applies that rendered and wrote only changed chains and sets
+
+
+@dataclass
+class _Rendered:
+    """What the last successful apply rendered (and so the kernel holds, until a resync says otherwise)."""
+
+    state: DesiredState
+    # "raw", "nat", "filter" (and "ip6-<table>" on a node using IPv6) -> Table; "ipsets" -> name -> IPSet.
+    parts: dict[str, object] = field(default_factory=dict)
+
+    def tables(self, version: int) -> dict[str, rules.Table]:
+        prefix = "ip6-" if version == 6 else ""
+        return {name: table for name in TABLES
+                if isinstance(table := self.parts.get(prefix + name), rules.Table)}
+
+    def sets(self) -> dict[str, rules.IPSet]:
+        sets = self.parts.get("ipsets")
+        return sets if isinstance(sets, dict) else {}
 
 
 class Dataplane:
     def __init__(
-        self, netns: str | None = None, *, iface_prefix: str = WORKLOAD_IFACE_PREFIX, backend: str | None = None
+        self, netns: str | None = None, *, iface_prefix: str = WORKLOAD_IFACE_PREFIX, backend: str | None = None,
+        make_before_break: bool = False,
     ) -> None:
         self.netns = netns
         self.iface_prefix = iface_prefix
@@ -105,9 +141,14 @@ class Dataplane:
         # Per table, what the last successful restore left in the kernel; absent: read it first.
         self.programmed: dict[str, iptables.TableState] = {}
         self.programmed6: dict[str, iptables.TableState] = {}  # the same for the IPv6 tables
-        # What the last successful apply rendered (table -> text, "ipsets" -> sets), for `apply`'s skip.
-        self._last_applied: dict[str, object] = {}
+        # What the last successful apply rendered, for `apply`'s skip and its contents-only path.
+        self._rendered: _Rendered | None = None
         self._links_dirty = True  # routes, sysctls or VXLAN changed since they were last programmed
+        self.phases: dict[str, float] = {}  # the last apply's seconds: render, ipsets, iptables, links
+        # Insert-then-tidy for contents-only chain rewrites (module docstring); nft only.
+        self.make_before_break = make_before_break and self.backend == "nft"
+        # (IP version, table) -> chains holding dead rules below a RETURN, until `tidy`.
+        self.untidy: dict[tuple[int, str], set[str]] = {}
 
     # --- helpers ------------------------------------------------------------------------------
 
@@ -138,37 +179,35 @@ class Dataplane:
         reading them (`apply_table`). Re-reading and rewriting all of it took most of an apply;
         drift there is repaired by the caller's periodic `resync=True`, as Felix's refresh does.
 
+        A change of contents only (module docstring) takes `_apply_contents` instead: nothing else is
+        rendered, compared or written.
+
         Order matters: sets before the rules that use them, stale sets only after the rules stopped
         referencing them, routes last."""
-        tables = rules.render_tables(state, self.iface_prefix)
-        wanted: dict[str, object] = {name: table.render() for name, table in tables.items()}
-        # IPv6 tables under "ip6-<table>" (only on a node that uses IPv6; see DesiredState.ipv6).
-        tables6 = rules.render_tables(state, self.iface_prefix, 6) if state.ipv6 else {}
-        # IPv6 switched off (its last pool, block or host endpoint gone): take our IPv6 chains out
-        # rather than leave the last IPv6 policy - a host endpoint's drops, say - in force.
-        retire6 = not state.ipv6 and bool(self.programmed6)
-        if retire6:
-            tables6 = {name: rules.Table(name, table.builtins, {}) for name, table in tables.items()}
-        wanted.update({f"ip6-{name}": table.render() for name, table in tables6.items()})
-        sets = rules.desired_ipsets(state)
-        wanted["ipsets"] = sets
         self._links_dirty |= routes_changed
-        skip: set[str] = set()
-        if not resync:
-            skip = {name for name, value in wanted.items() if self._last_applied.get(name) == value}
-            if not self._links_dirty:
-                skip.add("links")
         # Forgotten until this apply is known to have worked: a failure leaves the kernel in a state
         # we did not see, so the next apply programs everything.
-        self._last_applied = {}
+        previous, self._rendered = self._rendered, None
+        self.phases = {}
         try:
-            self._apply(state, own_vteps, tables, sets, skip, resync, tables6)
+            done = None
+            if not resync and previous is not None:
+                change = incremental.contents_change(previous.state, state)
+                if change is not None:
+                    done = self._apply_contents(previous, state, change)
+            if done is None:
+                done = self._apply_whole(state, previous, resync)
+            rendered, skip = done
+            if "links" in skip:
+                self.phases["links"] = 0.0
+            else:
+                started = time.perf_counter()
+                self._apply_links(state, own_vteps)
+                self.phases["links"] = time.perf_counter() - started
         except Exception:
             self._links_dirty = True
             raise
-        self._last_applied = wanted
-        if retire6:
-            self.programmed6.clear()
+        self._rendered = rendered
         if "links" not in skip:
             # A workload interface the CNI has not created yet: its route and sysctls wait for it, so
             # every apply tries again rather than only the next resync. (A missing tunnel device, say
@@ -176,23 +215,107 @@ class Dataplane:
             self._links_dirty = any(dev.startswith(self.iface_prefix) for dev in self.missing_devices)
         return sorted(skip)
 
-    def _apply(self, state: DesiredState, own_vteps: Sequence[OwnVTEP], tables: dict[str, rules.Table],
-               sets: dict[str, rules.IPSet], skip: set[str], resync: bool,
-               tables6: dict[str, rules.Table] | None = None) -> None:
-        existing_sets = set() if "ipsets" in skip else self.list_ipsets()
-        if "ipsets" not in skip:
-            self.write_ipsets(sets, existing_sets)
-        for name in TABLES:
-            if name not in skip:
-                self.apply_table(name, tables[name], resync=resync)
-        for name, table in (tables6 or {}).items():
-            if f"ip6-{name}" not in skip:
-                self.apply_table(name, table, resync=resync, version=6)
-        owned = (IPSET_OWNED_PREFIX, IPSET_V6_OWNED_PREFIX)
-        stale = {s for s in existing_sets if s.startswith(owned) and s not in sets}
-        self.destroy_ipsets(stale)
-        if "links" in skip:
-            return
+    def _apply_whole(self, state: DesiredState, previous: _Rendered | None,
+                     resync: bool) -> tuple[_Rendered, set[str]]:
+        """Render everything; write what differs from the last apply (everything on a resync)."""
+        started = time.perf_counter()
+        tables = rules.render_tables(state, self.iface_prefix)
+        wanted: dict[str, object] = dict(tables)
+        # IPv6 tables under "ip6-<table>" (only on a node that uses IPv6; see DesiredState.ipv6).
+        tables6 = rules.render_tables(state, self.iface_prefix, 6) if state.ipv6 else {}
+        # IPv6 switched off (its last pool, block or host endpoint gone): take our IPv6 chains out
+        # rather than leave the last IPv6 policy - a host endpoint's drops, say - in force.
+        retire6 = not state.ipv6 and bool(self.programmed6)
+        if retire6:
+            tables6 = {name: rules.Table(name, table.builtins, {}) for name, table in tables.items()}
+        wanted.update({f"ip6-{name}": table for name, table in tables6.items()})
+        sets = rules.desired_ipsets(state)
+        wanted["ipsets"] = sets
+        skip: set[str] = set()
+        if not resync and previous is not None:
+            skip = {name for name, value in wanted.items() if previous.parts.get(name) == value}
+        if not (resync or self._links_dirty):
+            skip.add("links")
+        self.phases["render"] = time.perf_counter() - started
+        self._apply(state, tables, sets, skip, resync, tables6)
+        if retire6:
+            self.programmed6.clear()
+        return _Rendered(state, wanted), skip
+
+    def _apply_contents(self, previous: _Rendered, state: DesiredState,
+                        change: incremental.Change) -> tuple[_Rendered, set[str]] | None:
+        """Write only the chains and sets `change` touched; None (nothing written) where the change
+        turns out not to be one of contents only, and the whole path must run."""
+        started = time.perf_counter()
+        parts = dict(previous.parts)
+        written: dict[str, tuple[int, rules.Table, list[str]]] = {}  # part -> (version, table, chains)
+        if change.chains:
+            names = incremental.chain_names(change)
+            for version, prefix in ((4, ""), (6, "ip6-")):
+                old = previous.tables(version)
+                if version == 6 and not state.ipv6:
+                    continue
+                programmed = self.programmed6 if version == 6 else self.programmed
+                tables = incremental.render_chains(state, change, old, self.iface_prefix, version)
+                if tables is None or "filter" not in programmed:
+                    return None
+                table = tables["filter"]
+                written[prefix + "filter"] = (version, table, sorted(names & table.chains.keys()))
+                parts[prefix + "filter"] = table
+        programmed_sets = previous.sets()
+        changed_sets = self._changed_sets(state, change, programmed_sets)
+        sets = {name: s for name, s in programmed_sets.items() if name not in change.removed_ipsets}
+        sets.update(changed_sets)
+        parts["ipsets"] = sets
+        self.phases["render"] = time.perf_counter() - started
+
+        started = time.perf_counter()
+        script = incremental.ipset_script(changed_sets.values(), programmed_sets)
+        if script:
+            self._run(["ipset", "restore"], script)
+            self.stats.ipsets_written += len(changed_sets)
+        self.phases["ipsets"] = time.perf_counter() - started
+        started = time.perf_counter()
+        for name, (version, table, chains) in written.items():
+            self._apply_chains(name.removeprefix("ip6-"), table, chains, version)
+        self.phases["iptables"] = time.perf_counter() - started
+        self.destroy_ipsets(set(change.removed_ipsets))
+        self.stats.contents_applies += 1
+        skip = {name for name in previous.parts if name not in written}
+        if not (change.ipsets or change.removed_ipsets):
+            skip.add("ipsets")
+        else:
+            skip.discard("ipsets")
+        if not self._links_dirty:
+            skip.add("links")
+        return _Rendered(state, parts), skip
+
+    @staticmethod
+    def _changed_sets(state: DesiredState, change: incremental.Change,
+                      programmed: dict[str, rules.IPSet]) -> dict[str, rules.IPSet]:
+        """The changed sets as `rules.desired_ipsets` would give them, checking only the members that
+        are new since the last apply (the others passed the same per-member check then): with sets of
+        10,000 pods, checking every member again cost more than the rest of an edit."""
+        if not change.ipsets:
+            return {}
+        news: dict[str, frozenset[str]] = {}
+        for name in change.ipsets:
+            have = programmed.get(name)
+            wanted = state.ipsets[name].members
+            news[name] = wanted if have is None else wanted - have.members
+        cut = dataclasses.replace(state, ipsets={name: dataclasses.replace(state.ipsets[name], members=news[name])
+                                                 for name in change.ipsets})
+        checked = rules.desired_ipsets(cut)  # the static sets come along; they are unchanged
+        out: dict[str, rules.IPSet] = {}
+        for name in sorted(change.ipsets):
+            have = programmed.get(name)
+            members = checked[name].members
+            if have is not None:
+                members |= have.members & state.ipsets[name].members
+            out[name] = dataclasses.replace(checked[name], members=members)
+        return out
+
+    def _apply_links(self, state: DesiredState, own_vteps: Sequence[OwnVTEP]) -> None:
         self.apply_sysctls(state)
         for vtep in own_vteps:  # a family's device only while a pool of that family uses VXLAN
             if state.vxlan if vtep.version == 4 else state.vxlan6:
@@ -202,6 +325,25 @@ class Dataplane:
                 if not enabled:
                     vxlan.remove_device(ipr, version)
         self.apply_routes(state)
+
+    def _apply(self, state: DesiredState, tables: dict[str, rules.Table], sets: dict[str, rules.IPSet],
+               skip: set[str], resync: bool, tables6: dict[str, rules.Table] | None = None) -> None:
+        started = time.perf_counter()
+        existing_sets = set() if "ipsets" in skip else self.list_ipsets()
+        if "ipsets" not in skip:
+            self.write_ipsets(sets, existing_sets)
+        self.phases["ipsets"] = time.perf_counter() - started
+        started = time.perf_counter()
+        for name in TABLES:
+            if name not in skip:
+                self.apply_table(name, tables[name], resync=resync)
+        for name, table in (tables6 or {}).items():
+            if f"ip6-{name}" not in skip:
+                self.apply_table(name, table, resync=resync, version=6)
+        self.phases["iptables"] = time.perf_counter() - started
+        owned = (IPSET_OWNED_PREFIX, IPSET_V6_OWNED_PREFIX)
+        stale = {s for s in existing_sets if s.startswith(owned) and s not in sets}
+        self.destroy_ipsets(stale)
 
     # --- iptables -----------------------------------------------------------------------------
 
@@ -229,6 +371,53 @@ class Dataplane:
             delta = iptables.table_delta(desired, self.read_table(table, version))
             self._restore(delta, version)
         programmed[table] = delta.state
+
+    def _apply_chains(self, table: str, desired: rules.Table, chains: list[str], version: int = 4) -> None:
+        """One iptables-restore of just `chains` of `table` (a contents-only change: no hook rule and no
+        other chain differs), from memory; if the kernel disagrees, read it and restore what differs."""
+        programmed = self.programmed6 if version == 6 else self.programmed
+        untidy = self.untidy.setdefault((version, table), set())
+        old = programmed.pop(table)
+        delta = iptables.chains_delta(desired, chains, old)
+        # A chain already untidy is rewritten whole: stacking versions would only grow it.
+        insert = [c for c in delta.written if c in old.chains and c not in untidy] if self.make_before_break else []
+        try:
+            if insert:
+                self._restore(iptables.insert_delta(desired, insert, delta), version)
+            else:
+                self._restore(delta, version)
+        except DataplaneError:
+            log.warning("incremental restore of %s (IPv%d) failed; re-reading the table", table, version)
+            delta = iptables.table_delta(desired, self.read_table(table, version))
+            self._restore(delta, version)
+            insert = []
+        untidy.difference_update(delta.written)
+        if insert:
+            untidy.update(insert)
+            # The kernel holds more than the rendered chain: a hash nothing renders, so any later
+            # delta (or `tidy`) rewrites it.
+            delta = dataclasses.replace(delta, state=iptables.TableState(
+                {**delta.state.chains, **dict.fromkeys(insert, iptables.UNTIDY)}, delta.state.hooks))
+        programmed[table] = delta.state
+
+    def tidy(self) -> None:
+        """Rewrite the chains a make-before-break edit left with dead rules (one restore per table).
+        After a failure the memory is forgotten and the next apply reads and repairs the table."""
+        pending, self.untidy = self.untidy, {}
+        rendered = self._rendered
+        for (version, table), chains in pending.items():
+            programmed = self.programmed6 if version == 6 else self.programmed
+            desired = rendered.parts.get(("ip6-" if version == 6 else "") + table) if rendered else None
+            if not chains or not isinstance(desired, rules.Table) or table not in programmed:
+                continue
+            delta = iptables.chains_delta(desired, sorted(chains & desired.chains.keys()), programmed.pop(table))
+            try:
+                self._restore(delta, version)
+            except DataplaneError as error:
+                log.warning("tidying %s (IPv%d) failed; the next apply re-reads it: %s", table, version, error)
+                self._rendered = None
+                continue
+            programmed[table] = delta.state
 
     def read_table(self, table: str, version: int = 4) -> iptables.TableState:
         if version == 6:

@@ -27,6 +27,7 @@ CHAIN_PREFIX = "cali-"
 # POSTROUTING only (mangle POSTROUTING's is inserted, int_dataplane.go).
 APPEND_HOOK_CHAINS = {("nat", "POSTROUTING")}
 _JUMP_TO_OURS = re.compile(r" -[jg] cali-")
+UNTIDY = "untidy"  # the remembered hash of a chain holding dead rules below a RETURN (insert_delta)
 _PROTOCOL = re.compile(r"-p ([A-Za-z][\w-]*)")
 
 
@@ -160,3 +161,41 @@ def table_delta(desired: rules.Table, old: TableState) -> Delta:
     lines += [f"-X {c}" for c in stale]
     lines.append("COMMIT")
     return Delta("\n".join(lines) + "\n", state, tuple(written), tuple(stale), tuple(replaced))
+
+
+def chains_delta(desired: rules.Table, chains: Iterable[str], old: TableState) -> Delta:
+    """`table_delta` for a change known to touch only `chains` (existing chains of ours, in `desired`)
+    and no hook rule: hashes just those chains, so a one-policy edit costs one chain, not the table's
+    7,000 rules (felix_client.dataplane.incremental decides when this holds)."""
+    written = []
+    hashes = dict(old.chains)
+    for chain in chains:
+        digest = chain_hash(chain_lines(chain, desired.chains[chain]))
+        if hashes.get(chain) != digest:
+            hashes[chain] = digest
+            written.append(chain)
+    state = TableState(hashes, old.hooks)
+    if not written:
+        return Delta(None, state)
+    lines = [f"*{desired.name}", *(f":{c} - [0:0]" for c in written)]
+    for chain in written:
+        lines += chain_lines(chain, desired.chains[chain])
+    lines.append("COMMIT")
+    return Delta("\n".join(lines) + "\n", state, tuple(written))
+
+
+def insert_delta(desired: rules.Table, chains: Iterable[str], delta: Delta) -> Delta:
+    """`delta` (from `chains_delta`) with `chains` not flushed and refilled but given their new rules at
+    the top, closed by `-j RETURN`: the old rules below are never reached, so each chain means its new
+    rules from this commit on, and the transaction deletes nothing (the dataplane's make-before-break;
+    the chains are rewritten clean later). The other written chains are rewritten as in `delta`."""
+    inserted = set(chains)
+    rewritten = [c for c in delta.written if c not in inserted]
+    lines = [f"*{desired.name}", *(f":{c} - [0:0]" for c in rewritten)]
+    for chain in rewritten:
+        lines += chain_lines(chain, desired.chains[chain])
+    for chain in sorted(inserted):
+        new = [*desired.chains[chain], "-j RETURN"]
+        lines += [f"-I {chain} {i} {rule}".rstrip() for i, rule in enumerate(new, 1)]
+    lines.append("COMMIT")
+    return Delta("\n".join(lines) + "\n", delta.state, delta.written, delta.deleted, delta.hooks)

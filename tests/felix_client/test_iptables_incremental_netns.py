@@ -85,6 +85,7 @@ def test_edits_from_memory_end_where_a_full_apply_does(namespaces: list[str], ba
     # A changed port is a rule in the policy's chain: that chain alone is rewritten.
     assert edit(felix_kvs(moved)) == (1, 0)
     assert "--dports 9090" in run(incremental, dp.save, "-t", "filter")
+    assert dp.stats.contents_applies == 1  # rendered and written as a change of contents only
     second = o.network_policy("demo", "allow-other", pod_selector={"app": "frontend"},
                               from_labels={"app": "other"}, port=53)
     second_kvs = felix_kvs(second)

@@ -129,9 +129,9 @@ def test_host_endpoint_chains_come_from_one_place_per_table(monkeypatch: pytest.
     calls: list[tuple[str, int]] = []
     original = static._host_endpoint_chains
 
-    def spy(state: Any, table_name: str, version: int) -> dict[str, list[str]]:
+    def spy(state: Any, table_name: str, version: int, iface_prefix: str = "cali") -> dict[str, list[str]]:
         calls.append((table_name, version))
-        return original(state, table_name, version)
+        return original(state, table_name, version, iface_prefix)
 
     monkeypatch.setattr(static, "_host_endpoint_chains", spy)
     tables = rules.render_tables(_state(), version=6)
@@ -150,7 +150,8 @@ def test_failsafe_chains_are_programmed_only_while_a_host_endpoint_chain_uses_th
     for table in rules.render_tables(state).values():
         assert "cali-failsafe-in" not in table.chains and "cali-failsafe-out" not in table.chains
 
-    def with_a_host_endpoint(state: Any, table_name: str, version: int) -> dict[str, list[str]]:
+    def with_a_host_endpoint(state: Any, table_name: str, version: int, iface_prefix: str = "cali"
+                             ) -> dict[str, list[str]]:
         if table_name == "nat":
             return {}
         return {"cali-from-host-endpoint": ["-i eth0 -g cali-fh-eth0"], "cali-to-host-endpoint": [],
@@ -220,7 +221,8 @@ def test_the_kernel_reads_back_every_static_chain_as_rendered(monkeypatch: pytes
 
     original = static._host_endpoint_chains
 
-    def with_a_host_endpoint(state: Any, table_name: str, version: int) -> dict[str, list[str]]:
+    def with_a_host_endpoint(state: Any, table_name: str, version: int, iface_prefix: str = "cali"
+                             ) -> dict[str, list[str]]:
         chains = original(state, table_name, version)
         if table_name != "nat":
             chains.update({"cali-from-host-endpoint": ["-j cali-failsafe-in"],
