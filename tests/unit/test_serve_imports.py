@@ -1,0 +1,40 @@
+"""`typha serve` loads only what serving needs: no web framework, emulator, demo or trio in its RSS.
+
+Run in a fresh interpreter, through the command line's own parsing (typha.cli), so that nothing a
+test imported earlier hides an import (docs/memory.md: each of these cost MBs in every typha).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+PROBE = """
+import json, sys
+from typha import cli
+argv = ["--log-format", "json", "serve", "--syncers", "felix"]
+cli.build_parser(only=cli.chosen_command(argv)).parse_args(argv)
+import typha.daemon.serve
+print(json.dumps(sorted(sys.modules)))
+"""
+
+NOT_ON_THE_SERVE_PATH = ("aiohttp", "jinja2", "typha.demo", "typha.testing")
+
+
+def test_serve_imports_no_web_framework_emulator_or_demo() -> None:
+    out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=120, check=True)
+    modules = json.loads(out.stdout)
+    assert "typha.daemon.serve" in modules
+    loaded = [m for m in modules if any(m == p or m.startswith(p + ".") for p in NOT_ON_THE_SERVE_PATH)]
+    assert not loaded, loaded
+
+
+def test_the_full_parser_still_knows_every_subcommand() -> None:
+    from typha import cli
+
+    assert cli.chosen_command(["--log-level", "debug", "dump", "--server", "x:1"]) == "dump"
+    assert cli.chosen_command(["--help"]) is None
+    assert cli.chosen_command(["--log-level"]) is None
+    args = cli.build_parser().parse_args(["sim-apiserver", "--kubeconfig-out", "/tmp/kc"])
+    assert args.command == "sim-apiserver"
