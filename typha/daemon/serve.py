@@ -23,6 +23,7 @@ from typha.ops.rebalance import KubeLookup, Rebalancer, for_daemon
 from typha.snapcache.cache import CacheLimits, LoopFeeder, SnapshotCache
 from typha.source.datastore import Datastore, Syncer
 from typha.source.upstream import UpstreamFollower
+from typha.syncserver import heap
 from typha.syncserver import tls as typha_tls
 from typha.syncserver.server import ServerSettings, SyncServer
 
@@ -120,6 +121,9 @@ class TyphaDaemon:
             gc.collect()
             gc.freeze()
             self._frozen = True
+            # The initial load's parsed pages are garbage now; give their free pages back at once rather
+            # than at the server's next periodic trim (typha.syncserver.heap), off the event loop.
+            asyncio.get_running_loop().run_in_executor(None, heap.trim)
         log.info("Syncer status: %s", ", ".join(f"{n}={c.status.value}" for n, c in self.caches.items()))
 
     def readiness(self) -> tuple[bool, str]:
