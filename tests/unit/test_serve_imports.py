@@ -19,7 +19,7 @@ import typha.daemon.serve
 print(json.dumps(sorted(sys.modules)))
 """
 
-NOT_ON_THE_SERVE_PATH = ("aiohttp", "jinja2", "typha.demo", "typha.testing",
+NOT_ON_THE_SERVE_PATH = ("aiohttp", "jinja2", "typha.demo", "typha.testing", "trio",
                          # the kubernetes package's subpackages typha never calls (typha/kube/client.py)
                          "kubernetes.dynamic", "kubernetes_validate", "jsonschema", "kubernetes.stream", "websocket",
                          "kubernetes.watch", "kubernetes.informer", "kubernetes.leaderelection")

@@ -26,6 +26,8 @@ mTLS as Typha's clients do it, with Felix's settings (`FELIX_TYPHACAFILE`, …; 
 `replica=` a cache it is the protocol of a Typha following another (typha.source.upstream).
 """
 
+from typing import TYPE_CHECKING
+
 from typha.backoff import Backoff
 from typha.client.aio import AsyncSyncClient
 from typha.client.core import ChecksumOutcome, ChecksumVerdict, ReconnectHint, Step, SyncClientCore
@@ -34,7 +36,19 @@ from typha.client.mirror import Entry
 from typha.client.replica import ReplicaTarget
 from typha.client.session import ProtocolError, ResumePoint, Session, SessionState
 from typha.client.tls import ClientTLS, ServerIdentityError, TLSConfigError
-from typha.client.trio_transport import TrioSyncClient, open_trio_sync_client
+
+if TYPE_CHECKING:
+    from typha.client.trio_transport import TrioSyncClient, open_trio_sync_client
+
+
+def __getattr__(name: str) -> object:
+    # The trio transport on first use only: `typha serve` imports this package and never trio (docs/memory.md).
+    if name in ("TrioSyncClient", "open_trio_sync_client"):
+        from typha.client import trio_transport
+
+        return getattr(trio_transport, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "AsyncSyncClient",
