@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
 import multiprocessing as mp
 import subprocess
@@ -116,6 +117,12 @@ def _traced_child(kubeconfig: str, top: int, conn: Any) -> None:
     from typha import config as typha_config
     from typha.daemon.serve import TyphaDaemon
     from typha.model.kv import SyncStatus
+
+    # What TyphaDaemon.start imports, imported before tracing starts: the modules are not the data.
+    for module in ("typha.kube.client", "typha.ops.rebalance", "typha.snapcache.cache", "typha.source.datastore",
+                   "typha.source.upstream", "typha.syncserver.server", "typha.syncserver.tls",
+                   "typha.syncserver.heap"):
+        importlib.import_module(module)
 
     async def main() -> dict[str, Any]:
         parser = argparse.ArgumentParser()
