@@ -47,6 +47,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", metavar="OUT", help="write the results here as JSON")
 
 
+# What TyphaDaemon.start imports (typha.daemon.serve itself imports them only there).
+DAEMON_MODULES = ("typha.kube.client", "typha.ops.rebalance", "typha.snapcache.cache", "typha.source.datastore",
+                  "typha.source.upstream", "typha.syncserver.server", "typha.syncserver.tls", "typha.syncserver.heap")
+
 # What `typha serve` imports, grouped by the library that brings it (first: the one that needs it first).
 IMPORT_GROUPS: list[tuple[str, list[str]]] = [
     ("asyncio (with ssl, concurrent.futures)", ["asyncio"]),
@@ -59,7 +63,7 @@ IMPORT_GROUPS: list[tuple[str, list[str]]] = [
     ("grpc", ["grpc", "grpc.aio"]),
     ("cryptography (TLS identities)", ["cryptography.x509"]),
     ("protobuf, zstandard, msgpack", ["google.protobuf.message", "typha.proto.sync_pb2", "zstandard", "msgpack"]),
-    ("typha's own modules, grpc_health, grpc_reflection", ["typha.cli", "typha.daemon.serve"]),
+    ("typha's own modules, grpc_health, grpc_reflection", ["typha.cli", "typha.daemon.serve", *DAEMON_MODULES]),
 ]
 
 _IMPORT_PROBE = """
@@ -118,10 +122,7 @@ def _traced_child(kubeconfig: str, top: int, conn: Any) -> None:
     from typha.daemon.serve import TyphaDaemon
     from typha.model.kv import SyncStatus
 
-    # What TyphaDaemon.start imports, imported before tracing starts: the modules are not the data.
-    for module in ("typha.kube.client", "typha.ops.rebalance", "typha.snapcache.cache", "typha.source.datastore",
-                   "typha.source.upstream", "typha.syncserver.server", "typha.syncserver.tls",
-                   "typha.syncserver.heap"):
+    for module in DAEMON_MODULES:  # before tracing starts: the modules are not the data
         importlib.import_module(module)
 
     async def main() -> dict[str, Any]:
