@@ -7,14 +7,20 @@ process (imports, threads, the server), so per-pod figures are above that, in th
 `--tracemalloc` adds, for the largest size, a run of the same daemon in a child process with
 tracemalloc on: the live Python allocations once in sync, grouped by the line that made them, and
 the traced peak. Tracing inflates RSS (its own bookkeeping), so the RSS figures come from the
-untraced runs only. docs/memory.md is written from this output.
+untraced runs only. `--imports` splits the empty process: a fresh interpreter imports what `typha serve`
+imports, a group at a time in the order serve needs them, and reports the RSS each group adds (a group
+shared with an earlier one is counted there). docs/memory.md is written from this output.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
+import json
 import multiprocessing as mp
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -36,7 +42,52 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tracemalloc", action="store_true",
                         help="also trace the largest size's live allocations (a separate, slower run)")
     parser.add_argument("--top", type=int, default=15, help="allocation sites listed with --tracemalloc")
+    parser.add_argument("--imports", action="store_true",
+                        help="also report the RSS each group of serve's imports adds in a fresh interpreter")
     parser.add_argument("--json", metavar="OUT", help="write the results here as JSON")
+
+
+# What TyphaDaemon.start imports (typha.daemon.serve itself imports them only there).
+DAEMON_MODULES = ("typha.kube.client", "typha.ops.rebalance", "typha.snapcache.cache", "typha.source.datastore",
+                  "typha.source.upstream", "typha.syncserver.server", "typha.syncserver.tls", "typha.syncserver.heap")
+
+# What `typha serve` imports, grouped by the library that brings it (first: the one that needs it first).
+IMPORT_GROUPS: list[tuple[str, list[str]]] = [
+    ("asyncio (with ssl, concurrent.futures)", ["asyncio"]),
+    ("typha.config, typha.logs (yaml, argparse, logging)", ["typha.config"]),
+    ("prometheus_client", ["prometheus_client"]),
+    ("urllib3", ["urllib3"]),
+    ("pydantic (kubernetes.client's ApiClient needs it)", ["pydantic"]),
+    ("requests, oauthlib (kubernetes.config's kubeconfig loader)", ["requests_oauthlib", "oauthlib.oauth2"]),
+    ("kubernetes.client, kubernetes.config (typha.kube.client), pydantic models", ["typha.kube.client"]),
+    ("grpc", ["grpc", "grpc.aio"]),
+    ("cryptography (TLS identities)", ["cryptography.x509"]),
+    ("protobuf, zstandard, msgpack", ["google.protobuf.message", "typha.proto.sync_pb2", "zstandard", "msgpack"]),
+    ("typha's own modules, grpc_health, grpc_reflection", ["typha.cli", "typha.daemon.serve", *DAEMON_MODULES]),
+]
+
+_IMPORT_PROBE = """
+import importlib, json, sys
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+steps = [("the interpreter", rss())]
+for name, modules in json.loads(sys.argv[1]):
+    for module in modules:
+        importlib.import_module(module)
+    steps.append((name, rss()))
+print(json.dumps(steps))
+"""
+
+
+def measure_imports() -> list[tuple[str, float]]:
+    """[(group, RSS it adds in MB)], the interpreter first; Linux only (/proc)."""
+    out = subprocess.run([sys.executable, "-c", _IMPORT_PROBE, json.dumps(IMPORT_GROUPS)],
+                         capture_output=True, text=True, check=True, timeout=300)
+    steps = json.loads(out.stdout)
+    added = [(steps[0][0], steps[0][1] / 2**20)]
+    added += [(name, (rss - steps[i][1]) / 2**20) for i, (name, rss) in enumerate(steps[1:])]
+    return added
 
 
 def measure_rss(keys: int, nodes: int, settle: float, workers: int = 1) -> dict[str, Any]:
@@ -70,6 +121,9 @@ def _traced_child(kubeconfig: str, top: int, conn: Any) -> None:
     from typha import config as typha_config
     from typha.daemon.serve import TyphaDaemon
     from typha.model.kv import SyncStatus
+
+    for module in DAEMON_MODULES:  # before tracing starts: the modules are not the data
+        importlib.import_module(module)
 
     async def main() -> dict[str, Any]:
         parser = argparse.ArgumentParser()
@@ -134,6 +188,8 @@ def run(args: argparse.Namespace) -> int:
     results["empty_rss_mb"] = empty
     if args.tracemalloc and sizes:
         results["traced"] = measure_traced(max(sizes), args.nodes, args.top)
+    if args.imports:
+        results["imports"] = measure_imports()
     report(table_rows(results), results, args.json)
     return 0
 
@@ -149,6 +205,10 @@ def table_rows(r: dict[str, Any]) -> list[tuple[str, str]]:
         if s.get("children_rss_mb"):
             rows.append(("  its child processes", ", ".join(f"{mb:.1f} MB" for mb in s["children_rss_mb"])
                          + f" (all processes: {s['total_rss_mb']:.1f} MB)"))
+    if r.get("imports"):
+        total = sum(mb for _, mb in r["imports"])
+        rows.append(("imports of typha serve", f"{total:.1f} MB RSS in a fresh interpreter, of which:"))
+        rows.extend((f"  {name}", f"{mb:.1f} MB") for name, mb in r["imports"])
     traced = r.get("traced")
     if traced:
         rows.append((f"traced, {traced['keys']:,} pods",

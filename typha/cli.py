@@ -30,7 +30,10 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: {message} (see --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line. With `only`, just that subcommand's module is imported and given its flags
+    (the others are listed by name; "" imports none): `typha serve` then does not load the emulator, the
+    demo and their libraries (aiohttp, jinja2, ...), which a serving typha would keep in RSS (docs/memory.md)."""
     parser = OneLineParser(prog="typha", description=__doc__)
     parser.add_argument("--version", action="version", version=logs.version_line("typha"))
     parser.add_argument("--log-level", default=None, type=str,
@@ -39,15 +42,37 @@ def build_parser() -> argparse.ArgumentParser:
                         help="text: Calico's layout; json: one object per line with time, level, file, msg and fields")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (module_name, help_text) in SUBCOMMANDS.items():
-        module = importlib.import_module(module_name)
         sub_parser = sub.add_parser(name, help=help_text, description=help_text)
-        module.add_arguments(sub_parser)
-        sub_parser.set_defaults(_module=module)
+        if only is None or name == only:
+            module = importlib.import_module(module_name)
+            module.add_arguments(sub_parser)
+            sub_parser.set_defaults(_module=module)
     return parser
 
 
+class _Silent(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise ValueError(message)
+
+
+def chosen_command(argv: list[str]) -> str | None:
+    """The subcommand `argv` names, if any (global flags and their values may come first)."""
+    pre = _Silent(add_help=False)
+    pre.add_argument("--log-level")
+    pre.add_argument("--log-format")
+    pre.add_argument("command", nargs="?")
+    try:
+        known, _ = pre.parse_known_args(argv)
+    except ValueError:  # e.g. a global flag without its value: the full parser says so
+        return None
+    return known.command if known.command in SUBCOMMANDS else None
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    command = chosen_command(argv)
+    # No subcommand named (`typha --help`, a typo): a parser without any module imported tells the user.
+    args = build_parser(only=command or "").parse_args(argv)
 
     def body() -> int:
         logs.configure(logs.parse_level(args.log_level or "INFO", "--log-level"), args.log_format)

@@ -26,15 +26,33 @@ mTLS as Typha's clients do it, with Felix's settings (`FELIX_TYPHACAFILE`, …; 
 `replica=` a cache it is the protocol of a Typha following another (typha.source.upstream).
 """
 
+import importlib
+from typing import TYPE_CHECKING
+
 from typha.backoff import Backoff
-from typha.client.aio import AsyncSyncClient
 from typha.client.core import ChecksumOutcome, ChecksumVerdict, ReconnectHint, Step, SyncClientCore
 from typha.client.events import ClientCounters, StatusChange, SyncCallbacks, SyncEvent, UpdateBatch
 from typha.client.mirror import Entry
 from typha.client.replica import ReplicaTarget
 from typha.client.session import ProtocolError, ResumePoint, Session, SessionState
 from typha.client.tls import ClientTLS, ServerIdentityError, TLSConfigError
-from typha.client.trio_transport import TrioSyncClient, open_trio_sync_client
+
+if TYPE_CHECKING:
+    from typha.client.aio import AsyncSyncClient
+    from typha.client.trio_transport import TrioSyncClient, open_trio_sync_client
+
+# The transports on first use only: `typha serve` imports this package for the replica protocol and never
+# runs trio, and its configuration check needs neither gRPC nor trio (docs/memory.md).
+_TRANSPORTS = {"AsyncSyncClient": "typha.client.aio", "TrioSyncClient": "typha.client.trio_transport",
+               "open_trio_sync_client": "typha.client.trio_transport"}
+
+
+def __getattr__(name: str) -> object:
+    module = _TRANSPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
 
 __all__ = [
     "AsyncSyncClient",

@@ -16,8 +16,6 @@ import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-import trio
-
 from typha.model.resources import Resource, by_key
 
 if TYPE_CHECKING:
@@ -193,6 +191,8 @@ async def discover_until_found(discovery: TyphaDiscovery, *, attempts: int | Non
                                initial_delay: float = 1.0, max_delay: float = 10.0) -> list[str]:
     """`discovery.addresses()` off the trio thread, retried with backoff while nothing is found (the
     Typha Deployment may still be rolling out); DiscoveryError after `attempts` failures (None: never)."""
+    import trio  # here: `typha serve` imports this module for its Kubernetes lookups and never runs trio
+
     delay = initial_delay
     failures = 0
     while True:

@@ -8,40 +8,26 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from aiohttp import web
+from typha.daemon.httpd import BoundedHTTPServer, Response
 
 
 class HealthEndpoints:
     def __init__(self, ready: Callable[[], tuple[bool, str]], live: Callable[[], tuple[bool, str]]) -> None:
-        self._ready = ready
-        self._live = live
-        self._runner: web.AppRunner | None = None
-        self.port = 0
+        self._http = BoundedHTTPServer({"/liveness": lambda: self._answer(live),
+                                        "/readiness": lambda: self._answer(ready)})
+
+    @property
+    def port(self) -> int:
+        return self._http.port
 
     @staticmethod
-    def _answer(check: Callable[[], tuple[bool, str]]) -> web.Response:
+    def _answer(check: Callable[[], tuple[bool, str]]) -> Response:
         ok, detail = check()
-        return web.Response(status=200 if ok else 503, text=detail + "\n")
+        return Response(200 if ok else 503, (detail + "\n").encode())
 
     async def start(self, host: str, port: int) -> int:
-        async def liveness(_request: web.Request) -> web.Response:
-            return self._answer(self._live)
-
-        async def readiness(_request: web.Request) -> web.Response:
-            return self._answer(self._ready)
-
-        app = web.Application()
-        app.router.add_get("/liveness", liveness)
-        app.router.add_get("/readiness", readiness)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
-        await site.start()
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        self.port = sockets[0].getsockname()[1] if sockets else port
-        return self.port
+        """OSError when the port cannot be bound (the caller names the setting)."""
+        return await self._http.start(host, port)
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+        await self._http.stop()

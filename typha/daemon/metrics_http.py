@@ -2,8 +2,9 @@
 
 prometheus_client's own server runs a thread per connection with a backlog of 5 and no timeouts: 1,000
 concurrent scrapes timed out by the hundreds and idle connections held threads. This one runs on the
-daemon's event loop with a deep backlog, a cap on open connections, a deadline for the request and for
-the response, one request per connection, and one rendering shared by the scrapes of the same instant.
+daemon's event loop (typha.daemon.httpd: a deep backlog, a cap on open connections, a deadline for the
+request and for the response, one request per connection), and one rendering is shared by the scrapes of
+the same instant.
 
 The exposition is our own because prometheus_client's renames every counter to `<name>_total`, while
 Typha's Go counters keep their names (`typha_connections_accepted`; typha.snapcache.metrics.PlainCounter).
@@ -11,8 +12,6 @@ Typha's Go counters keep their names (`typha_connections_accepted`; typha.snapca
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import math
 import time
@@ -23,17 +22,13 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.samples import Sample
 
+from typha.daemon.httpd import BoundedHTTPServer, Response
 from typha.daemon.ports import bind_error
 from typha.logs import LogCounts
 
 log = logging.getLogger(__name__)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-BACKLOG = 4096  # the kernel caps it at net.core.somaxconn
-MAX_OPEN = 2048  # connections beyond this are closed at once (each costs an fd and a task)
-MAX_REQUEST_BYTES = 8192
-REQUEST_TIMEOUT_SECS = 5.0
-WRITE_TIMEOUT_SECS = 10.0
 # Scrapes within this long of a rendering share it: a burst of scrapers costs one collection.
 RENDER_REUSE_SECS = 0.5
 
@@ -114,73 +109,29 @@ class MetricsServer:
 
     def __init__(self, registry: Collector = REGISTRY) -> None:
         self.registry = registry
-        self.port = 0
-        self._server: asyncio.Server | None = None
-        self._open = 0
+        self._http = BoundedHTTPServer({"/metrics": self._metrics, "/": self._metrics}, not_found="see /metrics\n")
         self._body = b""
         self._rendered_at = float("-inf")
-        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def port(self) -> int:
+        return self._http.port
 
     async def start(self, host: str, port: int, setting: str = "PrometheusMetricsPort") -> int:
         address = host or "0.0.0.0"
         try:
-            self._server = await asyncio.start_server(self._accept, address, port, backlog=BACKLOG,
-                                                      limit=MAX_REQUEST_BYTES, reuse_address=True)
+            await self._http.start(address, port)
         except OSError as exc:
             raise bind_error(setting, address, port, exc) from None
-        self.port = int(self._server.sockets[0].getsockname()[1])
         log.info("Serving /metrics on %s:%d", address, self.port)
         return self.port
 
     async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            for task in list(self._tasks):
-                task.cancel()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 2.0)
-            self._server = None
+        await self._http.stop()
 
-    def _body_now(self) -> bytes:
+    def _metrics(self) -> Response:
         now = time.monotonic()
         if now - self._rendered_at > RENDER_REUSE_SECS:
             self._body = render(self.registry)
             self._rendered_at = now
-        return self._body
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self._tasks.add(task)
-        self._open += 1
-        try:
-            if self._open > MAX_OPEN:
-                return
-            await self._serve_one(reader, writer)
-        except (TimeoutError, ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
-            pass  # a slow, silent or vanished scraper: its connection is simply closed
-        finally:
-            self._open -= 1
-            if task is not None:
-                self._tasks.discard(task)
-            writer.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(writer.wait_closed(), 1.0)
-
-    async def _serve_one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        async with asyncio.timeout(REQUEST_TIMEOUT_SECS):
-            head = await reader.readuntil(b"\r\n\r\n")
-        method, _, rest = head.split(b"\r\n", 1)[0].decode("latin-1").partition(" ")
-        path = rest.split(" ", 1)[0].split("?", 1)[0]
-        if method not in ("GET", "HEAD"):
-            status, body, kind = "405 Method Not Allowed", b"only GET\n", "text/plain"
-        elif path not in ("/metrics", "/"):
-            status, body, kind = "404 Not Found", b"see /metrics\n", "text/plain"
-        else:
-            status, body, kind = "200 OK", self._body_now(), CONTENT_TYPE
-        writer.write(f"HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {len(body)}\r\n"
-                     f"Connection: close\r\n\r\n".encode())
-        if method != "HEAD":
-            writer.write(body)
-        async with asyncio.timeout(WRITE_TIMEOUT_SECS):
-            await writer.drain()
+        return Response(200, self._body, CONTENT_TYPE)

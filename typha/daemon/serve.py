@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from typha import config as typha_config
 from typha import logs
@@ -17,14 +18,18 @@ from typha.daemon import ports
 from typha.daemon.health import HealthEndpoints
 from typha.daemon.metrics_http import MetricsServer, register_log_counts
 from typha.daemon.ports import bind_error, ensure_bindable
-from typha.kube.client import KubeClient
 from typha.model.kv import SyncStatus
-from typha.ops.rebalance import KubeLookup, Rebalancer, for_daemon
-from typha.snapcache.cache import CacheLimits, LoopFeeder, SnapshotCache
-from typha.source.datastore import Datastore, Syncer
-from typha.source.upstream import UpstreamFollower
-from typha.syncserver import tls as typha_tls
-from typha.syncserver.server import ServerSettings, SyncServer
+
+if TYPE_CHECKING:
+    # At run time these are imported where the daemon starts: the supervisor of `--workers N` imports this
+    # module for its command line and never serves, so it need not hold gRPC, the caches, the syncers and
+    # their libraries in its RSS (docs/memory.md).
+    from typha.kube.client import KubeClient
+    from typha.ops.rebalance import KubeLookup, Rebalancer
+    from typha.snapcache.cache import SnapshotCache
+    from typha.source.datastore import Datastore
+    from typha.source.upstream import UpstreamFollower
+    from typha.syncserver.server import SyncServer
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +51,12 @@ class TyphaDaemon:
     _frozen: bool = False
 
     async def start(self) -> None:
+        from typha.snapcache.cache import CacheLimits, LoopFeeder, SnapshotCache
+        from typha.source.datastore import Datastore, Syncer
+        from typha.source.upstream import UpstreamFollower
+        from typha.syncserver import tls as typha_tls
+        from typha.syncserver.server import ServerSettings, SyncServer
+
         config = self.config
         loop = asyncio.get_running_loop()
         limits = CacheLimits(max_window_age_secs=config.resume_window_secs,
@@ -102,6 +113,8 @@ class TyphaDaemon:
             await self.metrics_server.start(config.prometheus_metrics_host, config.prometheus_metrics_port)
 
     async def _start_rebalancing(self) -> None:
+        from typha.ops.rebalance import for_daemon
+
         # Also for a replica that follows an upstream typha: Typha endpoints and nodes come from the API.
         assert self.server is not None
         if self.kube is None:
@@ -120,6 +133,11 @@ class TyphaDaemon:
             gc.collect()
             gc.freeze()
             self._frozen = True
+            # The initial load's parsed pages are garbage now; give their free pages back at once rather
+            # than at the server's next periodic trim (typha.syncserver.heap), off the event loop.
+            from typha.syncserver import heap
+
+            asyncio.get_running_loop().run_in_executor(None, heap.trim)
         log.info("Syncer status: %s", ", ".join(f"{n}={c.status.value}" for n, c in self.caches.items()))
 
     def readiness(self) -> tuple[bool, str]:

@@ -37,7 +37,11 @@ from prometheus_client import CollectorRegistry
 from typha.config import ConfigError, TyphaConfig, env_name
 from typha.daemon.metrics_http import MetricsServer
 from typha.daemon.ports import check_ports, free_port
-from typha.ops.rebalance import LOADS_DIR_ENV, WORKER_INDEX_ENV
+
+# Where each worker's connection count goes, read by typha.ops.rebalance.SiblingLoads under the same names.
+# Not imported from there: that module brings gRPC and the server, which the supervisor does not run.
+LOADS_DIR_ENV = "TYPHA_WORKER_LOADS_DIR"
+WORKER_INDEX_ENV = "TYPHA_WORKER_INDEX"
 
 log = logging.getLogger(__name__)
 

@@ -22,11 +22,10 @@ import os
 import queue
 import threading
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import Counter
 
-from typha.client.events import SyncCallbacks
 from typha.kube.client import KubeClient
 from typha.kube.reflector import Event, EventType, ObjectId, Reflector, object_id
 from typha.model import convert
@@ -42,6 +41,11 @@ from typha.model.resources import (
     calico_resource,
 )
 from typha.syncproto.names import SYNCER_TYPES
+
+if TYPE_CHECKING:
+    # Only its type: importing typha.client loads gRPC and cryptography, which the configuration check
+    # (typha.config imports this module for SYNCER_TYPES) does not need (docs/memory.md).
+    from typha.client.events import SyncCallbacks
 
 CONVERSION_ERRORS = Counter(
     "typha_conversion_errors",
