@@ -1,4 +1,4 @@
-"""`typha serve` loads only what serving needs: no web framework, emulator, demo or unused kubernetes parts.
+"""`typha serve` loads only what serving needs: no web framework, emulator or demo.
 
 Run in a fresh interpreter, through the command line's own parsing (typha.cli), so that nothing a
 test imported earlier hides an import (docs/memory.md: each of these cost MBs in every typha).
@@ -20,10 +20,7 @@ import typha.daemon.serve
 print(json.dumps(sorted(sys.modules)))
 """
 
-NOT_ON_THE_SERVE_PATH = ("aiohttp", "jinja2", "typha.demo", "typha.testing", "trio",
-                         # the kubernetes package's subpackages typha never calls (typha/kube/client.py)
-                         "kubernetes.dynamic", "kubernetes_validate", "jsonschema", "kubernetes.stream", "websocket",
-                         "kubernetes.watch", "kubernetes.informer", "kubernetes.leaderelection")
+NOT_ON_THE_SERVE_PATH = ("aiohttp", "jinja2", "typha.demo", "typha.testing", "trio")
 
 
 def test_serve_imports_no_web_framework_emulator_or_demo() -> None:
@@ -70,22 +67,6 @@ def test_the_supervisor_and_the_rebalancer_agree_on_the_worker_load_variables() 
     from typha.ops import rebalance
 
     assert (workers.LOADS_DIR_ENV, workers.WORKER_INDEX_ENV) == (rebalance.LOADS_DIR_ENV, rebalance.WORKER_INDEX_ENV)
-
-
-KUBERNETES_AFTER_TYPHA = """
-import typha.kube.client
-import kubernetes
-from kubernetes import watch
-print(kubernetes.__version__, watch.Watch.__name__, kubernetes.dynamic.DynamicClient.__name__)
-"""
-
-
-def test_the_whole_kubernetes_package_is_there_for_code_that_imports_it_after_typha() -> None:
-    out = subprocess.run([sys.executable, "-c", KUBERNETES_AFTER_TYPHA], capture_output=True, text=True,
-                         timeout=120, check=True)
-    version, watch, dynamic = out.stdout.split()
-    assert version[0].isdigit()
-    assert (watch, dynamic) == ("Watch", "DynamicClient")
 
 
 def test_the_full_parser_still_knows_every_subcommand() -> None:

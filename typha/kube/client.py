@@ -7,57 +7,17 @@ its generated models cost ~30x more per object (docs/architecture.md §8).
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import kubernetes.client
+import kubernetes.config
 import orjson
 import urllib3
 
 from typha.model.resources import Resource
-
-
-def _kubernetes_narrowly() -> ModuleType:
-    """The `kubernetes` package with only `kubernetes.client` and `kubernetes.config` imported.
-
-    The package's __init__ imports every subpackage: dynamic (kubernetes_validate, jsonschema), stream
-    (websocket), watch, utils, leaderelection, informer. Typha calls none of them, and they cost ~3 MB
-    of RSS in every typha (docs/memory.md). So the package module is made from its spec without running
-    its __init__ and the two subpackages are imported into it. The first access to any attribute it does
-    not have yet (`kubernetes.watch`, `kubernetes.__version__`) runs the real __init__, so code that uses
-    the package after us still sees all of it. Already imported (by anyone): used as it is.
-    """
-    loaded = sys.modules.get("kubernetes")
-    if loaded is None:
-        spec = importlib.util.find_spec("kubernetes")
-        if spec is None or spec.loader is None:
-            raise ImportError("the kubernetes package is not installed")
-        package = importlib.util.module_from_spec(spec)
-        lock = threading.Lock()
-
-        def complete(name: str) -> object:
-            with lock:
-                if package.__dict__.pop("__getattr__", None) is not None:
-                    spec.loader.exec_module(package)  # type: ignore[union-attr]
-            return getattr(package, name)
-
-        package.__getattr__ = complete  # type: ignore[method-assign]
-        sys.modules["kubernetes"] = package
-        loaded = package
-    importlib.import_module("kubernetes.client")
-    importlib.import_module("kubernetes.config")
-    return loaded
-
-
-if TYPE_CHECKING:
-    import kubernetes
-else:
-    kubernetes = _kubernetes_narrowly()
 
 # Server-side bound on one watch; the reflector re-watches from its last resourceVersion when it ends.
 DEFAULT_WATCH_TIMEOUT_SECONDS = 300
