@@ -188,7 +188,7 @@ class TyphaConfig:
                                    ("Workers", self.workers, 0), ("ResumeWindowBytes", self.resume_window_bytes, 0)):
             if value < floor:
                 raise ConfigError(f"{name}={value!r}: must be at least {floor}")
-        from typha.source.datastore import SYNCER_TYPES
+        from typha.syncproto.names import SYNCER_TYPES
 
         unknown = sorted(set(self.syncer_types) - set(SYNCER_TYPES))
         if unknown or not self.syncer_types:

@@ -44,7 +44,7 @@ from typha.syncproto.names import SYNCER_TYPES
 
 if TYPE_CHECKING:
     # Only its type: importing typha.client loads gRPC and cryptography, which the configuration check
-    # (typha.config imports this module for SYNCER_TYPES) does not need (docs/memory.md).
+    # does not need (docs/memory.md).
     from typha.client.events import SyncCallbacks
 
 CONVERSION_ERRORS = Counter(
