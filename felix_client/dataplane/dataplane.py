@@ -19,7 +19,7 @@ With `make_before_break` (the agent's choice on the nft backend) such a chain is
 refilled but gets its new rules inserted at the top, closed by a `-j RETURN` (so what follows, the
 old rules, is never reached: the chain means exactly its new rules from that commit on), and
 `tidy()` rewrites it clean afterwards. On nft, a transaction that deletes rules makes
-iptables-restore wait for the kernel to free them (about 10 ms here, whatever the table's size),
+iptables-restore wait for the kernel to free them (about 14 ms here on nft, whatever the table's size),
 while one that only adds rules does not; so the edit takes effect without that wait, and the
 deletion is paid once the apply is done. Legacy rewrites the whole table blob either way.
 

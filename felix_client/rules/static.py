@@ -1,7 +1,7 @@
 """The tables as a whole: Felix's static chains in filter, nat, raw and mangle (felix/rules/static.go),
 with the host-endpoint chains and the workload dispatch, endpoint, policy and profile chains of the
 desired state. The static chains are Felix's for the iptables configurations without BPF, IPVS,
-WireGuard, IPv6 VXLAN or QoS DSCP (OpenStack's special cases included); tests/felix_client/felix_tables/
+WireGuard or QoS DSCP (OpenStack's special cases included); tests/felix_client/felix_tables/
 holds Felix's own expectations for them.
 
 Each function renders one family (`version` 4: iptables, 6: ip6tables). As in Felix the IPv6 tables
