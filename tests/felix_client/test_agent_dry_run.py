@@ -81,8 +81,8 @@ def wait_for(out: Path, check: Callable[[dict[str, str]], bool], what: str, time
     def consistent() -> bool:
         nonlocal files
         try:
-            files = {name: (out / name).read_text() for name in ("status.json", "iptables.save", "ipsets.save",
-                                                                  "routes.txt")}
+            files = {name: (out / name).read_text() for name in ("status.json", "iptables.save", "ip6tables.save",
+                                                                  "ipsets.save", "routes.txt")}
         except FileNotFoundError:
             files = {}
         return bool(files) and json.loads(files["status.json"])["in_sync"] and check(files)

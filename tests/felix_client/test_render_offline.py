@@ -14,7 +14,7 @@ from .test_agent_dry_run import typha, wait_for  # noqa: F401 (typha is a fixtur
 from .test_agent_kernel import stop_agent
 from .worked_example import BACKEND_IF, policy_object
 
-FILES = ("iptables.save", "ipsets.save", "routes.txt")
+FILES = ("iptables.save", "ip6tables.save", "ipsets.save", "routes.txt")
 
 
 def test_render_reproduces_a_dry_run_agents_files_from_a_typha_dump(
