@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from felix_client.calc.graph import ResolvedEndpoint, TierPolicies
-from felix_client.calc.model import FelixSettings
+from felix_client.calc.model import STAGED_KINDS, FelixSettings, ParsedPolicy
 from felix_client.names import (
     MARK_ACCEPT,
     MARK_PASS,
@@ -15,16 +15,37 @@ from felix_client.rules.policy import deny_action, deny_word
 from felix_client.rules.table import ACCEPTED, NOT_PASSED, comment_match, xmark
 
 
+def enforced(tier: TierPolicies) -> list[ParsedPolicy]:
+    """The tier's policies that get a jump: Felix's renderer skips staged ones (they never set a
+    verdict mark), and a tier of staged policies only ends without the end-of-tier drop."""
+    return [policy for policy in tier.policies if policy.key.kind not in STAGED_KINDS]
+
+
 def _tier_rules(tiers: tuple[TierPolicies, ...], inbound: bool, settings: FelixSettings) -> list[str]:
     out: list[str] = []
     for tier in tiers:
+        if not tier.policies:
+            continue
         out.append(f"{comment_match(f'Start of tier {tier.name}')} {xmark(0, MARK_PASS)}")
-        for policy in tier.policies:
+        policies = enforced(tier)
+        for policy in policies:
             out.append(f"{NOT_PASSED} -j {policy_chain_name(policy.key, inbound)}")
             out.append(f"{comment_match('Return if policy accepted')} {ACCEPTED} -j RETURN")
-        if not tier.default_pass:
+        if policies and not tier.default_pass:
             drop = f"End of tier {tier.name}. {deny_word(settings)} if no policies passed packet"
             out.append(f"{comment_match(drop)} {NOT_PASSED} {deny_action(settings)}")
+    return out
+
+
+def conntrack_rules(allow: str, settings: FelixSettings) -> list[str]:
+    """appendConntrackRules: established traffic takes the chain's allow verdict (with RETURN, the
+    accept mark tells the caller), then the INVALID drop unless DisableConntrackInvalidCheck."""
+    out: list[str] = []
+    if allow != "ACCEPT":
+        out.append(f"-m conntrack --ctstate RELATED,ESTABLISHED {xmark(MARK_ACCEPT, MARK_ACCEPT)}")
+    out.append(f"-m conntrack --ctstate RELATED,ESTABLISHED -j {allow}")
+    if not settings.disable_conntrack_invalid:
+        out.append(f"-m conntrack --ctstate INVALID {deny_action(settings)}")
     return out
 
 
@@ -33,11 +54,8 @@ def render_endpoint_chain(ep: ResolvedEndpoint, inbound: bool, settings: FelixSe
     deny, word = deny_action(settings), deny_word(settings)
     if not ep.active:
         return [f"{comment_match('Endpoint admin disabled')} {deny}"]
-    out = [
-        "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
-        f"-m conntrack --ctstate INVALID {deny}",
-        xmark(0, MARK_ACCEPT | MARK_PASS),
-    ]
+    out = conntrack_rules(settings.filter_allow_action, settings)
+    out.append(xmark(0, MARK_ACCEPT | MARK_PASS))
     # Unless AllowVXLANPacketsFromWorkloads / AllowIPIPPacketsFromWorkloads (both false by default).
     if not inbound and not settings.allow_vxlan_from_workloads:
         out.append(

@@ -11,8 +11,18 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from felix_client.calc.model import ANY_NETS, FelixSettings, IPSetSpec, ParsedRule, Side
+from felix_client.calc.model import (
+    ANY_NETS,
+    STAGED_KINDS,
+    FelixSettings,
+    IPSetSpec,
+    ParsedPolicy,
+    ParsedProfile,
+    ParsedRule,
+    Side,
+)
 from felix_client.names import (
+    KIND_SHORT,
     MARK_ACCEPT,
     MARK_DROP,
     MARK_PASS,
@@ -21,6 +31,8 @@ from felix_client.names import (
     MAX_LOG_PREFIX_LENGTH,
     MULTIPORT_SLOTS,
     escape_comment,
+    policy_chain_name,
+    profile_chain_name,
 )
 from felix_client.rules.table import comment_match, xmark
 
@@ -293,3 +305,27 @@ def render_rules(rules: Iterable[ParsedRule], comment: str, context: RuleContext
         out.pop()
     # An empty chain still gets one comment-only rule, as Felix writes (e.g. the ksa. profiles).
     return out or [comment_match(comment)]
+
+
+def render_policy_chains(policy: ParsedPolicy, version: int, settings: FelixSettings,
+                         directions: Iterable[bool] = (True, False)) -> dict[str, list[str]]:
+    """PolicyToIptablesChains: a policy's cali-pi-/cali-po- chains (inbound, outbound, as asked), the
+    first rule carrying "<Kind> <name> ingress|egress". A staged policy renders no chain at all, as in
+    Felix: it is never enforced (felix_client's calculation drops staged kinds before they get here)."""
+    key = policy.key
+    if key.kind in STAGED_KINDS:
+        return {}
+    context = RuleContext(settings, KIND_SHORT.get(key.kind, key.kind), key.name, key.namespace, policy.tier)
+    return {policy_chain_name(key, inbound): render_rules(
+                policy.rules(inbound, version), f"{policy.description} {'ingress' if inbound else 'egress'}", context)
+            for inbound in directions}
+
+
+def render_profile_chains(profile: ParsedProfile, version: int, settings: FelixSettings,
+                          directions: Iterable[bool] = (True, False)) -> dict[str, list[str]]:
+    """ProfileToIptablesChains: a profile's cali-pri-/cali-pro- chains, commented "Profile <name> ..."."""
+    context = RuleContext(settings, "pro", profile.name)
+    return {profile_chain_name(profile.name, inbound): render_rules(
+                profile.rules(inbound, version), f"Profile {profile.name} {'ingress' if inbound else 'egress'}",
+                context)
+            for inbound in directions}
