@@ -237,10 +237,11 @@ def deny_word(settings: FelixSettings) -> str:
     return "Reject" if settings.filter_deny_action == "REJECT" else "Drop"
 
 
-def _marked(match: str, mark: int, comment: str, action: str) -> list[str]:
+def _marked(match: str, mark: int, notes: list[str], action: str) -> list[str]:
     """CombineMatchAndActionsForProtoRule: the match sets the action's mark bit, then a rule on the
-    mark takes the action (for Deny Felix's MarkDrop, then the configured deny action)."""
-    return [f"{match} {xmark(mark, mark)}", f"{comment_match(comment)} -m mark --mark {mark:#x}/{mark:#x} {action}"]
+    mark takes the action (for Deny Felix's MarkDrop, then the configured deny action). Both carry the
+    rule's comments: Felix puts the metadata annotations on every rule of a Calico rule."""
+    return [f"{match} {xmark(mark, mark)}", " ".join((*notes, f"-m mark --mark {mark:#x}/{mark:#x} {action}"))]
 
 
 def render_rule(rule: ParsedRule, comment: str, context: RuleContext = DEFAULT_CONTEXT) -> list[str]:
@@ -248,6 +249,7 @@ def render_rule(rule: ParsedRule, comment: str, context: RuleContext = DEFAULT_C
     with CombineMatchAndActionsForProtoRule, in iptables-save form."""
     icmp, not_icmp = _icmp(rule)
     notes = [comment_match(comment), *(comment_match(f"{k}={v}") for k, v in rule.annotations)]
+    action_notes = list(notes)  # the annotations go on every rule; the fail-closed note marks the match
     if rule.fail_closed:
         notes.append(comment_match("felix-client: invalid rule fails closed"))
     protocol = _protocol_head(rule)
@@ -288,11 +290,11 @@ def render_rule(rule: ParsedRule, comment: str, context: RuleContext = DEFAULT_C
     match = _save_order((*protocol, *limit, *matches), notes)
     out = blocks.rules
     if rule.action == "allow":
-        out += _marked(match, MARK_ACCEPT, comment, "-j RETURN")
+        out += _marked(match, MARK_ACCEPT, action_notes, "-j RETURN")
     elif rule.action == "next-tier":
-        out += _marked(match, MARK_PASS, comment, "-j RETURN")
+        out += _marked(match, MARK_PASS, action_notes, "-j RETURN")
     elif rule.action == "deny":
-        out += _marked(match, MARK_DROP, comment, context.deny())
+        out += _marked(match, MARK_DROP, action_notes, context.deny())
     elif rule.action == "log":
         out.append(f'{match} -j LOG --log-prefix "{context.log_prefix()}" --log-level 5')
     return out
