@@ -17,14 +17,14 @@ from felix_client.rules.table import ACCEPTED, NOT_PASSED, comment_match, xmark
 
 def enforced(tier: TierPolicies) -> list[ParsedPolicy]:
     """The tier's policies that get a jump: Felix's renderer skips staged ones (they never set a
-    verdict mark), and a tier of staged policies only ends without the end-of-tier drop."""
+    verdict mark); a tier with none of these has no end-of-tier drop either."""
     return [policy for policy in tier.policies if policy.key.kind not in STAGED_KINDS]
 
 
 def _tier_rules(tiers: tuple[TierPolicies, ...], inbound: bool, settings: FelixSettings) -> list[str]:
     out: list[str] = []
     for tier in tiers:
-        if not tier.policies:
+        if not tier.policies:  # Felix renders a tier only when it has policies in this direction
             continue
         out.append(f"{comment_match(f'Start of tier {tier.name}')} {xmark(0, MARK_PASS)}")
         policies = enforced(tier)
