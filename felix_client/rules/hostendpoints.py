@@ -40,12 +40,18 @@ from felix_client.names import (
     TO_HOST_ENDPOINT_PREFIX,
     WORKLOAD_IFACE_PREFIX,
     host_endpoint_chain_name,
-    policy_chain_name,
     profile_chain_name,
 )
-from felix_client.rules.endpoints import conntrack_rules, enforced
+from felix_client.rules.endpoints import (
+    TierGroups,
+    conntrack_rules,
+    enforced,
+    group_tiers,
+    policy_group_chains,
+    tier_rules,
+)
 from felix_client.rules.policy import deny_action, deny_word, render_policy_chains, render_profile_chains
-from felix_client.rules.table import ACCEPTED, NOT_PASSED, comment_match, xmark
+from felix_client.rules.table import ACCEPTED, comment_match, xmark
 from typha.model.keys import PolicyKey
 
 # endpointChainType in endpoints.go.
@@ -72,8 +78,10 @@ class ChainSpec:
     any_forward_tiers: bool = False
 
 
-def render_host_endpoint_chain(spec: ChainSpec, settings: FelixSettings | None = None) -> list[str]:
-    """endpointIptablesChain for a host endpoint (always admin up; no QoS controls)."""
+def render_host_endpoint_chain(spec: ChainSpec, settings: FelixSettings | None = None,
+                               tiers: tuple[TierGroups, ...] | None = None) -> list[str]:
+    """endpointIptablesChain for a host endpoint (always admin up; no QoS controls). `tiers` are the
+    chain's policy groups (Felix's TierPolicyGroups), by default `group_tiers` of `spec.tiers`."""
     settings = settings or FelixSettings()
     deny, word = deny_action(settings), deny_word(settings)
     out: list[str] = []
@@ -82,21 +90,10 @@ def render_host_endpoint_chain(spec: ChainSpec, settings: FelixSettings | None =
     if spec.failsafe:
         out.append(f"-j {spec.failsafe}")
     out.append(xmark(0, MARK_ACCEPT | MARK_PASS))
-    for tier in spec.tiers:
-        if not tier.policies:
-            continue
-        out.append(f"{comment_match(f'Start of tier {tier.name}')} {xmark(0, MARK_PASS)}")
-        policies = enforced(tier)
-        for policy in policies:
-            out.append(f"{NOT_PASSED} -j {policy_chain_name(policy.key, spec.inbound)}")
-            if spec.chain_type == UNTRACKED:
-                out.append(f"{ACCEPTED} -j NOTRACK")  # an untracked allow is "NOTRACK and allow"
-            out.append(f"{comment_match('Return if policy accepted')} {ACCEPTED} -j RETURN")
-        # preDNAT and untracked chains never drop at the end of a tier: the filter table's normal
-        # policy still has to see the packet.
-        if spec.chain_type in (NORMAL, FORWARD) and policies and not tier.default_pass:
-            drop = f"End of tier {tier.name}. {word} if no policies passed packet"
-            out.append(f"{comment_match(drop)} {NOT_PASSED} {deny}")
+    # preDNAT and untracked chains never drop at the end of a tier: the filter table's normal policy
+    # still has to see the packet.
+    out += tier_rules(tiers if tiers is not None else group_tiers(spec.tiers, spec.inbound), spec.inbound, settings,
+                      end_of_tier_drop=spec.chain_type in (NORMAL, FORWARD), untracked=spec.chain_type == UNTRACKED)
     if spec.chain_type == FORWARD and not spec.any_forward_tiers:
         out.append(f"{comment_match('Allow forwarded traffic by default')} {xmark(MARK_ACCEPT, MARK_ACCEPT)}")
         out.append(f"{comment_match('Return for accepted forward traffic')} -j RETURN")
@@ -254,6 +251,7 @@ def host_endpoint_chains(state: DesiredState, table: str, version: int = 4, *,
     for hep in state.host_endpoints:
         for name, spec in endpoint_chain_specs(hep, table, mangle_allow, settings.filter_allow_action).items():
             chains[name] = render_host_endpoint_chain(spec, settings)
+            chains.update(policy_group_chains(group_tiers(spec.tiers, spec.inbound)))
             wanted_policies |= {(p.key, spec.inbound) for tier in spec.tiers for p in enforced(tier)}
             if spec.chain_type == NORMAL:
                 wanted_profiles |= {(profile, spec.inbound) for profile in spec.profile_ids}

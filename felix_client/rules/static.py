@@ -54,7 +54,7 @@ from felix_client.names import (
     WORKLOAD_IFACE_PREFIX,
     endpoint_chain_name,
 )
-from felix_client.rules.endpoints import dispatch_chains, render_endpoint_chain
+from felix_client.rules.endpoints import dispatch_chains, group_tiers, policy_group_chains, render_endpoint_chain
 from felix_client.rules.hostendpoints import host_endpoint_chains
 from felix_client.rules.policy import (
     deny_action,
@@ -351,6 +351,9 @@ def render_filter(state: DesiredState, iface_prefix: str = WORKLOAD_IFACE_PREFIX
     for ep in state.endpoints:
         chains[endpoint_chain_name(ep.iface, True)] = render_endpoint_chain(ep, True, settings)
         chains[endpoint_chain_name(ep.iface, False)] = render_endpoint_chain(ep, False, settings)
+        if ep.active:  # the policy-group chains its endpoint chains jump to (shared between endpoints)
+            chains.update(policy_group_chains(group_tiers(ep.ingress, True)))
+            chains.update(policy_group_chains(group_tiers(ep.egress, False)))
 
     # Only chains some endpoint jumps to are programmed (Felix refcounts reachability): an
     # ingress-only policy gets no cali-po- chain.

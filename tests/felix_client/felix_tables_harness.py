@@ -49,8 +49,20 @@ from felix_client.names import (
     endpoint_chain_name,
     ipset_name,
 )
-from felix_client.rules.endpoints import dispatch_chains, enforced, render_endpoint_chain
-from felix_client.rules.hostendpoints import endpoint_chain_specs, host_dispatch_chains, render_host_endpoint_chain
+from felix_client.rules.endpoints import (
+    PolicyGroup,
+    TierGroups,
+    dispatch_chains,
+    enforced,
+    render_endpoint_chain,
+    render_policy_group_chain,
+)
+from felix_client.rules.hostendpoints import (
+    ChainSpec,
+    endpoint_chain_specs,
+    host_dispatch_chains,
+    render_host_endpoint_chain,
+)
 from felix_client.rules.policy import (
     RuleContext,
     _port_groups,
@@ -431,8 +443,8 @@ def dispatch_rows() -> list[Row]:
 
 def _policy_ids(items: list[Any]) -> list[tuple[str, str, str, str]]:
     """A tier's policy list as (kind, namespace, name, selector): a name (a GlobalNetworkPolicy), a
-    `{"name", "kind"}` object, or a Felix PolicyGroup `{"group": {"selector", "policies"}}`. felix_client
-    has no policy groups: a group is its policies in order, each jumped to from the endpoint chain."""
+    `{"name", "kind"}` object, or a Felix PolicyGroup `{"group": {"selector", "policies"}}` (its policies
+    in order; the groups themselves reach the renderer through `_groups`)."""
     out: list[tuple[str, str, str, str]] = []
     for item in items:
         if isinstance(item, str):
@@ -444,6 +456,25 @@ def _policy_ids(items: list[Any]) -> list[tuple[str, str, str, str]]:
         else:
             out.append((item["kind"], item.get("namespace", ""), item["name"], "all()"))
     return out
+
+
+def _groups(spec: dict[str, Any], inbound: bool) -> TierGroups:
+    """The tier as Felix's test hands it to the renderer: a policy given alone is a group of its own
+    (tiersToSinglePolGroups), a `{"group"}` item is that PolicyGroup, selector string as written."""
+    groups: list[PolicyGroup] = []
+    for item in spec["ingress" if inbound else "egress"]:
+        if isinstance(item, dict) and "group" in item:
+            group = item["group"]
+            groups.append(PolicyGroup(inbound, group["selector"], tuple(_policy_key(p) for p in group["policies"])))
+        else:
+            kind, namespace, name, _ = _policy_ids([item])[0]
+            groups.append(PolicyGroup(inbound, "all()", (PolicyKey(kind, namespace, name),)))
+    return TierGroups(spec["name"], spec["default_action"] == "Pass", tuple(groups))
+
+
+def _policy_key(policy: dict[str, Any]) -> PolicyKey:
+    # A PolicyGroup test's policy ID as written (Kind may be empty, as in Felix's test).
+    return PolicyKey(policy.get("kind", ""), policy.get("namespace", ""), policy["name"])
 
 
 def _tier(spec: dict[str, Any], inbound: bool) -> TierPolicies:
@@ -472,8 +503,9 @@ def endpoint_rows() -> list[Row]:
                 active=entry["admin_up"], ingress=tuple(_tier(t, True) for t in entry["tiers"]),
                 egress=tuple(_tier(t, False) for t in entry["tiers"]), profile_ids=tuple(entry["profiles"]))
             config = settings(entry.get("config", {}))
-            chains = {endpoint_chain_name(ep.iface, True): render_endpoint_chain(ep, True, config),
-                      endpoint_chain_name(ep.iface, False): render_endpoint_chain(ep, False, config)}
+            groups = {inbound: tuple(_groups(t, inbound) for t in entry["tiers"]) for inbound in (True, False)}
+            chains = {endpoint_chain_name(ep.iface, True): render_endpoint_chain(ep, True, config, groups[True]),
+                      endpoint_chain_name(ep.iface, False): render_endpoint_chain(ep, False, config, groups[False])}
             expected = [f"{chain}: {save_form(rule, marks, comments=True)}"
                         for chain in sorted(entry["chains"]) for rule in entry["chains"][chain]]
             got = [f"{chain}: {save_form(rule, comments=True)}" for chain in sorted(chains) for rule in chains[chain]]
@@ -491,16 +523,24 @@ def policy_group_rows() -> list[Row]:
     rows: list[Row] = []
     for index, entry in enumerate(data["policy_group_chains"]):
         def check_chain(entry: dict[str, Any] = entry) -> tuple[list[str], list[str]]:
-            # What Felix renders (for whoever adds policy groups): the group's chain and its rules.
-            [f"{entry['chain']}: {save_form(rule, marks, comments=True)}" for rule in entry["rules"]]
-            raise Unsupported("felix_client has no policy groups: an endpoint chain jumps to each policy chain "
-                              "itself, there is no cali-gi-/cali-go- chain to render")
+            group = PolicyGroup(entry["direction"] == "inbound", entry["selector"],
+                                tuple(_policy_key(p) for p in entry["policies"]))
+            return ([f"{entry['chain']}: {save_form(rule, marks, comments=True)}" for rule in entry["rules"]],
+                    [f"{group.chain_name}: {save_form(rule, comments=True)}"
+                     for rule in render_policy_group_chain(group)])
 
         rows.append(Row("PolicyGroup chains", index, entry["name"], check_chain))
     for index, entry in enumerate(data["policy_groups"]):
         def check_group(entry: dict[str, Any] = entry) -> tuple[list[str], list[str]]:
-            if entry["check"] != "has_non_staged":
-                raise Unsupported("felix_client has no policy groups, so no group UIDs (PolicyGroup.UniqueID)")
+            if entry["check"] == "unique_ids":
+                # Each UID the same on a second call; and (beyond Felix's test, whose clash check never
+                # records a UID) different groups, different UIDs.
+                groups = [PolicyGroup(g["direction"] == "inbound", g["selector"],
+                                      tuple(_policy_key(p) for p in g["policies"])) for g in entry["groups"]]
+                names = [g.chain_name for g in groups]
+                return (["stable", "distinct"],
+                        ["stable" if names == [g.chain_name for g in groups] else "unstable",
+                         "distinct" if len(set(names)) == len(set(groups)) else "clash"])
             # HasNonStagedPolicies is, in felix_client, whether a tier of those policies has any policy
             # its endpoint chain jumps to (rules.endpoints.enforced).
             expected = [str(case["expected"]) for case in entry["cases"]]
@@ -569,9 +609,14 @@ def host_endpoint_rows() -> list[Row]:
             specs = endpoint_chain_specs(hep, entry["table"], mangle_allow)
             expected = [f"{chain}: {save_form(rule, marks, comments=True)}"
                         for chain in sorted(entry["chains"]) for rule in entry["chains"][chain]]
+            def single_groups(spec: ChainSpec) -> tuple[TierGroups, ...]:
+                # Felix's test gives each policy its own group (tiersToSinglePolGroups).
+                return tuple(TierGroups(t.name, t.default_pass, tuple(PolicyGroup(spec.inbound, "all()", (p.key,))
+                                                                      for p in t.policies)) for t in spec.tiers)
+
             got = [f"{chain}: {save_form(rule, comments=True)}" for chain in sorted(entry["chains"])
-                   for rule in (render_host_endpoint_chain(specs[chain], settings(config)) if chain in specs
-                                else ["<no such chain>"])]
+                   for rule in (render_host_endpoint_chain(specs[chain], settings(config), single_groups(specs[chain]))
+                                if chain in specs else ["<no such chain>"])]
             return expected, got
 
         rows.append(Row("host endpoint chains", index, entry["name"], check))

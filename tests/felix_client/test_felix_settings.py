@@ -245,3 +245,25 @@ def test_encap_from_workloads_settings() -> None:
     text = rules.render_iptables(calc.snapshot())
     assert "IPinIP encapped packets originating in workloads" not in text
     assert "Drop VXLAN encapped packets originating in workloads" in text
+
+
+# --- policy groups --------------------------------------------------------------------------------
+
+
+def test_consecutive_policies_with_one_selector_share_a_policy_group_chain() -> None:
+    """Felix's policy groups (endpoint manager groupPolicies, PolicyGroupToIptablesChains): two
+    policies in a row with the same selector become one cali-gi-/cali-go- chain that the endpoint
+    chain jumps to; a policy with another selector keeps its own jump."""
+    calc = Calculator(NODE)
+    calc.apply([wep(NODE, "demo", "web", "10.65.0.2", {"app": "web"}),
+                policy("a", "app == 'web'", order=1, types=["ingress"], inbound_rules=[{"action": "allow"}]),
+                policy("b", "app == 'web'", order=2, types=["ingress"], inbound_rules=[{"action": "allow"}]),
+                policy("c", "all()", order=3, types=["ingress"], inbound_rules=[{"action": "allow"}])])
+    lines = rules.render_iptables(calc.snapshot()).splitlines()
+    jumps = [line.split(" -j ")[-1] for line in lines if line.startswith("-A cali-tw-") and "--mark 0x0/" in line
+             and " -j cali-" in line]
+    assert len(jumps) == 2 and jumps[0].startswith("cali-gi-") and jumps[1] == "cali-pi-np/demo/c", jumps
+    group = [line for line in lines if line.startswith(f"-A {jumps[0]} ")]
+    assert group == [f"-A {jumps[0]} -j cali-pi-np/demo/a",
+                     f"-A {jumps[0]} -m mark --mark 0x0/0x30000 -j cali-pi-np/demo/b"]
+    assert f":{jumps[0]} - [0:0]" in lines  # declared, so iptables-restore takes the jump
