@@ -34,6 +34,8 @@ ANY_NETS = {4: ANY_NET, 6: "::/0"}  # the catch-all of each family
 
 # Staged policies are never enforced (they only feed flow logs); the rest are out of scope (docs/calico/felix.md §3).
 ENFORCED_KINDS = frozenset(KIND_SHORT)
+# libcalico-go's KindIsStaged: the kinds Felix's renderer skips (no policy chain, no jump to one).
+STAGED_KINDS = frozenset({"StagedNetworkPolicy", "StagedGlobalNetworkPolicy", "StagedKubernetesNetworkPolicy"})
 
 _PORT_PROTOCOLS = frozenset({"tcp", "udp", "sctp", "udplite", 6, 17, 132, 136})
 _NAMED_PORT_PROTOCOLS = {"tcp": "tcp", "udp": "udp", "sctp": "sctp", 6: "tcp", 17: "udp", 132: "sctp"}
@@ -619,7 +621,7 @@ SETTINGS_ENV = tuple(f"FELIX_{name.upper()}" for name in (
     "LogActionRateLimitBurst", "NATOutgoingExclusions", "NATOutgoingAddress", "NATPortRange", "VXLANPort",
     "IptablesNATOutgoingInterfaceFilter", "AllowVXLANPacketsFromWorkloads", "AllowIPIPPacketsFromWorkloads",
     "FailsafeInboundHostPorts", "FailsafeOutboundHostPorts", "IptablesFilterAllowAction", "IptablesMangleAllowAction",
-    "ClusterType", "MetadataAddr", "MetadataPort",
+    "ClusterType", "MetadataAddr", "MetadataPort", "DisableConntrackInvalidCheck",
     "VXLANVNI", "VXLANMTU", "VXLANMTUV6", "IptablesMarkMask"))
 _LOG_RATE = re.compile(r"[1-9][0-9]{0,3}/(second|minute|hour|day)")
 # iptables-save prints a limit's unit shortened.
@@ -697,6 +699,9 @@ class FelixSettings:
     failsafe_outbound_host_ports: tuple[ProtoPort, ...] = FAILSAFE_OUTBOUND_DEFAULT
     filter_allow_action: str = "ACCEPT"
     mangle_allow_action: str = "ACCEPT"
+    # DisableConntrackInvalidCheck: endpoint chains leave out their ctstate INVALID drop (Felix's
+    # appendConntrackRules), for hosts with asymmetric routing where conntrack misjudges packets.
+    disable_conntrack_invalid: bool = False
     # OpenStack's special cases (metadata service, DHCP, DNS from workloads): on when openstack_active.
     cluster_type: str = ""  # ClusterType, e.g. "k8s,bgp" or "openstack"
     metadata_addr: str = "127.0.0.1"  # MetadataAddr: a hostname or IP; rules only for an IPv4 address
@@ -765,6 +770,7 @@ class FelixSettings:
                                      default.filter_allow_action),
             mangle_allow_action=pick("IptablesMangleAllowAction", _one_of("ACCEPT", "RETURN"),
                                      default.mangle_allow_action),
+            disable_conntrack_invalid=pick("DisableConntrackInvalidCheck", _bool, default.disable_conntrack_invalid),
             cluster_type=pick("ClusterType", _cluster_type, default.cluster_type),
             metadata_addr=pick("MetadataAddr", _hostname, default.metadata_addr),
             metadata_port=pick("MetadataPort", _int_in(0, 65535), default.metadata_port),

@@ -32,7 +32,6 @@ from felix_client.names import (
     FROM_HOST_ENDPOINT,
     FROM_HOST_ENDPOINT_FORWARD_PREFIX,
     FROM_HOST_ENDPOINT_PREFIX,
-    KIND_SHORT,
     MARK_ACCEPT,
     MARK_PASS,
     TO_HEP_FORWARD,
@@ -41,11 +40,18 @@ from felix_client.names import (
     TO_HOST_ENDPOINT_PREFIX,
     WORKLOAD_IFACE_PREFIX,
     host_endpoint_chain_name,
-    policy_chain_name,
     profile_chain_name,
 )
-from felix_client.rules.policy import RuleContext, deny_action, deny_word, render_rules
-from felix_client.rules.table import ACCEPTED, NOT_PASSED, comment_match, xmark
+from felix_client.rules.endpoints import (
+    TierGroups,
+    conntrack_rules,
+    enforced,
+    group_tiers,
+    policy_group_chains,
+    tier_rules,
+)
+from felix_client.rules.policy import deny_action, deny_word, render_policy_chains, render_profile_chains
+from felix_client.rules.table import ACCEPTED, comment_match, xmark
 from typha.model.keys import PolicyKey
 
 # endpointChainType in endpoints.go.
@@ -72,32 +78,22 @@ class ChainSpec:
     any_forward_tiers: bool = False
 
 
-def render_host_endpoint_chain(spec: ChainSpec, settings: FelixSettings | None = None) -> list[str]:
-    """endpointIptablesChain for a host endpoint (always admin up; no QoS controls)."""
+def render_host_endpoint_chain(spec: ChainSpec, settings: FelixSettings | None = None,
+                               tiers: tuple[TierGroups, ...] | None = None) -> list[str]:
+    """endpointIptablesChain for a host endpoint (always admin up; no QoS controls). `tiers` are the
+    chain's policy groups (Felix's TierPolicyGroups), by default `group_tiers` of `spec.tiers`."""
     settings = settings or FelixSettings()
     deny, word = deny_action(settings), deny_word(settings)
     out: list[str] = []
     if spec.chain_type != UNTRACKED:
-        # appendConntrackRules: with RETURN as the verdict, the accept mark tells the caller.
-        if spec.allow != "ACCEPT":
-            out.append(f"-m conntrack --ctstate RELATED,ESTABLISHED {xmark(MARK_ACCEPT, MARK_ACCEPT)}")
-        out.append(f"-m conntrack --ctstate RELATED,ESTABLISHED -j {spec.allow}")
-        out.append(f"-m conntrack --ctstate INVALID {deny}")
+        out += conntrack_rules(spec.allow, settings)
     if spec.failsafe:
         out.append(f"-j {spec.failsafe}")
     out.append(xmark(0, MARK_ACCEPT | MARK_PASS))
-    for tier in spec.tiers:
-        out.append(f"{comment_match(f'Start of tier {tier.name}')} {xmark(0, MARK_PASS)}")
-        for policy in tier.policies:
-            out.append(f"{NOT_PASSED} -j {policy_chain_name(policy.key, spec.inbound)}")
-            if spec.chain_type == UNTRACKED:
-                out.append(f"{ACCEPTED} -j NOTRACK")  # an untracked allow is "NOTRACK and allow"
-            out.append(f"{comment_match('Return if policy accepted')} {ACCEPTED} -j RETURN")
-        # preDNAT and untracked chains never drop at the end of a tier: the filter table's normal
-        # policy still has to see the packet.
-        if spec.chain_type in (NORMAL, FORWARD) and not tier.default_pass:
-            drop = f"End of tier {tier.name}. {word} if no policies passed packet"
-            out.append(f"{comment_match(drop)} {NOT_PASSED} {deny}")
+    # preDNAT and untracked chains never drop at the end of a tier: the filter table's normal policy
+    # still has to see the packet.
+    out += tier_rules(tiers if tiers is not None else group_tiers(spec.tiers, spec.inbound), spec.inbound, settings,
+                      end_of_tier_drop=spec.chain_type in (NORMAL, FORWARD), untracked=spec.chain_type == UNTRACKED)
     if spec.chain_type == FORWARD and not spec.any_forward_tiers:
         out.append(f"{comment_match('Allow forwarded traffic by default')} {xmark(MARK_ACCEPT, MARK_ACCEPT)}")
         out.append(f"{comment_match('Return for accepted forward traffic')} -j RETURN")
@@ -110,22 +106,23 @@ def render_host_endpoint_chain(spec: ChainSpec, settings: FelixSettings | None =
     return out
 
 
-def endpoint_chain_specs(hep: ResolvedHostEndpoint, table: str,
-                         mangle_allow: str = "ACCEPT") -> dict[str, ChainSpec]:
+def endpoint_chain_specs(hep: ResolvedHostEndpoint, table: str, mangle_allow: str = "ACCEPT",
+                         filter_allow: str = "ACCEPT") -> dict[str, ChainSpec]:
     """The endpoint chains one host endpoint has in `table`, by name. `mangle_allow` is
-    IptablesMangleAllowAction (the preDNAT chain's verdict; Felix's default ACCEPT)."""
+    IptablesMangleAllowAction (the preDNAT chain's verdict), `filter_allow` IptablesFilterAllowAction
+    (the filter chains' verdict for established traffic); both ACCEPT by default, as in Felix."""
     iface = hep.iface
     th = host_endpoint_chain_name(TO_HOST_ENDPOINT_PREFIX, iface)
     fh = host_endpoint_chain_name(FROM_HOST_ENDPOINT_PREFIX, iface)
     if table == "filter":
         any_forward = bool(hep.forward_ingress or hep.forward_egress)
         return {
-            th: ChainSpec(hep.egress, hep.profile_ids, False, FAILSAFE_OUT, NORMAL, "ACCEPT"),
-            fh: ChainSpec(hep.ingress, hep.profile_ids, True, FAILSAFE_IN, NORMAL, "ACCEPT"),
+            th: ChainSpec(hep.egress, hep.profile_ids, False, FAILSAFE_OUT, NORMAL, filter_allow),
+            fh: ChainSpec(hep.ingress, hep.profile_ids, True, FAILSAFE_IN, NORMAL, filter_allow),
             host_endpoint_chain_name(TO_HOST_ENDPOINT_FORWARD_PREFIX, iface):
-                ChainSpec(hep.forward_egress, hep.profile_ids, False, "", FORWARD, "ACCEPT", any_forward),
+                ChainSpec(hep.forward_egress, hep.profile_ids, False, "", FORWARD, filter_allow, any_forward),
             host_endpoint_chain_name(FROM_HOST_ENDPOINT_FORWARD_PREFIX, iface):
-                ChainSpec(hep.forward_ingress, hep.profile_ids, True, "", FORWARD, "ACCEPT", any_forward),
+                ChainSpec(hep.forward_ingress, hep.profile_ids, True, "", FORWARD, filter_allow, any_forward),
         }
     if table == "mangle":
         # HostEndpointToMangleEgressChains: RETURN, not ACCEPT - other mangle rules may still
@@ -252,22 +249,16 @@ def host_endpoint_chains(state: DesiredState, table: str, version: int = 4, *,
     wanted_policies: set[tuple[PolicyKey, bool]] = set()
     wanted_profiles: set[tuple[str, bool]] = set()
     for hep in state.host_endpoints:
-        for name, spec in endpoint_chain_specs(hep, table, mangle_allow).items():
+        for name, spec in endpoint_chain_specs(hep, table, mangle_allow, settings.filter_allow_action).items():
             chains[name] = render_host_endpoint_chain(spec, settings)
-            wanted_policies |= {(p.key, spec.inbound) for tier in spec.tiers for p in tier.policies}
+            chains.update(policy_group_chains(group_tiers(spec.tiers, spec.inbound)))
+            wanted_policies |= {(p.key, spec.inbound) for tier in spec.tiers for p in enforced(tier)}
             if spec.chain_type == NORMAL:
                 wanted_profiles |= {(profile, spec.inbound) for profile in spec.profile_ids}
     for key, inbound in sorted(wanted_policies, key=lambda item: (item[0].kind, item[0].namespace, item[0].name,
                                                                    item[1])):
-        policy = state.policies[key]
-        context = RuleContext(settings, KIND_SHORT.get(policy.key.kind, policy.key.kind), policy.key.name,
-                              policy.key.namespace, policy.tier)
-        direction = "ingress" if inbound else "egress"
-        chains[policy_chain_name(policy.key, inbound)] = render_rules(
-            policy.rules(inbound, version), f"{policy.description} {direction}", context)
+        chains.update(render_policy_chains(state.policies[key], version, settings, (inbound,)))
     for name, inbound in sorted(wanted_profiles):
         profile = state.profiles.get(name) or ParsedProfile(name, (), ())
-        direction = "ingress" if inbound else "egress"
-        chains[profile_chain_name(name, inbound)] = render_rules(
-            profile.rules(inbound, version), f"Profile {name} {direction}", RuleContext(settings, "pro", name))
+        chains.update(render_profile_chains(profile, version, settings, (inbound,)))
     return chains

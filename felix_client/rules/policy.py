@@ -11,8 +11,18 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from felix_client.calc.model import ANY_NETS, FelixSettings, IPSetSpec, ParsedRule, Side
+from felix_client.calc.model import (
+    ANY_NETS,
+    STAGED_KINDS,
+    FelixSettings,
+    IPSetSpec,
+    ParsedPolicy,
+    ParsedProfile,
+    ParsedRule,
+    Side,
+)
 from felix_client.names import (
+    KIND_SHORT,
     MARK_ACCEPT,
     MARK_DROP,
     MARK_PASS,
@@ -21,6 +31,8 @@ from felix_client.names import (
     MAX_LOG_PREFIX_LENGTH,
     MULTIPORT_SLOTS,
     escape_comment,
+    policy_chain_name,
+    profile_chain_name,
 )
 from felix_client.rules.table import comment_match, xmark
 
@@ -225,10 +237,11 @@ def deny_word(settings: FelixSettings) -> str:
     return "Reject" if settings.filter_deny_action == "REJECT" else "Drop"
 
 
-def _marked(match: str, mark: int, comment: str, action: str) -> list[str]:
+def _marked(match: str, mark: int, notes: list[str], action: str) -> list[str]:
     """CombineMatchAndActionsForProtoRule: the match sets the action's mark bit, then a rule on the
-    mark takes the action (for Deny Felix's MarkDrop, then the configured deny action)."""
-    return [f"{match} {xmark(mark, mark)}", f"{comment_match(comment)} -m mark --mark {mark:#x}/{mark:#x} {action}"]
+    mark takes the action (for Deny Felix's MarkDrop, then the configured deny action). Both carry the
+    rule's comments: Felix puts the metadata annotations on every rule of a Calico rule."""
+    return [f"{match} {xmark(mark, mark)}", " ".join((*notes, f"-m mark --mark {mark:#x}/{mark:#x} {action}"))]
 
 
 def render_rule(rule: ParsedRule, comment: str, context: RuleContext = DEFAULT_CONTEXT) -> list[str]:
@@ -236,6 +249,7 @@ def render_rule(rule: ParsedRule, comment: str, context: RuleContext = DEFAULT_C
     with CombineMatchAndActionsForProtoRule, in iptables-save form."""
     icmp, not_icmp = _icmp(rule)
     notes = [comment_match(comment), *(comment_match(f"{k}={v}") for k, v in rule.annotations)]
+    action_notes = list(notes)  # the annotations go on every rule; the fail-closed note marks the match
     if rule.fail_closed:
         notes.append(comment_match("felix-client: invalid rule fails closed"))
     protocol = _protocol_head(rule)
@@ -276,11 +290,11 @@ def render_rule(rule: ParsedRule, comment: str, context: RuleContext = DEFAULT_C
     match = _save_order((*protocol, *limit, *matches), notes)
     out = blocks.rules
     if rule.action == "allow":
-        out += _marked(match, MARK_ACCEPT, comment, "-j RETURN")
+        out += _marked(match, MARK_ACCEPT, action_notes, "-j RETURN")
     elif rule.action == "next-tier":
-        out += _marked(match, MARK_PASS, comment, "-j RETURN")
+        out += _marked(match, MARK_PASS, action_notes, "-j RETURN")
     elif rule.action == "deny":
-        out += _marked(match, MARK_DROP, comment, context.deny())
+        out += _marked(match, MARK_DROP, action_notes, context.deny())
     elif rule.action == "log":
         out.append(f'{match} -j LOG --log-prefix "{context.log_prefix()}" --log-level 5')
     return out
@@ -293,3 +307,27 @@ def render_rules(rules: Iterable[ParsedRule], comment: str, context: RuleContext
         out.pop()
     # An empty chain still gets one comment-only rule, as Felix writes (e.g. the ksa. profiles).
     return out or [comment_match(comment)]
+
+
+def render_policy_chains(policy: ParsedPolicy, version: int, settings: FelixSettings,
+                         directions: Iterable[bool] = (True, False)) -> dict[str, list[str]]:
+    """PolicyToIptablesChains: a policy's cali-pi-/cali-po- chains (inbound, outbound, as asked), the
+    first rule carrying "<Kind> <name> ingress|egress". A staged policy renders no chain at all, as in
+    Felix: it is never enforced (felix_client's calculation drops staged kinds before they get here)."""
+    key = policy.key
+    if key.kind in STAGED_KINDS:
+        return {}
+    context = RuleContext(settings, KIND_SHORT.get(key.kind, key.kind), key.name, key.namespace, policy.tier)
+    return {policy_chain_name(key, inbound): render_rules(
+                policy.rules(inbound, version), f"{policy.description} {'ingress' if inbound else 'egress'}", context)
+            for inbound in directions}
+
+
+def render_profile_chains(profile: ParsedProfile, version: int, settings: FelixSettings,
+                          directions: Iterable[bool] = (True, False)) -> dict[str, list[str]]:
+    """ProfileToIptablesChains: a profile's cali-pri-/cali-pro- chains, commented "Profile <name> ..."."""
+    context = RuleContext(settings, "pro", profile.name)
+    return {profile_chain_name(profile.name, inbound): render_rules(
+                profile.rules(inbound, version), f"Profile {profile.name} {'ingress' if inbound else 'egress'}",
+                context)
+            for inbound in directions}

@@ -32,7 +32,6 @@ from felix_client.names import (
     FROM_WORKLOAD_PREFIX,
     HOSTS_SET,
     IPIP_DEVICE,
-    KIND_SHORT,
     MARK_ACCEPT,
     MARK_ALL,
     MARK_CLEAR_FORWARD,
@@ -54,12 +53,15 @@ from felix_client.names import (
     WL_TO_HOST,
     WORKLOAD_IFACE_PREFIX,
     endpoint_chain_name,
-    policy_chain_name,
-    profile_chain_name,
 )
-from felix_client.rules.endpoints import dispatch_chains, render_endpoint_chain
+from felix_client.rules.endpoints import dispatch_chains, group_tiers, policy_group_chains, render_endpoint_chain
 from felix_client.rules.hostendpoints import host_endpoint_chains
-from felix_client.rules.policy import RuleContext, deny_action, deny_word, render_rules
+from felix_client.rules.policy import (
+    deny_action,
+    deny_word,
+    render_policy_chains,
+    render_profile_chains,
+)
 from felix_client.rules.table import ACCEPTED, Table, comment_match, xmark
 
 # ICMPv6 types a workload may always send to its host (static.go ICMPv6Filter): multicast listener
@@ -349,6 +351,9 @@ def render_filter(state: DesiredState, iface_prefix: str = WORKLOAD_IFACE_PREFIX
     for ep in state.endpoints:
         chains[endpoint_chain_name(ep.iface, True)] = render_endpoint_chain(ep, True, settings)
         chains[endpoint_chain_name(ep.iface, False)] = render_endpoint_chain(ep, False, settings)
+        if ep.active:  # the policy-group chains its endpoint chains jump to (shared between endpoints)
+            chains.update(policy_group_chains(group_tiers(ep.ingress, True)))
+            chains.update(policy_group_chains(group_tiers(ep.egress, False)))
 
     # Only chains some endpoint jumps to are programmed (Felix refcounts reachability): an
     # ingress-only policy gets no cali-po- chain.
@@ -356,21 +361,11 @@ def render_filter(state: DesiredState, iface_prefix: str = WORKLOAD_IFACE_PREFIX
     wanted_in = {p.key for ep in live for tier in ep.ingress for p in tier.policies}
     wanted_out = {p.key for ep in live for tier in ep.egress for p in tier.policies}
     for key in sorted(state.policies, key=lambda k: (k.kind, k.namespace, k.name)):
-        policy = state.policies[key]
-        context = RuleContext(settings, KIND_SHORT.get(key.kind, key.kind), key.name, key.namespace, policy.tier)
-        if key in wanted_in:
-            chains[policy_chain_name(key, True)] = render_rules(policy.rules(True, version),
-                                                                f"{policy.description} ingress", context)
-        if key in wanted_out:
-            chains[policy_chain_name(key, False)] = render_rules(policy.rules(False, version),
-                                                                 f"{policy.description} egress", context)
+        directions = [inbound for inbound, wanted in ((True, wanted_in), (False, wanted_out)) if key in wanted]
+        chains.update(render_policy_chains(state.policies[key], version, settings, directions))
     for name in sorted({p for ep in live for p in ep.profile_ids}):
         profile = state.profiles.get(name) or ParsedProfile(name, (), ())
-        context = RuleContext(settings, "pro", name)
-        chains[profile_chain_name(name, True)] = render_rules(profile.rules(True, version),
-                                                              f"Profile {name} ingress", context)
-        chains[profile_chain_name(name, False)] = render_rules(profile.rules(False, version),
-                                                               f"Profile {name} egress", context)
+        chains.update(render_profile_chains(profile, version, settings))
     return _assemble(t, state, version, static_chains(state, "filter", version, iface_prefix), chains,
                      iface_prefix)
 

@@ -30,6 +30,7 @@ from felix_client.calc.model import (
     SETTINGS_ENV,
     FelixSettings,
     ParsedPolicy,
+    ParsedProfile,
     ParsedRule,
     Side,
     parse_rule,
@@ -47,11 +48,28 @@ from felix_client.names import (
     TO_WORKLOAD_PREFIX,
     endpoint_chain_name,
     ipset_name,
-    policy_chain_name,
 )
-from felix_client.rules.endpoints import dispatch_chains, render_endpoint_chain
-from felix_client.rules.hostendpoints import endpoint_chain_specs, host_dispatch_chains, render_host_endpoint_chain
-from felix_client.rules.policy import RuleContext, _port_groups, render_rule, render_rules
+from felix_client.rules.endpoints import (
+    PolicyGroup,
+    TierGroups,
+    dispatch_chains,
+    enforced,
+    render_endpoint_chain,
+    render_policy_group_chain,
+)
+from felix_client.rules.hostendpoints import (
+    ChainSpec,
+    endpoint_chain_specs,
+    host_dispatch_chains,
+    render_host_endpoint_chain,
+)
+from felix_client.rules.policy import (
+    RuleContext,
+    _port_groups,
+    render_policy_chains,
+    render_profile_chains,
+    render_rule,
+)
 from felix_client.rules.static import nat_outgoing_rules, render_nat, render_raw, static_chains
 from typha.model import selector
 from typha.model.keys import PolicyKey
@@ -172,7 +190,7 @@ def _ports(ranges: list[list[int]]) -> tuple[int | str, ...]:
 
 
 _KNOWN_FIELDS = frozenset(
-    {"Protocol", "NotProtocol", "Icmp", "NotIcmp", "DstIpPortSetIds"}
+    {"Protocol", "NotProtocol", "Icmp", "NotIcmp", "DstIpPortSetIds", "Metadata"}
     | {f"{neg}{side}{what}" for neg in ("", "Not") for side in ("Src", "Dst")
        for what in ("Net", "IpSetIds", "Ports", "NamedPortIpSetIds")}
 )
@@ -214,13 +232,15 @@ def parsed_rule(rule: dict[str, Any], action: str, ip_version: int) -> ParsedRul
         not_icmp_code=not_icmp.get("code"),
         src=_side(rule, "Src", ip_version),
         dst=_side(rule, "Dst", ip_version),
+        annotations=tuple(sorted((rule.get("Metadata") or {}).items())),
         version=ip_version,
     )
 
 
 def v1_rule(rule: dict[str, Any]) -> dict[str, Any]:
     """The datastore (v1 model) form of a rule holding only nets, for rows that go through the parser."""
-    names = {"SrcNet": "src_nets", "DstNet": "dst_nets", "NotSrcNet": "!src_nets", "NotDstNet": "!dst_nets"}
+    names = {"SrcNet": "src_nets", "DstNet": "dst_nets", "NotSrcNet": "!src_nets", "NotDstNet": "!dst_nets",
+             "IpVersion": "ip_version"}
     unknown = set(rule) - set(names)
     if unknown:
         raise Unsupported(f"fields {sorted(unknown)} have no datastore form here")
@@ -268,20 +288,68 @@ def _action_check(table: dict[str, Any], entry: dict[str, Any], owner: dict[str,
     for action in table["actions"]:
         rule = parsed_rule(entry["rule"], action, entry["ip_version"])
         if "policy" in table:
-            key = PolicyKey(kind="GlobalNetworkPolicy", namespace="", name=owner["name"])
-            inbound = table["policy"]["direction"] == "inbound"
-            desc = f"GlobalNetworkPolicy {owner['name']}"
-            chains = {policy_chain_name(key, True): render_rules([rule] if inbound else [], f"{desc} ingress", context),
-                      policy_chain_name(key, False): render_rules([] if inbound else [rule], f"{desc} egress", context)}
-            for chain, want in table["policy"]["chains"].items():
+            spec = table["policy"]
+            key = PolicyKey(kind=spec.get("kind", owner["kind"]), namespace="", name=spec.get("name", owner["name"]))
+            inbound = spec["direction"] == "inbound"
+            chains = render_policy_chains(_policy(key, owner.get("tier", ""), [rule] if inbound else [],
+                                                  [] if inbound else [rule], entry["ip_version"]),
+                                          entry["ip_version"], context.settings)
+            for chain, want in spec["chains"].items():
                 keep = len(want) == 1 and want[0].startswith("-m comment")  # Felix checks the empty chain's comment
                 expected += [f"{chain}: " + save_form(r.replace("{match}", entry["match"]), marks, comments=keep)
                              for r in want]
                 got += [f"{chain}: " + save_form(r, comments=keep) for r in chains.get(chain, ["<no such chain>"])]
+            got += [f"{chain}: <not expected>" for chain in chains if chain not in spec["chains"]]
             continue
         expected += [save_form(r.replace("{match}", entry["match"]), marks) for r in table["expected"]]
         got += [save_form(r) for r in render_rule(rule, "c", context)]
     return expected, got
+
+
+def _policy(key: PolicyKey, tier: str, inbound: list[ParsedRule], outbound: list[ParsedRule],
+            version: int) -> ParsedPolicy:
+    """A policy holding `inbound`/`outbound` (already parsed for `version`) as PolicyToIptablesChains' input."""
+    rules = {"inbound6" if version == 6 else "inbound": tuple(inbound),
+             "outbound6" if version == 6 else "outbound": tuple(outbound)}
+    return ParsedPolicy(**{"inbound": (), "outbound": (), **rules}, key=key, tier=tier, order=None,
+                        selector=selector.parse("all()"), ingress=True, egress=True)
+
+
+def metadata_rows() -> list[Row]:
+    """felix/rules/policy_test.go Describe "rule metadata tests" (without flow logs): a rule's metadata
+    annotations as comments on each of its iptables rules, and the owner comment of policy and profile
+    chains (with hashed chain names)."""
+    data = load("policy_test.json")
+    marks = mark_map(data["marks"])
+    rows: list[Row] = []
+    for index, entry in enumerate(data["rule_metadata"]):
+        def check(entry: dict[str, Any] = entry) -> tuple[list[str], list[str]]:
+            version = entry["ip_version"]
+            if entry["call"] == "rule":
+                rendered = [save_form(r, comments=True) for r in render_rule(parsed_rule(entry["rule"], "", version),
+                                                                             "c")]
+                want = [f'--comment "{c}"' for c in entry["every_rule_has_comments"]]
+                # Felix's loop over the rules passes vacuously on none; a rule that renders nothing fails here.
+                return (["rules: some", *(f"{i}: {w}" for i in range(len(rendered)) for w in want)],
+                        ["rules: some" if rendered else "rules: none",
+                         *(f"{i}: {w}" for i, r in enumerate(rendered) for w in want if w in r)])
+            owner = entry["owner"]
+            inbound = [parsed_rule(r["rule"], r["action"], version) for r in entry["inbound"]]
+            outbound = [parsed_rule(r["rule"], r["action"], version) for r in entry["outbound"]]
+            if entry["call"] == "policy":
+                chains = render_policy_chains(_policy(PolicyKey(owner["kind"], "", owner["name"]), owner["tier"],
+                                                      inbound, outbound, version), version, settings({}))
+            else:
+                chains = render_profile_chains(ParsedProfile(owner["name"], tuple(inbound), tuple(outbound)),
+                                               version, settings({}))
+            expected = [f"{c}: {save_form(r, marks, comments=True)}"
+                        for c, want in entry["chains"].items() for r in want]
+            got = [f"{c}: {save_form(r, comments=True)}" for c in entry["chains"]
+                   for r in chains.get(c, ["<no such chain>"])]
+            return expected, got + [f"{c}: <not expected>" for c in chains if c not in entry["chains"]]
+
+        rows.append(Row("rule metadata tests", index, entry["name"], check))
+    return rows
 
 
 def policy_rows() -> list[Row]:
@@ -316,6 +384,16 @@ def policy_rows() -> list[Row]:
 
         rows.append(Row("Rules with catch-all negated CIDRs should be filtered out", index,
                         f"{entry['name']} (IPv{entry['ip_version']})", check_filtered))
+
+    for index, entry in enumerate(data["other_version"]):
+        def check_other(entry: dict[str, Any] = entry) -> tuple[list[str], list[str]]:
+            # ProtoRulesToIptablesRules skips a rule of the other IP version (by IpVersion or by its CIDRs):
+            # in felix_client the parser filters each rule for the family it renders.
+            parsed = parse_rules([v1_rule(entry["rule"])], "felix-tables", entry["ip_version"])
+            return [], [save_form(r) for rule in parsed for r in render_rule(rule, "c")]
+
+        # The two Its of each CIDR field share a name in Felix; the row's name says which family renders.
+        rows.append(Row("with default renderer", index, f"{entry['name']} (IPv{entry['ip_version']})", check_other))
 
     nets = data["cidr_split_nets"]
     for index, entry in enumerate(data["cidr_split"]):
@@ -363,11 +441,47 @@ def dispatch_rows() -> list[Row]:
     return rows
 
 
+def _policy_ids(items: list[Any]) -> list[tuple[str, str, str, str]]:
+    """A tier's policy list as (kind, namespace, name, selector): a name (a GlobalNetworkPolicy), a
+    `{"name", "kind"}` object, or a Felix PolicyGroup `{"group": {"selector", "policies"}}` (its policies
+    in order; the groups themselves reach the renderer through `_groups`)."""
+    out: list[tuple[str, str, str, str]] = []
+    for item in items:
+        if isinstance(item, str):
+            out.append(("GlobalNetworkPolicy", "", item, "all()"))
+        elif "group" in item:
+            group = item["group"]
+            out += [(p.get("kind") or "GlobalNetworkPolicy", p.get("namespace", ""), p["name"], group["selector"])
+                    for p in group["policies"]]
+        else:
+            out.append((item["kind"], item.get("namespace", ""), item["name"], "all()"))
+    return out
+
+
+def _groups(spec: dict[str, Any], inbound: bool) -> TierGroups:
+    """The tier as Felix's test hands it to the renderer: a policy given alone is a group of its own
+    (tiersToSinglePolGroups), a `{"group"}` item is that PolicyGroup, selector string as written."""
+    groups: list[PolicyGroup] = []
+    for item in spec["ingress" if inbound else "egress"]:
+        if isinstance(item, dict) and "group" in item:
+            group = item["group"]
+            groups.append(PolicyGroup(inbound, group["selector"], tuple(_policy_key(p) for p in group["policies"])))
+        else:
+            kind, namespace, name, _ = _policy_ids([item])[0]
+            groups.append(PolicyGroup(inbound, "all()", (PolicyKey(kind, namespace, name),)))
+    return TierGroups(spec["name"], spec["default_action"] == "Pass", tuple(groups))
+
+
+def _policy_key(policy: dict[str, Any]) -> PolicyKey:
+    # A PolicyGroup test's policy ID as written (Kind may be empty, as in Felix's test).
+    return PolicyKey(policy.get("kind", ""), policy.get("namespace", ""), policy["name"])
+
+
 def _tier(spec: dict[str, Any], inbound: bool) -> TierPolicies:
     policies = tuple(
-        ParsedPolicy(key=PolicyKey("GlobalNetworkPolicy", "", name), tier=spec["name"], order=None,
-                     selector=selector.parse("all()"), ingress=inbound, egress=not inbound, inbound=(), outbound=())
-        for name in spec["ingress" if inbound else "egress"])
+        ParsedPolicy(key=PolicyKey(kind, namespace, name), tier=spec["name"], order=None,
+                     selector=selector.parse(sel), ingress=inbound, egress=not inbound, inbound=(), outbound=())
+        for kind, namespace, name, sel in _policy_ids(spec["ingress" if inbound else "egress"]))
     return TierPolicies(spec["name"], spec["default_action"] == "Pass", policies)
 
 
@@ -378,19 +492,65 @@ def endpoint_rows() -> list[Row]:
     rows: list[Row] = []
     for index, entry in enumerate(data["workload_endpoints"]):
         def check(entry: dict[str, Any] = entry) -> tuple[list[str], list[str]]:
+            if "qos_controls" in entry:
+                raise Unsupported("QoSControls (packet rate and connection limits) are not an input of "
+                                  "felix_client's endpoint chains: it has no QoS controls")
+            unread = sorted(name for name in entry.get("config", {}) if f"FELIX_{name.upper()}" not in SETTINGS_ENV)
+            if unread:
+                raise Unsupported(f"FelixConfiguration {', '.join(unread)} is not read")
             ep = ResolvedEndpoint(
                 key=f"/calico/v1/host/h/workload/k8s/w/endpoint/{entry['iface']}", iface=entry["iface"],
                 active=entry["admin_up"], ingress=tuple(_tier(t, True) for t in entry["tiers"]),
                 egress=tuple(_tier(t, False) for t in entry["tiers"]), profile_ids=tuple(entry["profiles"]))
             config = settings(entry.get("config", {}))
-            chains = {endpoint_chain_name(ep.iface, True): render_endpoint_chain(ep, True, config),
-                      endpoint_chain_name(ep.iface, False): render_endpoint_chain(ep, False, config)}
+            groups = {inbound: tuple(_groups(t, inbound) for t in entry["tiers"]) for inbound in (True, False)}
+            chains = {endpoint_chain_name(ep.iface, True): render_endpoint_chain(ep, True, config, groups[True]),
+                      endpoint_chain_name(ep.iface, False): render_endpoint_chain(ep, False, config, groups[False])}
             expected = [f"{chain}: {save_form(rule, marks, comments=True)}"
                         for chain in sorted(entry["chains"]) for rule in entry["chains"][chain]]
             got = [f"{chain}: {save_form(rule, comments=True)}" for chain in sorted(chains) for rule in chains[chain]]
             return expected, got
 
         rows.append(Row("workload endpoint chains", index, entry["name"], check))
+    return rows
+
+
+def policy_group_rows() -> list[Row]:
+    """felix/rules/endpoints_test.go: DescribeTable "PolicyGroup chains" (PolicyGroupToIptablesChains)
+    and Describe "PolicyGroups" (UniqueID, HasNonStagedPolicies)."""
+    data = load("endpoints_test.json")
+    marks = mark_map(data["marks"])
+    rows: list[Row] = []
+    for index, entry in enumerate(data["policy_group_chains"]):
+        def check_chain(entry: dict[str, Any] = entry) -> tuple[list[str], list[str]]:
+            group = PolicyGroup(entry["direction"] == "inbound", entry["selector"],
+                                tuple(_policy_key(p) for p in entry["policies"]))
+            return ([f"{entry['chain']}: {save_form(rule, marks, comments=True)}" for rule in entry["rules"]],
+                    [f"{group.chain_name}: {save_form(rule, comments=True)}"
+                     for rule in render_policy_group_chain(group)])
+
+        rows.append(Row("PolicyGroup chains", index, entry["name"], check_chain))
+    for index, entry in enumerate(data["policy_groups"]):
+        def check_group(entry: dict[str, Any] = entry) -> tuple[list[str], list[str]]:
+            if entry["check"] == "unique_ids":
+                # Each UID the same on a second call; and (beyond Felix's test, whose clash check never
+                # records a UID) different groups, different UIDs.
+                groups = [PolicyGroup(g["direction"] == "inbound", g["selector"],
+                                      tuple(_policy_key(p) for p in g["policies"])) for g in entry["groups"]]
+                names = [g.chain_name for g in groups]
+                return (["stable", "distinct"],
+                        ["stable" if names == [g.chain_name for g in groups] else "unstable",
+                         "distinct" if len(set(names)) == len(set(groups)) else "clash"])
+            # HasNonStagedPolicies is, in felix_client, whether a tier of those policies has any policy
+            # its endpoint chain jumps to (rules.endpoints.enforced).
+            expected = [str(case["expected"]) for case in entry["cases"]]
+            tiers = [TierPolicies("default", False, tuple(
+                ParsedPolicy(key=PolicyKey(p["kind"], p.get("namespace", ""), p["name"]), tier="default", order=None,
+                             selector=selector.parse("all()"), ingress=True, egress=False, inbound=(), outbound=())
+                for p in case["policies"])) for case in entry["cases"]]
+            return expected, [str(bool(enforced(tier))) for tier in tiers]
+
+        rows.append(Row("PolicyGroups", index, entry["name"], check_group))
     return rows
 
 
@@ -449,9 +609,14 @@ def host_endpoint_rows() -> list[Row]:
             specs = endpoint_chain_specs(hep, entry["table"], mangle_allow)
             expected = [f"{chain}: {save_form(rule, marks, comments=True)}"
                         for chain in sorted(entry["chains"]) for rule in entry["chains"][chain]]
+            def single_groups(spec: ChainSpec) -> tuple[TierGroups, ...]:
+                # Felix's test gives each policy its own group (tiersToSinglePolGroups).
+                return tuple(TierGroups(t.name, t.default_pass, tuple(PolicyGroup(spec.inbound, "all()", (p.key,))
+                                                                      for p in t.policies)) for t in spec.tiers)
+
             got = [f"{chain}: {save_form(rule, comments=True)}" for chain in sorted(entry["chains"])
-                   for rule in (render_host_endpoint_chain(specs[chain], settings(config)) if chain in specs
-                                else ["<no such chain>"])]
+                   for rule in (render_host_endpoint_chain(specs[chain], settings(config), single_groups(specs[chain]))
+                                if chain in specs else ["<no such chain>"])]
             return expected, got
 
         rows.append(Row("host endpoint chains", index, entry["name"], check))
@@ -560,5 +725,5 @@ def static_chain_rows() -> list[Row]:
 
 
 def all_rows() -> list[Row]:
-    return (policy_rows() + dispatch_rows() + endpoint_rows() + nat_rows() + static_rows() + static_chain_rows()
-            + host_dispatch_rows() + host_endpoint_rows())
+    return (policy_rows() + metadata_rows() + dispatch_rows() + endpoint_rows() + nat_rows() + static_rows()
+            + static_chain_rows() + host_dispatch_rows() + host_endpoint_rows() + policy_group_rows())

@@ -149,6 +149,35 @@ def test_reject_reaches_the_endpoint_chains() -> None:
     assert "-m conntrack --ctstate INVALID -j REJECT --reject-with icmp-port-unreachable" in text
 
 
+def test_conntrack_invalid_check_and_filter_allow_action_reach_the_endpoint_chains() -> None:
+    """DisableConntrackInvalidCheck leaves out the INVALID drop of every endpoint chain (Felix's
+    appendConntrackRules); IptablesFilterAllowAction RETURN makes established traffic set the accept
+    mark and return instead of accepting. A bad value is Felix's default (the check stays on)."""
+    calc = Calculator(NODE)
+    calc.apply([wep(NODE, "demo", "web", "10.65.0.2", {"app": "web"})])
+    text = rules.render_iptables(calc.snapshot())
+    assert "-A cali-tw-cali" in text and "-m conntrack --ctstate INVALID -j DROP" in text
+    assert "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT" in text
+    calc.apply([(keys.global_config_path("DisableConntrackInvalidCheck"), "true"),
+                (keys.global_config_path("IptablesFilterAllowAction"), "RETURN")])
+    text = rules.render_iptables(calc.snapshot())
+    endpoint_rules = [line for line in text.splitlines() if line.startswith(("-A cali-tw-", "-A cali-fw-"))]
+    assert endpoint_rules
+    assert not any("--ctstate INVALID" in line for line in endpoint_rules)
+    assert any(line.endswith("--ctstate RELATED,ESTABLISHED -j MARK --set-xmark 0x10000/0x10000")
+               for line in endpoint_rules)
+    assert any(line.endswith("--ctstate RELATED,ESTABLISHED -j RETURN") for line in endpoint_rules)
+    assert not FelixSettings.from_sources({"DisableConntrackInvalidCheck": "sometimes"}.get).disable_conntrack_invalid
+
+
+def test_rule_annotations_go_on_every_rule_of_the_rule() -> None:
+    """Felix renders a rule's metadata annotations as comments on each of its iptables rules."""
+    parsed = parse_rules([{"action": "deny", "protocol": "tcp", "metadata": {"annotations": {"k": "v"}}}], "t")
+    rendered = rules.render_rules(parsed, "Policy x ingress")
+    assert len(rendered) == 2
+    assert all('-m comment --comment "k=v"' in rule for rule in rendered)
+
+
 # --- NAT outgoing and VXLAN -----------------------------------------------------------------------
 
 
@@ -216,3 +245,25 @@ def test_encap_from_workloads_settings() -> None:
     text = rules.render_iptables(calc.snapshot())
     assert "IPinIP encapped packets originating in workloads" not in text
     assert "Drop VXLAN encapped packets originating in workloads" in text
+
+
+# --- policy groups --------------------------------------------------------------------------------
+
+
+def test_consecutive_policies_with_one_selector_share_a_policy_group_chain() -> None:
+    """Felix's policy groups (endpoint manager groupPolicies, PolicyGroupToIptablesChains): two
+    policies in a row with the same selector become one cali-gi-/cali-go- chain that the endpoint
+    chain jumps to; a policy with another selector keeps its own jump."""
+    calc = Calculator(NODE)
+    calc.apply([wep(NODE, "demo", "web", "10.65.0.2", {"app": "web"}),
+                policy("a", "app == 'web'", order=1, types=["ingress"], inbound_rules=[{"action": "allow"}]),
+                policy("b", "app == 'web'", order=2, types=["ingress"], inbound_rules=[{"action": "allow"}]),
+                policy("c", "all()", order=3, types=["ingress"], inbound_rules=[{"action": "allow"}])])
+    lines = rules.render_iptables(calc.snapshot()).splitlines()
+    jumps = [line.split(" -j ")[-1] for line in lines if line.startswith("-A cali-tw-") and "--mark 0x0/" in line
+             and " -j cali-" in line]
+    assert len(jumps) == 2 and jumps[0].startswith("cali-gi-") and jumps[1] == "cali-pi-np/demo/c", jumps
+    group = [line for line in lines if line.startswith(f"-A {jumps[0]} ")]
+    assert group == [f"-A {jumps[0]} -j cali-pi-np/demo/a",
+                     f"-A {jumps[0]} -m mark --mark 0x0/0x30000 -j cali-pi-np/demo/b"]
+    assert f":{jumps[0]} - [0:0]" in lines  # declared, so iptables-restore takes the jump
