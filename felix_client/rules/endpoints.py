@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
 from felix_client.calc.graph import ResolvedEndpoint, TierPolicies
@@ -188,27 +188,36 @@ def _common_prefix(names: list[str]) -> str:
     return first[:i]
 
 
-def dispatch_chains(names: list[str], root: str, flag: str, target: str) -> dict[str, list[str]]:
-    """Felix's dispatch.go shape: a shallow tree keyed by the first character after the names' common
-    prefix, so a packet for the last of hundreds of endpoints passes ~16 + n/16 rules, not n. A
-    group of one gets its rule in the root chain directly (so two endpoints give a flat chain, as in
-    docs/calico/felix.md §2.4). Each chain ends with the "Unknown interface" drop: a child that fell through
-    would otherwise return (goto) past the root into cali-FORWARD and skip policy."""
-    unknown = f"{comment_match('Unknown interface')} -j DROP"
-    names = sorted(set(names))
-    if not names:
-        return {root: [unknown]}
-    common = _common_prefix(names) if len(names) > 1 else names[0][:-1]
-    groups: dict[str, list[str]] = {}
-    for name in names:
-        groups.setdefault(name[: len(common) + 1], []).append(name)
-    chains: dict[str, list[str]] = {root: []}
-    for prefix, members in groups.items():
-        if len(members) == 1:
-            chains[root].append(f"{flag} {members[0]} -g {target}{members[0]}")
-            continue
-        child = f"{root}-{prefix[len(common):]}"
-        chains[root].append(f"{flag} {prefix}+ -g {child}")
-        chains[child] = [f"{flag} {name} -g {target}{name}" for name in members] + [unknown]
-    chains[root].append(unknown)
+def dispatch_tree(names: Iterable[str], root: str, flag: str, chain_for: Callable[[str], str],
+                  end_rules: list[str]) -> dict[str, list[str]]:
+    """Felix's dispatch.go shape (buildSingleDispatchChainTree), for workload and host endpoints: a
+    shallow tree keyed by the first character after the names' common prefix, so a packet for the
+    last of hundreds of endpoints passes ~16 + n/16 rules, not n. A group of one gets its rule
+    (`flag NAME -g chain_for(NAME)`) in the root chain directly (so two endpoints give a flat chain,
+    as in docs/calico/felix.md §2.4); a larger group gets a child chain `<root>-<char>` behind a
+    wildcard match. Every chain ends with `end_rules`: gotos never come back to the root."""
+    ordered = sorted(set(names))
+    chains: dict[str, list[str]] = {}
+    root_rules: list[str] = []
+    if ordered:
+        common = _common_prefix(ordered)
+        groups: dict[str, list[str]] = {}
+        for name in ordered:
+            groups.setdefault(name[: len(common) + 1], []).append(name)
+        for prefix, members in groups.items():
+            if len(members) == 1:
+                root_rules.append(f"{flag} {members[0]} -g {chain_for(members[0])}")
+                continue
+            child = f"{root}-{prefix[len(common):]}"
+            root_rules.append(f"{flag} {prefix}+ -g {child}")
+            chains[child] = [f"{flag} {name} -g {chain_for(name)}" for name in members] + list(end_rules)
+    chains[root] = root_rules + list(end_rules)
     return chains
+
+
+def dispatch_chains(names: list[str], root: str, flag: str, target: str) -> dict[str, list[str]]:
+    """The workload dispatch chains (`target` + interface name). Each chain ends with the "Unknown
+    interface" drop: a child that fell through would otherwise return (goto) past the root into
+    cali-FORWARD and skip policy."""
+    unknown = f"{comment_match('Unknown interface')} -j DROP"
+    return dispatch_tree(names, root, flag, lambda name: f"{target}{name}", [unknown])

@@ -42,6 +42,7 @@ from felix_client.names import (
     host_endpoint_chain_name,
     profile_chain_name,
 )
+from felix_client.rules import endpoints
 from felix_client.rules.endpoints import (
     TierGroups,
     conntrack_rules,
@@ -144,38 +145,12 @@ def endpoint_chain_specs(hep: ResolvedHostEndpoint, table: str, mangle_allow: st
 # --- dispatch -----------------------------------------------------------------------------------
 
 
-def _common_prefix(names: list[str]) -> str:
-    first, last = min(names), max(names)
-    i = 0
-    while i < min(len(first), len(last)) and first[i] == last[i]:
-        i += 1
-    return first[:i]
-
-
 def dispatch_tree(names: Iterable[str], root: str, flag: str, endpoint_prefix: str,
                   end_rules: list[str]) -> dict[str, list[str]]:
-    """buildSingleDispatchChainTree: one rule per interface in `root`, except that interfaces sharing
-    the character after the names' common prefix get a child chain `<root>-<char>` behind a
-    wildcard match; every chain ends with `end_rules` (gotos never come back to the root)."""
-    ordered = sorted(set(names))
-    chains: dict[str, list[str]] = {}
-    root_rules: list[str] = []
-    if ordered:
-        common = _common_prefix(ordered)
-        groups: dict[str, list[str]] = {}
-        for name in ordered:
-            groups.setdefault(name[: len(common) + 1], []).append(name)
-        for prefix, members in groups.items():
-            if len(members) == 1:
-                name = members[0]
-                root_rules.append(f"{flag} {name} -g {host_endpoint_chain_name(endpoint_prefix, name)}")
-                continue
-            child = f"{root}-{prefix[len(common):]}"
-            root_rules.append(f"{flag} {prefix}+ -g {child}")
-            chains[child] = [f"{flag} {name} -g {host_endpoint_chain_name(endpoint_prefix, name)}"
-                             for name in members] + list(end_rules)
-    chains[root] = root_rules + list(end_rules)
-    return chains
+    """The host endpoints' dispatch tree: the workload dispatch's shape (`endpoints.dispatch_tree`)
+    with host endpoint chain names, which are hashed when long."""
+    return endpoints.dispatch_tree(names, root, flag, lambda name: host_endpoint_chain_name(endpoint_prefix, name),
+                                   end_rules)
 
 
 def host_dispatch_chains(names: Iterable[str], default_iface: str, directions: str, apply_on_forward: bool,
