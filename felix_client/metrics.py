@@ -16,10 +16,10 @@ from __future__ import annotations
 import trio
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Summary, generate_latest
 
+from felix_client.httpd import serve_http
 from typha.model.kv import SyncStatus
 
 DEFAULT_METRICS_PORT = 9091  # FELIX_PROMETHEUSMETRICSPORT's default
-_MAX_REQUEST = 8192
 
 RULES_REJECTED = Counter(
     "felix_client_rules_rejected",
@@ -55,34 +55,12 @@ def set_resync_state(status: SyncStatus) -> None:
     RESYNC_STATE.set(_RESYNC_STATE_VALUES[status])
 
 
-async def _handle(stream: trio.SocketStream) -> None:
-    with trio.move_on_after(5):  # a client that never finishes its request must not pin a task
-        data = b""
-        while b"\r\n\r\n" not in data and b"\n\n" not in data and len(data) < _MAX_REQUEST:
-            chunk = await stream.receive_some(4096)
-            if not chunk:
-                break
-            data += chunk
-        parts = data.split(b"\r\n", 1)[0].split()
-        method = parts[0] if parts else b""
-        path = parts[1].split(b"?", 1)[0] if len(parts) > 1 else b""
-        if method == b"GET" and path == b"/metrics":
-            status, content_type, body = "200 OK", CONTENT_TYPE_LATEST, generate_latest(REGISTRY)
-        else:
-            status, content_type, body = "404 Not Found", "text/plain", b"not found\n"
-        head = (f"HTTP/1.0 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
-                "Connection: close\r\n\r\n")
-        try:
-            await stream.send_all(head.encode() + body)
-        except trio.BrokenResourceError:
-            pass
-    await stream.aclose()
+def _scrape(method: bytes, path: bytes) -> tuple[str, str, bytes]:
+    if method == b"GET" and path == b"/metrics":
+        return "200 OK", CONTENT_TYPE_LATEST, generate_latest(REGISTRY)
+    return "404 Not Found", "text/plain", b"not found\n"
 
 
 async def serve_metrics(host: str, port: int, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
     """Serve `/metrics` until cancelled; `task_status.started` gets the bound port (useful with port 0)."""
-    listeners = await trio.open_tcp_listeners(port, host=host or None)
-    bound = listeners[0].socket.getsockname()[1]
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(trio.serve_listeners, _handle, listeners)
-        task_status.started(bound)
+    await serve_http(host, port, _scrape, task_status=task_status)
