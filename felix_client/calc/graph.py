@@ -365,10 +365,14 @@ class Calculator:
             self.dirty.routes = True
         for pk in started | stopped:
             self._refresh_policy_activity(pk)
-        # References first, then releases: a profile kept across the update keeps its IP sets.
-        for profile in ep.profile_ids if is_local and ep else ():
+        self._swap_profiles(old if was_local else None, ep if is_local else None)
+
+    def _swap_profiles(self, old: Endpoint | None, new: Endpoint | None) -> None:
+        """An endpoint's profile references move from `old`'s to `new`'s (None: not counted). References
+        first, then releases: a profile kept across the update keeps its IP sets."""
+        for profile in new.profile_ids if new else ():
             self._ref_profile(profile)
-        for profile in old.profile_ids if was_local and old else ():
+        for profile in old.profile_ids if old else ():
             self._unref_profile(profile)
 
     def _reindex_hep(self, path: str, old: Endpoint | None, ep: Endpoint | None,
@@ -386,10 +390,7 @@ class Calculator:
             started, stopped = set(), self.hep_index.remove_item(path)
         for pk in started | stopped:
             self._refresh_policy_activity(pk)
-        for profile in ep.profile_ids if is_local and ep else ():
-            self._ref_profile(profile)
-        for profile in old.profile_ids if was_local and old else ():
-            self._unref_profile(profile)
+        self._swap_profiles(old if was_local else None, ep if is_local else None)
 
     def set_host_interfaces(self, interfaces: Mapping[str, Iterable[str]] | None) -> None:
         """The node's interfaces and their addresses, which bind host endpoints to interfaces (Felix
