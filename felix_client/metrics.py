@@ -14,12 +14,23 @@ when PrometheusMetricsEnabled is true (off by default in both).
 from __future__ import annotations
 
 import trio
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Summary, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    Counter,
+    Gauge,
+    Summary,
+    disable_created_metrics,
+    generate_latest,
+)
 
 from felix_client.httpd import serve_http
 from typha.model.kv import SyncStatus
 
 DEFAULT_METRICS_PORT = 9091  # FELIX_PROMETHEUSMETRICSPORT's default
+
+# Felix's Go client exports no `*_created` series; neither do we (as typha, typha/snapcache/metrics.py).
+disable_created_metrics()
 
 RULES_REJECTED = Counter(
     "felix_client_rules_rejected",

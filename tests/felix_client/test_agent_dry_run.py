@@ -230,6 +230,7 @@ def test_agent_serves_felix_metrics(typha, tmp_path):
         assert "felix_int_dataplane_apply_time_seconds_count" in text
         assert "felix_int_dataplane_failures_total 0.0" in text
         assert "# TYPE felix_client_objects_rejected_total counter" in text
+        assert "_created" not in text  # Felix exports no creation-time series
         assert http_status(f"http://127.0.0.1:{metrics_port}/other") == 404
     finally:
         stop_agent(agent)
