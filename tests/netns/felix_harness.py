@@ -18,7 +18,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -200,6 +201,10 @@ class FelixCluster:
     def run(self, node: str, *argv: str) -> str:
         return self.ns_tool.run(self.nodes[node].netns, *argv)
 
+    def ip_json(self, node: str, *argv: str) -> list[dict[str, Any]]:
+        """An `ip -j …` command run in `node`'s namespace, parsed (empty output: [])."""
+        return json.loads(self.run(node, *argv) or "[]")
+
     def close(self) -> None:
         for node in list(self.agents):
             self.stop_agent(node)
@@ -209,6 +214,19 @@ class FelixCluster:
             self.kube.close()
         if self.api is not None:
             self.api.stop()
+
+
+@contextmanager
+def running_cluster(ns_tool: Any, tmp: Path, nodes: list[Node], pods: list[Pod], pools: list[dict[str, Any]],
+                    blocks: dict[str, str]) -> Iterator[FelixCluster]:
+    """A FelixCluster with its network built and every agent applied; closed on the way out."""
+    c = FelixCluster(ns_tool, tmp, nodes, pods, pools, blocks)
+    try:
+        c.build_network()
+        c.start()
+        yield c
+    finally:
+        c.close()
 
 
 class NetnsPod(Protocol):

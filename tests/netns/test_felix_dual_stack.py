@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from felix_harness import FelixCluster, Listener, Node, Pod, exchange_eventually, tcp_exchange
+from felix_harness import FelixCluster, Listener, Node, Pod, exchange_eventually, running_cluster, tcp_exchange
 
 from typha.model.convert import veth_name
 from typha.testing import objects
@@ -41,13 +41,8 @@ def cluster(netns: Any, tmp_path: Path) -> Iterator[FelixCluster]:
         Pod("demo", "c", "node-1", "10.65.0.3", {"app": "c"}, ip6="fd65::3"),
     ]
     nodes = [Node("node-1", 1, ipv6=True), Node("node-2", 2, ipv6=True)]
-    c = FelixCluster(netns, tmp_path, nodes, pods, pools, BLOCKS)
-    try:
-        c.build_network()
-        c.start()
+    with running_cluster(netns, tmp_path, nodes, pods, pools, BLOCKS) as c:
         yield c
-    finally:
-        c.close()
 
 
 def ping6(c: FelixCluster, src: Pod, dst: str) -> bool:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from felix_harness import FelixCluster, Listener, Node, Pod, exchange_eventually, tcp_exchange
+from felix_harness import FelixCluster, Listener, Node, Pod, exchange_eventually, running_cluster, tcp_exchange
 
 from typha.testing import objects
 
@@ -66,17 +66,13 @@ POLICY = {
 def cluster(netns: Any, tmp_path: Path) -> Iterator[FelixCluster]:
     nodes = [Node("node-1", 1), Node("node-2", 2)]
     pods = [Pod(p.ns, p.name, p.node, p.ip, dict(p.labels)) for p in PODS]
-    c = FelixCluster(netns, tmp_path, nodes, pods, [objects.ip_pool("plain", POOL)], BLOCKS)
-    listeners: list[Listener] = []
-    try:
-        c.build_network()
-        c.start()
+    with running_cluster(netns, tmp_path, nodes, pods, [objects.ip_pool("plain", POOL)], BLOCKS) as c:
         listeners = [Listener(netns, p.netns, port) for p in c.pods.values() for port in (PORT, OTHER_PORT)]
-        yield c
-    finally:
-        for listener in listeners:
-            listener.close()
-        c.close()
+        try:
+            yield c
+        finally:
+            for listener in listeners:
+                listener.close()
 
 
 def reaches(c: FelixCluster, pod: str, port: int) -> bool:

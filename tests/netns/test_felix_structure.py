@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from felix_harness import FelixCluster, Node, Pod
+from felix_harness import FelixCluster, Node, Pod, running_cluster
 
 from felix_client.names import MASQ_SET, POOLS_SET
 from typha.model import selector
@@ -85,14 +85,9 @@ ALL_NS_SET = ("cali40" + selector.parse(
 @pytest.fixture
 def cluster(netns: Any, tmp_path: Path) -> Iterator[FelixCluster]:
     pods = [Pod(p.ns, p.name, p.node, p.ip, dict(p.labels)) for p in PODS]
-    c = FelixCluster(netns, tmp_path, [Node("node-1", 1), Node("node-2", 2)], pods,
-                     [objects.ip_pool("pool", POOL)], BLOCKS)
-    try:
-        c.build_network()
-        c.start()
+    with running_cluster(netns, tmp_path, [Node("node-1", 1), Node("node-2", 2)], pods,
+                     [objects.ip_pool("pool", POOL)], BLOCKS) as c:
         yield c
-    finally:
-        c.close()
 
 
 # --- reading the kernel back ---------------------------------------------------------------------

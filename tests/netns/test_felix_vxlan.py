@@ -12,7 +12,6 @@ FelixConfiguration ProgramClusterRoutes is Enabled, the default here, so this te
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from felix_harness import FelixCluster, Listener, Node, Pod, exchange_eventually
+from felix_harness import FelixCluster, Listener, Node, Pod, exchange_eventually, running_cluster
 
 from typha.testing import objects
 from typha.testing.wait import wait_until
@@ -52,21 +51,12 @@ def cluster(netns: Any, tmp_path: Path) -> Iterator[FelixCluster]:
     pools = [objects.ip_pool("vxlan", VXLAN_POOL, vxlan="Always"), objects.ip_pool("plain", PLAIN_POOL)]
     nodes = [Node(n.name, n.index, n.vxlan_ip, n.vxlan_mac) for n in NODES]
     pods = [Pod(p.ns, p.name, p.node, p.ip) for p in PODS]
-    c = FelixCluster(netns, tmp_path, nodes, pods, pools, BLOCKS)
-    try:
-        c.build_network()
-        c.start()
+    with running_cluster(netns, tmp_path, nodes, pods, pools, BLOCKS) as c:
         yield c
-    finally:
-        c.close()
-
-
-def ip_json(c: FelixCluster, node: str, *argv: str) -> list[dict[str, Any]]:
-    return json.loads(c.run(node, *argv) or "[]")
 
 
 def vxlan_counters(c: FelixCluster, node: str) -> tuple[int, int]:
-    (link,) = ip_json(c, node, "ip", "-j", "-s", "link", "show", "vxlan.calico")
+    (link,) = c.ip_json(node, "ip", "-j", "-s", "link", "show", "vxlan.calico")
     stats = link["stats64"]
     return stats["tx"]["packets"], stats["rx"]["packets"]
 
@@ -80,17 +70,17 @@ def test_vxlan_and_no_encap_between_nodes(cluster: FelixCluster) -> None:
     wait_until(lambda: all("vxlan.calico" in c.run(n, "ip", "link", "show") for n in c.nodes), timeout=10,
                what=lambda: "; ".join(c.agent_log(n) for n in c.nodes))
     for node in (me, peer):
-        (link,) = ip_json(c, node.name, "ip", "-j", "-d", "link", "show", "vxlan.calico")
+        (link,) = c.ip_json(node.name, "ip", "-j", "-d", "link", "show", "vxlan.calico")
         info = link["linkinfo"]["info_data"]
         assert (info["id"], info["port"], info["local"]) == (4096, 4789, node.underlay_ip)
         assert link["address"] == node.vxlan_mac
         assert link["mtu"] == 1410
         assert "UP" in link["flags"]
-        addrs = ip_json(c, node.name, "ip", "-j", "-4", "addr", "show", "dev", "vxlan.calico")
+        addrs = c.ip_json(node.name, "ip", "-j", "-4", "addr", "show", "dev", "vxlan.calico")
         assert [(a["local"], a["prefixlen"]) for a in addrs[0]["addr_info"]] == [(node.vxlan_ip, 32)]
 
     # Routes on node-1 (the mirror image holds on node-2).
-    routes = {r["dst"]: r for r in ip_json(c, "node-1", "ip", "-j", "-4", "route", "show")}
+    routes = {r["dst"]: r for r in c.ip_json("node-1", "ip", "-j", "-4", "route", "show")}
     assert routes["10.70.1.0/26"]["gateway"] == "10.70.1.1"
     assert routes["10.70.1.0/26"]["dev"] == "vxlan.calico"
     assert "onlink" in routes["10.70.1.0/26"]["flags"]
@@ -105,24 +95,24 @@ def test_vxlan_and_no_encap_between_nodes(cluster: FelixCluster) -> None:
         assert routes[pod.ip]["scope"] == "link"
     assert "10.70.1.2" not in routes
     assert "10.65.1.2" not in routes
-    routes2 = {r["dst"]: r for r in ip_json(c, "node-2", "ip", "-j", "-4", "route", "show")}
+    routes2 = {r["dst"]: r for r in c.ip_json("node-2", "ip", "-j", "-4", "route", "show")}
     assert (routes2["10.70.0.0/26"]["gateway"], routes2["10.70.0.0/26"]["dev"]) == ("10.70.0.1", "vxlan.calico")
     assert (routes2["10.65.0.0/26"]["gateway"], routes2["10.65.0.0/26"]["dev"]) == (me.underlay_ip, "eth0")
 
     # Neighbour and FDB entries: the peer's tunnel IP resolves to its VTEP MAC, which lives at its
     # underlay address. Nothing is learned (learning is off), so these are the only entries.
     for node, other in ((me, peer), (peer, me)):
-        neigh = ip_json(c, node.name, "ip", "-j", "neigh", "show", "dev", "vxlan.calico")
+        neigh = c.ip_json(node.name, "ip", "-j", "neigh", "show", "dev", "vxlan.calico")
         assert [(n["dst"], n["lladdr"], n["state"]) for n in neigh] == [(other.vxlan_ip, other.vxlan_mac,
                                                                         ["PERMANENT"])]
-        fdb = [f for f in ip_json(c, node.name, "bridge", "-j", "fdb", "show", "dev", "vxlan.calico")
+        fdb = [f for f in c.ip_json(node.name, "bridge", "-j", "fdb", "show", "dev", "vxlan.calico")
                if f.get("dst")]
         assert [(f["mac"], f["dst"]) for f in fdb] == [(other.vxlan_mac, other.underlay_ip)]
 
     # The kernel picks the tunnel for the VXLAN pool and the underlay for the other.
-    (via_vxlan,) = ip_json(c, "node-1", "ip", "-j", "route", "get", "10.70.1.2")
+    (via_vxlan,) = c.ip_json("node-1", "ip", "-j", "route", "get", "10.70.1.2")
     assert (via_vxlan["dev"], via_vxlan["gateway"]) == ("vxlan.calico", "10.70.1.1")
-    (via_eth0,) = ip_json(c, "node-1", "ip", "-j", "route", "get", "10.65.1.2")
+    (via_eth0,) = c.ip_json("node-1", "ip", "-j", "route", "get", "10.65.1.2")
     assert (via_eth0["dev"], via_eth0["gateway"]) == ("eth0", peer.underlay_ip)
 
     listeners = [Listener(c.ns_tool, p.netns, PORT) for p in pods.values()]
@@ -159,16 +149,16 @@ def test_vxlan_entries_follow_the_peer_and_are_repaired(cluster: FelixCluster) -
     c.api.replace(node2)  # type: ignore[union-attr]
 
     def own_mac() -> str:
-        return ip_json(c, "node-2", "ip", "-j", "link", "show", "vxlan.calico")[0]["address"]
+        return c.ip_json("node-2", "ip", "-j", "link", "show", "vxlan.calico")[0]["address"]
 
     wait_until(lambda: own_mac() == new_mac, timeout=10, what=own_mac)  # node-2's agent re-addresses its own device
 
     def fdb_macs() -> list[str]:
-        return [f["mac"] for f in ip_json(c, "node-1", "bridge", "-j", "fdb", "show", "dev", "vxlan.calico")
+        return [f["mac"] for f in c.ip_json("node-1", "bridge", "-j", "fdb", "show", "dev", "vxlan.calico")
                 if f.get("dst") == "10.201.0.2"]
 
     def neigh_mac() -> str | None:
-        neigh = ip_json(c, "node-1", "ip", "-j", "neigh", "show", "dev", "vxlan.calico", "to", "10.70.1.1")
+        neigh = c.ip_json("node-1", "ip", "-j", "neigh", "show", "dev", "vxlan.calico", "to", "10.70.1.1")
         return neigh[0]["lladdr"] if neigh else None
 
     wait_until(lambda: neigh_mac() == new_mac and fdb_macs() == [new_mac], timeout=10,

@@ -9,14 +9,13 @@ namespaces the test creates.
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from felix_harness import FelixCluster, Listener, Node, Pod, exchange_eventually
+from felix_harness import FelixCluster, Listener, Node, Pod, exchange_eventually, running_cluster
 
 from typha.testing import objects
 from typha.testing.wait import wait_until
@@ -43,21 +42,12 @@ def cluster(netns: Any, tmp_path: Path) -> Iterator[FelixCluster]:
     ]
     pods = [Pod("demo", "a", "node-1", "10.65.0.2", ip6="fd66::2"),
             Pod("demo", "b", "node-2", "10.65.1.2", ip6="fd66::1:2")]
-    c = FelixCluster(netns, tmp_path, nodes, pods, pools, BLOCKS)
-    try:
-        c.build_network()
-        c.start()
+    with running_cluster(netns, tmp_path, nodes, pods, pools, BLOCKS) as c:
         yield c
-    finally:
-        c.close()
-
-
-def ip_json(c: FelixCluster, node: str, *argv: str) -> list[dict[str, Any]]:
-    return json.loads(c.run(node, *argv) or "[]")
 
 
 def counters(c: FelixCluster, node: str) -> tuple[int, int]:
-    (link,) = ip_json(c, node, "ip", "-j", "-s", "link", "show", DEVICE)
+    (link,) = c.ip_json(node, "ip", "-j", "-s", "link", "show", DEVICE)
     return link["stats64"]["tx"]["packets"], link["stats64"]["rx"]["packets"]
 
 
@@ -74,7 +64,7 @@ def test_ipv6_pods_exchange_traffic_over_vxlan_v6(cluster: FelixCluster) -> None
     # The device, on both nodes: Felix's VNI and port (shared with IPv4), the IPv6 underlay address as
     # local address, the IPv6 VTEP MAC, the tunnel address as a /128, the parent's MTU less 70.
     for node in (me, peer):
-        (link,) = ip_json(c, node.name, "ip", "-j", "-d", "addr", "show", DEVICE)
+        (link,) = c.ip_json(node.name, "ip", "-j", "-d", "addr", "show", DEVICE)
         info = link["linkinfo"]["info_data"]
         assert (info["id"], info["port"], info["local6"], info["learning"]) == (4096, 4789, node.underlay_ip6, False)
         assert (link["address"], link["mtu"]) == (node.vxlan_mac6, 1500 - 70)
@@ -84,16 +74,16 @@ def test_ipv6_pods_exchange_traffic_over_vxlan_v6(cluster: FelixCluster) -> None
         assert "vxlan.calico" not in c.run(node.name, "ip", "link", "show")  # no IPv4 VXLAN pool
 
     # Routes, neighbour and FDB entries on node-1 (node-2 mirrors them).
-    routes = {r["dst"]: r for r in ip_json(c, "node-1", "ip", "-j", "-6", "route", "show")}
+    routes = {r["dst"]: r for r in c.ip_json("node-1", "ip", "-j", "-6", "route", "show")}
     remote = routes["fd66::1:0/122"]
     assert (remote["gateway"], remote["dev"], remote["protocol"]) == (peer.vxlan_ip6, DEVICE, "80")
     assert "onlink" in remote["flags"]
     assert routes["fd66::/122"]["type"] == "blackhole"
     for node, other in ((me, peer), (peer, me)):
-        neigh = ip_json(c, node.name, "ip", "-j", "-6", "neigh", "show", "dev", DEVICE)
+        neigh = c.ip_json(node.name, "ip", "-j", "-6", "neigh", "show", "dev", DEVICE)
         assert [(n["dst"], n["lladdr"], n["state"]) for n in neigh] == [(other.vxlan_ip6, other.vxlan_mac6,
                                                                         ["PERMANENT"])]
-        fdb = [f for f in ip_json(c, node.name, "bridge", "-j", "fdb", "show", "dev", DEVICE) if f.get("dst")]
+        fdb = [f for f in c.ip_json(node.name, "bridge", "-j", "fdb", "show", "dev", DEVICE) if f.get("dst")]
         assert [(f["mac"], f["dst"]) for f in fdb] == [(other.vxlan_mac6, other.underlay_ip6)]
 
     # ip6tables: VXLAN untracked, and accepted only from the nodes in cali60all-vxlan-net.
